@@ -1,0 +1,5 @@
+import sys
+
+from nbtl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""The ``nbtl`` command line. The one module that talks to the terminal.
+
+User errors (:class:`nbtl.errors.NbtlError`) end in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from nbtl import __version__
+
+EXIT_USER_ERROR = 2
+
+
+def _add_search(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search", help="run a non-binary transfer search (Ray Tune + Optuna, tracked in MLflow)",
+        description="Run a search over a YAML space: Optuna proposes trials, Ray Tune runs them (embedded Ray, "
+                    "or a cluster with --address) and stops weak ones with ASHA; every search is an MLflow parent "
+                    "run and every trial a child run. Ends with a table of trials and the best config.",
+        epilog="example: nbtl search search_spaces/default.yaml --data digits --trials 8")
+    p.add_argument("space", help="search space YAML (e.g. search_spaces/default.yaml)")
+    p.add_argument("--data", required=True,
+                   help="dataset: 'digits', 'fashion-mnist' (Debian's IDX files, or fashion-mnist:DIR), an ImageFolder "
+                        "directory, or a CSV of path,label")
+    p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default: the space's)")
+    p.add_argument("--name", help="search name = MLflow experiment (default: the space's name)")
+    p.add_argument("--address", help="join a running Ray cluster, e.g. 127.0.0.1:6379 or 'auto' (default: embedded Ray)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--storage-path", help="where Ray Tune keeps trial results and checkpoints (default: ./nbtl_results)")
+    p.add_argument("--image-size", type=int, help="resize images to this square size once (default: the space's)")
+    p.add_argument("--per-class", type=int, help="use at most this many images per class")
+    p.add_argument("--seed", type=int, help="seed of the split, the sampler and the trials")
+    p.add_argument("--cpu", type=float, help="CPUs per trial (default: the space's resources.cpu)")
+    p.add_argument("--gpu", type=float, help="GPUs per trial, fractions allowed (default: the space's resources.gpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbtl", description="Hyperparameter search for non-binary transfer learning "
+                                     "of image classifiers.")
+    parser.add_argument("--version", action="version", version=f"nbtl {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_search(subparsers)
+    p = subparsers.add_parser("backbones", help="list the registered backbones",
+                              description="List registered backbones with their blocks, input size and weights.")
+    p.set_defaults()
+    return parser
+
+
+def _positive(value: int | None, flag: str) -> None:
+    from nbtl.errors import ConfigError
+
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nbtl.search import load_space
+    from nbtl.search.runner import SearchOptions, run_search
+    from nbtl.search.space import dump_config
+
+    for flag in ("trials", "max_concurrent", "image_size", "per_class"):
+        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    space = load_space(args.space)
+    options = SearchOptions(data=args.data, name=args.name, trials=args.trials, max_concurrent=args.max_concurrent,
+                            address=args.address, tracking_uri=args.tracking_uri, storage_path=args.storage_path,
+                            image_size=args.image_size, per_class=args.per_class, seed=args.seed, cpu=args.cpu,
+                            gpu=args.gpu)
+    result = run_search(space, options, print_fn=lambda line: print(line, flush=True))
+    shown = [c for c in result.table.columns if c not in ("run_id", "error") or result.table[c].astype(bool).any()]
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print("\nTrials (best first):")
+        print(result.table[shown].to_string(index=False))
+    if result.best is None:
+        print("\nNo trial finished; see the errors above and the failed runs in MLflow.")
+        return 1
+    best = result.best
+    print(f"\nBest trial: {best['trial_id']} (MLflow run {best['run_id']}): "
+          f"best_val_accuracy={best['best_val_accuracy']:.4f} test_accuracy={best['test_accuracy']:.4f}")
+    print("Best config:")
+    print(dump_config(best["config"]), end="")
+    print(f"\nMLflow: {result.tracking_uri} experiment {result.experiment_id}, parent run {result.parent_run_id}"
+          f"  (open with: mlflow ui --backend-store-uri {result.tracking_uri})")
+    print(f"Results: {result.experiment_path}")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from nbtl.backbones import get_spec, list_backbones
+
+    for name in list_backbones():
+        spec = get_spec(name)
+        print(f"{name:24s} {spec.num_blocks:2d} blocks  {spec.input_size}px  weights: {spec.weights}")
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "backbones": cmd_backbones}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from nbtl.errors import NbtlError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except NbtlError as error:
+        print(f"nbtl {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"nbtl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

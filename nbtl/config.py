@@ -1,0 +1,163 @@
+"""The configuration of one trial: every non-binary transfer choice, validated once.
+
+Names follow the project vocabulary (``transfer_blocks``, ``freeze_blocks``, ``lr``, ``head_lr``,
+``lr_decay``, ``l2sp_alpha``, ``l2_beta``, ``l2_head``, ``head``). A search space YAML samples these
+keys; ``nbtl recommend`` writes them; a single training run reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from nbtl.errors import ConfigError
+
+HEADS = ("linear", "mlp", "spinal")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class TrialConfig:
+    """Every setting of one transfer-learning trial.
+
+    Parameters
+    ----------
+    backbone : str
+        Registry name of the pre-trained network (see ``nbtl.backbones.list_backbones``).
+    pretrained : bool
+        Start from the backbone's pre-trained weights; ``False`` trains from scratch.
+    transfer_blocks : int or None
+        How many blocks, counted from the input, keep pre-trained weights; the rest are
+        re-initialised. ``None`` means all blocks.
+    freeze_blocks : int
+        How many blocks, counted from the input, do not train (``<= transfer_blocks``).
+    lr, head_lr, lr_decay : float
+        Block ``i`` of ``B`` trains at ``lr * lr_decay ** (B - 1 - i)`` (the top block at ``lr``);
+        the head at ``head_lr`` (``None``: same as ``lr``).
+    block_lrs : list of float or None
+        Explicit per-block learning rates, overriding ``lr``/``lr_decay`` for the blocks.
+    l2sp_alpha, l2_beta, l2_head : float
+        Regulariser ``α/2‖w−w⁰‖² + β/2‖w‖²`` on transferred weights and ``γ/2‖w‖²`` on new
+        weights (re-initialised blocks and head); BatchNorm and biases are excluded.
+        ``l2_head=None`` means ``γ = β``: plain L2 on every weight, the conventional recipe
+        (Li et al., "Explicit inductive bias for transfer learning", ICML 2018).
+    head : {"linear", "mlp", "spinal"}
+        Classifier on the pooled features; ``spinal`` is SpinalNet's spinal fully connected layer
+        (Kabir et al. 2020).
+    head_width, head_dropout : int, float
+        Hidden width of the ``mlp`` / ``spinal`` head, and dropout before the head's layers.
+    optimizer, momentum : str, float
+        ``sgd`` (with ``momentum``, Nesterov) or ``adam``; never with weight decay (the regulariser
+        is explicit, so there is no double decay).
+    epochs, batch_size : int
+        Training length (cosine schedule over all steps) and mini-batch size.
+    label_smoothing : float
+        Cross-entropy label smoothing.
+    seed : int
+        Seeds weights of new layers, batch order and augmentation.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    transfer_blocks: int | None = None
+    freeze_blocks: int = 0
+    lr: float = 0.01
+    head_lr: float | None = None
+    lr_decay: float = 1.0
+    block_lrs: list[float] | None = None
+    l2sp_alpha: float = 0.0
+    l2_beta: float = 0.0
+    l2_head: float | None = None
+    head: str = "linear"
+    head_width: int = 256
+    head_dropout: float = 0.0
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    epochs: int = 5
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The config keys a user may set."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "trial config") -> "TrialConfig":
+        """Build and validate a config from a mapping, naming ``where`` in any error."""
+        known = set(cls.keys())
+        unknown = sorted(k for k in values if k not in known)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(sorted(known))}"
+            )
+        config = cls(**dict(values))
+        config.validate(where)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the user-settable keys (for YAML, MLflow params)."""
+        return {k: getattr(self, k) for k in self.keys()}
+
+    def validate(self, where: str = "trial config") -> None:
+        """Check types and ranges; raise ``ConfigError`` naming the key and the fix."""
+
+        def fail(key: str, must: str) -> None:
+            raise ConfigError(f"{where}: {key} must be {must}, got {getattr(self, key)!r}")
+
+        def number(key: str, low: float = 0.0, low_open: bool = False, high: float | None = None):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(key, "a finite number")
+            if value < low or (low_open and value == low) or (high is not None and value > high):
+                bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+                fail(key, bound)
+
+        def integer(key: str, low: int) -> None:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                fail(key, f"an integer >= {low}")
+
+        if not isinstance(self.backbone, str) or not self.backbone:
+            fail("backbone", "a backbone name")
+        if not isinstance(self.pretrained, bool):
+            fail("pretrained", "true or false")
+        if self.transfer_blocks is not None:
+            integer("transfer_blocks", 0)
+        integer("freeze_blocks", 0)
+        if self.transfer_blocks is not None and self.freeze_blocks > self.transfer_blocks:
+            fail("freeze_blocks", f"<= transfer_blocks ({self.transfer_blocks}): only transferred blocks can be frozen")
+        number("lr", low_open=True)
+        if self.head_lr is not None:
+            number("head_lr", low_open=True)
+        number("lr_decay", low_open=True, high=1.0)
+        if self.block_lrs is not None:
+            if not isinstance(self.block_lrs, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in self.block_lrs
+            ):
+                fail("block_lrs", "a list of learning rates >= 0, one per block")
+        for key in ("l2sp_alpha", "l2_beta"):
+            number(key)
+        if self.l2_head is not None:
+            number("l2_head")
+        number("head_dropout", high=0.95)
+        number("label_smoothing", high=0.5)
+        if self.head not in HEADS:
+            fail("head", f"one of {', '.join(HEADS)}")
+        integer("head_width", 2)
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        number("momentum", high=0.999)
+        integer("epochs", 1)
+        integer("batch_size", 1)
+        integer("seed", 0)
+
+    def effective_head_lr(self) -> float:
+        return self.lr if self.head_lr is None else self.head_lr
+
+    def effective_l2_head(self) -> float:
+        return self.l2_beta if self.l2_head is None else self.l2_head

@@ -1,0 +1,21 @@
+"""Loading, splitting and augmenting labelled image datasets.
+
+Plain PyTorch / NumPy / PIL; no Ray or MLflow here. Images are decoded and resized once,
+by :func:`load_dataset`, into an :class:`ImageDataset`; :func:`split_dataset` makes
+stratified train / val / test parts; :class:`AugmentedDataset` serves augmented items
+for training.
+"""
+
+from nbtl.data.augment import AugmentedDataset, make_augmentation
+from nbtl.data.dataset import ImageDataset
+from nbtl.data.sources import load_dataset
+from nbtl.data.splits import Splits, split_dataset
+
+__all__ = [
+    "AugmentedDataset",
+    "ImageDataset",
+    "Splits",
+    "load_dataset",
+    "make_augmentation",
+    "split_dataset",
+]

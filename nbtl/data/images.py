@@ -1,0 +1,129 @@
+"""Decoding image files and resizing them to the square size the networks take.
+
+Every source (folder, CSV, built-in arrays) ends here, so all images are resized the same
+way: shorter side to ``image_size`` with bilinear filtering, then a centred square crop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from nbtl.errors import DataError
+
+# Modes whose pixels carry one intensity channel (with or without alpha).
+_SINGLE_CHANNEL_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def resize_square(image: Image.Image, image_size: int) -> Image.Image:
+    """Resize the shorter side to ``image_size`` (bilinear), then centre-crop a square.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+        Any size; small images are upscaled.
+    image_size : int
+        Side length ``S`` of the result.
+
+    Returns
+    -------
+    PIL.Image.Image
+        An ``S x S`` image in the input's mode.
+    """
+    width, height = image.size
+    scale = image_size / min(width, height)
+    new_width = max(image_size, round(width * scale))
+    new_height = max(image_size, round(height * scale))
+    if (new_width, new_height) != (width, height):
+        image = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
+    left = (new_width - image_size) // 2
+    top = (new_height - image_size) // 2
+    return image.crop((left, top, left + image_size, top + image_size))
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any mode to a uint8 array of shape (H, W, 3).
+
+    High-bit-depth grayscale (16-bit, 32-bit int, float) is rescaled to 0..255 rather than
+    clipped, so such images do not come out white.
+    """
+    if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open, verify and fully decode one image file, applying its EXIF orientation.
+
+    Raises
+    ------
+    DataError
+        If the file cannot be read or is not a valid, complete image.
+    """
+    try:
+        with Image.open(path) as probe:
+            probe.verify()
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = reason.replace(f" '{path}'", "")  # PIL repeats the path; we name it once
+        raise DataError(
+            f"cannot read image '{path}': {reason}; replace or delete the corrupt file"
+        ) from None
+
+
+def decode_files(paths: Sequence[Path], image_size: int) -> tuple[torch.Tensor, bool, tuple[int, int]]:
+    """Decode image files into one uint8 tensor of shape (N, 3, S, S).
+
+    Parameters
+    ----------
+    paths : sequence of pathlib.Path
+        Image files, in the order their rows should appear.
+    image_size : int
+        Side length ``S`` of the stored images.
+
+    Returns
+    -------
+    images : torch.Tensor of shape (N, 3, S, S), dtype uint8
+    grayscale : bool
+        True when every source image had a single intensity channel.
+    original_size : tuple of (int, int)
+        Median ``(H, W)`` of the source images.
+    """
+    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    pixels = images.numpy()  # shares memory: rows are written in place
+    sizes = np.empty((len(paths), 2), dtype=np.int64)
+    grayscale = True
+    for row, path in enumerate(paths):
+        image = open_image(path)
+        sizes[row] = (image.height, image.width)
+        grayscale = grayscale and image.mode in _SINGLE_CHANNEL_MODES
+        pixels[row] = to_rgb_array(resize_square(image, image_size)).transpose(2, 0, 1)
+    return images, grayscale, median_size(sizes)
+
+
+def decode_gray_arrays(arrays: np.ndarray, image_size: int) -> torch.Tensor:
+    """Resize a stack of uint8 grayscale arrays (N, H, W) to a tensor (N, 3, S, S)."""
+    images = torch.empty((len(arrays), 3, image_size, image_size), dtype=torch.uint8)
+    pixels = images.numpy()  # shares memory: rows are written in place
+    for row, array in enumerate(arrays):
+        resized = resize_square(Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)), image_size)
+        pixels[row] = np.asarray(resized)[None]  # broadcast to the three channels
+    return images
+
+
+def median_size(sizes: np.ndarray) -> tuple[int, int]:
+    """Median ``(H, W)`` of an (N, 2) array of sizes, rounded to integers."""
+    if len(sizes) == 0:
+        return (0, 0)
+    height, width = np.median(sizes, axis=0)
+    return (int(round(height)), int(round(width)))

@@ -1,0 +1,161 @@
+"""Listing a user's image files, with their labels, from a class-per-folder tree or a CSV.
+
+Listing is cheap and happens before any image is decoded, so layout mistakes (an empty
+class folder, a CSV row pointing nowhere) are reported at once, and ``per_class`` can
+pick a subset before the expensive decoding.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbtl.errors import DataError
+
+
+@dataclass
+class FileListing:
+    """Image files and their labels, not yet decoded."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    name: str
+
+
+def image_extensions() -> tuple[str, ...]:
+    """File extensions treated as images (torchvision's ``IMG_EXTENSIONS``)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return tuple(IMG_EXTENSIONS)
+
+
+def list_image_folder(root: Path) -> FileListing:
+    """List an ImageFolder tree: ``root/<class name>/**/<image>``.
+
+    Class names are the sub-folder names in sorted order, as in
+    ``torchvision.datasets.ImageFolder``. Hidden entries (``.name``) are skipped, and so
+    are files whose extension is not an image extension.
+
+    Raises
+    ------
+    DataError
+        If ``root`` has no class folders, or a class folder holds no image.
+    """
+    extensions = image_extensions()
+    with os.scandir(root) as scan:
+        entries = sorted((entry for entry in scan if not entry.name.startswith(".")), key=_name)
+    class_dirs = [entry for entry in entries if entry.is_dir()]
+    if not class_dirs:
+        if any(entry.name.lower().endswith(extensions) for entry in entries):
+            problem = "holds images but no class folders"
+        else:
+            problem = "is empty" if not entries else "has no class folders"
+        raise DataError(
+            f"dataset directory '{root}' {problem}; put each class's images in its own "
+            "sub-folder (root/<class>/<image>), as torchvision's ImageFolder expects"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = _images_under(Path(class_dir.path), extensions)
+        if not files:
+            raise DataError(
+                f"class folder '{class_dir.path}' holds no images (extensions "
+                f"{', '.join(extensions)}); add images to it or remove the folder"
+            )
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return FileListing(paths, labels, [entry.name for entry in class_dirs], _folder_name(root))
+
+
+def list_csv(csv_path: Path) -> FileListing:
+    """List the images named by a CSV with a header line ``path,label``.
+
+    Relative paths are taken from the CSV's folder. Classes are the distinct labels,
+    sorted numerically when all of them are integers and alphabetically otherwise.
+
+    Raises
+    ------
+    DataError
+        If the header lacks ``path`` or ``label``, a row is incomplete, a file is missing,
+        or there are no rows.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.DictReader(stream)
+            columns = [name.strip() for name in (reader.fieldnames or [])]
+            missing = [name for name in ("path", "label") if name not in columns]
+            if missing:
+                raise DataError(
+                    f"CSV '{csv_path}' has columns {columns} but lacks {missing}; its first "
+                    "line must be the header `path,label`"
+                )
+            reader.fieldnames = columns
+            rows = [(reader.line_num, row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"cannot read CSV '{csv_path}': {error}; save it as UTF-8 text") from None
+
+    entries: list[tuple[int, Path, str]] = []
+    for line, row in rows:
+        raw_path = (row.get("path") or "").strip()
+        label = (row.get("label") or "").strip()
+        if not raw_path or not label:
+            raise DataError(
+                f"CSV '{csv_path}' line {line}: empty path or label; "
+                "give both on every row or delete the row"
+            )
+        entries.append((line, _resolve(csv_path, raw_path), label))
+    if not entries:
+        raise DataError(f"CSV '{csv_path}' has a header but no rows; add one `path,label` row per image")
+
+    missing_files = [(line, path) for line, path, _ in entries if not path.is_file()]
+    if missing_files:
+        line, path = missing_files[0]
+        more = f" (and {len(missing_files) - 1} more rows)" if len(missing_files) > 1 else ""
+        raise DataError(
+            f"CSV '{csv_path}' line {line}: image file '{path}' not found{more}; paths are relative "
+            "to the CSV's folder or absolute: fix the path or delete the row"
+        )
+    classes = _sort_labels({label for _, _, label in entries})
+    index = {name: position for position, name in enumerate(classes)}
+    return FileListing(
+        paths=[path for _, path, _ in entries],
+        labels=[index[label] for _, _, label in entries],
+        classes=classes,
+        name=csv_path.stem,
+    )
+
+
+def _images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    files = []
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        files.extend(
+            Path(parent) / name
+            for name in sorted(names)
+            if not name.startswith(".") and name.lower().endswith(extensions)
+        )
+    return files
+
+
+def _name(entry: os.DirEntry) -> str:
+    return entry.name
+
+
+def _resolve(csv_path: Path, raw_path: str) -> Path:
+    path = Path(raw_path).expanduser()
+    return path if path.is_absolute() else csv_path.parent / path
+
+
+def _sort_labels(labels: set[str]) -> list[str]:
+    if all(re.fullmatch(r"[+-]?\d+", label) for label in labels):
+        return sorted(labels, key=lambda label: (int(label), label))
+    return sorted(labels)
+
+
+def _folder_name(root: Path) -> str:
+    return root.resolve().name or str(root)

@@ -1,0 +1,137 @@
+"""``load_dataset``: one entry point for every kind of dataset source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nbtl.data.builtin import load_digits, load_fashion_mnist
+from nbtl.data.dataset import ImageDataset
+from nbtl.data.images import decode_files
+from nbtl.data.listing import FileListing, list_csv, list_image_folder
+from nbtl.data.selection import select_per_class
+from nbtl.errors import DataError
+
+BUILTIN_SOURCES = ("digits", "fashion-mnist")
+_SOURCE_HELP = (
+    "pass 'digits', 'fashion-mnist', 'fashion-mnist:<dir>', a directory with one sub-folder "
+    "per class, or a .csv file with columns path,label"
+)
+
+
+def load_dataset(
+    source: str | os.PathLike, image_size: int, per_class: int | None = None, seed: int = 0
+) -> ImageDataset:
+    """Load a labelled image dataset, decoding and resizing every image once.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        One of
+
+        - ``"digits"``: scikit-learn's bundled 8x8 handwritten digits (1797 images);
+        - ``"fashion-mnist"``: the Fashion-MNIST training split (60000 images) from Debian's
+          ``dataset-fashion-mnist`` package, or ``"fashion-mnist:<dir>"`` with a folder that
+          holds the IDX files or a torchvision root with ``FashionMNIST/raw/``;
+        - a directory in ImageFolder layout, ``<dir>/<class name>/<image>``;
+        - a ``.csv`` file with header ``path,label``; paths are relative to the CSV's
+          folder, or absolute.
+
+        The built-in names win over a same-named folder; write ``./digits`` for the folder.
+    image_size : int
+        Side ``S`` of the stored images: the shorter side is resized to ``S`` (bilinear,
+        small images are upscaled), then the centre ``S x S`` square is kept.
+    per_class : int or None, default=None
+        Keep at most this many images per class, chosen with ``seed`` before any image is
+        decoded. None keeps all.
+    seed : int, default=0
+        Seeds the ``per_class`` choice.
+
+    Returns
+    -------
+    ImageDataset
+        ``images`` uint8 of shape (N, 3, S, S) (grayscale replicated to three channels),
+        ``labels`` int64 of shape (N,).
+
+    Raises
+    ------
+    DataError
+        On a missing path, unknown source, bad layout, corrupt image, bad CSV, absent
+        Fashion-MNIST files, a single class, or invalid ``image_size`` / ``per_class``.
+    """
+    _check_int("image_size", image_size, "the side in pixels of the square images, e.g. 224")
+    if per_class is not None:
+        _check_int("per_class", per_class, "an upper bound of images per class, or None for all")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise DataError(f"seed must be an integer, got {seed!r}; pass e.g. seed=0")
+    image_size, seed = int(image_size), int(seed)
+    per_class = None if per_class is None else int(per_class)
+
+    text = os.fspath(source)
+    if text == "digits":
+        dataset = load_digits(image_size, per_class, seed)
+    elif text == "fashion-mnist" or text.startswith("fashion-mnist:"):
+        directory = text.partition(":")[2] or None
+        dataset = load_fashion_mnist(directory, image_size, per_class, seed)
+    else:
+        dataset = _load_files(_list_path(text), text, image_size, per_class, seed)
+    _check_classes(dataset.class_counts(), text)
+    return dataset
+
+
+def _list_path(text: str) -> FileListing:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return list_image_folder(path)
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"dataset source '{path}' is a file but not a .csv; {_SOURCE_HELP}")
+        return list_csv(path)
+    if _looks_like_path(text):
+        raise DataError(f"dataset path '{path}' does not exist; check the path (relative to {Path.cwd()})")
+    raise DataError(f"unknown dataset source '{text}' (no such built-in dataset or path); {_SOURCE_HELP}")
+
+
+def _load_files(
+    listing: FileListing, where: str, image_size: int, per_class: int | None, seed: int
+) -> ImageDataset:
+    labels = np.asarray(listing.labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(listing.classes)).tolist()
+    _check_classes(dict(zip(listing.classes, counts)), where)
+    keep = select_per_class(labels, per_class, seed)
+    images, grayscale, original_size = decode_files([listing.paths[i] for i in keep], image_size)
+    return ImageDataset(
+        images=images,
+        labels=torch.from_numpy(labels[keep]),
+        classes=listing.classes,
+        name=listing.name,
+        grayscale=grayscale,
+        original_size=original_size,
+    )
+
+
+def _check_classes(counts: dict[str, int], where: str) -> None:
+    present = [name for name, count in counts.items() if count > 0]
+    if len(present) < 2:
+        found = f"only class {present[0]!r}" if present else "no images"
+        raise DataError(
+            f"dataset '{where}' has {found}; classification needs at least two classes: "
+            "add another class (a sub-folder or label)"
+        )
+
+
+def _check_int(name: str, value, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"{name} must be a positive integer ({meaning}), got {value!r}")
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        os.sep in text
+        or "/" in text
+        or text.startswith((".", "~"))
+        or Path(text).suffix != ""
+    )

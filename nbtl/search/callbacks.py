@@ -1,0 +1,69 @@
+"""Driver-side Ray Tune callback: progress lines, and closing each trial's MLflow run."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ray.tune import Callback
+
+from nbtl.tracking import SearchTracker
+
+
+def error_reason(trial) -> str:
+    """The last line of a failed trial's traceback (e.g. ``TrialDivergedError: loss became nan ...``)."""
+    text = trial.get_error() or ""
+    if not isinstance(text, str):
+        text = str(text)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else "the trial's worker ended without a traceback (killed or out of memory)"
+    return reason[:500]
+
+
+class SearchCallback(Callback):
+    """Prints a line per epoch and per finished trial, and makes sure no trial's run stays RUNNING:
+    a trial that finished, was stopped early by the scheduler, or whose worker died is closed here.
+    """
+
+    def __init__(self, tracker: SearchTracker, total_trials: int, max_epochs: int,
+                 print_fn: Callable[[str], None] = print):
+        self.tracker = tracker
+        self.total = total_trials
+        self.max_epochs = max_epochs
+        self.print = print_fn
+        self.finished = 0
+        self.best = float("-inf")
+        self.run_ids: dict[str, str] = {}
+
+    def _name(self, trial) -> str:
+        return str(trial.trial_id)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        config = trial.config
+        summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+        self.print(f"trial {self._name(trial)} started: {summary}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        best = result.get("best_val_accuracy", float("nan"))
+        self.best = max(self.best, best)
+        self.print(f"trial {self._name(trial)} epoch {int(result.get('epoch', 0))}: "
+                   f"val_accuracy={result.get('val_accuracy', float('nan')):.4f} "
+                   f"val_loss={result.get('val_loss', float('nan')):.4f}  (search best {self.best:.4f})")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.finished += 1
+        epochs = int(trial.last_result.get("epoch", 0)) if trial.last_result else 0
+        planned = int(trial.config.get("epochs", self.max_epochs))
+        stopped = 0 < epochs < planned
+        self.run_ids[trial.trial_id] = self.tracker.close_trial(
+            trial.trial_id, str(trial), trial.config, "FINISHED",
+            tags={"nbtl.stopped_early": "true"} if stopped else None)
+        note = f" (stopped early by the scheduler after {epochs} of {planned} epochs)" if stopped else ""
+        best = trial.last_result.get("best_val_accuracy", float("nan")) if trial.last_result else float("nan")
+        self.print(f"trial {self._name(trial)} finished [{self.finished}/{self.total}]: best_val_accuracy={best:.4f}{note}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.finished += 1
+        reason = error_reason(trial)
+        self.run_ids[trial.trial_id] = self.tracker.close_trial(
+            trial.trial_id, str(trial), trial.config, "FAILED", reason=reason)
+        self.print(f"trial {self._name(trial)} FAILED [{self.finished}/{self.total}]: {reason}")

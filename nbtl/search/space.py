@@ -1,0 +1,294 @@
+"""Search spaces written in YAML, validated before any trial runs, compiled to an Optuna
+define-by-run function for Ray Tune's ``OptunaSearch``.
+
+A space file has four sections (see ``search_spaces/default.yaml``)::
+
+    name: default
+    data:        {image_size: 64, val_fraction: 0.15, test_fraction: 0.15, augmentation: {...}}
+    search:      {trials: 12, max_concurrent: 2, seed: 0, resources: {cpu: 1, gpu: 0},
+                  sampler: {type: tpe, ...}, scheduler: {type: asha, grace_period: 1, reduction_factor: 2}}
+    parameters:                                  # trial config keys (nbtl.config.TrialConfig)
+      backbone: {choices: [efficientnet_lite0, resnet18]}      # categorical
+      transfer_blocks: {low: 0, high: all}       # 'all' = the chosen backbone's block count
+      freeze_blocks: {low: 0, high: transfer_blocks}   # a bound may name an earlier parameter
+      lr: {low: 1.0e-3, high: 0.1, log: true}    # float range (int range for integer keys)
+      head_width: {low: 32, high: 256, log: true, when: {head: [mlp, spinal]}}   # conditional
+      epochs: 4                                  # a fixed value
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from nbtl.config import TrialConfig
+from nbtl.errors import ConfigError, NbtlError
+
+SECTIONS = ("name", "description", "data", "search", "parameters")
+SPEC_KEYS = ("choices", "low", "high", "log", "step", "when")
+DATA_KEYS = ("image_size", "val_fraction", "test_fraction", "per_class", "augmentation")
+SEARCH_KEYS = ("trials", "max_concurrent", "seed", "resources", "sampler", "scheduler", "max_failures")
+SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
+SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
+BLOCK_KEYS = ("transfer_blocks", "freeze_blocks")
+
+
+def _field_kind(key: str) -> str:
+    """'int', 'float', 'bool', 'str' or 'list' for a TrialConfig key."""
+    hint = typing.get_type_hints(TrialConfig)[key]
+    for kind, typ in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if hint is typ or typ in typing.get_args(hint):
+            return kind
+    return "list"
+
+
+@dataclass
+class Parameter:
+    """One entry of ``parameters``: fixed ``value``, categorical ``choices``, or a ``low``/``high`` range."""
+
+    name: str
+    value: Any = None
+    choices: list[Any] | None = None
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    step: Any = None
+    when: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def fixed(self) -> bool:
+        return self.choices is None and self.low is None
+
+    def candidates(self) -> list[Any]:
+        """The literal values this parameter may take that can be checked in isolation."""
+        if self.fixed:
+            return [self.value]
+        if self.choices is not None:
+            return list(self.choices)
+        return [b for b in (self.low, self.high) if not isinstance(b, str)]
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space."""
+
+    name: str
+    parameters: list[Parameter]
+    data: dict[str, Any]
+    search: dict[str, Any]
+    source: str = ""          # the YAML text, logged as an artifact
+    path: str = "<string>"
+
+    @property
+    def max_epochs(self) -> int:
+        for p in self.parameters:
+            if p.name == "epochs":
+                return int(max(p.candidates()))
+        return TrialConfig().epochs
+
+    def backbones(self) -> list[str]:
+        for p in self.parameters:
+            if p.name == "backbone":
+                return [str(v) for v in p.candidates()]
+        return [TrialConfig().backbone]
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Define-by-run: suggest every active parameter on an Optuna ``trial``; return the fixed ones.
+
+        Conditional parameters whose ``when`` does not hold are not suggested and keep the
+        :class:`~nbtl.config.TrialConfig` default.
+        """
+        from nbtl.backbones import get_spec
+
+        chosen: dict[str, Any] = {}
+        fixed: dict[str, Any] = {}
+        for p in self.parameters:
+            if any(chosen.get(k, getattr(TrialConfig(), k, None)) not in v for k, v in p.when.items()):
+                continue
+            if p.fixed:
+                value = p.value
+                fixed[p.name] = value
+            elif p.choices is not None:
+                value = trial.suggest_categorical(p.name, p.choices)
+            else:
+                def bound(b: Any) -> Any:
+                    if b == "all":
+                        return get_spec(chosen.get("backbone", TrialConfig().backbone)).num_blocks
+                    if isinstance(b, str):
+                        resolved = chosen.get(b)
+                        return get_spec(chosen.get("backbone", TrialConfig().backbone)).num_blocks if resolved is None else resolved
+                    return b
+                low, high = bound(p.low), bound(p.high)
+                if _field_kind(p.name) == "int":
+                    value = trial.suggest_int(p.name, int(low), int(max(low, high)), log=p.log, step=p.step or 1)
+                else:
+                    value = trial.suggest_float(p.name, float(low), float(high), log=p.log, step=p.step)
+            chosen[p.name] = value
+        return fixed
+
+    def define_by_run(self) -> Callable[[Any], dict[str, Any]]:
+        return self.sample
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search space YAML file (``yaml.safe_load``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space {path}: no such file; pass a YAML file such as search_spaces/default.yaml")
+    try:
+        text = path.read_text()
+        document = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as error:
+        detail = str(error).replace("\n", " ")
+        raise ConfigError(f"search space {path}: not valid YAML ({detail}); fix the syntax") from None
+    return parse_space(document, where=str(path), source=text)
+
+
+def parse_space(document: Any, where: str = "search space", source: str = "") -> SearchSpace:
+    """Validate a parsed YAML document; raise :class:`ConfigError` naming the first bad key."""
+    if not isinstance(document, dict):
+        raise ConfigError(f"{where}: must be a mapping with sections {', '.join(SECTIONS)}")
+    _check_keys(document, SECTIONS, where)
+    data = _section(document, "data", DATA_KEYS, where)
+    search = _section(document, "search", SEARCH_KEYS, where)
+    raw = document.get("parameters")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: 'parameters' must be a mapping of trial config keys to values or ranges")
+    names = list(raw)
+    parameters = [_parse_parameter(name, raw[name], where, seen=names[:i]) for i, name in enumerate(names)]
+    space = SearchSpace(name=str(document.get("name") or Path(where).stem), parameters=parameters,
+                        data=data, search=search, source=source, path=where)
+    _validate_settings(space, where)
+    return space
+
+
+def _check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys are {', '.join(allowed)}")
+
+
+def _section(document: dict, name: str, allowed: tuple[str, ...], where: str) -> dict:
+    section = document.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: '{name}' must be a mapping")
+    _check_keys(section, allowed, f"{where}: {name}")
+    return dict(section)
+
+
+def _parse_parameter(name: str, spec: Any, where: str, seen: list[str]) -> Parameter:
+    at = f"{where}: parameters.{name}"
+    if name not in TrialConfig.keys():
+        raise ConfigError(f"{at}: unknown parameter {name!r}; known parameters are {', '.join(TrialConfig.keys())}")
+    if not isinstance(spec, dict):
+        return _checked(Parameter(name, value=spec), at)
+    _check_keys(spec, SPEC_KEYS, at)
+    when = spec.get("when") or {}
+    if not isinstance(when, dict):
+        raise ConfigError(f"{at}: 'when' must map an earlier parameter to the value(s) that enable this one")
+    for key, values in when.items():
+        if key not in seen:
+            raise ConfigError(f"{at}: 'when' names {key!r}, which is not a parameter listed before {name!r}")
+    when = {k: v if isinstance(v, list) else [v] for k, v in when.items()}
+    if "choices" in spec:
+        if "low" in spec or "high" in spec:
+            raise ConfigError(f"{at}: give either 'choices' or 'low'/'high', not both")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{at}: 'choices' must be a non-empty list")
+        return _checked(Parameter(name, choices=choices, when=when), at)
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{at}: a range needs both 'low' and 'high' (or use 'choices', or a fixed value)")
+    kind = _field_kind(name)
+    if kind not in ("int", "float"):
+        raise ConfigError(f"{at}: {name} is not numeric; use 'choices' instead of a range")
+    low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
+    for label, bound in (("low", low), ("high", high)):
+        if isinstance(bound, str):
+            if name not in BLOCK_KEYS:
+                raise ConfigError(f"{at}: {label}={bound!r}: only transfer_blocks / freeze_blocks bounds may be 'all' or a parameter name")
+            if bound != "all" and bound not in seen:
+                raise ConfigError(f"{at}: {label}={bound!r} must be 'all' or a block parameter listed before {name!r}")
+        elif isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise ConfigError(f"{at}: {label} must be a number, got {bound!r}")
+        elif kind == "int" and not float(bound).is_integer():
+            raise ConfigError(f"{at}: {label} must be an integer for {name}, got {bound!r}")
+    if not isinstance(low, str) and not isinstance(high, str) and low > high:
+        raise ConfigError(f"{at}: low ({low}) is greater than high ({high}); swap them")
+    if log and (isinstance(low, str) or low <= 0):
+        raise ConfigError(f"{at}: log scale needs low > 0, got low={low!r}")
+    if step is not None and log:
+        raise ConfigError(f"{at}: 'step' and 'log' cannot be combined (Optuna); drop one")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise ConfigError(f"{at}: step must be a positive number, got {step!r}")
+    if kind == "int":
+        low = low if isinstance(low, str) else int(low)
+        high = high if isinstance(high, str) else int(high)
+    return _checked(Parameter(name, low=low, high=high, log=log, step=step, when=when), at)
+
+
+def _checked(parameter: Parameter, at: str) -> Parameter:
+    """Check every literal value against the trial config's own rules."""
+    from nbtl.backbones import get_spec
+
+    for value in parameter.candidates():
+        if parameter.name == "backbone":
+            try:
+                get_spec(value)
+            except NbtlError as error:
+                raise ConfigError(f"{at}: {error}") from None
+        if parameter.name in BLOCK_KEYS:
+            continue
+        try:
+            TrialConfig.from_dict({parameter.name: value}, where=at)
+        except TypeError:
+            raise ConfigError(f"{at}: value {value!r} has the wrong type") from None
+    return parameter
+
+
+def _validate_settings(space: SearchSpace, where: str) -> None:
+    from nbtl.data import make_augmentation
+
+    d, s = space.data, space.search
+
+    def positive_int(section: dict, key: str, label: str, minimum: int = 1) -> None:
+        v = section.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
+            raise ConfigError(f"{where}: {label}.{key} must be an integer >= {minimum}, got {v!r}")
+
+    positive_int(d, "image_size", "data", 8)
+    positive_int(d, "per_class", "data", 3)
+    for key in ("val_fraction", "test_fraction"):
+        v = d.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or not 0 < v < 0.5):
+            raise ConfigError(f"{where}: data.{key} must be between 0 and 0.5, got {v!r}")
+    make_augmentation(d.get("augmentation"))  # raises ConfigError on an unknown key
+    positive_int(s, "trials", "search")
+    positive_int(s, "max_concurrent", "search")
+    positive_int(s, "seed", "search", 0)
+    positive_int(s, "max_failures", "search", 0)
+    resources = s.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{where}: search.resources must be a mapping like {{cpu: 1, gpu: 0}}")
+    _check_keys(resources, ("cpu", "gpu"), f"{where}: search.resources")
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "cpu" and value == 0):
+            raise ConfigError(f"{where}: search.resources.{key} must be a number {'> 0' if key == 'cpu' else '>= 0'}, got {value!r}")
+    for name, table in (("sampler", SAMPLER_KEYS), ("scheduler", SCHEDULER_KEYS)):
+        spec = s.get(name) or {}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: search.{name} must be a mapping with a 'type'")
+        kind = spec.get("type", next(iter(table)))
+        if kind not in table:
+            raise ConfigError(f"{where}: search.{name}.type must be one of {', '.join(table)}, got {kind!r}")
+        _check_keys(spec, table[kind], f"{where}: search.{name}")
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    """YAML text of a trial config (what ``nbtl search`` writes as the best config)."""
+    return yaml.safe_dump({k: config[k] for k in TrialConfig.keys() if k in config}, sort_keys=False)
+

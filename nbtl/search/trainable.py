@@ -1,0 +1,77 @@
+"""The Ray Tune side of one trial: the only place that calls ``ray.tune`` reporting APIs.
+
+Ray's reporting API has moved several times (``tune.report`` / ``train.report`` / session
+APIs); keeping every call here means one file changes when it moves again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TRIAL_CHECKPOINT = "trial.pt"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a search shares, shipped once through Ray's object store."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    augmentation: dict[str, Any] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
+def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: TrialContext | None = None) -> None:
+    """Ray Tune function trainable: one trial of a search.
+
+    ``config`` holds trial config keys (sampled by Optuna, fixed ones added by the space);
+    ``splits`` (the decoded images) and ``weights`` (pre-trained state dicts by backbone name)
+    arrive through ``tune.with_parameters``, so they are stored once and shared by all trials.
+    """
+    import torch
+    from ray import tune
+
+    from nbtl.config import TrialConfig
+    from nbtl.tracking import TrialTracker
+    from nbtl.train import train_trial
+
+    tune_context = tune.get_context()
+    trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
+    trial_config = TrialConfig.from_dict(config, where=f"trial {trial_name}")
+    tags = {**context.tags, "nbtl.backbone": trial_config.backbone, "ray.trial_name": trial_name}
+    tracker = TrialTracker(context.tracking_uri, context.experiment_id, context.parent_run_id, trial_id,
+                           trial_name, trial_config.to_dict(), tags)
+
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = torch.load(Path(directory) / TRIAL_CHECKPOINT, map_location="cpu", weights_only=True)
+
+    def report(metrics: dict[str, float], state) -> None:
+        tracker.log_epoch(metrics, step=int(metrics["epoch"]))
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state(), Path(directory) / TRIAL_CHECKPOINT)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
+    try:
+        train_trial(trial_config, splits, augmentation=context.augmentation, state_dict=weight,
+                    report=report, resume=resume)
+    except SystemExit:
+        # Ray ends a trial that its scheduler stopped (ASHA) by exiting the training thread.
+        tracker.end("FINISHED", tags={"nbtl.stopped_early": "true"})
+        raise
+    except BaseException as error:
+        tracker.end("FAILED", reason=one_line(error))
+        raise
+    tracker.end("FINISHED")

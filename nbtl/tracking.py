@@ -1,0 +1,208 @@
+"""MLflow tracking: one experiment per search name, a parent run per search, a child run per trial.
+
+The only module that imports MLflow. The driver owns the parent run and closes every child run
+(so a trial that Ray stopped early or whose worker died never stays RUNNING); each trial, in its
+Ray worker, creates its child run and logs its params and per-epoch metrics (``step=epoch``) to
+the same store, found by the tag ``nbtl.trial_id``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+from nbtl import __version__
+
+T = TypeVar("T")
+
+TRIAL_ID_TAG = "nbtl.trial_id"
+SEARCH_TAG = "nbtl.search"
+ROLE_TAG = "nbtl.role"
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` in the working directory.
+
+    A relative SQLite path is made absolute, because Ray workers run in other directories.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    elif "://" not in uri:  # a bare path
+        uri = "sqlite:///" + str(Path(uri).resolve())
+    return uri
+
+
+def _retry(call: Callable[[], T], attempts: int = 8) -> T:
+    """Run ``call``, retrying SQLite's 'database is locked' (several trials write at once)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as error:  # MlflowException / SQLAlchemy OperationalError
+            if "locked" not in str(error).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _params(values: dict[str, Any]):
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in values.items()]
+
+
+def _tags(values: dict[str, Any]):
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in values.items()]
+
+
+def _metrics(values: dict[str, float], step: int):
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
+
+
+class TrialTracker:
+    """A trial's child run, used from inside the trial (a Ray worker).
+
+    Re-attaches to the trial's existing run when Ray retries or resumes the trial, so a trial
+    has one run however often it restarts.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
+                 trial_name: str, params: dict[str, Any], tags: dict[str, Any] | None = None):
+        self.client = _client(tracking_uri)
+        existing = find_trial_run(self.client, experiment_id, trial_id)
+        if existing is not None:
+            self.run_id = existing.info.run_id
+            if existing.info.status != "RUNNING":
+                _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+            return
+        all_tags = {PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, ROLE_TAG: "trial",
+                    "nbtl.version": __version__, **(tags or {})}
+        run = _retry(lambda: self.client.create_run(experiment_id, run_name=trial_name, tags=all_tags))
+        self.run_id = run.info.run_id
+        _retry(lambda: self.client.log_batch(self.run_id, params=_params(params)))
+
+    def log_epoch(self, metrics: dict[str, float], step: int) -> None:
+        _retry(lambda: self.client.log_batch(self.run_id, metrics=_metrics(metrics, step)))
+
+    def end(self, status: str = "FINISHED", reason: str | None = None, tags: dict[str, Any] | None = None) -> None:
+        extra = dict(tags or {})
+        if reason:
+            extra["nbtl.error"] = reason
+        if extra:
+            _retry(lambda: self.client.log_batch(self.run_id, tags=_tags(extra)))
+        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def find_trial_run(client, experiment_id: str, trial_id: str):
+    runs = _retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
+                                             max_results=1))
+    return runs[0] if runs else None
+
+
+class SearchTracker:
+    """The driver's side: the experiment, the parent run, and closing trials' runs."""
+
+    def __init__(self, tracking_uri: str | None, search_name: str):
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = _client(self.tracking_uri)
+        self.search_name = search_name
+        experiment = _retry(lambda: self.client.get_experiment_by_name(search_name))
+        if experiment is None:
+            self.experiment_id = _retry(lambda: self.client.create_experiment(search_name))
+        else:
+            if experiment.lifecycle_stage == "deleted":
+                _retry(lambda: self.client.restore_experiment(experiment.experiment_id))
+            self.experiment_id = experiment.experiment_id
+        self.parent_run_id: str | None = None
+
+    def start(self, params: dict[str, Any], tags: dict[str, Any], run_name: str | None = None) -> str:
+        all_tags = {ROLE_TAG: "search", SEARCH_TAG: self.search_name, "nbtl.version": __version__, **tags}
+        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name or self.search_name, tags=all_tags))
+        self.parent_run_id = run.info.run_id
+        _retry(lambda: self.client.log_batch(self.parent_run_id, params=_params(params)))
+        return self.parent_run_id
+
+    def attach(self, parent_run_id: str) -> None:
+        """Continue an existing parent run (resume)."""
+        self.parent_run_id = parent_run_id
+        _retry(lambda: self.client.update_run(parent_run_id, status="RUNNING"))
+
+    def trial_run(self, trial_id: str):
+        return find_trial_run(self.client, self.experiment_id, trial_id)
+
+    def close_trial(self, trial_id: str, trial_name: str, params: dict[str, Any], status: str,
+                    reason: str | None = None, tags: dict[str, Any] | None = None) -> str:
+        """End the trial's run with ``status`` unless it already ended; create it if the trial
+        never got that far (e.g. it failed while building its model). Returns the run id."""
+        run = self.trial_run(trial_id)
+        if run is None:
+            tracker = TrialTracker(self.tracking_uri, self.experiment_id, self.parent_run_id, trial_id,
+                                   trial_name, params, tags)
+            tracker.end(status, reason)
+            return tracker.run_id
+        if run.info.status == "RUNNING":
+            extra = dict(tags or {})
+            if reason:
+                extra["nbtl.error"] = reason
+            if extra:
+                _retry(lambda: self.client.log_batch(run.info.run_id, tags=_tags(extra)))
+            _retry(lambda: self.client.set_terminated(run.info.run_id, status=status))
+        return run.info.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        _retry(lambda: self.client.log_batch(self.parent_run_id, metrics=_metrics(metrics, step)))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        _retry(lambda: self.client.log_batch(self.parent_run_id, tags=_tags(tags)))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_text(self.parent_run_id, text, artifact_file))
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_figure(self.parent_run_id, figure, artifact_file))
+
+    def child_runs(self) -> list:
+        return _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=5000))
+
+    def close_open_children(self, status: str = "KILLED", reason: str = "") -> int:
+        """End every child run of this search still RUNNING (after an interrupted search)."""
+        count = 0
+        for run in self.child_runs():
+            if run.info.status == "RUNNING":
+                if reason:
+                    _retry(lambda: self.client.log_batch(run.info.run_id, tags=_tags({"nbtl.error": reason})))
+                _retry(lambda: self.client.set_terminated(run.info.run_id, status=status))
+                count += 1
+        return count
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.parent_run_id:
+            _retry(lambda: self.client.set_terminated(self.parent_run_id, status=status))
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """Link to a run in the MLflow UI when the store is a server."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return None
+
+
+def iter_params(config: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    return {k: config[k] for k in keys if k in config}

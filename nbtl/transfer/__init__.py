@@ -1,0 +1,26 @@
+"""Turn one trial config into a model with kept / re-initialised / frozen blocks, a head,
+per-block learning rates and the L2-SP + L2 regulariser."""
+
+from nbtl.transfer.heads import SpinalHead, make_head
+from nbtl.transfer.model import (
+    TransferModel,
+    TransferSetup,
+    block_learning_rates,
+    build_transfer,
+    reinitialize,
+    resolve_blocks,
+)
+from nbtl.transfer.regularizer import L2SPRegularizer, regularised_weights
+
+__all__ = [
+    "L2SPRegularizer",
+    "SpinalHead",
+    "TransferModel",
+    "TransferSetup",
+    "block_learning_rates",
+    "build_transfer",
+    "make_head",
+    "regularised_weights",
+    "reinitialize",
+    "resolve_blocks",
+]

@@ -1,0 +1,151 @@
+"""From one :class:`~nbtl.config.TrialConfig`, the model and its training parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nbtl.backbones import Backbone, create_backbone, get_spec
+from nbtl.config import TrialConfig
+from nbtl.errors import ConfigError
+from nbtl.transfer.heads import make_head
+from nbtl.transfer.regularizer import L2SPRegularizer, regularised_weights
+
+
+class TransferModel(nn.Module):
+    """A backbone, cut into blocks, with a new head; takes uint8 or [0, 1] float images.
+
+    Images ``(N, 3, H, W)`` are scaled and normalised with the backbone's own mean / std, so
+    data are stored once as uint8 and shared by every backbone of a search. Frozen blocks stay
+    in eval mode (their BatchNorm statistics do not move either).
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module, freeze_blocks: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.freeze_blocks = freeze_blocks
+        self.register_buffer("mean", torch.tensor(backbone.spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.spec.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.backbone.blocks
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(self.normalise(images)))
+
+    def train(self, mode: bool = True) -> "TransferModel":
+        super().train(mode)
+        for block in list(self.blocks)[: self.freeze_blocks]:
+            block.eval()
+        return self
+
+
+@dataclass
+class TransferSetup:
+    """Everything :func:`build_transfer` makes for one trial."""
+
+    model: TransferModel
+    optimizer: torch.optim.Optimizer
+    regularizer: L2SPRegularizer
+    transfer_blocks: int
+    reinitialized_blocks: list[int]
+    frozen_blocks: list[int]
+
+    def group_lrs(self) -> dict[str, float]:
+        """Configured learning rate of every parameter group, by group name."""
+        return {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+
+
+def reinitialize(module: nn.Module) -> None:
+    """Re-initialise every layer of ``module`` with its own ``reset_parameters`` (the layer's
+    default init: Kaiming-uniform convolutions and linears, BatchNorm to identity)."""
+    for layer in module.modules():
+        reset = getattr(layer, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+def block_learning_rates(config: TrialConfig, num_blocks: int) -> list[float]:
+    """Per-block learning rates: ``config.block_lrs`` if given, else ``lr × lr_decay^(B−1−i)``."""
+    if config.block_lrs is not None:
+        if len(config.block_lrs) != num_blocks:
+            raise ConfigError(
+                f"block_lrs has {len(config.block_lrs)} values but {config.backbone} has {num_blocks} blocks: give one per block"
+            )
+        return [float(v) for v in config.block_lrs]
+    return [config.lr * config.lr_decay ** (num_blocks - 1 - i) for i in range(num_blocks)]
+
+
+def resolve_blocks(config: TrialConfig) -> tuple[int, int]:
+    """``(transfer_blocks, freeze_blocks)`` with ``None`` resolved and checked against the backbone."""
+    num_blocks = get_spec(config.backbone).num_blocks
+    transfer = num_blocks if config.transfer_blocks is None else config.transfer_blocks
+    if not config.pretrained:
+        transfer = 0
+    if transfer > num_blocks:
+        raise ConfigError(
+            f"transfer_blocks={transfer} but {config.backbone} has {num_blocks} blocks: use 0..{num_blocks}"
+        )
+    if config.freeze_blocks > transfer:
+        raise ConfigError(
+            f"freeze_blocks={config.freeze_blocks} exceeds transfer_blocks={transfer} for {config.backbone}: "
+            "only transferred blocks can be frozen"
+        )
+    return transfer, config.freeze_blocks
+
+
+def build_transfer(config: TrialConfig, num_classes: int, state_dict: dict[str, Any] | None = None,
+                   weights_path: str | None = None) -> TransferSetup:
+    """Build the model, its per-block optimizer and its regulariser for one trial.
+
+    Blocks ``[0, transfer_blocks)`` keep the pre-trained weights (``state_dict`` if given, which a
+    search ships once to all trials; else the backbone's default source), blocks from
+    ``transfer_blocks`` on are re-initialised, and blocks ``[0, freeze_blocks)`` do not train.
+    The optimizer has one parameter group per trainable block (named ``block{i}``) plus ``head``,
+    and no weight decay: regularisation is :class:`L2SPRegularizer` alone.
+    """
+    transfer, freeze = resolve_blocks(config)
+    torch.manual_seed(config.seed)
+    backbone = create_backbone(config.backbone, pretrained=config.pretrained and transfer > 0,
+                               weights_path=weights_path, state_dict=state_dict if transfer > 0 else None)
+    num_blocks = len(backbone.blocks)
+    reinitialized = list(range(transfer, num_blocks))
+    for i in reinitialized:
+        reinitialize(backbone.blocks[i])
+    frozen = list(range(freeze))
+    for i in frozen:
+        backbone.blocks[i].requires_grad_(False)
+    # The source head is not part of the transferred network.
+    if backbone.source_head is not None:
+        backbone.source_head.requires_grad_(False)
+    head = make_head(config.head, backbone.feature_dim, num_classes, width=config.head_width, dropout=config.head_dropout)
+    model = TransferModel(backbone, head, freeze_blocks=freeze)
+
+    lrs = block_learning_rates(config, num_blocks)
+    groups = []
+    for i, block in enumerate(backbone.blocks):
+        params = [p for p in block.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": lrs[i], "name": f"block{i}"})
+    groups.append({"params": list(head.parameters()), "lr": config.effective_head_lr(), "name": "head"})
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                                    nesterov=config.momentum > 0, weight_decay=0.0)
+    else:
+        optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=0.0)
+
+    transferred = [p for i in range(freeze, transfer) for p in regularised_weights(backbone.blocks[i])]
+    new = [p for i in reinitialized for p in regularised_weights(backbone.blocks[i])] + regularised_weights(head)
+    regularizer = L2SPRegularizer(transferred, new, config.l2sp_alpha, config.l2_beta, config.effective_l2_head())
+    return TransferSetup(model, optimizer, regularizer, transfer, reinitialized, frozen)
