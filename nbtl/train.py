@@ -133,6 +133,8 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
+        if "scaler" in resume:
+            scaler.load_state_dict(resume["scaler"])
         result.history = list(resume["history"])
         best = dict(resume["best"])
         start_epoch = int(resume["epoch"]) + 1
@@ -187,6 +189,7 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
                     "model": copy.deepcopy(model.state_dict()),
                     "optimizer": copy.deepcopy(optimizer.state_dict()),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "history": list(result.history),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,21 +69,79 @@ def setting(options: SearchOptions, space: SearchSpace, key: str) -> Any:
     return section.get(key, DEFAULTS.get(key))
 
 
-def init_ray(address: str | None) -> None:
-    """Embedded Ray by default; ``address`` joins a running cluster (``ray start --head``)."""
+def _quiet_ray() -> None:
+    """Keep Ray Tune's console to our progress lines: no experiment-sync warnings for small
+    searches, no per-checkpoint log lines from the workers."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
+    for name in ("ray.tune", "ray.train", "ray.air", "mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def init_ray(address: str | None) -> str:
+    """Embedded Ray by default; ``address`` joins a running cluster (``ray start --head``).
+
+    Returns the GCS address of the Ray instance the search runs on.
+    """
     import ray
 
-    if ray.is_initialized():
-        return
-    if not address:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-        return
+    _quiet_ray()
+    if not ray.is_initialized():
+        if not address:
+            # address="local": always a fresh embedded instance, never a stale `ray start` found in /tmp/ray.
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            _join_cluster(address)
+    return ray.get_runtime_context().gcs_address
+
+
+def use_token_auth(address: str | None) -> None:
+    """Turn on Ray's token authentication for a client joining ``address`` when a token is at hand.
+
+    A head started with ``ray start --head`` (Ray >= 2.52) requires it. Ray reads ``RAY_AUTH_MODE``
+    when it is imported, so this runs before the first ``import ray``.
+    """
     token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
-    if "RAY_AUTH_MODE" not in os.environ and (token.exists() or os.environ.get("RAY_AUTH_TOKEN")):
-        # A head started with `ray start --head` requires token authentication from clients.
+    if address and "RAY_AUTH_MODE" not in os.environ and (token.exists() or os.environ.get("RAY_AUTH_TOKEN")):
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _resolve_address(address: str) -> str:
+    """``auto`` → the address in ``$RAY_ADDRESS`` or of the last ``ray start`` on this machine."""
+    if address != "auto":
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip():
+        return current.read_text().strip()
+    raise SearchError("--address auto: no running Ray cluster found on this machine; start one with "
+                      "`ray start --head` or give its address, e.g. --address 127.0.0.1:6379")
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, when nothing listens at ``address``: Ray itself retries for minutes."""
+    target = _resolve_address(address)
+    host_port = target.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"--address {address}: expected HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or ray://HOST:PORT")
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise SearchError(f"--address {address}: nothing answers at {host}:{port} ({error.strerror or error}); "
+                          "start the head with `ray start --head --port PORT` or fix the address") from None
+
+
+def _join_cluster(address: str) -> None:
+    import ray
+
+    _probe(address)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as error:  # ConnectionError, RuntimeError, auth errors: all mean "cannot join"
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SearchError(
@@ -143,6 +202,7 @@ def results_table(results, run_ids: dict[str, str]) -> tuple[pd.DataFrame, dict[
 
 def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None] = print) -> SearchResult:
     """Run the search described by ``space`` on ``options.data``; see ``nbtl search --help``."""
+    use_token_auth(options.address)
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -167,6 +227,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
     pretrained = any(p.name == "pretrained" and True not in p.candidates() for p in space.parameters)
     weights = {} if pretrained else {b: load_pretrained_state_dict(b) for b in space.backbones()}
 
+    ray_address = init_ray(options.address)  # before MLflow: a cluster that cannot be joined leaves no run behind
     storage = Path(options.storage_path or "nbtl_results").resolve()
     storage.mkdir(parents=True, exist_ok=True)
     experiment_dir = _experiment_dir(storage, name)
@@ -182,7 +243,8 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
               "gpu_per_trial": resources["gpu"], "sampler": json.dumps(space.search.get("sampler") or {"type": "tpe"}),
               "scheduler": json.dumps(space.search.get("scheduler") or {"type": "asha"}),
               "augmentation": json.dumps(space.data.get("augmentation") or {})}
-    tags = {"nbtl.dataset": dataset.name, "nbtl.space": space.name, "nbtl.experiment_path": str(storage / experiment_dir)}
+    tags = {"nbtl.dataset": dataset.name, "nbtl.space": space.name, "nbtl.experiment_path": str(storage / experiment_dir),
+            "nbtl.ray_address": options.address or "embedded", "nbtl.ray_gcs_address": ray_address}
     parent_run_id = tracker.start(params, tags)
     tracker.log_text(space.source or dump_config({}), "search_space.yaml")
     (storage / experiment_dir).mkdir(parents=True, exist_ok=True)
@@ -191,7 +253,6 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
          "tracking_uri": tracker.tracking_uri, "space": space.path, "options": options.__dict__}, indent=2, default=str))
     print_fn(f"MLflow: experiment {name!r} ({tracker.tracking_uri}), parent run {parent_run_id}")
 
-    init_ray(options.address)
     context = TrialContext(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
                            parent_run_id=parent_run_id, augmentation=space.data.get("augmentation"),
                            tags={"nbtl.search": name, "nbtl.dataset": dataset.name, "nbtl.version": __version__})

@@ -100,14 +100,18 @@ class SearchSpace:
         """Define-by-run: suggest every active parameter on an Optuna ``trial``; return the fixed ones.
 
         Conditional parameters whose ``when`` does not hold are not suggested and keep the
-        :class:`~nbtl.config.TrialConfig` default.
+        :class:`~nbtl.config.TrialConfig` default. A ``transfer_blocks`` / ``freeze_blocks``
+        range is capped to what the trial can take, so every sampled config builds:
+        ``transfer_blocks <= `` the chosen backbone's block count, ``freeze_blocks <=
+        transfer_blocks`` (0 when ``pretrained`` is false).
         """
         from nbtl.backbones import get_spec
 
+        default = TrialConfig()
         chosen: dict[str, Any] = {}
         fixed: dict[str, Any] = {}
         for p in self.parameters:
-            if any(chosen.get(k, getattr(TrialConfig(), k, None)) not in v for k, v in p.when.items()):
+            if any(chosen.get(k, getattr(default, k, None)) not in v for k, v in p.when.items()):
                 continue
             if p.fixed:
                 value = p.value
@@ -115,16 +119,25 @@ class SearchSpace:
             elif p.choices is not None:
                 value = trial.suggest_categorical(p.name, p.choices)
             else:
+                num_blocks = get_spec(chosen.get("backbone", default.backbone)).num_blocks
+
                 def bound(b: Any) -> Any:
-                    if b == "all":
-                        return get_spec(chosen.get("backbone", TrialConfig().backbone)).num_blocks
-                    if isinstance(b, str):
-                        resolved = chosen.get(b)
-                        return get_spec(chosen.get("backbone", TrialConfig().backbone)).num_blocks if resolved is None else resolved
+                    if isinstance(b, str):  # 'all', or an earlier block parameter (all blocks when unset)
+                        resolved = None if b == "all" else chosen.get(b)
+                        return num_blocks if resolved is None else resolved
                     return b
                 low, high = bound(p.low), bound(p.high)
+                if p.name in BLOCK_KEYS:
+                    cap = num_blocks
+                    if p.name == "freeze_blocks":
+                        transfer = chosen.get("transfer_blocks")
+                        cap = min(cap, num_blocks if transfer is None else transfer)
+                        if not chosen.get("pretrained", default.pretrained):
+                            cap = 0
+                    high = min(high, cap)
+                    low = min(low, high)
                 if _field_kind(p.name) == "int":
-                    value = trial.suggest_int(p.name, int(low), int(max(low, high)), log=p.log, step=p.step or 1)
+                    value = trial.suggest_int(p.name, int(low), int(high), log=p.log, step=p.step or 1)
                 else:
                     value = trial.suggest_float(p.name, float(low), float(high), log=p.log, step=p.step)
             chosen[p.name] = value
@@ -160,6 +173,8 @@ def parse_space(document: Any, where: str = "search space", source: str = "") ->
         raise ConfigError(f"{where}: 'parameters' must be a mapping of trial config keys to values or ranges")
     names = list(raw)
     parameters = [_parse_parameter(name, raw[name], where, seen=names[:i]) for i, name in enumerate(names)]
+    _check_conditions(parameters, where)
+    _check_block_order(parameters, where)
     space = SearchSpace(name=str(document.get("name") or Path(where).stem), parameters=parameters,
                         data=data, search=search, source=source, path=where)
     _validate_settings(space, where)
@@ -231,6 +246,38 @@ def _parse_parameter(name: str, spec: Any, where: str, seen: list[str]) -> Param
     return _checked(Parameter(name, low=low, high=high, log=log, step=step, when=when), at)
 
 
+def _check_conditions(parameters: list[Parameter], where: str) -> None:
+    """A ``when`` value that the named parameter never takes would silently switch a parameter off."""
+    by_name = {p.name: p for p in parameters}
+    for p in parameters:
+        for key, values in p.when.items():
+            condition = by_name[key]
+            if condition.choices is None and not condition.fixed:
+                continue  # a range: any value may occur
+            possible = condition.candidates()
+            for value in values:
+                if value not in possible:
+                    raise ConfigError(
+                        f"{where}: parameters.{p.name}: 'when' value {value!r} for {key} is never sampled; "
+                        f"{key} takes {', '.join(map(repr, possible))}"
+                    )
+
+
+def _check_block_order(parameters: list[Parameter], where: str) -> None:
+    """A block range is capped by the trial's backbone, ``pretrained`` (and ``transfer_blocks`` for
+    ``freeze_blocks``), so those must be sampled first."""
+    index = {p.name: i for i, p in enumerate(parameters)}
+    for p in parameters:
+        if p.name in BLOCK_KEYS and not p.fixed:
+            dependencies = ("backbone", "pretrained") + (("transfer_blocks",) if p.name == "freeze_blocks" else ())
+            for dependency in dependencies:
+                if index.get(dependency, -1) > index[p.name]:
+                    raise ConfigError(
+                        f"{where}: parameters.{p.name}: its range depends on the trial's {dependency}; "
+                        f"list {dependency!r} before {p.name!r}"
+                    )
+
+
 def _checked(parameter: Parameter, at: str) -> Parameter:
     """Check every literal value against the trial config's own rules."""
     from nbtl.backbones import get_spec
@@ -266,7 +313,10 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
         v = d.get(key)
         if v is not None and (not isinstance(v, (int, float)) or not 0 < v < 0.5):
             raise ConfigError(f"{where}: data.{key} must be between 0 and 0.5, got {v!r}")
-    make_augmentation(d.get("augmentation"))  # raises ConfigError on an unknown key
+    try:
+        make_augmentation(d.get("augmentation"))
+    except ConfigError as error:
+        raise ConfigError(f"{where}: data.augmentation: {error}") from None
     positive_int(s, "trials", "search")
     positive_int(s, "max_concurrent", "search")
     positive_int(s, "seed", "search", 0)

@@ -1,0 +1,96 @@
+"""The ``nbtl`` command line: help on every command, and bad input ending in one clear line, exit 2,
+before any trial runs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_nbtl
+
+TINY = REPO / "search_spaces" / "tiny.yaml"
+
+
+@pytest.mark.parametrize("command", [[], ["search"], ["backbones"]])
+def test_help_on_every_command(tmp_path, command):
+    result = run_nbtl(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "usage: nbtl" in result.stdout
+
+
+def test_backbones_lists_registry(tmp_path):
+    result = run_nbtl("backbones", cwd=tmp_path)
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"efficientnet_lite0", "resnet18", "mobilenet_v3_small"} <= set(names)
+
+
+def write_space(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def one_line_error(result, *fragments: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("nbtl search: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+BAD_SPACES = {
+    "unknown parameter": ("parameters:\n  backbone: efficientnet_lite0\n  learning_rate: {low: 0.1, high: 1}\n",
+                          "learning_rate"),
+    "low above high": ("parameters:\n  lr: {low: 0.5, high: 0.1}\n", "lr"),
+    "log with zero": ("parameters:\n  lr: {low: 0.0, high: 0.1, log: true}\n", "lr"),
+    "unknown section": ("search: {trials: 2}\nsearch_space: {}\n", "search_space"),
+    "unknown backbone": ("parameters:\n  backbone: {choices: [efficientnet_lite0, resnet-50]}\n", "resnet-50"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPACES))
+def test_bad_space_is_rejected_naming_the_key(tmp_path, case):
+    text, key = BAD_SPACES[case]
+    space = write_space(tmp_path, text)
+    result = run_nbtl("search", str(space), "--data", "digits", cwd=tmp_path)
+    one_line_error(result, key, str(space))
+    assert not (tmp_path / "mlflow.db").exists(), "a rejected space must not start a search"
+
+
+def test_missing_space_file(tmp_path):
+    one_line_error(run_nbtl("search", "nope.yaml", "--data", "digits", cwd=tmp_path), "nope.yaml")
+
+
+def test_missing_data_path(tmp_path):
+    one_line_error(run_nbtl("search", str(TINY), "--data", str(tmp_path / "no_such_dir"), cwd=tmp_path), "no_such_dir")
+
+
+def test_corrupt_image_is_named(tmp_path):
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(tmp_path / "data" / label / f"{i}.png")
+    (tmp_path / "data" / "dog" / "3.png").write_bytes(b"not a png at all")
+    result = run_nbtl("search", str(TINY), "--data", str(tmp_path / "data"), cwd=tmp_path)
+    one_line_error(result, "3.png")
+
+
+def test_bad_numbers(tmp_path):
+    one_line_error(run_nbtl("search", str(TINY), "--data", "digits", "--trials", "0", cwd=tmp_path), "--trials")
+
+
+def test_unreachable_cluster_fails_fast_and_leaves_no_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_nbtl("search", str(TINY), "--data", "digits", "--address", "127.0.0.1:1", "--tracking-uri", uri,
+                      cwd=tmp_path, timeout=120)
+    one_line_error(result, "--address 127.0.0.1:1", "ray start --head")
+    if (tmp_path / "mlflow.db").exists():
+        with sqlite3.connect(tmp_path / "mlflow.db") as db:
+            assert db.execute("select count(*) from runs").fetchone()[0] == 0

@@ -1,0 +1,102 @@
+"""End to end: the ``nbtl search`` CLI runs a tiny real search (Ray Tune + Optuna + ASHA) and the MLflow
+store, read back with ``MlflowClient``, holds one parent run and one child run per trial."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import REPO, run_nbtl
+
+pytestmark = pytest.mark.e2e
+
+TINY = REPO / "search_spaces" / "tiny.yaml"
+TRIALS = 3
+NAME = "e2e-tiny"
+CONFIG_PARAMS = {"backbone", "transfer_blocks", "freeze_blocks", "lr", "lr_decay", "head_lr", "l2sp_alpha", "l2_beta",
+                 "l2_head", "head", "epochs", "batch_size", "seed"}
+
+
+def run_tiny_search(tmp_path: Path, tracking_uri: str, *extra: str) -> str:
+    result = run_nbtl("search", str(TINY), "--data", "digits", "--trials", str(TRIALS), "--name", NAME,
+                      "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "results"), *extra, cwd=tmp_path)
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def check_store(stdout: str, tracking_uri: str) -> tuple[object, list]:
+    """Assert what every search leaves in MLflow; return the parent and child runs."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(NAME)
+    assert experiment is not None, "no MLflow experiment named after the search"
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, f"expected one parent run, got {len(parents)}"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == TRIALS == len(runs) - 1
+    assert parent.info.status == "FINISHED"
+
+    for child in children:
+        assert child.info.status == "FINISHED", (child.info.run_id, child.info.status, child.data.tags.get("nbtl.error"))
+        assert CONFIG_PARAMS <= set(child.data.params), CONFIG_PARAMS - set(child.data.params)
+        assert child.data.params["backbone"] == "efficientnet_lite0"
+        assert int(child.data.params["freeze_blocks"]) <= int(child.data.params["transfer_blocks"]) <= 9
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        steps = sorted(m.step for m in history)
+        assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 2, steps
+        for key in ("train_loss", "val_loss", "val_macro_f1", "val_weighted_f1", "best_val_accuracy", "test_accuracy"):
+            assert len(client.get_metric_history(child.info.run_id, key)) == len(steps), key
+        assert 0.0 <= child.data.metrics["best_val_accuracy"] <= 1.0
+
+    # The printed best is the child with the highest best_val_accuracy.
+    match = re.search(r"Best trial: (\S+) \(MLflow run (\w+)\): best_val_accuracy=([0-9.]+)", stdout)
+    assert match, stdout[-3000:]
+    best_run_id, printed = match.group(2), float(match.group(3))
+    by_id = {c.info.run_id: c for c in children}
+    assert best_run_id in by_id
+    top = max(c.data.metrics["best_val_accuracy"] for c in children)
+    assert by_id[best_run_id].data.metrics["best_val_accuracy"] == pytest.approx(top)
+    assert printed == pytest.approx(top, abs=1e-4)
+    assert parent.data.tags["nbtl.best_run_id"] == best_run_id
+
+    # The parent holds the results table, the best config and the search space.
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "best_config.yaml", "search_space.yaml"} <= artifacts
+    directory = client.download_artifacts(parent.info.run_id, "")
+    table = pd.read_csv(Path(directory) / "results.csv")
+    assert sorted(table["run_id"]) == sorted(by_id) and table["run_id"].iloc[0] == best_run_id
+    best_config = yaml.safe_load((Path(directory) / "best_config.yaml").read_text())
+    for key in CONFIG_PARAMS & set(best_config):
+        assert str(best_config[key]) == by_id[best_run_id].data.params[key], key
+    assert yaml.safe_load((Path(directory) / "search_space.yaml").read_text()) == yaml.safe_load(TINY.read_text())
+    return parent, children
+
+
+def overlapping(children) -> bool:
+    spans = sorted((c.info.start_time, c.info.end_time) for c in children)
+    return any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1))
+
+
+def test_search_on_embedded_ray(tmp_path, tracking_uri):
+    stdout = run_tiny_search(tmp_path, tracking_uri, "--max-concurrent", "2")
+    assert "Trials (best first):" in stdout and "Best config:" in stdout
+    parent, children = check_store(stdout, tracking_uri)
+    assert parent.data.params["max_concurrent"] == "2"
+    assert overlapping(children), "max_concurrent=2 but no two trials ran at the same time"
+    assert not (tmp_path / "mlflow.db").exists() or tracking_uri.endswith("/mlflow.db")
+    # Ray Tune's own results stay on disk with the best config.
+    assert list((tmp_path / "results").glob(f"{NAME}*/best_config.yaml"))
+
+
+def test_search_on_ray_head_with_token_auth(tmp_path, tracking_uri, ray_head):
+    stdout = run_tiny_search(tmp_path, tracking_uri, "--address", ray_head, "--max-concurrent", "2")
+    parent, _ = check_store(stdout, tracking_uri)
+    assert parent.data.tags["nbtl.ray_address"] == ray_head
+    assert parent.data.tags["nbtl.ray_gcs_address"].rsplit(":", 1)[1] == ray_head.rsplit(":", 1)[1]
