@@ -7,7 +7,7 @@ search's outcome from the files ``run_search`` writes (``results.csv``, ``nbtl_s
 search's wall time from its MLflow parent run. It prints one row per search and a final table.
 
     python benchmarks/compare_spaces.py --smoke-test            # tiny: checks that everything runs
-    python benchmarks/compare_spaces.py --out compare.csv       # the real comparison (hours on 2 CPUs)
+    python benchmarks/compare_spaces.py --out compare.csv       # the real comparison (about an hour on 2 CPUs)
 
 See benchmarks/README.md for what each column means.
 """
@@ -34,6 +34,7 @@ DEFAULT_SPACES = [REPO / "search_spaces" / "default.yaml", REPO / "search_spaces
 DEFAULT_DATASETS = ["digits", "fashion-mnist@100"]
 SMOKE = {"trials": 2, "per_class": 10, "image_size": 32, "epochs": 1}
 MB = 1024 * 1024
+NAN = float("nan")
 
 
 def _import_psutil():
@@ -88,23 +89,24 @@ class ProcessTreeMonitor:
         rss = pss = 0
         for process in processes:
             try:
-                rss += process.memory_info().rss
+                resident = process.memory_info().rss
                 try:
-                    pss += process.memory_full_info().pss
-                except (psutil.AccessDenied, AttributeError):  # no PSS on this platform
-                    pss = float("nan")
+                    proportional = process.memory_full_info().pss
+                except (psutil.AccessDenied, AttributeError):  # smaps unreadable, or no PSS on this platform
+                    proportional = resident
             except psutil.Error:  # ended between listing and reading
                 continue
+            rss, pss = rss + resident, pss + proportional
         self.peak_rss = max(self.peak_rss, rss)
-        self.peak_pss = pss if pss != pss else max(self.peak_pss, pss)
+        self.peak_pss = max(self.peak_pss, pss)
         self.peak_processes = max(self.peak_processes, len(processes))
 
 
 def parse_dataset(text: str, per_class: int | None) -> tuple[str, str, int | None]:
     """``SPEC`` or ``SPEC@N`` (at most N images per class) -> (label, spec, per_class); --per-class wins."""
-    spec, _, n = text.rpartition("@") if "@" in text else (text, "", "")
-    if n and not n.isdigit():
-        sys.exit(f"compare_spaces: --datasets {text!r}: after '@' must come images per class, e.g. fashion-mnist@100")
+    spec, _, n = text.rpartition("@")
+    if not (spec and n.isdigit()):  # no '@N' suffix: a path may hold '@' itself
+        spec, n = text, ""
     chosen = per_class if per_class is not None else (int(n) if n else None)
     return (spec if chosen is None else f"{spec}@{chosen}"), spec, chosen
 
@@ -133,16 +135,15 @@ def run_search(space: Path, dataset: str, per_class: int | None, name: str, args
                         ("--max-concurrent", args.max_concurrent), ("--seed", args.seed)):
         if value is not None:
             command += [flag, str(value)]
-    # A fresh embedded Ray per search, so its workers are in the measured process tree. "local" also stops
-    # ray.init() from joining the cluster named in /tmp/ray/ray_current_cluster, which any earlier
-    # `ray start --head` leaves behind (and which hangs the search when that cluster is gone).
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
+    # No --address: nbtl starts a fresh embedded Ray per search, so its workers are in the measured tree.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   cwd=REPO, env=env, bufsize=1)
+                                   env=env, bufsize=1)
         with ProcessTreeMonitor(process.pid, args.sample_interval) as monitor:
             for line in process.stdout:
                 log.write(line)
@@ -183,7 +184,7 @@ def read_outcome(storage: Path) -> dict:
 
 
 _CONFIG_SHOWN = ("backbone", "transfer_blocks", "freeze_blocks", "lr", "lr_decay", "head_lr", "l2sp_alpha", "l2_beta",
-                 "l2_head", "head")
+                 "l2_head", "head", "head_width", "head_dropout")
 
 
 def _plain(value):
@@ -230,9 +231,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+SHOWN = ["dataset", "space", "trials", "best_val_acc", "test_acc", "finished", "stopped", "failed", "wall_s",
+         "search_s", "peak_rss_mb", "peak_pss_mb", "exit"]
+
+
+def benchmark_one(label: str, spec: str, per_class: int | None, original: Path, space: Path, space_name: str,
+                  args, storage_root: Path, stamp: str, workdir: Path) -> dict:
+    """Run one search and return its row of the table."""
+    slug = f"{label}-{space_name}".replace("/", "_").replace("@", "-pc")
+    storage, log_path = storage_root / f"{stamp}-{slug}", workdir / "logs" / f"{slug}.log"
+    print(f"\n== {label} / {space_name} ({original.name}) ... log {log_path}", flush=True)
+    returncode, wall, monitor = run_search(space, spec, per_class, f"compare-{slug}", args, storage, log_path)
+    row = {"dataset": label, "space": space_name, "trials": args.trials, "best_val_acc": NAN, "test_acc": NAN,
+           "finished": 0, "stopped": 0, "failed": 0, "wall_s": round(wall, 1), "search_s": NAN,
+           "peak_rss_mb": round(monitor.peak_rss / MB), "peak_pss_mb": round(monitor.peak_pss / MB),
+           "processes": monitor.peak_processes, "exit": returncode, "log": str(log_path)}
+    row.update(read_outcome(storage))
+    row["search_s"] = round(row["search_s"], 1) if row["search_s"] is not None else NAN
+    if returncode != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        print(f"  nbtl search exited {returncode}; last lines of its log:\n    " + "\n    ".join(tail))
+    print(f"  best val {_fmt(row['best_val_acc'])}  test {_fmt(row['test_acc'])}  trials "
+          f"{row['finished']} finished / {row['stopped']} stopped / {row['failed']} failed  wall {row['wall_s']}s  "
+          f"peak RSS {row['peak_rss_mb']} MB (PSS {row['peak_pss_mb']} MB, {row['processes']} processes)", flush=True)
+    if row.get("best_config"):
+        print("  best config: " + ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}"
+                                            for k, v in row["best_config"].items() if v is not None))
+    return row
+
+
+def write_out(table: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        table = table.copy()
+        if "best_config" in table:
+            table["best_config"] = table["best_config"].map(lambda c: json.dumps(c) if isinstance(c, dict) else "")
+        table.to_csv(path, index=False)
+    else:
+        path.write_text(json.dumps(table.to_dict(orient="records"), indent=2, default=str))
+    print(f"written {path}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="nbtl-compare-"))
+    own_tracking, own_storage = args.tracking_uri is None, args.storage_path is None
     args.tracking_uri = args.tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
     storage_root = (args.storage_path or workdir / "results").resolve()
     (workdir / "logs").mkdir()
@@ -243,58 +286,33 @@ def main(argv=None) -> int:
     print(f"compare_spaces: {len(spaces)} spaces x {len(datasets)} datasets, {args.trials} trials each; "
           f"MLflow {args.tracking_uri}; results under {storage_root}", flush=True)
 
-    rows, failed = [], False
+    rows = []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for label, spec, per_class in datasets:
         for original, space, document in spaces:
-            space_name = document.get("name", original.stem)
-            slug = f"{label}-{space_name}".replace("/", "_").replace("@", "-pc")
-            storage = storage_root / f"{stamp}-{slug}"
-            log_path = workdir / "logs" / f"{slug}.log"
-            print(f"\n== {label} / {space_name} ({original.name}) ... log {log_path}", flush=True)
-            returncode, wall, monitor = run_search(space, spec, per_class, f"compare-{slug}", args, storage, log_path)
-            row = {"dataset": label, "space": space_name, "trials": args.trials, "best_val_acc": None, "test_acc": None,
-                   "finished": 0, "stopped": 0, "failed": 0, "wall_s": round(wall, 1), "search_s": None,
-                   "peak_rss_mb": round(monitor.peak_rss / MB), "peak_pss_mb": round(monitor.peak_pss / MB)
-                   if monitor.peak_pss == monitor.peak_pss else None, "processes": monitor.peak_processes,
-                   "exit": returncode}
-            row.update(read_outcome(storage))
-            if row["search_s"] is not None:
-                row["search_s"] = round(row["search_s"], 1)
-            rows.append({**row, "log": str(log_path)})
-            if returncode != 0:
-                failed = True
-                tail = log_path.read_text().splitlines()[-15:]
-                print(f"  nbtl search exited {returncode}; last lines of its log:\n    " + "\n    ".join(tail))
-            print(f"  best val {_fmt(row['best_val_acc'])}  test {_fmt(row['test_acc'])}  trials "
-                  f"{row['finished']} finished / {row['stopped']} stopped / {row['failed']} failed  "
-                  f"wall {row['wall_s']}s  peak RSS {row['peak_rss_mb']} MB (PSS {row['peak_pss_mb']} MB, "
-                  f"{row['processes']} processes)", flush=True)
+            rows.append(benchmark_one(label, spec, per_class, original, space, document.get("name", original.stem),
+                                      args, storage_root, stamp, workdir))
+    failed = any(row["exit"] != 0 for row in rows)
+    keep = args.keep or failed
 
     table = pd.DataFrame(rows)
-    shown = ["dataset", "space", "trials", "best_val_acc", "test_acc", "finished", "stopped", "failed", "wall_s",
-             "search_s", "peak_rss_mb", "peak_pss_mb", "exit"]
     print("\nResults (same trial budget per space; accuracies of the trial with the best validation accuracy):")
     with pd.option_context("display.width", 200, "display.max_columns", None):
-        print(table[shown].round({"best_val_acc": 4, "test_acc": 4}).to_string(index=False, na_rep="-"))
+        print(table[SHOWN].round({"best_val_acc": 4, "test_acc": 4}).to_string(index=False, na_rep="-"))
+    if not keep:  # these would point into the folder removed below
+        table = table.drop(columns=["log"] + (["experiment_path"] if own_storage else [])
+                           + (["parent_run_id"] if own_tracking else []), errors="ignore")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        if args.out.suffix == ".csv":
-            table.assign(best_config=table.get("best_config", pd.Series(dtype=object)).map(
-                lambda c: json.dumps(c) if isinstance(c, dict) else "")).to_csv(args.out, index=False)
-        else:
-            args.out.write_text(json.dumps(table.to_dict(orient="records"), indent=2, default=str))
-        print(f"written {args.out}")
-
-    if args.keep or failed:
-        print(f"kept {workdir} (MLflow: mlflow ui --backend-store-uri {args.tracking_uri})")
+        write_out(table, args.out)
+    if keep:
+        print(f"kept {workdir} (logs; MLflow: mlflow ui --backend-store-uri {args.tracking_uri})")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
 
 
 def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if value is None or value != value else f"{value:.4g}"
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def test_tiny_space_fixed_values():
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "tiny.yaml")
     for params, fixed in _sample(space, trials=5):
         assert fixed == {"backbone": "efficientnet_lite0", "epochs": 2, "batch_size": 32}
-        assert params["transfer_blocks"] >= 5 and params["freeze_blocks"] <= 3
+        assert 7 <= params["transfer_blocks"] <= 9 and 5 <= params["freeze_blocks"] <= params["transfer_blocks"]
     assert space.max_epochs == 2 and space.backbones() == ["efficientnet_lite0"]
     assert space.data["image_size"] == 32 and space.search["trials"] == 3
 
