@@ -20,9 +20,13 @@ def _add_search(subparsers) -> None:
         description="Run a search over a YAML space: Optuna proposes trials, Ray Tune runs them (embedded Ray, "
                     "or a cluster with --address) and stops weak ones with ASHA; every search is an MLflow parent "
                     "run and every trial a child run. Ends with a table of trials and the best config.",
-        epilog="example: nbtl search search_spaces/default.yaml --data digits --trials 8")
-    p.add_argument("space", help="search space YAML (e.g. search_spaces/default.yaml)")
-    p.add_argument("--data", required=True,
+        epilog="examples: nbtl search search_spaces/default.yaml --data digits --trials 8;  "
+               "nbtl search --resume default   (continue an interrupted search)")
+    p.add_argument("space", nargs="?", help="search space YAML (e.g. search_spaces/default.yaml)")
+    p.add_argument("--resume", metavar="NAME",
+                   help="continue the interrupted search NAME (its folder under --storage-path) to its trial count; "
+                        "takes no SPACE or --data: both come from the search's saved state")
+    p.add_argument("--data",
                    help="dataset: 'digits', 'fashion-mnist' (Debian's IDX files, or fashion-mnist:DIR), an ImageFolder "
                         "directory, or a CSV of path,label")
     p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
@@ -58,20 +62,39 @@ def _positive(value: int | None, flag: str) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import pandas as pd
-
+    from nbtl.errors import ConfigError
     from nbtl.search import load_space
     from nbtl.search.runner import SearchOptions, run_search
-    from nbtl.search.space import dump_config
 
     for flag in ("trials", "max_concurrent", "image_size", "per_class"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.resume:
+        ignored = [f"--{k.replace('_', '-')}" for k in ("data", "trials", "max_concurrent", "name", "image_size",
+                                                         "per_class", "seed", "cpu", "gpu") if getattr(args, k) is not None]
+        if args.space or ignored:
+            raise ConfigError(f"--resume {args.resume} continues a search with its own space and settings: "
+                              f"drop {', '.join(([args.space] if args.space else []) + ignored)}")
+        from nbtl.search.runner import resume_search
+
+        result = resume_search(args.resume, storage_path=args.storage_path, address=args.address,
+                               tracking_uri=args.tracking_uri, print_fn=lambda line: print(line, flush=True))
+        return _report(result)
+    if not args.space or not args.data:
+        raise ConfigError("nbtl search needs a SPACE file and --data (or --resume NAME); see nbtl search --help")
     space = load_space(args.space)
     options = SearchOptions(data=args.data, name=args.name, trials=args.trials, max_concurrent=args.max_concurrent,
                             address=args.address, tracking_uri=args.tracking_uri, storage_path=args.storage_path,
                             image_size=args.image_size, per_class=args.per_class, seed=args.seed, cpu=args.cpu,
                             gpu=args.gpu)
     result = run_search(space, options, print_fn=lambda line: print(line, flush=True))
+    return _report(result)
+
+
+def _report(result) -> int:
+    import pandas as pd
+
+    from nbtl.search.space import dump_config
+
     shown = [c for c in result.table.columns if c not in ("run_id", "error") or result.table[c].astype(bool).any()]
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
         print("\nTrials (best first):")
@@ -84,8 +107,11 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"best_val_accuracy={best['best_val_accuracy']:.4f} test_accuracy={best['test_accuracy']:.4f}")
     print("Best config:")
     print(dump_config(best["config"]), end="")
-    print(f"\nMLflow: {result.tracking_uri} experiment {result.experiment_id}, parent run {result.parent_run_id}"
-          f"  (open with: mlflow ui --backend-store-uri {result.tracking_uri})")
+    if result.tracking_uri.startswith(("http://", "https://")):
+        where = f"open {result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    else:
+        where = f"open with: mlflow ui --backend-store-uri {result.tracking_uri}"
+    print(f"\nMLflow: {result.tracking_uri} experiment {result.experiment_id}, parent run {result.parent_run_id}  ({where})")
     print(f"Results: {result.experiment_path}")
     return 0
 

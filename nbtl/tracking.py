@@ -9,9 +9,10 @@ the same store, found by the tag ``nbtl.trial_id``.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from nbtl import __version__
 
@@ -22,6 +23,7 @@ SEARCH_TAG = "nbtl.search"
 ROLE_TAG = "nbtl.role"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+ATTEMPT_TAG = "nbtl.attempt"
 MAX_PARAM_LENGTH = 6000
 
 
@@ -83,16 +85,23 @@ class TrialTracker:
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
-                 trial_name: str, params: dict[str, Any], tags: dict[str, Any] | None = None):
+                 trial_name: str, params: dict[str, Any], tags: dict[str, Any] | None = None,
+                 location: dict[str, Any] | None = None):
         self.client = _client(tracking_uri)
+        # Where this attempt runs (updated when Ray retries the trial elsewhere).
+        where = {"nbtl.host": socket.gethostname(), "nbtl.pid": os.getpid(), **(location or {})}
         existing = find_trial_run(self.client, experiment_id, trial_id)
         if existing is not None:
+            # Ray retried the trial (its worker died) or a resumed search continues it.
             self.run_id = existing.info.run_id
+            attempt = int(existing.data.tags.get(ATTEMPT_TAG, "1")) + 1
+            _retry(lambda: self.client.log_batch(self.run_id, tags=_tags({**where, ATTEMPT_TAG: attempt})))
             if existing.info.status != "RUNNING":
                 _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
             return
         all_tags = {PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, ROLE_TAG: "trial",
-                    "nbtl.version": __version__, **(tags or {})}
+                    "nbtl.version": __version__, ATTEMPT_TAG: 1, **where, **(tags or {})}
+        all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}  # the REST API takes strings only
         run = _retry(lambda: self.client.create_run(experiment_id, run_name=trial_name, tags=all_tags))
         self.run_id = run.info.run_id
         _retry(lambda: self.client.log_batch(self.run_id, params=_params(params)))
@@ -133,6 +142,7 @@ class SearchTracker:
 
     def start(self, params: dict[str, Any], tags: dict[str, Any], run_name: str | None = None) -> str:
         all_tags = {ROLE_TAG: "search", SEARCH_TAG: self.search_name, "nbtl.version": __version__, **tags}
+        all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
         run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name or self.search_name, tags=all_tags))
         self.parent_run_id = run.info.run_id
         _retry(lambda: self.client.log_batch(self.parent_run_id, params=_params(params)))
@@ -195,14 +205,3 @@ class SearchTracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.parent_run_id:
             _retry(lambda: self.client.set_terminated(self.parent_run_id, status=status))
-
-
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
-    """Link to a run in the MLflow UI when the store is a server."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return None
-
-
-def iter_params(config: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    return {k: config[k] for k in keys if k in config}

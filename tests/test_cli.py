@@ -94,3 +94,25 @@ def test_unreachable_cluster_fails_fast_and_leaves_no_run(tmp_path):
     if (tmp_path / "mlflow.db").exists():
         with sqlite3.connect(tmp_path / "mlflow.db") as db:
             assert db.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_resume_unknown_search_lists_known_ones(tmp_path):
+    (tmp_path / "results" / "old-search").mkdir(parents=True)
+    (tmp_path / "results" / "old-search" / "nbtl_search.json").write_text("{}")
+    result = run_nbtl("search", "--resume", "nope", "--storage-path", str(tmp_path / "results"), cwd=tmp_path)
+    one_line_error(result, "--resume nope", "old-search")
+
+
+def test_resume_takes_no_space_or_data(tmp_path):
+    result = run_nbtl("search", str(TINY), "--resume", "tiny", "--data", "digits", cwd=tmp_path)
+    one_line_error(result, "--resume tiny", "--data", "tiny.yaml")
+
+
+def test_search_needs_space_and_data(tmp_path):
+    one_line_error(run_nbtl("search", "--data", "digits", cwd=tmp_path), "SPACE")
+    one_line_error(run_nbtl("search", str(TINY), cwd=tmp_path), "--data")
+
+
+def test_storage_uri_is_refused_with_the_fix(tmp_path):
+    result = run_nbtl("search", str(TINY), "--data", "digits", "--storage-path", "s3://bucket/results", cwd=tmp_path)
+    one_line_error(result, "s3://bucket/results", "/mnt/nbtl/results")

@@ -51,9 +51,14 @@ def check_store(stdout: str, tracking_uri: str) -> tuple[object, list]:
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
         steps = sorted(m.step for m in history)
         assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 2, steps
+        assert child.data.tags["nbtl.search"] == NAME and child.data.tags["nbtl.dataset"] == "digits"
+        assert child.data.tags["nbtl.backbone"] == "efficientnet_lite0" and child.data.tags["nbtl.version"]
+        assert child.data.tags["nbtl.trial_id"] and child.data.tags["nbtl.attempt"] == "1"
         for key in ("train_loss", "val_loss", "val_macro_f1", "val_weighted_f1", "best_val_accuracy", "test_accuracy"):
             assert len(client.get_metric_history(child.info.run_id, key)) == len(steps), key
         assert 0.0 <= child.data.metrics["best_val_accuracy"] <= 1.0
+        # ASHA's early stops are tagged; a trial that ran all its epochs is not.
+        assert (child.data.tags.get("nbtl.stopped_early") == "true") == (len(steps) < 2), (steps, child.data.tags)
 
     # The printed best is the child with the highest best_val_accuracy.
     match = re.search(r"Best trial: (\S+) \(MLflow run (\w+)\): best_val_accuracy=([0-9.]+)", stdout)
@@ -68,7 +73,8 @@ def check_store(stdout: str, tracking_uri: str) -> tuple[object, list]:
 
     # The parent holds the results table, the best config and the search space.
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.csv", "best_config.yaml", "search_space.yaml"} <= artifacts
+    assert {"results.csv", "best_config.yaml", "search_space.yaml", "val_accuracy_per_trial.png",
+            "best_accuracy_vs_trials.png"} <= artifacts
     directory = client.download_artifacts(parent.info.run_id, "")
     table = pd.read_csv(Path(directory) / "results.csv")
     assert sorted(table["run_id"]) == sorted(by_id) and table["run_id"].iloc[0] == best_run_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ray.tune import Callback
@@ -19,20 +20,59 @@ def error_reason(trial) -> str:
     return reason[:500]
 
 
+@dataclass
+class Session:
+    """The driver-side objects of one running search: its tracker, its printer, and the callback
+    Ray Tune actually drives (after ``Tuner.restore`` that is an unpickled copy, not ours)."""
+
+    tracker: SearchTracker
+    print: Callable[[str], None]
+    callback: "SearchCallback | None" = None
+
+
+#: Running searches of this process by experiment path. Ray Tune pickles its callbacks into the
+#: experiment (for ``Tuner.restore``); a restored callback finds its live tracker here instead of
+#: carrying a stale MLflow client.
+ACTIVE: dict[str, Session] = {}
+
+
 class SearchCallback(Callback):
     """Prints a line per epoch and per finished trial, and makes sure no trial's run stays RUNNING:
     a trial that finished, was stopped early by the scheduler, or whose worker died is closed here.
     """
 
-    def __init__(self, tracker: SearchTracker, total_trials: int, max_epochs: int,
-                 print_fn: Callable[[str], None] = print):
-        self.tracker = tracker
+    def __init__(self, key: str, total_trials: int, max_epochs: int):
+        self.key = key
         self.total = total_trials
         self.max_epochs = max_epochs
-        self.print = print_fn
         self.finished = 0
         self.best = float("-inf")
         self.run_ids: dict[str, str] = {}
+        self.completed: list[str] = []
+
+    def _session(self) -> Session:
+        if self.key not in ACTIVE and len(ACTIVE) == 1:  # the experiment folder was moved before resuming
+            self.key = next(iter(ACTIVE))
+        return ACTIVE[self.key]
+
+    def setup(self, **info: Any) -> None:
+        self._session().callback = self
+
+    @property
+    def tracker(self) -> SearchTracker:
+        return self._session().tracker
+
+    def print(self, line: str) -> None:
+        self._session().print(line)
+
+    def get_state(self) -> dict[str, Any]:
+        """Saved with the experiment by Ray Tune and given back by :meth:`set_state` on restore."""
+        return {"finished": self.finished, "best": self.best, "run_ids": dict(self.run_ids),
+                "completed": list(self.completed)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.finished, self.best = state["finished"], state["best"]
+        self.run_ids, self.completed = dict(state["run_ids"]), list(state["completed"])
 
     def _name(self, trial) -> str:
         return str(trial.trial_id)
@@ -51,6 +91,7 @@ class SearchCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.finished += 1
+        self.completed.append(trial.trial_id)
         epochs = int(trial.last_result.get("epoch", 0)) if trial.last_result else 0
         planned = int(trial.config.get("epochs", self.max_epochs))
         stopped = 0 < epochs < planned
@@ -63,6 +104,7 @@ class SearchCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.finished += 1
+        self.completed.append(trial.trial_id)
         reason = error_reason(trial)
         self.run_ids[trial.trial_id] = self.tracker.close_trial(
             trial.trial_id, str(trial), trial.config, "FAILED", reason=reason)

@@ -4,19 +4,17 @@ tracked in MLflow, summarised as a pandas table and the best config."""
 from __future__ import annotations
 
 import json
-import logging
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+import yaml
 
 from nbtl import __version__
 from nbtl.config import TrialConfig
-from nbtl.errors import NbtlError
+from nbtl.search.cluster import SearchError, cluster_address, init_ray, use_token_auth
 from nbtl.search.space import SearchSpace, dump_config
 
 DEFAULTS = {"image_size": 64, "val_fraction": 0.15, "test_fraction": 0.15, "trials": 8, "max_concurrent": 2,
@@ -26,10 +24,6 @@ METRIC, MODE = "best_val_accuracy", "max"
 SEARCH_STATE = "nbtl_search.json"
 RESULT_COLUMNS = ["epoch", "best_val_accuracy", "best_epoch", "test_accuracy", "test_macro_f1", "test_weighted_f1",
                   "val_accuracy", "val_loss"]
-
-
-class SearchError(NbtlError):
-    """The search cannot start (cluster unreachable, storage not writable)."""
 
 
 @dataclass
@@ -69,88 +63,6 @@ def setting(options: SearchOptions, space: SearchSpace, key: str) -> Any:
     return section.get(key, DEFAULTS.get(key))
 
 
-def _quiet_ray() -> None:
-    """Keep Ray Tune's console to our progress lines: no experiment-sync warnings for small
-    searches, no per-checkpoint log lines from the workers."""
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
-    for name in ("ray.tune", "ray.train", "ray.air", "mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def init_ray(address: str | None) -> str:
-    """Embedded Ray by default; ``address`` joins a running cluster (``ray start --head``).
-
-    Returns the GCS address of the Ray instance the search runs on.
-    """
-    import ray
-
-    _quiet_ray()
-    if not ray.is_initialized():
-        if not address:
-            # address="local": always a fresh embedded instance, never a stale `ray start` found in /tmp/ray.
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            _join_cluster(address)
-    return ray.get_runtime_context().gcs_address
-
-
-def use_token_auth(address: str | None) -> None:
-    """Turn on Ray's token authentication for a client joining ``address`` when a token is at hand.
-
-    A head started with ``ray start --head`` (Ray >= 2.52) requires it. Ray reads ``RAY_AUTH_MODE``
-    when it is imported, so this runs before the first ``import ray``.
-    """
-    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
-    if address and "RAY_AUTH_MODE" not in os.environ and (token.exists() or os.environ.get("RAY_AUTH_TOKEN")):
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def _resolve_address(address: str) -> str:
-    """``auto`` → the address in ``$RAY_ADDRESS`` or of the last ``ray start`` on this machine."""
-    if address != "auto":
-        return address
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"]
-    current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
-    if current.exists() and current.read_text().strip():
-        return current.read_text().strip()
-    raise SearchError("--address auto: no running Ray cluster found on this machine; start one with "
-                      "`ray start --head` or give its address, e.g. --address 127.0.0.1:6379")
-
-
-def _probe(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, with one line, when nothing listens at ``address``: Ray itself retries for minutes."""
-    target = _resolve_address(address)
-    host_port = target.split("://", 1)[-1].rstrip("/")
-    host, _, port = host_port.rpartition(":")
-    if not host or not port.isdigit():
-        raise SearchError(f"--address {address}: expected HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or ray://HOST:PORT")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as error:
-        raise SearchError(f"--address {address}: nothing answers at {host}:{port} ({error.strerror or error}); "
-                          "start the head with `ray start --head --port PORT` or fix the address") from None
-
-
-def _join_cluster(address: str) -> None:
-    import ray
-
-    _probe(address)
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    except Exception as error:  # ConnectionError, RuntimeError, auth errors: all mean "cannot join"
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SearchError(
-            f"--address {address}: cannot join the Ray cluster ({detail}); check that the head runs "
-            "(`ray status --address ADDR`) and, for a head with token authentication, that RAY_AUTH_MODE=token "
-            "and the token (~/.ray/auth_token or RAY_AUTH_TOKEN) are set"
-        ) from None
-
-
 def _sampler(space: SearchSpace, seed: int):
     import optuna
 
@@ -170,6 +82,19 @@ def _scheduler(space: SearchSpace):
         return FIFOScheduler()
     return ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=space.max_epochs,
                          grace_period=spec.get("grace_period", 1), reduction_factor=spec.get("reduction_factor", 2))
+
+
+def _storage(storage_path: str | None) -> Path:
+    """The local or shared-file-system folder for Ray Tune's results, created if needed."""
+    if storage_path and "://" in storage_path:
+        raise SearchError(f"--storage-path {storage_path}: nbtl keeps its search state next to Ray Tune's, so give a "
+                          "folder; on a cluster, one on a file system every node mounts (NFS, EFS), e.g. /mnt/nbtl/results")
+    storage = Path(storage_path or "nbtl_results").resolve()
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SearchError(f"--storage-path {storage}: cannot create it ({error.strerror}); choose a writable folder") from None
+    return storage
 
 
 def _experiment_dir(storage: Path, name: str) -> str:
@@ -200,23 +125,23 @@ def results_table(results, run_ids: dict[str, str]) -> tuple[pd.DataFrame, dict[
     return table, configs
 
 
-def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None] = print) -> SearchResult:
-    """Run the search described by ``space`` on ``options.data``; see ``nbtl search --help``."""
-    use_token_auth(options.address)
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+@dataclass
+class _Prepared:
+    """What every trial of a search shares: decoded splits, pre-trained weights, resources."""
 
+    dataset_name: str
+    splits: Any
+    weights: dict[str, Any]
+    resources: dict[str, float]
+
+
+def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None]) -> _Prepared:
+    """Decode the data once and load each backbone's weights once, on the driver; both travel to the
+    trials through Ray's object store (``tune.with_parameters``), once per node, never per trial."""
     from nbtl.backbones import load_pretrained_state_dict
     from nbtl.data import load_dataset, split_dataset
-    from nbtl.search.callbacks import SearchCallback
-    from nbtl.search.trainable import TrialContext, nbtl_trainable
-    from nbtl.tracking import SearchTracker
 
-    name = options.name or space.name
-    seed = int(setting(options, space, "seed"))
-    trials = int(setting(options, space, "trials"))
-    image_size = int(setting(options, space, "image_size"))
-
+    seed, image_size = int(setting(options, space, "seed")), int(setting(options, space, "image_size"))
     started = time.perf_counter()
     dataset = load_dataset(options.data, image_size=image_size, per_class=setting(options, space, "per_class"), seed=seed)
     splits = split_dataset(dataset, val_fraction=setting(options, space, "val_fraction"),
@@ -224,67 +149,192 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
     print_fn(f"data {dataset.name}: {len(dataset)} images, {len(dataset.classes)} classes, {image_size}px "
              f"(train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}), "
              f"decoded once in {time.perf_counter() - started:.1f}s")
-    pretrained = any(p.name == "pretrained" and True not in p.candidates() for p in space.parameters)
-    weights = {} if pretrained else {b: load_pretrained_state_dict(b) for b in space.backbones()}
-
-    ray_address = init_ray(options.address)  # before MLflow: a cluster that cannot be joined leaves no run behind
-    storage = Path(options.storage_path or "nbtl_results").resolve()
-    storage.mkdir(parents=True, exist_ok=True)
-    experiment_dir = _experiment_dir(storage, name)
-    tracker = SearchTracker(options.tracking_uri, name)
+    random_init_only = any(p.name == "pretrained" and True not in p.candidates() for p in space.parameters)
+    weights = {} if random_init_only else {b: load_pretrained_state_dict(b) for b in space.backbones()}
     resources = {**{"cpu": 1, "gpu": 0}, **(space.search.get("resources") or {})}
     if options.cpu is not None:
         resources["cpu"] = options.cpu
     if options.gpu is not None:
         resources["gpu"] = options.gpu
-    params = {"space": space.path, "data": options.data, "image_size": image_size, "trials": trials,
-              "max_concurrent": setting(options, space, "max_concurrent"), "seed": seed,
-              "per_class": setting(options, space, "per_class"), "cpu_per_trial": resources["cpu"],
-              "gpu_per_trial": resources["gpu"], "sampler": json.dumps(space.search.get("sampler") or {"type": "tpe"}),
+    return _Prepared(dataset.name, splits, weights, resources)
+
+
+def _trainable(prepared: _Prepared, context):
+    from ray import tune
+
+    from nbtl.search.trainable import nbtl_trainable
+
+    return tune.with_resources(
+        tune.with_parameters(nbtl_trainable, splits=prepared.splits, weights=prepared.weights, context=context),
+        prepared.resources)
+
+
+def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None] = print) -> SearchResult:
+    """Run the search described by ``space`` on ``options.data``; see ``nbtl search --help``."""
+    use_token_auth(options.address)
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from nbtl.search.callbacks import ACTIVE, SearchCallback, Session
+    from nbtl.search.trainable import TrialContext
+    from nbtl.tracking import SearchTracker
+
+    name = options.name or space.name
+    seed, trials = int(setting(options, space, "seed")), int(setting(options, space, "trials"))
+    started = time.perf_counter()
+    prepared = _prepare(space, options, print_fn)
+    storage = _storage(options.storage_path)
+    ray_address = init_ray(options.address)  # before MLflow: a cluster that cannot be joined leaves no run behind
+    experiment_dir = _experiment_dir(storage, name)
+    experiment_path = storage / experiment_dir
+    tracker = SearchTracker(options.tracking_uri, name)
+    max_concurrent = int(setting(options, space, "max_concurrent"))
+    params = {"space": space.path, "data": options.data, "image_size": setting(options, space, "image_size"),
+              "trials": trials, "max_concurrent": max_concurrent, "seed": seed,
+              "per_class": setting(options, space, "per_class"), "cpu_per_trial": prepared.resources["cpu"],
+              "gpu_per_trial": prepared.resources["gpu"],
+              "sampler": json.dumps(space.search.get("sampler") or {"type": "tpe"}),
               "scheduler": json.dumps(space.search.get("scheduler") or {"type": "asha"}),
               "augmentation": json.dumps(space.data.get("augmentation") or {})}
-    tags = {"nbtl.dataset": dataset.name, "nbtl.space": space.name, "nbtl.experiment_path": str(storage / experiment_dir),
-            "nbtl.ray_address": options.address or "embedded", "nbtl.ray_gcs_address": ray_address}
+    tags = {"nbtl.dataset": prepared.dataset_name, "nbtl.space": space.name, "nbtl.experiment_path": str(experiment_path),
+            "nbtl.ray_address": cluster_address(options.address) or "embedded", "nbtl.ray_gcs_address": ray_address}
     parent_run_id = tracker.start(params, tags)
     tracker.log_text(space.source or dump_config({}), "search_space.yaml")
-    (storage / experiment_dir).mkdir(parents=True, exist_ok=True)
-    (storage / experiment_dir / SEARCH_STATE).write_text(json.dumps(
+    experiment_path.mkdir(parents=True, exist_ok=True)
+    (experiment_path / SEARCH_STATE).write_text(json.dumps(
         {"name": name, "parent_run_id": parent_run_id, "experiment_id": tracker.experiment_id,
-         "tracking_uri": tracker.tracking_uri, "space": space.path, "options": options.__dict__}, indent=2, default=str))
+         "tracking_uri": tracker.tracking_uri, "space_path": space.path, "space_source": space.source,
+         "options": options.__dict__, "started": started, "version": __version__}, indent=2, default=str))
     print_fn(f"MLflow: experiment {name!r} ({tracker.tracking_uri}), parent run {parent_run_id}")
 
     context = TrialContext(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
                            parent_run_id=parent_run_id, augmentation=space.data.get("augmentation"),
-                           tags={"nbtl.search": name, "nbtl.dataset": dataset.name, "nbtl.version": __version__})
-    trainable = tune.with_resources(tune.with_parameters(nbtl_trainable, splits=splits, weights=weights, context=context),
-                                    resources)
+                           tags={"nbtl.search": name, "nbtl.dataset": prepared.dataset_name, "nbtl.version": __version__})
+    warm_start = list(options.warm_start or []) + list(space.search.get("points_to_evaluate") or [])
     searcher = OptunaSearch(space=space.define_by_run(), metric=METRIC, mode=MODE, sampler=_sampler(space, seed),
-                            points_to_evaluate=options.warm_start or None)
-    callback = SearchCallback(tracker, trials, space.max_epochs, print_fn)
+                            points_to_evaluate=warm_start or None)
+    ACTIVE[str(experiment_path)] = Session(tracker, print_fn)
+    callback = SearchCallback(str(experiment_path), trials, space.max_epochs)
     tuner = tune.Tuner(
-        trainable,
+        _trainable(prepared, context),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space), num_samples=trials,
-                                    max_concurrent_trials=int(setting(options, space, "max_concurrent"))),
+                                    max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(
             name=experiment_dir, storage_path=str(storage), callbacks=[callback], verbose=0,
             failure_config=tune.FailureConfig(max_failures=int(setting(options, space, "max_failures"))),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
-    print_fn(f"search {name!r}: {trials} trials, up to {params['max_concurrent']} at once, "
-             f"resources per trial {resources}, results in {storage / experiment_dir}")
+    print_fn(f"search {name!r}: {trials} trials, up to {max_concurrent} at once, "
+             f"resources per trial {prepared.resources}, results in {experiment_path}")
+    return _fit(tuner, str(experiment_path), space, experiment_path, started)
+
+
+def _fit(tuner, key: str, space: SearchSpace, experiment_path: Path, started: float) -> SearchResult:
+    from nbtl.search.callbacks import ACTIVE
+
+    session = ACTIVE[key]
     try:
         results = tuner.fit()
     except BaseException:
-        tracker.close_open_children("KILLED", "the search was interrupted")
-        tracker.end("KILLED")
+        session.tracker.close_open_children("KILLED", "the search was interrupted; continue it with nbtl search --resume")
+        session.tracker.end("KILLED")
         raise
-    return finish_search(tracker, results, callback.run_ids, space, storage / experiment_dir, time.perf_counter() - started)
+    finally:
+        ACTIVE.pop(key, None)
+    return finish_search(session.tracker, results, session.callback, space, experiment_path,
+                         time.perf_counter() - started)
 
 
-def finish_search(tracker, results, run_ids: dict[str, str], space: SearchSpace, experiment_path: Path,
+def resume_search(name: str, storage_path: str | None = None, address: str | None = None,
+                  tracking_uri: str | None = None, print_fn: Callable[[str], None] = print) -> SearchResult:
+    """Continue an interrupted search (``nbtl search --resume NAME``) to its requested trial count.
+
+    Ray Tune restores the experiment from ``STORAGE/NAME``: finished trials stay finished, trials that
+    were cut off continue from their last epoch checkpoint (their MLflow runs are re-attached, not
+    duplicated), and Optuna's sampler continues from its saved state. The search's MLflow parent run
+    is continued. Restoring unpickles Ray's experiment state, so resume only searches you ran.
+    """
+    storage = Path(storage_path or "nbtl_results").resolve()
+    experiment_path = storage / name
+    state_file = experiment_path / SEARCH_STATE
+    if not state_file.exists():
+        known = sorted(p.parent.name for p in storage.glob(f"*/{SEARCH_STATE}")) if storage.exists() else []
+        raise SearchError(f"--resume {name}: no search state at {state_file}; searches here: "
+                          f"{', '.join(known) or 'none'} (use --storage-path for another results folder)")
+    state = json.loads(state_file.read_text())
+    options = SearchOptions(**{k: v for k, v in state["options"].items() if k in SearchOptions.__dataclass_fields__})
+    options.address = address if address is not None else options.address
+    use_token_auth(options.address)
+    from ray import tune
+
+    from nbtl.search.callbacks import ACTIVE, Session
+    from nbtl.search.space import parse_space
+    from nbtl.search.trainable import TrialContext
+    from nbtl.tracking import SearchTracker
+
+    space = parse_space(yaml.safe_load(state["space_source"]), where=f"{state_file} (space of {state['space_path']})",
+                        source=state["space_source"])
+    started = time.perf_counter()
+    prepared = _prepare(space, options, print_fn)
+    init_ray(options.address)
+    if not tune.Tuner.can_restore(str(experiment_path)):
+        raise SearchError(f"--resume {name}: {experiment_path} holds no Ray Tune experiment state yet "
+                          "(the search stopped before its first trial); start it again instead")
+    tracker = SearchTracker(tracking_uri or state["tracking_uri"], state["name"])
+    tracker.attach(state["parent_run_id"])
+    tracker.set_tags({"nbtl.resumed": int(tracker.client.get_run(state["parent_run_id"]).data.tags.get("nbtl.resumed", 0)) + 1})
+    context = TrialContext(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
+                           parent_run_id=state["parent_run_id"], augmentation=space.data.get("augmentation"),
+                           tags={"nbtl.search": state["name"], "nbtl.dataset": prepared.dataset_name,
+                                 "nbtl.version": __version__})
+    ACTIVE[str(experiment_path)] = Session(tracker, print_fn)
+    tuner = tune.Tuner.restore(str(experiment_path), _trainable(prepared, context), resume_unfinished=True,
+                               resume_errored=False, restart_errored=False)
+    print_fn(f"resuming search {state['name']!r} from {experiment_path} (MLflow parent run {state['parent_run_id']})")
+    return _fit(tuner, str(experiment_path), space, experiment_path, started)
+
+
+def _trial_histories(results) -> dict[str, pd.DataFrame]:
+    histories = {}
+    for result in results:
+        try:
+            frame = result.metrics_dataframe
+        except Exception:  # a trial that never reported has no progress file
+            frame = None
+        if frame is not None and not frame.empty and "epoch" in frame:
+            trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+            histories[trial_id] = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
+    return histories
+
+
+def _log_plots(tracker, results, table: pd.DataFrame, configs, completed: list[str], space: SearchSpace,
+               experiment_path: Path) -> None:
+    """The parent run's figures; a plot that cannot be drawn (too few trials) is skipped."""
+    import matplotlib.pyplot as plt
+
+    from nbtl.search import plots
+
+    figures = {"val_accuracy_per_trial.png": plots.accuracy_curves(_trial_histories(results))}
+    by_id = table.set_index("trial_id")[METRIC].to_dict() if not table.empty else {}
+    order = [t for t in completed if t in by_id] + [t for t in by_id if t not in completed]
+    figures["best_accuracy_vs_trials.png"] = plots.best_so_far([by_id[t] for t in order])
+    importance = plots.param_importances(plots.completed_study(table, configs, space)) if not table.empty else None
+    if importance is not None:
+        figures["param_importance.png"] = importance
+    for file, figure in figures.items():
+        tracker.log_figure(figure, file)
+        figure.savefig(experiment_path / file, dpi=100)
+        plt.close(figure)
+
+
+def finish_search(tracker, results, callback, space: SearchSpace, experiment_path: Path,
                   wall_time: float) -> SearchResult:
-    """Write the results table, best config and summary metrics to the parent run; end it."""
-    table, configs = results_table(results, run_ids)
+    """Write the results table, best config, plots and summary metrics to the parent run; end it."""
+    run_ids = {r.data.tags.get("nbtl.trial_id"): r.info.run_id for r in tracker.child_runs()}
+    completed = callback.completed if callback is not None else []
+    table, configs = results_table(results, {**run_ids, **(callback.run_ids if callback is not None else {})})
+    # Runs of trials that Ray did not bring to an end (e.g. cut off and not resumed) must not stay RUNNING.
+    tracker.close_open_children("KILLED", "the trial did not finish: its search was interrupted")
     ok = table[table["status"] != "FAILED"] if not table.empty else table
     best = None
     if not ok.empty and ok[METRIC].notna().any():
@@ -299,10 +349,10 @@ def finish_search(tracker, results, run_ids: dict[str, str], space: SearchSpace,
     csv = table.to_csv(index=False)
     tracker.log_text(csv, "results.csv")
     (experiment_path / "results.csv").write_text(csv)
+    _log_plots(tracker, results, table, configs, completed, space, experiment_path)
     counts = table["status"].value_counts().to_dict() if not table.empty else {}
     tracker.log_metrics({"trials_finished": counts.get("FINISHED", 0) + counts.get("STOPPED", 0),
                          "trials_failed": counts.get("FAILED", 0), "wall_time_s": wall_time})
     tracker.end("FINISHED")
     return SearchResult(table, best, tracker.tracking_uri, tracker.experiment_id, tracker.parent_run_id,
                         str(experiment_path))
-

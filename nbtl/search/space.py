@@ -31,7 +31,8 @@ from nbtl.errors import ConfigError, NbtlError
 SECTIONS = ("name", "description", "data", "search", "parameters")
 SPEC_KEYS = ("choices", "low", "high", "log", "step", "when")
 DATA_KEYS = ("image_size", "val_fraction", "test_fraction", "per_class", "augmentation")
-SEARCH_KEYS = ("trials", "max_concurrent", "seed", "resources", "sampler", "scheduler", "max_failures")
+SEARCH_KEYS = ("trials", "max_concurrent", "seed", "resources", "sampler", "scheduler", "max_failures",
+               "points_to_evaluate")
 SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
 SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
 BLOCK_KEYS = ("transfer_blocks", "freeze_blocks")
@@ -328,6 +329,15 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
     for key, value in resources.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "cpu" and value == 0):
             raise ConfigError(f"{where}: search.resources.{key} must be a number {'> 0' if key == 'cpu' else '>= 0'}, got {value!r}")
+    points = s.get("points_to_evaluate") or []
+    searched = {p.name for p in space.parameters if not p.fixed}
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ConfigError(f"{where}: search.points_to_evaluate must be a list of mappings {{parameter: value}}")
+    for i, point in enumerate(points):
+        unknown = sorted(set(point) - searched)
+        if unknown:
+            raise ConfigError(f"{where}: search.points_to_evaluate[{i}] sets {', '.join(unknown)}, which the space "
+                              f"does not search; use only: {', '.join(sorted(searched))}")
     for name, table in (("sampler", SAMPLER_KEYS), ("scheduler", SCHEDULER_KEYS)):
         spec = s.get(name) or {}
         if not isinstance(spec, dict):

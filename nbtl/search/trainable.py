@@ -48,8 +48,11 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
     trial_config = TrialConfig.from_dict(config, where=f"trial {trial_name}")
     tags = {**context.tags, "nbtl.backbone": trial_config.backbone, "ray.trial_name": trial_name}
+    import ray
+
     tracker = TrialTracker(context.tracking_uri, context.experiment_id, context.parent_run_id, trial_id,
-                           trial_name, trial_config.to_dict(), tags)
+                           trial_name, trial_config.to_dict(), tags,
+                           location={"nbtl.ray_node_id": ray.get_runtime_context().get_node_id()})
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -57,7 +60,10 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
         with checkpoint.as_directory() as directory:
             resume = torch.load(Path(directory) / TRIAL_CHECKPOINT, map_location="cpu", weights_only=True)
 
+    last_epoch = [0]
+
     def report(metrics: dict[str, float], state) -> None:
+        last_epoch[0] = int(metrics["epoch"])
         tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state(), Path(directory) / TRIAL_CHECKPOINT)
@@ -68,8 +74,10 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
         train_trial(trial_config, splits, augmentation=context.augmentation, state_dict=weight,
                     report=report, resume=resume)
     except SystemExit:
-        # Ray ends a trial that its scheduler stopped (ASHA) by exiting the training thread.
-        tracker.end("FINISHED", tags={"nbtl.stopped_early": "true"})
+        # Ray ends a trial that its scheduler stopped (ASHA) by exiting the training thread; at max_t
+        # (the last epoch) that is the normal end, not an early stop.
+        early = last_epoch[0] < trial_config.epochs
+        tracker.end("FINISHED", tags={"nbtl.stopped_early": "true"} if early else None)
         raise
     except BaseException as error:
         tracker.end("FAILED", reason=one_line(error))

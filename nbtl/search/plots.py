@@ -1,0 +1,117 @@
+"""Figures a person opens in the parent run instead of reading the table: validation accuracy of every
+trial over epochs, the importance of each hyperparameter (Optuna's fANOVA evaluator), and the best
+validation accuracy against the number of trials run.
+
+Plain matplotlib (Agg) and Optuna; no Ray, no MLflow. Each function returns a ``Figure``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from nbtl.search.space import SearchSpace  # noqa: E402
+
+METRIC = "best_val_accuracy"
+
+
+def accuracy_curves(histories: dict[str, pd.DataFrame], metric: str = "val_accuracy"):
+    """One line per trial: ``metric`` against epoch. ``histories`` maps trial id → per-epoch rows
+    with columns ``epoch`` and ``metric``."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for trial_id, frame in sorted(histories.items()):
+        if frame is None or frame.empty or metric not in frame:
+            continue
+        ax.plot(frame["epoch"], frame[metric], marker="o", markersize=3, linewidth=1.2, label=str(trial_id))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per trial (trials stopped early by ASHA end sooner)")
+    ax.grid(alpha=0.3)
+    if 0 < len(histories) <= 16:
+        ax.legend(fontsize=7, ncol=2, title="trial")
+    fig.tight_layout()
+    return fig
+
+
+def best_so_far(values: Iterable[float], metric: str = METRIC):
+    """The best ``metric`` among the first *n* trials, against *n* (trials in completion order)."""
+    values = [v for v in values]
+    best, running = [], -math.inf
+    for v in values:
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            running = max(running, v)
+        best.append(running if running > -math.inf else float("nan"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n = list(range(1, len(values) + 1))
+    ax.scatter(n, values, s=18, color="0.6", label="trial")
+    ax.step(n, best, where="post", color="C0", linewidth=2, label="best so far")
+    ax.set_xlabel("trials completed")
+    ax.set_ylabel(metric)
+    ax.set_title("best validation accuracy against trials run")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def completed_study(table: pd.DataFrame, configs: dict[str, dict[str, Any]], space: SearchSpace):
+    """An in-memory Optuna study holding the search's finished trials, so Optuna's importance
+    evaluators can read them. Distributions are the space's; bounds that depend on other parameters
+    (``all``, ``transfer_blocks``) take the range the trials actually used."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    searched = [p for p in space.parameters if not p.fixed]
+    done = table[(table["status"] != "FAILED") & table[METRIC].notna()] if not table.empty else table
+    distributions: dict[str, Any] = {}
+    for p in searched:
+        values = [configs[t].get(p.name) for t in done["trial_id"] if configs[t].get(p.name) is not None]
+        if not values:
+            continue
+        if p.choices is not None:
+            distributions[p.name] = CategoricalDistribution(list(p.choices))
+            continue
+        low = p.low if not isinstance(p.low, str) else min(values)
+        high = p.high if not isinstance(p.high, str) else max(values)
+        low, high = min(low, min(values)), max(high, max(values))
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values) and isinstance(low, int):
+            distributions[p.name] = IntDistribution(int(low), int(high), log=p.log and low > 0)
+        else:
+            distributions[p.name] = FloatDistribution(float(low), float(high), log=p.log and low > 0)
+    study = optuna.create_study(direction="maximize", study_name="nbtl")
+    for _, row in done.iterrows():
+        config = configs[row["trial_id"]]
+        params = {k: config[k] for k in distributions if config.get(k) is not None}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: distributions[k] for k in params}, value=float(row[METRIC])))
+    return study
+
+
+def param_importances(study, seed: int = 0):
+    """Bar chart of Optuna's fANOVA importances of the hyperparameters every trial sampled;
+    ``None`` when fewer than two trials finished or nothing varied."""
+    import optuna
+
+    if len(study.trials) < 2:
+        return None
+    try:
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+    except (ValueError, RuntimeError):  # nothing varied, or no parameter common to all trials
+        return None
+    if not importances:
+        return None
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.5))
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    ax.set_xlabel("importance for best_val_accuracy (fANOVA)")
+    ax.set_title(f"hyperparameter importance over {len(study.trials)} trials")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

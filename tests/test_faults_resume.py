@@ -1,0 +1,138 @@
+"""Faults and resume on real Ray and a real MLflow store: a trial that raises is recorded as failed and
+the search goes on; a trial whose worker process is killed is retried from its checkpoint; a search
+whose driver is killed is continued with ``nbtl search --resume`` without duplicating MLflow runs."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import nbtl_command
+
+pytestmark = pytest.mark.e2e
+
+SPACE = {
+    "name": "faults",
+    "data": {"image_size": 32, "per_class": 60, "val_fraction": 0.2, "test_fraction": 0.2},
+    "search": {"trials": 4, "max_concurrent": 2, "seed": 0, "max_failures": 1, "resources": {"cpu": 1, "gpu": 0},
+               "sampler": {"type": "random"}, "scheduler": {"type": "fifo"}},
+    "parameters": {"backbone": "efficientnet_lite0", "transfer_blocks": 9, "freeze_blocks": {"low": 6, "high": 8},
+                   "lr": {"low": 0.005, "high": 0.05, "log": True}, "head": "linear", "epochs": 6, "batch_size": 32},
+}
+
+
+def write_space(tmp_path: Path, **search) -> Path:
+    document = copy.deepcopy(SPACE)
+    document["search"].update(search)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def start_search(tmp_path: Path, tracking_uri: str, *args: str) -> subprocess.Popen:
+    log = open(tmp_path / "search.log", "a")
+    return subprocess.Popen(nbtl_command("search", *args, "--tracking-uri", tracking_uri,
+                                         "--storage-path", str(tmp_path / "results")),
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def runs(tracking_uri: str, name: str = "faults"):
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def wait_for(condition, timeout: float, what: str, log: Path, process: subprocess.Popen):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}; search log:\n{log.read_text()[-4000:]}")
+
+
+def trial_runs(all_runs):
+    return [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_raising_trial_fails_and_killed_worker_is_retried(tmp_path, tracking_uri):
+    # The first trial Optuna proposes diverges (NaN loss): it raises TrialDivergedError.
+    space = write_space(tmp_path, points_to_evaluate=[{"lr": 1.0e20, "freeze_blocks": 6}])
+    process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits")
+    log = tmp_path / "search.log"
+    try:
+        def healthy_trial_mid_way():
+            for run in trial_runs(runs(tracking_uri)):
+                if run.info.status == "RUNNING" and run.data.params.get("lr") != "1e+20" \
+                        and 1 <= run.data.metrics.get("epoch", 0) < 4:
+                    return run
+            return None
+
+        victim = wait_for(healthy_trial_mid_way, 300, "a trial in its first epochs", log, process)
+        os.kill(int(victim.data.tags["nbtl.pid"]), signal.SIGKILL)  # the Ray worker running that trial
+        assert process.wait(timeout=600) == 0, log.read_text()[-4000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+    children = trial_runs(runs(tracking_uri))
+    assert len(children) == 4 and len({c.data.tags["nbtl.trial_id"] for c in children}) == 4
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.params["lr"] == "1e+20"
+    assert "TrialDivergedError" in failed[0].data.tags["nbtl.error"]
+    retried = next(c for c in children if c.info.run_id == victim.info.run_id)
+    assert retried.info.status == "FINISHED" and retried.data.tags["nbtl.attempt"] == "2"
+    assert retried.data.tags["nbtl.pid"] != victim.data.tags["nbtl.pid"]
+    assert retried.data.metrics["epoch"] == 6
+    assert sum(c.info.status == "FINISHED" for c in children) == 3
+    table = pd.read_csv(next((tmp_path / "results").glob("faults*/results.csv")))
+    assert sorted(table["status"]) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    assert "Best trial:" in log.read_text()
+
+
+def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tracking_uri):
+    space = write_space(tmp_path)
+    process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits")
+    log = tmp_path / "search.log"
+    try:
+        wait_for(lambda: any(r.data.metrics.get("epoch", 0) >= 2 for r in trial_runs(runs(tracking_uri))),
+                 300, "a trial's second epoch", log, process)
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and everything in its session
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    before = trial_runs(runs(tracking_uri))
+    assert any(r.info.status == "RUNNING" for r in before), "the kill came too late to test resume"
+    time.sleep(3)  # let Ray's own processes notice their driver is gone
+
+    resumed = start_search(tmp_path, tracking_uri, "--resume", "faults")
+    try:
+        assert resumed.wait(timeout=600) == 0, log.read_text()[-4000:]
+    finally:
+        if resumed.poll() is None:
+            os.killpg(resumed.pid, signal.SIGKILL)
+
+    all_runs = runs(tracking_uri)
+    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    children = trial_runs(all_runs)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["nbtl.resumed"] == "1"
+    assert len(children) == 4 and len({c.data.tags["nbtl.trial_id"] for c in children}) == 4
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+    assert sum(c.info.status == "FINISHED" for c in children) >= 3
+    # Runs that existed before the kill were continued, not duplicated.
+    assert {r.info.run_id for r in before} <= {c.info.run_id for c in children}
+    table = pd.read_csv(next((tmp_path / "results").glob("faults*/results.csv")))
+    assert len(table) == 4
+    assert "resuming search 'faults'" in log.read_text()

@@ -1,0 +1,59 @@
+"""The parent run's figures: real matplotlib, real Optuna importance evaluators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from nbtl.search import load_space, plots
+from conftest import REPO
+
+
+def synthetic_search(n: int = 16, seed: int = 0):
+    """A search whose accuracy depends on lr only: lr must come out as the most important."""
+    space = load_space(REPO / "search_spaces" / "tiny.yaml")
+    rng = np.random.default_rng(seed)
+    rows, configs = [], {}
+    for i in range(n):
+        lr = float(10 ** rng.uniform(-3, np.log10(0.05)))
+        config = {"backbone": "efficientnet_lite0", "transfer_blocks": int(rng.integers(7, 10)),
+                  "lr": lr, "lr_decay": float(rng.uniform(0.5, 1.0)), "l2sp_alpha": float(rng.choice([0.0, 0.01])),
+                  "head": str(rng.choice(["linear", "spinal"])), "epochs": 2, "batch_size": 32}
+        config["freeze_blocks"] = int(rng.integers(5, config["transfer_blocks"] + 1))
+        trial_id = f"t{i:02d}"
+        configs[trial_id] = config
+        rows.append({"trial_id": trial_id, "status": "FAILED" if i == 3 else "FINISHED",
+                     "best_val_accuracy": None if i == 3 else 1.0 - abs(np.log10(lr) + 2.0) / 2})
+    return space, pd.DataFrame(rows), configs
+
+
+def test_importance_ranks_the_parameter_that_matters():
+    space, table, configs = synthetic_search()
+    study = plots.completed_study(table, configs, space)
+    assert len(study.trials) == 15  # the failed trial is left out
+    assert {"lr", "transfer_blocks", "freeze_blocks", "head"} <= set(study.trials[0].params)
+    figure = plots.param_importances(study)
+    assert figure is not None
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert labels[-1] == "lr", labels  # barh: the top bar is the most important
+
+
+def test_importance_needs_two_trials():
+    space, table, configs = synthetic_search(n=2)
+    table = table.iloc[:1]
+    assert plots.param_importances(plots.completed_study(table, configs, space)) is None
+
+
+def test_best_so_far_is_a_running_maximum():
+    figure = plots.best_so_far([0.2, 0.5, float("nan"), 0.4, 0.7])
+    step = [line for line in figure.axes[0].get_lines() if line.get_label() == "best so far"][0]
+    assert list(step.get_ydata()) == [0.2, 0.5, 0.5, 0.5, 0.7]
+
+
+def test_accuracy_curves_draw_one_line_per_trial():
+    histories = {"a": pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.3, 0.5, 0.6]}),
+                 "b": pd.DataFrame({"epoch": [1], "val_accuracy": [0.2]}), "c": pd.DataFrame()}
+    figure = plots.accuracy_curves(histories)
+    lines = figure.axes[0].get_lines()
+    assert sorted(line.get_label() for line in lines) == ["a", "b"]
+    assert list(lines[0].get_ydata()) == [0.3, 0.5, 0.6]
