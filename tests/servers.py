@@ -98,3 +98,61 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     yields its ``http://127.0.0.1:PORT`` URI."""
     with running_mlflow_server(tmp_path / "mlflow_server") as uri:
         yield uri
+
+
+def _ray_node_ports() -> list[str]:
+    """Ports every Ray node on this machine must not share with another node (or another Ray)."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+
+
+def _wait_for_log(path: Path, text: str, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not come up:\n{path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running_ray_cluster(directory: Path, head_cpus: int = 1, worker_cpus: int = 1) -> Iterator[dict[str, str]]:
+    """A real two-node Ray cluster on loopback: ``ray start --head`` (token authentication on, as Ray
+    2.60 does by default; dashboard and job server on a free port) and a second node joined with
+    ``ray start --address`` with its own resources. Yields ``{"address", "dashboard", "env"}``; stops
+    both nodes' process groups (and only them) on the way out."""
+    ray = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
+    if ray is None:
+        pytest.fail("the `ray` command is not installed (pip install 'ray[default]')")
+    directory.mkdir(parents=True, exist_ok=True)
+    port, dashboard_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env.update(RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    common = ["--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats", "--block"]
+    processes = []
+    try:
+        head_log = directory / "ray_head.log"
+        with open(head_log, "w") as log:
+            processes.append(subprocess.Popen(
+                [ray, "start", "--head", f"--port={port}", f"--num-cpus={head_cpus}", '--resources={"head_node": 1}',
+                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+                 f"--ray-client-server-port={free_port()}", *_ray_node_ports(), *common],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory, start_new_session=True))
+        _wait_for_log(head_log, "Ray runtime started", processes[0], "ray start --head")
+        worker_log = directory / "ray_worker.log"
+        with open(worker_log, "w") as log:
+            processes.append(subprocess.Popen(
+                [ray, "start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}",
+                 '--resources={"worker_node": 1}', *_ray_node_ports(), *common],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory, start_new_session=True))
+        _wait_for_log(worker_log, "Ray runtime started", processes[1], "the second node (ray start --address)")
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
+    finally:
+        for process in reversed(processes):
+            _stop_group(process)
+
+
+@pytest.fixture
+def ray_cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
+    with running_ray_cluster(tmp_path / "ray_cluster") as cluster:
+        yield cluster

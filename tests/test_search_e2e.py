@@ -30,10 +30,10 @@ def run_tiny_search(tmp_path: Path, tracking_uri: str, *extra: str) -> str:
     return result.stdout
 
 
-def check_store(stdout: str, tracking_uri: str) -> tuple[object, list]:
+def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[object, list]:
     """Assert what every search leaves in MLflow; return the parent and child runs."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(NAME)
+    experiment = client.get_experiment_by_name(name)
     assert experiment is not None, "no MLflow experiment named after the search"
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -51,7 +51,7 @@ def check_store(stdout: str, tracking_uri: str) -> tuple[object, list]:
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
         steps = sorted(m.step for m in history)
         assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 2, steps
-        assert child.data.tags["nbtl.search"] == NAME and child.data.tags["nbtl.dataset"] == "digits"
+        assert child.data.tags["nbtl.search"] == name and child.data.tags["nbtl.dataset"] == "digits"
         assert child.data.tags["nbtl.backbone"] == "efficientnet_lite0" and child.data.tags["nbtl.version"]
         assert child.data.tags["nbtl.trial_id"] and child.data.tags["nbtl.attempt"] == "1"
         for key in ("train_loss", "val_loss", "val_macro_f1", "val_weighted_f1", "best_val_accuracy", "test_accuracy"):
