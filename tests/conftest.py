@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from servers import free_port, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,12 +42,6 @@ def tracking_uri(tmp_path: Path) -> str:
         assert not running, f"runs left RUNNING: {[r.info.run_id for r in running]}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head(tmp_path: Path):
     """A real Ray head started with ``ray start --head`` on 127.0.0.1 (token authentication on, as
@@ -55,7 +49,7 @@ def ray_head(tmp_path: Path):
     ray = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
     if ray is None:
         pytest.fail("the `ray` command is not installed (pip install 'ray[default]')")
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "ray_head.log", "w")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     process = subprocess.Popen(
@@ -71,19 +65,5 @@ def ray_head(tmp_path: Path):
             time.sleep(0.5)
         yield address
     finally:
-        # The head and everything it spawned share one session: stop them all, and nothing else.
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(process)  # the head and everything it spawned share one session: stop them all, nothing else
         log.close()

@@ -30,7 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop_group(process: subprocess.Popen) -> None:
+def stop_group(process: subprocess.Popen) -> None:
     """SIGTERM, then SIGKILL, the process group the server leads (uvicorn and its workers)."""
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         try:
@@ -89,7 +89,7 @@ def running_mlflow_server(directory: Path, startup_timeout: float = 120) -> Iter
             time.sleep(0.5)
         yield uri
     finally:
-        _stop_group(process)
+        stop_group(process)
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def running_ray_cluster(directory: Path, head_cpus: int = 1, worker_cpus: int = 
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
     finally:
         for process in reversed(processes):
-            _stop_group(process)
+            stop_group(process)
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ pytestmark = pytest.mark.e2e
 
 SPACE = {
     "name": "faults",
-    "data": {"image_size": 32, "per_class": 60, "val_fraction": 0.2, "test_fraction": 0.2},
+    "data": {"image_size": 32, "per_class": 40, "val_fraction": 0.2, "test_fraction": 0.2},
     "search": {"trials": 4, "max_concurrent": 2, "seed": 0, "max_failures": 1, "resources": {"cpu": 1, "gpu": 0},
                "sampler": {"type": "random"}, "scheduler": {"type": "fifo"}},
     "parameters": {"backbone": "efficientnet_lite0", "transfer_blocks": 9, "freeze_blocks": {"low": 6, "high": 8},
-                   "lr": {"low": 0.005, "high": 0.05, "log": True}, "head": "linear", "epochs": 6, "batch_size": 32},
+                   "lr": {"low": 0.005, "high": 0.05, "log": True}, "head": "linear", "epochs": 4, "batch_size": 32},
 }
 
 
@@ -74,7 +74,7 @@ def test_raising_trial_fails_and_killed_worker_is_retried(tmp_path, tracking_uri
         def healthy_trial_mid_way():
             for run in trial_runs(runs(tracking_uri)):
                 if run.info.status == "RUNNING" and run.data.params.get("lr") != "1e+20" \
-                        and 1 <= run.data.metrics.get("epoch", 0) < 4:
+                        and 1 <= run.data.metrics.get("epoch", 0) < 3:
                     return run
             return None
 
@@ -93,7 +93,7 @@ def test_raising_trial_fails_and_killed_worker_is_retried(tmp_path, tracking_uri
     retried = next(c for c in children if c.info.run_id == victim.info.run_id)
     assert retried.info.status == "FINISHED" and retried.data.tags["nbtl.attempt"] == "2"
     assert retried.data.tags["nbtl.pid"] != victim.data.tags["nbtl.pid"]
-    assert retried.data.metrics["epoch"] == 6
+    assert retried.data.metrics["epoch"] == 4
     assert sum(c.info.status == "FINISHED" for c in children) == 3
     table = pd.read_csv(next((tmp_path / "results").glob("faults*/results.csv")))
     assert sorted(table["status"]) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]

@@ -27,12 +27,12 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import REPO, run_nbtl
+from test_search_e2e import TRIALS, check_store
 from servers import mlflow_server  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.e2e
 
 TINY = REPO / "search_spaces" / "tiny.yaml"
-TRIALS = 3
 NAME = "ui-e2e"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -121,18 +121,9 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
     assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-6000:]}"
 
     # 2. What the server holds, read back over HTTP.
+    parent, children = check_store(result.stdout, uri, name=NAME)  # the same checks as on a SQLite store
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(NAME)
-    assert experiment is not None, "no MLflow experiment named after the search"
-    experiment_id = experiment.experiment_id
-    runs = client.search_runs([experiment_id])
-    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"], "runs left RUNNING"
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1, f"expected one parent run, got {len(parents)}"
-    parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == TRIALS == len(runs) - 1
-    assert parent.info.status == "FINISHED"
+    experiment_id = parent.info.experiment_id
     histories = {}
     for child in children:
         assert child.info.status == "FINISHED", (child.info.run_id, child.info.status, child.data.tags.get("nbtl.error"))

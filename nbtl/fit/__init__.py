@@ -1,0 +1,47 @@
+"""How well a pre-trained backbone's frozen features already fit a dataset, block by block.
+
+>>> from nbtl.data import load_dataset
+>>> from nbtl.fit import block_features, fit_table
+>>> data = load_dataset("digits", image_size=64)                      # doctest: +SKIP
+>>> features = block_features(data, "efficientnet_lite0")             # doctest: +SKIP
+>>> fit_table(features)          # one row per block: LogME, H-score, kNN, probe, LEEP, NCE   # doctest: +SKIP
+
+Features are cached on disk (:func:`~nbtl.fit.features.default_cache_dir`); the measures are
+plain functions of ``(features, labels)`` or ``(source_probs, labels)`` in :mod:`nbtl.fit.measures`.
+Plain PyTorch / NumPy / scikit-learn: no Ray or MLflow here. torch is imported only when
+the feature extractor is first used, so the measures alone load fast.
+"""
+
+from nbtl.fit._validation import MeasureError
+from nbtl.fit.measures import h_score, knn_accuracy, leep, linear_probe_accuracy, logme, nce
+from nbtl.fit.table import fit_table, meta_features
+
+__all__ = [
+    "BlockFeatures",
+    "MeasureError",
+    "block_features",
+    "default_cache_dir",
+    "fit_table",
+    "h_score",
+    "knn_accuracy",
+    "leep",
+    "linear_probe_accuracy",
+    "logme",
+    "meta_features",
+    "nce",
+    "state_dict_hash",
+]
+
+_FEATURES = {"BlockFeatures", "block_features", "default_cache_dir", "state_dict_hash"}
+
+
+def __getattr__(name: str):
+    if name in _FEATURES:  # lazy: nbtl.fit.features imports torch and the backbones
+        from nbtl.fit import features
+
+        return getattr(features, name)
+    raise AttributeError(f"module 'nbtl.fit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _FEATURES)

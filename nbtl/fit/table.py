@@ -1,0 +1,143 @@
+"""The fit table (every measure for every block of one backbone) and a dataset's meta-features.
+
+These are what :mod:`nbtl.heuristics` reads to recommend a transfer config without a search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nbtl.fit import measures as _measures
+from nbtl.fit._validation import MeasureError, check_labels, check_matrix
+
+__all__ = ["FEATURE_MEASURES", "SOURCE_MEASURES", "fit_table", "meta_features"]
+
+#: Measures read from one block's features, in table order.
+FEATURE_MEASURES = ("logme", "h_score", "knn_accuracy", "linear_probe_accuracy")
+#: Measures read from the source head's probabilities: one value per backbone.
+SOURCE_MEASURES = ("leep", "nce")
+
+
+def meta_features(dataset) -> dict:
+    """Size, balance and resolution of a dataset, as plain numbers.
+
+    Parameters
+    ----------
+    dataset : ImageDataset
+        A dataset from :func:`nbtl.data.load_dataset`.
+
+    Returns
+    -------
+    dict
+        ``name``, ``n_images``, ``n_classes`` (``len(dataset.classes)``),
+        ``images_per_class_min`` / ``_mean`` / ``_max`` (over all classes, empty ones counted),
+        ``image_size`` (stored side in pixels), ``original_height`` / ``original_width``
+        (median source size before resizing), ``grayscale``.
+    """
+    from nbtl.data import ImageDataset
+    from nbtl.errors import DataError
+
+    if not isinstance(dataset, ImageDataset):
+        raise DataError(f"dataset must be an nbtl ImageDataset, got {type(dataset).__name__}; "
+                        "load it with nbtl.data.load_dataset")
+    counts = np.bincount(dataset.labels.numpy(), minlength=len(dataset.classes))
+    return {
+        "name": dataset.name,
+        "n_images": len(dataset),
+        "n_classes": len(dataset.classes),
+        "images_per_class_min": int(counts.min()) if len(counts) else 0,
+        "images_per_class_mean": float(counts.mean()) if len(counts) else 0.0,
+        "images_per_class_max": int(counts.max()) if len(counts) else 0,
+        "image_size": dataset.image_size,
+        "original_height": dataset.original_size[0],
+        "original_width": dataset.original_size[1],
+        "grayscale": bool(dataset.grayscale),
+    }
+
+
+def fit_table(block_features, labels=None, *, measures: Sequence[str] | None = None, source_probs=None,
+              k: int = 5, cv: int = 5, random_state: int = 0):
+    """Every fit measure for every block: one row per block.
+
+    Parameters
+    ----------
+    block_features : BlockFeatures or sequence of array-like
+        From :func:`nbtl.fit.block_features`, or a list of ``(N, C_b)`` feature matrices.
+    labels : array-like of shape (n_samples,), optional
+        Target labels; default ``block_features.labels``.
+    measures : sequence of str, optional
+        Which columns to compute, from ``"logme"``, ``"h_score"``, ``"knn_accuracy"``,
+        ``"linear_probe_accuracy"``, ``"leep"``, ``"nce"``; default all of them.
+    source_probs : array-like of shape (n_samples, n_source_classes), optional
+        Source-head probabilities when ``block_features`` is a plain list; default
+        ``block_features.source_probs``.
+    k : int, default=5
+        Neighbours of :func:`~nbtl.fit.measures.knn_accuracy`.
+    cv : int, default=5
+        Folds of the kNN and linear-probe accuracies, lowered to the smallest class's size
+        (those columns are NaN if a class has a single sample).
+    random_state : int, default=0
+        Seeds the folds.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``backbone`` (when known), ``block``, ``feature_dim``, then the measures in the
+        order asked. LEEP and NCE read the source head, not a block: their value is the same on
+        every row, NaN when there are no source probabilities.
+    """
+    import pandas as pd
+
+    known = FEATURE_MEASURES + SOURCE_MEASURES
+    measures = list(known if measures is None else ([measures] if isinstance(measures, str) else measures))
+    unknown = [m for m in measures if m not in known]
+    if unknown or not measures:
+        raise MeasureError(f"measures must be a non-empty list of {', '.join(known)}; got {measures!r}")
+    blocks = getattr(block_features, "blocks", block_features)
+    if isinstance(blocks, np.ndarray) or not isinstance(blocks, Sequence) or not blocks:
+        raise MeasureError("block_features must be a BlockFeatures or a non-empty list of (N, C_b) arrays, "
+                           f"got {type(block_features).__name__}; pass one feature matrix per block")
+    if labels is None:
+        labels = getattr(block_features, "labels", None)
+        if labels is None:
+            raise MeasureError("labels are required when block_features is a plain list of arrays")
+    if source_probs is None:
+        source_probs = getattr(block_features, "source_probs", None)
+    matrices = [check_matrix(block, f"block_features[{b}]") for b, block in enumerate(blocks)]
+    codes, n_classes = check_labels(labels, len(matrices[0]))
+    for b, matrix in enumerate(matrices[1:], start=1):
+        if len(matrix) != len(codes):
+            raise MeasureError(f"block_features[{b}] has {len(matrix)} rows but there are {len(codes)} labels; "
+                               "every block must hold the same samples")
+    counts = np.bincount(codes, minlength=n_classes)
+    fold_count = min(cv, int(counts.min()))
+    # A stratified training fold keeps at least n_c - ceil(n_c / cv) samples of each class c.
+    smallest_train = int((counts - -(-counts // max(fold_count, 1))).sum())
+
+    def feature_measure(name, matrix):
+        if name == "logme":
+            return _measures.logme(matrix, codes)
+        if name == "h_score":
+            return _measures.h_score(matrix, codes)
+        if fold_count < 2:
+            return float("nan")
+        if name == "knn_accuracy":
+            return _measures.knn_accuracy(matrix, codes, k=min(k, smallest_train), cv=fold_count,
+                                          random_state=random_state)
+        return _measures.linear_probe_accuracy(matrix, codes, cv=fold_count, random_state=random_state)
+
+    per_backbone = {}
+    for name in (m for m in measures if m in SOURCE_MEASURES):
+        per_backbone[name] = (float("nan") if source_probs is None
+                              else getattr(_measures, name)(source_probs, codes))
+    rows = []
+    backbone = getattr(block_features, "backbone", None)
+    for b, matrix in enumerate(matrices):
+        row = {"backbone": backbone} if backbone is not None else {}
+        row.update(block=b, feature_dim=matrix.shape[1])
+        for name in measures:
+            row[name] = per_backbone[name] if name in SOURCE_MEASURES else feature_measure(name, matrix)
+        rows.append(row)
+    return pd.DataFrame(rows)
