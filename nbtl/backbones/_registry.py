@@ -51,12 +51,13 @@ def register_backbone(name: str, *, family: str, num_blocks: int, input_size: in
                       mean: tuple[float, float, float], std: tuple[float, float, float], weights: str,
                       cut: Callable[[nn.Module], BackboneParts],
                       default_weights: Callable[[], Mapping[str, Tensor]], native_format: str,
-                      to_native_keys: Callable | None = None, num_source_classes: int = 1000):
+                      to_native_keys: Callable | None = None, num_source_classes: int = 1000,
+                      min_input_size: int = 32):
     """Decorator registering ``build_native() -> nn.Module`` as backbone ``name`` (timm style).
 
     Parameters
     ----------
-    name, family, num_blocks, input_size, mean, std, weights, num_source_classes
+    name, family, num_blocks, input_size, mean, std, weights, num_source_classes, min_input_size
         Fields of the :class:`BackboneSpec` stored with the builder.
     cut : callable
         ``cut(native_model) -> BackboneParts``: the family's partition into blocks (stem first),
@@ -86,7 +87,7 @@ def register_backbone(name: str, *, family: str, num_blocks: int, input_size: in
     """
     spec = BackboneSpec(name=name, family=family, num_blocks=num_blocks, input_size=input_size,
                         mean=tuple(mean), std=tuple(std), weights=weights,
-                        num_source_classes=num_source_classes)
+                        num_source_classes=num_source_classes, min_input_size=min_input_size)
 
     def decorator(build_native: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if name in _REGISTRY:
@@ -132,14 +133,26 @@ class Layout:
     backbone_shapes: dict[str, torch.Size]
     native_to_backbone: dict[str, str]      # native keys not in the Backbone (e.g. aux heads) absent
 
+    @property
+    def required_native_shapes(self) -> dict[str, torch.Size]:
+        """Native keys the Backbone uses; the others (aux heads) may be missing from weights."""
+        return {k: s for k, s in self.native_shapes.items() if k in self.native_to_backbone}
+
 
 @functools.lru_cache(maxsize=None)
 def layout(name: str) -> Layout:
-    """Build ``name`` on the meta device (no memory, no init cost) and map keys by tensor identity."""
+    """Build ``name`` on the meta device (no memory, no init cost) and map keys by tensor identity.
+
+    A builder that computes on tensors (torchvision's RegNet derives its widths with torch ops)
+    cannot run on the meta device; it is then built on the CPU, once.
+    """
     entry = get_entry(name)
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            native = entry.build_native()
+    except NotImplementedError:  # "Cannot copy out of meta tensor"
         native = entry.build_native()
-        backbone = entry.assemble(native)
+    backbone = entry.assemble(native)
     native_tensors = native.state_dict(keep_vars=True)
     key_of = {id(t): k for k, t in native_tensors.items()}
     backbone_tensors = backbone.state_dict(keep_vars=True)

@@ -9,6 +9,7 @@ checked key by key and shape by shape before anything is loaded, as timm's
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import sys
@@ -113,8 +114,10 @@ def load_hub_checkpoint(url: str, name: str) -> StateDict:
     return read_state_dict(path, label=f"cached weights {path} of {name!r}")
 
 
-def _check_keys(name: str, state_dict: Mapping, shapes: Mapping, source: str, native_format: str):
-    missing = [k for k in shapes if k not in state_dict]
+def _check_keys(name: str, state_dict: Mapping, shapes: Mapping, source: str, native_format: str,
+                required: Mapping | None = None):
+    # ``shapes``: every key the format knows; ``required``: those that must be present (default all).
+    missing = [k for k in (shapes if required is None else required) if k not in state_dict]
     unexpected = [k for k in state_dict if k not in shapes]
     if missing or unexpected:
         raise BackboneError(
@@ -124,7 +127,7 @@ def _check_keys(name: str, state_dict: Mapping, shapes: Mapping, source: str, na
             f"network or from create_backbone({name!r}).state_dict()"
         )
     for key, shape in shapes.items():
-        if state_dict[key].shape != shape:
+        if key in state_dict and state_dict[key].shape != shape:
             raise BackboneError(
                 f"weights for {name!r} from {source}: {key!r} has shape {tuple(state_dict[key].shape)} "
                 f"but the network needs {tuple(shape)}; these weights belong to another model, pass weights of {name!r}"
@@ -157,8 +160,10 @@ def to_backbone_format(name: str, state_dict: Mapping[str, Tensor], source: str)
             state_dict = entry.to_native_keys(state_dict, lay.native_shapes)
         except ValueError as exc:
             raise BackboneError(f"weights for {name!r} from {source}: {exc}") from None
-    state_dict = _fill_num_batches_tracked(state_dict, lay.native_shapes)
-    _check_keys(name, state_dict, lay.native_shapes, source, entry.native_format)
+    state_dict = _fill_num_batches_tracked(state_dict, lay.required_native_shapes)
+    # Parts of the native network that the Backbone leaves out (GoogLeNet's and Inception v3's
+    # auxiliary classifiers) may be absent, as in torchvision's own models built with aux_logits=False.
+    _check_keys(name, state_dict, lay.native_shapes, source, entry.native_format, lay.required_native_shapes)
     return {lay.native_to_backbone[k]: v for k, v in state_dict.items() if k in lay.native_to_backbone}
 
 
@@ -232,7 +237,25 @@ def create_backbone(name: str, pretrained: bool = True, weights_path: str | os.P
     if pretrained:
         weights = (to_backbone_format(name, state_dict, "the state_dict argument") if state_dict is not None
                    else load_pretrained_state_dict(name, weights_path))
+    return entry.build() if weights is None else _build_with_weights(entry, weights)
+
+
+def _build_with_weights(entry, weights: StateDict) -> Backbone:
+    # A random initialisation that the weights overwrite costs seconds for the large networks
+    # (VGG: 138 M parameters), so the network is built on the meta device and takes copies of
+    # the weights; copies, because a search shares one state dict between its trials.
+    try:
+        with torch.device("meta"):
+            backbone = entry.build()
+    except NotImplementedError:  # builders computing on tensors (RegNet) cannot run on meta
+        backbone = None
+    if backbone is not None:
+        like = backbone.state_dict()
+        copies = {k: v.to(dtype=like[k].dtype, copy=True) if k in like else v for k, v in weights.items()}
+        backbone.load_state_dict(copies, strict=True, assign=True)
+        tensors = itertools.chain(backbone.parameters(), backbone.buffers())
+        if not any(t.is_meta for t in tensors):  # a non-persistent buffer would stay on meta
+            return backbone
     backbone = entry.build()
-    if weights is not None:
-        backbone.load_state_dict(weights, strict=True)
+    backbone.load_state_dict(weights, strict=True)
     return backbone
