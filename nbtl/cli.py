@@ -51,7 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparsers.add_parser("backbones", help="list the registered backbones",
                               description="List registered backbones with their blocks, input size and weights.")
     p.set_defaults()
+    _add_fit(subparsers)
     return parser
+
+
+def _add_fit(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit", help="measure how well frozen backbones' features fit a dataset, block by block (tracked in MLflow)",
+        description="For every backbone, extract frozen features at the end of every block (cached on disk) and "
+                    "compute LogME, H-score, kNN and linear-probe accuracy, LEEP and NCE. Prints the table, each "
+                    "backbone's best block by LogME and the dataset's meta-features, saves the table as CSV and "
+                    "logs it as one MLflow run.",
+        epilog="example: nbtl fit digits --backbones efficientnet_lite0,efficientnet_lite1 --out fit.csv")
+    p.add_argument("data", help="dataset: 'digits', 'fashion-mnist' (or fashion-mnist:DIR), an ImageFolder directory, "
+                                "or a CSV of path,label")
+    p.add_argument("--backbones", required=True, help="comma-separated backbone names (see nbtl backbones)")
+    p.add_argument("--image-size", type=int, default=64, help="resize images to this square size (default: 64)")
+    p.add_argument("--per-class", type=int, help="use at most this many images per class")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-class choice and the folds (default: 0)")
+    p.add_argument("--out", help="CSV file for the table (default: nbtl_fit_<dataset name>.csv here)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--name", help="MLflow experiment (default: fit-<dataset name>)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -125,7 +146,71 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "backbones": cmd_backbones}
+def cmd_fit(args: argparse.Namespace) -> int:
+    import re
+
+    import pandas as pd
+
+    from nbtl.backbones import get_spec
+    from nbtl.data import load_dataset
+    from nbtl.errors import ConfigError
+    from nbtl.fit import block_features, fit_table, meta_features
+    from nbtl.tracking import log_fit
+
+    for flag in ("image_size", "per_class"):
+        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if not backbones:
+        raise ConfigError("--backbones needs at least one backbone name, e.g. efficientnet_lite0; see nbtl backbones")
+    if len(set(backbones)) != len(backbones):
+        raise ConfigError(f"--backbones names a backbone twice: {args.backbones}")
+    for name in backbones:
+        get_spec(name)  # an unknown backbone fails here, before any data is loaded
+    dataset = load_dataset(args.data, image_size=args.image_size, per_class=args.per_class, seed=args.seed)
+    meta = meta_features(dataset)
+    tables = []
+    for name in backbones:
+        features = block_features(dataset, name, use_cache=not args.no_cache)
+        source = "cache" if features.from_cache else "extracted"
+        print(f"{name}: {features.num_blocks} blocks, features {source}", file=sys.stderr, flush=True)
+        tables.append(fit_table(features, random_state=args.seed))
+    table = pd.concat(tables, ignore_index=True)
+
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print(table.to_string(index=False))
+    print()
+    metrics: dict[str, float] = {}
+    for name in backbones:
+        rows = table[table["backbone"] == name]
+        if rows["logme"].notna().any():
+            best = rows.loc[rows["logme"].idxmax()]
+            metrics[f"{name}.best_logme"] = float(best["logme"])
+            metrics[f"{name}.best_block"] = int(best["block"])
+            print(f"{name}: best block by LogME is {int(best['block'])} (logme={best['logme']:.4g}, "
+                  f"feature_dim={int(best['feature_dim'])})")
+        else:
+            print(f"{name}: no finite LogME on any block")
+    print("\nDataset meta-features:")
+    for key, value in meta.items():
+        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(meta["name"])).strip("_.") or "data"
+    out = args.out or f"nbtl_fit_{slug}.csv"
+    try:
+        table.to_csv(out, index=False)
+    except OSError as error:
+        raise ConfigError(f"cannot write --out {out}: {error.strerror or error}") from error
+    params = {"data": args.data, "backbones": ",".join(backbones), "image_size": args.image_size,
+              "per_class": args.per_class, "seed": args.seed,
+              **{f"meta.{k}": v for k, v in meta.items()}}
+    uri, experiment_id, run_id = log_fit(args.tracking_uri, args.name or f"fit-{slug}", params,
+                                         {"nbtl.data": args.data}, table, metrics)
+    print(f"\nTable: {out}")
+    print(f"MLflow: {uri} experiment {experiment_id}, run {run_id}")
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "backbones": cmd_backbones, "fit": cmd_fit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ the same store, found by the tag ``nbtl.trial_id``.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -54,6 +55,9 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
 
 def _client(uri: str):
     from mlflow import MlflowClient
+
+    for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     return MlflowClient(tracking_uri=uri)
 
@@ -205,3 +209,31 @@ class SearchTracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.parent_run_id:
             _retry(lambda: self.client.set_terminated(self.parent_run_id, status=status))
+
+
+def log_fit(tracking_uri: str | None, name: str, params: dict[str, Any], tags: dict[str, Any], table,
+            metrics: dict[str, float]) -> tuple[str, str, str]:
+    """Log one ``nbtl fit`` as a single finished run in experiment ``name``: ``params``, ``tags``
+    (plus ``nbtl.role=fit``), ``metrics`` and the fit ``table`` (a DataFrame) as the artifact
+    ``fit_table.csv``. Returns ``(tracking_uri, experiment_id, run_id)``."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    experiment = _retry(lambda: client.get_experiment_by_name(name))
+    if experiment is None:
+        experiment_id = _retry(lambda: client.create_experiment(name))
+    else:
+        if experiment.lifecycle_stage == "deleted":
+            _retry(lambda: client.restore_experiment(experiment.experiment_id))
+        experiment_id = experiment.experiment_id
+    all_tags = {ROLE_TAG: "fit", "nbtl.version": __version__, **tags}
+    all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}  # the REST API takes strings only
+    run = _retry(lambda: client.create_run(experiment_id, run_name=name, tags=all_tags))
+    run_id = run.info.run_id
+    try:
+        _retry(lambda: client.log_batch(run_id, params=_params(params), metrics=_metrics(metrics, 0)))
+        _retry(lambda: client.log_text(run_id, table.to_csv(index=False), "fit_table.csv"))
+    except BaseException:
+        _retry(lambda: client.set_terminated(run_id, status="FAILED"))
+        raise
+    _retry(lambda: client.set_terminated(run_id, status="FINISHED"))
+    return uri, experiment_id, run_id

@@ -46,7 +46,11 @@ def cross_validated_accuracy(make_estimator, matrix, codes, n_classes, cv, rando
             f"k={k} exceeds the {smallest_train} samples of a training fold; lower k or cv"
         )
     correct = 0
-    with warnings.catch_warnings():
+    from threadpoolctl import threadpool_limits
+
+    # Small folds: one BLAS thread is faster, and oversubscribed threads (Ray trials, a busy machine)
+    # make L-BFGS tens of times slower.
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         from sklearn.exceptions import ConvergenceWarning
 
         warnings.simplefilter("ignore", ConvergenceWarning)

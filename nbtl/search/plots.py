@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nbtl.search.space import SearchSpace  # noqa: E402
@@ -30,6 +31,7 @@ def accuracy_curves(histories: dict[str, pd.DataFrame], metric: str = "val_accur
             continue
         ax.plot(frame["epoch"], frame[metric], marker="o", markersize=3, linewidth=1.2, label=str(trial_id))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per trial (trials stopped early by ASHA end sooner)")
     ax.grid(alpha=0.3)
@@ -52,6 +54,7 @@ def best_so_far(values: Iterable[float], metric: str = METRIC):
     ax.scatter(n, values, s=18, color="0.6", label="trial")
     ax.step(n, best, where="post", color="C0", linewidth=2, label="best so far")
     ax.set_xlabel("trials completed")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.set_title("best validation accuracy against trials run")
     ax.grid(alpha=0.3)
