@@ -37,9 +37,13 @@ def _add_search(subparsers) -> None:
     p.add_argument("--storage-path", help="where Ray Tune keeps trial results and checkpoints (default: ./nbtl_results)")
     p.add_argument("--image-size", type=int, help="resize images to this square size once (default: the space's)")
     p.add_argument("--per-class", type=int, help="use at most this many images per class")
+    p.add_argument("--classes", help="keep only these classes, by name or 0-based index, e.g. 0,2,4")
     p.add_argument("--seed", type=int, help="seed of the split, the sampler and the trials")
     p.add_argument("--cpu", type=float, help="CPUs per trial (default: the space's resources.cpu)")
     p.add_argument("--gpu", type=float, help="GPUs per trial, fractions allowed (default: the space's resources.gpu)")
+    p.add_argument("--warm-start", metavar="FILE",
+                   help="run these configs first: a YAML from nbtl recommend (all its configs, best first) or a plain "
+                        "config such as a search's best_config.yaml; each is moved to the nearest point of the space")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                               description="List registered backbones with their blocks, input size and weights.")
     p.set_defaults()
     _add_fit(subparsers)
+    from nbtl import cli_heuristics
+
+    cli_heuristics.add_parsers(subparsers)
     return parser
 
 
@@ -68,6 +75,7 @@ def _add_fit(subparsers) -> None:
     p.add_argument("--backbones", required=True, help="comma-separated backbone names (see nbtl backbones)")
     p.add_argument("--image-size", type=int, default=64, help="resize images to this square size (default: 64)")
     p.add_argument("--per-class", type=int, help="use at most this many images per class")
+    p.add_argument("--classes", help="keep only these classes, by name or 0-based index, e.g. 0,2,4")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-class choice and the folds (default: 0)")
     p.add_argument("--out", help="CSV file for the table (default: nbtl_fit_<dataset name>.csv here)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
@@ -91,7 +99,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}" for k in ("data", "trials", "max_concurrent", "name", "image_size",
-                                                         "per_class", "seed", "cpu", "gpu") if getattr(args, k) is not None]
+                                                         "per_class", "classes", "seed", "cpu", "gpu", "warm_start") if getattr(args, k) is not None]
         if args.space or ignored:
             raise ConfigError(f"--resume {args.resume} continues a search with its own space and settings: "
                               f"drop {', '.join(([args.space] if args.space else []) + ignored)}")
@@ -103,12 +111,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.space or not args.data:
         raise ConfigError("nbtl search needs a SPACE file and --data (or --resume NAME); see nbtl search --help")
     space = load_space(args.space)
+    warm_start = _warm_start(args.warm_start, space) if args.warm_start else []
     options = SearchOptions(data=args.data, name=args.name, trials=args.trials, max_concurrent=args.max_concurrent,
                             address=args.address, tracking_uri=args.tracking_uri, storage_path=args.storage_path,
                             image_size=args.image_size, per_class=args.per_class, seed=args.seed, cpu=args.cpu,
-                            gpu=args.gpu)
+                            gpu=args.gpu, classes=args.classes, warm_start=warm_start)
     result = run_search(space, options, print_fn=lambda line: print(line, flush=True))
     return _report(result)
+
+
+def _warm_start(path: str, space) -> list[dict]:
+    """The configs of ``path`` as points of ``space``, saying what had to move to fit it."""
+    from nbtl.heuristics.recommend import load_recommended_configs
+
+    points = []
+    for number, config in enumerate(load_recommended_configs(path), start=1):
+        point, changes = space.project(config)
+        for change in changes:
+            print(f"warm start {number} ({path}): {change}", file=sys.stderr)
+        if point and point not in points:
+            points.append(point)
+    print(f"warm start: {len(points)} config(s) from {path} run first", flush=True)
+    return points
 
 
 def _report(result) -> int:
@@ -166,7 +190,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise ConfigError(f"--backbones names a backbone twice: {args.backbones}")
     for name in backbones:
         get_spec(name)  # an unknown backbone fails here, before any data is loaded
-    dataset = load_dataset(args.data, image_size=args.image_size, per_class=args.per_class, seed=args.seed)
+    dataset = load_dataset(args.data, image_size=args.image_size, per_class=args.per_class, seed=args.seed,
+                           classes=args.classes)
     meta = meta_features(dataset)
     tables = []
     for name in backbones:
@@ -201,7 +226,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     except OSError as error:
         raise ConfigError(f"cannot write --out {out}: {error.strerror or error}") from error
     params = {"data": args.data, "backbones": ",".join(backbones), "image_size": args.image_size,
-              "per_class": args.per_class, "seed": args.seed,
+              "per_class": args.per_class, "classes": args.classes, "seed": args.seed,
               **{f"meta.{k}": v for k, v in meta.items()}}
     uri, experiment_id, run_id = log_fit(args.tracking_uri, args.name or f"fit-{slug}", params,
                                          {"nbtl.data": args.data}, table, metrics)
@@ -210,7 +235,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "backbones": cmd_backbones, "fit": cmd_fit}
+def _heuristics_command(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from nbtl import cli_heuristics
+
+        return getattr(cli_heuristics, name)(args)
+    return run
+
+
+COMMANDS = {"search": cmd_search, "backbones": cmd_backbones, "fit": cmd_fit,
+            "recommend": _heuristics_command("cmd_recommend"), "heuristics": _heuristics_command("cmd_heuristics"),
+            "train": _heuristics_command("cmd_train")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

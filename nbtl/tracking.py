@@ -81,6 +81,16 @@ def _metrics(values: dict[str, float], step: int):
     return [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
 
 
+def ensure_experiment(client, name: str) -> str:
+    """The id of experiment ``name``, created if missing and restored if deleted."""
+    experiment = _retry(lambda: client.get_experiment_by_name(name))
+    if experiment is None:
+        return _retry(lambda: client.create_experiment(name))
+    if experiment.lifecycle_stage == "deleted":
+        _retry(lambda: client.restore_experiment(experiment.experiment_id))
+    return experiment.experiment_id
+
+
 class TrialTracker:
     """A trial's child run, used from inside the trial (a Ray worker).
 
@@ -135,13 +145,7 @@ class SearchTracker:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = _client(self.tracking_uri)
         self.search_name = search_name
-        experiment = _retry(lambda: self.client.get_experiment_by_name(search_name))
-        if experiment is None:
-            self.experiment_id = _retry(lambda: self.client.create_experiment(search_name))
-        else:
-            if experiment.lifecycle_stage == "deleted":
-                _retry(lambda: self.client.restore_experiment(experiment.experiment_id))
-            self.experiment_id = experiment.experiment_id
+        self.experiment_id = ensure_experiment(self.client, search_name)
         self.parent_run_id: str | None = None
 
     def start(self, params: dict[str, Any], tags: dict[str, Any], run_name: str | None = None) -> str:
@@ -218,16 +222,10 @@ def log_fit(tracking_uri: str | None, name: str, params: dict[str, Any], tags: d
     ``fit_table.csv``. Returns ``(tracking_uri, experiment_id, run_id)``."""
     uri = resolve_tracking_uri(tracking_uri)
     client = _client(uri)
-    experiment = _retry(lambda: client.get_experiment_by_name(name))
-    if experiment is None:
-        experiment_id = _retry(lambda: client.create_experiment(name))
-    else:
-        if experiment.lifecycle_stage == "deleted":
-            _retry(lambda: client.restore_experiment(experiment.experiment_id))
-        experiment_id = experiment.experiment_id
+    experiment = ensure_experiment(client, name)
     all_tags = {ROLE_TAG: "fit", "nbtl.version": __version__, **tags}
     all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}  # the REST API takes strings only
-    run = _retry(lambda: client.create_run(experiment_id, run_name=name, tags=all_tags))
+    run = _retry(lambda: client.create_run(experiment, run_name=name, tags=all_tags))
     run_id = run.info.run_id
     try:
         _retry(lambda: client.log_batch(run_id, params=_params(params), metrics=_metrics(metrics, 0)))
@@ -236,4 +234,69 @@ def log_fit(tracking_uri: str | None, name: str, params: dict[str, Any], tags: d
         _retry(lambda: client.set_terminated(run_id, status="FAILED"))
         raise
     _retry(lambda: client.set_terminated(run_id, status="FINISHED"))
-    return uri, experiment_id, run_id
+    return uri, experiment, run_id
+
+
+def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
+    """Every finished trial of every search in a store, for the heuristics' meta-dataset.
+
+    One dict per child run that ran all its epochs (status FINISHED, not stopped early by the
+    scheduler): the search's data settings (``data``, ``image_size``, ``per_class``, ``classes``,
+    ``seed``, ``val_fraction``/``test_fraction`` as searched), the trial's params, and its final
+    ``best_val_accuracy`` and ``test_accuracy``; plus ``search``, ``parent_run_id``, ``run_id``.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    from mlflow.entities import ViewType
+
+    experiments = _retry(lambda: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000))
+    rows = []
+    for experiment in experiments:
+        runs = []
+        token = None
+        while True:
+            page = _retry(lambda: client.search_runs([experiment.experiment_id], max_results=1000, page_token=token))
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        parents = {r.info.run_id: r for r in runs if r.data.tags.get(ROLE_TAG) == "search"}
+        for run in runs:
+            parent = parents.get(run.data.tags.get(PARENT_TAG, ""))
+            if (parent is None or run.data.tags.get(ROLE_TAG) != "trial" or run.info.status != "FINISHED"
+                    or run.data.tags.get("nbtl.stopped_early") == "true" or "best_val_accuracy" not in run.data.metrics):
+                continue
+            settings = {k: parent.data.params.get(k) for k in ("data", "image_size", "per_class", "classes", "seed")}
+            ended = parent.info.end_time
+            settings["search_seconds"] = (ended - parent.info.start_time) / 1000 if ended else None
+            rows.append({"search": parent.data.tags.get(SEARCH_TAG, experiment.name), "parent_run_id": parent.info.run_id,
+                         "run_id": run.info.run_id, **settings, **run.data.params,
+                         "best_val_accuracy": run.data.metrics["best_val_accuracy"],
+                         "test_accuracy": run.data.metrics.get("test_accuracy")})
+    return rows
+
+
+class TrainingRun:
+    """One ``nbtl train`` run: params, per-epoch metrics (``step=epoch``), FINISHED or FAILED."""
+
+    def __init__(self, tracking_uri: str | None, experiment: str, run_name: str, params: dict[str, Any],
+                 tags: dict[str, Any]):
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = _client(self.tracking_uri)
+        self.experiment_id = ensure_experiment(self.client, experiment)
+        all_tags = {ROLE_TAG: "train", "nbtl.version": __version__, **tags}
+        all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
+        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags))
+        self.run_id = run.info.run_id
+        _retry(lambda: self.client.log_batch(self.run_id, params=_params(params)))
+
+    def log_epoch(self, metrics: dict[str, float], step: int) -> None:
+        _retry(lambda: self.client.log_batch(self.run_id, metrics=_metrics(metrics, step)))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_text(self.run_id, text, artifact_file))
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        if reason:
+            _retry(lambda: self.client.log_batch(self.run_id, tags=_tags({"nbtl.error": reason})))
+        _retry(lambda: self.client.set_terminated(self.run_id, status=status))

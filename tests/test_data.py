@@ -373,3 +373,20 @@ def test_augmented_dataset_serves_uint8_items():
     assert image.dtype == torch.uint8 and torch.equal(image, dataset.images[4].flip(-1))
     batch = next(iter(torch.utils.data.DataLoader(AugmentedDataset(dataset), batch_size=6)))
     assert torch.equal(batch[0], dataset.images) and batch[1].tolist() == dataset.labels.tolist()
+
+
+def test_classes_keeps_named_or_indexed_classes_relabelled_in_order():
+    full = load_dataset("digits", image_size=8, per_class=10, seed=0)
+    subset = load_dataset("digits", image_size=8, per_class=10, seed=0, classes="7,2")
+    assert subset.classes == ["7", "2"] and subset.name == "digits[7,2]"
+    assert subset.class_counts() == {"7": 10, "2": 10}
+    # the images of class 7 are the same images, now labelled 0
+    assert torch.equal(subset.images[subset.labels == 0], full.images[full.labels == 7])
+    fashion = load_dataset("fashion-mnist", image_size=28, per_class=5, classes=["Bag", "1"])
+    assert fashion.classes == ["Bag", "Trouser"] and fashion.name == "fashion-mnist[8,1]"
+
+
+@pytest.mark.parametrize("classes, word", [("3", "at least two"), ("1,1", "twice"), ("1,cat", "'cat' is not in")])
+def test_bad_classes_are_named(classes, word):
+    with pytest.raises(DataError, match=word):
+        load_dataset("digits", image_size=8, per_class=5, classes=classes)

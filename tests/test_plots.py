@@ -57,3 +57,17 @@ def test_accuracy_curves_draw_one_line_per_trial():
     lines = figure.axes[0].get_lines()
     assert sorted(line.get_label() for line in lines) == ["a", "b"]
     assert list(lines[0].get_ydata()) == [0.3, 0.5, 0.6]
+
+
+def test_importance_study_takes_full_trial_configs_with_inactive_conditional_parameters():
+    # Ray's results hold full TrialConfig dicts: a linear-head trial still carries head_width=256 (the default),
+    # which tiny.yaml's head_width (choices [32], only when head is spinal) must not see.
+    from nbtl.config import TrialConfig
+
+    space, table, configs = synthetic_search()
+    full = {t: TrialConfig.from_dict({**c, **({"head_width": 32} if c["head"] == "spinal" else {})}).to_dict()
+            for t, c in configs.items()}
+    study = plots.completed_study(table, full, space)
+    assert len(study.trials) == 15
+    for trial in study.trials:
+        assert ("head_width" in trial.params) == (trial.params["head"] == "spinal")

@@ -282,3 +282,20 @@ def test_load_space_errors_name_the_file(tmp_path):
     wrong.write_text(yaml.safe_dump(_document(lr={"low": 1.0, "high": 0.5}), sort_keys=False))
     with pytest.raises(ConfigError, match=r"wrong.yaml: parameters.lr: low \(1.0\)"):
         load_space(wrong)
+
+
+def test_project_moves_a_full_config_to_the_nearest_point_of_the_space_and_optuna_runs_it():
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml")
+    config = TrialConfig(transfer_blocks=6, freeze_blocks=3, lr=0.5, lr_decay=0.7, l2sp_alpha=0.02, head="mlp",
+                         epochs=9).to_dict()
+    point, changes = space.project(config)
+    # tiny: transfer_blocks 7..9, freeze_blocks 5..transfer, lr 1e-3..0.05, l2sp_alpha {0, 0.01}, head {linear, spinal}
+    assert point == {"transfer_blocks": 7, "freeze_blocks": 5, "lr": 0.05, "lr_decay": 0.7, "l2sp_alpha": 0.01}
+    assert any(c.startswith("head: 'mlp' is not a choice") for c in changes)
+    assert any(c.startswith("epochs: 9 -> 2") for c in changes)
+    # the point is a valid enqueued trial: Optuna samples exactly it (and the rest)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(point)
+    trial = study.ask()
+    fixed = space.sample(trial)
+    assert {k: trial.params[k] for k in point} == point and fixed["epochs"] == 2

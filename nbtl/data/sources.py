@@ -23,7 +23,8 @@ _SOURCE_HELP = (
 
 
 def load_dataset(
-    source: str | os.PathLike, image_size: int, per_class: int | None = None, seed: int = 0
+    source: str | os.PathLike, image_size: int, per_class: int | None = None, seed: int = 0,
+    classes: str | list[str] | None = None,
 ) -> ImageDataset:
     """Load a labelled image dataset, decoding and resizing every image once.
 
@@ -49,6 +50,10 @@ def load_dataset(
         decoded. None keeps all.
     seed : int, default=0
         Seeds the ``per_class`` choice.
+    classes : str or list of str, optional
+        Keep only these classes, by name or by 0-based index (``"0,2,4"`` or ``["0", "2", "4"]``),
+        relabelled ``0..k-1`` in the order given; the dataset's name gets the list in brackets.
+        None keeps every class.
 
     Returns
     -------
@@ -78,8 +83,47 @@ def load_dataset(
         dataset = load_fashion_mnist(directory, image_size, per_class, seed)
     else:
         dataset = _load_files(_list_path(text), text, image_size, per_class, seed)
+    if classes is not None:
+        dataset = keep_classes(dataset, classes, text)
     _check_classes(dataset.class_counts(), text)
     return dataset
+
+
+def parse_classes(classes: str | list[str] | None) -> list[str] | None:
+    """``"a,b"`` or ``["a", "b"]`` as a list of stripped names; None stays None."""
+    if classes is None:
+        return None
+    items = classes.split(",") if isinstance(classes, str) else [str(c) for c in classes]
+    return [item.strip() for item in items if item.strip()]
+
+
+def keep_classes(dataset: ImageDataset, classes: str | list[str], where: str) -> ImageDataset:
+    """Keep only ``classes`` (names, or 0-based indices when no class has that name), relabelled
+    ``0..k-1`` in the order given."""
+    wanted = parse_classes(classes) or []
+    if len(wanted) < 2:
+        raise DataError(f"classes for '{where}' must name at least two classes, got {classes!r}; "
+                        f"e.g. --classes {','.join(dataset.classes[:2])}")
+    chosen = []
+    for item in wanted:
+        if item in dataset.classes:
+            chosen.append(dataset.classes.index(item))
+        elif item.isdigit() and int(item) < len(dataset.classes):
+            chosen.append(int(item))
+        else:
+            raise DataError(f"class {item!r} is not in dataset '{where}' (classes: {', '.join(dataset.classes)}); "
+                            "name a class or give its 0-based index")
+    if len(set(chosen)) != len(chosen):
+        raise DataError(f"classes for '{where}' name a class twice: {classes!r}")
+    labels = dataset.labels.numpy()
+    positions = np.flatnonzero(np.isin(labels, chosen))
+    subset = dataset.subset(positions)
+    remap = np.full(len(dataset.classes), -1, dtype=np.int64)
+    remap[chosen] = np.arange(len(chosen))
+    names = [dataset.classes[c] for c in chosen]
+    return ImageDataset(images=subset.images, labels=torch.from_numpy(remap[subset.labels.numpy()]), classes=names,
+                        name=f"{dataset.name}[{','.join(str(c) for c in chosen)}]", grayscale=dataset.grayscale,
+                        original_size=dataset.original_size)
 
 
 def _list_path(text: str) -> FileListing:

@@ -126,9 +126,9 @@ def _logme_evidences(f: np.ndarray, y: np.ndarray, max_iter: int, tol: float) ->
     def moments(t):
         denom = sigma + t
         gamma = (sigma / denom).sum(axis=0)
-        m2 = (a / denom**2).sum(axis=0)
+        m2 = (a / denom / denom).sum(axis=0)            # not denom**2: t may be huge (no prior)
         if outside is None:
-            res2 = y_norm2 - (a * (sigma + 2 * t) / denom**2).sum(axis=0)
+            res2 = y_norm2 - (a * ((sigma + 2 * t) / denom) / denom).sum(axis=0)
         else:  # the same quantity written without cancellation: Σ x² t²/(σ+t)² + outside
             res2 = (x2 * (t / denom) ** 2).sum(axis=0) + outside
         return gamma, m2, np.clip(res2, _TINY, None)

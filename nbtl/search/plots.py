@@ -73,8 +73,13 @@ def completed_study(table: pd.DataFrame, configs: dict[str, dict[str, Any]], spa
     searched = [p for p in space.parameters if not p.fixed]
     done = table[(table["status"] != "FAILED") & table[METRIC].notna()] if not table.empty else table
     distributions: dict[str, Any] = {}
+
+    def active(p, config) -> bool:  # a conditional parameter counts only where its condition held
+        return all(config.get(k) in v for k, v in p.when.items())
+
     for p in searched:
-        values = [configs[t].get(p.name) for t in done["trial_id"] if configs[t].get(p.name) is not None]
+        values = [configs[t].get(p.name) for t in done["trial_id"]
+                  if configs[t].get(p.name) is not None and active(p, configs[t])]
         if not values:
             continue
         if p.choices is not None:
@@ -90,7 +95,9 @@ def completed_study(table: pd.DataFrame, configs: dict[str, dict[str, Any]], spa
     study = optuna.create_study(direction="maximize", study_name="nbtl")
     for _, row in done.iterrows():
         config = configs[row["trial_id"]]
-        params = {k: config[k] for k in distributions if config.get(k) is not None}
+        by_name = {p.name: p for p in searched}
+        params = {k: config[k] for k in distributions if config.get(k) is not None and active(by_name[k], config)
+                  and (by_name[k].choices is None or config[k] in by_name[k].choices)}
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: distributions[k] for k in params}, value=float(row[METRIC])))
     return study

@@ -42,6 +42,7 @@ class SearchOptions:
     seed: int | None = None
     cpu: float | None = None
     gpu: float | None = None
+    classes: str | None = None
     warm_start: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -143,7 +144,8 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
 
     seed, image_size = int(setting(options, space, "seed")), int(setting(options, space, "image_size"))
     started = time.perf_counter()
-    dataset = load_dataset(options.data, image_size=image_size, per_class=setting(options, space, "per_class"), seed=seed)
+    dataset = load_dataset(options.data, image_size=image_size, per_class=setting(options, space, "per_class"), seed=seed,
+                           classes=options.classes)
     splits = split_dataset(dataset, val_fraction=setting(options, space, "val_fraction"),
                            test_fraction=setting(options, space, "test_fraction"), seed=seed)
     print_fn(f"data {dataset.name}: {len(dataset)} images, {len(dataset.classes)} classes, {image_size}px "
@@ -191,7 +193,8 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
     max_concurrent = int(setting(options, space, "max_concurrent"))
     params = {"space": space.path, "data": options.data, "image_size": setting(options, space, "image_size"),
               "trials": trials, "max_concurrent": max_concurrent, "seed": seed,
-              "per_class": setting(options, space, "per_class"), "cpu_per_trial": prepared.resources["cpu"],
+              "per_class": setting(options, space, "per_class"), "classes": options.classes,
+              "cpu_per_trial": prepared.resources["cpu"],
               "gpu_per_trial": prepared.resources["gpu"],
               "sampler": json.dumps(space.search.get("sampler") or {"type": "tpe"}),
               "scheduler": json.dumps(space.search.get("scheduler") or {"type": "asha"}),

@@ -147,6 +147,63 @@ class SearchSpace:
     def define_by_run(self) -> Callable[[Any], dict[str, Any]]:
         return self.sample
 
+    def project(self, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The point of this space nearest to a full trial ``config`` (a warm-start point for Optuna).
+
+        Returns ``(point, changes)``: ``point`` holds the searched parameters only (the fixed ones
+        come from the space); a value outside a range is clipped, a value not among the choices is
+        replaced by the nearest numeric choice or left for the sampler; ``changes`` says what moved.
+        """
+        from nbtl.backbones import get_spec
+
+        default = TrialConfig()
+        point: dict[str, Any] = {}
+        changes: list[str] = []
+        chosen: dict[str, Any] = {}
+        for p in self.parameters:
+            if any(chosen.get(k, getattr(default, k, None)) not in v for k, v in p.when.items()):
+                continue
+            value = config.get(p.name)
+            if p.fixed:
+                chosen[p.name] = p.value
+                if value is not None and value != p.value:
+                    changes.append(f"{p.name}: {value!r} -> {p.value!r} (fixed by the space)")
+                continue
+            if value is None:
+                continue
+            if p.choices is not None:
+                if value not in p.choices:
+                    numeric = [c for c in p.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+                    if numeric and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        nearest = min(numeric, key=lambda c: abs(c - value))
+                        changes.append(f"{p.name}: {value!r} -> {nearest!r} (nearest choice)")
+                        value = nearest
+                    else:
+                        changes.append(f"{p.name}: {value!r} is not a choice; left to the sampler")
+                        continue
+            else:
+                num_blocks = get_spec(chosen.get("backbone", default.backbone)).num_blocks
+
+                def bound(b: Any) -> Any:
+                    if isinstance(b, str):
+                        resolved = None if b == "all" else chosen.get(b)
+                        return num_blocks if resolved is None else resolved
+                    return b
+                low, high = bound(p.low), bound(p.high)
+                if p.name in BLOCK_KEYS:
+                    high = min(high, num_blocks if p.name == "transfer_blocks"
+                               else min(num_blocks, chosen.get("transfer_blocks", num_blocks)))
+                    low = min(low, high)
+                clipped = min(max(value, low), high)
+                if _field_kind(p.name) == "int":
+                    clipped = int(round(clipped))
+                if clipped != value:
+                    changes.append(f"{p.name}: {value!r} -> {clipped!r} (range {low}..{high})")
+                value = clipped
+            point[p.name] = value
+            chosen[p.name] = value
+        return point, changes
+
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search space YAML file (``yaml.safe_load``)."""

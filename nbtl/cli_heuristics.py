@@ -1,0 +1,227 @@
+"""``nbtl recommend``, ``nbtl heuristics learn`` and ``nbtl train``: the command-line side of
+:mod:`nbtl.heuristics` (parsers and commands; :mod:`nbtl.cli` dispatches to them)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_SPACE = "search_spaces/default.yaml"
+DEFAULT_BACKBONES = "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"
+DEFAULT_AUGMENTATION = {"crop_padding": 4}
+
+
+def _data_flags(p, image_size_default: int | None) -> None:
+    p.add_argument("--image-size", type=int, default=image_size_default,
+                   help="resize images to this square size" + (f" (default: {image_size_default})" if image_size_default else ""))
+    p.add_argument("--per-class", type=int, help="use at most this many images per class")
+    p.add_argument("--classes", help="keep only these classes, by name or 0-based index, e.g. 0,2,4")
+    p.add_argument("--seed", type=int, help="seed of the per-class choice and the split (default: 0)")
+
+
+def add_parsers(subparsers) -> None:
+    p = subparsers.add_parser(
+        "recommend", help="recommend transfer settings from fit measures, without a search",
+        description="Measure how well each backbone's frozen features fit the training split, block by block "
+                    "(LogME, H-score, kNN, linear probe, LEEP, NCE; cached), apply the rules in heuristics/rules.yaml "
+                    "and refine their config with the learned recommender (heuristics/recommender.json). Prints every "
+                    "setting with the measure or rule that drove it and the predicted validation accuracy, and writes a "
+                    "YAML that nbtl train and nbtl search --warm-start read.",
+        epilog="example: nbtl recommend digits --image-size 32 --out recommended.yaml && nbtl train recommended.yaml")
+    p.add_argument("data", help="dataset: 'digits', 'fashion-mnist' (or fashion-mnist:DIR), an ImageFolder directory, "
+                                "or a CSV of path,label")
+    p.add_argument("--backbones", default=DEFAULT_BACKBONES, help=f"comma-separated backbones to rank (default: {DEFAULT_BACKBONES})")
+    _data_flags(p, 64)
+    p.add_argument("--space", default=None, help=f"search space whose values the learned recommender may choose "
+                                                  f"(default: {DEFAULT_SPACE})")
+    p.add_argument("--rules", help="rules YAML (default: heuristics/rules.yaml)")
+    p.add_argument("--recommender", help="learned recommender JSON (default: heuristics/recommender.json when present)")
+    p.add_argument("--no-learned", action="store_true", help="rules only: do not refine with the learned recommender")
+    p.add_argument("--out", help="YAML to write (default: nbtl_recommended_<dataset>.yaml here)")
+    p.add_argument("--fit-out", help="also save the fit table of every backbone and block as CSV")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+
+    h = subparsers.add_parser("heuristics", help="build the learned recommender from finished trials",
+                              description="Heuristics maintenance commands.")
+    hs = h.add_subparsers(dest="heuristics_command", required=True)
+    learn = hs.add_parser(
+        "learn", help="fit the learned recommender on every finished trial in an MLflow store",
+        description="Read every finished trial (all epochs run) of every search in the MLflow store, measure each "
+                    "searched dataset's fit (the data must be readable here; features are cached), write the "
+                    "meta-dataset (one row per trial) as CSV and fit the recommender on it, saved as JSON.",
+        epilog="example: nbtl heuristics learn --tracking-uri sqlite:///mlflow.db --out my_recommender.json")
+    learn.add_argument("--tracking-uri", help="MLflow store to read (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    learn.add_argument("--meta", action="append", default=[],
+                       help="also learn from this meta-dataset CSV (e.g. heuristics/meta_dataset.csv); repeatable")
+    learn.add_argument("--no-store", action="store_true", help="learn from the --meta CSVs only, read no MLflow store")
+    learn.add_argument("--out", default="nbtl_recommender.json", help="recommender JSON to write (default: %(default)s)")
+    learn.add_argument("--meta-out", help="meta-dataset CSV to write (default: next to --out, .csv)")
+
+    t = subparsers.add_parser(
+        "train", help="train one config (e.g. from nbtl recommend) and track it in MLflow",
+        description="Train a single config: a YAML written by nbtl recommend (its first config, or --config-index) "
+                    "or a plain config mapping such as a search's best_config.yaml. Same split, augmentation and "
+                    "metrics as a search trial; logged as one MLflow run.",
+        epilog="example: nbtl train recommended.yaml --data digits")
+    t.add_argument("config", help="config YAML")
+    t.add_argument("--data", help="dataset (default: the one nbtl recommend wrote in the file)")
+    _data_flags(t, None)
+    t.add_argument("--config-index", type=int, default=1, help="which config of a recommendation file (default: 1, the first)")
+    t.add_argument("--epochs", type=int, help="override the config's epochs")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    t.add_argument("--name", help="MLflow experiment (default: train-<dataset name>)")
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "data"
+
+
+def _positive(value, flag: str) -> None:
+    from nbtl.cli import _positive as positive
+
+    positive(value, flag)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from nbtl.errors import ConfigError
+    from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
+    from nbtl.heuristics.recommend import measure_task, print_recommendation, recommend
+    from nbtl.search import load_space
+
+    for flag in ("image_size", "per_class"):
+        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if not backbones or len(set(backbones)) != len(backbones):
+        raise ConfigError(f"--backbones must name distinct backbones, got {args.backbones!r}; see nbtl backbones")
+    rules = load_rules(args.rules)
+    model = None
+    if not args.no_learned:
+        path = args.recommender or default_recommender_path()
+        if path is not None:
+            model = LearnedRecommender.load(path)
+            model.info.setdefault("source", str(path))
+            model.info["source"] = str(path)
+    space_path = args.space or (DEFAULT_SPACE if Path(DEFAULT_SPACE).is_file() else
+                                str(Path(__file__).resolve().parents[1] / DEFAULT_SPACE))
+    space = load_space(space_path) if model is not None else None
+    seed = args.seed or 0
+    task = measure_task(args.data, backbones, image_size=args.image_size, per_class=args.per_class,
+                        classes=args.classes, seed=seed, fit_curve=rules.fit_curve, peak_tolerance=rules.peak_tolerance,
+                        use_cache=not args.no_cache, log=lambda line: print(line, file=sys.stderr, flush=True))
+    data_settings = {"image_size": args.image_size, "per_class": args.per_class, "classes": args.classes, "seed": seed}
+    result = recommend(task, rules, model, space, data_settings)
+    print(f"Dataset {task.dataset_name}: {int(task.dataset['n_images'])} training images, "
+          f"{int(task.dataset['n_classes'])} classes, {task.dataset['images_per_class']:.0f} per class, "
+          f"{'grayscale' if task.dataset['grayscale'] else 'colour'}, source side {int(task.dataset['original_side'])}px")
+    print("Backbones by " + rules.rank_by + ": " + ", ".join(
+        f"{r['backbone']} ({r['logme_best']:.4g}, probe {r['probe_best']:.3f})" for r in result.backbone_ranking))
+    print_recommendation(result)
+    out = Path(args.out or f"nbtl_recommended_{_slug(task.dataset_name)}.yaml")
+    try:
+        out.write_text(result.to_yaml())
+        if args.fit_out:
+            task.tables.to_csv(args.fit_out, index=False)
+    except OSError as error:
+        raise ConfigError(f"cannot write {error.filename}: {error.strerror}") from None
+    print(f"\nWrote {out} in {result.seconds:.1f}s. Run it: nbtl train {out}   or start a search from it: "
+          f"nbtl search {DEFAULT_SPACE} --data {args.data} --warm-start {out}")
+    return 0
+
+
+def cmd_heuristics(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nbtl.errors import ConfigError
+    from nbtl.heuristics.meta import learn, meta_rows, read_meta_csv
+    from nbtl.tracking import finished_trials, resolve_tracking_uri
+
+    rows, sources = [], []
+    for path in args.meta:
+        rows.extend(read_meta_csv(path))
+        sources.append(str(path))
+    if not args.no_store:
+        uri = resolve_tracking_uri(args.tracking_uri)
+        trials = finished_trials(uri)
+        print(f"{uri}: {len(trials)} finished trials", file=sys.stderr, flush=True)
+        rows.extend(meta_rows(trials, log=lambda line: print(line, file=sys.stderr, flush=True)))
+        sources.append(uri)
+    if not sources:
+        raise ConfigError("nothing to learn from: drop --no-store or pass --meta CSV")
+    model = learn(rows, " + ".join(sources))
+    out = Path(args.out)
+    meta_out = Path(args.meta_out) if args.meta_out else out.with_suffix(".csv")
+    model.save(out)
+    try:
+        pd.DataFrame(rows).to_csv(meta_out, index=False)
+    except OSError as error:
+        raise ConfigError(f"cannot write --meta-out {meta_out}: {error.strerror}") from None
+    info = model.info
+    print(f"Learned from {info['rows']} trials on {len(info['tasks_seen'])} tasks: alpha={model.alpha:g} "
+          f"({info['selection']}, {info['structure']}), training MAE {info['train_mean_absolute_error']:.4f}"
+          + (f", leave-one-task-out MAE {info['cv_mean_absolute_error']:.4f}" if "cv_mean_absolute_error" in info else ""))
+    print(f"Recommender: {out}\nMeta-dataset: {meta_out}\nUse it: nbtl recommend DATA --recommender {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from nbtl.backbones import load_pretrained_state_dict
+    from nbtl.config import TrialConfig
+    from nbtl.data import load_dataset, split_dataset
+    from nbtl.errors import ConfigError
+    from nbtl.heuristics.recommend import load_recommended_configs
+    from nbtl.search.space import dump_config
+    from nbtl.tracking import TrainingRun
+    from nbtl.train import train_trial
+
+    for flag in ("image_size", "per_class", "epochs", "config_index"):
+        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    configs = load_recommended_configs(args.config)
+    if args.config_index > len(configs):
+        raise ConfigError(f"--config-index {args.config_index}: {args.config} holds {len(configs)} config(s)")
+    config = dict(configs[args.config_index - 1])
+    if args.epochs:
+        config["epochs"] = args.epochs
+    trial_config = TrialConfig.from_dict(config, where=f"config file {args.config}")
+    document = yaml.safe_load(Path(args.config).read_text())
+    saved = (document.get("data") or {}) if isinstance(document, dict) and "configs" in document else {}
+    data = args.data or saved.get("spec")
+    if not data:
+        raise ConfigError(f"nbtl train needs --data: {args.config} does not name a dataset")
+    image_size = args.image_size or saved.get("image_size") or 64
+    per_class = args.per_class if args.per_class is not None else saved.get("per_class")
+    classes = args.classes if args.classes is not None else saved.get("classes")
+    seed = args.seed if args.seed is not None else int(saved.get("seed") or 0)
+    dataset = load_dataset(data, image_size=int(image_size), per_class=per_class, seed=seed, classes=classes)
+    splits = split_dataset(dataset, seed=seed)
+    print(f"data {dataset.name}: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}, "
+          f"{image_size}px", flush=True)
+    weights = load_pretrained_state_dict(trial_config.backbone) if trial_config.pretrained else None
+    params = {**trial_config.to_dict(), "data": data, "image_size": image_size, "per_class": per_class,
+              "classes": classes, "split_seed": seed, "config_file": args.config}
+    run = TrainingRun(args.tracking_uri, args.name or f"train-{_slug(dataset.name)}", Path(args.config).stem, params,
+                      {"nbtl.dataset": dataset.name, "nbtl.backbone": trial_config.backbone})
+    run.log_text(dump_config(trial_config.to_dict()), "config.yaml")
+
+    def report(metrics, state) -> None:
+        run.log_epoch(metrics, step=int(metrics["epoch"]))
+        print(f"epoch {int(metrics['epoch'])}: val_accuracy {metrics['val_accuracy']:.4f}  "
+              f"train_loss {metrics['train_loss']:.4f}  ({metrics['epoch_time_s']:.1f}s)", flush=True)
+
+    try:
+        result = train_trial(trial_config, splits, augmentation=DEFAULT_AUGMENTATION, state_dict=weights, report=report)
+    except BaseException as error:
+        from nbtl.search.trainable import one_line
+
+        run.end("FAILED", reason=one_line(error))
+        raise
+    run.end("FINISHED")
+    final = result.final
+    print(f"best_val_accuracy {final['best_val_accuracy']:.4f} (epoch {int(final['best_epoch'])}), "
+          f"test_accuracy {final['test_accuracy']:.4f}")
+    print(f"MLflow: {run.tracking_uri} experiment {run.experiment_id}, run {run.run_id}")
+    return 0

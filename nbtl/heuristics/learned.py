@@ -1,0 +1,241 @@
+"""A learned recommender: predicts a trial's validation accuracy from its config and its dataset's fit.
+
+Fitted on a meta-dataset of finished trials (one row per trial: the config, the dataset's signals
+and the signals of the trial's backbone, and its ``best_val_accuracy``), as Quick-Tune (Arango et
+al., ICLR 2024) does at a larger scale. The model is scikit-learn's ridge regression on standardised
+inputs and their degree-2 products (``PolynomialFeatures``), with the penalty chosen by
+cross-validation (``RidgeCV``). A backbone enters only through its fit signals, so the model also
+scores backbones it never saw fine-tuned.
+
+It is saved as plain JSON (input names, scaling, exponents, coefficients): no pickle, readable by
+any program, and :meth:`LearnedRecommender.predict` is a dot product in NumPy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nbtl.heuristics.signals import HeuristicsError
+
+__all__ = ["FORMAT", "INPUTS", "LearnedRecommender", "default_recommender_path", "encode", "fit_recommender"]
+
+FORMAT = "nbtl-learned-recommender"
+HEADS = ("linear", "mlp", "spinal")
+TARGET = "best_val_accuracy"
+
+#: Model inputs, each computed from a meta-dataset row by :func:`encode`.
+INPUTS = (
+    # the dataset
+    "log_images_per_class", "log_n_classes", "grayscale", "log_original_side", "log_image_size",
+    # the backbone's fit on it
+    "logme_best", "probe_best", "knn_best", "fit_peak_fraction", "leep",
+    # the config
+    "transfer_fraction", "transfer_past_peak", "freeze_fraction", "log_lr", "lr_decay", "log_head_lr",
+    "log_l2sp_alpha", "log_l2_beta", "log_l2_head", "head_mlp", "head_spinal", "head_dropout",
+)
+
+
+def default_recommender_path() -> Path | None:
+    """``heuristics/recommender.json`` of the source tree, or None when absent."""
+    path = Path(__file__).resolve().parents[2] / "heuristics" / "recommender.json"
+    return path if path.is_file() else None
+
+
+def _number(row: dict[str, Any], key: str, default: float | None = None) -> float:
+    value = row.get(key, default)
+    if value is None or value == "" or value == "None":
+        if default is None:
+            raise HeuristicsError(f"meta-data row lacks {key!r}; every row needs the config and fit signals")
+        value = default
+    return float(value)
+
+
+def encode(row: dict[str, Any]) -> np.ndarray:
+    """The :data:`INPUTS` of one row (a config merged with dataset and backbone signals)."""
+    blocks = _number(row, "num_blocks")
+    transfer = row.get("transfer_blocks")
+    transfer = blocks if transfer in (None, "", "None", "all") else float(transfer)
+    head_lr = row.get("head_lr")
+    head_lr = _number(row, "lr") if head_lr in (None, "", "None") else float(head_lr)
+    l2_head = row.get("l2_head")
+    l2_head = _number(row, "l2_beta", 0.0) if l2_head in (None, "", "None") else float(l2_head)
+    head = str(row.get("head", "linear"))
+    leep = _number(row, "leep", 0.0)
+    values = {
+        "log_images_per_class": math.log(_number(row, "images_per_class")),
+        "log_n_classes": math.log(_number(row, "n_classes")),
+        "grayscale": _number(row, "grayscale"),
+        "log_original_side": math.log(_number(row, "original_side")),
+        "log_image_size": math.log(_number(row, "image_size")),
+        "logme_best": _number(row, "logme_best"),
+        "probe_best": _number(row, "probe_best"),
+        "knn_best": _number(row, "knn_best"),
+        "fit_peak_fraction": _number(row, "fit_peak_fraction"),
+        "leep": leep if math.isfinite(leep) else 0.0,
+        "transfer_fraction": transfer / blocks,
+        "transfer_past_peak": (transfer - (_number(row, "fit_peak_block") + 1)) / blocks,
+        "freeze_fraction": _number(row, "freeze_blocks", 0.0) / blocks,
+        "log_lr": math.log10(_number(row, "lr")),
+        "lr_decay": _number(row, "lr_decay", 1.0),
+        "log_head_lr": math.log10(head_lr),
+        "log_l2sp_alpha": math.log10(_number(row, "l2sp_alpha", 0.0) + 1e-4),
+        "log_l2_beta": math.log10(_number(row, "l2_beta", 0.0) + 1e-6),
+        "log_l2_head": math.log10(l2_head + 1e-5),
+        "head_mlp": float(head == "mlp"),
+        "head_spinal": float(head == "spinal"),
+        "head_dropout": _number(row, "head_dropout", 0.0),
+    }
+    return np.array([values[name] for name in INPUTS], dtype=float)
+
+
+#: The inputs that describe the task (dataset and the backbone's fit), not the config.
+TASK_INPUTS = INPUTS[:10]
+
+
+def _terms(z: np.ndarray, powers: np.ndarray) -> np.ndarray:
+    """Polynomial terms: ``terms[i, t] = prod_j z[i, j] ** powers[t, j]``."""
+    return np.prod(z[:, None, :] ** powers[None, :, :], axis=2)
+
+
+@dataclass
+class LearnedRecommender:
+    """Ridge regression on degree-2 features of standardised :data:`INPUTS`, as plain arrays."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    powers: np.ndarray          # (n_terms, n_inputs) exponents of each polynomial term
+    coef: np.ndarray            # (n_terms,)
+    intercept: float
+    alpha: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def predict_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """Predicted validation accuracy of each row, clipped to [0, 1]."""
+        if not rows:
+            return np.empty(0)
+        inputs = np.stack([encode(row) for row in rows])
+        return self.predict(inputs)
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        z = (np.asarray(inputs, dtype=float) - self.mean) / self.scale
+        return np.clip(_terms(z, self.powers) @ self.coef + self.intercept, 0.0, 1.0)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT, "version": 1, "inputs": list(INPUTS), "target": TARGET,
+            "model": "ridge regression on degree-2 polynomial features of standardised inputs (scikit-learn RidgeCV)",
+            "alpha": self.alpha, "intercept": self.intercept, "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(), "powers": self.powers.astype(int).tolist(), "coef": self.coef.tolist(),
+            "info": self.info}, indent=1)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.to_json())
+        except OSError as error:
+            raise HeuristicsError(f"cannot write the recommender to {path} ({error.strerror}); choose a writable path") from None
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LearnedRecommender":
+        """Read a recommender written by :meth:`save` (JSON; nothing is unpickled)."""
+        path = Path(path)
+        try:
+            document = json.loads(path.read_text())
+        except OSError as error:
+            raise HeuristicsError(f"recommender {path}: cannot read it ({error.strerror}); check the path, or build "
+                                  "one with nbtl heuristics learn") from None
+        except json.JSONDecodeError as error:
+            raise HeuristicsError(f"recommender {path}: not JSON ({error.msg} at line {error.lineno})") from None
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise HeuristicsError(f"recommender {path}: not an nbtl recommender (format {FORMAT!r} expected)")
+        if document.get("inputs") != list(INPUTS):
+            raise HeuristicsError(f"recommender {path}: built for other inputs than this nbtl version's; "
+                                  "rebuild it with nbtl heuristics learn")
+        return cls(mean=np.array(document["mean"], dtype=float), scale=np.array(document["scale"], dtype=float),
+                   powers=np.array(document["powers"], dtype=float), coef=np.array(document["coef"], dtype=float),
+                   intercept=float(document["intercept"]), alpha=float(document["alpha"]),
+                   info=dict(document.get("info") or {}))
+
+
+def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] | None = None) -> LearnedRecommender:
+    """Fit a :class:`LearnedRecommender` on meta-dataset rows (each with :data:`TARGET`).
+
+    Parameters
+    ----------
+    rows : list of dict
+        Meta-dataset rows: config keys, dataset and backbone signals, and ``best_val_accuracy``.
+    alphas : sequence of float, optional
+        Ridge penalties to choose from (default ``10**[-2..4]``).
+    groups : list of str, optional
+        The task of each row: the penalty is then chosen by leave-one-task-out cross-validation
+        (``GroupKFold``), which rewards models that carry over to a new dataset.
+    """
+    from scipy.stats import spearmanr
+    from sklearn.linear_model import Ridge, RidgeCV
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+
+    keep = [i for i, row in enumerate(rows) if row.get(TARGET) not in (None, "") and math.isfinite(float(row[TARGET]))]
+    usable = [rows[i] for i in keep]
+    if len(usable) < 5:
+        raise HeuristicsError(f"the meta-dataset has {len(usable)} finished trials with {TARGET}; "
+                              "at least 5 are needed: run more searches and learn again")
+    inputs = np.stack([encode(row) for row in usable])
+    target = np.array([float(row[TARGET]) for row in usable])
+    alphas = list(alphas if alphas is not None else np.logspace(-2, 4, 13))
+    scaler = StandardScaler().fit(inputs)
+    scale = np.where(inputs.std(axis=0) > 1e-9, scaler.scale_, 1.0)   # constant inputs stay 0 after centring
+    z = (inputs - scaler.mean_) / scale
+    poly = PolynomialFeatures(degree=2, include_bias=False).fit(z)
+    # Two model structures, both without products of two task-level inputs (with a handful of tasks those
+    # fit each task's level exactly and extrapolate wildly to a new one): "additive" (task inputs linear;
+    # config terms, their squares and products) and "interactions" (plus config x task products, which say
+    # which settings suit which data but need many tasks to be estimated). Leave-one-task-out picks.
+    task_inputs = np.array([name in TASK_INPUTS for name in INPUTS])
+    on_task, on_config = poly.powers_[:, task_inputs].sum(axis=1), poly.powers_[:, ~task_inputs].sum(axis=1)
+    structures = {"additive": poly.powers_[(on_task == 0) | ((on_task == 1) & (on_config == 0))],
+                  "interactions": poly.powers_[on_task <= 1]}
+    info: dict[str, Any] = {"rows": len(usable)}
+    task_groups = None if groups is None else np.array([str(groups[i]) for i in keep])
+    if task_groups is not None and len(set(task_groups)) >= 3:
+        # The penalty and structure whose predictions rank each held-out task's trials best (mean Spearman
+        # correlation; a recommendation only needs the order within a task), then the lowest error.
+        folds = list(GroupKFold(n_splits=len(set(task_groups))).split(z, target, task_groups))
+
+        def scores(terms, alpha):
+            correlations, errors = [], []
+            for train, test in folds:
+                predicted = Ridge(alpha=alpha).fit(terms[train], target[train]).predict(terms[test])
+                errors.append(np.mean(np.abs(predicted - target[test])))
+                if len(test) > 2 and np.ptp(target[test]) > 0 and np.ptp(predicted) > 0:
+                    correlations.append(spearmanr(predicted, target[test]).statistic)
+            return (float(np.mean(correlations)) if correlations else -1.0), float(np.mean(errors))
+        table = {(name, a): scores(_terms(z, powers.astype(float)), a)
+                 for name, powers in structures.items() for a in alphas}
+        structure, alpha = max(table, key=lambda k: (round(table[k][0], 3), -table[k][1]))
+        info.update(tasks=len(set(task_groups)), selection="leave-one-task-out", structure=structure,
+                    cv_spearman_within_task=round(table[structure, alpha][0], 4),
+                    cv_mean_absolute_error=round(table[structure, alpha][1], 5))
+        powers = structures[structure]
+        terms = _terms(z, powers.astype(float))
+        model = Ridge(alpha=alpha).fit(terms, target)
+    else:
+        structure, powers = "additive", structures["additive"]
+        terms = _terms(z, powers.astype(float))
+        model = RidgeCV(alphas=alphas).fit(terms, target)
+        alpha = float(model.alpha_)
+        info.update(selection="leave-one-out (RidgeCV)", structure=structure)
+    info["terms"] = int(len(powers))
+    fitted = model.predict(terms)
+    info["train_mean_absolute_error"] = round(float(np.mean(np.abs(fitted - target))), 5)
+    return LearnedRecommender(mean=scaler.mean_.copy(), scale=scale, powers=powers.astype(float),
+                              coef=np.asarray(model.coef_, dtype=float), intercept=float(model.intercept_),
+                              alpha=float(alpha), info=info)

@@ -1,0 +1,105 @@
+"""The meta-dataset: finished trials joined with their dataset's fit signals, and learning from it.
+
+``nbtl heuristics learn --tracking-uri URI`` reads every finished trial of every search in an MLflow
+store (:func:`nbtl.tracking.finished_trials`), measures each searched dataset once (features are
+cached), writes one row per trial (config + signals + validation accuracy) as CSV and fits the
+:class:`~nbtl.heuristics.learned.LearnedRecommender` on it, saved as JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from nbtl.config import TrialConfig
+from nbtl.errors import NbtlError
+from nbtl.heuristics.learned import LearnedRecommender, fit_recommender
+from nbtl.heuristics.signals import BACKBONE_SIGNALS, DATASET_SIGNALS, HeuristicsError
+
+__all__ = ["TASK_KEYS", "learn", "meta_rows", "task_key"]
+
+TASK_KEYS = ("data", "image_size", "per_class", "classes", "seed")
+
+
+def _setting(value: Any) -> Any:
+    return None if value in (None, "", "None") else value
+
+
+def task_key(row: dict[str, Any]) -> str:
+    """A readable id of the task a trial ran on: data spec, classes, images per class, resolution, seed."""
+    parts = [str(row["data"])]
+    if _setting(row.get("classes")):
+        parts.append(f"classes={row['classes']}")
+    if _setting(row.get("per_class")):
+        parts.append(f"per_class={row['per_class']}")
+    parts.append(f"{row['image_size']}px")
+    parts.append(f"seed={row.get('seed') or 0}")
+    return " ".join(parts)
+
+
+def meta_rows(trials: list[dict[str, Any]], log: Callable[[str], None] | None = None,
+              measure=None) -> list[dict[str, Any]]:
+    """Join finished trials with their task's fit signals: one row per trial.
+
+    ``measure(task_settings, backbones) -> TaskFit`` defaults to :func:`~nbtl.heuristics.recommend.measure_task`
+    on the trial's data settings (the data must be readable here).
+    """
+    from nbtl.heuristics.recommend import measure_task
+
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for trial in trials:
+        if _setting(trial.get("data")) is None or _setting(trial.get("image_size")) is None:
+            continue
+        by_task.setdefault(task_key(trial), []).append(trial)
+    rows = []
+    for key, members in sorted(by_task.items()):
+        first = members[0]
+        backbones = sorted({str(t.get("backbone") or TrialConfig().backbone) for t in members})
+        settings = {"image_size": int(first["image_size"]), "seed": int(_setting(first.get("seed")) or 0),
+                    "per_class": int(first["per_class"]) if _setting(first.get("per_class")) else None,
+                    "classes": _setting(first.get("classes"))}
+        if log:
+            log(f"task {key}: {len(members)} finished trials, measuring {', '.join(backbones)}")
+        try:
+            task = (measure or measure_task)(str(first["data"]), backbones, **settings)
+        except NbtlError as error:  # e.g. the data is not readable on this machine: say which task
+            raise HeuristicsError(f"task {key}: cannot measure its fit here ({error}); make the data readable on "
+                                  "this machine or leave its searches out") from None
+        for trial in members:
+            backbone = str(trial.get("backbone") or TrialConfig().backbone)
+            config = {k: trial.get(k) for k in TrialConfig.keys() if k in trial}
+            rows.append({"task": key, "dataset": task.dataset_name, "data": str(first["data"]),
+                         "image_size": settings["image_size"], "per_class": settings["per_class"],
+                         "classes": settings["classes"], "split_seed": settings["seed"],
+                         "search": trial.get("search"),
+                         "run_id": trial.get("run_id"), **config,
+                         **{k: task.dataset[k] for k in DATASET_SIGNALS},
+                         **{k: task.backbones[backbone][k] for k in BACKBONE_SIGNALS},
+                         "best_val_accuracy": float(trial["best_val_accuracy"]),
+                         "test_accuracy": trial.get("test_accuracy"), "search_seconds": trial.get("search_seconds"),
+                         "fit_seconds": round(task.seconds, 2)})
+    return rows
+
+
+def learn(rows: list[dict[str, Any]], source: str) -> LearnedRecommender:
+    """Fit the learned recommender on meta-dataset rows; the penalty is chosen leave-one-task-out."""
+    if not rows:
+        raise HeuristicsError(f"{source}: no finished trials to learn from; run nbtl search first "
+                              "(trials stopped early by ASHA or failed do not count)")
+    model = fit_recommender(rows, groups=[str(r["task"]) for r in rows])
+    model.info.update(source=source, tasks_seen=sorted({str(r["task"]) for r in rows}))
+    return model
+
+
+def read_meta_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a meta-dataset CSV (as written by ``nbtl heuristics learn --meta-out``)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise HeuristicsError(f"meta-dataset {path}: cannot read it as CSV ({error})") from None
+    missing = [k for k in ("task", "best_val_accuracy", "num_blocks") if k not in table.columns]
+    if missing:
+        raise HeuristicsError(f"meta-dataset {path}: missing column {missing[0]!r}; write it with nbtl heuristics learn")
+    return [{k: (None if v != v else v) for k, v in row.items()} for row in table.to_dict("records")]

@@ -1,0 +1,94 @@
+"""End to end: nbtl recommend on real data writes a config YAML that nbtl train and nbtl search --warm-start
+run (real torch, real Ray, a real MLflow store), and nbtl heuristics learn learns from that store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import REPO, run_nbtl
+from nbtl.search import load_space
+
+E2E = pytest.mark.e2e  # starts Ray and trains: the end-to-end suite
+
+
+@E2E
+def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
+    # 1. recommend: fit measures on the training split, rules, learned refinement, reasons, predicted accuracy
+    done = run_nbtl("recommend", "digits", "--image-size", "32", "--per-class", "15",
+                    "--backbones", "efficientnet_lite0,efficientnet_lite1", "--out", "rec.yaml", "--fit-out", "fit.csv",
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = yaml.safe_load((tmp_path / "rec.yaml").read_text())
+    assert document["format"] == "nbtl-recommendation"
+    assert document["data"] == {"spec": "digits", "name": "digits", "image_size": 32, "per_class": 15, "classes": None,
+                                "seed": 0}
+    assert [r["backbone"] for r in document["backbone_ranking"]] and len(document["backbone_ranking"]) == 2
+    first = document["configs"][0]
+    assert set(first["reasons"]) >= set(first["config"])          # every setting says why
+    assert 0.0 <= first["predicted_val_accuracy"] <= 1.0           # the shipped learned recommender predicts
+    assert document["configs"][-1]["source"] == "rules"
+    assert "transfer-to-fit-peak" in document["configs"][-1]["reasons"]["transfer_blocks"]
+    fit = pd.read_csv(tmp_path / "fit.csv")
+    assert set(fit["backbone"]) == {"efficientnet_lite0", "efficientnet_lite1"} and fit["logme"].notna().all()
+    assert "Config 1 (" in done.stdout and "# transfer-to-fit-peak (fit_peak_block=" in done.stdout
+
+    # 2. a single training run of the first config, on the data the file names, tracked in MLflow
+    done = run_nbtl("train", "rec.yaml", "--epochs", "1", "--tracking-uri", tracking_uri, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "best_val_accuracy" in done.stdout
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("train-digits")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr"] == str(first["config"]["lr"])
+    assert run.data.params["transfer_blocks"] == str(first["config"]["transfer_blocks"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+
+    # 3. a search that runs the recommended configs first (moved to the nearest point of the tiny space)
+    done = run_nbtl("search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--trials", "2",
+                    "--warm-start", "rec.yaml", "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "results"),
+                    "--name", "warm", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warm start: " in done.stdout
+    space = load_space(REPO / "search_spaces" / "tiny.yaml")
+    points = [space.project(entry["config"])[0] for entry in document["configs"]]
+    parent = client.search_runs([client.get_experiment_by_name("warm").experiment_id],
+                                filter_string="tags.`nbtl.role` = 'search'")[0]
+    children = client.search_runs([parent.info.experiment_id], filter_string="tags.`nbtl.role` = 'trial'")
+    assert len(children) == 2
+    # the search's trials are the recommended configs (as points of the tiny space), whatever order Ray ran them in
+    ran = [{k: c.data.params[k] for k in points[0]} for c in children]
+    for point in points[:2]:
+        assert {k: str(v) for k, v in point.items()} in ran
+
+    # 4. learn from the shipped meta-dataset plus this store's finished trials; plain JSON out
+    done = run_nbtl("heuristics", "learn", "--tracking-uri", tracking_uri, "--meta",
+                    str(REPO / "heuristics" / "meta_dataset.csv"), "--out", "learned.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = json.loads((tmp_path / "learned.json").read_text())
+    assert model["format"] == "nbtl-learned-recommender" and model["info"]["rows"] > 0
+    meta = pd.read_csv(tmp_path / "learned.csv")
+    finished = {c.info.run_id for c in children if c.info.status == "FINISHED"
+                and c.data.tags.get("nbtl.stopped_early") != "true"}
+    assert finished and finished <= set(meta["run_id"])
+    assert set(meta.loc[meta["run_id"].isin(finished), "task"]) == {"digits per_class=20 32px seed=0"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["recommend", "digits", "--backbones", "resnet_nine"], "resnet_nine"),
+    (["train", "missing.yaml", "--data", "digits"], "cannot read it"),
+    (["search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--warm-start", "missing.yaml"],
+     "cannot read it"),
+    (["recommend", "digits", "--rules", "nowhere.yaml"], "rules file nowhere.yaml"),
+    (["heuristics", "learn", "--no-store", "--meta", "nowhere.csv"], "nowhere.csv"),
+])
+def test_heuristics_commands_fail_in_one_line(tmp_path, args, message):
+    done = run_nbtl(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
