@@ -2,7 +2,7 @@
 
 For each task of the meta-dataset (``heuristics/meta_dataset.csv``, built by
 ``benchmarks/build_meta_dataset.py``): fit the learned recommender on the *other* tasks' trials,
-recommend for this task (fit measures on its training split, rules, learned refinement), train the
+recommend for this task (fit measures on its training split, rules, learned recommender), train the
 recommended config with the search's epochs and split, and compare with that task's search:
 
     normalised regret = (best - recommended) / (best - worst)     (validation accuracy; 0 = as good as
@@ -128,9 +128,9 @@ def main(argv=None) -> int:
                             per_class=None if _none(first["per_class"]) is None else int(first["per_class"]),
                             classes=_none(first["classes"]), seed=int(first["split_seed"]),
                             fit_curve=rules.fit_curve, peak_tolerance=rules.peak_tolerance)
-        recommendation = recommend(task, rules, model, space)
+        recommendation = recommend(task, rules, model)
         recommend_s = time.perf_counter() - started
-        learned_entry, rules_entry = recommendation.configs[0], recommendation.configs[-1]
+        rules_entry, learned_entry = recommendation.configs[0], recommendation.configs[-1]  # learned = rules if none
         best, worst = float(trials["best_val_accuracy"].max()), float(trials["best_val_accuracy"].min())
         best_test = float(trials.loc[trials["best_val_accuracy"].idxmax(), "test_accuracy"])
         spread = best - worst if best > worst else float("nan")
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         taus[name] = kendall(task, trials)
         results.append(row)
         print(f"{name}: search best {best:.4f} / worst {worst:.4f} ({row['search_s']:.0f}s, {len(trials)} trials); "
-              f"recommended (rules + learned) {row['learned_val']:.4f} regret {row['learned_regret']:.3f} "
+              f"recommended (learned) {row['learned_val']:.4f} regret {row['learned_regret']:.3f} "
               f"(predicted {row['learned_predicted_val']}), rules only {row['rules_val']:.4f} regret "
               f"{row['rules_regret']:.3f}; recommend {recommend_s:.0f}s + train {row['learned_train_s']:.0f}s", flush=True)
 
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.3f}".format):
         print("\nLeave one task out (validation accuracy; regret = (best - recommended) / (best - worst)):")
         print(table[shown].to_string(index=False))
-        print(f"\nmean regret: rules + learned {table['learned_regret'].mean():.3f}, "
+        print(f"\nmean regret: learned {table['learned_regret'].mean():.3f}, "
               f"rules only {table['rules_regret'].mean():.3f}; median time: recommend + train "
               f"{(table['recommend_s'] + table['learned_train_s']).median():.0f}s vs search {table['search_s'].median():.0f}s")
         tau = pd.DataFrame(taus).T

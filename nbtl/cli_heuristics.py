@@ -24,8 +24,9 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser(
         "recommend", help="recommend transfer settings from fit measures, without a search",
         description="Measure how well each backbone's frozen features fit the training split, block by block "
-                    "(LogME, H-score, kNN, linear probe, LEEP, NCE; cached), apply the rules in heuristics/rules.yaml "
-                    "and refine their config with the learned recommender (heuristics/recommender.json). Prints every "
+                    "(LogME, H-score, kNN, linear probe, LEEP, NCE; cached), apply the rules in heuristics/rules.yaml, "
+                    "and let the learned recommender (heuristics/recommender.json) propose the config of its portfolio "
+                    "that it predicts best here, if it beats the rules' config. Prints every "
                     "setting with the measure or rule that drove it and the predicted validation accuracy, and writes a "
                     "YAML that nbtl train and nbtl search --warm-start read.",
         epilog="example: nbtl recommend digits --image-size 32 --out recommended.yaml && nbtl train recommended.yaml")
@@ -33,11 +34,9 @@ def add_parsers(subparsers) -> None:
                                 "or a CSV of path,label")
     p.add_argument("--backbones", default=DEFAULT_BACKBONES, help=f"comma-separated backbones to rank (default: {DEFAULT_BACKBONES})")
     _data_flags(p, 64)
-    p.add_argument("--space", default=None, help=f"search space whose values the learned recommender may choose "
-                                                  f"(default: {DEFAULT_SPACE})")
     p.add_argument("--rules", help="rules YAML (default: heuristics/rules.yaml)")
     p.add_argument("--recommender", help="learned recommender JSON (default: heuristics/recommender.json when present)")
-    p.add_argument("--no-learned", action="store_true", help="rules only: do not refine with the learned recommender")
+    p.add_argument("--no-learned", action="store_true", help="rules only: do not consult the learned recommender")
     p.add_argument("--out", help="YAML to write (default: nbtl_recommended_<dataset>.yaml here)")
     p.add_argument("--fit-out", help="also save the fit table of every backbone and block as CSV")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
@@ -89,7 +88,6 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from nbtl.errors import ConfigError
     from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
     from nbtl.heuristics.recommend import measure_task, print_recommendation, recommend
-    from nbtl.search import load_space
 
     for flag in ("image_size", "per_class"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
@@ -104,15 +102,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             model = LearnedRecommender.load(path)
             model.info.setdefault("source", str(path))
             model.info["source"] = str(path)
-    space_path = args.space or (DEFAULT_SPACE if Path(DEFAULT_SPACE).is_file() else
-                                str(Path(__file__).resolve().parents[1] / DEFAULT_SPACE))
-    space = load_space(space_path) if model is not None else None
     seed = args.seed or 0
     task = measure_task(args.data, backbones, image_size=args.image_size, per_class=args.per_class,
                         classes=args.classes, seed=seed, fit_curve=rules.fit_curve, peak_tolerance=rules.peak_tolerance,
                         use_cache=not args.no_cache, log=lambda line: print(line, file=sys.stderr, flush=True))
     data_settings = {"image_size": args.image_size, "per_class": args.per_class, "classes": args.classes, "seed": seed}
-    result = recommend(task, rules, model, space, data_settings)
+    result = recommend(task, rules, model, data_settings)
     print(f"Dataset {task.dataset_name}: {int(task.dataset['n_images'])} training images, "
           f"{int(task.dataset['n_classes'])} classes, {task.dataset['images_per_class']:.0f} per class, "
           f"{'grayscale' if task.dataset['grayscale'] else 'colour'}, source side {int(task.dataset['original_side'])}px")

@@ -16,7 +16,6 @@ from nbtl.heuristics import (HeuristicsError, LearnedRecommender, backbone_signa
                              load_rules, parse_rules, rank_backbones)
 from nbtl.heuristics.learned import INPUTS, encode
 from nbtl.heuristics.recommend import TaskFit, load_recommended_configs, recommend
-from nbtl.search import load_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,29 +145,36 @@ def test_learned_recommender_refuses_bad_files_and_too_little_data(tmp_path):
         fit_recommender(synthetic_rows()[:3])
 
 
-def test_recommend_refines_the_rules_config_with_the_learned_model_and_says_why(tmp_path):
+def test_recommend_takes_the_portfolio_config_predicted_best_over_weak_rules_and_says_why(tmp_path):
     rows = synthetic_rows()
     model = fit_recommender(rows, groups=[r["task"] for r in rows])
-    model.info["source"] = "synthetic"
+    assert len(model.portfolio) == 3 * 4 and all(abs(math.log10(p["config"]["lr"] / 0.03)) < 0.6 for p in model.portfolio)
     signals = {k: rows[0][k] for k in ("num_blocks", "fit_peak_block", "fit_peak_fraction", "logme_best", "probe_best",
                                         "knn_best", "leep")}
     signals.update(logme_last=0.1, probe_last=0.7, nce=-1.0, source_gap=1 - signals["probe_best"])
     dataset = {k: rows[0][k] for k in ("images_per_class", "n_classes", "grayscale", "original_side", "image_size")}
     task = TaskFit(data="synthetic", dataset_name="synthetic", meta={}, dataset={**dataset, "n_images": 200.0},
                    backbones={"efficientnet_lite0": signals}, tables=pd.DataFrame(), seconds=0.0)
-    rules = load_rules()
-    result = recommend(task, rules, model, load_space(REPO / "search_spaces" / "meta.yaml"),
-                       {"image_size": 32, "per_class": None, "classes": None, "seed": 0})
-    learned, rules_only = result.configs[0], result.configs[-1]
-    assert learned["source"] == "rules + learned recommender" and rules_only["source"] == "rules"
-    assert learned["predicted_val_accuracy"] > rules_only["predicted_val_accuracy"]
+    document = yaml.safe_load((REPO / "heuristics" / "rules.yaml").read_text())
+    document["defaults"]["config"]["lr"] = 0.001           # rules whose lr is far from the synthetic optimum (0.03)
+    document["rules"] = [r for r in document["rules"] if "lr" not in r["set"]]
+    result = recommend(task, parse_rules(document), model,
+                       data_settings={"image_size": 32, "per_class": None, "classes": None, "seed": 0})
+    rules_only, learned = result.configs
+    assert learned["source"] == "learned recommender" and rules_only["source"] == "rules"
+    assert learned["predicted_val_accuracy"] > rules_only["predicted_val_accuracy"] + 0.05
+    assert rules_only["config"]["lr"] == 0.001 and abs(math.log10(learned["config"]["lr"] / 0.03)) < 0.6
     assert set(learned["reasons"]) >= set(learned["config"])       # a reason for every setting
-    changed = [k for k in learned["config"] if learned["config"][k] != rules_only["config"][k]]
-    assert changed and all(learned["reasons"][k].startswith("learned recommender") for k in changed)
+    changed = [k for k in learned["config"] if learned["config"][k] != rules_only["config"].get(k)]
+    assert "lr" in changed and all(learned["reasons"][k].startswith("learned recommender") for k in changed)
     out = tmp_path / "recommended.yaml"
     out.write_text(result.to_yaml())
     configs = load_recommended_configs(out)
-    assert configs[0]["lr"] == learned["config"]["lr"] and len(configs) == 2
+    assert configs[1]["lr"] == learned["config"]["lr"] and configs[0]["lr"] == 0.001 and len(configs) == 2
+    # a portfolio without a better config leaves the rules' config alone, and says so
+    model.portfolio = [p for p in model.portfolio if p["config"]["lr"] < 0.002]
+    alone = recommend(task, parse_rules(document), model)
+    assert [c["source"] for c in alone.configs] == ["rules"] and "portfolio" in alone.notes[0]
 
 
 def test_load_recommended_configs_reads_a_plain_config_and_names_bad_keys(tmp_path):

@@ -1,4 +1,4 @@
-"""Recommend transfer settings without a search: rules over fit signals, refined by a learned model.
+"""Recommend transfer settings without a search: rules over fit signals and a learned model.
 
 - :mod:`~nbtl.heuristics.signals`: the numbers read from fit tables and meta-features;
 - :mod:`~nbtl.heuristics.rules`: rules written as data in ``heuristics/rules.yaml``, each with its evidence;

@@ -28,6 +28,10 @@ __all__ = ["FORMAT", "INPUTS", "LearnedRecommender", "default_recommender_path",
 FORMAT = "nbtl-learned-recommender"
 HEADS = ("linear", "mlp", "spinal")
 TARGET = "best_val_accuracy"
+#: Model selection keeps the candidates whose held-out ranking is within this of the best, then the lowest error.
+RANK_SLACK = 0.02
+#: The best trials of each meta-task kept as candidate configs (see :func:`build_portfolio`).
+PORTFOLIO_PER_TASK = 3
 
 #: Model inputs, each computed from a meta-dataset row by :func:`encode`.
 INPUTS = (
@@ -114,6 +118,7 @@ class LearnedRecommender:
     intercept: float
     alpha: float
     info: dict[str, Any] = field(default_factory=dict)
+    portfolio: list[dict[str, Any]] = field(default_factory=list)   # configs that did well on the meta-tasks
 
     def predict_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
         """Predicted validation accuracy of each row, clipped to [0, 1]."""
@@ -132,7 +137,7 @@ class LearnedRecommender:
             "model": "ridge regression on degree-2 polynomial features of standardised inputs (scikit-learn RidgeCV)",
             "alpha": self.alpha, "intercept": self.intercept, "mean": self.mean.tolist(),
             "scale": self.scale.tolist(), "powers": self.powers.astype(int).tolist(), "coef": self.coef.tolist(),
-            "info": self.info}, indent=1)
+            "info": self.info, "portfolio": self.portfolio}, indent=1)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -162,7 +167,7 @@ class LearnedRecommender:
         return cls(mean=np.array(document["mean"], dtype=float), scale=np.array(document["scale"], dtype=float),
                    powers=np.array(document["powers"], dtype=float), coef=np.array(document["coef"], dtype=float),
                    intercept=float(document["intercept"]), alpha=float(document["alpha"]),
-                   info=dict(document.get("info") or {}))
+                   info=dict(document.get("info") or {}), portfolio=list(document.get("portfolio") or []))
 
 
 def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] | None = None) -> LearnedRecommender:
@@ -206,8 +211,8 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
     info: dict[str, Any] = {"rows": len(usable)}
     task_groups = None if groups is None else np.array([str(groups[i]) for i in keep])
     if task_groups is not None and len(set(task_groups)) >= 3:
-        # The penalty and structure whose predictions rank each held-out task's trials best (mean Spearman
-        # correlation; a recommendation only needs the order within a task), then the lowest error.
+        # Score each penalty and structure by how well its predictions rank each held-out task's trials (mean
+        # Spearman correlation: a recommendation needs the order within a task) and by its absolute error.
         folds = list(GroupKFold(n_splits=len(set(task_groups))).split(z, target, task_groups))
 
         def scores(terms, alpha):
@@ -220,7 +225,10 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
             return (float(np.mean(correlations)) if correlations else -1.0), float(np.mean(errors))
         table = {(name, a): scores(_terms(z, powers.astype(float)), a)
                  for name, powers in structures.items() for a in alphas}
-        structure, alpha = max(table, key=lambda k: (round(table[k][0], 3), -table[k][1]))
+        # Of the candidates that rank within RANK_SLACK of the best, the one with the lowest error: ranking
+        # alone favours a penalty so strong that every prediction sits at the mean.
+        top = max(score[0] for score in table.values())
+        structure, alpha = min((k for k in table if table[k][0] >= top - RANK_SLACK), key=lambda k: table[k][1])
         info.update(tasks=len(set(task_groups)), selection="leave-one-task-out", structure=structure,
                     cv_spearman_within_task=round(table[structure, alpha][0], 4),
                     cv_mean_absolute_error=round(table[structure, alpha][1], 5))
@@ -238,4 +246,51 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
     info["train_mean_absolute_error"] = round(float(np.mean(np.abs(fitted - target))), 5)
     return LearnedRecommender(mean=scaler.mean_.copy(), scale=scale, powers=powers.astype(float),
                               coef=np.asarray(model.coef_, dtype=float), intercept=float(model.intercept_),
-                              alpha=float(alpha), info=info)
+                              alpha=float(alpha), info=info, portfolio=build_portfolio(usable, task_groups))
+
+
+def build_portfolio(rows: list[dict[str, Any]], groups, per_task: int = PORTFOLIO_PER_TASK) -> list[dict[str, Any]]:
+    """The best ``per_task`` trials of every task, as candidate configs for a new task.
+
+    Choosing among configs that really trained well somewhere keeps the recommendation where the model has
+    data; searching the model's optimum over the whole space instead finds its extrapolation errors
+    (the optimizer's curse). Block counts are kept as fractions, so a config moves to a backbone with
+    another number of blocks.
+    """
+    from nbtl.config import TrialConfig
+
+    groups = list(groups) if groups is not None else ["all"] * len(rows)
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for group, row in zip(groups, rows):
+        by_task.setdefault(str(group), []).append(row)
+    portfolio = []
+    for task, members in sorted(by_task.items()):
+        for row in sorted(members, key=lambda r: -float(r[TARGET]))[:per_task]:
+            config = TrialConfig.from_dict({k: _plain_value(row[k]) for k in TrialConfig.keys()
+                                            if k in row and _plain_value(row[k]) is not None and k != "block_lrs"},
+                                           where=f"meta-dataset row of {task}").to_dict()
+            blocks = float(row["num_blocks"])
+            transfer = config["transfer_blocks"]
+            portfolio.append({"task": task, TARGET: round(float(row[TARGET]), 4),
+                              "transfer_fraction": (blocks if transfer is None else transfer) / blocks,
+                              "freeze_fraction": config["freeze_blocks"] / blocks, "config": config})
+    return portfolio
+
+
+def _plain_value(value: Any) -> Any:
+    """A meta-dataset cell as the config type it stands for (CSV and MLflow hand back strings)."""
+    if value is None or value == "" or value == "None" or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        if value in ("True", "False"):
+            return value == "True"
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+    if isinstance(value, float) and value.is_integer():
+        return value  # keep floats as floats (lr=1.0); integer keys are converted below
+    return value
