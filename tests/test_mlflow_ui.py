@@ -216,8 +216,10 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
         find("//div[@role='row']//a[normalize-space()='val_accuracy']", clickable=True).click()
         wait.until(EC.url_contains(f"/runs/{best_id}/model-metrics"))
         find("//input[@placeholder='Search metric charts']", clickable=True).send_keys("val_accuracy")
-        card = find("//div[@data-testid='experiment-view-compare-runs-card'][.//h4[@title='val_accuracy']]")
-        plot = card.find_element(By.CSS_SELECTOR, ".js-plotly-plot")
+        card_xpath = "//div[@data-testid='experiment-view-compare-runs-card'][.//h4[@title='val_accuracy']]"
+        # the card appears before its chart: it shows a spinner while the metric history loads
+        plot = find(card_xpath + "//div[contains(concat(' ', normalize-space(@class), ' '), ' js-plotly-plot ')]")
+        card = find(card_xpath)
         wait.until(lambda _: driver.execute_script("return (arguments[0].data || []).length", plot))
         traces = driver.execute_script(
             "return arguments[0].data.map(t => ({x: Array.from(t.x || []), y: Array.from(t.y || []), name: t.name}))", plot)
