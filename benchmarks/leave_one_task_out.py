@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-AUGMENTATION = {"crop_padding": 4}  # as in search_spaces/meta.yaml
 MEASURES = ["logme", "h_score", "knn_accuracy", "linear_probe_accuracy"]
 
 
@@ -41,8 +40,9 @@ def _none(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def train(config: dict, task_row: dict, epochs: int) -> tuple[float, float, float]:
-    """Train ``config`` on the task's split; (best val accuracy, its test accuracy, seconds)."""
+def train(config: dict, task_row: dict, epochs: int, augmentation: dict | None) -> tuple[float, float, float]:
+    """Train ``config`` on the task's split with the search's epochs and augmentation;
+    (best val accuracy, its test accuracy, seconds)."""
     from nbtl.backbones import load_pretrained_state_dict
     from nbtl.config import TrialConfig
     from nbtl.data import load_dataset, split_dataset
@@ -54,7 +54,7 @@ def train(config: dict, task_row: dict, epochs: int) -> tuple[float, float, floa
                            per_class=None if _none(task_row["per_class"]) is None else int(task_row["per_class"]),
                            seed=int(task_row["split_seed"]), classes=_none(task_row["classes"]))
     splits = split_dataset(dataset, seed=int(task_row["split_seed"]))
-    result = train_trial(trial, splits, augmentation=AUGMENTATION, state_dict=load_pretrained_state_dict(trial.backbone))
+    result = train_trial(trial, splits, augmentation=augmentation, state_dict=load_pretrained_state_dict(trial.backbone))
     return result.final["best_val_accuracy"], result.final["test_accuracy"], time.perf_counter() - started
 
 
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         for label, entry in (("learned", learned_entry), ("rules", rules_entry)):
             key = json.dumps(entry["config"], sort_keys=True)
             if key not in trained:
-                trained[key] = train(entry["config"], first, epochs)
+                trained[key] = train(entry["config"], first, epochs, space.data.get("augmentation"))
             val, test, seconds = trained[key]
             row.update({f"{label}_val": val, f"{label}_test": test, f"{label}_train_s": seconds,
                         f"{label}_predicted_val": entry.get("predicted_val_accuracy"),

@@ -83,6 +83,13 @@ def _add_fit(subparsers) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
 
 
+def _slug(text) -> str:
+    """``text`` as a file- and experiment-name-safe word (e.g. a dataset name)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "data"
+
+
 def _positive(value: int | None, flag: str) -> None:
     from nbtl.errors import ConfigError
 
@@ -171,8 +178,6 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    import re
-
     import pandas as pd
 
     from nbtl.backbones import get_spec
@@ -219,7 +224,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for key, value in meta.items():
         print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
 
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(meta["name"])).strip("_.") or "data"
+    slug = _slug(meta["name"])
     out = args.out or f"nbtl_fit_{slug}.csv"
     try:
         table.to_csv(out, index=False)

@@ -72,16 +72,16 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--name", help="MLflow experiment (default: train-<dataset name>)")
 
 
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "data"
-
-
 def _positive(value, flag: str) -> None:
     from nbtl.cli import _positive as positive
 
     positive(value, flag)
+
+
+def _slug(text: str) -> str:
+    from nbtl.cli import _slug as slug
+
+    return slug(text)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -100,7 +100,6 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         path = args.recommender or default_recommender_path()
         if path is not None:
             model = LearnedRecommender.load(path)
-            model.info.setdefault("source", str(path))
             model.info["source"] = str(path)
     seed = args.seed or 0
     task = measure_task(args.data, backbones, image_size=args.image_size, per_class=args.per_class,
@@ -162,28 +161,24 @@ def cmd_heuristics(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
     from nbtl.backbones import load_pretrained_state_dict
     from nbtl.config import TrialConfig
     from nbtl.data import load_dataset, split_dataset
     from nbtl.errors import ConfigError
-    from nbtl.heuristics.recommend import load_recommended_configs
+    from nbtl.heuristics.recommend import load_recommendation
     from nbtl.search.space import dump_config
     from nbtl.tracking import TrainingRun
     from nbtl.train import train_trial
 
     for flag in ("image_size", "per_class", "epochs", "config_index"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
-    configs = load_recommended_configs(args.config)
+    configs, saved = load_recommendation(args.config)
     if args.config_index > len(configs):
         raise ConfigError(f"--config-index {args.config_index}: {args.config} holds {len(configs)} config(s)")
     config = dict(configs[args.config_index - 1])
     if args.epochs:
         config["epochs"] = args.epochs
     trial_config = TrialConfig.from_dict(config, where=f"config file {args.config}")
-    document = yaml.safe_load(Path(args.config).read_text())
-    saved = (document.get("data") or {}) if isinstance(document, dict) and "configs" in document else {}
     data = args.data or saved.get("spec")
     if not data:
         raise ConfigError(f"nbtl train needs --data: {args.config} does not name a dataset")

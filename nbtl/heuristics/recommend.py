@@ -19,7 +19,7 @@ from nbtl.heuristics.learned import TARGET, LearnedRecommender
 from nbtl.heuristics.rules import Rules
 from nbtl.heuristics.signals import HeuristicsError, backbone_signals, dataset_signals, rank_backbones
 
-__all__ = ["Recommendation", "TaskFit", "load_recommended_configs", "measure_task", "recommend"]
+__all__ = ["Recommendation", "TaskFit", "load_recommendation", "load_recommended_configs", "measure_task", "recommend"]
 
 RECOMMENDATION_FORMAT = "nbtl-recommendation"
 #: The learned recommender replaces the rules' config only when it predicts at least this gain.
@@ -187,6 +187,12 @@ def recommend(task: TaskFit, rules: Rules, model: LearnedRecommender | None = No
 def load_recommended_configs(path: str | Path) -> list[dict[str, Any]]:
     """The configs in a file written by ``nbtl recommend`` (best first), or the one config of a plain
     config YAML (e.g. a search's ``best_config.yaml``). Each is validated as a :class:`TrialConfig`."""
+    return load_recommendation(path)[0]
+
+
+def load_recommendation(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`load_recommended_configs` and the ``data`` settings ``nbtl recommend`` wrote (``spec``,
+    ``image_size``, ``per_class``, ``classes``, ``seed``; empty for a plain config file)."""
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text())
@@ -194,16 +200,18 @@ def load_recommended_configs(path: str | Path) -> list[dict[str, Any]]:
         raise HeuristicsError(f"config file {path}: cannot read it ({error.strerror}); check the path") from None
     except yaml.YAMLError as error:
         raise HeuristicsError(f"config file {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    data: dict[str, Any] = {}
     if isinstance(document, dict) and document.get("format") == RECOMMENDATION_FORMAT:
         entries = document.get("configs") or []
         configs = [entry.get("config") for entry in entries if isinstance(entry, dict)]
+        data = dict(document.get("data") or {})
     elif isinstance(document, dict):
         configs = [document]
     else:
         configs = []
     if not configs or not all(isinstance(c, dict) for c in configs):
         raise HeuristicsError(f"config file {path}: expected a config mapping or the output of nbtl recommend")
-    return [TrialConfig.from_dict(c, where=f"config file {path}").to_dict() for c in configs]
+    return [TrialConfig.from_dict(c, where=f"config file {path}").to_dict() for c in configs], data
 
 
 def print_recommendation(recommendation: Recommendation, out=sys.stdout) -> None:

@@ -73,13 +73,9 @@ def completed_study(table: pd.DataFrame, configs: dict[str, dict[str, Any]], spa
     searched = [p for p in space.parameters if not p.fixed]
     done = table[(table["status"] != "FAILED") & table[METRIC].notna()] if not table.empty else table
     distributions: dict[str, Any] = {}
-
-    def active(p, config) -> bool:  # a conditional parameter counts only where its condition held
-        return all(config.get(k) in v for k, v in p.when.items())
-
-    for p in searched:
+    for p in searched:  # a conditional parameter counts only in the trials where its condition held
         values = [configs[t].get(p.name) for t in done["trial_id"]
-                  if configs[t].get(p.name) is not None and active(p, configs[t])]
+                  if configs[t].get(p.name) is not None and p.active(configs[t])]
         if not values:
             continue
         if p.choices is not None:
@@ -96,7 +92,7 @@ def completed_study(table: pd.DataFrame, configs: dict[str, dict[str, Any]], spa
     for _, row in done.iterrows():
         config = configs[row["trial_id"]]
         by_name = {p.name: p for p in searched}
-        params = {k: config[k] for k in distributions if config.get(k) is not None and active(by_name[k], config)
+        params = {k: config[k] for k in distributions if config.get(k) is not None and by_name[k].active(config)
                   and (by_name[k].choices is None or config[k] in by_name[k].choices)}
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: distributions[k] for k in params}, value=float(row[METRIC])))

@@ -64,6 +64,38 @@ class Parameter:
     def fixed(self) -> bool:
         return self.choices is None and self.low is None
 
+    def active(self, chosen: dict[str, Any]) -> bool:
+        """Whether this parameter's ``when`` holds for the values ``chosen`` so far (unset keys: the
+        :class:`~nbtl.config.TrialConfig` default)."""
+        default = TrialConfig()
+        return all(chosen.get(k, getattr(default, k, None)) in v for k, v in self.when.items())
+
+    def bounds(self, chosen: dict[str, Any]) -> tuple[Any, Any]:
+        """``(low, high)`` of a range parameter given the values ``chosen`` so far: ``'all'`` and block
+        parameters resolved, and a block range capped to what the trial can take (``transfer_blocks <=``
+        the backbone's block count, ``freeze_blocks <= transfer_blocks``, 0 when ``pretrained`` is false)."""
+        from nbtl.backbones import get_spec
+
+        default = TrialConfig()
+        num_blocks = get_spec(chosen.get("backbone", default.backbone)).num_blocks
+
+        def bound(b: Any) -> Any:
+            if isinstance(b, str):  # 'all', or an earlier block parameter (all blocks when unset)
+                resolved = None if b == "all" else chosen.get(b)
+                return num_blocks if resolved is None else resolved
+            return b
+        low, high = bound(self.low), bound(self.high)
+        if self.name in BLOCK_KEYS:
+            cap = num_blocks
+            if self.name == "freeze_blocks":
+                transfer = chosen.get("transfer_blocks")
+                cap = min(cap, num_blocks if transfer is None else transfer)
+                if not chosen.get("pretrained", default.pretrained):
+                    cap = 0
+            high = min(high, cap)
+            low = min(low, high)
+        return low, high
+
     def candidates(self) -> list[Any]:
         """The literal values this parameter may take that can be checked in isolation."""
         if self.fixed:
@@ -106,13 +138,10 @@ class SearchSpace:
         ``transfer_blocks <= `` the chosen backbone's block count, ``freeze_blocks <=
         transfer_blocks`` (0 when ``pretrained`` is false).
         """
-        from nbtl.backbones import get_spec
-
-        default = TrialConfig()
         chosen: dict[str, Any] = {}
         fixed: dict[str, Any] = {}
         for p in self.parameters:
-            if any(chosen.get(k, getattr(default, k, None)) not in v for k, v in p.when.items()):
+            if not p.active(chosen):
                 continue
             if p.fixed:
                 value = p.value
@@ -120,23 +149,7 @@ class SearchSpace:
             elif p.choices is not None:
                 value = trial.suggest_categorical(p.name, p.choices)
             else:
-                num_blocks = get_spec(chosen.get("backbone", default.backbone)).num_blocks
-
-                def bound(b: Any) -> Any:
-                    if isinstance(b, str):  # 'all', or an earlier block parameter (all blocks when unset)
-                        resolved = None if b == "all" else chosen.get(b)
-                        return num_blocks if resolved is None else resolved
-                    return b
-                low, high = bound(p.low), bound(p.high)
-                if p.name in BLOCK_KEYS:
-                    cap = num_blocks
-                    if p.name == "freeze_blocks":
-                        transfer = chosen.get("transfer_blocks")
-                        cap = min(cap, num_blocks if transfer is None else transfer)
-                        if not chosen.get("pretrained", default.pretrained):
-                            cap = 0
-                    high = min(high, cap)
-                    low = min(low, high)
+                low, high = p.bounds(chosen)
                 if _field_kind(p.name) == "int":
                     value = trial.suggest_int(p.name, int(low), int(high), log=p.log, step=p.step or 1)
                 else:
@@ -154,14 +167,11 @@ class SearchSpace:
         come from the space); a value outside a range is clipped, a value not among the choices is
         replaced by the nearest numeric choice or left for the sampler; ``changes`` says what moved.
         """
-        from nbtl.backbones import get_spec
-
-        default = TrialConfig()
         point: dict[str, Any] = {}
         changes: list[str] = []
         chosen: dict[str, Any] = {}
         for p in self.parameters:
-            if any(chosen.get(k, getattr(default, k, None)) not in v for k, v in p.when.items()):
+            if not p.active(chosen):
                 continue
             value = config.get(p.name)
             if p.fixed:
@@ -182,18 +192,7 @@ class SearchSpace:
                         changes.append(f"{p.name}: {value!r} is not a choice; left to the sampler")
                         continue
             else:
-                num_blocks = get_spec(chosen.get("backbone", default.backbone)).num_blocks
-
-                def bound(b: Any) -> Any:
-                    if isinstance(b, str):
-                        resolved = None if b == "all" else chosen.get(b)
-                        return num_blocks if resolved is None else resolved
-                    return b
-                low, high = bound(p.low), bound(p.high)
-                if p.name in BLOCK_KEYS:
-                    high = min(high, num_blocks if p.name == "transfer_blocks"
-                               else min(num_blocks, chosen.get("transfer_blocks", num_blocks)))
-                    low = min(low, high)
+                low, high = p.bounds(chosen)
                 clipped = min(max(value, low), high)
                 if _field_kind(p.name) == "int":
                     clipped = int(round(clipped))
