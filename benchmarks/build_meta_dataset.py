@@ -32,6 +32,11 @@ TASKS = [
     ("fmnist-pc60-48", "fashion-mnist", ["--image-size", "48", "--per-class", "60"]),
     ("fmnist-tops-pc100-32", "fashion-mnist", ["--image-size", "32", "--per-class", "100", "--classes", "0,2,4,6"]),
     ("fmnist-shoes-bags-pc60-32", "fashion-mnist", ["--image-size", "32", "--per-class", "60", "--classes", "5,7,8,9"]),
+    # Colour photos (crops of scikit-image's bundled photos): the first tasks near ImageNet. Their own search seeds,
+    # so their random configs differ from the grayscale tasks' (all seed 0).
+    ("photo-patches-pc60-48", "photo-patches", ["--image-size", "48", "--per-class", "60", "--seed", "1"]),
+    ("photo-patches-4cls-pc100-32", "photo-patches",
+     ["--image-size", "32", "--per-class", "100", "--classes", "astronaut,coffee,rocket,motorcycle", "--seed", "2"]),
 ]
 SMOKE_TASKS = [
     ("smoke-digits", "digits", ["--image-size", "32", "--per-class", "12"]),
@@ -60,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default=str(REPO / "heuristics"), help="where recommender.json and "
                         "meta_dataset.csv go (default: heuristics/)")
     parser.add_argument("--smoke-test", action="store_true", help="two tiny tasks, 3 trials each: checks it runs")
+    parser.add_argument("--meta", action="append", default=[],
+                        help="also learn from this meta-dataset CSV (e.g. the shipped heuristics/meta_dataset.csv, to "
+                             "extend it with --tasks run into a new --work-dir); repeatable")
     args = parser.parse_args(argv)
 
     work = Path(args.work_dir).resolve()
@@ -97,6 +105,8 @@ def main(argv=None) -> int:
     recommender = out / ("recommender_smoke.json" if args.smoke_test else "recommender.json")
     meta_csv = out / ("meta_dataset_smoke.csv" if args.smoke_test else "meta_dataset.csv")
     command = nbtl + ["heuristics", "learn", "--tracking-uri", uri, "--out", str(recommender), "--meta-out", str(meta_csv)]
+    for extra in args.meta:
+        command += ["--meta", str(Path(extra).resolve())]
     print(f"== learn: {' '.join(command[2:])}", flush=True)
     code = subprocess.call(command, cwd=work)
     for name, seconds, status in timings:

@@ -41,6 +41,13 @@ def _add_search(subparsers) -> None:
     p.add_argument("--seed", type=int, help="seed of the split, the sampler and the trials")
     p.add_argument("--cpu", type=float, help="CPUs per trial (default: the space's resources.cpu)")
     p.add_argument("--gpu", type=float, help="GPUs per trial, fractions allowed (default: the space's resources.gpu)")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="stop starting trials and end running ones when this much wall time has passed since the "
+                        "search started (data loading and start points included), e.g. 900, 90s, 15m, 1.5h; "
+                        "without --trials, trials run until the budget ends (Ray Tune's time_budget_s)")
+    p.add_argument("--no-recommend", action="store_true",
+                   help="do not measure the data's fit to start from nbtl recommend's configs (and the learned prior "
+                        "that reads it); the probe and the conventional recipe still run first")
     p.add_argument("--warm-start", metavar="FILE",
                    help="run these configs first: a YAML from nbtl recommend (all its configs, best first) or a plain "
                         "config such as a search's best_config.yaml; each is moved to the nearest point of the space")
@@ -106,7 +113,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}" for k in ("data", "trials", "max_concurrent", "name", "image_size",
-                                                         "per_class", "classes", "seed", "cpu", "gpu", "warm_start") if getattr(args, k) is not None]
+                                                         "per_class", "classes", "seed", "cpu", "gpu", "warm_start",
+                                                         "time_budget") if getattr(args, k) is not None]
         if args.space or ignored:
             raise ConfigError(f"--resume {args.resume} continues a search with its own space and settings: "
                               f"drop {', '.join(([args.space] if args.space else []) + ignored)}")
@@ -117,12 +125,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _report(result)
     if not args.space or not args.data:
         raise ConfigError("nbtl search needs a SPACE file and --data (or --resume NAME); see nbtl search --help")
+    from nbtl.search.space import parse_duration
+
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError(f"--seed must be an integer >= 0, got {args.seed}")
+    budget = None
+    if args.time_budget is not None:
+        try:
+            budget = parse_duration(args.time_budget)
+        except ConfigError as error:
+            raise ConfigError(f"--time-budget: {error}") from None
     space = load_space(args.space)
     warm_start = _warm_start(args.warm_start, space) if args.warm_start else []
     options = SearchOptions(data=args.data, name=args.name, trials=args.trials, max_concurrent=args.max_concurrent,
                             address=args.address, tracking_uri=args.tracking_uri, storage_path=args.storage_path,
                             image_size=args.image_size, per_class=args.per_class, seed=args.seed, cpu=args.cpu,
-                            gpu=args.gpu, classes=args.classes, warm_start=warm_start)
+                            gpu=args.gpu, classes=args.classes, warm_start=warm_start, time_budget=budget,
+                            recommend=not args.no_recommend)
     result = run_search(space, options, print_fn=lambda line: print(line, flush=True))
     return _report(result)
 

@@ -70,6 +70,9 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--epochs", type=int, help="override the config's epochs")
     t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     t.add_argument("--name", help="MLflow experiment (default: train-<dataset name>)")
+    t.add_argument("--no-floor", action="store_true",
+                   help="do not also train the linear probe (every block frozen, a linear head: seconds) as a floor; "
+                        "by default both are trained and the one with the better validation accuracy is kept")
 
 
 def _positive(value, flag: str) -> None:
@@ -161,14 +164,11 @@ def cmd_heuristics(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nbtl.backbones import load_pretrained_state_dict
     from nbtl.config import TrialConfig
     from nbtl.data import load_dataset, split_dataset
     from nbtl.errors import ConfigError
     from nbtl.heuristics.recommend import load_recommendation
-    from nbtl.search.space import dump_config
-    from nbtl.tracking import TrainingRun
-    from nbtl.train import train_trial
+    from nbtl.search.start import probe_config
 
     for flag in ("image_size", "per_class", "epochs", "config_index"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
@@ -190,11 +190,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     splits = split_dataset(dataset, seed=seed)
     print(f"data {dataset.name}: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}, "
           f"{image_size}px", flush=True)
+    base_params = {"data": data, "image_size": image_size, "per_class": per_class, "classes": classes,
+                   "split_seed": seed, "config_file": args.config}
+    experiment = args.name or f"train-{_slug(dataset.name)}"
+    candidates = [(Path(args.config).stem, trial_config)]
+    if not args.no_floor and trial_config.pretrained:
+        probe = TrialConfig.from_dict({**probe_config(trial_config.backbone), "epochs": trial_config.epochs,
+                                       "batch_size": trial_config.batch_size, "seed": trial_config.seed})
+        if probe.freeze_blocks != trial_config.freeze_blocks or trial_config.transfer_blocks not in (None, probe.transfer_blocks):
+            candidates.append((f"{Path(args.config).stem}-probe", probe))
+    outcomes = []
+    for run_name, candidate in candidates:
+        if len(candidates) > 1:
+            print(f"-- {run_name}: {'the linear probe (floor)' if run_name.endswith('-probe') else 'the config'}", flush=True)
+        final, run = _train_and_track(candidate, splits, args.tracking_uri, experiment, run_name,
+                                      {**candidate.to_dict(), **base_params}, dataset.name)
+        outcomes.append((run_name, final, run))
+    chosen = max(outcomes, key=lambda o: (o[1]["best_val_accuracy"], -o[1].get("best_val_loss", 0.0)))
+    run_name, final, run = chosen
+    if len(outcomes) > 1:
+        run.set_tags({"nbtl.chosen": "true"})
+        scores = ", ".join(f"{name} {metrics['best_val_accuracy']:.4f}" for name, metrics, _ in outcomes)
+        print(f"kept {run_name}: the better validation accuracy of {len(outcomes)} runs ({scores})")
+    print(f"best_val_accuracy {final['best_val_accuracy']:.4f} (epoch {int(final['best_epoch'])}), "
+          f"test_accuracy {final['test_accuracy']:.4f}, test_macro_f1 {final['test_macro_f1']:.4f}")
+    print(f"MLflow: {run.tracking_uri} experiment {run.experiment_id}, run {run.run_id}")
+    return 0
+
+
+def _train_and_track(trial_config, splits, tracking_uri, experiment: str, run_name: str, params: dict, dataset_name: str):
+    """Train one config as one MLflow run; return its last epoch's metrics and the run."""
+    from nbtl.backbones import load_pretrained_state_dict
+    from nbtl.search.space import dump_config
+    from nbtl.tracking import TrainingRun
+    from nbtl.train import train_trial
+
     weights = load_pretrained_state_dict(trial_config.backbone) if trial_config.pretrained else None
-    params = {**trial_config.to_dict(), "data": data, "image_size": image_size, "per_class": per_class,
-              "classes": classes, "split_seed": seed, "config_file": args.config}
-    run = TrainingRun(args.tracking_uri, args.name or f"train-{_slug(dataset.name)}", Path(args.config).stem, params,
-                      {"nbtl.dataset": dataset.name, "nbtl.backbone": trial_config.backbone})
+    run = TrainingRun(tracking_uri, experiment, run_name, params,
+                      {"nbtl.dataset": dataset_name, "nbtl.backbone": trial_config.backbone})
     run.log_text(dump_config(trial_config.to_dict()), "config.yaml")
 
     def report(metrics, state) -> None:
@@ -210,8 +243,4 @@ def cmd_train(args: argparse.Namespace) -> int:
         run.end("FAILED", reason=one_line(error))
         raise
     run.end("FINISHED")
-    final = result.final
-    print(f"best_val_accuracy {final['best_val_accuracy']:.4f} (epoch {int(final['best_epoch'])}), "
-          f"test_accuracy {final['test_accuracy']:.4f}")
-    print(f"MLflow: {run.tracking_uri} experiment {run.experiment_id}, run {run.run_id}")
-    return 0
+    return result.final, run

@@ -1,8 +1,8 @@
 """The configuration of one trial: every non-binary transfer choice, validated once.
 
-Names follow the project vocabulary (``transfer_blocks``, ``freeze_blocks``, ``lr``, ``head_lr``,
-``lr_decay``, ``l2sp_alpha``, ``l2_beta``, ``l2_head``, ``head``). A search space YAML samples these
-keys; ``nbtl recommend`` writes them; a single training run reads them.
+Names follow the project vocabulary (``transfer_blocks``, ``freeze_blocks``, ``head_warmup_epochs``,
+``lr``, ``head_lr``, ``lr_decay``, ``l2sp_alpha``, ``l2_beta``, ``l2_head``, ``l2sp_blocks``, ``head``).
+A search space YAML samples these keys; ``nbtl recommend`` writes them; a single training run reads them.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ class TrialConfig:
         re-initialised. ``None`` means all blocks.
     freeze_blocks : int
         How many blocks, counted from the input, do not train (``<= transfer_blocks``).
+    head_warmup_epochs : int
+        LP-FT: for the first ``head_warmup_epochs`` epochs every block is frozen (eval mode, no
+        gradient) and only the head trains; afterwards ``freeze_blocks`` applies. Must be
+        ``< epochs``; 0 (the default) trains as configured from the start (Kumar et al.,
+        "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution",
+        ICLR 2022).
     lr, head_lr, lr_decay : float
         Block ``i`` of ``B`` trains at ``lr * lr_decay ** (B - 1 - i)`` (the top block at ``lr``);
         the head at ``head_lr`` (``None``: same as ``lr``).
@@ -43,6 +49,11 @@ class TrialConfig:
         weights (re-initialised blocks and head); BatchNorm and biases are excluded.
         ``l2_head=None`` means ``γ = β``: plain L2 on every weight, the conventional recipe
         (Li et al., "Explicit inductive bias for transfer learning", ICML 2018).
+    l2sp_blocks : int or None
+        Transferred blocks with index ``< l2sp_blocks`` get ``α/2‖w−w⁰‖² + β/2‖w‖²``; transferred
+        blocks from ``l2sp_blocks`` on get only ``β/2‖w‖²`` (pulled towards zero, not towards
+        ``w⁰``): the lower-L2-SP / upper-L2 mix of Plested et al. (arXiv 2107.08585). ``None``
+        means every transferred block gets both terms.
     head : {"linear", "mlp", "spinal"}
         Classifier on the pooled features; ``spinal`` is SpinalNet's spinal fully connected layer
         (Kabir et al. 2020).
@@ -63,6 +74,7 @@ class TrialConfig:
     pretrained: bool = True
     transfer_blocks: int | None = None
     freeze_blocks: int = 0
+    head_warmup_epochs: int = 0
     lr: float = 0.01
     head_lr: float | None = None
     lr_decay: float = 1.0
@@ -70,6 +82,7 @@ class TrialConfig:
     l2sp_alpha: float = 0.0
     l2_beta: float = 0.0
     l2_head: float | None = None
+    l2sp_blocks: int | None = None
     head: str = "linear"
     head_width: int = 256
     head_dropout: float = 0.0
@@ -144,6 +157,8 @@ class TrialConfig:
             number(key)
         if self.l2_head is not None:
             number("l2_head")
+        if self.l2sp_blocks is not None:
+            integer("l2sp_blocks", 0)
         number("head_dropout", high=0.95)
         number("label_smoothing", high=0.5)
         if self.head not in HEADS:
@@ -153,6 +168,9 @@ class TrialConfig:
             fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")
         number("momentum", high=0.999)
         integer("epochs", 1)
+        integer("head_warmup_epochs", 0)
+        if self.head_warmup_epochs >= self.epochs:
+            fail("head_warmup_epochs", f"< epochs ({self.epochs}): some epochs must train the unfrozen blocks")
         integer("batch_size", 1)
         integer("seed", 0)
 

@@ -296,6 +296,9 @@ class TrainingRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         _retry(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        _retry(lambda: self.client.log_batch(self.run_id, tags=_tags(tags)))
+
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if reason:
             _retry(lambda: self.client.log_batch(self.run_id, tags=_tags({"nbtl.error": reason})))

@@ -1,12 +1,14 @@
 """Fit one trial: epochs with a cosine schedule, per-epoch validation, test metrics at the best epoch.
 
 Plain PyTorch: no Ray, no MLflow. A caller passes ``report`` to receive each epoch's metrics (the
-search's Ray adapter turns them into ``tune.report`` calls and checkpoints).
+search's Ray adapter turns them into ``tune.report`` calls and checkpoints). A trial with frozen
+blocks trains on their outputs from a :class:`nbtl.features.PrefixStore` instead of recomputing them.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
@@ -17,12 +19,18 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from nbtl.config import TrialConfig
 from nbtl.data import AugmentedDataset, ImageDataset, Splits, make_augmentation
 from nbtl.errors import TrialDivergedError
-from nbtl.transfer import TransferSetup, build_transfer
+from nbtl.features import PrefixEntry, PrefixStore
+from nbtl.transfer import TransferModel, TransferSetup, build_transfer
+
+logger = logging.getLogger(__name__)
+
+#: A fully frozen trial (the linear probe) makes at least this many optimizer steps (see ``train_trial``).
+PROBE_MIN_STEPS = 600
 
 #: ``report(metrics, state)``: ``metrics`` for this epoch; ``state()`` returns a resumable checkpoint dict.
 ReportFn = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
@@ -55,18 +63,25 @@ def evaluate(model: nn.Module, data: ImageDataset, device: torch.device, batch_s
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Loss, accuracy, macro-F1 and weighted-F1 of ``model`` on ``data`` (scikit-learn metrics)."""
     model.eval()
+    return _evaluate(model, data.images, data.labels, device, batch_size, amp_dtype)
+
+
+@torch.no_grad()
+def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
+              device: torch.device, batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """:func:`evaluate` of ``forward`` (a model in eval mode) on ``inputs`` (images or cached block outputs)."""
     losses, predictions = [], []
-    for start in range(0, len(data), batch_size):
-        images = data.images[start:start + batch_size].to(device, non_blocking=True)
-        labels = data.labels[start:start + batch_size].to(device, non_blocking=True)
+    for start in range(0, len(labels), batch_size):
+        batch = inputs[start:start + batch_size].to(device, non_blocking=True)
+        targets = labels[start:start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        losses.append(nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item())
+            logits = forward(batch if batch.dtype == torch.uint8 else batch.float())
+        losses.append(nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item())
         predictions.append(logits.argmax(1).cpu())
-    y_true = data.labels.numpy()
+    y_true = labels.numpy()
     y_pred = torch.cat(predictions).numpy()
     return {
-        "loss": sum(losses) / len(data),
+        "loss": sum(losses) / len(labels),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
@@ -79,10 +94,93 @@ def _amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+class _BatchIndices(Dataset):
+    """Indexed by a list of train indices (a whole batch): returns ``(indices, labels)`` tensors."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = torch.as_tensor(indices)
+        return indices, self.labels[indices]
+
+
+@dataclass
+class _Feed:
+    """Where one phase of a trial reads its inputs: images, or block outputs from a prefix entry.
+
+    ``start_block`` is 0 for images, ``k`` for the output of block ``k - 1``, and ``num_blocks + 1``
+    for pooled features (only the head runs).
+    """
+
+    start_block: int
+    loader: DataLoader
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    val: torch.Tensor
+    test: torch.Tensor
+    train: torch.Tensor | None = None  # (V, N, ...) cached inputs; None for images
+    hit: bool = False
+
+    def batch(self, items: torch.Tensor, view_generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """The inputs of one training batch; ``items`` are images, or train indices into the cache."""
+        if self.train is None:
+            return items.to(device, non_blocking=True)
+        if len(self.train) == 1:
+            views = torch.zeros(len(items), dtype=torch.long)
+        else:
+            views = torch.randint(len(self.train), (len(items),), generator=view_generator)
+        inputs = self.train[views.to(self.train.device), items.to(self.train.device)]
+        return inputs.to(device, non_blocking=True).float()
+
+
+def _image_feed(model: TransferModel, splits: Splits, loader: DataLoader) -> _Feed:
+    return _Feed(0, loader, model, splits.val.images, splits.test.images)
+
+
+def _prefix_feed(model: TransferModel, entry: PrefixEntry, loader: DataLoader, device: torch.device) -> _Feed:
+    """Train above the cached prefix; with every block in it, on pooled features (computed here, once)."""
+    blocks = entry.blocks
+    if blocks < len(model.blocks):
+        return _Feed(blocks, loader, lambda x: model.forward_from(x, blocks), entry.val, entry.test, entry.train,
+                     entry.hit)
+
+    @torch.no_grad()
+    def pooled(outputs: torch.Tensor, lead: int = 1) -> torch.Tensor:
+        """Pool block outputs ``(*lead_dims, *block_output_shape)`` to ``(*lead_dims, feature_dim)``, on ``device``."""
+        flat = outputs.reshape(-1, *outputs.shape[lead:])
+        parts = [model.backbone.pool(flat[i:i + 1024].to(device).float()) for i in range(0, len(flat), 1024)]
+        return torch.cat(parts).reshape(*outputs.shape[:lead], -1)
+
+    return _Feed(blocks + 1, loader, model.head, pooled(entry.val), pooled(entry.test), pooled(entry.train, lead=2),
+                 entry.hit)
+
+
 def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | None = None,
                 state_dict: dict[str, Any] | None = None, report: ReportFn | None = None,
-                resume: dict[str, Any] | None = None, device: torch.device | str | None = None) -> TrialResult:
+                resume: dict[str, Any] | None = None, device: torch.device | str | None = None,
+                prefix_store: PrefixStore | None = None, cache_prefix: bool = True) -> TrialResult:
     """Train one configuration and return its per-epoch history.
+
+    With ``cache_prefix`` and ``freeze_blocks = k >= 1`` the frozen blocks ``[0, k)`` do not run per
+    step: the trial trains blocks ``[k, B)`` and the head on their outputs, computed once by
+    ``prefix_store`` (train: ``V`` augmentation views per image, fixed for the search; see
+    :mod:`nbtl.features.prefix`). Batch order is the uncached path's (the same shuffle generator,
+    seeded by ``config.seed``); each image's view is drawn from a second generator seeded by
+    ``config.seed``. Without augmentation a cached and an uncached trial reach the same metrics up to
+    float error. Val and test are evaluated on the cached clean outputs.
+
+    A fully frozen trial (``freeze_blocks`` = all blocks, the linear probe) trains only the head, on
+    pooled features computed once per trial, where a step takes microseconds: each epoch then makes
+    as many passes over the train split as it takes for the whole trial to make at least
+    ``PROBE_MIN_STEPS`` (600) optimizer steps, with the cosine schedule over all of them, so the
+    head trains to convergence in seconds. (Uncached, a probe makes one pass per epoch.)
+
+    With ``head_warmup_epochs = W`` (LP-FT, Kumar et al., ICLR 2022) epochs ``1..W`` freeze every
+    block and train the head alone (on cached pooled features when caching), then ``freeze_blocks``
+    applies. Warm-up epochs make the same number of steps as the others.
 
     Parameters
     ----------
@@ -101,6 +199,20 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
     device : str or torch.device, optional
         Default CUDA when available (with autocast: bfloat16, or float16 with a gradient scaler),
         else CPU.
+    prefix_store : PrefixStore, optional
+        Where frozen-prefix outputs are looked up and kept (share one per worker, or one directory
+        per search); None: a new in-memory store for this trial.
+    cache_prefix : bool, default=True
+        False runs every block on every step, as without a store.
+
+    Returns
+    -------
+    TrialResult
+        Each epoch's metrics: ``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``,
+        ``val_macro_f1``, ``val_weighted_f1``, ``best_val_accuracy``, ``best_epoch``, ``test_*`` (of
+        the best epoch), ``prefix_blocks`` (blocks read from the cache, 0 when uncached),
+        ``prefix_cache_hit`` (1.0 when the entry came from the store, 0.0 when this trial computed
+        it or ran uncached) and ``epoch_time_s``.
 
     Raises
     ------
@@ -115,56 +227,91 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
     model, optimizer, regularizer = setup.model.to(device), setup.optimizer, setup.regularizer.to(device)
     amp_dtype = _amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    num_blocks, freeze, warmup = len(model.blocks), len(setup.frozen_blocks), config.head_warmup_epochs
 
     generator = torch.Generator().manual_seed(config.seed)
+    view_generator = torch.Generator().manual_seed(config.seed)
+    drop_last = len(splits.train) > config.batch_size
     loader = DataLoader(AugmentedDataset(splits.train, make_augmentation(augmentation)),
-                        batch_size=config.batch_size, shuffle=True, drop_last=len(splits.train) > config.batch_size,
+                        batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
                         generator=generator, num_workers=0)
+    # The same sampler over indices draws the same batches from the same generator as `loader`.
+    index_loader = DataLoader(_BatchIndices(splits.train.labels), batch_size=None, generator=generator,
+                              sampler=BatchSampler(RandomSampler(splits.train.labels, generator=generator),
+                                                   config.batch_size, drop_last))
     steps_per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    store = prefix_store if prefix_store is not None else PrefixStore()
+    feeds: dict[int, _Feed] = {}
+
+    def feed_for(epoch: int) -> _Feed:
+        level = num_blocks if epoch <= warmup else freeze
+        if level not in feeds:
+            entry = None
+            if cache_prefix and level >= 1:
+                # Past transfer_blocks the prefix holds this trial's re-initialised blocks, which the
+                # pre-trained weights' hash does not describe: key it by the model's own weights then.
+                weights = state_dict if level <= setup.transfer_blocks else None
+                entry = store.get(model, splits, level, augmentation=augmentation, state_dict=weights)
+            feeds[level] = (_image_feed(model, splits, loader) if entry is None
+                            else _prefix_feed(model, entry, index_loader, device))
+        return feeds[level]
+
+    start_epoch = 1 if resume is None else int(resume["epoch"]) + 1
+    passes = 1
+    probe = freeze == num_blocks and cache_prefix and start_epoch <= config.epochs
+    if probe and feed_for(start_epoch).train is not None:  # head steps on pooled features cost microseconds
+        passes = max(1, math.ceil(PROBE_MIN_STEPS / (config.epochs * steps_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch * passes)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     result = TrialResult(config)
-    best: dict[str, float] = {"best_val_accuracy": -1.0}
-    start_epoch = 1
+    best: dict[str, float] = {"best_val_accuracy": -1.0, "best_val_loss": math.inf}
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
+        if "view_generator" in resume:
+            view_generator.set_state(resume["view_generator"])
         torch.set_rng_state(resume["torch_rng"])
         if "scaler" in resume:
             scaler.load_state_dict(resume["scaler"])
         result.history = list(resume["history"])
         best = dict(resume["best"])
-        start_epoch = int(resume["epoch"]) + 1
 
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
+        if warmup:
+            model.set_head_only(epoch <= warmup, freeze)
+        feed = feed_for(epoch)
         model.train()
-        total_loss, seen = 0.0, 0
-        for step, (images, labels) in enumerate(loader):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(images)
-                loss = criterion(logits.float(), labels)
-            penalty = regularizer()
-            objective = loss + penalty
-            if not torch.isfinite(objective):
-                raise TrialDivergedError(
-                    f"training loss became {objective.item()} at epoch {epoch} step {step + 1} "
-                    f"(lr={config.lr:g}, head_lr={config.effective_head_lr():g}, l2sp_alpha={config.l2sp_alpha:g}): "
-                    "lower the learning rates or the regularisation"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(objective).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total_loss += loss.item() * len(labels)
-            seen += len(labels)
+        total_loss, seen, step = 0.0, 0, 0
+        for _ in range(passes):
+            for items, labels in feed.loader:
+                step += 1
+                inputs = feed.batch(items, view_generator, device)
+                labels = labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = feed.forward(inputs)
+                    loss = criterion(logits.float(), labels)
+                penalty = regularizer()
+                objective = loss + penalty
+                if not torch.isfinite(objective):
+                    raise TrialDivergedError(
+                        f"training loss became {objective.item()} at epoch {epoch} step {step} "
+                        f"(lr={config.lr:g}, head_lr={config.effective_head_lr():g}, l2sp_alpha={config.l2sp_alpha:g}): "
+                        "lower the learning rates or the regularisation"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(objective).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                total_loss += loss.item() * len(labels)
+                seen += len(labels)
 
-        val = evaluate(model, splits.val, device, amp_dtype=amp_dtype)
+        model.eval()
+        val = _evaluate(feed.forward, feed.val, splits.val.labels, device, amp_dtype=amp_dtype)
         metrics = {
             "epoch": epoch,
             "train_loss": total_loss / max(seen, 1),
@@ -173,11 +320,14 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
             "val_macro_f1": val["macro_f1"],
             "val_weighted_f1": val["weighted_f1"],
         }
-        if val["accuracy"] > best["best_val_accuracy"]:
-            test = evaluate(model, splits.test, device, amp_dtype=amp_dtype)
-            best = {"best_val_accuracy": val["accuracy"], "best_epoch": epoch,
+        # The best epoch: the highest validation accuracy, a tie going to the lower validation loss.
+        if (val["accuracy"], -val["loss"]) > (best["best_val_accuracy"], -best.get("best_val_loss", math.inf)):
+            test = _evaluate(feed.forward, feed.test, splits.test.labels, device, amp_dtype=amp_dtype)
+            best = {"best_val_accuracy": val["accuracy"], "best_val_loss": val["loss"], "best_epoch": epoch,
                     **{f"test_{k}": v for k, v in test.items()}}
         metrics.update(best)
+        metrics["prefix_blocks"] = min(feed.start_block, num_blocks)
+        metrics["prefix_cache_hit"] = 1.0 if feed.hit else 0.0
         metrics["epoch_time_s"] = time.perf_counter() - started
         if not math.isfinite(metrics["val_loss"]):
             raise TrialDivergedError(f"validation loss became {metrics['val_loss']} at epoch {epoch}: lower the learning rates")
@@ -191,6 +341,7 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
                     "generator": generator.get_state(),
+                    "view_generator": view_generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "history": list(result.history),
                     "best": best,

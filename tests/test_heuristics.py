@@ -185,3 +185,21 @@ def test_load_recommended_configs_reads_a_plain_config_and_names_bad_keys(tmp_pa
         load_recommended_configs(tmp_path / "bad.yaml")
     with pytest.raises(HeuristicsError, match="cannot read"):
         load_recommended_configs(tmp_path / "missing.yaml")
+
+
+def test_shipped_rules_keep_strong_probe_features_and_warm_up_the_head():
+    """The probe is a floor: where the last block's linear probe is strong on colour data the rules freeze all
+    but the top blocks; with a weak probe, or grayscale data, they do not. Every config warms the head up (LP-FT)."""
+    from nbtl.heuristics import load_rules
+
+    rules = load_rules()
+    signals = dict(images_per_class=100, n_classes=4, n_images=400, grayscale=0, original_side=200, image_size=64,
+                   num_blocks=9, fit_peak_block=8, fit_peak_fraction=1.0, logme_best=1.0, logme_last=1.0,
+                   probe_best=0.96, probe_last=0.95, knn_best=0.9, leep=-1.0, nce=-1.0, source_gap=0.04)
+    strong, reasons = rules.apply(signals, "efficientnet_lite0")
+    assert strong["freeze_blocks"] == 7 and reasons["freeze_blocks"].startswith("strong-probe-keep-features")
+    assert strong["head_warmup_epochs"] == 1
+    weak, _ = rules.apply({**signals, "probe_last": 0.7, "probe_best": 0.7, "source_gap": 0.3}, "efficientnet_lite0")
+    gray, _ = rules.apply({**signals, "grayscale": 1}, "efficientnet_lite0")
+    assert weak["freeze_blocks"] < 7 and gray["freeze_blocks"] == 0
+    assert weak["head_warmup_epochs"] == gray["head_warmup_epochs"] == 1

@@ -12,7 +12,7 @@ import yaml
 from nbtl.backbones import get_spec
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
-from nbtl.search.space import SearchSpace, dump_config, load_space, parse_space
+from nbtl.search.space import SearchSpace, auto_batch_size, dump_config, load_space, parse_space
 from nbtl.transfer import block_learning_rates, resolve_blocks
 
 SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
@@ -52,10 +52,13 @@ def _document(**parameters) -> dict:
     return document
 
 
+N_TRAIN = 300  # the training split size 'batch_size: auto' is resolved for
+
+
 def _sample(space: SearchSpace, trials: int = 20, seed: int = 0, sampler=None) -> list[tuple[dict, dict]]:
     """``(suggested params, fixed values)`` of ``trials`` define-by-run trials on a real study."""
     study = optuna.create_study(sampler=sampler or optuna.samplers.RandomSampler(seed=seed))
-    define = space.define_by_run()
+    define = space.resolved(N_TRAIN).define_by_run()
     samples = []
     for i in range(trials):
         trial = study.ask()
@@ -80,7 +83,7 @@ def _check_sample(space: SearchSpace, params: dict, fixed: dict) -> TrialConfig:
     assert len(block_learning_rates(config, num_blocks)) == num_blocks
 
     # A block range is capped to what the trial can take: its backbone's blocks, its transfer_blocks.
-    cap = {"transfer_blocks": num_blocks, "freeze_blocks": transfer if config.pretrained else 0}
+    cap = {"transfer_blocks": num_blocks, "freeze_blocks": transfer if config.pretrained else 0, "l2sp_blocks": transfer}
     for p in space.parameters:
         active = all(values.get(k, getattr(TrialConfig(), k)) in v for k, v in p.when.items())
         assert (p.name in values) == active, f"{p.name}: active={active} but sampled={p.name in values}"
@@ -88,7 +91,7 @@ def _check_sample(space: SearchSpace, params: dict, fixed: dict) -> TrialConfig:
             continue
         value = values[p.name]
         if p.fixed:
-            assert fixed[p.name] == p.value
+            assert fixed[p.name] == (auto_batch_size(N_TRAIN) if p.value == "auto" else p.value)
         elif p.choices is not None:
             assert value in p.choices
         else:

@@ -1,6 +1,7 @@
 """Built-in datasets that need no download: scikit-learn's digits and Debian's Fashion-MNIST.
 
-Both are small grayscale sets, handy for smoke tests, examples and benchmarks.
+Both are small grayscale sets, handy for smoke tests, examples and benchmarks. The colour built-ins
+(``photo-patches``, ``emoji``, ``icons``) live in :mod:`nbtl.data.colour`.
 """
 
 from __future__ import annotations

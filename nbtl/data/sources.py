@@ -9,16 +9,19 @@ import numpy as np
 import torch
 
 from nbtl.data.builtin import load_digits, load_fashion_mnist
+from nbtl.data.colour import load_emoji, load_icons, load_photo_patches
 from nbtl.data.dataset import ImageDataset
 from nbtl.data.images import decode_files
 from nbtl.data.listing import FileListing, list_csv, list_image_folder
 from nbtl.data.selection import select_per_class
 from nbtl.errors import DataError
 
-BUILTIN_SOURCES = ("digits", "fashion-mnist")
+#: Colour built-ins (nbtl/data/colour.py): name -> loader(image_size, per_class, seed).
+COLOUR_SOURCES = {"photo-patches": load_photo_patches, "emoji": load_emoji, "icons": load_icons}
+BUILTIN_SOURCES = ("digits", "fashion-mnist", *COLOUR_SOURCES)
 _SOURCE_HELP = (
-    "pass 'digits', 'fashion-mnist', 'fashion-mnist:<dir>', a directory with one sub-folder "
-    "per class, or a .csv file with columns path,label"
+    "pass 'digits', 'fashion-mnist', 'fashion-mnist:<dir>', 'photo-patches', 'emoji', 'icons', "
+    "a directory with one sub-folder per class, or a .csv file with columns path,label"
 )
 
 
@@ -37,6 +40,12 @@ def load_dataset(
         - ``"fashion-mnist"``: the Fashion-MNIST training split (60000 images) from Debian's
           ``dataset-fashion-mnist`` package, or ``"fashion-mnist:<dir>"`` with a folder that
           holds the IDX files or a torchvision root with ``FashionMNIST/raw/``;
+        - ``"photo-patches"``: 960 colour crops of eight photos bundled with scikit-image, class =
+          photo (8 classes x 120);
+        - ``"emoji"``: Noto Color Emoji glyphs (Debian ``fonts-noto-color-emoji``), class =
+          category (faces, animals, food, travel, objects; 5 classes, 90-130 each);
+        - ``"icons"``: Oxygen icons (Debian ``oxygen-icon-theme``), class = context (actions,
+          apps, devices, mimetypes, status; 5 classes, 60-650 each);
         - a directory in ImageFolder layout, ``<dir>/<class name>/<image>``;
         - a ``.csv`` file with header ``path,label``; paths are relative to the CSV's
           folder, or absolute.
@@ -65,7 +74,7 @@ def load_dataset(
     ------
     DataError
         On a missing path, unknown source, bad layout, corrupt image, bad CSV, absent
-        Fashion-MNIST files, a single class, or invalid ``image_size`` / ``per_class``.
+        Fashion-MNIST files or colour built-in package, a single class, or invalid ``image_size`` / ``per_class``.
     """
     _check_int("image_size", image_size, "the side in pixels of the square images, e.g. 224")
     if per_class is not None:
@@ -81,6 +90,8 @@ def load_dataset(
     elif text == "fashion-mnist" or text.startswith("fashion-mnist:"):
         directory = text.partition(":")[2] or None
         dataset = load_fashion_mnist(directory, image_size, per_class, seed)
+    elif text in COLOUR_SOURCES:
+        dataset = COLOUR_SOURCES[text](image_size, per_class, seed)
     else:
         dataset = _load_files(_list_path(text), text, image_size, per_class, seed)
     if classes is not None:

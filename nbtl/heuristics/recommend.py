@@ -46,11 +46,12 @@ class TaskFit:
 def measure_task(data: str, backbones: list[str], *, image_size: int, per_class: int | None = None,
                  classes: str | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
                  fit_curve: str = "logme", peak_tolerance: float = 0.0, use_cache: bool = True,
-                 log: Callable[[str], None] | None = None) -> TaskFit:
+                 log: Callable[[str], None] | None = None, train=None) -> TaskFit:
     """Fit measures of every backbone on the training split of ``data``.
 
     The split is the one ``nbtl search`` makes with the same seed and fractions, so the measures
-    never see the validation or test images the search (or a recommended run) is judged on.
+    never see the validation or test images the search (or a recommended run) is judged on. A caller
+    that holds that split already (``nbtl search``) passes it as ``train`` and nothing is decoded again.
     """
     import pandas as pd
 
@@ -61,8 +62,9 @@ def measure_task(data: str, backbones: list[str], *, image_size: int, per_class:
     for name in backbones:
         get_spec(name)
     started = time.perf_counter()
-    dataset = load_dataset(data, image_size=image_size, per_class=per_class, seed=seed, classes=classes)
-    train = split_dataset(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed).train
+    if train is None:
+        dataset = load_dataset(data, image_size=image_size, per_class=per_class, seed=seed, classes=classes)
+        train = split_dataset(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed).train
     meta = meta_features(train)
     tables, signals = [], {}
     for name in backbones:
@@ -74,7 +76,7 @@ def measure_task(data: str, backbones: list[str], *, image_size: int, per_class:
             log(f"{name}: features {'from cache' if features.from_cache else 'extracted'}, fit peak at block "
                 f"{int(signals[name]['fit_peak_block'])} of {int(signals[name]['num_blocks'])}, "
                 f"best LogME {signals[name]['logme_best']:.4g}, best probe {signals[name]['probe_best']:.3f}")
-    return TaskFit(data=data, dataset_name=dataset.name, meta=meta, dataset=dataset_signals(meta), backbones=signals,
+    return TaskFit(data=data, dataset_name=train.name, meta=meta, dataset=dataset_signals(meta), backbones=signals,
                    tables=pd.concat(tables, ignore_index=True), seconds=time.perf_counter() - started)
 
 

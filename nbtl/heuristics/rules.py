@@ -27,7 +27,7 @@ from nbtl.heuristics.signals import BACKBONE_SIGNALS, DATASET_SIGNALS, Heuristic
 __all__ = ["Rule", "Rules", "default_rules_path", "load_rules", "parse_rules"]
 
 SIGNALS = DATASET_SIGNALS + BACKBONE_SIGNALS + ("backbone_rank",)
-INTEGER_KEYS = ("transfer_blocks", "freeze_blocks", "head_width", "epochs", "batch_size")
+INTEGER_KEYS = ("transfer_blocks", "freeze_blocks", "l2sp_blocks", "head_width", "epochs", "batch_size", "head_warmup_epochs")
 
 
 def default_rules_path() -> Path:

@@ -18,6 +18,7 @@ A space file has four sections (see ``search_spaces/default.yaml``)::
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,55 @@ SECTIONS = ("name", "description", "data", "search", "parameters")
 SPEC_KEYS = ("choices", "low", "high", "log", "step", "when")
 DATA_KEYS = ("image_size", "val_fraction", "test_fraction", "per_class", "augmentation")
 SEARCH_KEYS = ("trials", "max_concurrent", "seed", "resources", "sampler", "scheduler", "max_failures",
-               "points_to_evaluate")
+               "points_to_evaluate", "start_points", "time_budget", "prior")
+#: The configs a search runs first unless its space says otherwise (``search.start_points``): the linear probe,
+#: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
+START_POINTS = ("probe", "conventional", "recommend")
 SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
+PRIOR_KEYS = ("enabled", "n_candidates", "trials")
 SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
-BLOCK_KEYS = ("transfer_blocks", "freeze_blocks")
+BLOCK_KEYS = ("transfer_blocks", "freeze_blocks", "l2sp_blocks")
+#: ``batch_size: auto``: the largest power of two that still gives each epoch this many optimizer steps
+#: (within AUTO_BATCH_RANGE). At batch 64 a 336-image training split makes 5 steps an epoch, too few for
+#: re-initialised or fast-moving blocks to learn in a few epochs (see the README, "Why these ranges").
+AUTO_BATCH_STEPS = 20
+AUTO_BATCH_RANGE = (8, 64)
+
+
+def auto_batch_size(n_train: int) -> int:
+    """``batch_size: auto`` for a training split of ``n_train`` images: the largest power of two
+    ``<= n_train / AUTO_BATCH_STEPS``, clipped to ``AUTO_BATCH_RANGE``."""
+    low, high = AUTO_BATCH_RANGE
+    size = low
+    while size * 2 <= min(high, n_train / AUTO_BATCH_STEPS):
+        size *= 2
+    return size
+
+
+def trial_seed(search_seed: int, number: int) -> int:
+    """The training seed of a search's trial ``number`` (0-based, Optuna's ``trial.number``), derived
+    from the search seed: the same search seed gives every trial the same seed again, another search
+    seed gives other ones."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(search_seed), int(number)]).generate_state(1)[0] % 2**31)
+
+
+def _resolve_bound(bound: Any, chosen: dict[str, Any], num_blocks: int) -> Any:
+    """A block bound: a number, ``'all'``, ``'all-N'`` (the backbone's block count minus N, at least 0),
+    or an earlier block parameter's value (all blocks when unset)."""
+    if not isinstance(bound, str):
+        return bound
+    if bound == "all":
+        return num_blocks
+    if bound.startswith("all-"):
+        return max(0, num_blocks - int(bound[4:]))
+    resolved = chosen.get(bound)
+    return num_blocks if resolved is None else resolved
+
+
+def _valid_all_minus(bound: str) -> bool:
+    return bound.startswith("all-") and bound[4:].isdigit()
 
 
 def _field_kind(key: str) -> str:
@@ -79,18 +125,13 @@ class Parameter:
         default = TrialConfig()
         num_blocks = get_spec(chosen.get("backbone", default.backbone)).num_blocks
 
-        def bound(b: Any) -> Any:
-            if isinstance(b, str):  # 'all', or an earlier block parameter (all blocks when unset)
-                resolved = None if b == "all" else chosen.get(b)
-                return num_blocks if resolved is None else resolved
-            return b
-        low, high = bound(self.low), bound(self.high)
+        low, high = _resolve_bound(self.low, chosen, num_blocks), _resolve_bound(self.high, chosen, num_blocks)
         if self.name in BLOCK_KEYS:
             cap = num_blocks
-            if self.name == "freeze_blocks":
+            if self.name in ("freeze_blocks", "l2sp_blocks"):
                 transfer = chosen.get("transfer_blocks")
                 cap = min(cap, num_blocks if transfer is None else transfer)
-                if not chosen.get("pretrained", default.pretrained):
+                if not chosen.get("pretrained", default.pretrained) and self.name == "freeze_blocks":
                     cap = 0
             high = min(high, cap)
             low = min(low, high)
@@ -157,8 +198,24 @@ class SearchSpace:
             chosen[p.name] = value
         return fixed
 
-    def define_by_run(self) -> Callable[[Any], dict[str, Any]]:
-        return self.sample
+    def define_by_run(self, seed: int | None = None) -> Callable[[Any], dict[str, Any]]:
+        """The function Ray Tune's ``OptunaSearch`` calls per trial. Unless the space fixes or searches
+        ``seed``, each trial trains with :func:`trial_seed` of the search ``seed`` and its number."""
+        if seed is None or any(p.name == "seed" for p in self.parameters):
+            return self.sample
+        return _SeededSample(self, int(seed))
+
+    def resolved(self, n_train: int) -> "SearchSpace":
+        """This space with data-dependent values fixed for a training split of ``n_train`` images
+        (``batch_size: auto`` -> :func:`auto_batch_size`)."""
+        parameters = [dataclasses.replace(p, value=auto_batch_size(n_train))
+                      if p.name == "batch_size" and p.fixed and p.value == "auto" else p for p in self.parameters]
+        return dataclasses.replace(self, parameters=parameters)
+
+    @property
+    def start_points(self) -> list[str]:
+        """Which built-in start points the search runs first (``search.start_points``)."""
+        return list(self.search.get("start_points", START_POINTS))
 
     def project(self, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The point of this space nearest to a full trial ``config`` (a warm-start point for Optuna).
@@ -202,6 +259,17 @@ class SearchSpace:
             point[p.name] = value
             chosen[p.name] = value
         return point, changes
+
+
+@dataclass(frozen=True)
+class _SeededSample:
+    """``space.sample`` plus the trial's derived seed; a class, so Ray Tune can pickle the searcher."""
+
+    space: SearchSpace
+    seed: int
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        return {**self.space.sample(trial), "seed": trial_seed(self.seed, trial.number)}
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -257,6 +325,8 @@ def _parse_parameter(name: str, spec: Any, where: str, seen: list[str]) -> Param
     if name not in TrialConfig.keys():
         raise ConfigError(f"{at}: unknown parameter {name!r}; known parameters are {', '.join(TrialConfig.keys())}")
     if not isinstance(spec, dict):
+        if name == "batch_size" and spec == "auto":
+            return Parameter(name, value=spec)
         return _checked(Parameter(name, value=spec), at)
     _check_keys(spec, SPEC_KEYS, at)
     when = spec.get("when") or {}
@@ -282,9 +352,10 @@ def _parse_parameter(name: str, spec: Any, where: str, seen: list[str]) -> Param
     for label, bound in (("low", low), ("high", high)):
         if isinstance(bound, str):
             if name not in BLOCK_KEYS:
-                raise ConfigError(f"{at}: {label}={bound!r}: only transfer_blocks / freeze_blocks bounds may be 'all' or a parameter name")
-            if bound != "all" and bound not in seen:
-                raise ConfigError(f"{at}: {label}={bound!r} must be 'all' or a block parameter listed before {name!r}")
+                raise ConfigError(f"{at}: {label}={bound!r}: only {' / '.join(BLOCK_KEYS)} bounds may be 'all' or a parameter name")
+            if bound != "all" and not _valid_all_minus(bound) and bound not in seen:
+                raise ConfigError(f"{at}: {label}={bound!r} must be 'all', 'all-N' (e.g. all-3) or a block parameter "
+                                  f"listed before {name!r}")
         elif isinstance(bound, bool) or not isinstance(bound, (int, float)):
             raise ConfigError(f"{at}: {label} must be a number, got {bound!r}")
         elif kind == "int" and not float(bound).is_integer():
@@ -326,7 +397,7 @@ def _check_block_order(parameters: list[Parameter], where: str) -> None:
     index = {p.name: i for i, p in enumerate(parameters)}
     for p in parameters:
         if p.name in BLOCK_KEYS and not p.fixed:
-            dependencies = ("backbone", "pretrained") + (("transfer_blocks",) if p.name == "freeze_blocks" else ())
+            dependencies = ("backbone", "pretrained") + (("transfer_blocks",) if p.name != "transfer_blocks" else ())
             for dependency in dependencies:
                 if index.get(dependency, -1) > index[p.name]:
                     raise ConfigError(
@@ -385,6 +456,18 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
     for key, value in resources.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "cpu" and value == 0):
             raise ConfigError(f"{where}: search.resources.{key} must be a number {'> 0' if key == 'cpu' else '>= 0'}, got {value!r}")
+    starts = s.get("start_points", list(START_POINTS))
+    if not isinstance(starts, list) or any(v not in START_POINTS for v in starts):
+        raise ConfigError(f"{where}: search.start_points must be a list of {', '.join(START_POINTS)} (or []), got {starts!r}")
+    if "time_budget" in s:
+        try:
+            parse_duration(s["time_budget"])
+        except ConfigError as error:
+            raise ConfigError(f"{where}: search.time_budget: {error}") from None
+    prior = s.get("prior") or {}
+    if not isinstance(prior, dict):
+        raise ConfigError(f"{where}: search.prior must be a mapping like {{enabled: true, n_candidates: 32}}")
+    _check_keys(prior, PRIOR_KEYS, f"{where}: search.prior")
     points = s.get("points_to_evaluate") or []
     searched = {p.name for p in space.parameters if not p.fixed}
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
@@ -402,6 +485,20 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
         if kind not in table:
             raise ConfigError(f"{where}: search.{name}.type must be one of {', '.join(table)}, got {kind!r}")
         _check_keys(spec, table[kind], f"{where}: search.{name}")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in a duration such as ``900``, ``"90s"``, ``"15m"``, ``"1.5h"``; must be > 0."""
+    text = str(value).strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"a time budget must be a positive duration such as 900, 90s, 15m or 1.5h, got {value!r}")
+    return seconds
 
 
 def dump_config(config: dict[str, Any]) -> str:

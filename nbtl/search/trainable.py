@@ -23,11 +23,28 @@ class TrialContext:
     parent_run_id: str
     augmentation: dict[str, Any] | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    prefix_cache_dir: str | None = None   # the search's frozen-prefix feature store, on storage every node mounts
+    seed: int = 0                         # the search seed: the augmented views of the prefix store derive from it
 
 
 def one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
+_STORES: dict[tuple[str | None, int], Any] = {}
+
+
+def _prefix_store(context: TrialContext):
+    """One :class:`nbtl.features.PrefixStore` per search and worker process: entries computed by one trial
+    are read from disk by the others (on every node, as the folder lies on the search's shared storage)
+    and kept in memory for the next trial of the same worker."""
+    from nbtl.features import PrefixStore
+
+    key = (context.prefix_cache_dir, context.seed)
+    if key not in _STORES:
+        _STORES[key] = PrefixStore(context.prefix_cache_dir, seed=context.seed)
+    return _STORES[key]
 
 
 def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: TrialContext | None = None) -> None:
@@ -70,9 +87,10 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
+    store = _prefix_store(context)
     try:
         train_trial(trial_config, splits, augmentation=context.augmentation, state_dict=weight,
-                    report=report, resume=resume)
+                    report=report, resume=resume, prefix_store=store)
     except SystemExit:
         # Ray ends a trial that its scheduler stopped (ASHA) by exiting the training thread; at max_t
         # (the last epoch) that is the normal end, not an early stop.

@@ -44,6 +44,30 @@ class TransferModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.normalise(images)))
 
+    def forward_to(self, images: torch.Tensor, end_block: int) -> torch.Tensor:
+        """The output of ``blocks[end_block - 1]`` for ``images`` (blocks ``[0, end_block)``,
+        unpooled); ``end_block=0`` returns the normalised images."""
+        x = self.normalise(images)
+        for block in list(self.blocks)[:end_block]:
+            x = block(x)
+        return x
+
+    def forward_from(self, x: torch.Tensor, start_block: int) -> torch.Tensor:
+        """Logits from an already computed block output: ``x`` is the output of block
+        ``start_block - 1`` (see :meth:`forward_to`); runs ``blocks[start_block:]``, the pool and
+        the head. ``forward_from(forward_to(images, k), k) == forward(images)``."""
+        for block in list(self.blocks)[start_block:]:
+            x = block(x)
+        return self.head(self.backbone.pool(x))
+
+    def set_head_only(self, head_only: bool, freeze_blocks: int) -> None:
+        """Freeze every block (``head_only``, the LP-FT warm-up) or restore ``freeze_blocks``:
+        frozen blocks are in eval mode with ``requires_grad`` off, the others train."""
+        self.freeze_blocks = len(self.blocks) if head_only else freeze_blocks
+        for i, block in enumerate(self.blocks):
+            block.requires_grad_(i >= self.freeze_blocks)
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
         for block in list(self.blocks)[: self.freeze_blocks]:
@@ -113,7 +137,8 @@ def build_transfer(config: TrialConfig, num_classes: int, state_dict: dict[str, 
     search ships once to all trials; else the backbone's default source), blocks from
     ``transfer_blocks`` on are re-initialised, and blocks ``[0, freeze_blocks)`` do not train.
     The optimizer has one parameter group per trainable block (named ``block{i}``) plus ``head``,
-    and no weight decay: regularisation is :class:`L2SPRegularizer` alone.
+    and no weight decay: regularisation is :class:`L2SPRegularizer` alone, with L2-SP on the
+    transferred blocks below ``l2sp_blocks`` (all of them when unset) and plain L2 on the rest.
     """
     transfer, freeze = resolve_blocks(config)
     torch.manual_seed(config.seed)
@@ -145,7 +170,10 @@ def build_transfer(config: TrialConfig, num_classes: int, state_dict: dict[str, 
     else:
         optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=0.0)
 
-    transferred = [p for i in range(freeze, transfer) for p in regularised_weights(backbone.blocks[i])]
+    anchored_end = transfer if config.l2sp_blocks is None else max(freeze, min(config.l2sp_blocks, transfer))
+    transferred = [p for i in range(freeze, anchored_end) for p in regularised_weights(backbone.blocks[i])]
+    unanchored = [p for i in range(anchored_end, transfer) for p in regularised_weights(backbone.blocks[i])]
     new = [p for i in reinitialized for p in regularised_weights(backbone.blocks[i])] + regularised_weights(head)
-    regularizer = L2SPRegularizer(transferred, new, config.l2sp_alpha, config.l2_beta, config.effective_l2_head())
+    regularizer = L2SPRegularizer(transferred, new, config.l2sp_alpha, config.l2_beta, config.effective_l2_head(),
+                                  unanchored=unanchored)
     return TransferSetup(model, optimizer, regularizer, transfer, reinitialized, frozen)

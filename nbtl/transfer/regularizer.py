@@ -5,7 +5,11 @@ still training) weights, ``w⁰`` their pre-trained values and ``N`` the new wei
 blocks and the head). Biases and normalisation parameters (every 1-D parameter) are excluded, as in
 Li, Grandvalet and Davoine, "Explicit Inductive Bias for Transfer Learning with Convolutional
 Networks", ICML 2018. Plested et al. (arXiv 2107.08585) mix L2-SP on lower blocks with L2 on upper
-ones; here each weight gets both terms, with ``α`` and ``β`` searched.
+ones: by default each transferred weight gets both terms, with ``α`` and ``β`` searched; weights passed
+as ``unanchored`` (transferred blocks at or above ``l2sp_blocks``) get only ``β/2‖w‖²``.
+
+Weights that do not currently require a gradient (blocks frozen for a head warm-up) add a constant to
+``Ω`` and are skipped, so a head-only step does not pay for the whole backbone's penalty.
 """
 
 from __future__ import annotations
@@ -28,18 +32,23 @@ class L2SPRegularizer(nn.Module):
     Parameters
     ----------
     transferred : iterable of Parameter
-        Weights that keep pre-trained values (their current values are stored as ``w⁰``).
+        Weights that keep pre-trained values and are pulled back to them (their current values
+        are stored as ``w⁰``): ``α/2‖w−w⁰‖² + β/2‖w‖²``.
     new : iterable of Parameter
-        Weights of re-initialised blocks and of the head.
+        Weights of re-initialised blocks and of the head: ``γ/2‖w‖²``.
     l2sp_alpha, l2_beta, l2_head : float
         ``α``, ``β`` and ``γ`` above.
+    unanchored : iterable of Parameter, optional
+        Transferred weights with no L2-SP term, only ``β/2‖w‖²`` (no ``w⁰`` is stored for them).
     """
 
     def __init__(self, transferred: Iterable[nn.Parameter], new: Iterable[nn.Parameter],
-                 l2sp_alpha: float = 0.0, l2_beta: float = 0.0, l2_head: float = 0.0):
+                 l2sp_alpha: float = 0.0, l2_beta: float = 0.0, l2_head: float = 0.0,
+                 unanchored: Iterable[nn.Parameter] = ()):
         super().__init__()
         self.transferred = list(transferred)
         self.new = list(new)
+        self.unanchored = list(unanchored)
         self.l2sp_alpha, self.l2_beta, self.l2_head = float(l2sp_alpha), float(l2_beta), float(l2_head)
         # w⁰ lives in buffers so it moves with .to(device) and is saved in checkpoints.
         for i, p in enumerate(self.transferred):
@@ -49,14 +58,15 @@ class L2SPRegularizer(nn.Module):
         return [getattr(self, f"reference_{i}") for i in range(len(self.transferred))]
 
     def forward(self) -> torch.Tensor:
-        device = (self.transferred or self.new or [torch.zeros(())])[0].device
+        device = (self.transferred or self.unanchored or self.new or [torch.zeros(())])[0].device
         total = torch.zeros((), device=device, dtype=torch.float32)
-        if self.l2sp_alpha:
-            total = total + 0.5 * self.l2sp_alpha * sum(
-                (p.float() - ref).pow(2).sum() for p, ref in zip(self.transferred, self.references())
-            )
-        if self.l2_beta:
-            total = total + 0.5 * self.l2_beta * sum(p.float().pow(2).sum() for p in self.transferred)
-        if self.l2_head:
-            total = total + 0.5 * self.l2_head * sum(p.float().pow(2).sum() for p in self.new)
+        anchored = [(p, ref) for p, ref in zip(self.transferred, self.references()) if p.requires_grad]
+        if self.l2sp_alpha and anchored:
+            total = total + 0.5 * self.l2sp_alpha * sum((p.float() - ref).pow(2).sum() for p, ref in anchored)
+        decayed = [p for p, _ in anchored] + [p for p in self.unanchored if p.requires_grad]
+        if self.l2_beta and decayed:
+            total = total + 0.5 * self.l2_beta * sum(p.float().pow(2).sum() for p in decayed)
+        new = [p for p in self.new if p.requires_grad]
+        if self.l2_head and new:
+            total = total + 0.5 * self.l2_head * sum(p.float().pow(2).sum() for p in new)
         return total

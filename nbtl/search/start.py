@@ -1,0 +1,99 @@
+"""The configs every search runs first: the linear probe, the conventional recipe, ``nbtl recommend``'s configs.
+
+A search that can end below the linear probe, or below the recipe everybody uses, is not worth its time:
+so trial 1 is the probe (every block transferred and frozen, a linear head trained on the pooled features
+to convergence: seconds with the frozen-prefix cache), trial 2 the conventional recipe (everything
+fine-tuned at one learning rate, L2 only, a linear head), then the configs ``nbtl recommend`` derives from
+the fit of the pre-trained features to this data. Each is moved to the nearest point of the space (what
+moved is said) and enqueued in Optuna, so the sampler learns from them (Kumar et al., ICLR 2022, on
+linear probing first; Feurer et al. 2018 on warm-starting Bayesian optimisation).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nbtl.backbones import get_spec
+from nbtl.search.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+#: The head's learning rate of the probe start point: SGD with momentum on pooled features over the
+#: hundreds of steps a fully frozen trial takes (see nbtl.train).
+PROBE_HEAD_LR = 0.1
+CONVENTIONAL = {"freeze_blocks": 0, "lr": 0.03, "lr_decay": 1.0, "head_lr": 0.03, "l2sp_alpha": 0.0,
+                "l2_beta": 1.0e-4, "l2_head": 1.0e-4, "head": "linear", "head_dropout": 0.0, "head_warmup_epochs": 0}
+
+
+def probe_config(backbone: str) -> dict[str, Any]:
+    """The linear probe: every block transferred and frozen, a linear head."""
+    blocks = get_spec(backbone).num_blocks
+    return {"backbone": backbone, "pretrained": True, "transfer_blocks": blocks, "freeze_blocks": blocks,
+            "head": "linear", "head_dropout": 0.0, "head_lr": PROBE_HEAD_LR, "lr": PROBE_HEAD_LR, "lr_decay": 1.0,
+            "l2sp_alpha": 0.0, "l2_beta": 0.0, "l2_head": 1.0e-4, "head_warmup_epochs": 0}
+
+
+def conventional_config(backbone: str) -> dict[str, Any]:
+    """The conventional recipe: every block transferred and fine-tuned at one lr, plain L2, a linear head."""
+    return {"backbone": backbone, "pretrained": True, "transfer_blocks": get_spec(backbone).num_blocks, **CONVENTIONAL}
+
+
+@dataclass
+class StartPoints:
+    """What the start of a search found: the points to enqueue (with where each came from) and, when
+    ``nbtl recommend`` ran, the task's measured fit (the learned prior reads it)."""
+
+    points: list[dict[str, Any]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    task: Any = None                  # nbtl.heuristics.recommend.TaskFit, or None
+    seconds: float = 0.0
+
+    def add(self, space: SearchSpace, config: dict[str, Any], label: str, say: Callable[[str], None]) -> None:
+        point, changes = space.project(config)
+        for change in changes:
+            say(f"start point {label}: {change}")
+        if point and point not in self.points:
+            self.points.append(point)
+            self.labels.append(label)
+
+
+def start_points(space: SearchSpace, names: list[str], *, data: str, train, seed: int, image_size: int,
+                 per_class: int | None, classes: str | None, say: Callable[[str], None]) -> StartPoints:
+    """The built-in start points ``names`` (``probe``, ``conventional``, ``recommend``) as points of ``space``.
+
+    ``recommend`` measures the fit of every backbone of the space on ``train`` (the search's own training
+    split, so no validation or test image is seen) and applies the shipped rules and learned recommender;
+    the probe then uses the backbone ranked first.
+    """
+    import time
+
+    started = time.perf_counter()
+    found = StartPoints()
+    backbones = space.backbones()
+    recommended: list[dict[str, Any]] = []
+    if "recommend" in names:
+        from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
+        from nbtl.heuristics.recommend import measure_task, recommend
+
+        rules = load_rules()
+        path = default_recommender_path()
+        model = LearnedRecommender.load(path) if path is not None else None
+        found.task = measure_task(data, backbones, image_size=image_size, per_class=per_class, classes=classes,
+                                  seed=seed, fit_curve=rules.fit_curve, peak_tolerance=rules.peak_tolerance, train=train,
+                                  log=lambda line: log.info(line))
+        recommendation = recommend(found.task, rules, model, {"image_size": image_size, "per_class": per_class,
+                                                              "classes": classes, "seed": seed})
+        recommended = [entry["config"] for entry in recommendation.configs]
+        backbones = [entry["backbone"] for entry in recommendation.backbone_ranking] or backbones
+        say(f"recommend: fit of {', '.join(backbones)} measured in {found.task.seconds:.1f}s; "
+            f"{len(recommended)} config(s), best backbone {backbones[0]}")
+    if "probe" in names:
+        found.add(space, probe_config(backbones[0]), "probe", say)
+    if "conventional" in names:
+        found.add(space, conventional_config(backbones[0]), "conventional", say)
+    for number, config in enumerate(recommended, start=1):
+        found.add(space, config, f"recommend-{number}", say)
+    found.seconds = time.perf_counter() - started
+    return found

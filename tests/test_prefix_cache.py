@@ -1,0 +1,162 @@
+"""Tests of the frozen-prefix cache (nbtl.features.PrefixStore) and cached trials in nbtl.train.train_trial,
+with real torch, the packaged EfficientNet-Lite0 weights and scikit-learn's digits at 32 px."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import pytest
+import torch
+
+from nbtl.backbones import load_pretrained_state_dict
+from nbtl.config import TrialConfig
+from nbtl.data import load_dataset, split_dataset
+from nbtl.errors import ConfigError
+from nbtl.features import PrefixStore
+from nbtl.train import PROBE_MIN_STEPS, train_trial
+from nbtl.transfer import build_transfer
+
+LITE0 = "efficientnet_lite0"
+CPU = torch.device("cpu")
+# Blocks 7 and 8 and the head train; blocks [0, 7) come from the cache.
+CONFIG = dict(backbone=LITE0, freeze_blocks=7, lr=0.02, epochs=2, batch_size=8, seed=3)
+AUGMENTATION = {"hflip": True, "crop_padding": 4}
+CHANCE = 0.1  # 10 classes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread, as a Ray trial with one CPU has: on shared CPUs two threads make the
+    head's microsecond steps wait for each other (tens of times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    dataset = load_dataset("digits", image_size=32, per_class=10, seed=0)
+    return split_dataset(dataset, val_fraction=0.2, test_fraction=0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return load_pretrained_state_dict(LITE0)
+
+
+class Recorder:
+    """A ``report`` callback keeping every epoch's metrics and checkpoint."""
+
+    def __init__(self):
+        self.metrics: list[dict] = []
+        self.states: list[dict] = []
+
+    def __call__(self, metrics, state):
+        self.metrics.append(dict(metrics))
+        self.states.append(state())
+
+
+def _train(splits, weights, config=CONFIG, **kwargs):
+    recorder = Recorder()
+    result = train_trial(TrialConfig.from_dict(config), splits, state_dict=weights, report=recorder, device=CPU,
+                         **kwargs)
+    return result, recorder
+
+
+def _without(history, *keys):
+    return [{k: v for k, v in m.items() if k not in ("epoch_time_s", *keys)} for m in history]
+
+
+@pytest.fixture(scope="module")
+def uncached_run(splits, weights):
+    return _train(splits, weights, cache_prefix=False)
+
+
+def test_cached_trial_matches_uncached_and_learns(uncached_run, splits, weights):
+    cached, _ = _train(splits, weights, cache_prefix=True)
+    uncached, _ = uncached_run
+    assert [m["prefix_blocks"] for m in cached.history] == [7, 7]
+    assert [m["prefix_cache_hit"] for m in cached.history] == [0.0, 0.0]  # this trial computed the entry
+    assert [(m["prefix_blocks"], m["prefix_cache_hit"]) for m in uncached.history] == [(0, 0.0), (0, 0.0)]
+    for got, expected in zip(cached.history, uncached.history):
+        for key, value in _without([expected], "prefix_blocks", "prefix_cache_hit")[0].items():
+            assert got[key] == pytest.approx(value, abs=1e-3), key
+    assert cached.final["best_val_accuracy"] > 2 * CHANCE and cached.final["test_accuracy"] > 2 * CHANCE
+
+
+def test_disk_store_computes_an_entry_once_for_two_processes(splits, weights, tmp_path):
+    # Two store objects on one directory stand for two worker processes of a search.
+    first, _ = _train(splits, weights, prefix_store=PrefixStore(tmp_path))
+    second, _ = _train(splits, weights, prefix_store=PrefixStore(tmp_path))
+    assert [m["prefix_cache_hit"] for m in first.history] == [0.0, 0.0]
+    assert [m["prefix_cache_hit"] for m in second.history] == [1.0, 1.0]
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    assert list(tmp_path.glob("*.tmp")) == []
+    assert _without(first.history, "prefix_cache_hit") == _without(second.history, "prefix_cache_hit")
+
+
+def test_store_keys_entries_by_prefix_and_remembers_them(splits, weights, tmp_path):
+    store = PrefixStore(tmp_path)
+    model = build_transfer(TrialConfig(freeze_blocks=8), 10, state_dict=weights).model
+    entry = store.get(model, splits, 7, state_dict=weights)
+    assert not entry.hit and entry.path.name.startswith(f"{LITE0}-b7-32px-v1-")
+    again = store.get(model, splits, 7, state_dict=weights)
+    assert again.hit and again.train is entry.train  # from this object's memory
+    deeper = store.get(model, splits, 8, state_dict=weights)
+    assert not deeper.hit and deeper.digest != entry.digest and len(list(tmp_path.glob("*.pt"))) == 2
+    # The store travels to Ray workers pickled, without its memory.
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.directory == store.directory and clone.get(model, splits, 7, state_dict=weights).hit
+    with pytest.raises(ConfigError, match="prefix blocks must be an integer in 1..9, got 0"):
+        store.get(model, splits, 0)
+
+
+def test_augmented_entry_has_distinct_fixed_views(splits, weights):
+    model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
+    entry = PrefixStore(views=3, seed=5).get(model, splits, 3, augmentation=AUGMENTATION, state_dict=weights)
+    assert entry.views == 3 and entry.train.dtype == torch.float32
+    assert entry.train.shape[:2] == (3, len(splits.train)) and entry.val.shape[0] == len(splits.val)
+    clean = model.eval().forward_to(splits.train.images, 3)
+    torch.testing.assert_close(entry.train[0], clean, rtol=1e-4, atol=1e-5)  # view 0 is the clean image
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert not torch.allclose(entry.train[a], entry.train[b])
+    same_seed = PrefixStore(views=3, seed=5).get(model, splits, 3, augmentation=AUGMENTATION, state_dict=weights)
+    assert torch.equal(same_seed.train, entry.train)  # every trial of a search sees the same views
+    without = PrefixStore(views=3).get(model, splits, 3, augmentation=None, state_dict=weights)
+    assert without.views == 1
+
+
+def test_fully_frozen_trial_trains_the_head_on_pooled_features(splits, weights):
+    config = {**CONFIG, "freeze_blocks": 9, "epochs": 2, "batch_size": 16}
+    result, recorder = _train(splits, weights, config)
+    assert [m["prefix_blocks"] for m in result.history] == [9, 9]
+    assert result.final["best_val_accuracy"] > 5 * CHANCE
+    steps = recorder.states[-1]["scheduler"]["last_epoch"]
+    assert steps >= PROBE_MIN_STEPS  # many passes over the pooled features, one cosine schedule
+
+
+def test_entry_over_max_bytes_falls_back_to_uncached(uncached_run, splits, weights, caplog):
+    uncached, _ = uncached_run
+    with caplog.at_level(logging.WARNING, logger="nbtl.features.prefix"):
+        result, _ = _train(splits, weights, prefix_store=PrefixStore(max_bytes=1024))
+    assert "max_bytes" in caplog.text and "uncached" in caplog.text
+    assert [m["prefix_blocks"] for m in result.history] == [0, 0]
+    assert _without(result.history) == _without(uncached.history)
+
+
+def test_resume_of_a_cached_trial_matches_an_uninterrupted_one(splits, weights, tmp_path):
+    config = {**CONFIG, "epochs": 3, "head": "mlp", "head_width": 16, "head_dropout": 0.2}
+    store = PrefixStore(tmp_path, views=3)
+    full, recorder = _train(splits, weights, config, augmentation=AUGMENTATION, prefix_store=store)
+    path = tmp_path / "checkpoint.pt"
+    torch.save(recorder.states[0], path)  # through a file, as the Ray trainable does
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    resumed, resumed_recorder = _train(splits, weights, config, augmentation=AUGMENTATION,
+                                       prefix_store=PrefixStore(tmp_path, views=3), resume=checkpoint)
+    assert [m["epoch"] for m in resumed_recorder.metrics] == [2, 3]
+    assert [m["prefix_cache_hit"] for m in resumed.history] == [0.0, 1.0, 1.0]  # epoch 1 is the checkpoint's
+    assert _without(resumed.history, "prefix_cache_hit") == _without(full.history, "prefix_cache_hit")
+    for key, value in recorder.states[-1]["model"].items():
+        assert torch.equal(resumed_recorder.states[-1]["model"][key], value), key

@@ -1,0 +1,84 @@
+"""End to end, on embedded Ray: a search under a time budget, that starts from the probe, the conventional
+recipe and nbtl recommend's configs, gives each trial its own derived seed, and computes each frozen prefix
+once for all its trials (the feature store under the search's folder)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import REPO, run_nbtl
+from nbtl.search.space import trial_seed
+
+pytestmark = pytest.mark.e2e
+
+BUDGET_S = 75
+SLACK_S = 30   # Ray's shutdown and the parent run's plots come after the budget ends
+NAME = "e2e-budget"
+
+
+def budget_space(tmp_path: Path) -> Path:
+    document = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
+    document = copy.deepcopy(document)
+    document["search"]["start_points"] = ["probe", "conventional", "recommend"]
+    document["search"]["scheduler"] = {"type": "fifo"}
+    document["parameters"]["freeze_blocks"] = {"choices": [7, 9]}   # two prefixes to cache, both cheap
+    document["parameters"]["transfer_blocks"] = 9
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri):
+    results = tmp_path / "results"
+    run = run_nbtl("search", str(budget_space(tmp_path)), "--data", "digits", "--name", NAME, "--time-budget",
+                   f"{BUDGET_S}s", "--max-concurrent", "2", "--tracking-uri", tracking_uri, "--storage-path",
+                   str(results), cwd=tmp_path, timeout=BUDGET_S + 300)
+    assert run.returncode == 0, f"stdout:\n{run.stdout[-4000:]}\nstderr:\n{run.stderr[-4000:]}"
+    out = run.stdout
+    assert "trials until the time budget ends" in out and f"time budget {BUDGET_S // 60}m" in out
+    assert "start points, run first: probe, conventional, recommend-1" in out
+    assert " left)" in out  # progress lines say what is spent and left
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(NAME)
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: r.info.start_time)
+    assert parent.info.status == "FINISHED" and all(c.info.status != "RUNNING" for c in children)
+    # The budget: recorded on the parent, and kept.
+    assert float(parent.data.params["time_budget_s"]) == BUDGET_S
+    assert parent.data.metrics["time_budget_s"] == BUDGET_S
+    assert parent.data.metrics["wall_time_s"] <= BUDGET_S + SLACK_S
+    assert parent.data.metrics["time_budget_used"] == pytest.approx(parent.data.metrics["wall_time_s"] / BUDGET_S)
+    assert parent.data.params["start_points"].startswith("probe,conventional,recommend-1")
+    assert len(children) >= 3, "the budget should fit the start points"
+
+    # The first trials are the start points: the probe (everything frozen), then the conventional recipe moved
+    # to the space (freeze_blocks 0 -> 7, the nearest choice).
+    probe, conventional = children[0].data.params, children[1].data.params
+    assert (probe["transfer_blocks"], probe["freeze_blocks"], probe["head"]) == ("9", "9", "linear")
+    assert (conventional["transfer_blocks"], conventional["freeze_blocks"]) == ("9", "7")
+    assert float(conventional["lr"]) == pytest.approx(0.03)
+
+    # Seeds: each trial's training seed is derived from the search seed and its number.
+    seeds = [int(c.data.params["seed"]) for c in children]
+    assert len(set(seeds)) == len(seeds) and set(seeds) <= {trial_seed(0, i) for i in range(64)}
+
+    # The frozen-prefix store: one entry per (backbone, frozen blocks), computed by one trial, read by the rest.
+    folder = next(results.glob(f"{NAME}*"))
+    table = pd.read_csv(folder / "results.csv")
+    assert table["finished_at_s"].notna().all() and (table["finished_at_s"] <= BUDGET_S + SLACK_S).all()
+    assert (table.sort_values("finished_at_s")["finished_at_s"].iloc[:2] < BUDGET_S).all()
+    reported = table[table["prefix_blocks"].notna() & (table["prefix_blocks"] > 0)]
+    assert len(reported) >= 2
+    misses = reported[reported["prefix_cache_hit"] == 0]
+    assert sorted(misses["prefix_blocks"].astype(int)) == sorted(set(reported["prefix_blocks"].astype(int)))
+    entries = [p for p in (folder / "prefix_cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert len(entries) == reported["prefix_blocks"].nunique(), entries

@@ -1,0 +1,182 @@
+"""How a search starts and is set up: start points, per-trial seeds, batch sizes that follow the data,
+'all-N' block bounds, time budgets, the ranking that names the best trial. Real Optuna studies, real
+fit measures on real images; no Ray (the end-to-end search is in test_search_budget.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from nbtl.backbones import get_spec
+from nbtl.config import TrialConfig
+from nbtl.data import load_dataset, split_dataset
+from nbtl.errors import ConfigError
+from nbtl.search.runner import rank_trials
+from nbtl.search.space import auto_batch_size, load_space, parse_duration, parse_space, trial_seed
+from nbtl.search.start import conventional_config, probe_config, start_points
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "search_spaces" / "default.yaml"
+
+
+@pytest.fixture(autouse=True)
+def quiet_optuna():
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+    optuna.logging.set_verbosity(verbosity)
+
+
+def _trial_list(space, search_seed: int, trials: int = 6, sampler_seed: int | None = None) -> list[dict]:
+    """The configs a search would run, in order: Optuna's define-by-run, as Ray's OptunaSearch drives it."""
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(
+        seed=search_seed if sampler_seed is None else sampler_seed, n_startup_trials=3))
+    define = space.define_by_run(search_seed)
+    configs = []
+    for i in range(trials):
+        trial = study.ask()
+        fixed = define(trial)
+        configs.append({**trial.params, **fixed})
+        study.tell(trial, 0.1 * (i % 4))
+    return configs
+
+
+# --- seeds -------------------------------------------------------------------------------------------
+
+
+def test_each_trial_gets_a_seed_derived_from_the_search_seed():
+    space = load_space(DEFAULT).resolved(300)
+    first, again, other = _trial_list(space, 0), _trial_list(space, 0), _trial_list(space, 1)
+    assert first == again  # same search seed: the same trial list, seeds included
+    seeds = [c["seed"] for c in first]
+    assert seeds == [trial_seed(0, i) for i in range(len(first))] and len(set(seeds)) == len(seeds)
+    assert [c["seed"] for c in other] != seeds and other != first  # another search seed: other trials
+    for config in first:
+        TrialConfig.from_dict(config)
+
+
+def test_a_space_that_fixes_the_seed_keeps_it():
+    document = {"parameters": {"lr": {"low": 0.001, "high": 0.1, "log": True}, "seed": 7}}
+    configs = _trial_list(parse_space(document), 3, trials=3)
+    assert {c["seed"] for c in configs} == {7}
+
+
+# --- data-dependent settings, bounds, budgets ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_train, expected", [(60, 8), (336, 16), (700, 32), (1259, 32), (10_000, 64)])
+def test_auto_batch_size_gives_enough_steps(n_train, expected):
+    assert auto_batch_size(n_train) == expected
+    assert expected == 8 or n_train / expected >= 20  # at least 20 optimizer steps an epoch above the floor
+
+
+def test_batch_size_auto_resolves_with_the_training_split():
+    space = load_space(DEFAULT)
+    assert next(p for p in space.parameters if p.name == "batch_size").value == "auto"
+    assert {c["batch_size"] for c in _trial_list(space.resolved(336), 0, trials=3)} == {16}
+
+
+def test_all_minus_n_bounds_follow_each_backbone():
+    space = load_space(DEFAULT).resolved(300)
+    configs = _trial_list(space, 0, trials=25, sampler_seed=3)
+    for config in configs:
+        blocks = get_spec(config["backbone"]).num_blocks
+        assert blocks - 3 <= config["transfer_blocks"] <= blocks
+        assert config["freeze_blocks"] <= config["transfer_blocks"]
+        if "l2sp_blocks" in config:
+            assert config["l2sp_alpha"] > 0 and config["l2sp_blocks"] <= config["transfer_blocks"]
+    assert len({c["transfer_blocks"] for c in configs}) > 1
+
+
+def test_bad_block_bound_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"parameters.transfer_blocks: low='all-x' must be 'all', 'all-N'"):
+        parse_space({"parameters": {"transfer_blocks": {"low": "all-x", "high": "all"}}})
+
+
+@pytest.mark.parametrize("text, seconds", [("900", 900), (90, 90), ("90s", 90), ("15m", 900), ("1.5h", 5400)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "-5m", "soon", "15x", "inf"])
+def test_bad_duration_is_refused(text):
+    with pytest.raises(ConfigError, match="positive duration such as 900, 90s, 15m"):
+        parse_duration(text)
+
+
+def test_space_validates_start_points_and_budget():
+    with pytest.raises(ConfigError, match="search.start_points must be a list of probe, conventional, recommend"):
+        parse_space({"search": {"start_points": ["probe", "oracle"]}, "parameters": {"lr": 0.01}})
+    with pytest.raises(ConfigError, match="search.time_budget: a time budget must be a positive duration"):
+        parse_space({"search": {"time_budget": "later"}, "parameters": {"lr": 0.01}})
+    with pytest.raises(ConfigError, match="search.prior: unknown key 'strength'"):
+        parse_space({"search": {"prior": {"strength": 2}}, "parameters": {"lr": 0.01}})
+
+
+# --- the best trial ------------------------------------------------------------------------------------
+
+
+def test_ties_on_validation_accuracy_go_to_the_lower_validation_loss():
+    table = pd.DataFrame({
+        "trial_id": ["a", "b", "c", "d"], "status": ["FINISHED", "FINISHED", "FAILED", "FINISHED"],
+        "best_val_accuracy": [0.967, 0.967, 0.99, 0.9], "best_val_loss": [0.40, 0.12, 0.01, 0.05]})
+    assert list(rank_trials(table)["trial_id"]) == ["b", "a", "d", "c"]
+
+
+# --- start points --------------------------------------------------------------------------------------
+
+
+def test_probe_and_conventional_start_points_are_points_of_the_space():
+    space = load_space(DEFAULT).resolved(300)
+    said: list[str] = []
+    found = start_points(space, ["probe", "conventional"], data="digits", train=None, seed=0, image_size=32,
+                         per_class=None, classes=None, say=said.append)
+    assert found.labels == ["probe", "conventional"] and found.task is None
+    probe, conventional = found.points
+    blocks = get_spec(probe["backbone"]).num_blocks
+    assert probe["transfer_blocks"] == probe["freeze_blocks"] == blocks and probe["head"] == "linear"
+    assert conventional["freeze_blocks"] == 0 and conventional["transfer_blocks"] == blocks
+    assert conventional["l2sp_alpha"] == 0 and conventional["lr_decay"] == 1.0
+    assert said == []  # both fit default.yaml as they are
+    for point in found.points:  # each is a complete point: the sampler has nothing left to choose
+        assert space.project(point) == (point, [])
+
+
+def test_start_points_say_what_moved_to_fit_a_narrow_space():
+    space = parse_space({"parameters": {"backbone": "efficientnet_lite0", "freeze_blocks": {"choices": [5, 7]},
+                                        "lr": {"low": 0.001, "high": 0.01, "log": True}}})
+    said: list[str] = []
+    found = start_points(space, ["probe", "conventional"], data="digits", train=None, seed=0, image_size=32,
+                         per_class=None, classes=None, say=said.append)
+    assert found.points == [{"freeze_blocks": 7, "lr": 0.01}, {"freeze_blocks": 5, "lr": 0.01}]
+    assert "start point probe: freeze_blocks: 9 -> 7 (nearest choice)" in said
+    assert "start point conventional: lr: 0.03 -> 0.01 (range 0.001..0.01)" in said
+
+
+def test_recommend_start_points_measure_the_search_training_split():
+    dataset = load_dataset("digits", image_size=32, per_class=20, seed=0)
+    train = split_dataset(dataset, seed=0).train
+    space = parse_space({"parameters": {
+        "backbone": {"choices": ["efficientnet_lite0"]}, "transfer_blocks": {"low": 0, "high": "all"},
+        "freeze_blocks": {"low": 0, "high": "transfer_blocks"}, "lr": {"low": 0.001, "high": 0.1, "log": True},
+        "head_lr": {"low": 0.001, "high": 0.3, "log": True}, "lr_decay": {"low": 0.3, "high": 1.0},
+        "l2sp_alpha": {"choices": [0.0, 0.01, 0.1]}, "l2_beta": {"choices": [0.0, 1.0e-4]},
+        "l2_head": {"choices": [0.0, 1.0e-4]}, "epochs": 2, "batch_size": 16}})
+    found = start_points(space, ["probe", "conventional", "recommend"], data="digits", train=train, seed=0,
+                         image_size=32, per_class=20, classes=None, say=lambda line: None)
+    assert found.labels[:2] == ["probe", "conventional"] and found.labels[2] == "recommend-1"
+    assert found.task is not None and found.task.dataset["n_images"] == len(train)  # the split, not the dataset
+    assert math.isfinite(found.task.backbones["efficientnet_lite0"]["logme_best"])
+    assert len(found.points) == len({tuple(sorted(p.items())) for p in found.points})  # no duplicates
+    for point in found.points:
+        TrialConfig.from_dict({**point, "epochs": 2, "batch_size": 16})
+
+
+def test_probe_and_conventional_configs_build():
+    for backbone in ("efficientnet_lite0", "efficientnet_lite1"):
+        for config in (probe_config(backbone), conventional_config(backbone)):
+            TrialConfig.from_dict(config)
