@@ -178,6 +178,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = dict(configs[args.config_index - 1])
     if args.epochs:
         config["epochs"] = args.epochs
+        if config.get("head_warmup_epochs", 0) >= args.epochs:  # the warm-up must leave an epoch to fine-tune
+            config["head_warmup_epochs"] = args.epochs - 1
+            print(f"--epochs {args.epochs}: head_warmup_epochs lowered to {args.epochs - 1}", file=sys.stderr)
     trial_config = TrialConfig.from_dict(config, where=f"config file {args.config}")
     data = args.data or saved.get("spec")
     if not data:

@@ -271,6 +271,7 @@ def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
             settings["search_seconds"] = (ended - parent.info.start_time) / 1000 if ended else None
             rows.append({"search": parent.data.tags.get(SEARCH_TAG, experiment.name), "parent_run_id": parent.info.run_id,
                          "run_id": run.info.run_id, **settings, **run.data.params,
+                         "split_seed": settings["seed"],  # the search's; a trial's own `seed` trains it
                          "best_val_accuracy": run.data.metrics["best_val_accuracy"],
                          "test_accuracy": run.data.metrics.get("test_accuracy")})
     return rows

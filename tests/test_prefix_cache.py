@@ -9,13 +9,14 @@ import pickle
 import pytest
 import torch
 
-from nbtl.backbones import load_pretrained_state_dict
+from conftest import Recorder
 from nbtl.config import TrialConfig
-from nbtl.data import load_dataset, split_dataset
 from nbtl.errors import ConfigError
 from nbtl.features import PrefixStore
 from nbtl.train import PROBE_MIN_STEPS, train_trial
 from nbtl.transfer import build_transfer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LITE0 = "efficientnet_lite0"
 CPU = torch.device("cpu")
@@ -23,39 +24,6 @@ CPU = torch.device("cpu")
 CONFIG = dict(backbone=LITE0, freeze_blocks=7, lr=0.02, epochs=2, batch_size=8, seed=3)
 AUGMENTATION = {"hflip": True, "crop_padding": 4}
 CHANCE = 0.1  # 10 classes
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, as a Ray trial with one CPU has: on shared CPUs two threads make the
-    head's microsecond steps wait for each other (tens of times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def splits():
-    dataset = load_dataset("digits", image_size=32, per_class=10, seed=0)
-    return split_dataset(dataset, val_fraction=0.2, test_fraction=0.2, seed=0)
-
-
-@pytest.fixture(scope="module")
-def weights():
-    return load_pretrained_state_dict(LITE0)
-
-
-class Recorder:
-    """A ``report`` callback keeping every epoch's metrics and checkpoint."""
-
-    def __init__(self):
-        self.metrics: list[dict] = []
-        self.states: list[dict] = []
-
-    def __call__(self, metrics, state):
-        self.metrics.append(dict(metrics))
-        self.states.append(state())
 
 
 def _train(splits, weights, config=CONFIG, **kwargs):

@@ -44,8 +44,15 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
     assert "best_val_accuracy" in done.stdout
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name("train-digits")
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    # the config, and the linear probe trained as its floor; the better on validation is tagged and reported
+    assert set(runs) == {"rec", "rec-probe"} and all(r.info.status == "FINISHED" for r in runs.values())
+    probe, run = runs["rec-probe"], runs["rec"]
+    assert probe.data.params["freeze_blocks"] == probe.data.params["transfer_blocks"] == "9"
+    kept = max(runs.values(), key=lambda r: (r.data.metrics["best_val_accuracy"], -r.data.metrics["best_val_loss"]))
+    assert [r.info.run_name for r in runs.values() if r.data.tags.get("nbtl.chosen") == "true"] == [kept.info.run_name]
+    assert f"kept {kept.info.run_name}:" in done.stdout
+    assert f"test_accuracy {kept.data.metrics['test_accuracy']:.4f}" in done.stdout
     assert run.data.params["lr"] == str(first["config"]["lr"])
     assert run.data.params["transfer_blocks"] == str(first["config"]["transfer_blocks"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]

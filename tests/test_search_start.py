@@ -19,16 +19,10 @@ from nbtl.search.runner import rank_trials
 from nbtl.search.space import auto_batch_size, load_space, parse_duration, parse_space, trial_seed
 from nbtl.search.start import conventional_config, probe_config, start_points
 
+pytestmark = pytest.mark.usefixtures("quiet_optuna")
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "search_spaces" / "default.yaml"
-
-
-@pytest.fixture(autouse=True)
-def quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    optuna.logging.set_verbosity(verbosity)
 
 
 def _trial_list(space, search_seed: int, trials: int = 6, sampler_seed: int | None = None) -> list[dict]:

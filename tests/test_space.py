@@ -15,6 +15,8 @@ from nbtl.errors import ConfigError
 from nbtl.search.space import SearchSpace, auto_batch_size, dump_config, load_space, parse_space
 from nbtl.transfer import block_learning_rates, resolve_blocks
 
+pytestmark = pytest.mark.usefixtures("quiet_optuna")
+
 SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 
 BASE = {
@@ -31,14 +33,6 @@ BASE = {
         "epochs": 2,
     },
 }
-
-
-@pytest.fixture(autouse=True)
-def quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    optuna.logging.set_verbosity(verbosity)
 
 
 def _document(**parameters) -> dict:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nbtl.backbones import load_pretrained_state_dict
+from conftest import Recorder
 from nbtl.config import TrialConfig
 from nbtl.data import load_dataset, split_dataset
 from nbtl.errors import NbtlError, TrialDivergedError
@@ -35,23 +35,6 @@ AUGMENTATION = {"hflip": True, "crop_padding": 2}
 def splits():
     dataset = load_dataset("digits", image_size=32, per_class=15, seed=0)
     return split_dataset(dataset, val_fraction=0.2, test_fraction=0.2, seed=0)
-
-
-@pytest.fixture(scope="module")
-def weights():
-    return load_pretrained_state_dict(LITE0)
-
-
-class Recorder:
-    """A ``report`` callback that keeps every epoch's metrics and checkpoint."""
-
-    def __init__(self):
-        self.metrics: list[dict] = []
-        self.states: list[dict] = []
-
-    def __call__(self, metrics, state):
-        self.metrics.append(dict(metrics))
-        self.states.append(state())
 
 
 def _without_time(history):

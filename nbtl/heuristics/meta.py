@@ -33,8 +33,15 @@ def task_key(row: dict[str, Any]) -> str:
     if _setting(row.get("per_class")):
         parts.append(f"per_class={row['per_class']}")
     parts.append(f"{row['image_size']}px")
-    parts.append(f"seed={row.get('seed') or 0}")
+    parts.append(f"seed={_split_seed(row)}")
     return " ".join(parts)
+
+
+def _split_seed(row: dict[str, Any]) -> int:
+    """The seed of the search's split: ``split_seed`` (the search's ``seed``; a trial's own ``seed`` only trains it),
+    else ``seed`` for rows written before trials had seeds of their own."""
+    value = _setting(row.get("split_seed"))
+    return int(float(value if value is not None else (_setting(row.get("seed")) or 0)))
 
 
 def meta_rows(trials: list[dict[str, Any]], log: Callable[[str], None] | None = None,
@@ -55,7 +62,7 @@ def meta_rows(trials: list[dict[str, Any]], log: Callable[[str], None] | None = 
     for key, members in sorted(by_task.items()):
         first = members[0]
         backbones = sorted({str(t.get("backbone") or TrialConfig().backbone) for t in members})
-        settings = {"image_size": int(first["image_size"]), "seed": int(_setting(first.get("seed")) or 0),
+        settings = {"image_size": int(first["image_size"]), "seed": _split_seed(first),
                     "per_class": int(first["per_class"]) if _setting(first.get("per_class")) else None,
                     "classes": _setting(first.get("classes"))}
         if log:
