@@ -27,7 +27,7 @@ def _add_search(subparsers) -> None:
                    help="continue the interrupted search NAME (its folder under --storage-path) to its trial count; "
                         "takes no SPACE or --data: both come from the search's saved state")
     p.add_argument("--data",
-                   help="dataset: 'digits', 'fashion-mnist' (Debian's IDX files, or fashion-mnist:DIR), an ImageFolder "
+                   help="dataset: 'digits', 'fashion-mnist' (Debian's IDX files, or fashion-mnist:DIR), 'photo-patches', 'emoji', 'icons', an ImageFolder "
                         "directory, or a CSV of path,label")
     p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default: the space's)")
@@ -77,7 +77,7 @@ def _add_fit(subparsers) -> None:
                     "backbone's best block by LogME and the dataset's meta-features, saves the table as CSV and "
                     "logs it as one MLflow run.",
         epilog="example: nbtl fit digits --backbones efficientnet_lite0,efficientnet_lite1 --out fit.csv")
-    p.add_argument("data", help="dataset: 'digits', 'fashion-mnist' (or fashion-mnist:DIR), an ImageFolder directory, "
+    p.add_argument("data", help="dataset: 'digits', 'fashion-mnist' (or fashion-mnist:DIR), 'photo-patches', 'emoji', 'icons', an ImageFolder directory, "
                                 "or a CSV of path,label")
     p.add_argument("--backbones", required=True, help="comma-separated backbone names (see nbtl backbones)")
     p.add_argument("--image-size", type=int, default=64, help="resize images to this square size (default: 64)")

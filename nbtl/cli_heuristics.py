@@ -30,7 +30,7 @@ def add_parsers(subparsers) -> None:
                     "setting with the measure or rule that drove it and the predicted validation accuracy, and writes a "
                     "YAML that nbtl train and nbtl search --warm-start read.",
         epilog="example: nbtl recommend digits --image-size 32 --out recommended.yaml && nbtl train recommended.yaml")
-    p.add_argument("data", help="dataset: 'digits', 'fashion-mnist' (or fashion-mnist:DIR), an ImageFolder directory, "
+    p.add_argument("data", help="dataset: 'digits', 'fashion-mnist' (or fashion-mnist:DIR), 'photo-patches', 'emoji', 'icons', an ImageFolder directory, "
                                 "or a CSV of path,label")
     p.add_argument("--backbones", default=DEFAULT_BACKBONES, help=f"comma-separated backbones to rank (default: {DEFAULT_BACKBONES})")
     _data_flags(p, 64)

@@ -174,3 +174,23 @@ def test_probe_and_conventional_configs_build():
     for backbone in ("efficientnet_lite0", "efficientnet_lite1"):
         for config in (probe_config(backbone), conventional_config(backbone)):
             TrialConfig.from_dict(config)
+
+
+def test_rerank_orders_the_top_trials_by_the_mean_of_both_runs():
+    from nbtl.search.reevaluate import rerank
+
+    table = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "status": ["FINISHED"] * 3 + ["STOPPED"],
+                          "best_val_accuracy": [0.97, 0.96, 0.95, 0.5], "best_val_loss": [0.1, 0.2, 0.1, 1.0]})
+    # a's repeat falls to 0.85, b's holds at 0.96; c has no repeat (cut off by the budget): its own run counts
+    repeats = {"a": {"best_val_accuracy": 0.85, "best_val_loss": 0.5}, "b": {"best_val_accuracy": 0.96, "best_val_loss": 0.2}}
+    ranked = rerank(table, repeats, ["a", "b", "c"])
+    assert list(ranked["trial_id"]) == ["b", "c", "a", "d"]
+    assert ranked.loc[0, "mean_val_accuracy"] == pytest.approx(0.96)
+    assert ranked.set_index("trial_id").loc["a", "mean_val_accuracy"] == pytest.approx(0.91)
+    assert math.isnan(ranked.set_index("trial_id").loc["c", "repeat_val_accuracy"])
+    assert math.isnan(ranked.set_index("trial_id").loc["d", "mean_val_accuracy"])
+
+
+def test_reevaluate_must_be_a_count():
+    with pytest.raises(ConfigError, match=r"search.reevaluate.top must be an integer >= 0, got 'many'"):
+        parse_space({"search": {"reevaluate": {"top": "many"}}, "parameters": {"lr": 0.01}})

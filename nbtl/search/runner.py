@@ -301,7 +301,16 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
     searcher = OptunaSearch(space=space.define_by_run(seed), metric=METRIC, mode=MODE, sampler=sampler,
                             points_to_evaluate=warm_start or None)
     ACTIVE[str(experiment_path)] = Session(tracker, print_fn)
-    remaining = None if budget is None else max(1.0, budget - (time.perf_counter() - started) - _wrap_up(budget))
+    top = int((space.search.get("reevaluate") or {}).get("top", 0))
+    reevaluation = None
+    if top >= 2:
+        from nbtl.search.reevaluate import BUDGET_SHARE, Reevaluation
+
+        reevaluation = Reevaluation(top, seed, prepared.splits, prepared.weights, space.data.get("augmentation"),
+                                    context.prefix_cache_dir, prepared.resources, say=print_fn,
+                                    deadline=None if budget is None else started + budget - _wrap_up(budget))
+    kept = 0.0 if budget is None else _wrap_up(budget) + (BUDGET_SHARE * budget if reevaluation else 0.0)
+    remaining = None if budget is None else max(1.0, budget - (time.perf_counter() - started) - kept)
     callback = SearchCallback(str(experiment_path), trials, space.max_epochs, budget=budget,
                               started=time.time() - (time.perf_counter() - started))
     tuner = tune.Tuner(
@@ -317,7 +326,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
     print_fn(f"search {name!r}: {count}, up to {max_concurrent} at once, "
              + (f"time budget {_duration(budget)} ({_duration(remaining)} left for trials), " if budget else "")
              + f"resources per trial {prepared.resources}, results in {experiment_path}")
-    return _fit(tuner, str(experiment_path), space, experiment_path, started, budget)
+    return _fit(tuner, str(experiment_path), space, experiment_path, started, budget, reevaluation)
 
 
 def _wrap_up(budget: float) -> float:
@@ -334,7 +343,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _fit(tuner, key: str, space: SearchSpace, experiment_path: Path, started: float,
-         budget: float | None = None) -> SearchResult:
+         budget: float | None = None, reevaluation=None) -> SearchResult:
     from nbtl.search.callbacks import ACTIVE
 
     session = ACTIVE[key]
@@ -346,8 +355,8 @@ def _fit(tuner, key: str, space: SearchSpace, experiment_path: Path, started: fl
         raise
     finally:
         ACTIVE.pop(key, None)
-    return finish_search(session.tracker, results, session.callback, space, experiment_path,
-                         time.perf_counter() - started, budget)
+    return finish_search(session.tracker, results, session.callback, space, experiment_path, started, budget,
+                         reevaluation)
 
 
 def resume_search(name: str, storage_path: str | None = None, address: str | None = None,
@@ -434,8 +443,9 @@ def _log_plots(tracker, results, table: pd.DataFrame, configs, completed: list[s
 
 
 def finish_search(tracker, results, callback, space: SearchSpace, experiment_path: Path,
-                  wall_time: float, budget: float | None = None) -> SearchResult:
-    """Write the results table, best config, plots and summary metrics to the parent run; end it."""
+                  started: float, budget: float | None = None, reevaluation=None) -> SearchResult:
+    """Write the results table, best config, plots and summary metrics to the parent run; end it.
+    ``reevaluation(table, configs) -> table`` (:mod:`nbtl.search.reevaluate`) may re-rank the best trials first."""
     run_ids = {r.data.tags.get("nbtl.trial_id"): r.info.run_id for r in tracker.child_runs()}
     completed = callback.completed if callback is not None else []
     finished_at = dict(callback.finished_at) if callback is not None else {}
@@ -444,6 +454,8 @@ def finish_search(tracker, results, callback, space: SearchSpace, experiment_pat
         finished_at.update({_trial_id(r): now for r in results if _trial_id(r) not in finished_at})
     table, configs = results_table(results, {**run_ids, **(callback.run_ids if callback is not None else {})},
                                    finished_at)
+    if reevaluation is not None and not table.empty:
+        table = reevaluation(table, configs)
     # Runs of trials that Ray did not bring to an end (e.g. cut off and not resumed) must not stay RUNNING.
     tracker.close_open_children("KILLED", "the trial did not finish: its search was interrupted")
     ok = table[table["status"] != "FAILED"] if not table.empty else table
@@ -462,6 +474,7 @@ def finish_search(tracker, results, callback, space: SearchSpace, experiment_pat
     (experiment_path / "results.csv").write_text(csv)
     _log_plots(tracker, results, table, configs, completed, space, experiment_path)
     counts = table["status"].value_counts().to_dict() if not table.empty else {}
+    wall_time = time.perf_counter() - started
     tracker.log_metrics({"trials_finished": counts.get("FINISHED", 0) + counts.get("STOPPED", 0),
                          "trials_failed": counts.get("FAILED", 0), "wall_time_s": wall_time,
                          **({"time_budget_s": budget, "time_budget_used": wall_time / budget} if budget else {})})

@@ -33,7 +33,7 @@ SECTIONS = ("name", "description", "data", "search", "parameters")
 SPEC_KEYS = ("choices", "low", "high", "log", "step", "when")
 DATA_KEYS = ("image_size", "val_fraction", "test_fraction", "per_class", "augmentation")
 SEARCH_KEYS = ("trials", "max_concurrent", "seed", "resources", "sampler", "scheduler", "max_failures",
-               "points_to_evaluate", "start_points", "time_budget", "prior")
+               "points_to_evaluate", "start_points", "time_budget", "prior", "reevaluate")
 #: The configs a search runs first unless its space says otherwise (``search.start_points``): the linear probe,
 #: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
 START_POINTS = ("probe", "conventional", "recommend")
@@ -468,6 +468,11 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
     if not isinstance(prior, dict):
         raise ConfigError(f"{where}: search.prior must be a mapping like {{enabled: true, n_candidates: 32}}")
     _check_keys(prior, PRIOR_KEYS, f"{where}: search.prior")
+    reevaluate = s.get("reevaluate") or {}
+    if not isinstance(reevaluate, dict):
+        raise ConfigError(f"{where}: search.reevaluate must be a mapping like {{top: 3}}")
+    _check_keys(reevaluate, ("top",), f"{where}: search.reevaluate")
+    positive_int(reevaluate, "top", "search.reevaluate", 0)
     points = s.get("points_to_evaluate") or []
     searched = {p.name for p in space.parameters if not p.fixed}
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):

@@ -35,15 +35,16 @@ def one_line(error: BaseException) -> str:
 _STORES: dict[tuple[str | None, int], Any] = {}
 
 
-def _prefix_store(context: TrialContext):
-    """One :class:`nbtl.features.PrefixStore` per search and worker process: entries computed by one trial
-    are read from disk by the others (on every node, as the folder lies on the search's shared storage)
-    and kept in memory for the next trial of the same worker."""
+def prefix_store(directory: str | None, seed: int):
+    """One :class:`nbtl.features.PrefixStore` per search folder and worker process: entries computed by one
+    trial are read from disk by the others (on every node, as the folder lies on the search's shared
+    storage) and kept in memory for the next trial of the same worker. ``seed`` is the search seed (the
+    augmented views derive from it)."""
     from nbtl.features import PrefixStore
 
-    key = (context.prefix_cache_dir, context.seed)
+    key = (directory, seed)
     if key not in _STORES:
-        _STORES[key] = PrefixStore(context.prefix_cache_dir, seed=context.seed)
+        _STORES[key] = PrefixStore(directory, seed=seed)
     return _STORES[key]
 
 
@@ -87,7 +88,7 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
-    store = _prefix_store(context)
+    store = prefix_store(context.prefix_cache_dir, context.seed)
     try:
         train_trial(trial_config, splits, augmentation=context.augmentation, state_dict=weight,
                     report=report, resume=resume, prefix_store=store)
