@@ -254,6 +254,8 @@ def search_start_offset(experiment: Path, uri: str, started_wall: float) -> floa
         from mlflow import MlflowClient
 
         state = json.loads((experiment / "nbtl_search.json").read_text())
+        if "started_wall" in state:  # the zero of finished_at_s (searches from before it: the parent run's start)
+            return max(0.0, float(state["started_wall"]) - started_wall)
         run = MlflowClient(tracking_uri=uri).get_run(state["parent_run_id"])
         return max(0.0, run.info.start_time / 1000.0 - started_wall)
     except Exception:  # noqa: BLE001  (the curve then starts at the search's own clock)
@@ -396,6 +398,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="write every run and the summary to this JSON file")
     p.add_argument("--plot", type=Path, help="write the best-so-far figure to this PNG")
     p.add_argument("--keep", action="store_true", help="keep the working folder (logs, MLflow stores, results)")
+    p.add_argument("--summarise", nargs="+", type=Path, metavar="ROWS.jsonl",
+                   help="run nothing: report the runs saved in these files (OUT.rows.jsonl of earlier runs, e.g. one "
+                        "per seed), with --out / --plot as usual")
     p.add_argument("--smoke-test", action="store_true",
                    help=f"{SMOKE_TASK.name}, seed 0, {SMOKE['budget']:g}s budget, {SMOKE['epochs']}-epoch trials: "
                         "checks that everything runs end to end")
@@ -423,8 +428,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def report(rows: list[dict], args, budget: float) -> None:
+    """The summary table, the targets, and the JSON / plot files of ``rows``."""
+    reporting = {t.name for t in REPORTING_TASKS}
+    summary = summarise(rows)
+    print("\n" + markdown(summary, budget) + "\n\nTargets:")
+    for line in targets(summary, reporting):
+        print("  " + line)
+    if args.out:
+        args.out.write_text(json.dumps({"budget_s": budget, "seeds": sorted({r["seed"] for r in rows}),
+                                        "tasks": sorted({r["task"] for r in rows}), "runs": rows,
+                                        "summary": summary.to_dict(orient="records")}, indent=1, default=str))
+        print(f"written {args.out}")
+    if args.plot:
+        plot(rows, args.plot, budget)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.summarise:
+        rows = [json.loads(line) for path in args.summarise for line in path.read_text().splitlines() if line.strip()]
+        budgets = {float(r["budget_s"]) for r in rows if "budget_s" in r} or {args.budget}
+        report(rows, args, max(budgets))
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="nbtl-equal-time-"))
     args.n_classes, args.n_train = {}, {}
     for task in args.tasks:
@@ -449,17 +475,7 @@ def main(argv=None) -> int:
                 print(f"  seed {seed} {method:<9} test acc {_pct(row.get('test_accuracy'))}  macro-F1 "
                       f"{_pct(row.get('test_macro_f1'))}  wall {row.get('wall_s', float('nan')):.0f}s  "
                       f"trials {row.get('trials', 0)}  at chance {row.get('at_chance', 0)}", flush=True)
-    summary = summarise(rows)
-    print("\n" + markdown(summary, args.budget) + "\n\nTargets:")
-    for line in targets(summary, reporting):
-        print("  " + line)
-    if args.out:
-        args.out.write_text(json.dumps({"budget_s": args.budget, "seeds": args.seeds,
-                                        "tasks": [asdict(t) for t in args.tasks], "runs": rows,
-                                        "summary": summary.to_dict(orient="records")}, indent=1, default=str))
-        print(f"written {args.out}")
-    if args.plot:
-        plot(rows, args.plot, args.budget)
+    report(rows, args, args.budget)
     failed = any(row["exit"] != 0 for row in rows)
     if args.keep or failed:
         print(f"kept {workdir} (a log.txt and an MLflow store per run)")

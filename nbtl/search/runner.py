@@ -150,7 +150,8 @@ def results_table(results, run_ids: dict[str, str],
         configs[trial_id] = config
         epochs = int(metrics.get("epoch", 0) or 0)
         # STOPPED: ended before its last epoch, by the scheduler (ASHA) or the time budget (possibly before its first)
-        status = "FAILED" if result.error else ("STOPPED" if epochs < config.get("epochs", epochs) else "FINISHED")
+        planned = int(config.get("epochs") or TrialConfig().epochs)
+        status = "FAILED" if result.error else ("STOPPED" if epochs < planned else "FINISHED")
         row = {"trial_id": trial_id, "run_id": run_ids.get(trial_id, ""), "status": status}
         row.update({k: config.get(k) for k in (result.config or {})})
         row.update({k: metrics.get(k) for k in RESULT_COLUMNS})
@@ -286,7 +287,9 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
     (experiment_path / SEARCH_STATE).write_text(json.dumps(
         {"name": name, "parent_run_id": parent_run_id, "experiment_id": tracker.experiment_id,
          "tracking_uri": tracker.tracking_uri, "space_path": space.path, "space_source": space.source,
-         "options": options.__dict__, "started": started, "version": __version__}, indent=2, default=str))
+         "options": options.__dict__, "started": started, "version": __version__,
+         # wall clock of the search's start, the zero of results.csv's finished_at_s
+         "started_wall": time.time() - (time.perf_counter() - started)}, indent=2, default=str))
     print_fn(f"MLflow: experiment {name!r} ({tracker.tracking_uri}), parent run {parent_run_id}")
 
     context = TrialContext(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
