@@ -149,16 +149,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _warm_start(path: str, space) -> list[dict]:
     """The configs of ``path`` as points of ``space``, saying what had to move to fit it."""
     from nbtl.heuristics.recommend import load_recommended_configs
+    from nbtl.search.start import StartPoints
 
-    points = []
+    found = StartPoints()
     for number, config in enumerate(load_recommended_configs(path), start=1):
-        point, changes = space.project(config)
-        for change in changes:
-            print(f"warm start {number} ({path}): {change}", file=sys.stderr)
-        if point and point not in points:
-            points.append(point)
-    print(f"warm start: {len(points)} config(s) from {path} run first", flush=True)
-    return points
+        found.add(space, config, f"{number} ({path})", lambda line: print(line, file=sys.stderr), kind="warm start")
+    print(f"warm start: {len(found.points)} config(s) from {path} run first", flush=True)
+    return found.points
 
 
 def _report(result) -> int:

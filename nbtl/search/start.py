@@ -50,10 +50,12 @@ class StartPoints:
     task: Any = None                  # nbtl.heuristics.recommend.TaskFit, or None
     seconds: float = 0.0
 
-    def add(self, space: SearchSpace, config: dict[str, Any], label: str, say: Callable[[str], None]) -> None:
+    def add(self, space: SearchSpace, config: dict[str, Any], label: str, say: Callable[[str], None],
+            kind: str = "start point") -> None:
+        """``config`` moved to the nearest point of ``space`` (saying what moved), unless already there."""
         point, changes = space.project(config)
         for change in changes:
-            say(f"start point {label}: {change}")
+            say(f"{kind} {label}: {change}")
         if point and point not in self.points:
             self.points.append(point)
             self.labels.append(label)
