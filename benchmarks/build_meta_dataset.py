@@ -35,8 +35,11 @@ TASKS = [
     # Colour photos (crops of scikit-image's bundled photos): the first tasks near ImageNet. Their own search seeds,
     # so their random configs differ from the grayscale tasks' (all seed 0).
     ("photo-patches-pc60-48", "photo-patches", ["--image-size", "48", "--per-class", "60", "--seed", "1"]),
-    ("photo-patches-4cls-pc100-32", "photo-patches",
-     ["--image-size", "32", "--per-class", "100", "--classes", "astronaut,coffee,rocket,motorcycle", "--seed", "2"]),
+    (
+        "photo-patches-4cls-pc100-32",
+        "photo-patches",
+        ["--image-size", "32", "--per-class", "100", "--classes", "astronaut,coffee,rocket,motorcycle", "--seed", "2"],
+    ),
 ]
 SMOKE_TASKS = [
     ("smoke-digits", "digits", ["--image-size", "32", "--per-class", "12"]),
@@ -58,16 +61,25 @@ def finished_searches(uri: str) -> set[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", default="nbtl_meta", help="MLflow store and Ray Tune results (default: %(default)s)")
+    parser.add_argument(
+        "--work-dir", default="nbtl_meta", help="MLflow store and Ray Tune results (default: %(default)s)"
+    )
     parser.add_argument("--space", default=str(REPO / "search_spaces" / "meta.yaml"))
     parser.add_argument("--trials", type=int, default=8, help="trials per task (default: %(default)s)")
     parser.add_argument("--tasks", nargs="*", help="only these task names")
-    parser.add_argument("--out-dir", default=str(REPO / "heuristics"), help="where recommender.json and "
-                        "meta_dataset.csv go (default: heuristics/)")
+    parser.add_argument(
+        "--out-dir",
+        default=str(REPO / "heuristics"),
+        help="where recommender.json and meta_dataset.csv go (default: heuristics/)",
+    )
     parser.add_argument("--smoke-test", action="store_true", help="two tiny tasks, 3 trials each: checks it runs")
-    parser.add_argument("--meta", action="append", default=[],
-                        help="also learn from this meta-dataset CSV (e.g. the shipped heuristics/meta_dataset.csv, to "
-                             "extend it with --tasks run into a new --work-dir); repeatable")
+    parser.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        help="also learn from this meta-dataset CSV (e.g. the shipped heuristics/meta_dataset.csv, to "
+        "extend it with --tasks run into a new --work-dir); repeatable",
+    )
     args = parser.parse_args(argv)
 
     work = Path(args.work_dir).resolve()
@@ -84,16 +96,30 @@ def main(argv=None) -> int:
         if f"meta-{name}" in done:
             print(f"== {name}: already in {uri}, skipped", flush=True)
             continue
-        command = nbtl + ["search", args.space, "--data", data, "--name", f"meta-{name}", "--trials", str(trials),
-                          "--tracking-uri", uri, "--storage-path", str(work / "results"), *flags]
+        command = nbtl + [
+            "search",
+            args.space,
+            "--data",
+            data,
+            "--name",
+            f"meta-{name}",
+            "--trials",
+            str(trials),
+            "--tracking-uri",
+            uri,
+            "--storage-path",
+            str(work / "results"),
+            *flags,
+        ]
         if args.smoke_test:
             command += ["--max-concurrent", "2"]
         print(f"== {name}: {' '.join(command[2:])}", flush=True)
         started = time.perf_counter()
         log = work / f"{name}.log"
         with open(log, "w") as handle:
-            code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, cwd=work,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            code = subprocess.call(
+                command, stdout=handle, stderr=subprocess.STDOUT, cwd=work, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            )
         seconds = time.perf_counter() - started
         timings.append((name, seconds, code))
         tail = log.read_text().strip().splitlines()[-12:]
@@ -104,7 +130,16 @@ def main(argv=None) -> int:
     out = Path(args.out_dir)
     recommender = out / ("recommender_smoke.json" if args.smoke_test else "recommender.json")
     meta_csv = out / ("meta_dataset_smoke.csv" if args.smoke_test else "meta_dataset.csv")
-    command = nbtl + ["heuristics", "learn", "--tracking-uri", uri, "--out", str(recommender), "--meta-out", str(meta_csv)]
+    command = nbtl + [
+        "heuristics",
+        "learn",
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(recommender),
+        "--meta-out",
+        str(meta_csv),
+    ]
     for extra in args.meta:
         command += ["--meta", str(Path(extra).resolve())]
     print(f"== learn: {' '.join(command[2:])}", flush=True)

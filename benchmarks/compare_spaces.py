@@ -41,6 +41,7 @@ def _import_psutil():
     """psutil, or the copy Ray ships in ``ray/thirdparty_files`` (Ray puts it on sys.path only on ``import ray``)."""
     try:
         import psutil
+
         return psutil
     except ImportError:
         pass
@@ -50,6 +51,7 @@ def _import_psutil():
         if (vendored / "psutil").is_dir():
             sys.path.append(str(vendored))
             import psutil
+
             return psutil
     sys.exit("compare_spaces: needs psutil to measure memory; install it (pip install psutil)")
 
@@ -122,28 +124,54 @@ def prepare_space(path: Path, epochs: int | None, folder: Path) -> tuple[Path, d
     if scheduler.get("type", "asha") == "asha" and scheduler.get("grace_period", 1) > epochs:
         scheduler["grace_period"] = epochs
     copy = folder / f"{path.stem}_epochs{epochs}.yaml"
-    copy.write_text(f"# {path} with epochs: {epochs} (written by benchmarks/compare_spaces.py)\n"
-                    + yaml.safe_dump(document, sort_keys=False))
+    copy.write_text(
+        f"# {path} with epochs: {epochs} (written by benchmarks/compare_spaces.py)\n"
+        + yaml.safe_dump(document, sort_keys=False)
+    )
     return copy, document
 
 
-def run_search(space: Path, dataset: str, per_class: int | None, name: str, args, storage: Path,
-               log_path: Path) -> tuple[int, float, ProcessTreeMonitor]:
-    command = [sys.executable, "-m", "nbtl", "search", str(space), "--data", dataset, "--name", name,
-               "--trials", str(args.trials), "--tracking-uri", args.tracking_uri, "--storage-path", str(storage)]
-    for flag, value in (("--per-class", per_class), ("--image-size", args.image_size),
-                        ("--max-concurrent", args.max_concurrent), ("--seed", args.seed)):
+def run_search(
+    space: Path, dataset: str, per_class: int | None, name: str, args, storage: Path, log_path: Path
+) -> tuple[int, float, ProcessTreeMonitor]:
+    command = [
+        sys.executable,
+        "-m",
+        "nbtl",
+        "search",
+        str(space),
+        "--data",
+        dataset,
+        "--name",
+        name,
+        "--trials",
+        str(args.trials),
+        "--tracking-uri",
+        args.tracking_uri,
+        "--storage-path",
+        str(storage),
+    ]
+    for flag, value in (
+        ("--per-class", per_class),
+        ("--image-size", args.image_size),
+        ("--max-concurrent", args.max_concurrent),
+        ("--seed", args.seed),
+    ):
         if value is not None:
             command += [flag, str(value)]
     # No --address: nbtl starts a fresh embedded Ray per search, so its workers are in the measured tree.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     started = time.perf_counter()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env=env, bufsize=1)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        )
         with ProcessTreeMonitor(process.pid, args.sample_interval) as monitor:
             for line in process.stdout:
                 log.write(line)
@@ -170,9 +198,14 @@ def read_outcome(storage: Path) -> dict:
         ok = table[(table["status"] != "FAILED") & table["best_val_accuracy"].notna()]
         if not ok.empty:
             best = ok.loc[ok["best_val_accuracy"].idxmax()]
-            outcome.update({"best_val_acc": float(best["best_val_accuracy"]), "test_acc": float(best["test_accuracy"]),
-                            "best_trial": best["trial_id"],
-                            "best_config": {k: _plain(best[k]) for k in table.columns if k in _CONFIG_SHOWN}})
+            outcome.update(
+                {
+                    "best_val_acc": float(best["best_val_accuracy"]),
+                    "test_acc": float(best["test_accuracy"]),
+                    "best_trial": best["trial_id"],
+                    "best_config": {k: _plain(best[k]) for k in table.columns if k in _CONFIG_SHOWN},
+                }
+            )
     try:
         from mlflow.tracking import MlflowClient
 
@@ -183,8 +216,20 @@ def read_outcome(storage: Path) -> dict:
     return outcome
 
 
-_CONFIG_SHOWN = ("backbone", "transfer_blocks", "freeze_blocks", "lr", "lr_decay", "head_lr", "l2sp_alpha", "l2_beta",
-                 "l2_head", "head", "head_width", "head_dropout")
+_CONFIG_SHOWN = (
+    "backbone",
+    "transfer_blocks",
+    "freeze_blocks",
+    "lr",
+    "lr_decay",
+    "head_lr",
+    "l2sp_alpha",
+    "l2_beta",
+    "l2_head",
+    "head",
+    "head_width",
+    "head_dropout",
+)
 
 
 def _plain(value):
@@ -192,18 +237,37 @@ def _plain(value):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
-                                epilog="example: python benchmarks/compare_spaces.py --smoke-test")
-    p.add_argument("--spaces", nargs="+", type=Path, default=DEFAULT_SPACES,
-                   help="search space YAMLs (default: search_spaces/default.yaml search_spaces/binary.yaml)")
-    p.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS,
-                   help="nbtl --data specs; SPEC@N keeps at most N images per class (default: digits fashion-mnist@100)")
-    p.add_argument("--trials", type=int, help="trial budget of every search (default: the largest search.trials "
-                                              "of the spaces, so every space gets the same budget)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+        epilog="example: python benchmarks/compare_spaces.py --smoke-test",
+    )
+    p.add_argument(
+        "--spaces",
+        nargs="+",
+        type=Path,
+        default=DEFAULT_SPACES,
+        help="search space YAMLs (default: search_spaces/default.yaml search_spaces/binary.yaml)",
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=DEFAULT_DATASETS,
+        help="nbtl --data specs; SPEC@N keeps at most N images per class (default: digits fashion-mnist@100)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        help="trial budget of every search (default: the largest search.trials "
+        "of the spaces, so every space gets the same budget)",
+    )
     p.add_argument("--per-class", type=int, help="images per class for every dataset (overrides @N)")
     p.add_argument("--image-size", type=int, help="image size of every search (default: the spaces')")
-    p.add_argument("--epochs", type=int, help="epochs per trial: runs a copy of each space with this fixed "
-                                              "(default: the spaces' own)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="epochs per trial: runs a copy of each space with this fixed (default: the spaces' own)",
+    )
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the spaces')")
     p.add_argument("--seed", type=int, help="seed of split, sampler and trials (default: the spaces')")
     p.add_argument("--tracking-uri", help="MLflow store (default: a sqlite file in the benchmark's temporary folder)")
@@ -212,9 +276,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="also write the table to this .csv or .json file")
     p.add_argument("--sample-interval", type=float, default=0.5, help="seconds between memory samples (default 0.5)")
     p.add_argument("--verbose", "-v", action="store_true", help="echo the output of each nbtl search")
-    p.add_argument("--smoke-test", action="store_true",
-                   help="tiny run to check that everything works: {trials} trials, {per_class} images per class, "
-                        "{image_size}px, {epochs} epoch".format(**SMOKE))
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="tiny run to check that everything works: {trials} trials, {per_class} images per class, "
+        "{image_size}px, {epochs} epoch".format(**SMOKE),
+    )
     args = p.parse_args(argv)
     if args.smoke_test:
         for key, value in SMOKE.items():
@@ -231,32 +298,75 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-SHOWN = ["dataset", "space", "trials", "best_val_acc", "test_acc", "finished", "stopped", "failed", "wall_s",
-         "search_s", "peak_rss_mb", "peak_pss_mb", "exit"]
+SHOWN = [
+    "dataset",
+    "space",
+    "trials",
+    "best_val_acc",
+    "test_acc",
+    "finished",
+    "stopped",
+    "failed",
+    "wall_s",
+    "search_s",
+    "peak_rss_mb",
+    "peak_pss_mb",
+    "exit",
+]
 
 
-def benchmark_one(label: str, spec: str, per_class: int | None, original: Path, space: Path, space_name: str,
-                  args, storage_root: Path, stamp: str, workdir: Path) -> dict:
+def benchmark_one(
+    label: str,
+    spec: str,
+    per_class: int | None,
+    original: Path,
+    space: Path,
+    space_name: str,
+    args,
+    storage_root: Path,
+    stamp: str,
+    workdir: Path,
+) -> dict:
     """Run one search and return its row of the table."""
     slug = f"{label}-{space_name}".replace("/", "_").replace("@", "-pc")
     storage, log_path = storage_root / f"{stamp}-{slug}", workdir / "logs" / f"{slug}.log"
     print(f"\n== {label} / {space_name} ({original.name}) ... log {log_path}", flush=True)
     returncode, wall, monitor = run_search(space, spec, per_class, f"compare-{slug}", args, storage, log_path)
-    row = {"dataset": label, "space": space_name, "trials": args.trials, "best_val_acc": NAN, "test_acc": NAN,
-           "finished": 0, "stopped": 0, "failed": 0, "wall_s": round(wall, 1), "search_s": NAN,
-           "peak_rss_mb": round(monitor.peak_rss / MB), "peak_pss_mb": round(monitor.peak_pss / MB),
-           "processes": monitor.peak_processes, "exit": returncode, "log": str(log_path)}
+    row = {
+        "dataset": label,
+        "space": space_name,
+        "trials": args.trials,
+        "best_val_acc": NAN,
+        "test_acc": NAN,
+        "finished": 0,
+        "stopped": 0,
+        "failed": 0,
+        "wall_s": round(wall, 1),
+        "search_s": NAN,
+        "peak_rss_mb": round(monitor.peak_rss / MB),
+        "peak_pss_mb": round(monitor.peak_pss / MB),
+        "processes": monitor.peak_processes,
+        "exit": returncode,
+        "log": str(log_path),
+    }
     row.update(read_outcome(storage))
     row["search_s"] = round(row["search_s"], 1) if row["search_s"] is not None else NAN
     if returncode != 0:
         tail = log_path.read_text().splitlines()[-15:]
         print(f"  nbtl search exited {returncode}; last lines of its log:\n    " + "\n    ".join(tail))
-    print(f"  best val {_fmt(row['best_val_acc'])}  test {_fmt(row['test_acc'])}  trials "
-          f"{row['finished']} finished / {row['stopped']} stopped / {row['failed']} failed  wall {row['wall_s']}s  "
-          f"peak RSS {row['peak_rss_mb']} MB (PSS {row['peak_pss_mb']} MB, {row['processes']} processes)", flush=True)
+    print(
+        f"  best val {_fmt(row['best_val_acc'])}  test {_fmt(row['test_acc'])}  trials "
+        f"{row['finished']} finished / {row['stopped']} stopped / {row['failed']} failed  wall {row['wall_s']}s  "
+        f"peak RSS {row['peak_rss_mb']} MB (PSS {row['peak_pss_mb']} MB, {row['processes']} processes)",
+        flush=True,
+    )
     if row.get("best_config"):
-        print("  best config: " + ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}"
-                                            for k, v in row["best_config"].items() if v is not None))
+        print(
+            "  best config: "
+            + ", ".join(
+                f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in row["best_config"].items() if v is not None
+            )
+        )
     return row
 
 
@@ -283,15 +393,30 @@ def main(argv=None) -> int:
     if args.trials is None:
         args.trials = max(int((doc.get("search") or {}).get("trials", 8)) for _, _, doc in spaces)
     datasets = [parse_dataset(text, args.per_class) for text in args.datasets]
-    print(f"compare_spaces: {len(spaces)} spaces x {len(datasets)} datasets, {args.trials} trials each; "
-          f"MLflow {args.tracking_uri}; results under {storage_root}", flush=True)
+    print(
+        f"compare_spaces: {len(spaces)} spaces x {len(datasets)} datasets, {args.trials} trials each; "
+        f"MLflow {args.tracking_uri}; results under {storage_root}",
+        flush=True,
+    )
 
     rows = []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for label, spec, per_class in datasets:
         for original, space, document in spaces:
-            rows.append(benchmark_one(label, spec, per_class, original, space, document.get("name", original.stem),
-                                      args, storage_root, stamp, workdir))
+            rows.append(
+                benchmark_one(
+                    label,
+                    spec,
+                    per_class,
+                    original,
+                    space,
+                    document.get("name", original.stem),
+                    args,
+                    storage_root,
+                    stamp,
+                    workdir,
+                )
+            )
     failed = any(row["exit"] != 0 for row in rows)
     keep = args.keep or failed
 
@@ -300,8 +425,12 @@ def main(argv=None) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(table[SHOWN].round({"best_val_acc": 4, "test_acc": 4}).to_string(index=False, na_rep="-"))
     if not keep:  # these would point into the folder removed below
-        table = table.drop(columns=["log"] + (["experiment_path"] if own_storage else [])
-                           + (["parent_run_id"] if own_tracking else []), errors="ignore")
+        table = table.drop(
+            columns=["log"]
+            + (["experiment_path"] if own_storage else [])
+            + (["parent_run_id"] if own_tracking else []),
+            errors="ignore",
+        )
     if args.out:
         write_out(table, args.out)
     if keep:

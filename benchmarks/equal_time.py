@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +68,13 @@ class Task:
 
 def _meta_task(name: str, data: str, flags: list[str]) -> Task:
     value = dict(zip(flags[::2], flags[1::2]))
-    return Task(name, data, int(value["--per-class"]) if "--per-class" in value else None, value.get("--classes"),
-                int(value.get("--image-size", 64)))
+    return Task(
+        name,
+        data,
+        int(value["--per-class"]) if "--per-class" in value else None,
+        value.get("--classes"),
+        int(value.get("--image-size", 64)),
+    )
 
 
 #: Used to tune rules, spaces and priors: the meta-dataset's tasks (benchmarks/build_meta_dataset.py), digits,
@@ -107,8 +112,7 @@ def run_logged(command: list[str], log, env: dict, timeout: float) -> int:
     log.write("$ " + " ".join(command) + "\n")
     log.flush()
     # Its own process group, so that a run past the hard limit is stopped with its Ray workers.
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                               start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
         return process.wait(timeout=max(1.0, timeout))
     except subprocess.TimeoutExpired:
@@ -126,8 +130,13 @@ def run_method(method: str, task: Task, seed: int, args, folder: Path) -> dict:
     """Run one method on one (task, seed) in ``folder``; return its row (metrics, wall time, curve)."""
     folder.mkdir(parents=True)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "NBTL_CACHE_DIR": str(folder / "cache"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "MPLBACKEND": "Agg",
+        "NBTL_CACHE_DIR": str(folder / "cache"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     nbtl = [sys.executable, "-m", "nbtl"]
     common = ["--seed", str(seed), *task.flags()]
     hard_limit = args.budget + max(120.0, 0.25 * args.budget)  # a search may finish its last epoch after the budget
@@ -139,19 +148,47 @@ def run_method(method: str, task: Task, seed: int, args, folder: Path) -> dict:
             if method == "probe":
                 write_probe(config, task, seed, args)
             else:
-                row["exit"] = run_logged(nbtl + ["recommend", task.data, *common, "--out", str(config)], log, env,
-                                         hard_limit)
+                row["exit"] = run_logged(
+                    nbtl + ["recommend", task.data, *common, "--out", str(config)], log, env, hard_limit
+                )
             if row["exit"] == 0:
                 remaining = hard_limit - (time.perf_counter() - started)
-                row["exit"] = run_logged(nbtl + ["train", str(config), "--data", task.data, *common, "--tracking-uri",
-                                                 uri, "--name", f"{method}-{task.name}"], log, env, remaining)
+                row["exit"] = run_logged(
+                    nbtl
+                    + [
+                        "train",
+                        str(config),
+                        "--data",
+                        task.data,
+                        *common,
+                        "--tracking-uri",
+                        uri,
+                        "--name",
+                        f"{method}-{task.name}",
+                    ],
+                    log,
+                    env,
+                    remaining,
+                )
             row["wall_s"] = time.perf_counter() - started
             row.update(read_train_run(uri, started_wall))
         else:
             space = prepare_method_space(method, args, folder)
-            command = nbtl + ["search", str(space), "--data", task.data, *common, "--time-budget", f"{args.budget:g}s",
-                              "--name", f"{method}-{task.name}", "--tracking-uri", uri,
-                              "--storage-path", str(folder / "results")]
+            command = nbtl + [
+                "search",
+                str(space),
+                "--data",
+                task.data,
+                *common,
+                "--time-budget",
+                f"{args.budget:g}s",
+                "--name",
+                f"{method}-{task.name}",
+                "--tracking-uri",
+                uri,
+                "--storage-path",
+                str(folder / "results"),
+            ]
             row["exit"] = run_logged(command + (["--no-recommend"] if method == "random" else []), log, env, hard_limit)
             row["wall_s"] = time.perf_counter() - started
             row.update(read_search(folder / "results", uri, started_wall, args.n_classes[task.name]))
@@ -167,15 +204,38 @@ def write_probe(path: Path, task: Task, seed: int, args) -> None:
     from nbtl.search.space import auto_batch_size
 
     blocks = get_spec(PROBE_BACKBONE).num_blocks
-    config = {"backbone": PROBE_BACKBONE, "pretrained": True, "transfer_blocks": blocks, "freeze_blocks": blocks,
-              "head": "linear", "head_dropout": 0.0, "lr": PROBE_HEAD_LR, "head_lr": PROBE_HEAD_LR, "lr_decay": 1.0,
-              "l2sp_alpha": 0.0, "l2_beta": 0.0, "l2_head": 1.0e-4, "head_warmup_epochs": 0, "optimizer": "sgd",
-              "momentum": 0.9, "epochs": args.probe_epochs, "batch_size": auto_batch_size(args.n_train[task.name, seed]),
-              "seed": seed}
-    document = {"format": "nbtl-recommendation", "version": 1,
-                "data": {"spec": task.data, "image_size": task.image_size, "per_class": task.per_class,
-                         "classes": task.classes, "seed": seed},
-                "configs": [{"source": "linear probe (benchmarks/equal_time.py)", "config": config, "reasons": {}}]}
+    config = {
+        "backbone": PROBE_BACKBONE,
+        "pretrained": True,
+        "transfer_blocks": blocks,
+        "freeze_blocks": blocks,
+        "head": "linear",
+        "head_dropout": 0.0,
+        "lr": PROBE_HEAD_LR,
+        "head_lr": PROBE_HEAD_LR,
+        "lr_decay": 1.0,
+        "l2sp_alpha": 0.0,
+        "l2_beta": 0.0,
+        "l2_head": 1.0e-4,
+        "head_warmup_epochs": 0,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "epochs": args.probe_epochs,
+        "batch_size": auto_batch_size(args.n_train[task.name, seed]),
+        "seed": seed,
+    }
+    document = {
+        "format": "nbtl-recommendation",
+        "version": 1,
+        "data": {
+            "spec": task.data,
+            "image_size": task.image_size,
+            "per_class": task.per_class,
+            "classes": task.classes,
+            "seed": seed,
+        },
+        "configs": [{"source": "linear probe (benchmarks/equal_time.py)", "config": config, "reasons": {}}],
+    }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
@@ -191,8 +251,10 @@ def prepare_method_space(method: str, args, folder: Path) -> Path:
     search.update({"sampler": {"type": "random"}, "start_points": [], "prior": {"enabled": False}})
     document["name"] = "random"
     copy = folder / "random.yaml"
-    copy.write_text(f"# {source} sampled at random (written by benchmarks/equal_time.py)\n"
-                    + yaml.safe_dump(document, sort_keys=False))
+    copy.write_text(
+        f"# {source} sampled at random (written by benchmarks/equal_time.py)\n"
+        + yaml.safe_dump(document, sort_keys=False)
+    )
     return copy
 
 
@@ -210,8 +272,13 @@ def read_train_run(uri: str, started_wall: float) -> dict:
     history = client.get_metric_history(run.info.run_id, "test_accuracy")
     curve = [(m.timestamp / 1000.0 - started_wall, m.value) for m in sorted(history, key=lambda m: m.timestamp)]
     metrics = run.data.metrics
-    return {"test_accuracy": metrics.get("test_accuracy", NAN), "test_macro_f1": metrics.get("test_macro_f1", NAN),
-            "best_val_accuracy": metrics.get("best_val_accuracy", NAN), "trials": 1, "curve": curve}
+    return {
+        "test_accuracy": metrics.get("test_accuracy", NAN),
+        "test_macro_f1": metrics.get("test_macro_f1", NAN),
+        "best_val_accuracy": metrics.get("best_val_accuracy", NAN),
+        "trials": 1,
+        "curve": curve,
+    }
 
 
 def choose(trials: pd.DataFrame) -> pd.Series | None:
@@ -234,8 +301,14 @@ def read_search(storage: Path, uri: str, started_wall: float, n_classes: int) ->
     outcome["scored_trials"] = len(scored)
     chosen = choose(table)
     if chosen is not None:
-        outcome.update({"test_accuracy": float(chosen["test_accuracy"]), "test_macro_f1": float(chosen["test_macro_f1"]),
-                        "best_val_accuracy": float(chosen["best_val_accuracy"]), "chosen_trial": chosen["trial_id"]})
+        outcome.update(
+            {
+                "test_accuracy": float(chosen["test_accuracy"]),
+                "test_macro_f1": float(chosen["test_macro_f1"]),
+                "best_val_accuracy": float(chosen["best_val_accuracy"]),
+                "chosen_trial": chosen["trial_id"],
+            }
+        )
     offset = search_start_offset(tables[-1].parent, uri, started_wall)
     curve = []
     if "finished_at_s" in table:
@@ -295,27 +368,35 @@ def targets(summary: pd.DataFrame, reporting: set[str]) -> list[str]:
         rep = both.loc[[t for t in both.index if t in reporting]]
         if len(rep):
             margin = rep["default"].mean() - max(rep["probe"].mean(), rep["binary"].mean())
-            out.append(f"{_verdict(margin >= 2)} default's mean test accuracy on the {len(rep)} reporting task(s) is "
-                       f"{margin:+.1f} points over max(probe, binary) (target >= +2)")
+            out.append(
+                f"{_verdict(margin >= 2)} default's mean test accuracy on the {len(rep)} reporting task(s) is "
+                f"{margin:+.1f} points over max(probe, binary) (target >= +2)"
+            )
         else:
             out.append("n/a  default vs max(probe, binary) + 2 points: no reporting task with all three results")
         worst = both["default"] - both[["probe", "binary"]].max(axis=1)
         if len(worst):
-            out.append(f"{_verdict(worst.min() >= -1)} default is never more than 1 point below max(probe, binary) "
-                       f"on a task (worst {worst.min():+.1f} on {worst.idxmin()})")
+            out.append(
+                f"{_verdict(worst.min() >= -1)} default is never more than 1 point below max(probe, binary) "
+                f"on a task (worst {worst.min():+.1f} on {worst.idxmin()})"
+            )
     searches = summary[summary["method"].isin(["default", "binary", "random"])]
     for method, group in searches.groupby("method"):
         scored, chance = group["scored_trials"].sum(), group["at_chance"].sum()
         if scored:
-            out.append(f"{_verdict(chance * 12 <= scored) if method == 'default' else 'info'} {method}: {chance} of "
-                       f"{scored} trials at chance (target for default: at most 1 in 12)")
+            out.append(
+                f"{_verdict(chance * 12 <= scored) if method == 'default' else 'info'} {method}: {chance} of "
+                f"{scored} trials at chance (target for default: at most 1 in 12)"
+            )
     if {"default", "recommend"} <= set(acc.columns):
         gap = (acc["default"] - acc["recommend"]).dropna()
         share = (wall["recommend"] / wall["default"]).loc[gap.index]
         if len(gap):
             ok = bool(((gap <= 2) & (share <= 0.10)).all())
-            out.append(f"{_verdict(ok)} recommend->train within 2 points of default in <= 10% of its time (worst gap "
-                       f"{gap.max():+.1f} points, largest time share {share.max():.0%})")
+            out.append(
+                f"{_verdict(ok)} recommend->train within 2 points of default in <= 10% of its time (worst gap "
+                f"{gap.max():+.1f} points, largest time share {share.max():.0%})"
+            )
     return out or ["n/a  no target can be checked with the methods and results at hand"]
 
 
@@ -324,15 +405,19 @@ def _verdict(ok: bool) -> str:
 
 
 def markdown(summary: pd.DataFrame, budget: float) -> str:
-    head = ("| task | method | test accuracy | macro-F1 | wall time (s) | to within 1 pt (s) | trials at chance |\n"
-            "| --- | --- | --- | --- | --- | --- | --- |")
+    head = (
+        "| task | method | test accuracy | macro-F1 | wall time (s) | to within 1 pt (s) | trials at chance |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |"
+    )
     shown = f"{budget / 60:g} min" if budget >= 60 else f"{budget:g} s"
     lines = [f"Budget {shown} per method, task and seed; mean ± sd over seeds.", "", head]
     for r in summary.itertuples():
         chance = f"{r.at_chance}/{r.scored_trials}" if r.method in ("binary", "random", "default") else "-"
-        lines.append(f"| {r.task} | {r.method} | {_pm(100 * r.test_accuracy, 100 * r.test_accuracy_sd)} | "
-                     f"{_pm(100 * r.test_macro_f1, 100 * r.test_macro_f1_sd)} | {_pm(r.wall_s, r.wall_s_sd, 0)} | "
-                     f"{_pm(r.to_within_1pt_s, r.to_within_1pt_s_sd, 0)} | {chance} |")
+        lines.append(
+            f"| {r.task} | {r.method} | {_pm(100 * r.test_accuracy, 100 * r.test_accuracy_sd)} | "
+            f"{_pm(100 * r.test_macro_f1, 100 * r.test_macro_f1_sd)} | {_pm(r.wall_s, r.wall_s_sd, 0)} | "
+            f"{_pm(r.to_within_1pt_s, r.to_within_1pt_s_sd, 0)} | {chance} |"
+        )
     return "\n".join(lines)
 
 
@@ -350,8 +435,12 @@ def plot(rows: list[dict], path: Path, budget: float) -> None:
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     columns = min(2, len(tasks))
-    figure, axes = plt.subplots(math.ceil(len(tasks) / columns), columns, squeeze=False,
-                                figsize=(6 * columns, 4 * math.ceil(len(tasks) / columns)))
+    figure, axes = plt.subplots(
+        math.ceil(len(tasks) / columns),
+        columns,
+        squeeze=False,
+        figsize=(6 * columns, 4 * math.ceil(len(tasks) / columns)),
+    )
     horizon = max([budget] + [t for r in rows for t, _ in r["curve"]])
     grid = np.linspace(0, horizon, 400)
     for axis, task in zip(axes.flat, tasks):
@@ -374,7 +463,7 @@ def plot(rows: list[dict], path: Path, budget: float) -> None:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8, loc="lower right")
-    for axis in list(axes.flat)[len(tasks):]:
+    for axis in list(axes.flat)[len(tasks) :]:
         axis.set_visible(False)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -383,38 +472,65 @@ def plot(rows: list[dict], path: Path, budget: float) -> None:
 
 # ---------------------------------------------------------------------------------------------- command line
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
-                                epilog="example: python benchmarks/equal_time.py --smoke-test")
-    p.add_argument("--tasks", default="reporting",
-                   help="'reporting' (default), 'tuning', 'all', or task names, comma-separated:\n  "
-                        + "\n  ".join(f"{t.name} ({'reporting' if t in REPORTING_TASKS else 'tuning'})"
-                                      for t in REPORTING_TASKS + TUNING_TASKS))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+        epilog="example: python benchmarks/equal_time.py --smoke-test",
+    )
+    p.add_argument(
+        "--tasks",
+        default="reporting",
+        help="'reporting' (default), 'tuning', 'all', or task names, comma-separated:\n  "
+        + "\n  ".join(
+            f"{t.name} ({'reporting' if t in REPORTING_TASKS else 'tuning'})" for t in REPORTING_TASKS + TUNING_TASKS
+        ),
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (split, search and training); default 0,1,2")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
-    p.add_argument("--budget", type=parse_duration, default=parse_duration("15m"),
-                   help="wall-clock budget per method, task and seed: 900, 90s, 15m, 1.5h (default 15m)")
+    p.add_argument(
+        "--budget",
+        type=parse_duration,
+        default=parse_duration("15m"),
+        help="wall-clock budget per method, task and seed: 900, 90s, 15m, 1.5h (default 15m)",
+    )
     p.add_argument("--epochs", type=int, help="epochs per search trial (default: the spaces' own)")
-    p.add_argument("--probe-epochs", type=int, default=PROBE_EPOCHS, help=f"epochs of the linear probe (default {PROBE_EPOCHS})")
+    p.add_argument(
+        "--probe-epochs", type=int, default=PROBE_EPOCHS, help=f"epochs of the linear probe (default {PROBE_EPOCHS})"
+    )
     p.add_argument("--out", type=Path, help="write every run and the summary to this JSON file")
     p.add_argument("--plot", type=Path, help="write the best-so-far figure to this PNG")
     p.add_argument("--keep", action="store_true", help="keep the working folder (logs, MLflow stores, results)")
-    p.add_argument("--summarise", nargs="+", type=Path, metavar="ROWS.jsonl",
-                   help="run nothing: report the runs saved in these files (OUT.rows.jsonl of earlier runs, e.g. one "
-                        "per seed), with --out / --plot as usual")
-    p.add_argument("--smoke-test", action="store_true",
-                   help=f"{SMOKE_TASK.name}, seed 0, {SMOKE['budget']:g}s budget, {SMOKE['epochs']}-epoch trials: "
-                        "checks that everything runs end to end")
+    p.add_argument(
+        "--summarise",
+        nargs="+",
+        type=Path,
+        metavar="ROWS.jsonl",
+        help="run nothing: report the runs saved in these files (OUT.rows.jsonl of earlier runs, e.g. one "
+        "per seed), with --out / --plot as usual",
+    )
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help=f"{SMOKE_TASK.name}, seed 0, {SMOKE['budget']:g}s budget, {SMOKE['epochs']}-epoch trials: "
+        "checks that everything runs end to end",
+    )
     args = p.parse_args(argv)
     every = {t.name: t for t in TUNING_TASKS + REPORTING_TASKS + [SMOKE_TASK]}
     if args.smoke_test:
         args.tasks, args.seeds = [SMOKE_TASK], [0]
-        args.budget, args.epochs, args.probe_epochs = SMOKE["budget"], args.epochs or SMOKE["epochs"], SMOKE["probe_epochs"]
+        args.budget, args.epochs, args.probe_epochs = (
+            SMOKE["budget"],
+            args.epochs or SMOKE["epochs"],
+            SMOKE["probe_epochs"],
+        )
     else:
         groups = {"reporting": REPORTING_TASKS, "tuning": TUNING_TASKS, "all": REPORTING_TASKS + TUNING_TASKS}
         names = [n.strip() for n in args.tasks.split(",") if n.strip()]
         unknown = [n for n in names if n not in every and n not in groups]
         if unknown or not names:
-            p.error(f"--tasks: unknown {', '.join(unknown) or 'empty list'}; use reporting, tuning, all or: {', '.join(every)}")
+            p.error(
+                f"--tasks: unknown {', '.join(unknown) or 'empty list'}; use reporting, tuning, all or: {', '.join(every)}"
+            )
         args.tasks = list(dict.fromkeys(t for n in names for t in groups.get(n, [every.get(n)])))
         try:
             args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -436,9 +552,19 @@ def report(rows: list[dict], args, budget: float) -> None:
     for line in targets(summary, reporting):
         print("  " + line)
     if args.out:
-        args.out.write_text(json.dumps({"budget_s": budget, "seeds": sorted({r["seed"] for r in rows}),
-                                        "tasks": sorted({r["task"] for r in rows}), "runs": rows,
-                                        "summary": summary.to_dict(orient="records")}, indent=1, default=str))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "budget_s": budget,
+                    "seeds": sorted({r["seed"] for r in rows}),
+                    "tasks": sorted({r["task"] for r in rows}),
+                    "runs": rows,
+                    "summary": summary.to_dict(orient="records"),
+                },
+                indent=1,
+                default=str,
+            )
+        )
         print(f"written {args.out}")
     if args.plot:
         plot(rows, args.plot, budget)
@@ -457,24 +583,33 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             args.n_classes[task.name], args.n_train[task.name, seed] = task_facts(task, seed)
     reporting = {t.name for t in REPORTING_TASKS}
-    print(f"equal_time: {len(args.tasks)} task(s) x {len(args.seeds)} seed(s) x {len(args.methods)} method(s), "
-          f"{args.budget:g}s each; working folder {workdir}", flush=True)
+    print(
+        f"equal_time: {len(args.tasks)} task(s) x {len(args.seeds)} seed(s) x {len(args.methods)} method(s), "
+        f"{args.budget:g}s each; working folder {workdir}",
+        flush=True,
+    )
     rows = []
     # Seeds outermost: a run cut short still has every task at its first seeds.
     for seed in args.seeds:
         for task in args.tasks:
             kind = "reporting" if task.name in reporting else "tuning" if task in TUNING_TASKS else "smoke"
-            print(f"\n== {task.name} ({kind}, seed {seed}): {task.data}, {args.n_classes[task.name]} classes, "
-                  f"{task.per_class} per class, {task.image_size}px", flush=True)
+            print(
+                f"\n== {task.name} ({kind}, seed {seed}): {task.data}, {args.n_classes[task.name]} classes, "
+                f"{task.per_class} per class, {task.image_size}px",
+                flush=True,
+            )
             for method in args.methods:
                 row = run_method(method, task, seed, args, workdir / task.name / f"seed{seed}" / method)
                 rows.append(row)
                 if args.out:  # every run as it ends, so a run cut short keeps what it measured
                     with open(f"{args.out}.rows.jsonl", "a") as handle:
                         handle.write(json.dumps(row, default=str) + "\n")
-                print(f"  seed {seed} {method:<9} test acc {_pct(row.get('test_accuracy'))}  macro-F1 "
-                      f"{_pct(row.get('test_macro_f1'))}  wall {row.get('wall_s', float('nan')):.0f}s  "
-                      f"trials {row.get('trials', 0)}  at chance {row.get('at_chance', 0)}", flush=True)
+                print(
+                    f"  seed {seed} {method:<9} test acc {_pct(row.get('test_accuracy'))}  macro-F1 "
+                    f"{_pct(row.get('test_macro_f1'))}  wall {row.get('wall_s', float('nan')):.0f}s  "
+                    f"trials {row.get('trials', 0)}  at chance {row.get('at_chance', 0)}",
+                    flush=True,
+                )
     report(rows, args, args.budget)
     failed = any(row["exit"] != 0 for row in rows)
     if args.keep or failed:

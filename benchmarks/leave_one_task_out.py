@@ -50,11 +50,17 @@ def train(config: dict, task_row: dict, epochs: int, augmentation: dict | None) 
 
     started = time.perf_counter()
     trial = TrialConfig.from_dict({**config, "epochs": epochs})
-    dataset = load_dataset(task_row["data"], image_size=int(task_row["image_size"]),
-                           per_class=None if _none(task_row["per_class"]) is None else int(task_row["per_class"]),
-                           seed=int(task_row["split_seed"]), classes=_none(task_row["classes"]))
+    dataset = load_dataset(
+        task_row["data"],
+        image_size=int(task_row["image_size"]),
+        per_class=None if _none(task_row["per_class"]) is None else int(task_row["per_class"]),
+        seed=int(task_row["split_seed"]),
+        classes=_none(task_row["classes"]),
+    )
     splits = split_dataset(dataset, seed=int(task_row["split_seed"]))
-    result = train_trial(trial, splits, augmentation=augmentation, state_dict=load_pretrained_state_dict(trial.backbone))
+    result = train_trial(
+        trial, splits, augmentation=augmentation, state_dict=load_pretrained_state_dict(trial.backbone)
+    )
     return result.final["best_val_accuracy"], result.final["test_accuracy"], time.perf_counter() - started
 
 
@@ -96,8 +102,11 @@ def logme_seconds(repeats: int = 3) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meta", default=str(REPO / "heuristics" / "meta_dataset.csv"))
-    parser.add_argument("--space", default=str(REPO / "search_spaces" / "meta.yaml"),
-                        help="the space the meta-dataset searched: its values and epochs (default: %(default)s)")
+    parser.add_argument(
+        "--space",
+        default=str(REPO / "search_spaces" / "meta.yaml"),
+        help="the space the meta-dataset searched: its values and epochs (default: %(default)s)",
+    )
     parser.add_argument("--rules", default=None, help="rules YAML (default: heuristics/rules.yaml)")
     parser.add_argument("--tasks", nargs="*", help="only these tasks (as in the meta-dataset's task column)")
     parser.add_argument("--out", help="write the results as JSON")
@@ -124,57 +133,98 @@ def main(argv=None) -> int:
         model = learn(others, f"meta-dataset without {name}")
         started = time.perf_counter()
         backbones = sorted(trials["backbone"].unique())
-        task = measure_task(first["data"], backbones, image_size=int(first["image_size"]),
-                            per_class=None if _none(first["per_class"]) is None else int(first["per_class"]),
-                            classes=_none(first["classes"]), seed=int(first["split_seed"]),
-                            fit_curve=rules.fit_curve, peak_tolerance=rules.peak_tolerance)
+        task = measure_task(
+            first["data"],
+            backbones,
+            image_size=int(first["image_size"]),
+            per_class=None if _none(first["per_class"]) is None else int(first["per_class"]),
+            classes=_none(first["classes"]),
+            seed=int(first["split_seed"]),
+            fit_curve=rules.fit_curve,
+            peak_tolerance=rules.peak_tolerance,
+        )
         recommendation = recommend(task, rules, model)
         recommend_s = time.perf_counter() - started
         rules_entry, learned_entry = recommendation.configs[0], recommendation.configs[-1]  # learned = rules if none
         best, worst = float(trials["best_val_accuracy"].max()), float(trials["best_val_accuracy"].min())
         best_test = float(trials.loc[trials["best_val_accuracy"].idxmax(), "test_accuracy"])
         spread = best - worst if best > worst else float("nan")
-        row = {"task": name, "trials": len(trials), "search_best_val": best, "search_worst_val": worst,
-               "search_best_test": best_test, "search_s": float(trials["search_seconds"].max()),
-               "recommend_s": recommend_s}
+        row = {
+            "task": name,
+            "trials": len(trials),
+            "search_best_val": best,
+            "search_worst_val": worst,
+            "search_best_test": best_test,
+            "search_s": float(trials["search_seconds"].max()),
+            "recommend_s": recommend_s,
+        }
         trained = {}
         for label, entry in (("learned", learned_entry), ("rules", rules_entry)):
             key = json.dumps(entry["config"], sort_keys=True)
             if key not in trained:
                 trained[key] = train(entry["config"], first, epochs, space.data.get("augmentation"))
             val, test, seconds = trained[key]
-            row.update({f"{label}_val": val, f"{label}_test": test, f"{label}_train_s": seconds,
-                        f"{label}_predicted_val": entry.get("predicted_val_accuracy"),
-                        f"{label}_regret": (best - val) / spread if spread == spread else float("nan"),
-                        f"{label}_config": entry["config"]})
+            row.update(
+                {
+                    f"{label}_val": val,
+                    f"{label}_test": test,
+                    f"{label}_train_s": seconds,
+                    f"{label}_predicted_val": entry.get("predicted_val_accuracy"),
+                    f"{label}_regret": (best - val) / spread if spread == spread else float("nan"),
+                    f"{label}_config": entry["config"],
+                }
+            )
         taus[name] = kendall(task, trials)
         results.append(row)
-        print(f"{name}: search best {best:.4f} / worst {worst:.4f} ({row['search_s']:.0f}s, {len(trials)} trials); "
-              f"recommended (learned) {row['learned_val']:.4f} regret {row['learned_regret']:.3f} "
-              f"(predicted {row['learned_predicted_val']}), rules only {row['rules_val']:.4f} regret "
-              f"{row['rules_regret']:.3f}; recommend {recommend_s:.0f}s + train {row['learned_train_s']:.0f}s", flush=True)
+        print(
+            f"{name}: search best {best:.4f} / worst {worst:.4f} ({row['search_s']:.0f}s, {len(trials)} trials); "
+            f"recommended (learned) {row['learned_val']:.4f} regret {row['learned_regret']:.3f} "
+            f"(predicted {row['learned_predicted_val']}), rules only {row['rules_val']:.4f} regret "
+            f"{row['rules_regret']:.3f}; recommend {recommend_s:.0f}s + train {row['learned_train_s']:.0f}s",
+            flush=True,
+        )
 
     table = pd.DataFrame(results)
-    shown = ["task", "trials", "search_best_val", "search_worst_val", "learned_val", "learned_regret", "rules_val",
-             "rules_regret", "search_best_test", "learned_test", "search_s", "recommend_s", "learned_train_s"]
+    shown = [
+        "task",
+        "trials",
+        "search_best_val",
+        "search_worst_val",
+        "learned_val",
+        "learned_regret",
+        "rules_val",
+        "rules_regret",
+        "search_best_test",
+        "learned_test",
+        "search_s",
+        "recommend_s",
+        "learned_train_s",
+    ]
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.3f}".format):
         print("\nLeave one task out (validation accuracy; regret = (best - recommended) / (best - worst)):")
         print(table[shown].to_string(index=False))
-        print(f"\nmean regret: learned {table['learned_regret'].mean():.3f}, "
-              f"rules only {table['rules_regret'].mean():.3f}; median time: recommend + train "
-              f"{(table['recommend_s'] + table['learned_train_s']).median():.0f}s vs search {table['search_s'].median():.0f}s")
+        print(
+            f"\nmean regret: learned {table['learned_regret'].mean():.3f}, "
+            f"rules only {table['rules_regret'].mean():.3f}; median time: recommend + train "
+            f"{(table['recommend_s'] + table['learned_train_s']).median():.0f}s vs search {table['search_s'].median():.0f}s"
+        )
         tau = pd.DataFrame(taus).T
         if not tau.empty:
-            print("\nWeighted Kendall tau between each measure's ranking of the backbones and their fine-tuned accuracy:")
+            print(
+                "\nWeighted Kendall tau between each measure's ranking of the backbones and their fine-tuned accuracy:"
+            )
             print(tau.to_string())
             print("\nmean over tasks:")
             print(tau.mean().sort_values(ascending=False).to_string())
     seconds = logme_seconds()
-    print(f"\nLogME on 10,000 x 1,280 features, 10 classes: {seconds:.2f}s (median of 3, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})")
+    print(
+        f"\nLogME on 10,000 x 1,280 features, 10 classes: {seconds:.2f}s (median of 3, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})"
+    )
     if args.out:
-        Path(args.out).write_text(json.dumps({"tasks": results, "kendall_tau": taus, "logme_seconds": seconds},
-                                             indent=1, default=str))
+        Path(args.out).write_text(
+            json.dumps({"tasks": results, "kendall_tau": taus, "logme_seconds": seconds}, indent=1, default=str)
+        )
     return 0
 
 

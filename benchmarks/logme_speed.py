@@ -29,8 +29,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="cap BLAS threads to this many (default: the BLAS library's own choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="cap BLAS threads to this many (default: the BLAS library's own choice)",
+    )
     args = parser.parse_args()
 
     from nbtl.fit.measures import logme
@@ -38,8 +42,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     labels = rng.integers(0, args.classes, args.samples)
     # Random features with a little class signal, float32 as block_features stores them.
-    features = (rng.normal(size=(args.samples, args.features))
-                + 0.1 * rng.normal(size=(args.classes, args.features))[labels]).astype(np.float32)
+    features = (
+        rng.normal(size=(args.samples, args.features)) + 0.1 * rng.normal(size=(args.classes, args.features))[labels]
+    ).astype(np.float32)
 
     if args.threads is None:
         limit = contextlib.nullcontext()
@@ -55,10 +60,12 @@ def main() -> None:
             score = logme(features, labels)
             times.append(time.perf_counter() - start)
     threads = "BLAS default threads" if args.threads is None else f"{args.threads} BLAS thread(s)"
-    print(f"LogME on {args.samples} x {args.features} features, {args.classes} classes: "
-          f"median {statistics.median(times):.2f} s over {args.repeats} runs "
-          f"(min {min(times):.2f} s, max {max(times):.2f} s); score {score:.4f}; "
-          f"{threads}, {os.cpu_count()} CPUs visible")
+    print(
+        f"LogME on {args.samples} x {args.features} features, {args.classes} classes: "
+        f"median {statistics.median(times):.2f} s over {args.repeats} runs "
+        f"(min {min(times):.2f} s, max {max(times):.2f} s); score {score:.4f}; "
+        f"{threads}, {os.cpu_count()} CPUs visible"
+    )
 
 
 if __name__ == "__main__":

@@ -49,13 +49,21 @@ def main() -> None:
     splits = split_dataset(dataset, val_fraction=0.15, test_fraction=0.15, seed=0)
     weights = load_pretrained_state_dict("efficientnet_lite0")
     augmentation = {"hflip": True, "crop_padding": 4} if args.augment else None
-    print(f"digits {args.image_size}px: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}; "
-          f"efficientnet_lite0, {args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s), "
-          f"augmentation {augmentation or 'none'}")
+    print(
+        f"digits {args.image_size}px: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}; "
+        f"efficientnet_lite0, {args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s), "
+        f"augmentation {augmentation or 'none'}"
+    )
 
     def trial(freeze: int, cached: bool) -> dict[str, float]:
-        config = TrialConfig(backbone="efficientnet_lite0", freeze_blocks=freeze, lr=args.lr, epochs=args.epochs,
-                             batch_size=args.batch_size, seed=0)
+        config = TrialConfig(
+            backbone="efficientnet_lite0",
+            freeze_blocks=freeze,
+            lr=args.lr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=0,
+        )
         store, build_s = PrefixStore(views=4), 0.0
         if cached and freeze:
             model = build_transfer(config, len(splits.train.classes), state_dict=weights).model
@@ -63,35 +71,56 @@ def main() -> None:
             store.get(model, splits, freeze, augmentation=augmentation, state_dict=weights)
             build_s = time.perf_counter() - started
         started = time.perf_counter()
-        result = train_trial(config, splits, augmentation=augmentation, state_dict=weights, device="cpu",
-                             prefix_store=store, cache_prefix=cached)
+        result = train_trial(
+            config,
+            splits,
+            augmentation=augmentation,
+            state_dict=weights,
+            device="cpu",
+            prefix_store=store,
+            cache_prefix=cached,
+        )
         train_s = time.perf_counter() - started
-        return {"build_s": build_s, "train_s": train_s, "total_s": build_s + train_s,
-                "val": result.final["best_val_accuracy"], "test": result.final["test_accuracy"],
-                "prefix": result.final["prefix_blocks"]}
+        return {
+            "build_s": build_s,
+            "train_s": train_s,
+            "total_s": build_s + train_s,
+            "val": result.final["best_val_accuracy"],
+            "test": result.final["test_accuracy"],
+            "prefix": result.final["prefix_blocks"],
+        }
 
     rows: dict[tuple[int, bool], dict[str, float]] = {}
-    print(f"\n{'freeze':>6}  {'mode':<8} {'prefix':>6} {'build_s':>8} {'train_s':>8} {'total_s':>8} "
-          f"{'val_acc':>8} {'test_acc':>8}")
+    print(
+        f"\n{'freeze':>6}  {'mode':<8} {'prefix':>6} {'build_s':>8} {'train_s':>8} {'total_s':>8} "
+        f"{'val_acc':>8} {'test_acc':>8}"
+    )
     for freeze in [int(v) for v in args.freeze.split(",")]:
-        for cached in ((False,) if freeze == 0 else (False, True)):
+        for cached in (False,) if freeze == 0 else (False, True):
             row = rows[freeze, cached] = trial(freeze, cached)
-            print(f"{freeze:>6}  {'cached' if cached else 'uncached':<8} {row['prefix']:>6} {row['build_s']:>8.1f} "
-                  f"{row['train_s']:>8.1f} {row['total_s']:>8.1f} {row['val']:>8.4f} {row['test']:>8.4f}", flush=True)
+            print(
+                f"{freeze:>6}  {'cached' if cached else 'uncached':<8} {row['prefix']:>6} {row['build_s']:>8.1f} "
+                f"{row['train_s']:>8.1f} {row['total_s']:>8.1f} {row['val']:>8.4f} {row['test']:>8.4f}",
+                flush=True,
+            )
 
     print()
     for freeze in sorted({f for f, _ in rows if f >= 7}):
         if (freeze, True) in rows:
             slow, fast = rows[freeze, False], rows[freeze, True]
-            print(f"freeze_blocks={freeze}: uncached {slow['total_s']:.1f}s; cached {fast['train_s']:.1f}s with the "
-                  f"entry shared = {slow['total_s'] / fast['train_s']:.1f}x faster (target >= 5x), "
-                  f"{fast['total_s']:.1f}s building it too = {slow['total_s'] / fast['total_s']:.1f}x; "
-                  f"test accuracy cached {fast['test']:.4f} vs uncached {slow['test']:.4f}")
+            print(
+                f"freeze_blocks={freeze}: uncached {slow['total_s']:.1f}s; cached {fast['train_s']:.1f}s with the "
+                f"entry shared = {slow['total_s'] / fast['train_s']:.1f}x faster (target >= 5x), "
+                f"{fast['total_s']:.1f}s building it too = {slow['total_s'] / fast['total_s']:.1f}x; "
+                f"test accuracy cached {fast['test']:.4f} vs uncached {slow['test']:.4f}"
+            )
     probe = max((f for f, cached in rows if cached), default=None)
     if (0, False) in rows and probe is not None:
         share = rows[probe, True]["total_s"] / rows[0, False]["total_s"]
-        print(f"probe (freeze_blocks={probe}, cached): {rows[probe, True]['total_s']:.1f}s = {100 * share:.1f}% of a "
-              f"full fine-tune's {rows[0, False]['total_s']:.1f}s (target < 5%)")
+        print(
+            f"probe (freeze_blocks={probe}, cached): {rows[probe, True]['total_s']:.1f}s = {100 * share:.1f}% of a "
+            f"full fine-tune's {rows[0, False]['total_s']:.1f}s (target < 5%)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+"""``python -m nbtl``: the same as the ``nbtl`` command."""
+
 import sys
 
 from nbtl.cli import main

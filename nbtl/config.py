@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from nbtl.errors import ConfigError
 
@@ -100,14 +101,12 @@ class TrialConfig:
         return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "trial config") -> "TrialConfig":
+    def from_dict(cls, values: Mapping[str, Any], where: str = "trial config") -> TrialConfig:
         """Build and validate a config from a mapping, naming ``where`` in any error."""
         known = set(cls.keys())
         unknown = sorted(k for k in values if k not in known)
         if unknown:
-            raise ConfigError(
-                f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(sorted(known))}")
         config = cls(**dict(values))
         config.validate(where)
         return config

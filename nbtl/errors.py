@@ -8,6 +8,17 @@ traceback is shown for these.
 from __future__ import annotations
 
 
+def one_line(error: BaseException, with_type: bool = False) -> str:
+    """``error`` as one line, at most 500 characters: an :class:`NbtlError`'s message (already what, where,
+    how to fix), any other exception as ``TypeName: first line of its message``; ``with_type`` prefixes
+    the type name to an NbtlError too (a failed trial's recorded reason)."""
+    text = str(error).strip().splitlines()
+    first = text[0].strip() if text else ""
+    if isinstance(error, NbtlError) and first and not with_type:
+        return first[:500]
+    return f"{type(error).__name__}: {first}".rstrip(": ")[:500]
+
+
 class NbtlError(Exception):
     """Base class of every error nbtl raises on purpose."""
 
@@ -26,3 +37,16 @@ class ConfigError(NbtlError):
 
 class TrialDivergedError(NbtlError):
     """Training produced a non-finite loss; the trial is recorded as failed with this reason."""
+
+
+class ServiceError(NbtlError):
+    """A service nbtl needs (the MLflow tracking store, a Ray cluster) cannot be used as given."""
+
+
+class TrackingStoreError(ServiceError):
+    """The MLflow tracking URI names no usable store (no server answers, not MLflow, unknown scheme,
+    a SQLite file that cannot be created)."""
+
+
+class ClusterError(ServiceError):
+    """The Ray cluster address names no Ray head that nbtl can join."""

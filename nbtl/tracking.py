@@ -12,10 +12,13 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from nbtl import __version__
+from nbtl.errors import one_line
 
 T = TypeVar("T")
 
@@ -31,12 +34,15 @@ MAX_PARAM_LENGTH = 6000
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` in the working directory.
 
-    A relative SQLite path is made absolute, because Ray workers run in other directories.
+    A relative SQLite path (or ``file:`` store) is made absolute, because Ray workers run in other
+    directories; a bare path names a SQLite file.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    elif "://" not in uri:  # a bare path
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    elif uri.startswith("file:") and not uri.startswith("file:/"):  # file:mlruns, a relative file store
+        uri = Path(uri[len("file:") :]).resolve().as_uri()
+    elif "://" not in uri and not uri.startswith("file:"):  # a bare path
         uri = "sqlite:///" + str(Path(uri).resolve())
     return uri
 
@@ -54,12 +60,49 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
 
 
 def _client(uri: str):
+    """An MLflow client of ``uri``; a new SQLite store's tables are created by one process at a time.
+
+    MLflow's ``SqlAlchemyStore`` creates missing tables and runs its migrations unguarded, so two
+    processes opening a new store at once (two searches on the default ``./mlflow.db``) both run them
+    and one dies. The lock is the one MLflow's own job and workspace stores take for their tables
+    (``mlflow.store.db.utils._safe_initialize_tables``), so nbtl also waits for an ``mlflow server``
+    creating the same file.
+    """
     from mlflow import MlflowClient
 
     for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=uri)
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock, Timeout
+
+    key = resolve_tracking_uri(uri).encode()  # the same file, however it was named
+    lock = Path(tempfile.gettempdir()) / f"db_init_lock-{hashlib.md5(key, usedforsecurity=False).hexdigest()}"
+    try:
+        with FileLock(lock, timeout=300):
+            return MlflowClient(tracking_uri=uri)
+    except Timeout:
+        from nbtl.errors import TrackingStoreError
+
+        raise TrackingStoreError(
+            f"--tracking-uri {uri}: another process has been creating this store for 5 minutes "
+            f"(it holds {lock}); wait for it to finish or stop it"
+        ) from None
+
+
+logger = logging.getLogger(__name__)
+
+#: A run cut off by Ctrl-C ends KILLED (as ``mlflow.start_run`` does), one whose code raised FAILED.
+INTERRUPTED, FAILED = "KILLED", "FAILED"
+
+
+def status_for(error: BaseException) -> str:
+    """The status a run that ``error`` ended takes: KILLED for an interrupt (Ctrl-C), FAILED otherwise."""
+    return INTERRUPTED if isinstance(error, KeyboardInterrupt) else FAILED
 
 
 def _params(values: dict[str, Any]):
@@ -81,11 +124,28 @@ def _metrics(values: dict[str, float], step: int):
     return [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment's artifacts go: next to a local SQLite store (``<db folder>/mlartifacts``, the
+    folder ``mlflow server`` uses by default), never MLflow's default ``./mlruns`` in whatever directory
+    the command ran from; ``None`` (the store's own default) for every other store."""
+    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+        return None
+    return (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
+
+
 def ensure_experiment(client, name: str) -> str:
-    """The id of experiment ``name``, created if missing and restored if deleted."""
+    """The id of experiment ``name``, created if missing and restored if deleted.
+
+    Two processes creating the same experiment at once: the loser reads the winner's."""
     experiment = _retry(lambda: client.get_experiment_by_name(name))
     if experiment is None:
-        return _retry(lambda: client.create_experiment(name))
+        location = artifact_location(client.tracking_uri)
+        try:
+            return _retry(lambda: client.create_experiment(name, artifact_location=location))
+        except Exception:  # RESOURCE_ALREADY_EXISTS when another process won
+            experiment = _retry(lambda: client.get_experiment_by_name(name))
+            if experiment is None:
+                raise
     if experiment.lifecycle_stage == "deleted":
         _retry(lambda: client.restore_experiment(experiment.experiment_id))
     return experiment.experiment_id
@@ -98,9 +158,17 @@ class TrialTracker:
     has one run however often it restarts.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
-                 trial_name: str, params: dict[str, Any], tags: dict[str, Any] | None = None,
-                 location: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        trial_id: str,
+        trial_name: str,
+        params: dict[str, Any],
+        tags: dict[str, Any] | None = None,
+        location: dict[str, Any] | None = None,
+    ):
         self.client = _client(tracking_uri)
         # Where this attempt runs (updated when Ray retries the trial elsewhere).
         where = {"nbtl.host": socket.gethostname(), "nbtl.pid": os.getpid(), **(location or {})}
@@ -113,8 +181,15 @@ class TrialTracker:
             if existing.info.status != "RUNNING":
                 _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
             return
-        all_tags = {PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, ROLE_TAG: "trial",
-                    "nbtl.version": __version__, ATTEMPT_TAG: 1, **where, **(tags or {})}
+        all_tags = {
+            PARENT_TAG: parent_run_id,
+            TRIAL_ID_TAG: trial_id,
+            ROLE_TAG: "trial",
+            "nbtl.version": __version__,
+            ATTEMPT_TAG: 1,
+            **where,
+            **(tags or {}),
+        }
         all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}  # the REST API takes strings only
         run = _retry(lambda: self.client.create_run(experiment_id, run_name=trial_name, tags=all_tags))
         self.run_id = run.info.run_id
@@ -133,8 +208,11 @@ class TrialTracker:
 
 
 def find_trial_run(client, experiment_id: str, trial_id: str):
-    runs = _retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
-                                             max_results=1))
+    runs = _retry(
+        lambda: client.search_runs(
+            [experiment_id], filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'", max_results=1
+        )
+    )
     return runs[0] if runs else None
 
 
@@ -151,7 +229,9 @@ class SearchTracker:
     def start(self, params: dict[str, Any], tags: dict[str, Any], run_name: str | None = None) -> str:
         all_tags = {ROLE_TAG: "search", SEARCH_TAG: self.search_name, "nbtl.version": __version__, **tags}
         all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
-        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name or self.search_name, tags=all_tags))
+        run = _retry(
+            lambda: self.client.create_run(self.experiment_id, run_name=run_name or self.search_name, tags=all_tags)
+        )
         self.parent_run_id = run.info.run_id
         _retry(lambda: self.client.log_batch(self.parent_run_id, params=_params(params)))
         return self.parent_run_id
@@ -164,14 +244,22 @@ class SearchTracker:
     def trial_run(self, trial_id: str):
         return find_trial_run(self.client, self.experiment_id, trial_id)
 
-    def close_trial(self, trial_id: str, trial_name: str, params: dict[str, Any], status: str,
-                    reason: str | None = None, tags: dict[str, Any] | None = None) -> str:
+    def close_trial(
+        self,
+        trial_id: str,
+        trial_name: str,
+        params: dict[str, Any],
+        status: str,
+        reason: str | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> str:
         """End the trial's run with ``status`` unless it already ended; create it if the trial
         never got that far (e.g. it failed while building its model). Returns the run id."""
         run = self.trial_run(trial_id)
         if run is None:
-            tracker = TrialTracker(self.tracking_uri, self.experiment_id, self.parent_run_id, trial_id,
-                                   trial_name, params, tags)
+            tracker = TrialTracker(
+                self.tracking_uri, self.experiment_id, self.parent_run_id, trial_id, trial_name, params, tags
+            )
             tracker.end(status, reason)
             return tracker.run_id
         if run.info.status == "RUNNING":
@@ -180,7 +268,7 @@ class SearchTracker:
                 extra["nbtl.error"] = reason
             if extra:
                 _retry(lambda: self.client.log_batch(run.info.run_id, tags=_tags(extra)))
-            _retry(lambda: self.client.set_terminated(run.info.run_id, status=status))
+            _retry(lambda run=run: self.client.set_terminated(run.info.run_id, status=status))
         return run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
@@ -196,8 +284,11 @@ class SearchTracker:
         _retry(lambda: self.client.log_figure(self.parent_run_id, figure, artifact_file))
 
     def child_runs(self) -> list:
-        return _retry(lambda: self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=5000))
+        return _retry(
+            lambda: self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=5000
+            )
+        )
 
     def close_open_children(self, status: str = "KILLED", reason: str = "") -> int:
         """End every child run of this search still RUNNING (after an interrupted search)."""
@@ -205,8 +296,8 @@ class SearchTracker:
         for run in self.child_runs():
             if run.info.status == "RUNNING":
                 if reason:
-                    _retry(lambda: self.client.log_batch(run.info.run_id, tags=_tags({"nbtl.error": reason})))
-                _retry(lambda: self.client.set_terminated(run.info.run_id, status=status))
+                    _retry(lambda run=run: self.client.log_batch(run.info.run_id, tags=_tags({"nbtl.error": reason})))
+                _retry(lambda run=run: self.client.set_terminated(run.info.run_id, status=status))
                 count += 1
         return count
 
@@ -214,9 +305,53 @@ class SearchTracker:
         if self.parent_run_id:
             _retry(lambda: self.client.set_terminated(self.parent_run_id, status=status))
 
+    def abort(self, error: BaseException) -> None:
+        """End the parent run and every trial run still open after ``error``: KILLED for an interrupt,
+        the parent FAILED (its open trials KILLED: they did not fail themselves) otherwise. Never raises:
+        ``error`` is what the caller reports."""
+        status = status_for(error)
+        reason = (
+            "the search was interrupted; continue it with nbtl search --resume"
+            if status == INTERRUPTED
+            else f"the search ended: {one_line(error, with_type=True)}"
+        )
+        try:
+            self.close_open_children(INTERRUPTED, reason)
+            if status == FAILED:
+                self.set_tags({"nbtl.error": one_line(error, with_type=True)})
+            self.end(status)
+        except Exception as cleanup:  # noqa: BLE001 -- the store itself may be what failed; `error` is what we report
+            logger.warning(
+                "could not close the MLflow runs of search %s: %s", self.search_name, one_line(cleanup, with_type=True)
+            )
 
-def log_fit(tracking_uri: str | None, name: str, params: dict[str, Any], tags: dict[str, Any], table,
-            metrics: dict[str, float]) -> tuple[str, str, str]:
+    @contextmanager
+    def search_run(self, params: dict[str, Any], tags: dict[str, Any]) -> Iterator[str]:
+        """The search's parent run for the block (its id): any error or Ctrl-C that leaves the block ends it
+        and its open trial runs (:meth:`abort`), as ``mlflow.start_run`` does; the block ends it on success."""
+        parent_run_id = self.start(params, tags)
+        with self._closed_on_error():
+            yield parent_run_id
+
+    @contextmanager
+    def resumed_run(self, parent_run_id: str) -> Iterator[str]:
+        """:meth:`search_run` for an existing parent run that a resumed search continues."""
+        self.attach(parent_run_id)
+        with self._closed_on_error():
+            yield parent_run_id
+
+    @contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as error:
+            self.abort(error)
+            raise
+
+
+def log_fit(
+    tracking_uri: str | None, name: str, params: dict[str, Any], tags: dict[str, Any], table, metrics: dict[str, float]
+) -> tuple[str, str, str]:
     """Log one ``nbtl fit`` as a single finished run in experiment ``name``: ``params``, ``tags``
     (plus ``nbtl.role=fit``), ``metrics`` and the fit ``table`` (a DataFrame) as the artifact
     ``fit_table.csv``. Returns ``(tracking_uri, experiment_id, run_id)``."""
@@ -245,9 +380,12 @@ def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
     ``seed``, ``val_fraction``/``test_fraction`` as searched), the trial's params, and its final
     ``best_val_accuracy`` and ``test_accuracy``; plus ``search``, ``parent_run_id``, ``run_id``.
     """
+    from mlflow.entities import ViewType
+
+    from nbtl.data.settings import SETTING_KEYS
+
     uri = resolve_tracking_uri(tracking_uri)
     client = _client(uri)
-    from mlflow.entities import ViewType
 
     experiments = _retry(lambda: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000))
     rows = []
@@ -255,7 +393,11 @@ def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
         runs = []
         token = None
         while True:
-            page = _retry(lambda: client.search_runs([experiment.experiment_id], max_results=1000, page_token=token))
+            page = _retry(
+                lambda experiment=experiment, token=token: client.search_runs(
+                    [experiment.experiment_id], max_results=1000, page_token=token
+                )
+            )
             runs.extend(page)
             token = page.token
             if not token:
@@ -263,25 +405,42 @@ def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
         parents = {r.info.run_id: r for r in runs if r.data.tags.get(ROLE_TAG) == "search"}
         for run in runs:
             parent = parents.get(run.data.tags.get(PARENT_TAG, ""))
-            if (parent is None or run.data.tags.get(ROLE_TAG) != "trial" or run.info.status != "FINISHED"
-                    or run.data.tags.get("nbtl.stopped_early") == "true" or "best_val_accuracy" not in run.data.metrics):
+            if (
+                parent is None
+                or run.data.tags.get(ROLE_TAG) != "trial"
+                or run.info.status != "FINISHED"
+                or run.data.tags.get("nbtl.stopped_early") == "true"
+                or "best_val_accuracy" not in run.data.metrics
+            ):
                 continue
-            settings = {k: parent.data.params.get(k) for k in ("data", "image_size", "per_class", "classes", "seed")}
+            settings = {k: parent.data.params.get(k) for k in ("data", *SETTING_KEYS)}
             ended = parent.info.end_time
             settings["search_seconds"] = (ended - parent.info.start_time) / 1000 if ended else None
-            rows.append({"search": parent.data.tags.get(SEARCH_TAG, experiment.name), "parent_run_id": parent.info.run_id,
-                         "run_id": run.info.run_id, **settings, **run.data.params,
-                         "split_seed": settings["seed"],  # the search's; a trial's own `seed` trains it
-                         "best_val_accuracy": run.data.metrics["best_val_accuracy"],
-                         "test_accuracy": run.data.metrics.get("test_accuracy")})
+            rows.append(
+                {
+                    "search": parent.data.tags.get(SEARCH_TAG, experiment.name),
+                    "parent_run_id": parent.info.run_id,
+                    "run_id": run.info.run_id,
+                    **settings,
+                    **run.data.params,
+                    "split_seed": settings["seed"],  # the search's; a trial's own `seed` trains it
+                    "best_val_accuracy": run.data.metrics["best_val_accuracy"],
+                    "test_accuracy": run.data.metrics.get("test_accuracy"),
+                }
+            )
     return rows
 
 
 class TrainingRun:
-    """One ``nbtl train`` run: params, per-epoch metrics (``step=epoch``), FINISHED or FAILED."""
+    """One ``nbtl train`` run: params, per-epoch metrics (``step=epoch``), FINISHED, FAILED or KILLED.
 
-    def __init__(self, tracking_uri: str | None, experiment: str, run_name: str, params: dict[str, Any],
-                 tags: dict[str, Any]):
+    As a context manager (``with TrainingRun(...) as run:``) the run ends FINISHED when the block ends,
+    KILLED when Ctrl-C cuts it off and FAILED (with the error's line) when it raises.
+    """
+
+    def __init__(
+        self, tracking_uri: str | None, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any]
+    ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = _client(self.tracking_uri)
         self.experiment_id = ensure_experiment(self.client, experiment)
@@ -289,6 +448,7 @@ class TrainingRun:
         all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
         run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags))
         self.run_id = run.info.run_id
+        self.ended = False
         _retry(lambda: self.client.log_batch(self.run_id, params=_params(params)))
 
     def log_epoch(self, metrics: dict[str, float], step: int) -> None:
@@ -304,3 +464,21 @@ class TrainingRun:
         if reason:
             _retry(lambda: self.client.log_batch(self.run_id, tags=_tags({"nbtl.error": reason})))
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+        self.ended = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self.ended:
+            return
+        if error is None:
+            self.end("FINISHED")
+            return
+        status = status_for(error)
+        try:
+            self.end(
+                status, reason="interrupted (Ctrl-C)" if status == INTERRUPTED else one_line(error, with_type=True)
+            )
+        except Exception as cleanup:  # noqa: BLE001 -- the store itself may be what failed
+            logger.warning("could not close MLflow run %s: %s", self.run_id, one_line(cleanup, with_type=True))

@@ -12,8 +12,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,21 +60,32 @@ def default_device() -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageDataset, device: torch.device, batch_size: int = 256,
-             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    data: ImageDataset,
+    device: torch.device,
+    batch_size: int = 256,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """Loss, accuracy, macro-F1 and weighted-F1 of ``model`` on ``data`` (scikit-learn metrics)."""
     model.eval()
     return _evaluate(model, data.images, data.labels, device, batch_size, amp_dtype)
 
 
 @torch.no_grad()
-def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
-              device: torch.device, batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+def _evaluate(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """:func:`evaluate` of ``forward`` (a model in eval mode) on ``inputs`` (images or cached block outputs)."""
     losses, predictions = [], []
     for start in range(0, len(labels), batch_size):
-        batch = inputs[start:start + batch_size].to(device, non_blocking=True)
-        targets = labels[start:start + batch_size].to(device, non_blocking=True)
+        batch = inputs[start : start + batch_size].to(device, non_blocking=True)
+        targets = labels[start : start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = forward(batch if batch.dtype == torch.uint8 else batch.float())
         losses.append(nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item())
@@ -144,24 +156,52 @@ def _prefix_feed(model: TransferModel, entry: PrefixEntry, loader: DataLoader, d
     """Train above the cached prefix; with every block in it, on pooled features (computed here, once)."""
     blocks = entry.blocks
     if blocks < len(model.blocks):
-        return _Feed(blocks, loader, lambda x: model.forward_from(x, blocks), entry.val, entry.test, entry.train,
-                     entry.hit)
+        return _Feed(
+            blocks, loader, lambda x: model.forward_from(x, blocks), entry.val, entry.test, entry.train, entry.hit
+        )
 
     @torch.no_grad()
     def pooled(outputs: torch.Tensor, lead: int = 1) -> torch.Tensor:
         """Pool block outputs ``(*lead_dims, *block_output_shape)`` to ``(*lead_dims, feature_dim)``, on ``device``."""
         flat = outputs.reshape(-1, *outputs.shape[lead:])
-        parts = [model.backbone.pool(flat[i:i + 1024].to(device).float()) for i in range(0, len(flat), 1024)]
+        parts = [model.backbone.pool(flat[i : i + 1024].to(device).float()) for i in range(0, len(flat), 1024)]
         return torch.cat(parts).reshape(*outputs.shape[:lead], -1)
 
-    return _Feed(blocks + 1, loader, model.head, pooled(entry.val), pooled(entry.test), pooled(entry.train, lead=2),
-                 entry.hit)
+    return _Feed(
+        blocks + 1, loader, model.head, pooled(entry.val), pooled(entry.test), pooled(entry.train, lead=2), entry.hit
+    )
 
 
-def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | None = None,
-                state_dict: dict[str, Any] | None = None, report: ReportFn | None = None,
-                resume: dict[str, Any] | None = None, device: torch.device | str | None = None,
-                prefix_store: PrefixStore | None = None, cache_prefix: bool = True) -> TrialResult:
+def _frozen_keys(model: TransferModel, freeze: int) -> set[str]:
+    """The ``state_dict`` keys of the blocks that never train (``blocks[:freeze]``: eval mode, no gradient):
+    they hold what :func:`build_transfer` made from the pre-trained weights and the seed, so a resumed trial
+    rebuilds them and a checkpoint on disk may leave them out."""
+    frozen = {id(t) for block in list(model.blocks)[:freeze] for t in (*block.parameters(), *block.buffers())}
+    return {k for k, v in model.state_dict(keep_vars=True).items() if id(v) in frozen}
+
+
+def _load_trainable_state(model: TransferModel, state: dict[str, torch.Tensor], freeze: int) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    absent = set(missing) - _frozen_keys(model, freeze)
+    if unexpected or absent:
+        raise ValueError(
+            f"the checkpoint does not fit this trial's model: {len(absent)} missing and "
+            f"{len(unexpected)} unexpected entries (e.g. {sorted(absent or unexpected)[0]})"
+        )
+
+
+def train_trial(
+    config: TrialConfig,
+    splits: Splits,
+    *,
+    augmentation: dict | None = None,
+    state_dict: dict[str, Any] | None = None,
+    report: ReportFn | None = None,
+    resume: dict[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    prefix_store: PrefixStore | None = None,
+    cache_prefix: bool = True,
+) -> TrialResult:
     """Train one configuration and return its per-epoch history.
 
     With ``cache_prefix`` and ``freeze_blocks = k >= 1`` the frozen blocks ``[0, k)`` do not run per
@@ -232,13 +272,21 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
     generator = torch.Generator().manual_seed(config.seed)
     view_generator = torch.Generator().manual_seed(config.seed)
     drop_last = len(splits.train) > config.batch_size
-    loader = DataLoader(AugmentedDataset(splits.train, make_augmentation(augmentation)),
-                        batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
-                        generator=generator, num_workers=0)
+    loader = DataLoader(
+        AugmentedDataset(splits.train, make_augmentation(augmentation)),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        generator=generator,
+        num_workers=0,
+    )
     # The same sampler over indices draws the same batches from the same generator as `loader`.
-    index_loader = DataLoader(_BatchIndices(splits.train.labels), batch_size=None, generator=generator,
-                              sampler=BatchSampler(RandomSampler(splits.train.labels, generator=generator),
-                                                   config.batch_size, drop_last))
+    index_loader = DataLoader(
+        _BatchIndices(splits.train.labels),
+        batch_size=None,
+        generator=generator,
+        sampler=BatchSampler(RandomSampler(splits.train.labels, generator=generator), config.batch_size, drop_last),
+    )
     steps_per_epoch = len(loader)
     store = prefix_store if prefix_store is not None else PrefixStore()
     feeds: dict[int, _Feed] = {}
@@ -252,8 +300,11 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
                 # pre-trained weights' hash does not describe: key it by the model's own weights then.
                 weights = state_dict if level <= setup.transfer_blocks else None
                 entry = store.get(model, splits, level, augmentation=augmentation, state_dict=weights)
-            feeds[level] = (_image_feed(model, splits, loader) if entry is None
-                            else _prefix_feed(model, entry, index_loader, device))
+            feeds[level] = (
+                _image_feed(model, splits, loader)
+                if entry is None
+                else _prefix_feed(model, entry, index_loader, device)
+            )
         return feeds[level]
 
     start_epoch = 1 if resume is None else int(resume["epoch"]) + 1
@@ -267,7 +318,7 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
     result = TrialResult(config)
     best: dict[str, float] = {"best_val_accuracy": -1.0, "best_val_loss": math.inf}
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        _load_trainable_state(model, resume["model"], freeze)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
@@ -323,20 +374,29 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
         # The best epoch: the highest validation accuracy, a tie going to the lower validation loss.
         if (val["accuracy"], -val["loss"]) > (best["best_val_accuracy"], -best.get("best_val_loss", math.inf)):
             test = _evaluate(feed.forward, feed.test, splits.test.labels, device, amp_dtype=amp_dtype)
-            best = {"best_val_accuracy": val["accuracy"], "best_val_loss": val["loss"], "best_epoch": epoch,
-                    **{f"test_{k}": v for k, v in test.items()}}
+            best = {
+                "best_val_accuracy": val["accuracy"],
+                "best_val_loss": val["loss"],
+                "best_epoch": epoch,
+                **{f"test_{k}": v for k, v in test.items()},
+            }
         metrics.update(best)
         metrics["prefix_blocks"] = min(feed.start_block, num_blocks)
         metrics["prefix_cache_hit"] = 1.0 if feed.hit else 0.0
         metrics["epoch_time_s"] = time.perf_counter() - started
         if not math.isfinite(metrics["val_loss"]):
-            raise TrialDivergedError(f"validation loss became {metrics['val_loss']} at epoch {epoch}: lower the learning rates")
+            raise TrialDivergedError(
+                f"validation loss became {metrics['val_loss']} at epoch {epoch}: lower the learning rates"
+            )
         result.history.append(metrics)
 
         if report is not None:
-            def state(epoch=epoch, best=dict(best)) -> dict[str, Any]:
+
+            def state(epoch=epoch, best=dict(best)) -> dict[str, Any]:  # noqa: B006 (binds this epoch's copy)
                 return {
                     "model": copy.deepcopy(model.state_dict()),
+                    # a checkpoint may leave these out (nbtl.search.trainable does): resume rebuilds them
+                    "frozen_keys": sorted(_frozen_keys(model, freeze)),
                     "optimizer": copy.deepcopy(optimizer.state_dict()),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
@@ -347,5 +407,6 @@ def train_trial(config: TrialConfig, splits: Splits, *, augmentation: dict | Non
                     "best": best,
                     "epoch": epoch,
                 }
+
             report(metrics, state)
     return result

@@ -23,9 +23,12 @@ def nbtl_command(*args: str) -> list[str]:
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "nbtl", *args]
 
 
-def run_nbtl(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(nbtl_command(*args), cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
+def run_nbtl(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        nbtl_command(*args), cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -68,8 +71,9 @@ def splits():
     """Real digits at 32 px, 10 per class, split 60 / 20 / 20 (a module may override it)."""
     from nbtl.data import load_dataset, split_dataset
 
-    return split_dataset(load_dataset("digits", image_size=32, per_class=10, seed=0), val_fraction=0.2,
-                         test_fraction=0.2, seed=0)
+    return split_dataset(
+        load_dataset("digits", image_size=32, per_class=10, seed=0), val_fraction=0.2, test_fraction=0.2, seed=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +109,23 @@ def ray_head(tmp_path: Path):
     log = open(tmp_path / "ray_head.log", "w")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     process = subprocess.Popen(
-        [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0",
-         "--include-dashboard=false", "--disable-usage-stats", "--block"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            ray,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--block",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -16,8 +16,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -76,10 +76,27 @@ def running_mlflow_server(directory: Path, startup_timeout: float = 120) -> Iter
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
-             "--serve-artifacts", "--artifacts-destination", str(artifacts)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=env, start_new_session=True)
+            [
+                mlflow,
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{directory / 'mlflow.db'}",
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(artifacts),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            env=env,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + startup_timeout
         while not _healthy(uri):
@@ -102,9 +119,14 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 def _ray_node_ports() -> list[str]:
     """Ports every Ray node on this machine must not share with another node (or another Ray)."""
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+    return [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+    ]
 
 
 def _wait_for_log(path: Path, text: str, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
@@ -133,18 +155,50 @@ def running_ray_cluster(directory: Path, head_cpus: int = 1, worker_cpus: int = 
     try:
         head_log = directory / "ray_head.log"
         with open(head_log, "w") as log:
-            processes.append(subprocess.Popen(
-                [ray, "start", "--head", f"--port={port}", f"--num-cpus={head_cpus}", '--resources={"head_node": 1}',
-                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-                 f"--ray-client-server-port={free_port()}", *_ray_node_ports(), *common],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory, start_new_session=True))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        ray,
+                        "start",
+                        "--head",
+                        f"--port={port}",
+                        f"--num-cpus={head_cpus}",
+                        '--resources={"head_node": 1}',
+                        "--include-dashboard=true",
+                        "--dashboard-host=127.0.0.1",
+                        f"--dashboard-port={dashboard_port}",
+                        f"--ray-client-server-port={free_port()}",
+                        *_ray_node_ports(),
+                        *common,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=directory,
+                    start_new_session=True,
+                )
+            )
         _wait_for_log(head_log, "Ray runtime started", processes[0], "ray start --head")
         worker_log = directory / "ray_worker.log"
         with open(worker_log, "w") as log:
-            processes.append(subprocess.Popen(
-                [ray, "start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}",
-                 '--resources={"worker_node": 1}', *_ray_node_ports(), *common],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory, start_new_session=True))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        ray,
+                        "start",
+                        f"--address=127.0.0.1:{port}",
+                        f"--num-cpus={worker_cpus}",
+                        '--resources={"worker_node": 1}',
+                        *_ray_node_ports(),
+                        *common,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=directory,
+                    start_new_session=True,
+                )
+            )
         _wait_for_log(worker_log, "Ray runtime started", processes[1], "the second node (ray start --address)")
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
     finally:

@@ -70,9 +70,21 @@ TORCHVISION = [name for name in list_backbones() if get_spec(name).weights.start
 #: One torchvision network per cut function (the smallest), for the tests that build the
 #: torchvision original too; test_representatives_cover_every_cut checks none is missed.
 REPRESENTATIVES = [
-    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3",
-    "mnasnet0_5", "mobilenet_v2", "regnet_y_400mf", "resnet18", "shufflenet_v2_x0_5", "squeezenet1_1",
-    "swin_v2_t", "vgg11_bn", "vit_b_16",
+    "alexnet",
+    "convnext_tiny",
+    "densenet121",
+    "efficientnet_b0",
+    "googlenet",
+    "inception_v3",
+    "mnasnet0_5",
+    "mobilenet_v2",
+    "regnet_y_400mf",
+    "resnet18",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+    "swin_v2_t",
+    "vgg11_bn",
+    "vit_b_16",
 ]
 
 #: GoogLeNet and Inception v3 fold torchvision's transform_input into their normalisation.
@@ -218,8 +230,9 @@ def test_folded_transform_input_matches_torchvision(name):
     # torchvision runs these ImageNet weights with transform_input=True and without the aux
     # heads (aux_logits=False, so their keys are absent too).
     torch.manual_seed(4)
-    reference = torchvision.models.get_model(name, weights=None, transform_input=True, aux_logits=False,
-                                             init_weights=False).eval()
+    reference = torchvision.models.get_model(
+        name, weights=None, transform_input=True, aux_logits=False, init_weights=False
+    ).eval()
     backbone = create_backbone(name, state_dict=reference.state_dict()).eval()
     spec, torchvision_spec = backbone.spec, torchvision.models.get_model_weights(name).DEFAULT.transforms()
     images = torch.rand(1, 3, spec.min_input_size, spec.min_input_size)
@@ -228,8 +241,10 @@ def test_folded_transform_input_matches_torchvision(name):
         return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
     with torch.no_grad():
-        torch.testing.assert_close(backbone.source_logits(normalise(spec.mean, spec.std)),
-                                   reference(normalise(torchvision_spec.mean, torchvision_spec.std)))
+        torch.testing.assert_close(
+            backbone.source_logits(normalise(spec.mean, spec.std)),
+            reference(normalise(torchvision_spec.mean, torchvision_spec.std)),
+        )
 
 
 def test_vit_resizes_position_embedding_only_off_its_native_size():
@@ -279,8 +294,9 @@ def test_backbone_format_round_trip(tmp_path):
         torch.testing.assert_close(from_memory(x), original(x))
 
 
-@pytest.mark.parametrize("name, file_name", [("resnet18", "resnet18-f37072fd.pth"),
-                                              ("vit_b_16", "vit_b_16-c867db91.pth")])
+@pytest.mark.parametrize(
+    "name, file_name", [("resnet18", "resnet18-f37072fd.pth"), ("vit_b_16", "vit_b_16-c867db91.pth")]
+)
 def test_missing_torchvision_weights_fail_fast_with_path(tmp_path, monkeypatch, name, file_name):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     # Route downloads through a closed local port, so the download fails online too.

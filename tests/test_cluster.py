@@ -8,9 +8,10 @@ import time
 import uuid
 
 import pytest
+from test_search_e2e import TRIALS, check_store
+
 from conftest import BIN, REPO
 from servers import mlflow_server, ray_cluster  # noqa: F401  (fixtures)
-from test_search_e2e import TRIALS, check_store
 
 pytestmark = pytest.mark.e2e
 
@@ -20,8 +21,17 @@ NAME = "cluster-e2e"
 def submit(cluster: dict, *entrypoint: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``ray job submit`` (blocking: it follows the job's log to its end); retried while the fresh
     head's job agent is still starting."""
-    command = [str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"],
-               "--submission-id", f"nbtl-{uuid.uuid4().hex[:8]}", "--", *entrypoint]
+    command = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        cluster["dashboard"],
+        "--submission-id",
+        f"nbtl-{uuid.uuid4().hex[:8]}",
+        "--",
+        *entrypoint,
+    ]
     deadline = time.monotonic() + 90
     while True:
         result = subprocess.run(command, env=cluster["env"], capture_output=True, text=True, timeout=timeout)
@@ -31,9 +41,24 @@ def submit(cluster: dict, *entrypoint: str, timeout: float = 600) -> subprocess.
 
 
 def test_ray_job_submit_on_two_nodes_tracks_to_mlflow_server(tmp_path, mlflow_server, ray_cluster):  # noqa: F811
-    result = submit(ray_cluster, "nbtl", "search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits",
-                    "--trials", str(TRIALS), "--max-concurrent", "2", "--name", NAME,
-                    "--tracking-uri", mlflow_server, "--storage-path", str(tmp_path / "results"))
+    result = submit(
+        ray_cluster,
+        "nbtl",
+        "search",
+        str(REPO / "search_spaces" / "tiny.yaml"),
+        "--data",
+        "digits",
+        "--trials",
+        str(TRIALS),
+        "--max-concurrent",
+        "2",
+        "--name",
+        NAME,
+        "--tracking-uri",
+        mlflow_server,
+        "--storage-path",
+        str(tmp_path / "results"),
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "succeeded" in output, output[-5000:]
 

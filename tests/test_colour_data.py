@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nbtl.data import load_dataset, split_dataset
-from nbtl.data import colour
+from nbtl.data import colour, load_dataset, split_dataset
 from nbtl.errors import DataError
 
 # name -> (classes, fewest images in a class); the emoji and icon sets need their Debian packages.
@@ -33,8 +32,7 @@ NAMES = [_available(name) for name in PROMISED]
 @pytest.fixture(scope="module")
 def loaded() -> dict:
     """Each available source once, in full, at 24 px (shared: decoding is the slow part)."""
-    return {name: load_dataset(name, image_size=24) for name in PROMISED
-            if NEEDS.get(name, (True,))[0]}
+    return {name: load_dataset(name, image_size=24) for name in PROMISED if NEEDS.get(name, (True,))[0]}
 
 
 @pytest.mark.parametrize("name", NAMES)

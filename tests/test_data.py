@@ -155,6 +155,74 @@ def test_csv_with_integer_labels_sorts_them_numerically(image_folder, tmp_path):
     assert dataset.classes == ["2", "10"] and dataset.labels.tolist() == [1, 0, 0, 1]
 
 
+def _distinct_images(root: Path, per_class: int = 12) -> None:
+    """root/<class>/: PNGs whose colour encodes (class, index), so a repeated image is visible."""
+    for label, name in enumerate(COLOURS):
+        for i in range(per_class):
+            _write_image(root / name / f"{name}{i:02d}.png", (label * 60, i * 20, 100), (6, 6))
+
+
+def _colours(dataset: ImageDataset) -> list[tuple[int, ...]]:
+    return [tuple(image[:, 0, 0].tolist()) for image in dataset.images]
+
+
+def test_symlink_loops_and_links_list_each_real_image_once(tmp_path, caplog):
+    root = tmp_path / "looped"
+    _distinct_images(root)  # 3 classes x 12 = 36 distinct images
+    (root / "cat" / "again").symlink_to(root / "cat", target_is_directory=True)  # cat/again -> cat
+    (root / "dog" / "deep").mkdir()
+    (root / "dog" / "deep" / "up").symlink_to(root / "dog", target_is_directory=True)  # a longer loop
+    (root / "bird" / "alias.png").symlink_to(root / "bird" / "bird00.png")  # one file, two names
+    (root / "bird" / "hard.png").hardlink_to(root / "bird" / "bird01.png")
+    _write_image(root / "dog" / "deep" / "new.png", (250, 250, 250), (6, 6))  # a real nested image
+    with caplog.at_level("WARNING", logger="nbtl.data.listing"):
+        dataset = load_dataset(root, image_size=4)
+    assert dataset.class_counts() == {"bird": 12, "cat": 12, "dog": 13}
+    assert len(set(_colours(dataset))) == len(dataset) == 37
+    assert any("bird" in record.message and "2 paths" in record.message for record in caplog.records)
+    splits = split_dataset(dataset, val_fraction=0.2, test_fraction=0.2, seed=0)
+    parts = [set(_colours(part)) for part in (splits.train, splits.val, splits.test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
+def test_a_link_putting_one_image_in_two_classes_is_refused(tmp_path):
+    root = tmp_path / "crossed"
+    _distinct_images(root, per_class=3)
+    (root / "cat" / "everything").symlink_to(root, target_is_directory=True)  # cat/everything -> root
+    with pytest.raises(DataError, match=r"same file as .*bird00.png.*class 'bird'") as error:
+        load_dataset(root, image_size=4)
+    assert "class 'cat'" in _one_line(error)
+
+
+def test_csv_duplicate_rows_are_dropped_with_a_warning_naming_them(tmp_path, caplog):
+    root = tmp_path / "files"
+    _distinct_images(root, per_class=4)
+    rows = [[f"files/{name}/{name}{i:02d}.png", name] for name in COLOURS for i in range(4)]
+    rows += [["files/cat/cat00.png", "cat"], ["./files/cat/../cat/cat01.png", "cat"]]  # lines 14, 15
+    csv_path = _write_csv(tmp_path / "dups.csv", ["path", "label"], rows)
+    with caplog.at_level("WARNING", logger="nbtl.data.listing"):
+        dataset = load_dataset(csv_path, image_size=4)
+    assert len(dataset) == 12 and len(set(_colours(dataset))) == 12
+    message = " ".join(record.message for record in caplog.records)
+    assert "dropped 2 duplicate rows" in message
+    assert "line 14 repeats line 6" in message and "line 15 repeats line 7" in message
+
+
+def test_csv_image_under_two_labels_is_refused_naming_both_rows(tmp_path):
+    root = tmp_path / "files"
+    _distinct_images(root, per_class=4)
+    rows = [[f"files/{name}/{name}{i:02d}.png", name] for name in COLOURS for i in range(4)]
+    rows.append(["files/cat/cat02.png", "dog"])  # line 14; line 8 says cat
+    csv_path = _write_csv(tmp_path / "clash.csv", ["path", "label"], rows)
+    with pytest.raises(
+        DataError,
+        match=r"line 14: image '.*cat02.png' has label 'dog' but line 8 "
+        r"gives it label 'cat'",
+    ) as error:
+        load_dataset(csv_path, image_size=4)
+    _one_line(error)
+
+
 def test_digits_loads_all_and_per_class_is_seeded():
     digits = load_dataset("digits", image_size=16)
     assert digits.images.shape == (1797, 3, 16, 16) and len(digits.classes) == 10
@@ -327,9 +395,7 @@ def test_corrupt_idx_file_is_named(tmp_path):
         load_dataset(f"fashion-mnist:{tmp_path}", image_size=8)
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"image_size": 0}, {"image_size": 8.5}, {"image_size": 8, "per_class": 0}]
-)
+@pytest.mark.parametrize("kwargs", [{"image_size": 0}, {"image_size": 8.5}, {"image_size": 8, "per_class": 0}])
 def test_bad_sizes_are_rejected(kwargs):
     with pytest.raises(DataError, match="must be a positive integer"):
         load_dataset("digits", **kwargs)

@@ -3,7 +3,8 @@
 Every file under deploy/ is parsed (YAML documents, Dockerfiles line by line, the compose file with its
 ``${VAR:-default}`` interpolation) and the fields that tie the pieces together are checked against each other
 and against the repository: pyproject.toml, ``nbtl.__version__``, the installed Ray, the search spaces and
-nbtl's own argument parser. No Docker, Kubernetes or cloud account needed; well under a second.
+nbtl's own argument parser; the image's `pip install /app` is replayed on its build context (a wheel build).
+No Docker, Kubernetes or cloud account needed; a few seconds.
 """
 
 from __future__ import annotations
@@ -44,23 +45,59 @@ GPU = "nvidia.com/gpu"
 # Fields of the KubeRay ray.io/v1 types (KubeRay 1.5-1.7) that these manifests may use; a typo in a field name
 # is silently dropped by the API server, so catch it here.
 RAYJOB_SPEC_FIELDS = {
-    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata",
-    "clusterSelector", "submitterConfig", "managedBy", "deletionStrategy", "entrypoint", "runtimeEnvYAML",
-    "jobId", "submissionMode", "entrypointResources", "entrypointNumCpus", "entrypointNumGpus",
-    "ttlSecondsAfterFinished", "shutdownAfterJobFinishes", "suspend", "schedule",
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "rayClusterSpec",
+    "submitterPodTemplate",
+    "metadata",
+    "clusterSelector",
+    "submitterConfig",
+    "managedBy",
+    "deletionStrategy",
+    "entrypoint",
+    "runtimeEnvYAML",
+    "jobId",
+    "submissionMode",
+    "entrypointResources",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "ttlSecondsAfterFinished",
+    "shutdownAfterJobFinishes",
+    "suspend",
+    "schedule",
 }
 RAYCLUSTER_SPEC_FIELDS = {
-    "headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling", "autoscalerOptions",
-    "headServiceAnnotations", "suspend", "managedBy", "gcsFaultToleranceOptions", "authOptions",
+    "headGroupSpec",
+    "workerGroupSpecs",
+    "rayVersion",
+    "enableInTreeAutoscaling",
+    "autoscalerOptions",
+    "headServiceAnnotations",
+    "suspend",
+    "managedBy",
+    "gcsFaultToleranceOptions",
+    "authOptions",
     "upgradeStrategy",
 }
-HEAD_GROUP_FIELDS = {"serviceType", "headService", "enableIngress", "rayStartParams", "template", "resources",
-                     "labels"}
-WORKER_GROUP_FIELDS = {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts", "rayStartParams",
-                       "template", "scaleStrategy", "suspend", "idleTimeoutSeconds", "resources", "labels"}
+HEAD_GROUP_FIELDS = {"serviceType", "headService", "enableIngress", "rayStartParams", "template", "resources", "labels"}
+WORKER_GROUP_FIELDS = {
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "numOfHosts",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+    "suspend",
+    "idleTimeoutSeconds",
+    "resources",
+    "labels",
+}
 
 
 # ---------------------------------------------------------------------------------------------- readers
+
 
 def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -156,8 +193,15 @@ def compose() -> dict:
 def server_options(argv: list[str]) -> dict[str, str | bool]:
     """``mlflow server`` options of an argv (after ``server``): --flag VALUE, or --flag for the switches."""
     assert argv and argv[0] == "server", f"not an `mlflow server` command: {argv}"
-    switches = {"--serve-artifacts", "--no-serve-artifacts", "--artifacts-only", "--dev",
-                "--disable-security-middleware", "--enable-workspaces", "--disable-workspaces"}
+    switches = {
+        "--serve-artifacts",
+        "--no-serve-artifacts",
+        "--artifacts-only",
+        "--dev",
+        "--disable-security-middleware",
+        "--enable-workspaces",
+        "--disable-workspaces",
+    }
     options, rest = {}, list(argv[1:])
     while rest:
         flag = rest.pop(0)
@@ -225,7 +269,7 @@ def space_file(path: str) -> Path:
     copies = {dest.rstrip("/"): src.rstrip("/") for src, dest in dockerfile_copies()}
     for dest, src in copies.items():
         if path.startswith(dest + "/"):
-            path = src + path[len(dest):]
+            path = src + path[len(dest) :]
     return REPO / path
 
 
@@ -279,6 +323,7 @@ def gpu_worker_capacity() -> list[tuple[str, float, float]]:
 
 # ------------------------------------------------------------------------------------------------ tests
 
+
 def test_every_file_under_deploy_parses():
     files = deploy_files()
     assert files, "deploy/ is empty"
@@ -288,8 +333,25 @@ def test_every_file_under_deploy_parses():
             assert all(isinstance(d, dict) for d in yaml_docs(rel)), f"{rel}: every document must be a mapping"
         elif path.name == "Dockerfile":
             instructions = dockerfile(rel)
-            known = {"FROM", "ARG", "RUN", "COPY", "ADD", "ENV", "LABEL", "USER", "WORKDIR", "EXPOSE", "ENTRYPOINT",
-                     "CMD", "SHELL", "HEALTHCHECK", "VOLUME", "STOPSIGNAL", "ONBUILD"}
+            known = {
+                "FROM",
+                "ARG",
+                "RUN",
+                "COPY",
+                "ADD",
+                "ENV",
+                "LABEL",
+                "USER",
+                "WORKDIR",
+                "EXPOSE",
+                "ENTRYPOINT",
+                "CMD",
+                "SHELL",
+                "HEALTHCHECK",
+                "VOLUME",
+                "STOPSIGNAL",
+                "ONBUILD",
+            }
             assert {k for k, _ in instructions} <= known, f"{rel}: unknown instruction"
             assert next(k for k, _ in instructions if k != "ARG") == "FROM", f"{rel}: FROM must come first"
         elif path.name.endswith(".dockerignore"):
@@ -303,8 +365,9 @@ def test_every_file_under_deploy_parses():
             assert text.startswith("# "), f"{rel} should start with a title"
         elif path.suffix == ".env":
             for line in text.splitlines():
-                assert not line.strip() or line.startswith("#") or re.match(r"^[A-Z_][A-Z0-9_]*=", line), \
+                assert not line.strip() or line.startswith("#") or re.match(r"^[A-Z_][A-Z0-9_]*=", line), (
                     f"{rel}: {line!r} is neither KEY=value nor a comment"
+                )
         else:
             pytest.fail(f"deploy/{rel}: no check for this kind of file; add one to tests/test_deploy.py")
 
@@ -348,7 +411,9 @@ def test_every_node_runs_the_same_nbtl_image():
     launcher = yaml_docs("ray-cluster/cluster.yaml")[0]
     docker = launcher["docker"]
     images = {docker["image"], docker.get("head_image", docker["image"]), docker.get("worker_image", docker["image"])}
-    images |= {n.get("docker", {}).get("worker_image", docker["image"]) for n in launcher["available_node_types"].values()}
+    images |= {
+        n.get("docker", {}).get("worker_image", docker["image"]) for n in launcher["available_node_types"].values()
+    }
     assert images == {f"{IMAGE}:{version()}-gpu"}, f"cluster.yaml: one -gpu nbtl image on every node, got {images}"
     for source, spec in ray_cluster_specs():
         images = {ray_container(pod)["image"] for _, pod in pod_specs(spec)}
@@ -383,16 +448,72 @@ def test_dockerfile_installs_the_repository():
         assert copies[src].startswith("/app/"), f"{src} should go to /app/"
     runs = [rest for k, rest in dockerfile("docker/Dockerfile") if k == "RUN"]
     assert any("pip install" in r and " /app " in r for r in runs), "the Dockerfile must `pip install /app`"
-    assert any('"${WITH_FASHION_MNIST}" = "1"' in r and "apt-get install" in r and "dataset-fashion-mnist" in r
-               for r in runs), "dataset-fashion-mnist should be apt-installed under WITH_FASHION_MNIST"
+    assert any(
+        '"${WITH_FASHION_MNIST}" = "1"' in r and "apt-get install" in r and "dataset-fashion-mnist" in r for r in runs
+    ), "dataset-fashion-mnist should be apt-installed under WITH_FASHION_MNIST"
     users = [rest for k, rest in dockerfile("docker/Dockerfile") if k == "USER"]
     assert users[-1] == "ray", "the image should run as rayproject's user `ray`, not root"
     # the build context is filtered by Dockerfile.dockerignore: everything the Dockerfile copies must pass it
-    ignore = [l.strip() for l in (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
-              if l.strip() and not l.startswith("#")]
+    ignore = [
+        l.strip()
+        for l in (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+        if l.strip() and not l.startswith("#")
+    ]
     assert ignore[0] == "*", "Dockerfile.dockerignore should exclude everything, then re-include"
     for src in needed:
         assert "!" + src.rstrip("/") in ignore, f"Dockerfile.dockerignore keeps {src} out of the build context"
+
+
+def dockerignore_match(pattern: str, path: str) -> bool:
+    """Docker's pattern syntax: ``*`` and ``?`` stay within one folder, ``**`` spans any number of folders."""
+    regex = ""
+    for token in re.split(r"(\*\*/?|\*|\?)", pattern.strip("/")):
+        regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token, re.escape(token))
+    return re.fullmatch(regex, path) is not None
+
+
+def in_build_context(relative: str) -> bool:
+    """Whether Dockerfile.dockerignore lets ``relative`` (a repository path) into the build context: the last
+    pattern that matches the path or one of its parent folders decides, ``!`` re-includes."""
+    patterns = [
+        l.strip()
+        for l in (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+        if l.strip() and not l.strip().startswith("#")
+    ]
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    kept = True
+    for pattern in patterns:
+        if any(dockerignore_match(pattern.lstrip("!"), prefix) for prefix in prefixes):
+            kept = pattern.startswith("!")
+    return kept
+
+
+def test_image_installs_a_wheel_that_ships_heuristics_and_spaces(tmp_path):
+    """The image's `pip install /app`, replayed: the files the build context lets through, COPY'd as the
+    Dockerfile does, build a wheel holding the rules, the learned recommender, the meta-dataset and every search
+    space, since the image deletes the sources after installing and `nbtl recommend` runs from the wheel alone."""
+    from test_packaging import build_wheel, missing_from_wheel
+
+    app = tmp_path / "app"
+    for src, dest in dockerfile_copies():
+        assert dest.startswith("/app/"), f"the Dockerfile copies {src} to {dest}, outside /app/"
+        source = REPO / src
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+        files = [p for p in files if p.exists() and in_build_context(str(p.relative_to(REPO)))]
+        assert files, f"the Dockerfile copies {src}, which the build context (Dockerfile.dockerignore) lacks"
+        for file in files:
+            target = app / dest[len("/app/") :]
+            target = target / file.relative_to(source) if source.is_dir() else target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+    assert not list(app.rglob("__pycache__")), "Dockerfile.dockerignore lets __pycache__ into the image"
+    wheel = build_wheel(app, tmp_path / "wheel")
+    assert missing_from_wheel(wheel) == [], "the image's nbtl wheel lacks shipped files"
+    install = next(rest for k, rest in dockerfile("docker/Dockerfile") if k == "RUN" and "pip install" in rest)
+    assert "rm -rf /app/nbtl /app/heuristics" in install and "cd / " in install, (
+        "the image should drop /app's sources after installing and check the installed nbtl outside /app"
+    )
 
 
 def test_cluster_yaml_is_a_valid_ray_launcher_config():
@@ -403,16 +524,25 @@ def test_cluster_yaml_is_a_valid_ray_launcher_config():
     types = config["available_node_types"]
     assert config["head_node_type"] in types
     head = types[config["head_node_type"]]
-    assert head["resources"].get("GPU", 0) == 0 and head["resources"].get("CPU", 1) == 0, \
+    assert head["resources"].get("GPU", 0) == 0 and head["resources"].get("CPU", 1) == 0, (
         "the head runs the driver only: resources {CPU: 0, GPU: 0}"
+    )
     workers = {n: t for n, t in types.items() if n != config["head_node_type"]}
     assert workers and all(t["resources"].get("GPU", 0) >= 1 for t in workers.values()), "workers need GPUs"
-    assert all(re.match(r"(g|p)\d", t["node_config"]["InstanceType"]) for t in workers.values()), \
+    assert all(re.match(r"(g|p)\d", t["node_config"]["InstanceType"]) for t in workers.values()), (
         "GPU node types need a GPU instance type (g*/p*)"
+    )
     assert config["max_workers"] >= sum(t.get("max_workers", 0) for t in workers.values())
-    assert all(t["node_config"].get("ImageId") for t in types.values()), "Ray's default AMI is Ubuntu 18.04: set ImageId"
+    assert all(t["node_config"].get("ImageId") for t in types.values()), (
+        "Ray's default AMI is Ubuntu 18.04: set ImageId"
+    )
     head_start = " ".join(config["head_start_ray_commands"])
-    for flag in ("--head", f"--port={RAY_GCS_PORT}", "--dashboard-host=0.0.0.0", f"--dashboard-port={RAY_DASHBOARD_PORT}"):
+    for flag in (
+        "--head",
+        f"--port={RAY_GCS_PORT}",
+        "--dashboard-host=0.0.0.0",
+        f"--dashboard-port={RAY_DASHBOARD_PORT}",
+    ):
         assert flag in head_start, f"head_start_ray_commands lacks {flag}"
     assert f"--address=$RAY_HEAD_IP:{RAY_GCS_PORT}" in " ".join(config["worker_start_ray_commands"])
     run_options = " ".join(config["docker"]["run_options"])
@@ -428,8 +558,9 @@ def test_cluster_yaml_tracking_uri_reaches_the_compose_server():
     published = {int(p.split(":")[-2]): int(p.split(":")[-1]) for p in service["ports"]}
     assert parts.scheme == "http" and parts.port in published, f"{uri}: compose publishes {published}"
     assert published[parts.port] == int(compose_mlflow_options()["--port"])
-    assert host_allowed(compose_mlflow_options()["--allowed-hosts"], parts.netloc), \
+    assert host_allowed(compose_mlflow_options()["--allowed-hosts"], parts.netloc), (
         f"the compose server's --allowed-hosts refuses Host {parts.netloc}"
+    )
 
 
 def test_kuberay_manifests_use_ray_io_v1_fields():
@@ -439,8 +570,9 @@ def test_kuberay_manifests_use_ray_io_v1_fields():
                 assert doc["apiVersion"] == "ray.io/v1", f"{relative}: {doc['kind']} should use ray.io/v1"
             if doc["kind"] == "RayJob":
                 assert set(doc["spec"]) <= RAYJOB_SPEC_FIELDS, f"{relative}: {set(doc['spec']) - RAYJOB_SPEC_FIELDS}"
-                assert ("rayClusterSpec" in doc["spec"]) != ("clusterSelector" in doc["spec"]), \
+                assert ("rayClusterSpec" in doc["spec"]) != ("clusterSelector" in doc["spec"]), (
                     f"{relative}: give rayClusterSpec or clusterSelector"
+                )
     for source, spec in ray_cluster_specs():
         assert set(spec) <= RAYCLUSTER_SPEC_FIELDS, f"{source}: unknown fields {set(spec) - RAYCLUSTER_SPEC_FIELDS}"
         assert spec.get("authOptions", {}).get("mode", "token") in ("token", "disabled")
@@ -450,15 +582,18 @@ def test_kuberay_manifests_use_ray_io_v1_fields():
             assert set(group) <= WORKER_GROUP_FIELDS, f"{source}: unknown fields {set(group) - WORKER_GROUP_FIELDS}"
             assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], f"{source}: replicas out of range"
         for group in groups:
-            assert all(isinstance(v, str) for v in group["rayStartParams"].values()), \
+            assert all(isinstance(v, str) for v in group["rayStartParams"].values()), (
                 f"{source}: rayStartParams values must be strings"
+            )
 
 
 def test_rayjob_cluster_is_the_raycluster():
     (_, cluster), (_, job_cluster) = ray_cluster_specs()
     assert job_cluster == cluster, "rayjob.yaml's rayClusterSpec should be raycluster.yaml's spec"
-    assert one(yaml_docs("kuberay/raycluster.yaml"), "RayCluster")["metadata"]["name"] in \
-        (DEPLOY / "kuberay" / "README.md").read_text()
+    assert (
+        one(yaml_docs("kuberay/raycluster.yaml"), "RayCluster")["metadata"]["name"]
+        in (DEPLOY / "kuberay" / "README.md").read_text()
+    )
 
 
 def test_head_exposes_ray_ports_and_runs_no_trials():
@@ -489,9 +624,12 @@ def test_gpu_worker_groups_request_gpus():
 
 def test_ray_pods_share_tracking_uri_and_storage():
     url = mlflow_service_url()
-    claims = {d["metadata"]["name"]: d for d in yaml_docs("kuberay/storage.yaml") if d["kind"] == "PersistentVolumeClaim"}
-    assert claims and all("ReadWriteMany" in c["spec"]["accessModes"] for c in claims.values()), \
+    claims = {
+        d["metadata"]["name"]: d for d in yaml_docs("kuberay/storage.yaml") if d["kind"] == "PersistentVolumeClaim"
+    }
+    assert claims and all("ReadWriteMany" in c["spec"]["accessModes"] for c in claims.values()), (
         "storage.yaml: Ray Tune's storage must be a ReadWriteMany claim"
+    )
     for source, spec in ray_cluster_specs():
         for where, pod in pod_specs(spec):
             container = ray_container(pod)
@@ -578,13 +716,15 @@ def test_nbtl_commands_are_accepted_by_nbtl(where, command):
     space = space_file(args.space)
     assert space.exists() and space.parent == REPO / "search_spaces", f"{where}: no space file {args.space}"
     if args.data == "fashion-mnist":
-        assert dockerfile_args("docker/Dockerfile")["WITH_FASHION_MNIST"] == "1", \
+        assert dockerfile_args("docker/Dockerfile")["WITH_FASHION_MNIST"] == "1", (
             f"{where} uses --data fashion-mnist, which the image leaves out"
+        )
     if where.startswith("docker/"):
         return  # a local try-out of the image, not a cluster run
     assert args.address == "auto", f"{where}: without --address auto the driver starts its own embedded Ray"
-    assert args.storage_path and (args.storage_path + "/").startswith(SHARED_MOUNT + "/"), \
+    assert args.storage_path and (args.storage_path + "/").startswith(SHARED_MOUNT + "/"), (
         f"{where}: --storage-path must be on the shared mount {SHARED_MOUNT}"
+    )
     if args.tracking_uri is not None and where.startswith("kuberay"):
         assert args.tracking_uri == mlflow_service_url(), f"{where}: --tracking-uri != {mlflow_service_url()}"
     resources = yaml.safe_load(space.read_text())["search"].get("resources", {})

@@ -23,10 +23,24 @@ pytestmark = pytest.mark.e2e
 SPACE = {
     "name": "faults",
     "data": {"image_size": 32, "per_class": 40, "val_fraction": 0.2, "test_fraction": 0.2},
-    "search": {"trials": 4, "max_concurrent": 2, "seed": 0, "max_failures": 1, "resources": {"cpu": 1, "gpu": 0},
-               "sampler": {"type": "random"}, "scheduler": {"type": "fifo"}},
-    "parameters": {"backbone": "efficientnet_lite0", "transfer_blocks": 9, "freeze_blocks": {"low": 6, "high": 8},
-                   "lr": {"low": 0.005, "high": 0.05, "log": True}, "head": "linear", "epochs": 4, "batch_size": 32},
+    "search": {
+        "trials": 4,
+        "max_concurrent": 2,
+        "seed": 0,
+        "max_failures": 1,
+        "resources": {"cpu": 1, "gpu": 0},
+        "sampler": {"type": "random"},
+        "scheduler": {"type": "fifo"},
+    },
+    "parameters": {
+        "backbone": "efficientnet_lite0",
+        "transfer_blocks": 9,
+        "freeze_blocks": {"low": 6, "high": 8},
+        "lr": {"low": 0.005, "high": 0.05, "log": True},
+        "head": "linear",
+        "epochs": 4,
+        "batch_size": 32,
+    },
 }
 
 
@@ -40,9 +54,13 @@ def write_space(tmp_path: Path, **search) -> Path:
 
 def start_search(tmp_path: Path, tracking_uri: str, *args: str) -> subprocess.Popen:
     log = open(tmp_path / "search.log", "a")
-    return subprocess.Popen(nbtl_command("search", *args, "--tracking-uri", tracking_uri,
-                                         "--storage-path", str(tmp_path / "results")),
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        nbtl_command("search", *args, "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "results")),
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def runs(tracking_uri: str, name: str = "faults"):
@@ -71,10 +89,14 @@ def test_raising_trial_fails_and_killed_worker_is_retried(tmp_path, tracking_uri
     process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits")
     log = tmp_path / "search.log"
     try:
+
         def healthy_trial_mid_way():
             for run in trial_runs(runs(tracking_uri)):
-                if run.info.status == "RUNNING" and run.data.params.get("lr") != "1e+20" \
-                        and 1 <= run.data.metrics.get("epoch", 0) < 3:
+                if (
+                    run.info.status == "RUNNING"
+                    and run.data.params.get("lr") != "1e+20"
+                    and 1 <= run.data.metrics.get("epoch", 0) < 3
+                ):
                     return run
             return None
 
@@ -105,8 +127,13 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tracking_uri):
     process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits")
     log = tmp_path / "search.log"
     try:
-        wait_for(lambda: any(r.data.metrics.get("epoch", 0) >= 2 for r in trial_runs(runs(tracking_uri))),
-                 300, "a trial's second epoch", log, process)
+        wait_for(
+            lambda: any(r.data.metrics.get("epoch", 0) >= 2 for r in trial_runs(runs(tracking_uri))),
+            300,
+            "a trial's second epoch",
+            log,
+            process,
+        )
         os.killpg(process.pid, signal.SIGKILL)  # the driver and everything in its session
         process.wait(timeout=30)
     finally:

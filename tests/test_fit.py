@@ -9,8 +9,13 @@ import torch
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from nbtl.backbones import create_backbone, get_spec, load_pretrained_state_dict
-from nbtl.data import load_dataset
+from nbtl.backbones import (
+    create_backbone,
+    get_spec,
+    list_backbones,
+    load_pretrained_state_dict,
+)
+from nbtl.data import ImageDataset, load_dataset
 from nbtl.fit import (
     MeasureError,
     block_features,
@@ -81,8 +86,10 @@ def _direct_log_evidence(features, target):
         z = np.linalg.solve(chol, target)
         return (0.5 * z @ z + np.log(np.diag(chol)).sum() + 0.5 * n * np.log(2 * np.pi)) / n
 
-    runs = [minimize(negative, start, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-10})
-            for start in [(0.0, 0.0), (3.0, -3.0), (-3.0, 3.0)]]
+    runs = [
+        minimize(negative, start, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-10})
+        for start in [(0.0, 0.0), (3.0, -3.0), (-3.0, 3.0)]
+    ]
     return -min(run.fun for run in runs)
 
 
@@ -102,8 +109,9 @@ TINY_LABELS = np.array([0, 0, 1, 1])
 
 def test_leep_on_a_hand_computed_example():
     # P(y, z) = [[0.3, 0.2], [0.1, 0.4]], P(z) = [0.4, 0.6], P(y | z) = [[3/4, 1/3], [1/4, 2/3]]
-    expected = np.mean(np.log([0.8 * 3 / 4 + 0.2 / 3, 0.4 * 3 / 4 + 0.6 / 3,
-                               0.3 / 4 + 0.7 * 2 / 3, 0.1 / 4 + 0.9 * 2 / 3]))
+    expected = np.mean(
+        np.log([0.8 * 3 / 4 + 0.2 / 3, 0.4 * 3 / 4 + 0.6 / 3, 0.3 / 4 + 0.7 * 2 / 3, 0.1 / 4 + 0.9 * 2 / 3])
+    )
     assert leep(TINY_PROBS, TINY_LABELS) == pytest.approx(expected, rel=1e-12)
 
 
@@ -166,7 +174,8 @@ def test_unshrunk_h_score_is_invariant_to_invertible_linear_maps():
     features, labels, _ = clustered(separation=1.0)
     mixing = np.random.default_rng(3).normal(size=(6, 6)) + 3 * np.eye(6)
     assert h_score(features @ mixing, labels, shrinkage=0.0) == pytest.approx(
-        h_score(features, labels, shrinkage=0.0), rel=1e-8)
+        h_score(features, labels, shrinkage=0.0), rel=1e-8
+    )
 
 
 def test_h_score_shrinkage_matches_scikit_learn_ledoit_wolf():
@@ -177,24 +186,26 @@ def test_h_score_shrinkage_matches_scikit_learn_ledoit_wolf():
         labels = np.arange(n_samples) % 3
         features = rng.normal(size=(n_samples, n_features)) + rng.normal(size=(3, n_features))[labels]
         shrinkage = ledoit_wolf_shrinkage(features)
-        assert h_score(features, labels) == pytest.approx(h_score(features, labels, shrinkage=shrinkage),
-                                                          rel=1e-9)
+        assert h_score(features, labels) == pytest.approx(h_score(features, labels, shrinkage=shrinkage), rel=1e-9)
 
 
 # ------------------------------------------------------------------ input validation
-@pytest.mark.parametrize("call, message", [
-    (lambda: logme(np.ones(6), [0, 1] * 3), "2-D array"),
-    (lambda: logme(np.ones((6, 2)), [0, 1] * 2), "4 entries but there are 6 samples"),
-    (lambda: logme(np.ones((6, 2)), [1] * 6), "at least 2 classes"),
-    (lambda: h_score(np.full((6, 2), np.nan), [0, 1] * 3), "finite"),
-    (lambda: h_score(np.ones((6, 2)), [0, 1] * 3, shrinkage=2), "shrinkage"),
-    (lambda: leep(np.full((4, 2), 0.6), [0, 1] * 2), "sum to 1"),
-    (lambda: nce(np.array([[1.5, -0.5]] * 4), [0, 1] * 2), "pass softmax"),
-    (lambda: knn_accuracy(np.ones((6, 2)), [0, 1] * 3, cv=4), "cv=4 needs at least 4 samples"),
-    (lambda: knn_accuracy(np.ones((6, 2)), [0, 1] * 3, k=0), "k must be an integer"),
-    (lambda: linear_probe_accuracy(np.ones((6, 2)), [0, 1] * 3, cv=1), "cv must be an integer >= 2"),
-    (lambda: fit_table([np.ones((6, 2))], [0, 1] * 3, measures=["accuracy"]), "measures must be"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: logme(np.ones(6), [0, 1] * 3), "2-D array"),
+        (lambda: logme(np.ones((6, 2)), [0, 1] * 2), "4 entries but there are 6 samples"),
+        (lambda: logme(np.ones((6, 2)), [1] * 6), "at least 2 classes"),
+        (lambda: h_score(np.full((6, 2), np.nan), [0, 1] * 3), "finite"),
+        (lambda: h_score(np.ones((6, 2)), [0, 1] * 3, shrinkage=2), "shrinkage"),
+        (lambda: leep(np.full((4, 2), 0.6), [0, 1] * 2), "sum to 1"),
+        (lambda: nce(np.array([[1.5, -0.5]] * 4), [0, 1] * 2), "pass softmax"),
+        (lambda: knn_accuracy(np.ones((6, 2)), [0, 1] * 3, cv=4), "cv=4 needs at least 4 samples"),
+        (lambda: knn_accuracy(np.ones((6, 2)), [0, 1] * 3, k=0), "k must be an integer"),
+        (lambda: linear_probe_accuracy(np.ones((6, 2)), [0, 1] * 3, cv=1), "cv must be an integer >= 2"),
+        (lambda: fit_table([np.ones((6, 2))], [0, 1] * 3, measures=["accuracy"]), "measures must be"),
+    ],
+)
 def test_invalid_inputs_raise_one_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message) as caught:
         call()
@@ -255,11 +266,52 @@ def test_block_features_pool_every_block_and_read_the_source_head(digits, lite0_
     np.testing.assert_allclose(lite0_features.source_probs[:3], probs.numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_second_call_reads_the_cache_without_running_the_network(digits, lite0_features, lite0_weights,
-                                                                  forward_calls):
+def _one_backbone_per_family() -> list[str]:
+    families: dict[str, list[str]] = {}
+    for name in list_backbones():
+        families.setdefault(get_spec(name).family, []).append(name)
+    return sorted(min(names, key=lambda n: (len(n), n)) for names in families.values())
+
+
+@pytest.mark.parametrize("name", _one_backbone_per_family())
+def test_block_features_of_every_family_end_in_what_the_head_reads(name):
+    """ViT passes tokens and SqueezeNet's source head convolves the last map: every family gives
+    (N, C_b) features per block, the last block's equal to the backbone's own pooled features
+    (ViT: the class token; AlexNet and VGG, whose head reads a 6x6 / 7x7 grid: its global mean)
+    and source probabilities equal to its source head's."""
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    backbone = create_backbone(name, pretrained=False).eval()
+    size = spec.min_input_size
+    images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    dataset = ImageDataset(
+        images, torch.tensor([0, 1, 0, 1]), ["a", "b"], "noise", grayscale=False, original_size=(size, size)
+    )
+    features = block_features(
+        dataset, name, state_dict=backbone.state_dict(), use_cache=False, progress=False, device="cpu", batch_size=3
+    )  # two batches
+    assert features.num_blocks == spec.num_blocks
+    for b, block in enumerate(features.blocks):
+        assert block.shape[0] == 4 and block.ndim == 2 and np.isfinite(block).all(), f"{name} block {b}"
+        assert np.ptp(block, axis=0).max() > 0, f"{name} block {b}: the same features for every image"
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+    x = (images.float() / 255 - mean) / std
+    with torch.no_grad():
+        pooled = backbone(x)
+        if spec.family in ("alexnet", "vgg"):
+            pooled = backbone.forward_blocks(x)[-1].mean(dim=(2, 3))
+        probs = torch.softmax(backbone.source_logits(x).double(), dim=1)
+    # Random weights can give huge activations (Inception: ~1e5): tolerance relative to the scale.
+    scale = float(pooled.abs().max())
+    np.testing.assert_allclose(features.blocks[-1], pooled.numpy(), rtol=1e-4, atol=1e-4 * scale + 1e-5)
+    np.testing.assert_allclose(features.source_probs, probs.numpy(), atol=1e-3)
+
+
+def test_second_call_reads_the_cache_without_running_the_network(digits, lite0_features, lite0_weights, forward_calls):
     # Weights passed in memory rather than read from the package: same content, same cache entry.
-    again = block_features(digits, BACKBONE, state_dict=lite0_weights,
-                           cache_dir=lite0_features.cache_path.parent, progress=False)
+    again = block_features(
+        digits, BACKBONE, state_dict=lite0_weights, cache_dir=lite0_features.cache_path.parent, progress=False
+    )
     assert again.from_cache and again.cache_path == lite0_features.cache_path
     assert forward_calls[0] == 0
     for cached, computed in zip(again.blocks, lite0_features.blocks):
@@ -269,11 +321,13 @@ def test_second_call_reads_the_cache_without_running_the_network(digits, lite0_f
         assert {f"block_{b}" for b in range(again.num_blocks)} <= set(stored.files)
 
 
-def test_cache_misses_when_resolution_data_or_weights_change(digits, lite0_features, lite0_weights,
-                                                             forward_calls, tmp_path, monkeypatch):
+def test_cache_misses_when_resolution_data_or_weights_change(
+    digits, lite0_features, lite0_weights, forward_calls, tmp_path, monkeypatch
+):
     folder = lite0_features.cache_path.parent
-    resized = block_features(digits, BACKBONE, state_dict=lite0_weights, image_size=24, cache_dir=folder,
-                             progress=False)
+    resized = block_features(
+        digits, BACKBONE, state_dict=lite0_weights, image_size=24, cache_dir=folder, progress=False
+    )
     assert not resized.from_cache and resized.image_size == 24 and forward_calls[0] > 0
     assert resized.feature_dims == lite0_features.feature_dims
     assert not np.allclose(resized.blocks[-1], lite0_features.blocks[-1])
@@ -298,8 +352,15 @@ def test_fit_table_has_a_row_per_block_and_source_measures_once(lite0_features):
     table = fit_table(lite0_features)
     assert list(table["block"]) == list(range(lite0_features.num_blocks))
     assert list(table["feature_dim"]) == lite0_features.feature_dims
-    assert set(table.columns) >= {"backbone", "logme", "h_score", "knn_accuracy", "linear_probe_accuracy",
-                                  "leep", "nce"}
+    assert set(table.columns) >= {
+        "backbone",
+        "logme",
+        "h_score",
+        "knn_accuracy",
+        "linear_probe_accuracy",
+        "leep",
+        "nce",
+    }
     assert table[["logme", "h_score", "knn_accuracy", "linear_probe_accuracy"]].notna().all().all()
     assert table["leep"].nunique() == 1 and table["nce"].nunique() == 1
     # ImageNet features beat chance (10 classes) on digits at some block.
@@ -312,7 +373,14 @@ def test_fit_table_has_a_row_per_block_and_source_measures_once(lite0_features):
 
 def test_meta_features_of_a_real_dataset(digits):
     assert meta_features(digits) == {
-        "name": "digits", "n_images": 100, "n_classes": 10, "images_per_class_min": 10,
-        "images_per_class_mean": 10.0, "images_per_class_max": 10, "image_size": 32,
-        "original_height": 8, "original_width": 8, "grayscale": True,
+        "name": "digits",
+        "n_images": 100,
+        "n_classes": 10,
+        "images_per_class_min": 10,
+        "images_per_class_mean": 10.0,
+        "images_per_class_max": 10,
+        "image_size": 32,
+        "original_height": 8,
+        "original_width": 8,
+        "grayscale": True,
     }

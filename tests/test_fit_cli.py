@@ -17,8 +17,18 @@ def test_fit_digits_logs_table_and_uses_cache(tmp_path, tracking_uri):
     from mlflow import MlflowClient
 
     env = {**ENV, "NBTL_CACHE_DIR": str(tmp_path / "cache")}
-    args = ("fit", "digits", "--backbones", "efficientnet_lite0", "--image-size", "32", "--per-class", "10",
-            "--tracking-uri", tracking_uri)
+    args = (
+        "fit",
+        "digits",
+        "--backbones",
+        "efficientnet_lite0",
+        "--image-size",
+        "32",
+        "--per-class",
+        "10",
+        "--tracking-uri",
+        tracking_uri,
+    )
     first = run_nbtl(*args, "--out", "out.csv", cwd=tmp_path, env=env)
     assert first.returncode == 0, (first.stdout[-2000:], first.stderr[-3000:])
     assert "efficientnet_lite0: best block by LogME is" in first.stdout
@@ -55,8 +65,16 @@ def test_fit_digits_logs_table_and_uses_cache(tmp_path, tracking_uri):
 
 
 def test_fit_unknown_backbone_is_one_line(tmp_path, tracking_uri):
-    result = run_nbtl("fit", "digits", "--backbones", "efficientnet_lite0,resnet-50", "--tracking-uri", tracking_uri,
-                      cwd=tmp_path, env={**ENV, "NBTL_CACHE_DIR": str(tmp_path / "cache")})
+    result = run_nbtl(
+        "fit",
+        "digits",
+        "--backbones",
+        "efficientnet_lite0,resnet-50",
+        "--tracking-uri",
+        tracking_uri,
+        cwd=tmp_path,
+        env={**ENV, "NBTL_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("nbtl fit: error: ") and "resnet-50" in lines[0], result.stderr

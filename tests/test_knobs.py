@@ -26,8 +26,7 @@ def _train(splits, weights, config=WARMUP, **kwargs):
         metrics.append(dict(epoch_metrics))
         states.append(state())
 
-    result = train_trial(TrialConfig.from_dict(config), splits, state_dict=weights, report=report, device=CPU,
-                         **kwargs)
+    result = train_trial(TrialConfig.from_dict(config), splits, state_dict=weights, report=report, device=CPU, **kwargs)
     return result, states
 
 
@@ -101,8 +100,17 @@ def test_knobs_are_config_keys():
 @pytest.mark.parametrize("l2sp_blocks", [4, None, 0])
 def test_l2sp_applies_below_l2sp_blocks_and_plain_l2_above(weights, l2sp_blocks):
     alpha, beta, gamma = 0.3, 0.05, 0.7
-    config = TrialConfig(backbone=LITE0, transfer_blocks=6, freeze_blocks=2, l2sp_alpha=alpha, l2_beta=beta,
-                         l2_head=gamma, l2sp_blocks=l2sp_blocks, head="mlp", head_width=8)
+    config = TrialConfig(
+        backbone=LITE0,
+        transfer_blocks=6,
+        freeze_blocks=2,
+        l2sp_alpha=alpha,
+        l2_beta=beta,
+        l2_head=gamma,
+        l2sp_blocks=l2sp_blocks,
+        head="mlp",
+        head_width=8,
+    )
     setup = build_transfer(config, NUM_CLASSES, state_dict=weights)
     model, regularizer = setup.model, setup.regularizer
     anchored_end = 6 if l2sp_blocks is None else max(2, l2sp_blocks)

@@ -25,9 +25,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
+from test_search_e2e import TRIALS, check_store
 
 from conftest import REPO, run_nbtl
-from test_search_e2e import TRIALS, check_store
 from servers import mlflow_server  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +43,7 @@ QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 # -- the browser -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def browser(tmp_path: Path):
     """Headless Chromium through Debian's chromedriver, in a process group of its own that is killed
@@ -52,12 +53,19 @@ def browser(tmp_path: Path):
             pytest.fail(f"{path} is missing: apt-get install chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                     "--no-first-run", "--disable-extensions", "--disable-background-networking"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ):
         options.add_argument(argument)
-    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"),
-                      popen_kw={"start_new_session": True})
+    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"), popen_kw={"start_new_session": True})
     driver = webdriver.Chrome(service=service, options=options)
     try:
         driver.set_page_load_timeout(60)
@@ -97,7 +105,9 @@ class Shots:
     def publish(self) -> list[Path]:
         """Copy the screenshots to $NBTL_SCREENSHOT_DIR (if set) and print where they are."""
         target = os.environ.get("NBTL_SCREENSHOT_DIR")
-        paths = list(self.paths) + ([self.directory / "FAILED.html"] if (self.directory / "FAILED.html").exists() else [])
+        paths = list(self.paths) + (
+            [self.directory / "FAILED.html"] if (self.directory / "FAILED.html").exists() else []
+        )
         if target:
             Path(target).mkdir(parents=True, exist_ok=True)
             paths = [Path(shutil.copy2(p, Path(target) / p.name)) for p in paths]
@@ -112,12 +122,27 @@ def xpath_literal(text: str) -> str:
 
 # -- the test --------------------------------------------------------------------------------------
 
+
 def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  # noqa: F811
     uri = mlflow_server
 
     # 1. A real search, logging to the server over HTTP.
-    result = run_nbtl("search", str(TINY), "--data", "digits", "--trials", str(TRIALS), "--name", NAME,
-                      "--tracking-uri", uri, "--storage-path", str(tmp_path / "results"), cwd=tmp_path, env=QUIET)
+    result = run_nbtl(
+        "search",
+        str(TINY),
+        "--data",
+        "digits",
+        "--trials",
+        str(TRIALS),
+        "--name",
+        NAME,
+        "--tracking-uri",
+        uri,
+        "--storage-path",
+        str(tmp_path / "results"),
+        cwd=tmp_path,
+        env=QUIET,
+    )
     assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-6000:]}"
 
     # 2. What the server holds, read back over HTTP.
@@ -126,7 +151,11 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
     experiment_id = parent.info.experiment_id
     histories = {}
     for child in children:
-        assert child.info.status == "FINISHED", (child.info.run_id, child.info.status, child.data.tags.get("nbtl.error"))
+        assert child.info.status == "FINISHED", (
+            child.info.run_id,
+            child.info.status,
+            child.data.tags.get("nbtl.error"),
+        )
         assert set(PARAMS_SHOWN) <= set(child.data.params), set(PARAMS_SHOWN) - set(child.data.params)
         history = sorted(client.get_metric_history(child.info.run_id, "val_accuracy"), key=lambda m: m.step)
         assert [m.step for m in history] == list(range(1, len(history) + 1)) and 1 <= len(history) <= 2, history
@@ -148,8 +177,9 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
     assert yaml.safe_load((downloaded / "search_space.yaml").read_text()) == yaml.safe_load(TINY.read_text())
     served = tmp_path / "mlflow_server" / "mlartifacts" / experiment_id / parent.info.run_id / "artifacts"
     assert {p.name for p in served.iterdir()} >= set(ARTIFACTS), "artifacts are not in the server's store"
-    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists(), \
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists(), (
         "the CLI wrote a local store instead of using the server"
+    )
 
     # 3. The MLflow UI in a real browser.
     driver = browser
@@ -167,7 +197,9 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
         return f"//a[substring(@href, string-length(@href) - {len(run_id) + 5}) = '/runs/{run_id}']"
 
     def close_assistant() -> None:  # the assistant side panel only narrows the screenshots
-        for button in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"):
+        for button in driver.find_elements(
+            By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"
+        ):
             if button.is_displayed():
                 button.click()
 
@@ -187,8 +219,9 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
         parent_link = find(run_link(parent.info.run_id))
         assert parent_link.text.strip() == parent.info.run_name == NAME
         find(f"//*[normalize-space()='{TRIALS + 1} matching runs']")
-        assert not [e for c in children for e in driver.find_elements(By.XPATH, run_link(c.info.run_id))
-                    if e.is_displayed()], "trial runs are not nested under the search's parent run"
+        assert not [
+            e for c in children for e in driver.find_elements(By.XPATH, run_link(c.info.run_id)) if e.is_displayed()
+        ], "trial runs are not nested under the search's parent run"
         close_assistant()
         shots.take("runs-collapsed")
         expand = find(f"{run_link(parent.info.run_id)}/ancestor::div[@role='gridcell'][1]//button", clickable=True)
@@ -222,7 +255,9 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
         card = find(card_xpath)
         wait.until(lambda _: driver.execute_script("return (arguments[0].data || []).length", plot))
         traces = driver.execute_script(
-            "return arguments[0].data.map(t => ({x: Array.from(t.x || []), y: Array.from(t.y || []), name: t.name}))", plot)
+            "return arguments[0].data.map(t => ({x: Array.from(t.x || []), y: Array.from(t.y || []), name: t.name}))",
+            plot,
+        )
         assert traces, "the val_accuracy chart has no data"
         for trace in traces:
             assert trace["name"] == best.info.run_name
@@ -239,8 +274,10 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
         for name in ARTIFACTS:
             find(f"//*[@data-testid='artifact-tree-node'][@artifact-name='{name}']")
         find("//*[@data-testid='artifact-tree-node'][@artifact-name='best_config.yaml']", clickable=True).click()
-        find(f"//*[contains(normalize-space(), 'backbone: {best.data.params['backbone']}')]"
-             "[not(self::script)][not(descendant::*[contains(normalize-space(), 'backbone:')])]")
+        find(
+            f"//*[contains(normalize-space(), 'backbone: {best.data.params['backbone']}')]"
+            "[not(self::script)][not(descendant::*[contains(normalize-space(), 'backbone:')])]"
+        )
         close_assistant()
         shots.take("parent-artifacts")
     except BaseException:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from nbtl.search import load_space, plots
 from conftest import REPO
+from nbtl.search import load_space, plots
 
 
 def synthetic_search(n: int = 16, seed: int = 0):
@@ -16,14 +16,26 @@ def synthetic_search(n: int = 16, seed: int = 0):
     rows, configs = [], {}
     for i in range(n):
         lr = float(10 ** rng.uniform(-3, np.log10(0.05)))
-        config = {"backbone": "efficientnet_lite0", "transfer_blocks": int(rng.integers(7, 10)),
-                  "lr": lr, "lr_decay": float(rng.uniform(0.5, 1.0)), "l2sp_alpha": float(rng.choice([0.0, 0.01])),
-                  "head": str(rng.choice(["linear", "spinal"])), "epochs": 2, "batch_size": 32}
+        config = {
+            "backbone": "efficientnet_lite0",
+            "transfer_blocks": int(rng.integers(7, 10)),
+            "lr": lr,
+            "lr_decay": float(rng.uniform(0.5, 1.0)),
+            "l2sp_alpha": float(rng.choice([0.0, 0.01])),
+            "head": str(rng.choice(["linear", "spinal"])),
+            "epochs": 2,
+            "batch_size": 32,
+        }
         config["freeze_blocks"] = int(rng.integers(5, config["transfer_blocks"] + 1))
         trial_id = f"t{i:02d}"
         configs[trial_id] = config
-        rows.append({"trial_id": trial_id, "status": "FAILED" if i == 3 else "FINISHED",
-                     "best_val_accuracy": None if i == 3 else 1.0 - abs(np.log10(lr) + 2.0) / 2})
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "status": "FAILED" if i == 3 else "FINISHED",
+                "best_val_accuracy": None if i == 3 else 1.0 - abs(np.log10(lr) + 2.0) / 2,
+            }
+        )
     return space, pd.DataFrame(rows), configs
 
 
@@ -51,8 +63,11 @@ def test_best_so_far_is_a_running_maximum():
 
 
 def test_accuracy_curves_draw_one_line_per_trial():
-    histories = {"a": pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.3, 0.5, 0.6]}),
-                 "b": pd.DataFrame({"epoch": [1], "val_accuracy": [0.2]}), "c": pd.DataFrame()}
+    histories = {
+        "a": pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.3, 0.5, 0.6]}),
+        "b": pd.DataFrame({"epoch": [1], "val_accuracy": [0.2]}),
+        "c": pd.DataFrame(),
+    }
     figure = plots.accuracy_curves(histories)
     lines = figure.axes[0].get_lines()
     assert sorted(line.get_label() for line in lines) == ["a", "b"]
@@ -65,9 +80,55 @@ def test_importance_study_takes_full_trial_configs_with_inactive_conditional_par
     from nbtl.config import TrialConfig
 
     space, table, configs = synthetic_search()
-    full = {t: TrialConfig.from_dict({**c, **({"head_width": 32} if c["head"] == "spinal" else {})}).to_dict()
-            for t, c in configs.items()}
+    full = {
+        t: TrialConfig.from_dict({**c, **({"head_width": 32} if c["head"] == "spinal" else {})}).to_dict()
+        for t, c in configs.items()
+    }
     study = plots.completed_study(table, full, space)
     assert len(study.trials) == 15
     for trial in study.trials:
         assert ("head_width" in trial.params) == (trial.params["head"] == "spinal")
+
+
+def asha_search(n: int = 24, seed: int = 0):
+    """A search as ASHA leaves it, read back from its results.csv: every other trial STOPPED after 1 of its 2
+    epochs, with the low accuracy of one epoch; the trials that ran both epochs score by lr alone."""
+    space, _, configs = synthetic_search(n, seed)
+    rows = []
+    for i, (trial_id, config) in enumerate(configs.items()):
+        stopped = i % 2 == 1
+        accuracy = 0.1 if stopped else 1.0 - abs(np.log10(config["lr"]) + 2.0) / 2
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "run_id": f"run{i}",
+                "status": "STOPPED" if stopped else "FINISHED",
+                **config,
+                "epoch": 1 if stopped else 2,
+                "best_val_accuracy": accuracy,
+                "error": "",
+            }
+        )
+    return space, pd.DataFrame(rows), configs
+
+
+def test_importance_uses_only_trials_that_ran_all_their_epochs(tmp_path):
+    space, table, configs = asha_search()
+    table.to_csv(tmp_path / "results.csv", index=False)
+    table = pd.read_csv(tmp_path / "results.csv")
+    study = plots.completed_study(table, configs, space)
+    finished = table[table["status"] == "FINISHED"]
+    assert len(study.trials) == len(finished) == 12
+    assert sorted(t.value for t in study.trials) == sorted(finished["best_val_accuracy"])  # no truncated 0.1
+    figure = plots.param_importances(study)
+    assert figure is not None and figure.axes[0].get_title() == "hyperparameter importance over 12 complete trials"
+
+
+def test_importance_is_skipped_with_a_reason_below_three_complete_trials(caplog):
+    import logging
+
+    space, table, configs = asha_search(n=6)  # 3 FINISHED, 3 STOPPED
+    table.loc[table["trial_id"] == "t00", "status"] = "FAILED"
+    with caplog.at_level(logging.INFO, logger="nbtl.search.plots"):
+        assert plots.param_importances(plots.completed_study(table, configs, space)) is None
+    assert "no parameter-importance plot: 2 trial(s) ran all their epochs, fANOVA needs at least 3" in caplog.text

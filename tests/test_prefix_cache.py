@@ -28,8 +28,9 @@ CHANCE = 0.1  # 10 classes
 
 def _train(splits, weights, config=CONFIG, **kwargs):
     recorder = Recorder()
-    result = train_trial(TrialConfig.from_dict(config), splits, state_dict=weights, report=recorder, device=CPU,
-                         **kwargs)
+    result = train_trial(
+        TrialConfig.from_dict(config), splits, state_dict=weights, report=recorder, device=CPU, **kwargs
+    )
     return result, recorder
 
 
@@ -121,8 +122,14 @@ def test_resume_of_a_cached_trial_matches_an_uninterrupted_one(splits, weights, 
     path = tmp_path / "checkpoint.pt"
     torch.save(recorder.states[0], path)  # through a file, as the Ray trainable does
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    resumed, resumed_recorder = _train(splits, weights, config, augmentation=AUGMENTATION,
-                                       prefix_store=PrefixStore(tmp_path, views=3), resume=checkpoint)
+    resumed, resumed_recorder = _train(
+        splits,
+        weights,
+        config,
+        augmentation=AUGMENTATION,
+        prefix_store=PrefixStore(tmp_path, views=3),
+        resume=checkpoint,
+    )
     assert [m["epoch"] for m in resumed_recorder.metrics] == [2, 3]
     assert [m["prefix_cache_hit"] for m in resumed.history] == [0.0, 1.0, 1.0]  # epoch 1 is the checkpoint's
     assert _without(resumed.history, "prefix_cache_hit") == _without(full.history, "prefix_cache_hit")

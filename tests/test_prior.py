@@ -14,14 +14,24 @@ import pytest
 
 from nbtl.config import TrialConfig
 from nbtl.heuristics.learned import LearnedRecommender, default_recommender_path
-from nbtl.search.prior import (PRIOR_CANDIDATES_ATTR, PRIOR_SCORE_ATTR, PriorSampler, build_prior,
-                               recommender_score)
+from nbtl.search.prior import PRIOR_CANDIDATES_ATTR, PRIOR_SCORE_ATTR, PriorSampler, build_prior, recommender_score
 from nbtl.search.space import load_space, parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_SIGNALS = ("images_per_class", "n_classes", "n_images", "grayscale", "original_side", "image_size")
-BACKBONE_SIGNALS = ("num_blocks", "fit_peak_block", "fit_peak_fraction", "logme_best", "logme_last", "probe_best",
-                    "probe_last", "knn_best", "leep", "nce", "source_gap")
+BACKBONE_SIGNALS = (
+    "num_blocks",
+    "fit_peak_block",
+    "fit_peak_fraction",
+    "logme_best",
+    "logme_last",
+    "probe_best",
+    "probe_last",
+    "knn_best",
+    "leep",
+    "nce",
+    "source_gap",
+)
 N_CLASSES = 10
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,12 +68,25 @@ WIDE_SPACE = {
         "head": {"choices": ["linear", "mlp", "spinal"]},
         "head_width": {"choices": [64, 128, 256], "when": {"head": ["mlp", "spinal"]}},
         "head_dropout": {"choices": [0.0, 0.2]},
-        "optimizer": "sgd", "momentum": 0.9, "epochs": 6, "batch_size": 64,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "epochs": 6,
+        "batch_size": 64,
     },
 }
-CONVENTIONAL = {"backbone": "efficientnet_lite0", "transfer_blocks": 9, "freeze_blocks": 0, "lr": 0.03, "lr_decay": 1.0,
-                "head_lr": 0.03, "l2sp_alpha": 0.0, "l2_beta": 1.0e-4, "l2_head": 1.0e-4, "head": "linear",
-                "head_dropout": 0.0}
+CONVENTIONAL = {
+    "backbone": "efficientnet_lite0",
+    "transfer_blocks": 9,
+    "freeze_blocks": 0,
+    "lr": 0.03,
+    "lr_decay": 1.0,
+    "head_lr": 0.03,
+    "l2sp_alpha": 0.0,
+    "l2_beta": 1.0e-4,
+    "l2_head": 1.0e-4,
+    "head": "linear",
+    "head_dropout": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +155,9 @@ def test_prior_proposals_differ_from_the_plain_sampler(space, model, digits):
 def test_prior_raises_the_predicted_accuracy_of_the_first_trials(space, model, digits):
     score = recommender_score(model, digits, fixed_values(space))
     plain = np.concatenate([score(run(space, tpe(s), 12, value=lambda c: score([c])[0])[0]) for s in range(3)])
-    steered = np.concatenate([score(run(space, prior(space, model, digits, s), 12,
-                                        value=lambda c: score([c])[0])[0]) for s in range(3)])
+    steered = np.concatenate(
+        [score(run(space, prior(space, model, digits, s), 12, value=lambda c: score([c])[0])[0]) for s in range(3)]
+    )
     assert steered.mean() > plain.mean() + 0.02
     assert steered.min() >= 1 / N_CLASSES + 0.05
 
@@ -146,14 +170,15 @@ def test_real_recommender_vetoes_configs_it_predicts_near_chance(space, model):
     score = recommender_score(model, rows, fixed_values(space))
     near_chance = 1 / N_CLASSES + 0.25
     plain = score(run(space, optuna.samplers.RandomSampler(seed=0), 120)[0])
-    sampler = prior(space, model, rows, 0, base=optuna.samplers.RandomSampler(seed=0), fade_trials=10,
-                    chance_margin=0.25)
+    sampler = prior(
+        space, model, rows, 0, base=optuna.samplers.RandomSampler(seed=0), fade_trials=10, chance_margin=0.25
+    )
     configs, trials = run(space, sampler, 120)
     steered = score(configs)
     assert (plain < near_chance).sum() >= 3
     assert (steered < near_chance).sum() == 0
     assert trials[0].user_attrs[PRIOR_CANDIDATES_ATTR] == 32
-    assert max(t.user_attrs[PRIOR_CANDIDATES_ATTR] for t in trials[20:]) > 1   # the veto drew again
+    assert max(t.user_attrs[PRIOR_CANDIDATES_ATTR] for t in trials[20:]) > 1  # the veto drew again
 
 
 @pytest.mark.parametrize("base", ["tpe", "random"])
@@ -177,8 +202,15 @@ def test_crafted_dead_region_is_avoided(space, base):
 
 def test_enqueued_trials_pass_through_untouched(space, model, digits):
     start = dict(CONVENTIONAL)
-    other = {**start, "backbone": "efficientnet_lite1", "transfer_blocks": 1, "freeze_blocks": 1, "lr": 0.1,
-             "head": "mlp", "head_width": 64}
+    other = {
+        **start,
+        "backbone": "efficientnet_lite1",
+        "transfer_blocks": 1,
+        "freeze_blocks": 1,
+        "lr": 0.1,
+        "head": "mlp",
+        "head_width": 64,
+    }
     partial = {"transfer_blocks": 0, "head": "spinal"}
     configs, trials = run(space, prior(space, model, digits), 5, enqueue=[start, other, partial])
     for point, config, trial in zip((start, other), configs, trials):
@@ -217,7 +249,7 @@ def test_every_proposal_is_a_valid_point_of_the_space(space, model, digits, mult
 @pytest.mark.parametrize("name", ["default", "binary", "tiny"])
 def test_shipped_spaces_take_the_prior(model, digits, name):
     shipped = load_space(ROOT / "search_spaces" / f"{name}.yaml")
-    shipped = shipped.resolved(700) if hasattr(shipped, "resolved") else shipped   # batch_size: auto
+    shipped = shipped.resolved(700) if hasattr(shipped, "resolved") else shipped  # batch_size: auto
     score = recommender_score(model, digits, fixed_values(shipped))
     sampler = build_prior(shipped, tpe(0), digits, N_CLASSES, model=model)
     assert sampler is not None
@@ -239,7 +271,7 @@ def test_the_prior_fades_and_survives_pickling(space, model, digits):
     _, trials = run(space, sampler, 10, value=lambda c: c["lr"])
     counts = [t.user_attrs[PRIOR_CANDIDATES_ATTR] for t in trials]
     assert counts[0] == 32 and counts[-1] == 1 and counts == sorted(counts, reverse=True)
-    clone = pickle.loads(pickle.dumps(sampler))   # Ray's OptunaSearch pickles the study with its sampler
+    clone = pickle.loads(pickle.dumps(sampler))  # Ray's OptunaSearch pickles the study with its sampler
     assert clone.n_candidates == 32 and clone.score([{"backbone": "efficientnet_lite0", "lr": 0.01}]).shape == (1,)
 
 
@@ -247,7 +279,7 @@ def test_build_prior_needs_a_model_and_task_signals(space, model, digits, tmp_pa
     assert build_prior(space, tpe(), {}, N_CLASSES, model=model) is None
     assert build_prior(space, tpe(), digits, N_CLASSES, model=tmp_path / "absent.json") is None
     assert build_prior(space, tpe(), {"resnet_unknown": digits["efficientnet_lite0"]}, N_CLASSES, model=model) is None
-    sampler = build_prior(space, tpe(), digits, N_CLASSES)   # the shipped recommender
+    sampler = build_prior(space, tpe(), digits, N_CLASSES)  # the shipped recommender
     assert sampler is not None and sampler.fade_trials == space.search["trials"]
     # a backbone without signals is not rated (NaN), never dropped as chance
     score = recommender_score(model, {"efficientnet_lite0": digits["efficientnet_lite0"]}, fixed_values(space))

@@ -4,7 +4,6 @@ run (real torch, real Ray, a real MLflow store), and nbtl heuristics learn learn
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,18 +19,40 @@ E2E = pytest.mark.e2e  # starts Ray and trains: the end-to-end suite
 @E2E
 def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
     # 1. recommend: fit measures on the training split, rules, learned recommender, reasons, predicted accuracy
-    done = run_nbtl("recommend", "digits", "--image-size", "32", "--per-class", "15",
-                    "--backbones", "efficientnet_lite0,efficientnet_lite1", "--out", "rec.yaml", "--fit-out", "fit.csv",
-                    cwd=tmp_path)
+    done = run_nbtl(
+        "recommend",
+        "digits",
+        "--image-size",
+        "32",
+        "--per-class",
+        "15",
+        "--backbones",
+        "efficientnet_lite0,efficientnet_lite1",
+        "--out",
+        "rec.yaml",
+        "--fit-out",
+        "fit.csv",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     document = yaml.safe_load((tmp_path / "rec.yaml").read_text())
     assert document["format"] == "nbtl-recommendation"
-    assert document["data"] == {"spec": "digits", "name": "digits", "image_size": 32, "per_class": 15, "classes": None,
-                                "seed": 0}
+    # the data settings of the search it was measured for (default.yaml's split and augmentation)
+    assert document["data"] == {
+        "spec": "digits",
+        "name": "digits",
+        "image_size": 32,
+        "per_class": 15,
+        "classes": None,
+        "seed": 0,
+        "val_fraction": 0.15,
+        "test_fraction": 0.15,
+        "augmentation": {"crop_padding": 4},
+    }
     assert [r["backbone"] for r in document["backbone_ranking"]] and len(document["backbone_ranking"]) == 2
     first = document["configs"][0]
-    assert set(first["reasons"]) >= set(first["config"])          # every setting says why
-    assert 0.0 <= first["predicted_val_accuracy"] <= 1.0           # the shipped learned recommender predicts
+    assert set(first["reasons"]) >= set(first["config"])  # every setting says why
+    assert 0.0 <= first["predicted_val_accuracy"] <= 1.0  # the shipped learned recommender predicts
     assert first["source"] == "rules"
     assert "transfer-to-fit-peak" in first["reasons"]["transfer_blocks"]
     fit = pd.read_csv(tmp_path / "fit.csv")
@@ -58,15 +79,30 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
 
     # 3. a search that runs the recommended configs first (moved to the nearest point of the tiny space)
-    done = run_nbtl("search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--trials", "2",
-                    "--warm-start", "rec.yaml", "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "results"),
-                    "--name", "warm", cwd=tmp_path)
+    done = run_nbtl(
+        "search",
+        str(REPO / "search_spaces" / "tiny.yaml"),
+        "--data",
+        "digits",
+        "--trials",
+        "2",
+        "--warm-start",
+        "rec.yaml",
+        "--tracking-uri",
+        tracking_uri,
+        "--storage-path",
+        str(tmp_path / "results"),
+        "--name",
+        "warm",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "warm start: " in done.stdout
     space = load_space(REPO / "search_spaces" / "tiny.yaml")
     points = [space.project(entry["config"])[0] for entry in document["configs"]]
-    parent = client.search_runs([client.get_experiment_by_name("warm").experiment_id],
-                                filter_string="tags.`nbtl.role` = 'search'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name("warm").experiment_id], filter_string="tags.`nbtl.role` = 'search'"
+    )[0]
     children = client.search_runs([parent.info.experiment_id], filter_string="tags.`nbtl.role` = 'trial'")
     assert len(children) == 2
     # the search's trials are the recommended configs (as points of the tiny space), whatever order Ray ran them in
@@ -75,26 +111,43 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
         assert {k: str(v) for k, v in point.items()} in ran
 
     # 4. learn from the shipped meta-dataset plus this store's finished trials; plain JSON out
-    done = run_nbtl("heuristics", "learn", "--tracking-uri", tracking_uri, "--meta",
-                    str(REPO / "heuristics" / "meta_dataset.csv"), "--out", "learned.json", cwd=tmp_path)
+    done = run_nbtl(
+        "heuristics",
+        "learn",
+        "--tracking-uri",
+        tracking_uri,
+        "--meta",
+        str(REPO / "heuristics" / "meta_dataset.csv"),
+        "--out",
+        "learned.json",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     model = json.loads((tmp_path / "learned.json").read_text())
     assert model["format"] == "nbtl-learned-recommender" and model["info"]["rows"] > 0
     meta = pd.read_csv(tmp_path / "learned.csv")
-    finished = {c.info.run_id for c in children if c.info.status == "FINISHED"
-                and c.data.tags.get("nbtl.stopped_early") != "true"}
+    finished = {
+        c.info.run_id
+        for c in children
+        if c.info.status == "FINISHED" and c.data.tags.get("nbtl.stopped_early") != "true"
+    }
     assert finished and finished <= set(meta["run_id"])
-    assert set(meta.loc[meta["run_id"].isin(finished), "task"]) == {"digits per_class=20 32px seed=0"}
+    assert set(meta.loc[meta["run_id"].isin(finished), "task"]) == {"digits per_class=20 32px split=0.2/0.2 seed=0"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["recommend", "digits", "--backbones", "resnet_nine"], "resnet_nine"),
-    (["train", "missing.yaml", "--data", "digits"], "cannot read it"),
-    (["search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--warm-start", "missing.yaml"],
-     "cannot read it"),
-    (["recommend", "digits", "--rules", "nowhere.yaml"], "rules file nowhere.yaml"),
-    (["heuristics", "learn", "--no-store", "--meta", "nowhere.csv"], "nowhere.csv"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["recommend", "digits", "--backbones", "resnet_nine"], "resnet_nine"),
+        (["train", "missing.yaml", "--data", "digits"], "cannot read it"),
+        (
+            ["search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--warm-start", "missing.yaml"],
+            "cannot read it",
+        ),
+        (["recommend", "digits", "--rules", "nowhere.yaml"], "rules file nowhere.yaml"),
+        (["heuristics", "learn", "--no-store", "--meta", "nowhere.csv"], "nowhere.csv"),
+    ],
+)
 def test_heuristics_commands_fail_in_one_line(tmp_path, args, message):
     done = run_nbtl(*args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr

@@ -18,7 +18,7 @@ from nbtl.search.space import trial_seed
 pytestmark = pytest.mark.e2e
 
 BUDGET_S = 75
-SLACK_S = 30   # Ray's shutdown and the parent run's plots come after the budget ends
+SLACK_S = 30  # Ray's shutdown and the parent run's plots come after the budget ends
 NAME = "e2e-budget"
 
 
@@ -27,7 +27,7 @@ def budget_space(tmp_path: Path) -> Path:
     document = copy.deepcopy(document)
     document["search"]["start_points"] = ["probe", "conventional", "recommend"]
     document["search"]["scheduler"] = {"type": "fifo"}
-    document["parameters"]["freeze_blocks"] = {"choices": [7, 9]}   # two prefixes to cache, both cheap
+    document["parameters"]["freeze_blocks"] = {"choices": [7, 9]}  # two prefixes to cache, both cheap
     document["parameters"]["transfer_blocks"] = 9
     path = tmp_path / "budget.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -36,9 +36,24 @@ def budget_space(tmp_path: Path) -> Path:
 
 def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri):
     results = tmp_path / "results"
-    run = run_nbtl("search", str(budget_space(tmp_path)), "--data", "digits", "--name", NAME, "--time-budget",
-                   f"{BUDGET_S}s", "--max-concurrent", "2", "--tracking-uri", tracking_uri, "--storage-path",
-                   str(results), cwd=tmp_path, timeout=BUDGET_S + 300)
+    run = run_nbtl(
+        "search",
+        str(budget_space(tmp_path)),
+        "--data",
+        "digits",
+        "--name",
+        NAME,
+        "--time-budget",
+        f"{BUDGET_S}s",
+        "--max-concurrent",
+        "2",
+        "--tracking-uri",
+        tracking_uri,
+        "--storage-path",
+        str(results),
+        cwd=tmp_path,
+        timeout=BUDGET_S + 300,
+    )
     assert run.returncode == 0, f"stdout:\n{run.stdout[-4000:]}\nstderr:\n{run.stderr[-4000:]}"
     out = run.stdout
     assert "trials until the time budget ends" in out and f"time budget {BUDGET_S // 60}m" in out
@@ -89,17 +104,32 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
 def test_top_trials_are_reevaluated_with_another_seed(tmp_path, tracking_uri):
     document = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
     document["search"]["reevaluate"] = {"top": 2}
-    document["search"]["scheduler"] = {"type": "fifo"}   # every trial finishes, so the top 2 can be repeated
+    document["search"]["scheduler"] = {"type": "fifo"}  # every trial finishes, so the top 2 can be repeated
     space = tmp_path / "reevaluate.yaml"
     space.write_text(yaml.safe_dump(document, sort_keys=False))
     results = tmp_path / "results"
-    run = run_nbtl("search", str(space), "--data", "digits", "--trials", "3", "--name", "reeval", "--tracking-uri",
-                   tracking_uri, "--storage-path", str(results), cwd=tmp_path)
+    run = run_nbtl(
+        "search",
+        str(space),
+        "--data",
+        "digits",
+        "--trials",
+        "3",
+        "--name",
+        "reeval",
+        "--tracking-uri",
+        tracking_uri,
+        "--storage-path",
+        str(results),
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, f"stdout:\n{run.stdout[-4000:]}\nstderr:\n{run.stderr[-4000:]}"
     assert "re-evaluated the top 2 trials with another seed: 2 repeat(s) ended" in run.stdout
     table = pd.read_csv(next(results.glob("reeval*")) / "results.csv")
     repeated = table[table["repeat_val_accuracy"].notna()]
-    assert len(repeated) == 2 and list(repeated.index) == [0, 1]   # the re-ranked pair leads the table
-    assert (repeated["mean_val_accuracy"] == (repeated["best_val_accuracy"] + repeated["repeat_val_accuracy"]) / 2).all()
+    assert len(repeated) == 2 and list(repeated.index) == [0, 1]  # the re-ranked pair leads the table
+    assert (
+        repeated["mean_val_accuracy"] == (repeated["best_val_accuracy"] + repeated["repeat_val_accuracy"]) / 2
+    ).all()
     assert repeated["mean_val_accuracy"].is_monotonic_decreasing
     assert f"Best trial: {table.loc[0, 'trial_id']} " in run.stdout

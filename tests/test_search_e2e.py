@@ -3,7 +3,6 @@ store, read back with ``MlflowClient``, holds one parent run and one child run p
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -19,13 +18,44 @@ pytestmark = pytest.mark.e2e
 TINY = REPO / "search_spaces" / "tiny.yaml"
 TRIALS = 3
 NAME = "e2e-tiny"
-CONFIG_PARAMS = {"backbone", "transfer_blocks", "freeze_blocks", "lr", "lr_decay", "head_lr", "l2sp_alpha", "l2_beta",
-                 "l2_head", "head", "epochs", "batch_size", "seed"}
+CONFIG_PARAMS = {
+    "backbone",
+    "transfer_blocks",
+    "freeze_blocks",
+    "lr",
+    "lr_decay",
+    "head_lr",
+    "l2sp_alpha",
+    "l2_beta",
+    "l2_head",
+    "head",
+    "epochs",
+    "batch_size",
+    "seed",
+}
 
 
 def run_tiny_search(tmp_path: Path, tracking_uri: str, *extra: str) -> str:
-    result = run_nbtl("search", str(TINY), "--data", "digits", "--trials", str(TRIALS), "--name", NAME,
-                      "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "results"), *extra, cwd=tmp_path)
+    """Run in ``tmp_path/work``, a folder apart from the store (``tmp_path/mlflow.db``), so a write to the
+    default ``./mlflow.db`` instead of ``--tracking-uri`` shows."""
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    result = run_nbtl(
+        "search",
+        str(TINY),
+        "--data",
+        "digits",
+        "--trials",
+        str(TRIALS),
+        "--name",
+        NAME,
+        "--tracking-uri",
+        tracking_uri,
+        "--storage-path",
+        str(tmp_path / "results"),
+        *extra,
+        cwd=workdir,
+    )
     assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
     return result.stdout
 
@@ -44,7 +74,11 @@ def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[objec
     assert parent.info.status == "FINISHED"
 
     for child in children:
-        assert child.info.status == "FINISHED", (child.info.run_id, child.info.status, child.data.tags.get("nbtl.error"))
+        assert child.info.status == "FINISHED", (
+            child.info.run_id,
+            child.info.status,
+            child.data.tags.get("nbtl.error"),
+        )
         assert CONFIG_PARAMS <= set(child.data.params), CONFIG_PARAMS - set(child.data.params)
         assert child.data.params["backbone"] == "efficientnet_lite0"
         assert int(child.data.params["freeze_blocks"]) <= int(child.data.params["transfer_blocks"]) <= 9
@@ -73,8 +107,13 @@ def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[objec
 
     # The parent holds the results table, the best config and the search space.
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.csv", "best_config.yaml", "search_space.yaml", "val_accuracy_per_trial.png",
-            "best_accuracy_vs_trials.png"} <= artifacts
+    assert {
+        "results.csv",
+        "best_config.yaml",
+        "search_space.yaml",
+        "val_accuracy_per_trial.png",
+        "best_accuracy_vs_trials.png",
+    } <= artifacts
     directory = client.download_artifacts(parent.info.run_id, "")
     table = pd.read_csv(Path(directory) / "results.csv")
     assert sorted(table["run_id"]) == sorted(by_id) and table["run_id"].iloc[0] == best_run_id
@@ -96,13 +135,22 @@ def test_search_on_embedded_ray(tmp_path, tracking_uri):
     parent, children = check_store(stdout, tracking_uri)
     assert parent.data.params["max_concurrent"] == "2"
     assert overlapping(children), "max_concurrent=2 but no two trials ran at the same time"
-    assert not (tmp_path / "mlflow.db").exists() or tracking_uri.endswith("/mlflow.db")
+    # The runs went to --tracking-uri, not to the default store ./mlflow.db of the working directory.
+    assert tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert not (tmp_path / "work" / "mlflow.db").exists()
+    # ... nor its artifacts to MLflow's default ./mlruns: they sit next to the store.
+    assert not (tmp_path / "work" / "mlruns").exists()
+    assert list((tmp_path / "mlartifacts").glob("*/artifacts/search_space.yaml"))  # <run id>/artifacts/
     # Ray Tune's own results stay on disk with the best config.
     assert list((tmp_path / "results").glob(f"{NAME}*/best_config.yaml"))
 
 
 def test_search_on_ray_head_with_token_auth(tmp_path, tracking_uri, ray_head):
-    stdout = run_tiny_search(tmp_path, tracking_uri, "--address", ray_head, "--max-concurrent", "2")
+    stdout = run_tiny_search(
+        tmp_path, tracking_uri, "--address", ray_head, "--max-concurrent", "2", "--keep-checkpoints"
+    )
     parent, _ = check_store(stdout, tracking_uri)
     assert parent.data.tags["nbtl.ray_address"] == ray_head
+    # --keep-checkpoints: the trial checkpoints a finished search otherwise deletes (tests/test_lifecycle.py) stay
+    assert list((tmp_path / "results").glob(f"{NAME}*/*/checkpoint_*/trial.pt"))
     assert parent.data.tags["nbtl.ray_gcs_address"].rsplit(":", 1)[1] == ray_head.rsplit(":", 1)[1]

@@ -27,8 +27,11 @@ DEFAULT = REPO / "search_spaces" / "default.yaml"
 
 def _trial_list(space, search_seed: int, trials: int = 6, sampler_seed: int | None = None) -> list[dict]:
     """The configs a search would run, in order: Optuna's define-by-run, as Ray's OptunaSearch drives it."""
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(
-        seed=search_seed if sampler_seed is None else sampler_seed, n_startup_trials=3))
+    study = optuna.create_study(
+        sampler=optuna.samplers.TPESampler(
+            seed=search_seed if sampler_seed is None else sampler_seed, n_startup_trials=3
+        )
+    )
     define = space.define_by_run(search_seed)
     configs = []
     for i in range(trials):
@@ -115,9 +118,14 @@ def test_space_validates_start_points_and_budget():
 
 
 def test_ties_on_validation_accuracy_go_to_the_lower_validation_loss():
-    table = pd.DataFrame({
-        "trial_id": ["a", "b", "c", "d"], "status": ["FINISHED", "FINISHED", "FAILED", "FINISHED"],
-        "best_val_accuracy": [0.967, 0.967, 0.99, 0.9], "best_val_loss": [0.40, 0.12, 0.01, 0.05]})
+    table = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c", "d"],
+            "status": ["FINISHED", "FINISHED", "FAILED", "FINISHED"],
+            "best_val_accuracy": [0.967, 0.967, 0.99, 0.9],
+            "best_val_loss": [0.40, 0.12, 0.01, 0.05],
+        }
+    )
     assert list(rank_trials(table)["trial_id"]) == ["b", "a", "d", "c"]
 
 
@@ -127,8 +135,17 @@ def test_ties_on_validation_accuracy_go_to_the_lower_validation_loss():
 def test_probe_and_conventional_start_points_are_points_of_the_space():
     space = load_space(DEFAULT).resolved(300)
     said: list[str] = []
-    found = start_points(space, ["probe", "conventional"], data="digits", train=None, seed=0, image_size=32,
-                         per_class=None, classes=None, say=said.append)
+    found = start_points(
+        space,
+        ["probe", "conventional"],
+        data="digits",
+        train=None,
+        seed=0,
+        image_size=32,
+        per_class=None,
+        classes=None,
+        say=said.append,
+    )
     assert found.labels == ["probe", "conventional"] and found.task is None
     probe, conventional = found.points
     blocks = get_spec(probe["backbone"]).num_blocks
@@ -141,11 +158,27 @@ def test_probe_and_conventional_start_points_are_points_of_the_space():
 
 
 def test_start_points_say_what_moved_to_fit_a_narrow_space():
-    space = parse_space({"parameters": {"backbone": "efficientnet_lite0", "freeze_blocks": {"choices": [5, 7]},
-                                        "lr": {"low": 0.001, "high": 0.01, "log": True}}})
+    space = parse_space(
+        {
+            "parameters": {
+                "backbone": "efficientnet_lite0",
+                "freeze_blocks": {"choices": [5, 7]},
+                "lr": {"low": 0.001, "high": 0.01, "log": True},
+            }
+        }
+    )
     said: list[str] = []
-    found = start_points(space, ["probe", "conventional"], data="digits", train=None, seed=0, image_size=32,
-                         per_class=None, classes=None, say=said.append)
+    found = start_points(
+        space,
+        ["probe", "conventional"],
+        data="digits",
+        train=None,
+        seed=0,
+        image_size=32,
+        per_class=None,
+        classes=None,
+        say=said.append,
+    )
     assert found.points == [{"freeze_blocks": 7, "lr": 0.01}, {"freeze_blocks": 5, "lr": 0.01}]
     assert "start point probe: freeze_blocks: 9 -> 7 (nearest choice)" in said
     assert "start point conventional: lr: 0.03 -> 0.01 (range 0.001..0.01)" in said
@@ -154,14 +187,34 @@ def test_start_points_say_what_moved_to_fit_a_narrow_space():
 def test_recommend_start_points_measure_the_search_training_split():
     dataset = load_dataset("digits", image_size=32, per_class=20, seed=0)
     train = split_dataset(dataset, seed=0).train
-    space = parse_space({"parameters": {
-        "backbone": {"choices": ["efficientnet_lite0"]}, "transfer_blocks": {"low": 0, "high": "all"},
-        "freeze_blocks": {"low": 0, "high": "transfer_blocks"}, "lr": {"low": 0.001, "high": 0.1, "log": True},
-        "head_lr": {"low": 0.001, "high": 0.3, "log": True}, "lr_decay": {"low": 0.3, "high": 1.0},
-        "l2sp_alpha": {"choices": [0.0, 0.01, 0.1]}, "l2_beta": {"choices": [0.0, 1.0e-4]},
-        "l2_head": {"choices": [0.0, 1.0e-4]}, "epochs": 2, "batch_size": 16}})
-    found = start_points(space, ["probe", "conventional", "recommend"], data="digits", train=train, seed=0,
-                         image_size=32, per_class=20, classes=None, say=lambda line: None)
+    space = parse_space(
+        {
+            "parameters": {
+                "backbone": {"choices": ["efficientnet_lite0"]},
+                "transfer_blocks": {"low": 0, "high": "all"},
+                "freeze_blocks": {"low": 0, "high": "transfer_blocks"},
+                "lr": {"low": 0.001, "high": 0.1, "log": True},
+                "head_lr": {"low": 0.001, "high": 0.3, "log": True},
+                "lr_decay": {"low": 0.3, "high": 1.0},
+                "l2sp_alpha": {"choices": [0.0, 0.01, 0.1]},
+                "l2_beta": {"choices": [0.0, 1.0e-4]},
+                "l2_head": {"choices": [0.0, 1.0e-4]},
+                "epochs": 2,
+                "batch_size": 16,
+            }
+        }
+    )
+    found = start_points(
+        space,
+        ["probe", "conventional", "recommend"],
+        data="digits",
+        train=train,
+        seed=0,
+        image_size=32,
+        per_class=20,
+        classes=None,
+        say=lambda line: None,
+    )
     assert found.labels[:2] == ["probe", "conventional"] and found.labels[2] == "recommend-1"
     assert found.task is not None and found.task.dataset["n_images"] == len(train)  # the split, not the dataset
     assert math.isfinite(found.task.backbones["efficientnet_lite0"]["logme_best"])
@@ -179,10 +232,19 @@ def test_probe_and_conventional_configs_build():
 def test_rerank_orders_the_top_trials_by_the_mean_of_both_runs():
     from nbtl.search.reevaluate import rerank
 
-    table = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "status": ["FINISHED"] * 3 + ["STOPPED"],
-                          "best_val_accuracy": [0.97, 0.96, 0.95, 0.5], "best_val_loss": [0.1, 0.2, 0.1, 1.0]})
+    table = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c", "d"],
+            "status": ["FINISHED"] * 3 + ["STOPPED"],
+            "best_val_accuracy": [0.97, 0.96, 0.95, 0.5],
+            "best_val_loss": [0.1, 0.2, 0.1, 1.0],
+        }
+    )
     # a's repeat falls to 0.85, b's holds at 0.96; c has no repeat (cut off by the budget): its own run counts
-    repeats = {"a": {"best_val_accuracy": 0.85, "best_val_loss": 0.5}, "b": {"best_val_accuracy": 0.96, "best_val_loss": 0.2}}
+    repeats = {
+        "a": {"best_val_accuracy": 0.85, "best_val_loss": 0.5},
+        "b": {"best_val_accuracy": 0.96, "best_val_loss": 0.2},
+    }
     ranked = rerank(table, repeats, ["a", "b", "c"])
     assert list(ranked["trial_id"]) == ["b", "c", "a", "d"]
     assert ranked.loc[0, "mean_val_accuracy"] == pytest.approx(0.96)

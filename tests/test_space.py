@@ -77,7 +77,11 @@ def _check_sample(space: SearchSpace, params: dict, fixed: dict) -> TrialConfig:
     assert len(block_learning_rates(config, num_blocks)) == num_blocks
 
     # A block range is capped to what the trial can take: its backbone's blocks, its transfer_blocks.
-    cap = {"transfer_blocks": num_blocks, "freeze_blocks": transfer if config.pretrained else 0, "l2sp_blocks": transfer}
+    cap = {
+        "transfer_blocks": num_blocks,
+        "freeze_blocks": transfer if config.pretrained else 0,
+        "l2sp_blocks": transfer,
+    }
     for p in space.parameters:
         active = all(values.get(k, getattr(TrialConfig(), k)) in v for k, v in p.when.items())
         assert (p.name in values) == active, f"{p.name}: active={active} but sampled={p.name in values}"
@@ -176,16 +180,22 @@ def test_literal_block_bounds_are_capped_to_what_the_trial_can_take():
 def test_block_ranges_must_come_after_what_they_depend_on(dependency, spec):
     document = _document(**{dependency: None})
     document["parameters"][dependency] = spec  # now listed after transfer_blocks
-    _error(document, f"parameters.transfer_blocks: its range depends on the trial's {dependency}; "
-                     f"list '{dependency}' before 'transfer_blocks'")
+    _error(
+        document,
+        f"parameters.transfer_blocks: its range depends on the trial's {dependency}; "
+        f"list '{dependency}' before 'transfer_blocks'",
+    )
 
 
 def test_freeze_range_must_come_after_transfer_blocks():
     document = _document(freeze_blocks=None, transfer_blocks=None)
     document["parameters"] = {"freeze_blocks": {"low": 0, "high": 3}, "transfer_blocks": 4, **document["parameters"]}
     document["parameters"] = {"backbone": document["parameters"].pop("backbone"), **document["parameters"]}
-    _error(document, "parameters.freeze_blocks: its range depends on the trial's transfer_blocks; "
-                     "list 'transfer_blocks' before 'freeze_blocks'")
+    _error(
+        document,
+        "parameters.freeze_blocks: its range depends on the trial's transfer_blocks; "
+        "list 'transfer_blocks' before 'freeze_blocks'",
+    )
 
 
 # --- validation errors ----------------------------------------------------------------------
@@ -283,8 +293,9 @@ def test_load_space_errors_name_the_file(tmp_path):
 
 def test_project_moves_a_full_config_to_the_nearest_point_of_the_space_and_optuna_runs_it():
     space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml")
-    config = TrialConfig(transfer_blocks=6, freeze_blocks=3, lr=0.5, lr_decay=0.7, l2sp_alpha=0.02, head="mlp",
-                         epochs=9).to_dict()
+    config = TrialConfig(
+        transfer_blocks=6, freeze_blocks=3, lr=0.5, lr_decay=0.7, l2sp_alpha=0.02, head="mlp", epochs=9
+    ).to_dict()
     point, changes = space.project(config)
     # tiny: transfer_blocks 7..9, freeze_blocks 5..transfer, lr 1e-3..0.05, l2sp_alpha {0, 0.01}, head {linear, spinal}
     assert point == {"transfer_blocks": 7, "freeze_blocks": 5, "lr": 0.05, "lr_decay": 0.7, "l2sp_alpha": 0.01}

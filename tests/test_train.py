@@ -43,8 +43,9 @@ def _without_time(history):
 
 def _train(config: dict, splits, weights, **kwargs):
     recorder = Recorder()
-    result = train_trial(TrialConfig.from_dict(config), splits, state_dict=weights, report=recorder,
-                         device=CPU, **kwargs)
+    result = train_trial(
+        TrialConfig.from_dict(config), splits, state_dict=weights, report=recorder, device=CPU, **kwargs
+    )
     return result, recorder
 
 

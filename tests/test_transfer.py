@@ -3,16 +3,31 @@ learning rates, the L2-SP + L2 regulariser's gradient and the heads (SpinalNet's
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from nbtl.backbones import get_spec, load_pretrained_state_dict
+from nbtl.backbones import (
+    create_backbone,
+    get_spec,
+    list_backbones,
+    load_pretrained_state_dict,
+)
+from nbtl.backbones._registry import get_entry, layout
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
-from nbtl.transfer import SpinalHead, TransferModel, block_learning_rates, build_transfer, make_head
+from nbtl.transfer import (
+    SpinalHead,
+    TransferModel,
+    block_learning_rates,
+    build_transfer,
+    make_head,
+    reinitialize_blocks,
+)
 
 LITE0 = "efficientnet_lite0"
 NUM_CLASSES = 4
@@ -114,8 +129,9 @@ def test_same_seed_same_new_weights(lite0_weights):
     first = build_transfer(config, NUM_CLASSES, state_dict=lite0_weights).model.state_dict()
     second = build_transfer(config, NUM_CLASSES, state_dict=lite0_weights).model.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
-    other = build_transfer(TrialConfig(**{**config.to_dict(), "seed": 4}), NUM_CLASSES,
-                           state_dict=lite0_weights).model.state_dict()
+    other = build_transfer(
+        TrialConfig(**{**config.to_dict(), "seed": 4}), NUM_CLASSES, state_dict=lite0_weights
+    ).model.state_dict()
     assert not torch.equal(first["head.1.weight"], other["head.1.weight"])
     for key, value in first.items():  # the seed draws new weights only, never transferred ones
         block = int(key.split(".")[2]) if key.startswith("backbone.blocks.") else None
@@ -134,12 +150,86 @@ def test_pretrained_false_reinitialises_every_block(lite0_weights):
         build_transfer(TrialConfig(backbone=LITE0, pretrained=False, freeze_blocks=1), NUM_CLASSES)
 
 
+def _one_backbone_per_family() -> list[str]:
+    """The registered backbone of each family with the fewest parameters, by name length as a
+    proxy (``resnet18`` before ``resnet101``); every family of the registry is covered."""
+    families: dict[str, list[str]] = {}
+    for name in list_backbones():
+        families.setdefault(get_spec(name).family, []).append(name)
+    return sorted(min(names, key=lambda n: (len(n), n)) for names in families.values())
+
+
+@functools.lru_cache(maxsize=2)
+def _pretend_pretrained(name: str) -> dict[str, torch.Tensor]:
+    """A 'pre-trained' state (Backbone key format) no initialisation can give: every float
+    tensor drawn from [-4, -3), seeded; integer buffers (index tables, counters) zero. Shapes
+    come from the network built on the meta device, so no random init is paid for."""
+    state = layout(name).backbone_shapes
+    like = _meta_state(name)
+    generator = torch.Generator().manual_seed(12)
+    return {
+        key: -3.0 - torch.rand(shape, generator=generator, dtype=like[key].dtype)
+        if like[key].is_floating_point()
+        else torch.zeros(shape, dtype=like[key].dtype)
+        for key, shape in state.items()
+    }
+
+
+def _meta_state(name: str) -> dict[str, torch.Tensor]:
+    try:
+        with torch.device("meta"):
+            return get_entry(name).build().state_dict()
+    except NotImplementedError:  # RegNet computes its widths with tensors: built on the CPU
+        return get_entry(name).build().state_dict()
+
+
+@pytest.mark.parametrize("name", _one_backbone_per_family())
+def test_reinitialised_blocks_keep_no_pretrained_value_in_any_family(name):
+    """ViT's attention in_proj_weight, Swin's relative position tables and logit_scale,
+    ConvNeXt's layer_scale have no reset_parameters; none may keep its pre-trained value."""
+    weights = _pretend_pretrained(name)
+    setup = build_transfer(TrialConfig(backbone=name, transfer_blocks=1, seed=0), NUM_CLASSES, state_dict=weights)
+    state = setup.model.backbone.state_dict()
+    assert setup.reinitialized_blocks == list(range(1, get_spec(name).num_blocks))
+    for key, value in state.items():
+        if not value.is_floating_point():
+            continue
+        reinitialised = key.startswith("blocks.") and int(key.split(".")[1]) >= 1
+        if reinitialised:
+            assert not (value == weights[key]).any(), f"{name}: {key} kept pre-trained values after re-initialisation"
+            assert torch.isfinite(value).all(), f"{name}: {key}"
+        else:
+            assert torch.equal(value, weights[key]), f"{name}: {key} is not re-initialised but changed"
+
+
+def test_reinitialising_vit_patch_embedding_resets_class_token_and_positions():
+    weights = _pretend_pretrained("vit_b_16")
+    backbone = create_backbone("vit_b_16", state_dict=weights)
+    reinitialize_blocks(backbone, [0])
+    embedding = backbone.blocks[0]
+    assert torch.equal(embedding.class_token, torch.zeros_like(embedding.class_token))  # torchvision's init
+    assert 0.01 < float(embedding.pos_embedding.detach().std()) < 0.03  # normal(std=0.02)
+    assert not (embedding.conv_proj.weight == weights["blocks.0.conv_proj.weight"]).any()
+    assert torch.equal(
+        backbone.blocks[1][0].self_attention.in_proj_weight, weights["blocks.1.0.self_attention.in_proj_weight"]
+    )
+
+
 # --- frozen blocks --------------------------------------------------------------------------
 
 
 def test_frozen_blocks_do_not_move_during_training(lite0_weights):
-    config = TrialConfig(backbone=LITE0, transfer_blocks=6, freeze_blocks=3, lr=0.05, l2sp_alpha=0.1,
-                         l2_beta=0.01, l2_head=0.01, head="spinal", head_width=8)
+    config = TrialConfig(
+        backbone=LITE0,
+        transfer_blocks=6,
+        freeze_blocks=3,
+        lr=0.05,
+        l2sp_alpha=0.1,
+        l2_beta=0.01,
+        l2_head=0.01,
+        head="spinal",
+        head_width=8,
+    )
     setup = build_transfer(config, NUM_CLASSES, state_dict=lite0_weights)
     model, optimizer = setup.model, setup.optimizer
     assert setup.frozen_blocks == [0, 1, 2]
@@ -184,8 +274,16 @@ def test_frozen_blocks_are_in_no_param_group_and_get_no_gradient(lite0_weights):
 def test_regulariser_gradient_is_l2sp_plus_l2(lite0_weights, l2_head):
     alpha, beta = 0.3, 0.05
     gamma = beta if l2_head is None else l2_head
-    config = TrialConfig(backbone=LITE0, transfer_blocks=6, freeze_blocks=2, l2sp_alpha=alpha, l2_beta=beta,
-                         l2_head=l2_head, head="mlp", head_width=8)
+    config = TrialConfig(
+        backbone=LITE0,
+        transfer_blocks=6,
+        freeze_blocks=2,
+        l2sp_alpha=alpha,
+        l2_beta=beta,
+        l2_head=l2_head,
+        head="mlp",
+        head_width=8,
+    )
     setup = build_transfer(config, NUM_CLASSES, state_dict=lite0_weights)
     model = setup.model
     torch.manual_seed(0)
@@ -296,7 +394,9 @@ def test_freeze_blocks_above_transfer_blocks_is_rejected():
 
 
 def test_transfer_blocks_above_block_count_is_rejected():
-    with pytest.raises(ConfigError, match=r"transfer_blocks=10 but efficientnet_lite0 has 9 blocks: use 0\.\.9") as error:
+    with pytest.raises(
+        ConfigError, match=r"transfer_blocks=10 but efficientnet_lite0 has 9 blocks: use 0\.\.9"
+    ) as error:
         build_transfer(TrialConfig(backbone=LITE0, transfer_blocks=10), NUM_CLASSES)
     assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="resnet18 has 5 blocks"):
@@ -307,8 +407,9 @@ def test_transfer_blocks_above_block_count_is_rejected():
 
 
 def test_model_takes_uint8_or_unit_float_images(lite0_weights):
-    setup = build_transfer(TrialConfig(backbone=LITE0, head="spinal", head_width=16), NUM_CLASSES,
-                           state_dict=lite0_weights)
+    setup = build_transfer(
+        TrialConfig(backbone=LITE0, head="spinal", head_width=16), NUM_CLASSES, state_dict=lite0_weights
+    )
     model = setup.model.eval()
     images = _images(n=3)
     assert isinstance(model.head, SpinalHead) and model.head.layers[0][1].in_features == 640

@@ -104,8 +104,15 @@ class Backbone(nn.Module):
         Whether ``source_head`` reads the last block's output instead of the pooled features.
     """
 
-    def __init__(self, spec: BackboneSpec, blocks, pool: nn.Module, source_head: nn.Module | None,
-                 feature_dim: int, source_head_on_map: bool = False):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        blocks,
+        pool: nn.Module,
+        source_head: nn.Module | None,
+        feature_dim: int,
+        source_head_on_map: bool = False,
+    ):
         super().__init__()
         if len(blocks) != spec.num_blocks:
             raise BackboneError(
@@ -166,9 +173,7 @@ def remove_dropout(head: nn.Module) -> nn.Module:
 
 def downsamples(module: nn.Module) -> bool:
     """Whether any convolution inside ``module`` has a stride above 1."""
-    return any(
-        isinstance(m, nn.Conv2d) and any(s > 1 for s in m.stride) for m in module.modules()
-    )
+    return any(isinstance(m, nn.Conv2d) and any(s > 1 for s in m.stride) for m in module.modules())
 
 
 def split_where(layers, starts_block: Callable[[nn.Module], bool]) -> list[nn.Module]:
@@ -189,5 +194,3 @@ def group_into_stages(layers) -> list[nn.Module]:
     """Group consecutive layers by output resolution: a new stage starts at each layer holding a
     strided convolution (see :func:`split_where`)."""
     return split_where(layers, downsamples)
-
-

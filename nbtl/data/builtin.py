@@ -52,9 +52,7 @@ def load_digits(image_size: int, per_class: int | None, seed: int) -> ImageDatas
     )
 
 
-def load_fashion_mnist(
-    directory: str | None, image_size: int, per_class: int | None, seed: int
-) -> ImageDataset:
+def load_fashion_mnist(directory: str | None, image_size: int, per_class: int | None, seed: int) -> ImageDataset:
     """Load the Fashion-MNIST training split (60000 images of 28x28, 10 classes).
 
     Parameters
@@ -129,9 +127,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         raise DataError(f"cannot read IDX file '{path}': {error}; re-download or re-install it") from None
     header = 4 + 4 * ndim
     if len(raw) < header or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] != ndim:
-        raise DataError(
-            f"'{path}' is not an IDX file of {ndim}-D unsigned bytes; re-download or re-install it"
-        )
+        raise DataError(f"'{path}' is not an IDX file of {ndim}-D unsigned bytes; re-download or re-install it")
     shape = tuple(int(size) for size in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape))
     if len(raw) - header != expected:

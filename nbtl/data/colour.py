@@ -66,11 +66,17 @@ def load_photo_patches(image_size: int, per_class: int | None, seed: int) -> Ima
         boxes = _patch_boxes(photo, np.random.default_rng([_PATCH_GENERATOR_SEED, label]))
         wanted = keep[labels[keep] == label] - label * PATCHES_PER_PHOTO
         for top, left, side in boxes[wanted]:
-            crop = Image.fromarray(photo[top:top + side, left:left + side])
+            crop = Image.fromarray(photo[top : top + side, left : left + side])
             pixels[row] = np.asarray(resize_square(crop, image_size)).transpose(2, 0, 1)
             row += 1
-    return ImageDataset(images=images, labels=torch.from_numpy(labels[keep]), classes=names,
-                        name="photo-patches", grayscale=False, original_size=median_size(np.array(sizes)))
+    return ImageDataset(
+        images=images,
+        labels=torch.from_numpy(labels[keep]),
+        classes=names,
+        name="photo-patches",
+        grayscale=False,
+        original_size=median_size(np.array(sizes)),
+    )
 
 
 def _patch_boxes(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -82,12 +88,14 @@ def _patch_boxes(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         side = int(rng.uniform(*_PATCH_SIDE) * shorter)
         top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
         step = max(1, side // 32)
-        if photo[top:top + side:step, left:left + side:step].std() >= _MIN_PATCH_STD:
+        if photo[top : top + side : step, left : left + side : step].std() >= _MIN_PATCH_STD:
             boxes.append((top, left, side))
             if len(boxes) == PATCHES_PER_PHOTO:
                 return np.array(boxes, dtype=np.int64)
-    raise DataError(f"photo-patches: too few textured crops in a {width}x{height} photo; "
-                    "re-install scikit-image (`pip install --force-reinstall scikit-image`)")
+    raise DataError(
+        f"photo-patches: too few textured crops in a {width}x{height} photo; "
+        "re-install scikit-image (`pip install --force-reinstall scikit-image`)"
+    )
 
 
 def _skimage_data_folder() -> Path:
@@ -95,9 +103,11 @@ def _skimage_data_folder() -> Path:
     folder = Path(next(iter(spec.submodule_search_locations or []), "")) / "data" if spec else None
     missing = [] if folder is None else [f for f in PHOTO_FILES.values() if not (folder / f).is_file()]
     if folder is None or missing:
-        raise DataError("built-in dataset 'photo-patches' needs the photos bundled with scikit-image"
-                        + (f" (missing {', '.join(missing)})" if missing else "")
-                        + "; run `pip install scikit-image` (or `pip install -e '.[dev]'`)")
+        raise DataError(
+            "built-in dataset 'photo-patches' needs the photos bundled with scikit-image"
+            + (f" (missing {', '.join(missing)})" if missing else "")
+            + "; run `pip install scikit-image` (or `pip install -e '.[dev]'`)"
+        )
     return folder
 
 
@@ -107,13 +117,28 @@ _NOTO_EMOJI_PIXELS = 109  # the one size of the font's colour bitmaps (CBDT)
 
 #: category -> inclusive code point ranges (Unicode's emoji blocks; glyphs the font lacks are skipped).
 EMOJI_CATEGORIES = {
-    "faces": [(0x1F600, 0x1F637), (0x1F641, 0x1F644), (0x1F910, 0x1F915), (0x1F917, 0x1F925),
-              (0x1F927, 0x1F92F), (0x1F970, 0x1F976), (0x1F978, 0x1F97A), (0x1F9D0, 0x1F9D0),
-              (0x1FAE0, 0x1FAE8)],
+    "faces": [
+        (0x1F600, 0x1F637),
+        (0x1F641, 0x1F644),
+        (0x1F910, 0x1F915),
+        (0x1F917, 0x1F925),
+        (0x1F927, 0x1F92F),
+        (0x1F970, 0x1F976),
+        (0x1F978, 0x1F97A),
+        (0x1F9D0, 0x1F9D0),
+        (0x1FAE0, 0x1FAE8),
+    ],
     "animals": [(0x1F400, 0x1F43E), (0x1F980, 0x1F9AE), (0x1FAB0, 0x1FABF)],
     "food": [(0x1F345, 0x1F37F), (0x1F950, 0x1F96F), (0x1F9C0, 0x1F9CB), (0x1FAD0, 0x1FADB)],
-    "travel": [(0x1F680, 0x1F6A8), (0x1F6E9, 0x1F6FC), (0x1F3CE, 0x1F3CF), (0x1F3D4, 0x1F3DF),
-               (0x1F3E0, 0x1F3F0), (0x2708, 0x2708), (0x26F4, 0x26F5)],
+    "travel": [
+        (0x1F680, 0x1F6A8),
+        (0x1F6E9, 0x1F6FC),
+        (0x1F3CE, 0x1F3CF),
+        (0x1F3D4, 0x1F3DF),
+        (0x1F3E0, 0x1F3F0),
+        (0x2708, 0x2708),
+        (0x26F4, 0x26F5),
+    ],
     "objects": [(0x1F4B0, 0x1F4FF), (0x1F50B, 0x1F52E)],
 }
 
@@ -128,19 +153,27 @@ def load_emoji(image_size: int, per_class: int | None, seed: int) -> ImageDatase
     from PIL import ImageDraw, ImageFont
 
     if not NOTO_EMOJI_FONT.is_file():
-        raise DataError(f"built-in dataset 'emoji' needs {NOTO_EMOJI_FONT}; "
-                        "run `apt-get install fonts-noto-color-emoji`")
+        raise DataError(
+            f"built-in dataset 'emoji' needs {NOTO_EMOJI_FONT}; run `apt-get install fonts-noto-color-emoji`"
+        )
     try:
         from fontTools.ttLib import TTFont
 
         covered = set(TTFont(str(NOTO_EMOJI_FONT), lazy=True).getBestCmap())
         font = ImageFont.truetype(str(NOTO_EMOJI_FONT), _NOTO_EMOJI_PIXELS)
     except Exception as error:  # a corrupt or foreign file at that path
-        raise DataError(f"cannot read the emoji font {NOTO_EMOJI_FONT}: {error}; "
-                        "run `apt-get install --reinstall fonts-noto-color-emoji`") from None
+        raise DataError(
+            f"cannot read the emoji font {NOTO_EMOJI_FONT}: {error}; "
+            "run `apt-get install --reinstall fonts-noto-color-emoji`"
+        ) from None
     names = list(EMOJI_CATEGORIES)
-    points = [(label, code) for label, name in enumerate(names)
-              for low, high in EMOJI_CATEGORIES[name] for code in range(low, high + 1) if code in covered]
+    points = [
+        (label, code)
+        for label, name in enumerate(names)
+        for low, high in EMOJI_CATEGORIES[name]
+        for code in range(low, high + 1)
+        if code in covered
+    ]
     labels = np.array([label for label, _ in points], dtype=np.int64)
     keep = select_per_class(labels, per_class, seed)
     images = torch.empty((len(keep), 3, image_size, image_size), dtype=torch.uint8)
@@ -150,8 +183,14 @@ def load_emoji(image_size: int, per_class: int | None, seed: int) -> ImageDatase
         glyph = Image.new("RGBA", (canvas_side, canvas_side), (0, 0, 0, 0))
         ImageDraw.Draw(glyph).text((4, 4), chr(points[index][1]), font=font, embedded_color=True)
         pixels[row] = to_rgb_array(resize_square(_on_white_square(glyph), image_size)).transpose(2, 0, 1)
-    return ImageDataset(images=images, labels=torch.from_numpy(labels[keep]), classes=names, name="emoji",
-                        grayscale=False, original_size=(_NOTO_EMOJI_PIXELS, _NOTO_EMOJI_PIXELS))
+    return ImageDataset(
+        images=images,
+        labels=torch.from_numpy(labels[keep]),
+        classes=names,
+        name="emoji",
+        grayscale=False,
+        original_size=(_NOTO_EMOJI_PIXELS, _NOTO_EMOJI_PIXELS),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- icons
@@ -171,8 +210,10 @@ def load_icons(image_size: int, per_class: int | None, seed: int) -> ImageDatase
     KDE Oxygen icon theme (LGPL-3), Debian package ``oxygen-icon-theme``.
     """
     if not OXYGEN_ICONS_DIR.is_dir():
-        raise DataError(f"built-in dataset 'icons' needs the Oxygen icons in {OXYGEN_ICONS_DIR}; "
-                        "run `apt-get install oxygen-icon-theme`")
+        raise DataError(
+            f"built-in dataset 'icons' needs the Oxygen icons in {OXYGEN_ICONS_DIR}; "
+            "run `apt-get install oxygen-icon-theme`"
+        )
     paths, labels = _icon_files()
     keep = select_per_class(labels, per_class, seed)
     images = torch.empty((len(keep), 3, image_size, image_size), dtype=torch.uint8)
@@ -182,8 +223,14 @@ def load_icons(image_size: int, per_class: int | None, seed: int) -> ImageDatase
         icon = open_image(paths[index])
         sizes[row] = (icon.height, icon.width)
         pixels[row] = to_rgb_array(resize_square(_on_white_square(icon.convert("RGBA")), image_size)).transpose(2, 0, 1)
-    return ImageDataset(images=images, labels=torch.from_numpy(labels[keep]), classes=list(ICON_CONTEXTS),
-                        name="icons", grayscale=False, original_size=median_size(sizes))
+    return ImageDataset(
+        images=images,
+        labels=torch.from_numpy(labels[keep]),
+        classes=list(ICON_CONTEXTS),
+        name="icons",
+        grayscale=False,
+        original_size=median_size(sizes),
+    )
 
 
 def _icon_files() -> tuple[list[Path], np.ndarray]:
@@ -200,9 +247,12 @@ def _icon_files() -> tuple[list[Path], np.ndarray]:
                 names.add(path.name)
                 digest = _pixel_digest(path)
                 by_content.setdefault(digest, []).append((label, path))
-    kept = sorted((label, min(paths)[1]) for label, paths in (
-        (entries[0][0], entries) for entries in by_content.values()
-        if len({label for label, _ in entries}) == 1))
+    kept = sorted(
+        (label, min(paths)[1])
+        for label, paths in (
+            (entries[0][0], entries) for entries in by_content.values() if len({label for label, _ in entries}) == 1
+        )
+    )
     return [path for _, path in kept], np.array([label for label, _ in kept], dtype=np.int64)
 
 

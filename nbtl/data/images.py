@@ -6,8 +6,8 @@ way: shorter side to ``image_size`` with bilinear filtering, then a centred squa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -76,9 +76,7 @@ def open_image(path: Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         reason = reason.replace(f" '{path}'", "")  # PIL repeats the path; we name it once
-        raise DataError(
-            f"cannot read image '{path}': {reason}; replace or delete the corrupt file"
-        ) from None
+        raise DataError(f"cannot read image '{path}': {reason}; replace or delete the corrupt file") from None
 
 
 def decode_files(paths: Sequence[Path], image_size: int) -> tuple[torch.Tensor, bool, tuple[int, int]]:

@@ -8,12 +8,15 @@ pick a subset before the expensive decoding.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from nbtl.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,10 +43,18 @@ def list_image_folder(root: Path) -> FileListing:
     ``torchvision.datasets.ImageFolder``. Hidden entries (``.name``) are skipped, and so
     are files whose extension is not an image extension.
 
+    Symbolic links are followed, but each real directory is walked once per class
+    folder, so a link loop (``cat/again -> .``) cannot repeat images. A real file
+    (same device and inode) reached by several paths inside one class folder, through
+    links or hard links, is listed once, at the first path in sorted walk order, and a
+    warning says how many paths were dropped: counting it twice would put the same
+    image in train and test.
+
     Raises
     ------
     DataError
-        If ``root`` has no class folders, or a class folder holds no image.
+        If ``root`` has no class folders, a class folder holds no image, or one real
+        image file is reached from two class folders (it would carry two labels).
     """
     extensions = image_extensions()
     with os.scandir(root) as scan:
@@ -60,6 +71,7 @@ def list_image_folder(root: Path) -> FileListing:
         )
     paths: list[Path] = []
     labels: list[int] = []
+    owner: dict[tuple[int, int], tuple[int, Path]] = {}  # real file -> (label, first path)
     for label, class_dir in enumerate(class_dirs):
         files = _images_under(Path(class_dir.path), extensions)
         if not files:
@@ -67,8 +79,35 @@ def list_image_folder(root: Path) -> FileListing:
                 f"class folder '{class_dir.path}' holds no images (extensions "
                 f"{', '.join(extensions)}); add images to it or remove the folder"
             )
-        paths.extend(files)
-        labels.extend([label] * len(files))
+        repeats: list[Path] = []
+        for path in files:
+            try:
+                identity = _file_identity(path)
+            except OSError as error:
+                raise DataError(
+                    f"image '{path}' cannot be read ({error.strerror}); fix the link or remove the file"
+                ) from None
+            if identity in owner:
+                first_label, first_path = owner[identity]
+                if first_label != label:
+                    raise DataError(
+                        f"image '{path}' (class '{class_dir.name}') is the same file as "
+                        f"'{first_path}' (class '{class_dirs[first_label].name}'), reached through a "
+                        "link; an image must belong to one class: remove the link or the copy"
+                    )
+                repeats.append(path)
+                continue
+            owner[identity] = (label, path)
+            paths.append(path)
+            labels.append(label)
+        if repeats:
+            logger.warning(
+                "class folder '%s': %d paths lead to images already listed (links or hard links, "
+                "e.g. '%s'); each image is counted once",
+                class_dir.path,
+                len(repeats),
+                repeats[0],
+            )
     return FileListing(paths, labels, [entry.name for entry in class_dirs], _folder_name(root))
 
 
@@ -78,11 +117,17 @@ def list_csv(csv_path: Path) -> FileListing:
     Relative paths are taken from the CSV's folder. Classes are the distinct labels,
     sorted numerically when all of them are integers and alphabetically otherwise.
 
+    Two rows name the same image when their paths lead to the same real file (``a.png``,
+    ``./a.png``, a link or a hard link to it). A row that repeats an earlier row's image
+    and label is dropped, and a warning counts the dropped rows and names their lines:
+    kept, a repeat would put one image in both train and test. An image under two
+    different labels is refused, since no split can be right for it.
+
     Raises
     ------
     DataError
         If the header lacks ``path`` or ``label``, a row is incomplete, a file is missing,
-        or there are no rows.
+        one image has two labels, or there are no rows.
     """
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as stream:
@@ -105,8 +150,7 @@ def list_csv(csv_path: Path) -> FileListing:
         label = (row.get("label") or "").strip()
         if not raw_path or not label:
             raise DataError(
-                f"CSV '{csv_path}' line {line}: empty path or label; "
-                "give both on every row or delete the row"
+                f"CSV '{csv_path}' line {line}: empty path or label; give both on every row or delete the row"
             )
         entries.append((line, _resolve(csv_path, raw_path), label))
     if not entries:
@@ -120,6 +164,7 @@ def list_csv(csv_path: Path) -> FileListing:
             f"CSV '{csv_path}' line {line}: image file '{path}' not found{more}; paths are relative "
             "to the CSV's folder or absolute: fix the path or delete the row"
         )
+    entries = _drop_repeated_rows(csv_path, entries)
     classes = _sort_labels({label for _, _, label in entries})
     index = {name: position for position, name in enumerate(classes)}
     return FileListing(
@@ -130,16 +175,64 @@ def list_csv(csv_path: Path) -> FileListing:
     )
 
 
+def _drop_repeated_rows(csv_path: Path, entries: list[tuple[int, Path, str]]) -> list[tuple[int, Path, str]]:
+    """Drop rows repeating an earlier row's image and label; refuse an image with two labels."""
+    first: dict[tuple[int, int], tuple[int, str]] = {}  # real file -> (line, label)
+    kept, repeats = [], []
+    for line, path, label in entries:
+        identity = _file_identity(path)
+        if identity not in first:
+            first[identity] = (line, label)
+            kept.append((line, path, label))
+            continue
+        first_line, first_label = first[identity]
+        if first_label != label:
+            raise DataError(
+                f"CSV '{csv_path}' line {line}: image '{path}' has label {label!r} but line "
+                f"{first_line} gives it label {first_label!r}; an image must have one label: "
+                "delete the wrong row"
+            )
+        repeats.append((line, first_line))
+    if repeats:
+        shown = ", ".join(f"line {line} repeats line {earlier}" for line, earlier in repeats[:5])
+        more = f", and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+        logger.warning(
+            "CSV '%s': dropped %d duplicate rows (%s%s); each image is used once",
+            csv_path,
+            len(repeats),
+            shown,
+            more,
+        )
+    return kept
+
+
 def _images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Image files under ``folder``, following links but entering each real directory once."""
     files = []
+    visited = {_file_identity(folder)}
     for parent, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        kept = []
+        for name in sorted(name for name in dirs if not name.startswith(".")):
+            try:
+                identity = _file_identity(Path(parent) / name)
+            except OSError:  # a dangling link: os.walk would list it but cannot enter it
+                continue
+            if identity not in visited:
+                visited.add(identity)
+                kept.append(name)
+        dirs[:] = kept
         files.extend(
             Path(parent) / name
             for name in sorted(names)
             if not name.startswith(".") and name.lower().endswith(extensions)
         )
     return files
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of the real file or directory ``path`` leads to, links followed."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
 
 
 def _name(entry: os.DirEntry) -> str:

@@ -26,7 +26,10 @@ _SOURCE_HELP = (
 
 
 def load_dataset(
-    source: str | os.PathLike, image_size: int, per_class: int | None = None, seed: int = 0,
+    source: str | os.PathLike,
+    image_size: int,
+    per_class: int | None = None,
+    seed: int = 0,
     classes: str | list[str] | None = None,
 ) -> ImageDataset:
     """Load a labelled image dataset, decoding and resizing every image once.
@@ -46,9 +49,11 @@ def load_dataset(
           category (faces, animals, food, travel, objects; 5 classes, 90-130 each);
         - ``"icons"``: Oxygen icons (Debian ``oxygen-icon-theme``), class = context (actions,
           apps, devices, mimetypes, status; 5 classes, 60-650 each);
-        - a directory in ImageFolder layout, ``<dir>/<class name>/<image>``;
+        - a directory in ImageFolder layout, ``<dir>/<class name>/<image>``; links are
+          followed, each real folder once, and an image reached by two paths counts once;
         - a ``.csv`` file with header ``path,label``; paths are relative to the CSV's
-          folder, or absolute.
+          folder, or absolute. A row repeating an image and its label is dropped with a
+          warning; an image under two labels is an error.
 
         The built-in names win over a same-named folder; write ``./digits`` for the folder.
     image_size : int
@@ -113,8 +118,10 @@ def keep_classes(dataset: ImageDataset, classes: str | list[str], where: str) ->
     ``0..k-1`` in the order given."""
     wanted = parse_classes(classes) or []
     if len(wanted) < 2:
-        raise DataError(f"classes for '{where}' must name at least two classes, got {classes!r}; "
-                        f"e.g. --classes {','.join(dataset.classes[:2])}")
+        raise DataError(
+            f"classes for '{where}' must name at least two classes, got {classes!r}; "
+            f"e.g. --classes {','.join(dataset.classes[:2])}"
+        )
     chosen = []
     for item in wanted:
         if item in dataset.classes:
@@ -122,8 +129,10 @@ def keep_classes(dataset: ImageDataset, classes: str | list[str], where: str) ->
         elif item.isdigit() and int(item) < len(dataset.classes):
             chosen.append(int(item))
         else:
-            raise DataError(f"class {item!r} is not in dataset '{where}' (classes: {', '.join(dataset.classes)}); "
-                            "name a class or give its 0-based index")
+            raise DataError(
+                f"class {item!r} is not in dataset '{where}' (classes: {', '.join(dataset.classes)}); "
+                "name a class or give its 0-based index"
+            )
     if len(set(chosen)) != len(chosen):
         raise DataError(f"classes for '{where}' name a class twice: {classes!r}")
     labels = dataset.labels.numpy()
@@ -132,9 +141,14 @@ def keep_classes(dataset: ImageDataset, classes: str | list[str], where: str) ->
     remap = np.full(len(dataset.classes), -1, dtype=np.int64)
     remap[chosen] = np.arange(len(chosen))
     names = [dataset.classes[c] for c in chosen]
-    return ImageDataset(images=subset.images, labels=torch.from_numpy(remap[subset.labels.numpy()]), classes=names,
-                        name=f"{dataset.name}[{','.join(str(c) for c in chosen)}]", grayscale=dataset.grayscale,
-                        original_size=dataset.original_size)
+    return ImageDataset(
+        images=subset.images,
+        labels=torch.from_numpy(remap[subset.labels.numpy()]),
+        classes=names,
+        name=f"{dataset.name}[{','.join(str(c) for c in chosen)}]",
+        grayscale=dataset.grayscale,
+        original_size=dataset.original_size,
+    )
 
 
 def _list_path(text: str) -> FileListing:
@@ -150,9 +164,7 @@ def _list_path(text: str) -> FileListing:
     raise DataError(f"unknown dataset source '{text}' (no such built-in dataset or path); {_SOURCE_HELP}")
 
 
-def _load_files(
-    listing: FileListing, where: str, image_size: int, per_class: int | None, seed: int
-) -> ImageDataset:
+def _load_files(listing: FileListing, where: str, image_size: int, per_class: int | None, seed: int) -> ImageDataset:
     labels = np.asarray(listing.labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=len(listing.classes)).tolist()
     _check_classes(dict(zip(listing.classes, counts)), where)
@@ -184,9 +196,4 @@ def _check_int(name: str, value, meaning: str) -> None:
 
 
 def _looks_like_path(text: str) -> bool:
-    return (
-        os.sep in text
-        or "/" in text
-        or text.startswith((".", "~"))
-        or Path(text).suffix != ""
-    )
+    return os.sep in text or "/" in text or text.startswith((".", "~")) or Path(text).suffix != ""

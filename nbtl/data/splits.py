@@ -57,8 +57,7 @@ def split_dataset(
     """
     if not isinstance(dataset, ImageDataset):
         raise DataError(
-            f"split_dataset needs an ImageDataset, got {type(dataset).__name__}; "
-            "load one with nbtl.data.load_dataset"
+            f"split_dataset needs an ImageDataset, got {type(dataset).__name__}; load one with nbtl.data.load_dataset"
         )
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)

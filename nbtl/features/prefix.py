@@ -122,8 +122,14 @@ class PrefixStore:
     ``max_bytes``); a pickled store (e.g. shipped to Ray workers) starts with an empty memory.
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None, views: int = 4, seed: int = 0,
-                 max_bytes: int = 2 * 2**30, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike | None = None,
+        views: int = 4,
+        seed: int = 0,
+        max_bytes: int = 2 * 2**30,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ConfigError(f"prefix store views must be an integer >= 1, got {views!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -138,8 +144,10 @@ class PrefixStore:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return (f"PrefixStore(directory={self.directory}, views={self.views}, seed={self.seed}, "
-                f"max_bytes={self.max_bytes}, dtype={_DTYPES[self.dtype]})")
+        return (
+            f"PrefixStore(directory={self.directory}, views={self.views}, seed={self.seed}, "
+            f"max_bytes={self.max_bytes}, dtype={_DTYPES[self.dtype]})"
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -150,8 +158,15 @@ class PrefixStore:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def get(self, model: torch.nn.Module, splits: Splits, blocks: int, *, augmentation: dict | None = None,
-            state_dict: Mapping[str, Tensor] | None = None) -> PrefixEntry | None:
+    def get(
+        self,
+        model: torch.nn.Module,
+        splits: Splits,
+        blocks: int,
+        *,
+        augmentation: dict | None = None,
+        state_dict: Mapping[str, Tensor] | None = None,
+    ) -> PrefixEntry | None:
         """The entry for ``model``'s blocks ``[0, blocks)`` on ``splits``: from memory, from disk, or computed.
 
         Parameters
@@ -190,9 +205,15 @@ class PrefixStore:
 
         nbytes = self._estimate_bytes(model, splits, blocks, views)
         if nbytes > self.max_bytes:
-            logger.warning("prefix cache: %s blocks [0, %d) at %dpx would take %.0f MiB > max_bytes %.0f MiB; "
-                           "training this trial uncached", key["backbone"], blocks, key["image_size"],
-                           nbytes / 2**20, self.max_bytes / 2**20)
+            logger.warning(
+                "prefix cache: %s blocks [0, %d) at %dpx would take %.0f MiB > max_bytes %.0f MiB; "
+                "training this trial uncached",
+                key["backbone"],
+                blocks,
+                key["image_size"],
+                nbytes / 2**20,
+                self.max_bytes / 2**20,
+            )
             return None
 
         path, entry = None, None
@@ -212,13 +233,21 @@ class PrefixStore:
                         self._save(entry, path)
         entry.path, entry.seconds = path, time.perf_counter() - started
         self._remember(entry)
-        logger.info("prefix cache: %s blocks [0, %d) %s in %.1fs (%.0f MiB, %d views)%s", key["backbone"], blocks,
-                    "loaded" if entry.hit else "computed", entry.seconds, entry.nbytes / 2**20, views,
-                    f" at {path}" if path else "")
+        logger.info(
+            "prefix cache: %s blocks [0, %d) %s in %.1fs (%.0f MiB, %d views)%s",
+            key["backbone"],
+            blocks,
+            "loaded" if entry.hit else "computed",
+            entry.seconds,
+            entry.nbytes / 2**20,
+            views,
+            f" at {path}" if path else "",
+        )
         return entry
 
-    def _key(self, model, splits: Splits, blocks: int, transform, views: int,
-             state_dict: Mapping[str, Tensor] | None) -> dict[str, Any]:
+    def _key(
+        self, model, splits: Splits, blocks: int, transform, views: int, state_dict: Mapping[str, Tensor] | None
+    ) -> dict[str, Any]:
         if state_dict is not None:
             weights = weights_hash(state_dict)
         else:
@@ -247,8 +276,9 @@ class PrefixStore:
         return per_image * (views * len(splits.train) + len(splits.val) + len(splits.test))
 
     @torch.no_grad()
-    def _compute(self, model, splits: Splits, blocks: int, transform, views: int, key: dict[str, Any],
-                 digest: str) -> PrefixEntry:
+    def _compute(
+        self, model, splits: Splits, blocks: int, transform, views: int, key: dict[str, Any], digest: str
+    ) -> PrefixEntry:
         device = next(model.parameters()).device
         # The augmentation draws from torch's global generator: seed it here, inside fork_rng so the
         # caller's RNG stream is untouched, and every trial of the search sees the same views.
@@ -274,8 +304,8 @@ class PrefixStore:
             # The last batch is the last `size` images, not a short remainder: kernels for short batches
             # round differently (1e-5), and a trial's training amplifies that into other metrics.
             window = max(0, min(start, len(images) - size))
-            outputs = model.forward_to(images[window:start + size].to(device), blocks)
-            parts.append(outputs[start - window:].to("cpu", self.dtype))
+            outputs = model.forward_to(images[window : start + size].to(device), blocks)
+            parts.append(outputs[start - window :].to("cpu", self.dtype))
         return torch.cat(parts)
 
     def _load(self, path: Path, key: dict[str, Any], digest: str) -> PrefixEntry | None:
@@ -285,15 +315,21 @@ class PrefixStore:
             stored = torch.load(path, map_location="cpu", weights_only=True)
             if stored.get("key") != json.dumps(key, sort_keys=True):
                 raise ValueError("its key differs from the requested one")
-            return PrefixEntry(int(stored["blocks"]), stored["train"], stored["val"], stored["test"], key, digest,
-                               hit=True)
+            return PrefixEntry(
+                int(stored["blocks"]), stored["train"], stored["val"], stored["test"], key, digest, hit=True
+            )
         except Exception as error:  # a torn or foreign file: compute the entry again and replace it
             logger.warning("prefix cache: ignoring unreadable entry %s (%s: %s)", path, type(error).__name__, error)
             return None
 
     def _save(self, entry: PrefixEntry, path: Path) -> None:
-        payload = {"key": json.dumps(entry.key, sort_keys=True), "blocks": entry.blocks,
-                   "train": entry.train, "val": entry.val, "test": entry.test}
+        payload = {
+            "key": json.dumps(entry.key, sort_keys=True),
+            "blocks": entry.blocks,
+            "train": entry.train,
+            "val": entry.val,
+            "test": entry.test,
+        }
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(handle)
         try:

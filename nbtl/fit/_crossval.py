@@ -42,9 +42,7 @@ def cross_validated_accuracy(make_estimator, matrix, codes, n_classes, cv, rando
     folds = list(StratifiedKFold(n_splits=cv).split(matrix, codes))
     smallest_train = min(len(train) for train, _ in folds)
     if k is not None and k > smallest_train:
-        raise MeasureError(
-            f"k={k} exceeds the {smallest_train} samples of a training fold; lower k or cv"
-        )
+        raise MeasureError(f"k={k} exceeds the {smallest_train} samples of a training fold; lower k or cv")
     correct = 0
     from threadpoolctl import threadpool_limits
 

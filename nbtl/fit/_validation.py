@@ -37,14 +37,11 @@ def check_matrix(values, name: str = "features", *, min_rows: int = 2) -> np.nda
     array = array.astype(np.float64, copy=False)
     if array.shape[0] < min_rows or array.shape[1] < 1:
         raise MeasureError(
-            f"{name} must have at least {min_rows} samples and 1 feature, got shape {array.shape}; "
-            "pass more samples"
+            f"{name} must have at least {min_rows} samples and 1 feature, got shape {array.shape}; pass more samples"
         )
     if not np.isfinite(array).all():
         bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise MeasureError(
-            f"{name} must be finite, got {bad} NaN or infinite values; remove or impute those samples"
-        )
+        raise MeasureError(f"{name} must be finite, got {bad} NaN or infinite values; remove or impute those samples")
     return array
 
 
@@ -56,8 +53,10 @@ def check_labels(labels, n_samples: int, name: str = "labels") -> tuple[np.ndarr
     """
     array = _as_numpy(labels)
     if array.ndim != 1:
-        raise MeasureError(f"{name} must be a 1-D array of shape (n_samples,), got shape {array.shape}; "
-                           f"pass one class label per sample (e.g. {name}.ravel())")
+        raise MeasureError(
+            f"{name} must be a 1-D array of shape (n_samples,), got shape {array.shape}; "
+            f"pass one class label per sample (e.g. {name}.ravel())"
+        )
     if len(array) != n_samples:
         raise MeasureError(
             f"{name} has {len(array)} entries but there are {n_samples} samples; pass one label per sample"

@@ -1,7 +1,8 @@
 """Frozen-backbone features at the end of every block, cached on disk.
 
 :func:`block_features` runs a backbone once over a dataset, in eval mode and without gradients,
-and keeps each block's output globally average-pooled, ``(N, C_b)`` per block, plus the source
+and keeps each block's output pooled, ``(N, C_b)`` per block (maps globally averaged; ViT's tokens as its head
+pools them, by the class token), plus the source
 (ImageNet) head's softmax probabilities, which LEEP and NCE read. The result is cached as one
 ``.npz`` file (read back with ``np.load(allow_pickle=False)``; nothing is pickled) under a name
 built from what determines the features: the backbone, a hash of the weights actually loaded,
@@ -40,7 +41,8 @@ class BlockFeatures:
     Attributes
     ----------
     blocks : list of numpy.ndarray
-        ``blocks[b]`` has shape ``(N, C_b)``, float32: block ``b``'s output, globally average-pooled.
+        ``blocks[b]`` has shape ``(N, C_b)``, float32: block ``b``'s output pooled, maps by a global
+        average, ViT tokens by the class token (the patch embedding by the mean of its patch tokens).
     source_probs : numpy.ndarray of shape (N, num_source_classes) or None
         Softmax of the source head's logits (float32); None when the backbone has no source head.
     labels : numpy.ndarray of shape (N,)
@@ -80,9 +82,11 @@ class BlockFeatures:
 
     def __repr__(self) -> str:
         source = "none" if self.source_probs is None else self.source_probs.shape[1]
-        return (f"BlockFeatures(backbone={self.backbone!r}, n={len(self.labels)}, "
-                f"image_size={self.image_size}, feature_dims={self.feature_dims}, "
-                f"source_classes={source}, from_cache={self.from_cache})")
+        return (
+            f"BlockFeatures(backbone={self.backbone!r}, n={len(self.labels)}, "
+            f"image_size={self.image_size}, feature_dims={self.feature_dims}, "
+            f"source_classes={source}, from_cache={self.from_cache})"
+        )
 
 
 def default_cache_dir() -> Path:
@@ -111,10 +115,19 @@ def state_dict_hash(state_dict: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def block_features(dataset: ImageDataset, backbone_name: str, *, weights_path: str | os.PathLike | None = None,
-                   state_dict: Mapping[str, Tensor] | None = None, image_size: int | None = None,
-                   batch_size: int = 64, cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                   device: str | torch.device | None = None, progress: bool = True) -> BlockFeatures:
+def block_features(
+    dataset: ImageDataset,
+    backbone_name: str,
+    *,
+    weights_path: str | os.PathLike | None = None,
+    state_dict: Mapping[str, Tensor] | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> BlockFeatures:
     """The frozen backbone's pooled features at the end of every block, and its source probabilities.
 
     Images (uint8) are resized to ``image_size`` if needed (bilinear, antialiased), scaled to
@@ -163,40 +176,63 @@ def block_features(dataset: ImageDataset, backbone_name: str, *, weights_path: s
         ``dataset`` is not an :class:`ImageDataset` or holds no images.
     """
     if not isinstance(dataset, ImageDataset):
-        raise DataError(f"dataset must be an nbtl ImageDataset, got {type(dataset).__name__}; "
-                        "load it with nbtl.data.load_dataset")
+        raise DataError(
+            f"dataset must be an nbtl ImageDataset, got {type(dataset).__name__}; load it with nbtl.data.load_dataset"
+        )
     if len(dataset) == 0:
         raise DataError(f"dataset '{dataset.name}' holds no images; load a dataset with images")
     spec = get_spec(backbone_name)
     size = dataset.image_size if image_size is None else _positive_int(image_size, "image_size", "e.g. 224")
     batch_size = _positive_int(batch_size, "batch_size", "e.g. 64")
     if weights_path is not None and state_dict is not None:
-        raise BackboneError(f"block_features({backbone_name!r}) got both weights_path and state_dict; "
-                            "pass only one of them")
-    weights = (load_pretrained_state_dict(backbone_name, weights_path) if state_dict is None
-               else dict(state_dict))
+        raise BackboneError(
+            f"block_features({backbone_name!r}) got both weights_path and state_dict; pass only one of them"
+        )
+    weights = load_pretrained_state_dict(backbone_name, weights_path) if state_dict is None else dict(state_dict)
     weights_hash = state_dict_hash(weights)
     fingerprint = dataset.fingerprint()
-    key = {"format": CACHE_FORMAT, "backbone": backbone_name, "weights": weights_hash,
-           "dataset": fingerprint, "image_size": size}
+    key = {
+        "format": CACHE_FORMAT,
+        "backbone": backbone_name,
+        "weights": weights_hash,
+        "dataset": fingerprint,
+        "image_size": size,
+    }
 
     path = None
     if use_cache:
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        path = folder / (f"{backbone_name}-{size}px-w{weights_hash[:16]}-d{fingerprint[:16]}"
-                         f"-v{CACHE_FORMAT}.npz")
+        path = folder / (f"{backbone_name}-{size}px-w{weights_hash[:16]}-d{fingerprint[:16]}-v{CACHE_FORMAT}.npz")
         cached = _read_cache(path, key, spec.num_blocks, len(dataset))
         if cached is not None:
             blocks, probs = cached
-            return BlockFeatures(blocks, probs, dataset.labels.numpy().copy(), backbone_name, size,
-                                 weights_hash, fingerprint, path, from_cache=True)
+            return BlockFeatures(
+                blocks,
+                probs,
+                dataset.labels.numpy().copy(),
+                backbone_name,
+                size,
+                weights_hash,
+                fingerprint,
+                path,
+                from_cache=True,
+            )
 
     backbone = create_backbone(backbone_name, state_dict=weights)
     blocks, probs = _extract(backbone, dataset, size, batch_size, _device(device), progress)
     if path is not None:
         _write_cache(path, key, blocks, probs)
-    return BlockFeatures(blocks, probs, dataset.labels.numpy().copy(), backbone_name, size,
-                         weights_hash, fingerprint, path, from_cache=False)
+    return BlockFeatures(
+        blocks,
+        probs,
+        dataset.labels.numpy().copy(),
+        backbone_name,
+        size,
+        weights_hash,
+        fingerprint,
+        path,
+        from_cache=False,
+    )
 
 
 def _positive_int(value, name: str, example: str) -> int:
@@ -212,8 +248,9 @@ def _device(device) -> torch.device:
 
 
 @torch.inference_mode()
-def _extract(backbone, dataset: ImageDataset, size: int, batch_size: int, device: torch.device,
-             progress: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
+def _extract(
+    backbone, dataset: ImageDataset, size: int, batch_size: int, device: torch.device, progress: bool
+) -> tuple[list[np.ndarray], np.ndarray | None]:
     from tqdm.auto import tqdm
 
     backbone = backbone.to(device).eval()
@@ -222,22 +259,45 @@ def _extract(backbone, dataset: ImageDataset, size: int, batch_size: int, device
     pooled: list[list[np.ndarray]] = [[] for _ in range(backbone.spec.num_blocks)]
     probs: list[np.ndarray] = []
     starts = range(0, len(dataset), batch_size)
-    bar = tqdm(starts, total=len(starts), desc=f"{backbone.spec.name} features @ {size}px",
-               unit="batch", disable=not progress)
+    bar = tqdm(
+        starts, total=len(starts), desc=f"{backbone.spec.name} features @ {size}px", unit="batch", disable=not progress
+    )
     for start in bar:
-        images = dataset.images[start:start + batch_size].to(device)
+        images = dataset.images[start : start + batch_size].to(device)
         x = images.float() / 255.0
         if x.shape[-1] != size:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
-                                                align_corners=False, antialias=True).clamp_(0.0, 1.0)
-        outputs = backbone.forward_blocks((x - mean) / std)
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            ).clamp_(0.0, 1.0)
+        inputs = (x - mean) / std
+        outputs = backbone.forward_blocks(inputs)
         for b, output in enumerate(outputs):
-            pooled[b].append(output.float().mean(dim=(2, 3)).cpu().numpy())
+            before = inputs if b == 0 else outputs[b - 1]
+            pooled[b].append(_pool_block(backbone, output, before, last=b == len(outputs) - 1).cpu().numpy())
         if backbone.source_head is not None:
-            logits = backbone.source_head(backbone.pool(outputs[-1]))
+            head_input = outputs[-1] if backbone.source_head_on_map else backbone.pool(outputs[-1])
+            logits = backbone.source_head(head_input)
             probs.append(torch.softmax(logits.double(), dim=1).float().cpu().numpy())
     blocks = [np.concatenate(parts).astype(np.float32, copy=False) for parts in pooled]
     return blocks, (np.concatenate(probs) if probs else None)
+
+
+def _pool_block(backbone, output: Tensor, block_input: Tensor, last: bool) -> Tensor:
+    """One block's output as ``(N, C)`` features.
+
+    Maps ``(N, C, H, W)`` are averaged over space (the last block's average is ``backbone.pool``'s
+    global average pool). Tokens ``(N, 1 + L, D)`` (ViT, class token first) are pooled as the
+    backbone's own head pools them: the class token. The class token of the block that makes the
+    tokens (the patch embedding, whose input is not tokens) has not yet attended to any patch and
+    is the same for every image, so that block gives the mean of its patch tokens instead.
+    """
+    if output.ndim == 4:
+        return output.float().mean(dim=(2, 3))
+    if last or output.ndim != 3:
+        return backbone.pool(output).float().flatten(1)
+    if block_input.ndim != 3:
+        return output[:, 1:].float().mean(dim=1)
+    return output[:, 0].float()
 
 
 def _read_cache(path: Path, key: dict, num_blocks: int, n: int):
@@ -278,4 +338,7 @@ def _write_cache(path: Path, key: dict, blocks: list[np.ndarray], probs: np.ndar
     except OSError as exc:  # the features are still returned; only the next call pays again
         warnings.warn(
             f"cannot write the feature cache {path} ({exc.strerror or exc}); set NBTL_CACHE_DIR or "
-            "cache_dir to a writable folder, or pass use_cache=False", RuntimeWarning, stacklevel=3)
+            "cache_dir to a writable folder, or pass use_cache=False",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -104,29 +104,29 @@ def logme(features, labels, *, max_iter: int = 100, tol: float = 1e-7) -> float:
 def _logme_evidences(f: np.ndarray, y: np.ndarray, max_iter: int, tol: float) -> np.ndarray:
     """Log evidence / N of each column of ``y`` (N, C), maximised over (α, β); all classes at once."""
     n, d = f.shape
-    y_norm2 = (y * y).sum(axis=0)                                       # (C,)
+    y_norm2 = (y * y).sum(axis=0)  # (C,)
     # Directions i with eigenvalue sigma_i = s_i² of FᵀF; a_i = (s_i uᵢᵀy)² = (vᵢᵀFᵀy)² per class.
     # Then ‖m‖² = Σ a/(σ+t)² and ‖y − Fm‖² = ‖y‖² − Σ a(σ+2t)/(σ+t)² (no division by σ).
     # Directions with σ at rounding level are the null space of F: they carry no weight and
     # (exactly) no signal, so they are dropped; log(1 + σ/t) = 0 for them in the evidence.
     if n > d:
-        sigma, v = np.linalg.eigh(f.T @ f)                               # D directions
+        sigma, v = np.linalg.eigh(f.T @ f)  # D directions
         kept = sigma > max(n, d) * np.finfo(float).eps * max(sigma.max(), 0.0)
         sigma, v = sigma[kept, None], v[:, kept]
-        a = (v.T @ (f.T @ y)) ** 2                                       # (k, C)
+        a = (v.T @ (f.T @ y)) ** 2  # (k, C)
         outside = None
     else:
-        sigma, u = np.linalg.eigh(f @ f.T)                               # N directions
+        sigma, u = np.linalg.eigh(f @ f.T)  # N directions
         kept = sigma > max(n, d) * np.finfo(float).eps * max(sigma.max(), 0.0)
         sigma, u = sigma[kept, None], u[:, kept]
-        x2 = (u.T @ y) ** 2                                              # (k, C)
+        x2 = (u.T @ y) ** 2  # (k, C)
         a = sigma * x2
-        outside = np.clip(y_norm2 - x2.sum(axis=0), 0.0, None)          # ‖y‖² outside the span of F
+        outside = np.clip(y_norm2 - x2.sum(axis=0), 0.0, None)  # ‖y‖² outside the span of F
 
     def moments(t):
         denom = sigma + t
         gamma = (sigma / denom).sum(axis=0)
-        m2 = (a / denom / denom).sum(axis=0)            # not denom**2: t may be huge (no prior)
+        m2 = (a / denom / denom).sum(axis=0)  # not denom**2: t may be huge (no prior)
         if outside is None:
             res2 = y_norm2 - (a * ((sigma + 2 * t) / denom) / denom).sum(axis=0)
         else:  # the same quantity written without cancellation: Σ x² t²/(σ+t)² + outside
@@ -145,8 +145,13 @@ def _logme_evidences(f: np.ndarray, y: np.ndarray, max_iter: int, tol: float) ->
     t = alpha / beta
     _, m2, res2 = moments(t)
     # D/2 log α − ½ Σ_D log(α + βσ) = −½ Σ log(1 + σ/t): directions with σ = 0 (D > N) add nothing.
-    evidence = (n / 2 * np.log(beta) - 0.5 * np.log1p(sigma / t).sum(axis=0)
-                - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * np.log(2 * np.pi))
+    evidence = (
+        n / 2 * np.log(beta)
+        - 0.5 * np.log1p(sigma / t).sum(axis=0)
+        - beta / 2 * res2
+        - alpha / 2 * m2
+        - n / 2 * np.log(2 * np.pi)
+    )
     return evidence / n
 
 
@@ -183,10 +188,10 @@ def leep(source_probs, labels) -> float:
     """
     probs = check_probabilities(source_probs)
     codes, n_classes = check_labels(labels, len(probs))
-    joint = _one_hot(codes, n_classes).T @ probs / len(probs)             # (C, Z)
+    joint = _one_hot(codes, n_classes).T @ probs / len(probs)  # (C, Z)
     marginal = joint.sum(axis=0)
     conditional = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)
-    expected = (probs * conditional[codes]).sum(axis=1)                   # > 0 for every sample
+    expected = (probs * conditional[codes]).sum(axis=1)  # > 0 for every sample
     return float(np.log(expected).mean())
 
 
@@ -276,22 +281,25 @@ def h_score(features, labels, *, shrinkage="auto") -> float:
     """
     matrix = check_matrix(features)
     codes, n_classes = check_labels(labels, len(matrix))
-    if not (shrinkage == "auto" if isinstance(shrinkage, str) else
-            not isinstance(shrinkage, bool) and isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1):
+    if not (
+        shrinkage == "auto"
+        if isinstance(shrinkage, str)
+        else not isinstance(shrinkage, bool) and isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1
+    ):
         raise MeasureError(f"shrinkage must be 'auto' or a float in [0, 1], got {shrinkage!r}; e.g. 0.1")
     n, d = matrix.shape
     centred = matrix - matrix.mean(axis=0)
     counts = np.bincount(codes, minlength=n_classes)
-    averaging = _one_hot(codes, n_classes).T / counts[:, None]                # (C, N): class means
+    averaging = _one_hot(codes, n_classes).T / counts[:, None]  # (C, N): class means
     # One eigendecomposition of the smaller Gram matrix gives the covariance's spectrum
     # (eigenvalues w / n) and the class means' coordinates in its eigenbasis; both the
     # covariance and the class means live in the row space of the centred features.
     if n > d:
         w, vectors = np.linalg.eigh(centred.T @ centred)
-        coordinates = (averaging @ centred) @ vectors                         # (C, D)
+        coordinates = (averaging @ centred) @ vectors  # (C, D)
     else:
         w, u = np.linalg.eigh(centred @ centred.T)
-        coordinates = (averaging @ u) * np.sqrt(np.clip(w, 0.0, None))       # (C, N)
+        coordinates = (averaging @ u) * np.sqrt(np.clip(w, 0.0, None))  # (C, N)
     w = np.clip(w, 0.0, None)
     keep = w > max(n, d) * np.finfo(float).eps * w.max()
     if not keep.any():
@@ -320,8 +328,7 @@ def _ledoit_wolf_shrinkage(centred: np.ndarray, gram_eigenvalues: np.ndarray) ->
 
 
 # ------------------------------------------------------------- cross-validated accuracies
-def knn_accuracy(features, labels, *, k: int = 5, cv: int = 5, metric: str = "cosine",
-                 random_state: int = 0) -> float:
+def knn_accuracy(features, labels, *, k: int = 5, cv: int = 5, metric: str = "cosine", random_state: int = 0) -> float:
     """Cross-validated accuracy of a k-nearest-neighbour classifier on the features.
 
     Parameters
@@ -368,8 +375,9 @@ def knn_accuracy(features, labels, *, k: int = 5, cv: int = 5, metric: str = "co
     return cross_validated_accuracy(make, matrix, codes, n_classes, cv, random_state, k=k)
 
 
-def linear_probe_accuracy(features, labels, *, cv: int = 5, C: float = 1.0, max_iter: int = 1000,
-                          random_state: int = 0) -> float:
+def linear_probe_accuracy(
+    features, labels, *, cv: int = 5, C: float = 1.0, max_iter: int = 1000, random_state: int = 0
+) -> float:
     """Cross-validated accuracy of a logistic-regression probe on standardised features.
 
     A scikit-learn pipeline ``StandardScaler() → LogisticRegression(C=C)`` (multinomial,
@@ -418,7 +426,6 @@ def linear_probe_accuracy(features, labels, *, cv: int = 5, C: float = 1.0, max_
     max_iter = check_int(max_iter, "max_iter", minimum=1, hint="e.g. max_iter=1000")
 
     def make():
-        return make_pipeline(StandardScaler(),
-                             LogisticRegression(C=C, max_iter=max_iter, random_state=random_state))
+        return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=random_state))
 
     return cross_validated_accuracy(make, matrix, codes, n_classes, cv, random_state)

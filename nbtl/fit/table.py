@@ -40,8 +40,9 @@ def meta_features(dataset) -> dict:
     from nbtl.errors import DataError
 
     if not isinstance(dataset, ImageDataset):
-        raise DataError(f"dataset must be an nbtl ImageDataset, got {type(dataset).__name__}; "
-                        "load it with nbtl.data.load_dataset")
+        raise DataError(
+            f"dataset must be an nbtl ImageDataset, got {type(dataset).__name__}; load it with nbtl.data.load_dataset"
+        )
     counts = np.bincount(dataset.labels.numpy(), minlength=len(dataset.classes))
     return {
         "name": dataset.name,
@@ -57,8 +58,16 @@ def meta_features(dataset) -> dict:
     }
 
 
-def fit_table(block_features, labels=None, *, measures: Sequence[str] | None = None, source_probs=None,
-              k: int = 5, cv: int = 5, random_state: int = 0):
+def fit_table(
+    block_features,
+    labels=None,
+    *,
+    measures: Sequence[str] | None = None,
+    source_probs=None,
+    k: int = 5,
+    cv: int = 5,
+    random_state: int = 0,
+):
     """Every fit measure for every block: one row per block.
 
     Parameters
@@ -97,8 +106,10 @@ def fit_table(block_features, labels=None, *, measures: Sequence[str] | None = N
         raise MeasureError(f"measures must be a non-empty list of {', '.join(known)}; got {measures!r}")
     blocks = getattr(block_features, "blocks", block_features)
     if isinstance(blocks, np.ndarray) or not isinstance(blocks, Sequence) or not blocks:
-        raise MeasureError("block_features must be a BlockFeatures or a non-empty list of (N, C_b) arrays, "
-                           f"got {type(block_features).__name__}; pass one feature matrix per block")
+        raise MeasureError(
+            "block_features must be a BlockFeatures or a non-empty list of (N, C_b) arrays, "
+            f"got {type(block_features).__name__}; pass one feature matrix per block"
+        )
     if labels is None:
         labels = getattr(block_features, "labels", None)
         if labels is None:
@@ -109,8 +120,10 @@ def fit_table(block_features, labels=None, *, measures: Sequence[str] | None = N
     codes, n_classes = check_labels(labels, len(matrices[0]))
     for b, matrix in enumerate(matrices[1:], start=1):
         if len(matrix) != len(codes):
-            raise MeasureError(f"block_features[{b}] has {len(matrix)} rows but there are {len(codes)} labels; "
-                               "every block must hold the same samples")
+            raise MeasureError(
+                f"block_features[{b}] has {len(matrix)} rows but there are {len(codes)} labels; "
+                "every block must hold the same samples"
+            )
     counts = np.bincount(codes, minlength=n_classes)
     fold_count = min(cv, int(counts.min()))
     # A stratified training fold keeps at least n_c - ceil(n_c / cv) samples of each class c.
@@ -124,14 +137,14 @@ def fit_table(block_features, labels=None, *, measures: Sequence[str] | None = N
         if fold_count < 2:
             return float("nan")
         if name == "knn_accuracy":
-            return _measures.knn_accuracy(matrix, codes, k=min(k, smallest_train), cv=fold_count,
-                                          random_state=random_state)
+            return _measures.knn_accuracy(
+                matrix, codes, k=min(k, smallest_train), cv=fold_count, random_state=random_state
+            )
         return _measures.linear_probe_accuracy(matrix, codes, cv=fold_count, random_state=random_state)
 
     per_backbone = {}
     for name in (m for m in measures if m in SOURCE_MEASURES):
-        per_backbone[name] = (float("nan") if source_probs is None
-                              else getattr(_measures, name)(source_probs, codes))
+        per_backbone[name] = float("nan") if source_probs is None else getattr(_measures, name)(source_probs, codes)
     rows = []
     backbone = getattr(block_features, "backbone", None)
     for b, matrix in enumerate(matrices):

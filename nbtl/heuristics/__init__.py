@@ -13,6 +13,16 @@ from nbtl.heuristics.learned import LearnedRecommender, default_recommender_path
 from nbtl.heuristics.rules import Rules, default_rules_path, load_rules, parse_rules
 from nbtl.heuristics.signals import HeuristicsError, backbone_signals, dataset_signals, rank_backbones
 
-__all__ = ["HeuristicsError", "LearnedRecommender", "Rules", "backbone_signals", "dataset_signals",
-           "default_recommender_path", "default_rules_path", "fit_recommender", "load_rules", "parse_rules",
-           "rank_backbones"]
+__all__ = [
+    "HeuristicsError",
+    "LearnedRecommender",
+    "Rules",
+    "backbone_signals",
+    "dataset_signals",
+    "default_recommender_path",
+    "default_rules_path",
+    "fit_recommender",
+    "load_rules",
+    "parse_rules",
+    "rank_backbones",
+]

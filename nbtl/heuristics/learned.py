@@ -36,19 +36,38 @@ PORTFOLIO_PER_TASK = 3
 #: Model inputs, each computed from a meta-dataset row by :func:`encode`.
 INPUTS = (
     # the dataset
-    "log_images_per_class", "log_n_classes", "grayscale", "log_original_side", "log_image_size",
+    "log_images_per_class",
+    "log_n_classes",
+    "grayscale",
+    "log_original_side",
+    "log_image_size",
     # the backbone's fit on it
-    "logme_best", "probe_best", "knn_best", "fit_peak_fraction", "leep",
+    "logme_best",
+    "probe_best",
+    "knn_best",
+    "fit_peak_fraction",
+    "leep",
     # the config
-    "transfer_fraction", "transfer_past_peak", "freeze_fraction", "log_lr", "lr_decay", "log_head_lr",
-    "log_l2sp_alpha", "log_l2_beta", "log_l2_head", "head_mlp", "head_spinal", "head_dropout",
+    "transfer_fraction",
+    "transfer_past_peak",
+    "freeze_fraction",
+    "log_lr",
+    "lr_decay",
+    "log_head_lr",
+    "log_l2sp_alpha",
+    "log_l2_beta",
+    "log_l2_head",
+    "head_mlp",
+    "head_spinal",
+    "head_dropout",
 )
 
 
 def default_recommender_path() -> Path | None:
-    """``heuristics/recommender.json`` of the source tree, or None when absent."""
-    path = Path(__file__).resolve().parents[2] / "heuristics" / "recommender.json"
-    return path if path.is_file() else None
+    """The shipped ``heuristics/recommender.json`` (installed copy, else the source tree's), or None when absent."""
+    from nbtl.resources import shipped
+
+    return shipped("heuristics/recommender.json")
 
 
 def _number(row: dict[str, Any], key: str, default: float | None = None) -> float:
@@ -113,12 +132,12 @@ class LearnedRecommender:
 
     mean: np.ndarray
     scale: np.ndarray
-    powers: np.ndarray          # (n_terms, n_inputs) exponents of each polynomial term
-    coef: np.ndarray            # (n_terms,)
+    powers: np.ndarray  # (n_terms, n_inputs) exponents of each polynomial term
+    coef: np.ndarray  # (n_terms,)
     intercept: float
     alpha: float
     info: dict[str, Any] = field(default_factory=dict)
-    portfolio: list[dict[str, Any]] = field(default_factory=list)   # configs that did well on the meta-tasks
+    portfolio: list[dict[str, Any]] = field(default_factory=list)  # configs that did well on the meta-tasks
 
     def predict_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
         """Predicted validation accuracy of each row, clipped to [0, 1]."""
@@ -132,12 +151,24 @@ class LearnedRecommender:
         return np.clip(_terms(z, self.powers) @ self.coef + self.intercept, 0.0, 1.0)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "format": FORMAT, "version": 1, "inputs": list(INPUTS), "target": TARGET,
-            "model": "ridge regression on degree-2 polynomial features of standardised inputs (scikit-learn RidgeCV)",
-            "alpha": self.alpha, "intercept": self.intercept, "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(), "powers": self.powers.astype(int).tolist(), "coef": self.coef.tolist(),
-            "info": self.info, "portfolio": self.portfolio}, indent=1)
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "version": 1,
+                "inputs": list(INPUTS),
+                "target": TARGET,
+                "model": "ridge regression on degree-2 polynomial features of standardised inputs (scikit-learn RidgeCV)",
+                "alpha": self.alpha,
+                "intercept": self.intercept,
+                "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(),
+                "powers": self.powers.astype(int).tolist(),
+                "coef": self.coef.tolist(),
+                "info": self.info,
+                "portfolio": self.portfolio,
+            },
+            indent=1,
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -145,29 +176,41 @@ class LearnedRecommender:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(self.to_json())
         except OSError as error:
-            raise HeuristicsError(f"cannot write the recommender to {path} ({error.strerror}); choose a writable path") from None
+            raise HeuristicsError(
+                f"cannot write the recommender to {path} ({error.strerror}); choose a writable path"
+            ) from None
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "LearnedRecommender":
+    def load(cls, path: str | Path) -> LearnedRecommender:
         """Read a recommender written by :meth:`save` (JSON; nothing is unpickled)."""
         path = Path(path)
         try:
             document = json.loads(path.read_text())
         except OSError as error:
-            raise HeuristicsError(f"recommender {path}: cannot read it ({error.strerror}); check the path, or build "
-                                  "one with nbtl heuristics learn") from None
+            raise HeuristicsError(
+                f"recommender {path}: cannot read it ({error.strerror}); check the path, or build "
+                "one with nbtl heuristics learn"
+            ) from None
         except json.JSONDecodeError as error:
             raise HeuristicsError(f"recommender {path}: not JSON ({error.msg} at line {error.lineno})") from None
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise HeuristicsError(f"recommender {path}: not an nbtl recommender (format {FORMAT!r} expected)")
         if document.get("inputs") != list(INPUTS):
-            raise HeuristicsError(f"recommender {path}: built for other inputs than this nbtl version's; "
-                                  "rebuild it with nbtl heuristics learn")
-        return cls(mean=np.array(document["mean"], dtype=float), scale=np.array(document["scale"], dtype=float),
-                   powers=np.array(document["powers"], dtype=float), coef=np.array(document["coef"], dtype=float),
-                   intercept=float(document["intercept"]), alpha=float(document["alpha"]),
-                   info=dict(document.get("info") or {}), portfolio=list(document.get("portfolio") or []))
+            raise HeuristicsError(
+                f"recommender {path}: built for other inputs than this nbtl version's; "
+                "rebuild it with nbtl heuristics learn"
+            )
+        return cls(
+            mean=np.array(document["mean"], dtype=float),
+            scale=np.array(document["scale"], dtype=float),
+            powers=np.array(document["powers"], dtype=float),
+            coef=np.array(document["coef"], dtype=float),
+            intercept=float(document["intercept"]),
+            alpha=float(document["alpha"]),
+            info=dict(document.get("info") or {}),
+            portfolio=list(document.get("portfolio") or []),
+        )
 
 
 def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] | None = None) -> LearnedRecommender:
@@ -191,13 +234,15 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
     keep = [i for i, row in enumerate(rows) if row.get(TARGET) not in (None, "") and math.isfinite(float(row[TARGET]))]
     usable = [rows[i] for i in keep]
     if len(usable) < 5:
-        raise HeuristicsError(f"the meta-dataset has {len(usable)} finished trials with {TARGET}; "
-                              "at least 5 are needed: run more searches and learn again")
+        raise HeuristicsError(
+            f"the meta-dataset has {len(usable)} finished trials with {TARGET}; "
+            "at least 5 are needed: run more searches and learn again"
+        )
     inputs = np.stack([encode(row) for row in usable])
     target = np.array([float(row[TARGET]) for row in usable])
     alphas = list(alphas if alphas is not None else np.logspace(-2, 4, 13))
     scaler = StandardScaler().fit(inputs)
-    scale = np.where(inputs.std(axis=0) > 1e-9, scaler.scale_, 1.0)   # constant inputs stay 0 after centring
+    scale = np.where(inputs.std(axis=0) > 1e-9, scaler.scale_, 1.0)  # constant inputs stay 0 after centring
     z = (inputs - scaler.mean_) / scale
     poly = PolynomialFeatures(degree=2, include_bias=False).fit(z)
     # Two model structures, both without products of two task-level inputs (with a handful of tasks those
@@ -206,8 +251,10 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
     # which settings suit which data but need many tasks to be estimated). Leave-one-task-out picks.
     task_inputs = np.array([name in TASK_INPUTS for name in INPUTS])
     on_task, on_config = poly.powers_[:, task_inputs].sum(axis=1), poly.powers_[:, ~task_inputs].sum(axis=1)
-    structures = {"additive": poly.powers_[(on_task == 0) | ((on_task == 1) & (on_config == 0))],
-                  "interactions": poly.powers_[on_task <= 1]}
+    structures = {
+        "additive": poly.powers_[(on_task == 0) | ((on_task == 1) & (on_config == 0))],
+        "interactions": poly.powers_[on_task <= 1],
+    }
     info: dict[str, Any] = {"rows": len(usable)}
     task_groups = None if groups is None else np.array([str(groups[i]) for i in keep])
     if task_groups is not None and len(set(task_groups)) >= 3:
@@ -223,15 +270,21 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
                 if len(test) > 2 and np.ptp(target[test]) > 0 and np.ptp(predicted) > 0:
                     correlations.append(spearmanr(predicted, target[test]).statistic)
             return (float(np.mean(correlations)) if correlations else -1.0), float(np.mean(errors))
-        table = {(name, a): scores(_terms(z, powers.astype(float)), a)
-                 for name, powers in structures.items() for a in alphas}
+
+        table = {
+            (name, a): scores(_terms(z, powers.astype(float)), a) for name, powers in structures.items() for a in alphas
+        }
         # Of the candidates that rank within RANK_SLACK of the best, the one with the lowest error: ranking
         # alone favours a penalty so strong that every prediction sits at the mean.
         top = max(score[0] for score in table.values())
         structure, alpha = min((k for k in table if table[k][0] >= top - RANK_SLACK), key=lambda k: table[k][1])
-        info.update(tasks=len(set(task_groups)), selection="leave-one-task-out", structure=structure,
-                    cv_spearman_within_task=round(table[structure, alpha][0], 4),
-                    cv_mean_absolute_error=round(table[structure, alpha][1], 5))
+        info.update(
+            tasks=len(set(task_groups)),
+            selection="leave-one-task-out",
+            structure=structure,
+            cv_spearman_within_task=round(table[structure, alpha][0], 4),
+            cv_mean_absolute_error=round(table[structure, alpha][1], 5),
+        )
         powers = structures[structure]
         terms = _terms(z, powers.astype(float))
         model = Ridge(alpha=alpha).fit(terms, target)
@@ -244,9 +297,16 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
     info["terms"] = int(len(powers))
     fitted = model.predict(terms)
     info["train_mean_absolute_error"] = round(float(np.mean(np.abs(fitted - target))), 5)
-    return LearnedRecommender(mean=scaler.mean_.copy(), scale=scale, powers=powers.astype(float),
-                              coef=np.asarray(model.coef_, dtype=float), intercept=float(model.intercept_),
-                              alpha=float(alpha), info=info, portfolio=build_portfolio(usable, task_groups))
+    return LearnedRecommender(
+        mean=scaler.mean_.copy(),
+        scale=scale,
+        powers=powers.astype(float),
+        coef=np.asarray(model.coef_, dtype=float),
+        intercept=float(model.intercept_),
+        alpha=float(alpha),
+        info=info,
+        portfolio=build_portfolio(usable, task_groups),
+    )
 
 
 def build_portfolio(rows: list[dict[str, Any]], groups, per_task: int = PORTFOLIO_PER_TASK) -> list[dict[str, Any]]:
@@ -257,8 +317,11 @@ def build_portfolio(rows: list[dict[str, Any]], groups, per_task: int = PORTFOLI
     (the optimizer's curse). Block counts are kept as fractions, so a config moves to a backbone with
     another number of blocks.
     """
+    import dataclasses
+
     from nbtl.config import TrialConfig
 
+    integer_keys = {f.name for f in dataclasses.fields(TrialConfig) if "int" in str(f.type) and "float" not in str(f.type)}
     groups = list(groups) if groups is not None else ["all"] * len(rows)
     by_task: dict[str, list[dict[str, Any]]] = {}
     for group, row in zip(groups, rows):
@@ -266,14 +329,28 @@ def build_portfolio(rows: list[dict[str, Any]], groups, per_task: int = PORTFOLI
     portfolio = []
     for task, members in sorted(by_task.items()):
         for row in sorted(members, key=lambda r: -float(r[TARGET]))[:per_task]:
-            config = TrialConfig.from_dict({k: _plain_value(row[k]) for k in TrialConfig.keys()
-                                            if k in row and _plain_value(row[k]) is not None and k != "block_lrs"},
-                                           where=f"meta-dataset row of {task}").to_dict()
+            values = {
+                k: _plain_value(row[k])
+                for k in TrialConfig.keys()
+                if k in row and _plain_value(row[k]) is not None and k != "block_lrs"
+            }
+            # a CSV column with gaps (a knob older rows lack) reads back as floats: 0.0 epochs is 0
+            values = {
+                k: int(v) if k in integer_keys and isinstance(v, float) and v.is_integer() else v
+                for k, v in values.items()
+            }
+            config = TrialConfig.from_dict(values, where=f"meta-dataset row of {task}").to_dict()
             blocks = float(row["num_blocks"])
             transfer = config["transfer_blocks"]
-            portfolio.append({"task": task, TARGET: round(float(row[TARGET]), 4),
-                              "transfer_fraction": (blocks if transfer is None else transfer) / blocks,
-                              "freeze_fraction": config["freeze_blocks"] / blocks, "config": config})
+            portfolio.append(
+                {
+                    "task": task,
+                    TARGET: round(float(row[TARGET]), 4),
+                    "transfer_fraction": (blocks if transfer is None else transfer) / blocks,
+                    "freeze_fraction": config["freeze_blocks"] / blocks,
+                    "config": config,
+                }
+            )
     return portfolio
 
 

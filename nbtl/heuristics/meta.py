@@ -8,10 +8,12 @@ cached), writes one row per trial (config + signals + validation accuracy) as CS
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nbtl.config import TrialConfig
+from nbtl.data.settings import DataSettings
 from nbtl.errors import NbtlError
 from nbtl.heuristics.learned import LearnedRecommender, fit_recommender
 from nbtl.heuristics.signals import BACKBONE_SIGNALS, DATASET_SIGNALS, HeuristicsError
@@ -33,6 +35,10 @@ def task_key(row: dict[str, Any]) -> str:
     if _setting(row.get("per_class")):
         parts.append(f"per_class={row['per_class']}")
     parts.append(f"{row['image_size']}px")
+    defaults = DataSettings()
+    val, test = (float(_setting(row.get(k)) or getattr(defaults, k)) for k in ("val_fraction", "test_fraction"))
+    if (val, test) != (defaults.val_fraction, defaults.test_fraction):  # a split other than the default's
+        parts.append(f"split={val:g}/{test:g}")
     parts.append(f"seed={_split_seed(row)}")
     return " ".join(parts)
 
@@ -44,12 +50,15 @@ def _split_seed(row: dict[str, Any]) -> int:
     return int(float(value if value is not None else (_setting(row.get("seed")) or 0)))
 
 
-def meta_rows(trials: list[dict[str, Any]], log: Callable[[str], None] | None = None,
-              measure=None) -> list[dict[str, Any]]:
+def meta_rows(
+    trials: list[dict[str, Any]], log: Callable[[str], None] | None = None, measure=None
+) -> list[dict[str, Any]]:
     """Join finished trials with their task's fit signals: one row per trial.
 
-    ``measure(task_settings, backbones) -> TaskFit`` defaults to :func:`~nbtl.heuristics.recommend.measure_task`
-    on the trial's data settings (the data must be readable here).
+    ``measure(data, backbones, settings) -> TaskFit`` defaults to :func:`~nbtl.heuristics.recommend.measure_task`
+    on the search's data settings, read from the trial row (the parent run's params: image size, split
+    fractions, per-class cap, classes, the search's seed as ``split_seed``), so the fit is measured on the
+    search's own training split (the data must be readable here).
     """
     from nbtl.heuristics.recommend import measure_task
 
@@ -62,51 +71,77 @@ def meta_rows(trials: list[dict[str, Any]], log: Callable[[str], None] | None = 
     for key, members in sorted(by_task.items()):
         first = members[0]
         backbones = sorted({str(t.get("backbone") or TrialConfig().backbone) for t in members})
-        settings = {"image_size": int(first["image_size"]), "seed": _split_seed(first),
-                    "per_class": int(first["per_class"]) if _setting(first.get("per_class")) else None,
-                    "classes": _setting(first.get("classes"))}
+        try:
+            data_settings = DataSettings.from_params({**first, "seed": _split_seed(first)}, where=f"task {key}")
+        except NbtlError as error:
+            raise HeuristicsError(f"{error}; leave this search out") from None
         if log:
             log(f"task {key}: {len(members)} finished trials, measuring {', '.join(backbones)}")
         try:
-            task = (measure or measure_task)(str(first["data"]), backbones, **settings)
+            task = (measure or measure_task)(str(first["data"]), backbones, data_settings)
         except NbtlError as error:  # e.g. the data is not readable on this machine: say which task
-            raise HeuristicsError(f"task {key}: cannot measure its fit here ({error}); make the data readable on "
-                                  "this machine or leave its searches out") from None
+            raise HeuristicsError(
+                f"task {key}: cannot measure its fit here ({error}); make the data readable on "
+                "this machine or leave its searches out"
+            ) from None
         for trial in members:
             backbone = str(trial.get("backbone") or TrialConfig().backbone)
             config = {k: trial.get(k) for k in TrialConfig.keys() if k in trial}
-            rows.append({"task": key, "dataset": task.dataset_name, "data": str(first["data"]),
-                         "image_size": settings["image_size"], "per_class": settings["per_class"],
-                         "classes": settings["classes"], "split_seed": settings["seed"],
-                         "search": trial.get("search"),
-                         "run_id": trial.get("run_id"), **config,
-                         **{k: task.dataset[k] for k in DATASET_SIGNALS},
-                         **{k: task.backbones[backbone][k] for k in BACKBONE_SIGNALS},
-                         "best_val_accuracy": float(trial["best_val_accuracy"]),
-                         "test_accuracy": trial.get("test_accuracy"), "search_seconds": trial.get("search_seconds"),
-                         "fit_seconds": round(task.seconds, 2)})
+            rows.append(
+                {
+                    "task": key,
+                    "dataset": task.dataset_name,
+                    "data": str(first["data"]),
+                    "image_size": data_settings.image_size,
+                    "per_class": data_settings.per_class,
+                    "classes": data_settings.classes,
+                    "split_seed": data_settings.seed,
+                    "val_fraction": data_settings.val_fraction,
+                    "test_fraction": data_settings.test_fraction,
+                    "search": trial.get("search"),
+                    "run_id": trial.get("run_id"),
+                    **config,
+                    **{k: task.dataset[k] for k in DATASET_SIGNALS},
+                    **{k: task.backbones[backbone][k] for k in BACKBONE_SIGNALS},
+                    "best_val_accuracy": float(trial["best_val_accuracy"]),
+                    "test_accuracy": trial.get("test_accuracy"),
+                    "search_seconds": trial.get("search_seconds"),
+                    "fit_seconds": round(task.seconds, 2),
+                }
+            )
     return rows
 
 
 def learn(rows: list[dict[str, Any]], source: str) -> LearnedRecommender:
     """Fit the learned recommender on meta-dataset rows; the penalty is chosen leave-one-task-out."""
     if not rows:
-        raise HeuristicsError(f"{source}: no finished trials to learn from; run nbtl search first "
-                              "(trials stopped early by ASHA or failed do not count)")
+        raise HeuristicsError(
+            f"{source}: no finished trials to learn from; run nbtl search first "
+            "(trials stopped early by ASHA or failed do not count)"
+        )
     model = fit_recommender(rows, groups=[str(r["task"]) for r in rows])
     model.info.update(source=source, tasks_seen=sorted({str(r["task"]) for r in rows}))
     return model
 
 
 def read_meta_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a meta-dataset CSV (as written by ``nbtl heuristics learn --meta-out``)."""
+    """Rows of a meta-dataset CSV (as written by ``nbtl heuristics learn --meta-out``).
+
+    ``heuristics/meta_dataset.csv``, when no such file is here, is the one shipped with nbtl.
+    """
     import pandas as pd
 
+    from nbtl.resources import shipped
+
+    if not Path(path).is_file():
+        path = shipped(path) or path
     try:
         table = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise HeuristicsError(f"meta-dataset {path}: cannot read it as CSV ({error})") from None
     missing = [k for k in ("task", "best_val_accuracy", "num_blocks") if k not in table.columns]
     if missing:
-        raise HeuristicsError(f"meta-dataset {path}: missing column {missing[0]!r}; write it with nbtl heuristics learn")
+        raise HeuristicsError(
+            f"meta-dataset {path}: missing column {missing[0]!r}; write it with nbtl heuristics learn"
+        )
     return [{k: (None if v != v else v) for k, v in row.items()} for row in table.to_dict("records")]

@@ -4,22 +4,36 @@ learned recommender, and write a config YAML that ``nbtl train`` and ``nbtl sear
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import yaml
 
 from nbtl.config import TrialConfig
+from nbtl.data.settings import DataSettings
 from nbtl.heuristics.learned import TARGET, LearnedRecommender
 from nbtl.heuristics.rules import Rules
 from nbtl.heuristics.signals import HeuristicsError, backbone_signals, dataset_signals, rank_backbones
 
-__all__ = ["Recommendation", "TaskFit", "load_recommendation", "load_recommended_configs", "measure_task", "recommend"]
+__all__ = [
+    "Recommendation",
+    "TaskFit",
+    "format_recommendation",
+    "load_recommendation",
+    "load_recommended_configs",
+    "measure_task",
+    "recommend",
+    "recommended_settings",
+    "training_split",
+]
+
+logger = logging.getLogger(__name__)
 
 RECOMMENDATION_FORMAT = "nbtl-recommendation"
 #: The learned recommender replaces the rules' config only when it predicts at least this gain.
@@ -35,49 +49,92 @@ class TaskFit:
     meta: dict[str, Any]
     dataset: dict[str, float]
     backbones: dict[str, dict[str, float]]
-    tables: Any                      # pandas.DataFrame of every backbone's fit table
+    tables: Any  # pandas.DataFrame of every backbone's fit table
     seconds: float
+    settings: DataSettings | None = None  # the data settings the fit was measured with
 
     def row(self, backbone: str) -> dict[str, float]:
         """Dataset and backbone signals together, the inputs the rules and the model read."""
         return {**self.dataset, **self.backbones[backbone]}
 
 
-def measure_task(data: str, backbones: list[str], *, image_size: int, per_class: int | None = None,
-                 classes: str | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 fit_curve: str = "logme", peak_tolerance: float = 0.0, use_cache: bool = True,
-                 log: Callable[[str], None] | None = None, train=None) -> TaskFit:
+def training_split(data: str, settings: DataSettings):
+    """The training split of ``data`` under ``settings``: the images ``nbtl search`` trains on with the
+    same settings (same per-class choice, fractions and seed), never its validation or test images."""
+    from nbtl.data import load_dataset, split_dataset
+
+    return split_dataset(load_dataset(data, **settings.load_kwargs()), **settings.split_kwargs()).train
+
+
+def measure_task(
+    data: str,
+    backbones: list[str],
+    settings: DataSettings | None = None,
+    *,
+    image_size: int | None = None,
+    per_class: int | None = None,
+    classes: str | None = None,
+    seed: int | None = None,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    fit_curve: str = "logme",
+    peak_tolerance: float = 0.0,
+    use_cache: bool = True,
+    log: Callable[[str], None] | None = None,
+    train=None,
+) -> TaskFit:
     """Fit measures of every backbone on the training split of ``data``.
 
-    The split is the one ``nbtl search`` makes with the same seed and fractions, so the measures
-    never see the validation or test images the search (or a recommended run) is judged on. A caller
-    that holds that split already (``nbtl search``) passes it as ``train`` and nothing is decoded again.
+    The split is :func:`training_split` under ``settings`` (default :class:`DataSettings`; the keyword
+    settings, when given, override it), the one ``nbtl search`` makes with the same settings, so the
+    measures never see the validation or test images the search (or a recommended run) is judged on. A
+    caller that holds that split already (``nbtl search``) passes it as ``train`` and nothing is decoded
+    again. Progress goes to ``log`` (default: this module's logger, at INFO).
     """
     import pandas as pd
 
     from nbtl.backbones import get_spec
-    from nbtl.data import load_dataset, split_dataset
     from nbtl.fit import block_features, fit_table, meta_features
 
+    settings = (settings or DataSettings()).with_overrides(
+        {
+            "image_size": image_size,
+            "per_class": per_class,
+            "classes": classes,
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+        }
+    )
+    say = log or logger.info
     for name in backbones:
         get_spec(name)
     started = time.perf_counter()
     if train is None:
-        dataset = load_dataset(data, image_size=image_size, per_class=per_class, seed=seed, classes=classes)
-        train = split_dataset(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed).train
+        train = training_split(data, settings)
+    logger.debug("measuring fit on %d training images of %s with %s", len(train), data, settings)
     meta = meta_features(train)
     tables, signals = [], {}
     for name in backbones:
         features = block_features(train, name, use_cache=use_cache)
-        table = fit_table(features, random_state=seed)
+        table = fit_table(features, random_state=settings.seed)
         tables.append(table)
         signals[name] = backbone_signals(table, fit_curve=fit_curve, tolerance=peak_tolerance)
-        if log:
-            log(f"{name}: features {'from cache' if features.from_cache else 'extracted'}, fit peak at block "
-                f"{int(signals[name]['fit_peak_block'])} of {int(signals[name]['num_blocks'])}, "
-                f"best LogME {signals[name]['logme_best']:.4g}, best probe {signals[name]['probe_best']:.3f}")
-    return TaskFit(data=data, dataset_name=train.name, meta=meta, dataset=dataset_signals(meta), backbones=signals,
-                   tables=pd.concat(tables, ignore_index=True), seconds=time.perf_counter() - started)
+        say(
+            f"{name}: features {'from cache' if features.from_cache else 'extracted'}, fit peak at block "
+            f"{int(signals[name]['fit_peak_block'])} of {int(signals[name]['num_blocks'])}, "
+            f"best LogME {signals[name]['logme_best']:.4g}, best probe {signals[name]['probe_best']:.3f}"
+        )
+    return TaskFit(
+        data=data,
+        dataset_name=train.name,
+        meta=meta,
+        dataset=dataset_signals(meta),
+        backbones=signals,
+        tables=pd.concat(tables, ignore_index=True),
+        seconds=time.perf_counter() - started,
+        settings=settings,
+    )
 
 
 @dataclass
@@ -93,12 +150,20 @@ class Recommendation:
     notes: list[str] = field(default_factory=list)
 
     def to_yaml(self) -> str:
-        header = ("# Written by nbtl recommend. Run it:  nbtl train THIS_FILE --data DATA   or start a search from it:\n"
-                  "#   nbtl search search_spaces/default.yaml --data DATA --warm-start THIS_FILE\n")
-        document = {"format": RECOMMENDATION_FORMAT, "version": 1, "data": self.data,
-                    "configs": self.configs, "backbone_ranking": self.backbone_ranking,
-                    "signals": {k: _plain(v) for k, v in self.signals.items()}, "recommender": self.recommender,
-                    "seconds": round(self.seconds, 1)}
+        header = (
+            "# Written by nbtl recommend. Run it:  nbtl train THIS_FILE --data DATA   or start a search from it:\n"
+            "#   nbtl search search_spaces/default.yaml --data DATA --warm-start THIS_FILE\n"
+        )
+        document = {
+            "format": RECOMMENDATION_FORMAT,
+            "version": 1,
+            "data": self.data,
+            "configs": self.configs,
+            "backbone_ranking": self.backbone_ranking,
+            "signals": {k: _plain(v) for k, v in self.signals.items()},
+            "recommender": self.recommender,
+            "seconds": round(self.seconds, 1),
+        }
         return header + yaml.safe_dump(document, sort_keys=False, width=120)
 
 
@@ -116,8 +181,13 @@ def _predict(model: LearnedRecommender | None, task: TaskFit, config: dict[str, 
     return float(model.predict_rows([{**config, **task.row(config["backbone"])}])[0])
 
 
-def _choose(model: LearnedRecommender, task: TaskFit, rules_config: dict[str, Any], rule_reasons: dict[str, str],
-            ranking: list[str]) -> tuple[dict[str, Any], dict[str, str], float] | None:
+def _choose(
+    model: LearnedRecommender,
+    task: TaskFit,
+    rules_config: dict[str, Any],
+    rule_reasons: dict[str, str],
+    ranking: list[str],
+) -> tuple[dict[str, Any], dict[str, str], float] | None:
     """The portfolio config with the highest predicted accuracy on this task, if it beats the rules' config.
 
     A portfolio config keeps its backbone when that backbone was measured here, else takes the first-ranked
@@ -127,40 +197,63 @@ def _choose(model: LearnedRecommender, task: TaskFit, rules_config: dict[str, An
     baseline = _predict(model, task, rules_config)
     best = None
     for entry in model.portfolio:
-        config = {k: v for k, v in entry["config"].items()
-                  if k in rules_config or (k == "head_width" and entry["config"].get("head") != "linear")}
+        config = {
+            k: v
+            for k, v in entry["config"].items()
+            if k in rules_config or (k == "head_width" and entry["config"].get("head") != "linear")
+        }
         backbone = config.get("backbone") if config.get("backbone") in task.backbones else ranking[0]
         blocks = int(task.backbones[backbone]["num_blocks"])
         transfer = int(round(entry["transfer_fraction"] * blocks))
-        config.update(backbone=backbone, transfer_blocks=transfer,
-                      freeze_blocks=min(transfer, int(round(entry["freeze_fraction"] * blocks))),
-                      epochs=rules_config["epochs"], batch_size=rules_config["batch_size"])
+        config.update(
+            backbone=backbone,
+            transfer_blocks=transfer,
+            freeze_blocks=min(transfer, int(round(entry["freeze_fraction"] * blocks))),
+            epochs=rules_config["epochs"],
+            batch_size=rules_config["batch_size"],
+        )
         predicted = _predict(model, task, config)
         if best is None or predicted > best[0]:
             best = (predicted, config, entry)
     if best is None or best[0] < baseline + MIN_GAIN:
         return None
     predicted, config, entry = best
-    origin = (f"learned recommender (from {entry['task']}, {entry[TARGET]:.3f} there; predicted {predicted:.3f} "
-              f"here against the rules' {baseline:.3f}): of the {len(model.portfolio)} configs that trained best on the "
-              "meta-dataset's tasks, this one has the highest predicted validation accuracy on this data")
-    reasons = {key: (rule_reasons.get(key, "") if config.get(key) == rules_config.get(key) else origin) for key in config}
+    origin = (
+        f"learned recommender (from {entry['task']}, {entry[TARGET]:.3f} there; predicted {predicted:.3f} "
+        f"here against the rules' {baseline:.3f}): of the {len(model.portfolio)} configs that trained best on the "
+        "meta-dataset's tasks, this one has the highest predicted validation accuracy on this data"
+    )
+    reasons = {
+        key: (rule_reasons.get(key, "") if config.get(key) == rules_config.get(key) else origin) for key in config
+    }
     return config, reasons, predicted
 
 
-def recommend(task: TaskFit, rules: Rules, model: LearnedRecommender | None = None,
-              data_settings: dict[str, Any] | None = None) -> Recommendation:
-    """Turn a measured task into recommended configs (see ``nbtl recommend --help``)."""
+def recommend(
+    task: TaskFit,
+    rules: Rules,
+    model: LearnedRecommender | None = None,
+    data_settings: DataSettings | Mapping[str, Any] | None = None,
+) -> Recommendation:
+    """Turn a measured task into recommended configs (see ``nbtl recommend --help``).
+
+    ``data_settings`` (default: the task's own) are written into the recommendation, so ``nbtl train``
+    trains on the same images, with the same augmentation, as the search they were measured for."""
     started = time.perf_counter()
     backbones = list(task.backbones)
     ranking = rank_backbones(task.backbones, by=rules.rank_by)
     top = ranking[0]
     signals = {**task.row(top), "backbone_rank": 1.0}
     rule_config, rule_reasons = rules.apply(signals, top)
-    rule_reasons["backbone"] = (f"ranked first of {len(backbones)} backbones by {rules.rank_by} "
-                                f"({signals.get(rules.rank_by, math.nan):.4g})")
-    rules_entry = {"source": "rules", "predicted_val_accuracy": _plain(_predict(model, task, rule_config)),
-                   "config": rule_config, "reasons": rule_reasons}
+    rule_reasons["backbone"] = (
+        f"ranked first of {len(backbones)} backbones by {rules.rank_by} ({signals.get(rules.rank_by, math.nan):.4g})"
+    )
+    rules_entry = {
+        "source": "rules",
+        "predicted_val_accuracy": _plain(_predict(model, task, rule_config)),
+        "config": rule_config,
+        "reasons": rule_reasons,
+    }
     # The rules' config comes first: on the shipped meta-tasks, left out one at a time, it trained better than the
     # learned recommender's pick (benchmarks/leave_one_task_out.py); the pick is the second config to try.
     configs = [rules_entry]
@@ -169,21 +262,42 @@ def recommend(task: TaskFit, rules: Rules, model: LearnedRecommender | None = No
         chosen = _choose(model, task, rule_config, rule_reasons, ranking)
         if chosen is not None:
             learned_config, learned_reasons, predicted = chosen
-            configs.append({"source": "learned recommender", "predicted_val_accuracy": _plain(predicted),
-                            "config": learned_config, "reasons": learned_reasons})
+            configs.append(
+                {
+                    "source": "learned recommender",
+                    "predicted_val_accuracy": _plain(predicted),
+                    "config": learned_config,
+                    "reasons": learned_reasons,
+                }
+            )
         else:
             notes.append("no config of the learned recommender's portfolio is predicted to beat the rules' config")
     for entry in configs:
         TrialConfig.from_dict(entry["config"], where=f"recommended config ({entry['source']})")
         entry["config"] = {k: _plain(v) for k, v in entry["config"].items()}
-    backbone_ranking = [{"backbone": name, **{k: _plain(task.backbones[name][k]) for k in
-                        ("logme_best", "probe_best", "knn_best", "leep", "nce", "fit_peak_block", "num_blocks")}}
-                        for name in ranking]
-    data = {"spec": task.data, "name": task.dataset_name, **(data_settings or {})}
-    return Recommendation(data=data, configs=configs, backbone_ranking=backbone_ranking,
-                          signals={k: v for k, v in signals.items() if k != "backbone_rank"},
-                          recommender=(model.info.get("source") if model is not None else None),
-                          seconds=task.seconds + time.perf_counter() - started, notes=notes)
+    backbone_ranking = [
+        {
+            "backbone": name,
+            **{
+                k: _plain(task.backbones[name][k])
+                for k in ("logme_best", "probe_best", "knn_best", "leep", "nce", "fit_peak_block", "num_blocks")
+            },
+        }
+        for name in ranking
+    ]
+    if isinstance(data_settings, Mapping):
+        data_settings = DataSettings.from_params(data_settings)
+    settings = data_settings or task.settings
+    data = {"spec": task.data, "name": task.dataset_name, **(settings.to_dict() if settings is not None else {})}
+    return Recommendation(
+        data=data,
+        configs=configs,
+        backbone_ranking=backbone_ranking,
+        signals={k: v for k, v in signals.items() if k != "backbone_rank"},
+        recommender=(model.info.get("source") if model is not None else None),
+        seconds=task.seconds + time.perf_counter() - started,
+        notes=notes,
+    )
 
 
 def load_recommended_configs(path: str | Path) -> list[dict[str, Any]]:
@@ -193,8 +307,9 @@ def load_recommended_configs(path: str | Path) -> list[dict[str, Any]]:
 
 
 def load_recommendation(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """:func:`load_recommended_configs` and the ``data`` settings ``nbtl recommend`` wrote (``spec``,
-    ``image_size``, ``per_class``, ``classes``, ``seed``; empty for a plain config file)."""
+    """:func:`load_recommended_configs` and the ``data`` mapping ``nbtl recommend`` wrote (``spec``, ``name``
+    and the :class:`DataSettings` fields; empty for a plain config file). Read the settings with
+    :func:`recommended_settings`."""
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text())
@@ -216,14 +331,22 @@ def load_recommendation(path: str | Path) -> tuple[list[dict[str, Any]], dict[st
     return [TrialConfig.from_dict(c, where=f"config file {path}").to_dict() for c in configs], data
 
 
-def print_recommendation(recommendation: Recommendation, out=sys.stdout) -> None:
+def recommended_settings(data: Mapping[str, Any], path: str | Path, base: DataSettings) -> DataSettings:
+    """The data settings of a recommendation's ``data`` mapping (from :func:`load_recommendation`); a setting
+    the file does not hold (a plain config, or a file from an older nbtl) keeps its value in ``base``."""
+    return DataSettings.from_params(data, where=f"config file {path}: data", base=base)
+
+
+def format_recommendation(recommendation: Recommendation) -> str:
+    """The configs, one setting a line with the rule or measure that drove it, and the notes."""
+    lines = []
     for number, entry in enumerate(recommendation.configs, start=1):
         predicted = entry.get("predicted_val_accuracy")
         guess = f", predicted validation accuracy {predicted:.3f}" if predicted is not None else ""
-        print(f"Config {number} ({entry['source']}{guess}):", file=out)
+        lines.append(f"Config {number} ({entry['source']}{guess}):")
         for key, value in entry["config"].items():
             reason = entry["reasons"].get(key, "")
             short = reason.split("): ", 1)[0] + ")" if "): " in reason else reason.split(" (", 1)[0]
-            print(f"  {key + ':':<16} {str(value):<20} # {short}", file=out)
-    for note in recommendation.notes:
-        print(f"Note: {note}", file=out)
+            lines.append(f"  {key + ':':<16} {str(value):<20} # {short}")
+    lines.extend(f"Note: {note}" for note in recommendation.notes)
+    return "\n".join(lines)

@@ -27,16 +27,28 @@ from nbtl.heuristics.signals import BACKBONE_SIGNALS, DATASET_SIGNALS, Heuristic
 __all__ = ["Rule", "Rules", "default_rules_path", "load_rules", "parse_rules"]
 
 SIGNALS = DATASET_SIGNALS + BACKBONE_SIGNALS + ("backbone_rank",)
-INTEGER_KEYS = ("transfer_blocks", "freeze_blocks", "l2sp_blocks", "head_width", "epochs", "batch_size", "head_warmup_epochs")
+INTEGER_KEYS = (
+    "transfer_blocks",
+    "freeze_blocks",
+    "l2sp_blocks",
+    "head_width",
+    "epochs",
+    "batch_size",
+    "head_warmup_epochs",
+)
 
 
 def default_rules_path() -> Path:
-    """``heuristics/rules.yaml`` of the source tree, or the copy installed with the package."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "heuristics" / "rules.yaml", here.parent / "data" / "rules.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise HeuristicsError("heuristics/rules.yaml is missing; pass --rules FILE or reinstall nbtl from its source tree")
+    """The shipped ``heuristics/rules.yaml``: the copy installed with the package, else the source tree's."""
+    from nbtl.resources import shipped
+
+    path = shipped("heuristics/rules.yaml")
+    if path is None:
+        raise HeuristicsError(
+            "heuristics/rules.yaml is missing from this nbtl install; pass --rules FILE "
+            "or reinstall nbtl (pip install nbtl)"
+        )
+    return path
 
 
 @dataclass
@@ -121,8 +133,10 @@ def _value(key: str, spec: Any, current: Any, signals: dict[str, float], rule_id
         value = signals[spec["signal"]] + spec.get("plus", 0)
     else:
         if current is None or isinstance(current, str):
-            raise HeuristicsError(f"rule {rule_id}: cannot scale {key} (it has no numeric value yet); "
-                                  "set it in defaults or an earlier rule")
+            raise HeuristicsError(
+                f"rule {rule_id}: cannot scale {key} (it has no numeric value yet); "
+                "set it in defaults or an earlier rule"
+            )
         value = current * spec["scale"]
     if "min" in spec:
         value = max(value, spec["min"])
@@ -189,16 +203,30 @@ def parse_rules(document: Any, where: str = "<string>") -> Rules:
                 if "signal" in spec and spec["signal"] not in SIGNALS:
                     raise HeuristicsError(f"{at}: {key} reads unknown signal {spec['signal']!r}")
         evidence = item["evidence"]
-        rules.append(Rule(id=str(item["id"]), set=dict(item["set"]), because=str(item["because"]).strip(),
-                          evidence=[str(e) for e in (evidence if isinstance(evidence, list) else [evidence])],
-                          when=dict(item.get("when") or {}), when_any=list(item.get("when_any") or [])))
+        rules.append(
+            Rule(
+                id=str(item["id"]),
+                set=dict(item["set"]),
+                because=str(item["because"]).strip(),
+                evidence=[str(e) for e in (evidence if isinstance(evidence, list) else [evidence])],
+                when=dict(item.get("when") or {}),
+                when_any=list(item.get("when_any") or []),
+            )
+        )
     rank_by = str(document.get("rank_by", "logme_best"))
     if rank_by not in BACKBONE_SIGNALS:
-        raise HeuristicsError(f"rules file {where}: rank_by {rank_by!r} is not a backbone signal "
-                              f"({', '.join(BACKBONE_SIGNALS)})")
-    return Rules(defaults=dict(defaults["config"]), defaults_because=str(defaults.get("because", "default")).strip(),
-                 rules=rules, fit_curve=str(document.get("fit_curve", "logme")),
-                 peak_tolerance=float(document.get("peak_tolerance", 0.0)), rank_by=rank_by, path=where)
+        raise HeuristicsError(
+            f"rules file {where}: rank_by {rank_by!r} is not a backbone signal ({', '.join(BACKBONE_SIGNALS)})"
+        )
+    return Rules(
+        defaults=dict(defaults["config"]),
+        defaults_because=str(defaults.get("because", "default")).strip(),
+        rules=rules,
+        fit_curve=str(document.get("fit_curve", "logme")),
+        peak_tolerance=float(document.get("peak_tolerance", 0.0)),
+        rank_by=rank_by,
+        path=where,
+    )
 
 
 def _keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:

@@ -16,14 +16,31 @@ import numpy as np
 
 from nbtl.errors import NbtlError
 
-__all__ = ["DATASET_SIGNALS", "BACKBONE_SIGNALS", "HeuristicsError", "backbone_signals", "dataset_signals",
-           "rank_backbones"]
+__all__ = [
+    "DATASET_SIGNALS",
+    "BACKBONE_SIGNALS",
+    "HeuristicsError",
+    "backbone_signals",
+    "dataset_signals",
+    "rank_backbones",
+]
 
 #: Dataset-level signals, from :func:`nbtl.fit.meta_features`.
 DATASET_SIGNALS = ("images_per_class", "n_classes", "n_images", "grayscale", "original_side", "image_size")
 #: Backbone-level signals, from that backbone's fit table.
-BACKBONE_SIGNALS = ("num_blocks", "fit_peak_block", "fit_peak_fraction", "logme_best", "logme_last", "probe_best",
-                    "probe_last", "knn_best", "leep", "nce", "source_gap")
+BACKBONE_SIGNALS = (
+    "num_blocks",
+    "fit_peak_block",
+    "fit_peak_fraction",
+    "logme_best",
+    "logme_last",
+    "probe_best",
+    "probe_last",
+    "knn_best",
+    "leep",
+    "nce",
+    "source_gap",
+)
 
 
 class HeuristicsError(NbtlError):
@@ -46,8 +63,9 @@ def dataset_signals(meta: Mapping[str, Any]) -> dict[str, float]:
             "image_size": float(meta["image_size"]),
         }
     except KeyError as error:
-        raise HeuristicsError(f"dataset meta-features lack {error.args[0]!r}; compute them with "
-                              "nbtl.fit.meta_features(dataset)") from None
+        raise HeuristicsError(
+            f"dataset meta-features lack {error.args[0]!r}; compute them with nbtl.fit.meta_features(dataset)"
+        ) from None
 
 
 def _curve(table, column: str) -> np.ndarray:
@@ -81,8 +99,10 @@ def backbone_signals(table, fit_curve: str = "logme", tolerance: float = 0.0) ->
     table = table.sort_values("block")
     curve = _curve(table, fit_curve)
     if not np.isfinite(curve).any():
-        raise HeuristicsError(f"the fit table has no finite {fit_curve!r} on any block; "
-                              "choose another fit_curve measure or more images per class")
+        raise HeuristicsError(
+            f"the fit table has no finite {fit_curve!r} on any block; "
+            "choose another fit_curve measure or more images per class"
+        )
     finite = np.where(np.isfinite(curve), curve, -np.inf)
     top, bottom = float(finite.max()), float(np.nanmin(curve))
     peak = int(np.flatnonzero(finite >= top - tolerance * (top - bottom))[0])
@@ -110,6 +130,7 @@ def backbone_signals(table, fit_curve: str = "logme", tolerance: float = 0.0) ->
 
 def rank_backbones(signals_by_backbone: Mapping[str, Mapping[str, float]], by: str = "logme_best") -> list[str]:
     """Backbone names, best first, by the signal ``by`` (NaN last); ties keep the given order."""
+
     def key(item):
         value = item[1].get(by, math.nan)
         return (0, -value) if value is not None and math.isfinite(value) else (1, 0.0)

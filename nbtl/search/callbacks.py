@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ray.tune import Callback
 
@@ -16,14 +19,46 @@ def _minutes(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+#: The reason of a trial whose worker process died without raising (SIGKILL, the OOM killer, a segfault).
+WORKER_DIED = "the trial's worker ended without a traceback (killed or out of memory)"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FAILURE = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)$", re.MULTILINE)
+
+
 def error_reason(trial) -> str:
-    """The last line of a failed trial's traceback (e.g. ``TrialDivergedError: loss became nan ...``)."""
-    text = trial.get_error() or ""
-    if not isinstance(text, str):
-        text = str(text)
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    reason = lines[-1] if lines else "the trial's worker ended without a traceback (killed or out of memory)"
-    return reason[:500]
+    """One line saying why a trial failed: its exception's type and message (e.g. ``TrialDivergedError: loss
+    became nan ...``), or :data:`WORKER_DIED` when its worker died without a traceback.
+
+    Ray Tune writes the error at once to the driver's copy of the trial folder (``trial.error_file``) and
+    copies it to the storage path, which ``trial.get_error()`` reads, only at its next sync: in
+    ``on_trial_error`` only the local file holds it yet."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as file:
+            text = file.read()
+    if not text.strip():
+        text = trial.get_error() or ""
+    return reason_from_error_text(str(text))
+
+
+def reason_from_error_text(text: str) -> str:
+    """The reason in a Ray Tune ``error.txt`` (``Failure # N (occurred at ...)`` then ``str()`` of a
+    ``RayTaskError`` or ``RayActorError``, per failure): the exception line of the last failure's last
+    traceback, without its module path (``nbtl.errors.ConfigError: ...`` -> ``ConfigError: ...``)."""
+    failures = _FAILURE.split(_ANSI.sub("", text))
+    lines = [line.rstrip() for line in failures[-1].strip().splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "')]
+    if frames:  # the first unindented line after the last frame starts the exception
+        after = [line for line in lines[frames[-1] + 1 :] if not line.startswith((" ", "\t"))]
+        if after:
+            kind, colon, message = after[0].partition(":")
+            if colon and " " not in kind:
+                return f"{kind.rpartition('.')[2]}:{message}"[:500]
+            return after[0][:500]
+    if not lines or any("actor died" in line or "worker process has died" in line for line in lines):
+        return WORKER_DIED
+    return lines[-1][:500]
 
 
 @dataclass
@@ -33,7 +68,7 @@ class Session:
 
     tracker: SearchTracker
     print: Callable[[str], None]
-    callback: "SearchCallback | None" = None
+    callback: SearchCallback | None = None
 
 
 #: Running searches of this process by experiment path. Ray Tune pickles its callbacks into the
@@ -47,13 +82,14 @@ class SearchCallback(Callback):
     a trial that finished, was stopped early by the scheduler, or whose worker died is closed here.
     """
 
-    def __init__(self, key: str, total_trials: int, max_epochs: int, budget: float | None = None,
-                 started: float | None = None):
+    def __init__(
+        self, key: str, total_trials: int, max_epochs: int, budget: float | None = None, started: float | None = None
+    ):
         self.key = key
         self.total = total_trials
         self.max_epochs = max_epochs
         self.budget = budget
-        self.started = time.time() if started is None else started   # wall clock (epoch seconds) of the search's start
+        self.started = time.time() if started is None else started  # wall clock (epoch seconds) of the search's start
         self.finished = 0
         self.best = float("-inf")
         self.run_ids: dict[str, str] = {}
@@ -88,8 +124,13 @@ class SearchCallback(Callback):
 
     def get_state(self) -> dict[str, Any]:
         """Saved with the experiment by Ray Tune and given back by :meth:`set_state` on restore."""
-        return {"finished": self.finished, "best": self.best, "run_ids": dict(self.run_ids),
-                "completed": list(self.completed), "finished_at": dict(self.finished_at)}
+        return {
+            "finished": self.finished,
+            "best": self.best,
+            "run_ids": dict(self.run_ids),
+            "completed": list(self.completed),
+            "finished_at": dict(self.finished_at),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.finished, self.best = state["finished"], state["best"]
@@ -107,9 +148,11 @@ class SearchCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         best = result.get("best_val_accuracy", float("nan"))
         self.best = max(self.best, best)
-        self.print(f"trial {self._name(trial)} epoch {int(result.get('epoch', 0))}: "
-                   f"val_accuracy={result.get('val_accuracy', float('nan')):.4f} "
-                   f"val_loss={result.get('val_loss', float('nan')):.4f}  (search best {self.best:.4f}; {self.clock()})")
+        self.print(
+            f"trial {self._name(trial)} epoch {int(result.get('epoch', 0))}: "
+            f"val_accuracy={result.get('val_accuracy', float('nan')):.4f} "
+            f"val_loss={result.get('val_loss', float('nan')):.4f}  (search best {self.best:.4f}; {self.clock()})"
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.finished += 1
@@ -119,13 +162,19 @@ class SearchCallback(Callback):
         planned = int(trial.config.get("epochs", self.max_epochs))
         stopped = 0 < epochs < planned
         self.run_ids[trial.trial_id] = self.tracker.close_trial(
-            trial.trial_id, str(trial), trial.config, "FINISHED",
-            tags={"nbtl.stopped_early": "true"} if stopped else None)
+            trial.trial_id,
+            str(trial),
+            trial.config,
+            "FINISHED",
+            tags={"nbtl.stopped_early": "true"} if stopped else None,
+        )
         note = f" (stopped early by the scheduler after {epochs} of {planned} epochs)" if stopped else ""
         best = trial.last_result.get("best_val_accuracy", float("nan")) if trial.last_result else float("nan")
         total = self.total if self.total > 0 else "?"
-        self.print(f"trial {self._name(trial)} finished [{self.finished}/{total}]: best_val_accuracy={best:.4f}{note}"
-                   f"  ({self.clock()})")
+        self.print(
+            f"trial {self._name(trial)} finished [{self.finished}/{total}]: best_val_accuracy={best:.4f}{note}"
+            f"  ({self.clock()})"
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.finished += 1
@@ -133,6 +182,9 @@ class SearchCallback(Callback):
         self.finished_at[trial.trial_id] = round(self.elapsed(), 2)
         reason = error_reason(trial)
         self.run_ids[trial.trial_id] = self.tracker.close_trial(
-            trial.trial_id, str(trial), trial.config, "FAILED", reason=reason)
-        self.print(f"trial {self._name(trial)} FAILED [{self.finished}/{self.total if self.total > 0 else '?'}]: {reason}"
-                   f"  ({self.clock()})")
+            trial.trial_id, str(trial), trial.config, "FAILED", reason=reason
+        )
+        self.print(
+            f"trial {self._name(trial)} FAILED [{self.finished}/{self.total if self.total > 0 else '?'}]: {reason}"
+            f"  ({self.clock()})"
+        )

@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from nbtl.errors import NbtlError
+from nbtl.errors import ClusterError, NbtlError
 
 
 class SearchError(NbtlError):
@@ -36,23 +39,117 @@ def cluster_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
+#: Ray's switch for its single-machine mode (the default on Windows and macOS): every service of the node
+#: binds on 127.0.0.1. On Linux Ray binds on all interfaces and turns ``_node_ip_address="127.0.0.1"`` into
+#: the machine's address (``ray._private.services.resolve_ip_for_localhost``). Read when ``ray`` is imported.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _same_cluster(asked: str, gcs_address: str) -> bool:
+    """Whether ``asked`` (``HOST:PORT``, ``auto``, ``ray://HOST:PORT``) names the GCS at ``gcs_address``."""
+    if asked.startswith("ray://") or asked == "auto":
+        return True  # a Ray Client address or "the local cluster": not comparable with a GCS address, trust it
+    host, _, port = asked.rpartition(":")
+    ours, _, our_port = gcs_address.rpartition(":")
+    if port != our_port:
+        return False
+    asked_ips, our_ips = _addresses(host), _addresses(ours)
+    loopback = {"127.0.0.1", "::1"}
+    # 127.0.0.1:PORT names a head on this machine, which Ray reports under the machine's address
+    return bool(asked_ips & our_ips) or bool(
+        asked_ips & loopback and our_ips & (loopback | _addresses(socket.gethostname()))
+    )
+
+
+def _addresses(host: str) -> set[str]:
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host.strip("[]"), None)}
+    except (OSError, UnicodeError):
+        return set()
+
+
 def init_ray(address: str | None) -> str:
-    """Embedded Ray by default; ``address`` (or ``$RAY_ADDRESS``) joins a running cluster
-    (``ray start --head``, a Ray job's cluster).
+    """Embedded Ray by default, bound on 127.0.0.1 only; ``address`` (or ``$RAY_ADDRESS``) joins a running
+    cluster (``ray start --head``, a Ray job's cluster). A Ray already initialised in this process is used
+    as it is when it is the one asked for (any, without an address); another one is refused.
 
     Returns the GCS address of the Ray instance the search runs on.
     """
+    address = cluster_address(address)
+    if not address and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
     import ray
 
     _quiet_ray()
-    address = cluster_address(address)
-    if not ray.is_initialized():
-        if not address:
-            # address="local": always a fresh embedded instance, never a stale `ray start` found in /tmp/ray.
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            _join_cluster(address)
+    if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if address and not _same_cluster(address, current):
+            raise SearchError(
+                f"--address {address}: this process already runs Ray at {current}; run the search in a "
+                "fresh process (or call ray.shutdown() first), or give --address " + current
+            )
+        return current
+    if not address:
+        # address="local": always a fresh embedded instance, never a stale `ray start` found in /tmp/ray.
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        if not _is_loopback(ray.get_runtime_context().gcs_address):
+            logging.getLogger(__name__).warning(
+                "the embedded Ray listens on every interface: `ray` was imported before nbtl could keep it on "
+                "127.0.0.1 (set %s=0 before importing ray)",
+                LOOPBACK_ONLY_ENV,
+            )
+    else:
+        _join_cluster(address)
     return ray.get_runtime_context().gcs_address
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[str]:
+    """:func:`init_ray` for the block; a Ray that nbtl started here is shut down when the block ends (also on
+    an error or Ctrl-C), one that was already running (in this process or a cluster) is left alone."""
+    import importlib
+
+    started = "ray" not in sys.modules or not importlib.import_module("ray").is_initialized()
+    gcs_address = init_ray(address)
+    try:
+        yield gcs_address
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+#: ``resources`` keys of a search (``with_resources``) and the Ray resource each one asks of a node.
+_RAY_RESOURCE = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+
+
+def check_resources(resources: dict[str, float]) -> None:
+    """Refuse, in one line, per-trial ``resources`` that no alive node of the running Ray offers: Ray Tune
+    would wait for them forever."""
+    import ray
+
+    wanted = {_RAY_RESOURCE.get(k, k): float(v) for k, v in resources.items() if v and float(v) > 0}
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    if not wanted or any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
+        return
+
+    def show(values: dict[str, float]) -> str:
+        return ", ".join(f"{values.get(k, 0):g} {k}" for k in wanted)
+
+    largest = max(nodes, key=lambda node: tuple(node.get(k, 0.0) for k in ("GPU", "CPU", *wanted)), default={})
+    flags = " / ".join(f"--{k}" for k in resources if k in ("cpu", "gpu") and _RAY_RESOURCE[k] in wanted)
+    raise SearchError(
+        f"resources per trial {show(wanted)}: no node of this Ray cluster has them "
+        f"({len(nodes)} node{'s' if len(nodes) != 1 else ''}, the largest has {show(largest)}); lower "
+        f"{flags or 'resources'} (or search.resources in the space), or join a cluster with such a node "
+        "(--address)"
+    )
 
 
 def use_token_auth(address: str | None) -> None:
@@ -76,22 +173,79 @@ def _resolve_address(address: str) -> str:
     current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
     if current.exists() and current.read_text().strip():
         return current.read_text().strip()
-    raise SearchError("--address auto: no running Ray cluster found on this machine; start one with "
-                      "`ray start --head` or give its address, e.g. --address 127.0.0.1:6379")
+    raise ClusterError(
+        "--address auto: no running Ray cluster found on this machine; start one with "
+        "`ray start --head` or give its address, e.g. --address 127.0.0.1:6379"
+    )
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, with one line, when nothing listens at ``address``: Ray itself retries for minutes."""
+    """Fail in seconds, with one line, unless a Ray head answers at ``address`` (Ray itself retries for
+    minutes, and hangs on a port where another service listens).
+
+    A head is a process that answers the GCS call ``NodeInfoGcsService.GetClusterId`` (for ``ray://``, the
+    Ray Client server's ``ClusterInfo(PING)``), with the token when the head wants one.
+    """
     target = _resolve_address(address)
+    client = target.startswith("ray://")
     host_port = target.split("://", 1)[-1].rstrip("/")
     host, _, port = host_port.rpartition(":")
     if not host or not port.isdigit():
-        raise SearchError(f"--address {address}: expected HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or ray://HOST:PORT")
+        raise ClusterError(f"--address {address}: expected HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or ray://HOST:PORT")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as error:
-        raise SearchError(f"--address {address}: nothing answers at {host}:{port} ({error.strerror or error}); "
-                          "start the head with `ray start --head --port PORT` or fix the address") from None
+        why = f"no answer within {timeout:.0f}s" if isinstance(error, TimeoutError) else error.strerror or error
+        raise ClusterError(
+            f"--address {address}: nothing answers at {host}:{port} ({why}); "
+            "start the head with `ray start --head --port PORT` or fix the address"
+        ) from None
+    use_token_auth(address)  # before the first `import ray`, which reads RAY_AUTH_MODE
+    import grpc
+
+    try:
+        _ask_ray(host_port, client, timeout)
+    except grpc.RpcError as error:
+        code = error.code() if callable(getattr(error, "code", None)) else None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            raise ClusterError(
+                f"--address {address}: the Ray head refuses nbtl's token (or none was sent); copy the head's token "
+                "(`ray get-auth-token` on the head) to ~/.ray/auth_token or RAY_AUTH_TOKEN and set RAY_AUTH_MODE=token"
+            ) from None
+        if client:
+            what, example = "a Ray Client server", "ray://127.0.0.1:10001"
+        else:
+            what, example = "a Ray head (the GCS port of `ray start --head`, 6379 by default)", "127.0.0.1:6379"
+        reason = (
+            f"no gRPC answer within {timeout:.0f}s"
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED
+            else f"gRPC {code.name if code is not None else type(error).__name__}"
+        )
+        raise ClusterError(
+            f"--address {address}: {host}:{port} answers, but not as {what} ({reason}); give the "
+            f"head's address, e.g. --address {example}"
+        ) from None
+
+
+def _ask_ray(host_port: str, client: bool, timeout: float) -> None:
+    """One short gRPC call that only a Ray head (or Ray Client server) answers; raises ``grpc.RpcError``."""
+    from ray._private.grpc_utils import init_grpc_channel
+
+    channel = init_grpc_channel(host_port)
+    try:
+        if client:
+            from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+
+            request = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
+            ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(request, timeout=timeout)
+        else:
+            from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout
+            )
+    finally:
+        channel.close()
 
 
 def _join_cluster(address: str) -> None:
@@ -102,7 +256,7 @@ def _join_cluster(address: str) -> None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except Exception as error:  # ConnectionError, RuntimeError, auth errors: all mean "cannot join"
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SearchError(
+        raise ClusterError(
             f"--address {address}: cannot join the Ray cluster ({detail}); check that the head runs "
             "(`ray status --address ADDR`) and, for a head with token authentication, that RAY_AUTH_MODE=token "
             "and the token (~/.ray/auth_token or RAY_AUTH_TOKEN) are set"

@@ -7,19 +7,25 @@ Plain matplotlib (Agg) and Optuna; no Ray, no MLflow. Each function returns a ``
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from nbtl.search.space import SearchSpace  # noqa: E402
 
 METRIC = "best_val_accuracy"
+#: Fewest trials that ran all their epochs for an importance plot: fANOVA's forest on fewer says nothing.
+MIN_IMPORTANCE_TRIALS = 3
+
+logger = logging.getLogger(__name__)
 
 
 def accuracy_curves(histories: dict[str, pd.DataFrame], metric: str = "val_accuracy"):
@@ -64,18 +70,23 @@ def best_so_far(values: Iterable[float], metric: str = METRIC):
 
 
 def completed_study(table: pd.DataFrame, configs: dict[str, dict[str, Any]], space: SearchSpace):
-    """An in-memory Optuna study holding the search's finished trials, so Optuna's importance
-    evaluators can read them. Distributions are the space's; bounds that depend on other parameters
-    (``all``, ``transfer_blocks``) take the range the trials actually used."""
+    """An in-memory Optuna study holding the search's trials that ran all their epochs (``status`` FINISHED),
+    so Optuna's importance evaluators can read them. Trials stopped early (STOPPED: by ASHA or the time
+    budget) are left out: their best accuracy is that of fewer epochs, and would count as the effect of their
+    hyperparameters. Distributions are the space's; bounds that depend on other parameters (``all``,
+    ``transfer_blocks``) take the range the trials actually used."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     searched = [p for p in space.parameters if not p.fixed]
-    done = table[(table["status"] != "FAILED") & table[METRIC].notna()] if not table.empty else table
+    done = table[(table["status"] == "FINISHED") & table[METRIC].notna()] if not table.empty else table
     distributions: dict[str, Any] = {}
     for p in searched:  # a conditional parameter counts only in the trials where its condition held
-        values = [configs[t].get(p.name) for t in done["trial_id"]
-                  if configs[t].get(p.name) is not None and p.active(configs[t])]
+        values = [
+            configs[t].get(p.name)
+            for t in done["trial_id"]
+            if configs[t].get(p.name) is not None and p.active(configs[t])
+        ]
         if not values:
             continue
         if p.choices is not None:
@@ -92,32 +103,55 @@ def completed_study(table: pd.DataFrame, configs: dict[str, dict[str, Any]], spa
     for _, row in done.iterrows():
         config = configs[row["trial_id"]]
         by_name = {p.name: p for p in searched}
-        params = {k: config[k] for k in distributions if config.get(k) is not None and by_name[k].active(config)
-                  and (by_name[k].choices is None or config[k] in by_name[k].choices)}
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: distributions[k] for k in params}, value=float(row[METRIC])))
+        params = {
+            k: config[k]
+            for k in distributions
+            if config.get(k) is not None
+            and by_name[k].active(config)
+            and (by_name[k].choices is None or config[k] in by_name[k].choices)
+        }
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions={k: distributions[k] for k in params}, value=float(row[METRIC])
+            )
+        )
     return study
 
 
 def param_importances(study, seed: int = 0):
-    """Bar chart of Optuna's fANOVA importances of the hyperparameters every trial sampled;
-    ``None`` when fewer than two trials finished or nothing varied."""
+    """Bar chart of Optuna's fANOVA importances of the hyperparameters every trial sampled (``study`` from
+    :func:`completed_study`); ``None``, with the reason logged, when fewer than
+    :data:`MIN_IMPORTANCE_TRIALS` trials ran all their epochs or nothing varied."""
     import optuna
 
-    if len(study.trials) < 2:
+    if len(study.trials) < MIN_IMPORTANCE_TRIALS:
+        logger.info(
+            "no parameter-importance plot: %d trial(s) ran all their epochs, fANOVA needs at least %d "
+            "(trials stopped early by ASHA or the time budget, and failed ones, do not count)",
+            len(study.trials),
+            MIN_IMPORTANCE_TRIALS,
+        )
         return None
     try:
         importances = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
-    except (ValueError, RuntimeError):  # nothing varied, or no parameter common to all trials
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        )
+    except (ValueError, RuntimeError) as error:  # nothing varied, or no parameter common to all trials
+        logger.info(
+            "no parameter-importance plot: %s",
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+        )
         return None
     if not importances:
+        logger.info(
+            "no parameter-importance plot: no hyperparameter varied across the %d complete trials", len(study.trials)
+        )
         return None
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.5))
     ax.barh(names, [importances[n] for n in names], color="C0")
     ax.set_xlabel("importance for best_val_accuracy (fANOVA)")
-    ax.set_title(f"hyperparameter importance over {len(study.trials)} trials")
+    ax.set_title(f"hyperparameter importance over {len(study.trials)} complete trials")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -17,18 +17,30 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
-                                  _get_single_value)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    _get_single_value,
+)
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["PRIOR_CANDIDATES_ATTR", "PRIOR_SCORE_ATTR", "PriorSampler", "RecommenderScore", "build_prior",
-           "recommender_score"]
+__all__ = [
+    "PRIOR_CANDIDATES_ATTR",
+    "PRIOR_SCORE_ATTR",
+    "PriorSampler",
+    "RecommenderScore",
+    "build_prior",
+    "recommender_score",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +94,9 @@ class _ProxyTrial:
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
         return int(self._suggest(name, IntDistribution(low=low, high=high, log=log, step=step)))
 
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float:
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
         return float(self._suggest(name, FloatDistribution(low=low, high=high, log=log, step=step)))
 
 
@@ -143,9 +156,18 @@ class PriorSampler(BaseSampler):
         Seeds the choice among the top candidates (the wrapped sampler has its own seed).
     """
 
-    def __init__(self, base: BaseSampler, space: Any, score: Callable[[list[dict[str, Any]]], np.ndarray], *,
-                 n_classes: int | None = None, n_candidates: int = 32, chance_margin: float = 0.05,
-                 fade_trials: int | None = 20, seed: int = 0) -> None:
+    def __init__(
+        self,
+        base: BaseSampler,
+        space: Any,
+        score: Callable[[list[dict[str, Any]]], np.ndarray],
+        *,
+        n_classes: int | None = None,
+        n_candidates: int = 32,
+        chance_margin: float = 0.05,
+        fade_trials: int | None = 20,
+        seed: int = 0,
+    ) -> None:
         if n_candidates < 1:
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
         if fade_trials is not None and fade_trials < 1:
@@ -159,7 +181,7 @@ class PriorSampler(BaseSampler):
         self.fade_trials = fade_trials
         self.seed = seed
         self._rng = np.random.RandomState(seed)
-        self._proposals: dict[int, dict[str, Any]] = {}   # trial id -> proposed params
+        self._proposals: dict[int, dict[str, Any]] = {}  # trial id -> proposed params
         self._warned = False
 
     def __str__(self) -> str:
@@ -200,7 +222,7 @@ class PriorSampler(BaseSampler):
                 keep[:] = True
         ranked = np.where(finite, scores, -np.inf)
         order = [i for i in sorted(range(len(scores)), key=lambda i: -ranked[i]) if keep[i]]
-        best = order[:max(1, int(round(len(scores) / 8)) if top is None else top)]
+        best = order[: max(1, int(round(len(scores) / 8)) if top is None else top)]
         return int(best[self._rng.randint(len(best))]) if len(best) > 1 else int(best[0])
 
     def _at_chance(self, scores: np.ndarray) -> np.ndarray:
@@ -219,7 +241,7 @@ class PriorSampler(BaseSampler):
             drawn += batch
             try:
                 batch_scores = np.asarray(self.score([config for _, config in batch]), dtype=float).reshape(len(batch))
-            except Exception as error:   # a broken prior must not stop a search: fall back to the plain draw
+            except Exception as error:  # a broken prior must not stop a search: fall back to the plain draw
                 if not self._warned:
                     log.warning("the search prior cannot score candidates (%s); trials use the plain sampler", error)
                     self._warned = True
@@ -233,36 +255,39 @@ class PriorSampler(BaseSampler):
             attrs[PRIOR_SCORE_ATTR] = float(scores[index])
         for key, value in attrs.items():
             study._storage.set_trial_user_attr(trial._trial_id, key, value)
-            trial.user_attrs[key] = value   # the live Trial's cached copy, as Trial.set_user_attr does
+            trial.user_attrs[key] = value  # the live Trial's cached copy, as Trial.set_user_attr does
 
     # -- BaseSampler --------------------------------------------------------------------------------------
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.base.before_trial(study, trial)
-        if "fixed_params" in trial.system_attrs:   # enqueued: passes through untouched
+        if "fixed_params" in trial.system_attrs:  # enqueued: passes through untouched
             return
         self._propose(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        if trial._trial_id in self._proposals:   # the proxy already used the base's relative sample
+        if trial._trial_id in self._proposals:  # the proxy already used the base's relative sample
             return {}
         return self.base.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         if trial._trial_id in self._proposals or not search_space:
             return {}
         return self.base.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         proposal = self._proposals.get(trial._trial_id)
         if proposal is not None and param_name in proposal and _contains(param_distribution, proposal[param_name]):
             return proposal[param_name]
         return self.base.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
         self._proposals.pop(trial._trial_id, None)
         self.base.after_trial(study, trial, state, values)
 
@@ -300,8 +325,9 @@ class RecommenderScore:
         return scores
 
 
-def recommender_score(model: Any, task_rows: dict[str, dict[str, Any]],
-                      fixed: dict[str, Any]) -> Callable[[list[dict[str, Any]]], np.ndarray]:
+def recommender_score(
+    model: Any, task_rows: dict[str, dict[str, Any]], fixed: dict[str, Any]
+) -> Callable[[list[dict[str, Any]]], np.ndarray]:
     """A ``score`` for :class:`PriorSampler`: the learned recommender's predicted validation accuracy.
 
     Parameters
@@ -321,9 +347,18 @@ def recommender_score(model: Any, task_rows: dict[str, dict[str, Any]],
     return RecommenderScore(model, task_rows, fixed)
 
 
-def build_prior(space: Any, base_sampler: BaseSampler, task_rows: dict[str, dict[str, Any]] | None,
-                n_classes: int | None, *, model: Any = None, seed: int = 0, n_candidates: int = 32,
-                fade_trials: int | None = None, chance_margin: float = 0.05) -> PriorSampler | None:
+def build_prior(
+    space: Any,
+    base_sampler: BaseSampler,
+    task_rows: dict[str, dict[str, Any]] | None,
+    n_classes: int | None,
+    *,
+    model: Any = None,
+    seed: int = 0,
+    n_candidates: int = 32,
+    fade_trials: int | None = None,
+    chance_margin: float = 0.05,
+) -> PriorSampler | None:
     """The :class:`PriorSampler` of a search, or None when there is no recommender or no task signals.
 
     ``model`` is a :class:`~nbtl.heuristics.learned.LearnedRecommender`, a path to one, or None for
@@ -348,5 +383,13 @@ def build_prior(space: Any, base_sampler: BaseSampler, task_rows: dict[str, dict
     if fade_trials is None:
         search = getattr(space, "search", None) or {}
         fade_trials = int((search.get("prior") or {}).get("trials") or search.get("trials") or 20)
-    return PriorSampler(base_sampler, space, recommender_score(model, task_rows, fixed), n_classes=n_classes,
-                        n_candidates=n_candidates, chance_margin=chance_margin, fade_trials=fade_trials, seed=seed)
+    return PriorSampler(
+        base_sampler,
+        space,
+        recommender_score(model, task_rows, fixed),
+        n_classes=n_classes,
+        n_candidates=n_candidates,
+        chance_margin=chance_margin,
+        fade_trials=fade_trials,
+        seed=seed,
+    )

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -29,8 +30,9 @@ REPEAT_OFFSET = 1_000_000
 COLUMNS = ("repeat_val_accuracy", "repeat_val_loss", "mean_val_accuracy", "mean_val_loss")
 
 
-def _repeat_trial(config: dict[str, Any], splits, weights, augmentation, prefix_dir: str | None, search_seed: int,
-                  seed: int) -> dict:
+def _repeat_trial(
+    config: dict[str, Any], splits, weights, augmentation, prefix_dir: str | None, search_seed: int, seed: int
+) -> dict:
     """One repeat, in a Ray worker: the trial's config trained again with ``seed``; its last epoch's metrics."""
     from nbtl.config import TrialConfig
     from nbtl.search.trainable import prefix_store
@@ -38,8 +40,13 @@ def _repeat_trial(config: dict[str, Any], splits, weights, augmentation, prefix_
 
     trial_config = TrialConfig.from_dict({**config, "seed": seed}, where="re-evaluated trial")
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
-    return train_trial(trial_config, splits, augmentation=augmentation, state_dict=weight,
-                       prefix_store=prefix_store(prefix_dir, search_seed)).final
+    return train_trial(
+        trial_config,
+        splits,
+        augmentation=augmentation,
+        state_dict=weight,
+        prefix_store=prefix_store(prefix_dir, search_seed),
+    ).final
 
 
 @dataclass
@@ -53,7 +60,7 @@ class Reevaluation:
     augmentation: dict[str, Any] | None
     prefix_dir: str | None
     resources: dict[str, float]
-    deadline: float | None = None          # time.perf_counter() by which the repeats must have ended
+    deadline: float | None = None  # time.perf_counter() by which the repeats must have ended
     say: Callable[[str], None] = log.info
 
     def __call__(self, table: pd.DataFrame, configs: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -62,12 +69,22 @@ class Reevaluation:
         finished = table[table["status"] == "FINISHED"].head(self.top)
         if len(finished) < 2:
             return table
-        task = ray.remote(_repeat_trial).options(num_cpus=self.resources.get("cpu", 1),
-                                                  num_gpus=self.resources.get("gpu", 0))
+        task = ray.remote(_repeat_trial).options(
+            num_cpus=self.resources.get("cpu", 1), num_gpus=self.resources.get("gpu", 0)
+        )
         splits, weights = ray.put(self.splits), ray.put(self.weights)
-        pending = {task.remote(configs[row.trial_id], splits, weights, self.augmentation, self.prefix_dir,
-                               self.search_seed, trial_seed(self.search_seed, REPEAT_OFFSET + rank)): row.trial_id
-                   for rank, row in enumerate(finished.itertuples())}
+        pending = {
+            task.remote(
+                configs[row.trial_id],
+                splits,
+                weights,
+                self.augmentation,
+                self.prefix_dir,
+                self.search_seed,
+                trial_seed(self.search_seed, REPEAT_OFFSET + rank),
+            ): row.trial_id
+            for rank, row in enumerate(finished.itertuples())
+        }
         timeout = None if self.deadline is None else max(0.0, self.deadline - time.perf_counter())
         done, late = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
         for ref in late:
@@ -78,8 +95,10 @@ class Reevaluation:
                 repeats[pending[ref]] = ray.get(ref)
             except Exception as error:  # a repeat that fails leaves its trial's single run to rank it
                 self.say(f"re-evaluation of trial {pending[ref]} failed: {str(error).strip().splitlines()[-1][:200]}")
-        self.say(f"re-evaluated the top {len(finished)} trials with another seed: {len(repeats)} repeat(s) ended"
-                 + (f", {len(late)} cut off by the time budget" if late else ""))
+        self.say(
+            f"re-evaluated the top {len(finished)} trials with another seed: {len(repeats)} repeat(s) ended"
+            + (f", {len(late)} cut off by the time budget" if late else "")
+        )
         return rerank(table, repeats, list(finished["trial_id"]))
 
 
@@ -93,10 +112,13 @@ def rerank(table: pd.DataFrame, repeats: dict[str, dict], top: list[str]) -> pd.
         repeat = repeats.get(row["trial_id"])
         accuracy, loss = row["best_val_accuracy"], row["best_val_loss"]
         if repeat is not None:
-            table.loc[index, ["repeat_val_accuracy", "repeat_val_loss"]] = [repeat["best_val_accuracy"],
-                                                                              repeat["best_val_loss"]]
+            table.loc[index, ["repeat_val_accuracy", "repeat_val_loss"]] = [
+                repeat["best_val_accuracy"],
+                repeat["best_val_loss"],
+            ]
             accuracy, loss = (accuracy + repeat["best_val_accuracy"]) / 2, (loss + repeat["best_val_loss"]) / 2
         table.loc[index, ["mean_val_accuracy", "mean_val_loss"]] = [accuracy, loss]
-    head = table[table["trial_id"].isin(top)].sort_values(["mean_val_accuracy", "mean_val_loss"],
-                                                            ascending=[False, True], kind="stable")
+    head = table[table["trial_id"].isin(top)].sort_values(
+        ["mean_val_accuracy", "mean_val_loss"], ascending=[False, True], kind="stable"
+    )
     return pd.concat([head, table[~table["trial_id"].isin(top)]]).reset_index(drop=True)

@@ -4,10 +4,12 @@ tracked in MLflow, summarised as a pandas table and the best config."""
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -15,20 +17,39 @@ import yaml
 from nbtl import __version__
 from nbtl.config import TrialConfig
 from nbtl.errors import NbtlError
-from nbtl.search.cluster import SearchError, cluster_address, init_ray, use_token_auth
+from nbtl.search.cluster import SearchError, check_resources, cluster_address, ray_session, use_token_auth
+from nbtl.search.lifecycle import (
+    SearchInterrupted,
+    graceful_ctrl_c,
+    remove_trial_checkpoints,
+    resume_command,
+    tell_how_to_resume,
+)
 from nbtl.search.space import SearchSpace, dump_config
 
-DEFAULTS = {"image_size": 64, "val_fraction": 0.15, "test_fraction": 0.15, "trials": 8, "max_concurrent": 2,
-            "seed": 0, "max_failures": 0}
-DATA_SETTINGS = ("image_size", "val_fraction", "test_fraction", "per_class")
+#: The search's own defaults; the data's (image size, split, seed, ...) are nbtl.data.settings.DataSettings'.
+DEFAULTS = {"trials": 8, "max_concurrent": 2, "max_failures": 0}
 METRIC, MODE = "best_val_accuracy", "max"
 SEARCH_STATE = "nbtl_search.json"
-PREFIX_CACHE = "prefix_cache"     # the frozen-prefix feature store of a search (nbtl.features), shared by its trials
-RESULT_COLUMNS = ["epoch", "best_val_accuracy", "best_val_loss", "best_epoch", "test_accuracy", "test_macro_f1",
-                  "test_weighted_f1", "val_accuracy", "val_loss", "prefix_blocks", "prefix_cache_hit"]
+PREFIX_CACHE = "prefix_cache"  # the frozen-prefix feature store of a search (nbtl.features), shared by its trials
+RESULT_COLUMNS = [
+    "epoch",
+    "best_val_accuracy",
+    "best_val_loss",
+    "best_epoch",
+    "test_accuracy",
+    "test_macro_f1",
+    "test_weighted_f1",
+    "val_accuracy",
+    "val_loss",
+    "prefix_blocks",
+    "prefix_cache_hit",
+]
 #: How results are ranked: best validation accuracy, ties broken by the lower validation loss at that epoch
 #: (on 90 validation images two trials tied at 0.967 and scored 0.822 and 0.956 on test).
 RANKING = [(METRIC, False), ("best_val_loss", True)]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,8 +70,9 @@ class SearchOptions:
     gpu: float | None = None
     classes: str | None = None
     warm_start: list[dict[str, Any]] = field(default_factory=list)
-    time_budget: float | None = None          # seconds; the whole search, data loading and start points included
-    recommend: bool = True                    # False: skip the 'recommend' start points (and the learned prior)
+    time_budget: float | None = None  # seconds; the whole search, data loading and start points included
+    recommend: bool = True  # False: skip the 'recommend' start points (and the learned prior)
+    keep_checkpoints: bool = False  # keep the trials' checkpoints after the search finished (--resume needs none then)
 
 
 @dataclass
@@ -64,11 +86,15 @@ class SearchResult:
 
 
 def setting(options: SearchOptions, space: SearchSpace, key: str) -> Any:
+    """``key`` from the command line, else the space, else the default (data settings: DataSettings')."""
+    from nbtl.data.settings import SETTING_KEYS, DataSettings
+
+    if key in SETTING_KEYS:
+        return getattr(DataSettings.from_space(space, {k: getattr(options, k, None) for k in SETTING_KEYS}), key)
     value = getattr(options, key, None)
     if value is not None:
         return value
-    section = space.data if key in DATA_SETTINGS else space.search
-    return section.get(key, DEFAULTS.get(key))
+    return space.search.get(key, DEFAULTS.get(key))
 
 
 def _sampler(space: SearchSpace, seed: int):
@@ -88,20 +114,30 @@ def _scheduler(space: SearchSpace):
     spec = dict(space.search.get("scheduler") or {})
     if spec.pop("type", "asha") == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=space.max_epochs,
-                         grace_period=spec.get("grace_period", 1), reduction_factor=spec.get("reduction_factor", 2))
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=METRIC,
+        mode=MODE,
+        max_t=space.max_epochs,
+        grace_period=spec.get("grace_period", 1),
+        reduction_factor=spec.get("reduction_factor", 2),
+    )
 
 
 def _storage(storage_path: str | None) -> Path:
     """The local or shared-file-system folder for Ray Tune's results, created if needed."""
     if storage_path and "://" in storage_path:
-        raise SearchError(f"--storage-path {storage_path}: nbtl keeps its search state next to Ray Tune's, so give a "
-                          "folder; on a cluster, one on a file system every node mounts (NFS, EFS), e.g. /mnt/nbtl/results")
+        raise SearchError(
+            f"--storage-path {storage_path}: nbtl keeps its search state next to Ray Tune's, so give a "
+            "folder; on a cluster, one on a file system every node mounts (NFS, EFS), e.g. /mnt/nbtl/results"
+        )
     storage = Path(storage_path or "nbtl_results").resolve()
     try:
         storage.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SearchError(f"--storage-path {storage}: cannot create it ({error.strerror}); choose a writable folder") from None
+        raise SearchError(
+            f"--storage-path {storage}: cannot create it ({error.strerror}); choose a writable folder"
+        ) from None
     return storage
 
 
@@ -133,15 +169,19 @@ def rank_trials(table: pd.DataFrame) -> pd.DataFrame:
     columns = [c for c, _ in RANKING if c in table]
     ascending = [a for c, a in RANKING if c in table]
     failed = table["status"].eq("FAILED") if "status" in table else pd.Series(False, index=table.index)
-    ranked = table.assign(_failed=failed).sort_values(["_failed", *columns], ascending=[True, *ascending],
-                                                      na_position="last", kind="stable")
+    ranked = table.assign(_failed=failed).sort_values(
+        ["_failed", *columns], ascending=[True, *ascending], na_position="last", kind="stable"
+    )
     return ranked.drop(columns="_failed").reset_index(drop=True)
 
 
-def results_table(results, run_ids: dict[str, str],
-                  finished_at: dict[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+def results_table(
+    results, run_ids: dict[str, str], finished_at: dict[str, float] | None = None
+) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """One row per trial (its id, MLflow run, status, config, best-epoch metrics and ``finished_at_s``,
     the seconds from the search's start to the trial's end), best first; and each trial's full config by trial id."""
+    from nbtl.search.callbacks import reason_from_error_text
+
     rows, configs = [], {}
     for result in results:
         metrics = result.metrics or {}
@@ -156,7 +196,7 @@ def results_table(results, run_ids: dict[str, str],
         row.update({k: config.get(k) for k in (result.config or {})})
         row.update({k: metrics.get(k) for k in RESULT_COLUMNS})
         row["finished_at_s"] = (finished_at or {}).get(trial_id)
-        row["error"] = str(result.error).strip().splitlines()[-1][:200] if result.error else ""
+        row["error"] = reason_from_error_text(str(result.error))[:200] if result.error else ""
         rows.append(row)
     return rank_trials(pd.DataFrame(rows)), configs
 
@@ -169,6 +209,7 @@ class _Prepared:
     splits: Any
     weights: dict[str, Any]
     resources: dict[str, float]
+    data_settings: Any = None  # nbtl.data.settings.DataSettings: the images, their size, split and augmentation
 
 
 def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None]) -> _Prepared:
@@ -176,16 +217,27 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
     trials through Ray's object store (``tune.with_parameters``), once per node, never per trial."""
     from nbtl.backbones import load_pretrained_state_dict
     from nbtl.data import load_dataset, split_dataset
+    from nbtl.data.settings import DataSettings
 
-    seed, image_size = int(setting(options, space, "seed")), int(setting(options, space, "image_size"))
+    # the one data-settings object: nbtl recommend and nbtl train read the same, so they mean the same images
+    data_settings = DataSettings.from_space(
+        space,
+        {
+            "image_size": options.image_size,
+            "per_class": options.per_class,
+            "seed": options.seed,
+            "classes": options.classes,
+        },
+    )
+    image_size = data_settings.image_size
     started = time.perf_counter()
-    dataset = load_dataset(options.data, image_size=image_size, per_class=setting(options, space, "per_class"), seed=seed,
-                           classes=options.classes)
-    splits = split_dataset(dataset, val_fraction=setting(options, space, "val_fraction"),
-                           test_fraction=setting(options, space, "test_fraction"), seed=seed)
-    print_fn(f"data {dataset.name}: {len(dataset)} images, {len(dataset.classes)} classes, {image_size}px "
-             f"(train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}), "
-             f"decoded once in {time.perf_counter() - started:.1f}s")
+    dataset = load_dataset(options.data, **data_settings.load_kwargs())
+    splits = split_dataset(dataset, **data_settings.split_kwargs())
+    print_fn(
+        f"data {dataset.name}: {len(dataset)} images, {len(dataset.classes)} classes, {image_size}px "
+        f"(train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}), "
+        f"decoded once in {time.perf_counter() - started:.1f}s"
+    )
     random_init_only = any(p.name == "pretrained" and True not in p.candidates() for p in space.parameters)
     weights = {} if random_init_only else {b: load_pretrained_state_dict(b) for b in space.backbones()}
     resources = {**{"cpu": 1, "gpu": 0}, **(space.search.get("resources") or {})}
@@ -193,7 +245,7 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
         resources["cpu"] = options.cpu
     if options.gpu is not None:
         resources["gpu"] = options.gpu
-    return _Prepared(dataset.name, splits, weights, resources)
+    return _Prepared(dataset.name, splits, weights, resources, data_settings)
 
 
 def _trainable(prepared: _Prepared, context):
@@ -203,7 +255,8 @@ def _trainable(prepared: _Prepared, context):
 
     return tune.with_resources(
         tune.with_parameters(nbtl_trainable, splits=prepared.splits, weights=prepared.weights, context=context),
-        prepared.resources)
+        prepared.resources,
+    )
 
 
 def _time_budget(options: SearchOptions, space: SearchSpace) -> float | None:
@@ -237,99 +290,256 @@ def _with_prior(sampler, space: SearchSpace, task, n_classes: int, seed: int, pr
     prior = build_prior(space, sampler, {b: task.row(b) for b in task.backbones}, n_classes, seed=seed, **extra)
     if prior is None:
         return sampler
-    print_fn("learned prior: Optuna's proposals are ranked by the recommender fitted on the meta-dataset "
-             f"({getattr(prior, 'n_candidates', '?')} candidates a trial)")
+    print_fn(
+        "learned prior: Optuna's proposals are ranked by the recommender fitted on the meta-dataset "
+        f"({getattr(prior, 'n_candidates', '?')} candidates a trial)"
+    )
     return prior
 
 
-def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None] = print) -> SearchResult:
-    """Run the search described by ``space`` on ``options.data``; see ``nbtl search --help``."""
-    use_token_auth(options.address)
-    from ray import tune
+@dataclass
+class _Plan:
+    """What a search decides before its MLflow parent run exists (so that a setting that cannot work
+    fails with no run left behind): names, budget, start points, the searcher and the scheduler."""
+
+    name: str
+    seed: int
+    budget: float | None
+    trials: int
+    max_concurrent: int
+    experiment_dir: str
+    experiment_path: Path
+    starts: Any
+    searcher: Any
+    scheduler: Any
+    reevaluation: Any
+    remaining: float | None
+
+
+def _plan(
+    space: SearchSpace,
+    options: SearchOptions,
+    prepared: _Prepared,
+    storage: Path,
+    started: float,
+    print_fn: Callable[[str], None],
+) -> _Plan:
     from ray.tune.search.optuna import OptunaSearch
 
-    from nbtl.search.callbacks import ACTIVE, SearchCallback, Session
     from nbtl.search.start import start_points
-    from nbtl.search.trainable import TrialContext
-    from nbtl.tracking import SearchTracker
 
     name = options.name or space.name
     seed = int(setting(options, space, "seed"))
     budget = _time_budget(options, space)
-    trials = _trial_count(options, space, budget)
+    experiment_dir = _experiment_dir(storage, name)
+    names = [n for n in space.start_points if options.recommend or n != "recommend"]
+    starts = start_points(
+        space,
+        names,
+        data=options.data,
+        train=prepared.splits.train,
+        seed=seed,
+        image_size=int(setting(options, space, "image_size")),
+        per_class=setting(options, space, "per_class"),
+        classes=options.classes,
+        say=print_fn,
+    )
+    warm_start = list(options.warm_start or []) + starts.points + list(space.search.get("points_to_evaluate") or [])
+    sampler = _with_prior(_sampler(space, seed), space, starts.task, len(prepared.splits.train.classes), seed, print_fn)
+    searcher = OptunaSearch(
+        space=space.define_by_run(seed),
+        metric=METRIC,
+        mode=MODE,
+        sampler=sampler,
+        points_to_evaluate=warm_start or None,
+    )
+    reevaluation = None
+    top = int((space.search.get("reevaluate") or {}).get("top", 0))
+    if top >= 2:
+        from nbtl.search.reevaluate import Reevaluation
+
+        reevaluation = Reevaluation(
+            top,
+            seed,
+            prepared.splits,
+            prepared.weights,
+            prepared.data_settings.augmentation,
+            str(storage / experiment_dir / PREFIX_CACHE),
+            prepared.resources,
+            say=print_fn,
+            deadline=None if budget is None else started + budget - _wrap_up(budget),
+        )
+    remaining = None
+    if budget is not None:
+        from nbtl.search.reevaluate import BUDGET_SHARE
+
+        kept = _wrap_up(budget) + (BUDGET_SHARE * budget if reevaluation else 0.0)
+        remaining = max(1.0, budget - (time.perf_counter() - started) - kept)
+    return _Plan(
+        name,
+        seed,
+        budget,
+        _trial_count(options, space, budget),
+        int(setting(options, space, "max_concurrent")),
+        experiment_dir,
+        storage / experiment_dir,
+        starts,
+        searcher,
+        _scheduler(space),
+        reevaluation,
+        remaining,
+    )
+
+
+def _run_params(plan: _Plan, space: SearchSpace, options: SearchOptions, prepared: _Prepared) -> dict[str, Any]:
+    """The parent run's params: the search's settings as it ran."""
+    return {
+        "space": space.path,
+        "data": options.data,
+        **prepared.data_settings.to_params(),
+        "trials": plan.trials if plan.trials > 0 else "until the time budget",
+        "max_concurrent": plan.max_concurrent,
+        "cpu_per_trial": prepared.resources["cpu"],
+        "gpu_per_trial": prepared.resources["gpu"],
+        "sampler": json.dumps(space.search.get("sampler") or {"type": "tpe"}),
+        "scheduler": json.dumps(space.search.get("scheduler") or {"type": "asha"}),
+        "time_budget_s": plan.budget,
+        "start_points": ",".join(plan.starts.labels) or "none",
+    }
+
+
+def _write_state(plan: _Plan, tracker, space: SearchSpace, options: SearchOptions, started: float) -> None:
+    """``nbtl_search.json``: what ``--resume`` needs besides Ray Tune's own experiment state."""
+    plan.experiment_path.mkdir(parents=True, exist_ok=True)
+    (plan.experiment_path / SEARCH_STATE).write_text(
+        json.dumps(
+            {
+                "name": plan.name,
+                "parent_run_id": tracker.parent_run_id,
+                "experiment_id": tracker.experiment_id,
+                "tracking_uri": tracker.tracking_uri,
+                "space_path": space.path,
+                "space_source": space.source,
+                "options": options.__dict__,
+                "started": started,
+                "version": __version__,
+                # wall clock of the search's start, the zero of results.csv's finished_at_s
+                "started_wall": time.time() - (time.perf_counter() - started),
+            },
+            indent=2,
+            default=str,
+        )
+    )
+
+
+def _tuner(plan: _Plan, prepared: _Prepared, context, space: SearchSpace, options: SearchOptions, started: float):
+    from ray import tune
+
+    from nbtl.search.callbacks import SearchCallback
+
+    callback = SearchCallback(
+        str(plan.experiment_path),
+        plan.trials,
+        space.max_epochs,
+        budget=plan.budget,
+        started=time.time() - (time.perf_counter() - started),
+    )
+    return tune.Tuner(
+        _trainable(prepared, context),
+        tune_config=tune.TuneConfig(
+            search_alg=plan.searcher,
+            scheduler=plan.scheduler,
+            num_samples=plan.trials,
+            max_concurrent_trials=plan.max_concurrent,
+            time_budget_s=plan.remaining,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.experiment_dir,
+            storage_path=str(plan.experiment_path.parent),
+            callbacks=[callback],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=int(setting(options, space, "max_failures"))),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None] = print) -> SearchResult:
+    """Run the search described by ``space`` on ``options.data``; see ``nbtl search --help``.
+
+    Everything that can be refused (data, cluster, resources, sampler, scheduler) is checked before the
+    MLflow parent run is created; once it exists, any error or Ctrl-C ends it and its open trial runs
+    (KILLED on Ctrl-C, which also prints the ``--resume`` command and raises :class:`SearchInterrupted`).
+    The Ray instance the search started is shut down when it ends.
+    """
+    from nbtl.preflight import check_ray_address, check_tracking_uri
+
+    check_tracking_uri(options.tracking_uri)  # the services, in seconds: before any image is decoded or Ray starts
+    check_ray_address(options.address)
+    use_token_auth(options.address)
     started = time.perf_counter()
     prepared = _prepare(space, options, print_fn)
     space = space.resolved(len(prepared.splits.train))
     storage = _storage(options.storage_path)
-    ray_address = init_ray(options.address)  # before MLflow: a cluster that cannot be joined leaves no run behind
-    experiment_dir = _experiment_dir(storage, name)
-    experiment_path = storage / experiment_dir
-    names = [n for n in space.start_points if options.recommend or n != "recommend"]
-    starts = start_points(space, names, data=options.data, train=prepared.splits.train, seed=seed,
-                          image_size=int(setting(options, space, "image_size")), per_class=setting(options, space, "per_class"),
-                          classes=options.classes, say=print_fn)
-    tracker = SearchTracker(options.tracking_uri, name)
-    max_concurrent = int(setting(options, space, "max_concurrent"))
-    params = {"space": space.path, "data": options.data, "image_size": setting(options, space, "image_size"),
-              "trials": trials if trials > 0 else "until the time budget", "max_concurrent": max_concurrent, "seed": seed,
-              "per_class": setting(options, space, "per_class"), "classes": options.classes,
-              "cpu_per_trial": prepared.resources["cpu"],
-              "gpu_per_trial": prepared.resources["gpu"],
-              "sampler": json.dumps(space.search.get("sampler") or {"type": "tpe"}),
-              "scheduler": json.dumps(space.search.get("scheduler") or {"type": "asha"}),
-              "augmentation": json.dumps(space.data.get("augmentation") or {}),
-              "time_budget_s": budget, "start_points": ",".join(starts.labels) or "none"}
-    tags = {"nbtl.dataset": prepared.dataset_name, "nbtl.space": space.name, "nbtl.experiment_path": str(experiment_path),
-            "nbtl.ray_address": cluster_address(options.address) or "embedded", "nbtl.ray_gcs_address": ray_address}
-    parent_run_id = tracker.start(params, tags)
-    tracker.log_text(space.source or dump_config({}), "search_space.yaml")
-    experiment_path.mkdir(parents=True, exist_ok=True)
-    (experiment_path / SEARCH_STATE).write_text(json.dumps(
-        {"name": name, "parent_run_id": parent_run_id, "experiment_id": tracker.experiment_id,
-         "tracking_uri": tracker.tracking_uri, "space_path": space.path, "space_source": space.source,
-         "options": options.__dict__, "started": started, "version": __version__,
-         # wall clock of the search's start, the zero of results.csv's finished_at_s
-         "started_wall": time.time() - (time.perf_counter() - started)}, indent=2, default=str))
-    print_fn(f"MLflow: experiment {name!r} ({tracker.tracking_uri}), parent run {parent_run_id}")
+    # Ray before MLflow: a cluster that cannot be joined, or resources no node has, leave no run behind
+    with ray_session(options.address) as ray_address:
+        check_resources(prepared.resources)
+        plan = _plan(space, options, prepared, storage, started, print_fn)
+        from nbtl.search.trainable import TrialContext
+        from nbtl.tracking import SearchTracker
 
-    context = TrialContext(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
-                           parent_run_id=parent_run_id, augmentation=space.data.get("augmentation"),
-                           tags={"nbtl.search": name, "nbtl.dataset": prepared.dataset_name, "nbtl.version": __version__},
-                           prefix_cache_dir=str(experiment_path / PREFIX_CACHE), seed=seed)
-    warm_start = list(options.warm_start or []) + starts.points + list(space.search.get("points_to_evaluate") or [])
-    if starts.labels:
-        print_fn(f"start points, run first: {', '.join(starts.labels)}"
-                 + (f" ({starts.seconds:.1f}s to find)" if starts.seconds >= 1 else ""))
-    sampler = _with_prior(_sampler(space, seed), space, starts.task, len(prepared.splits.train.classes), seed, print_fn)
-    searcher = OptunaSearch(space=space.define_by_run(seed), metric=METRIC, mode=MODE, sampler=sampler,
-                            points_to_evaluate=warm_start or None)
-    ACTIVE[str(experiment_path)] = Session(tracker, print_fn)
-    top = int((space.search.get("reevaluate") or {}).get("top", 0))
-    reevaluation = None
-    if top >= 2:
-        from nbtl.search.reevaluate import BUDGET_SHARE, Reevaluation
-
-        reevaluation = Reevaluation(top, seed, prepared.splits, prepared.weights, space.data.get("augmentation"),
-                                    context.prefix_cache_dir, prepared.resources, say=print_fn,
-                                    deadline=None if budget is None else started + budget - _wrap_up(budget))
-    kept = 0.0 if budget is None else _wrap_up(budget) + (BUDGET_SHARE * budget if reevaluation else 0.0)
-    remaining = None if budget is None else max(1.0, budget - (time.perf_counter() - started) - kept)
-    callback = SearchCallback(str(experiment_path), trials, space.max_epochs, budget=budget,
-                              started=time.time() - (time.perf_counter() - started))
-    tuner = tune.Tuner(
-        _trainable(prepared, context),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space), num_samples=trials,
-                                    max_concurrent_trials=max_concurrent, time_budget_s=remaining),
-        run_config=tune.RunConfig(
-            name=experiment_dir, storage_path=str(storage), callbacks=[callback], verbose=0,
-            failure_config=tune.FailureConfig(max_failures=int(setting(options, space, "max_failures"))),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-    )
-    count = f"{trials} trials" if trials > 0 else "trials until the time budget ends"
-    print_fn(f"search {name!r}: {count}, up to {max_concurrent} at once, "
-             + (f"time budget {_duration(budget)} ({_duration(remaining)} left for trials), " if budget else "")
-             + f"resources per trial {prepared.resources}, results in {experiment_path}")
-    return _fit(tuner, str(experiment_path), space, experiment_path, started, budget, reevaluation)
+        tracker = SearchTracker(options.tracking_uri, plan.name)
+        tags = {
+            "nbtl.dataset": prepared.dataset_name,
+            "nbtl.space": space.name,
+            "nbtl.experiment_path": str(plan.experiment_path),
+            "nbtl.ray_address": cluster_address(options.address) or "embedded",
+            "nbtl.ray_gcs_address": ray_address,
+        }
+        resume = resume_command(plan.experiment_dir, options.storage_path, options.address, options.tracking_uri)
+        with (
+            tell_how_to_resume(print_fn, resume),
+            tracker.search_run(_run_params(plan, space, options, prepared), tags) as parent_run_id,
+        ):
+            tracker.log_text(space.source or dump_config({}), "search_space.yaml")
+            _write_state(plan, tracker, space, options, started)
+            print_fn(f"MLflow: experiment {plan.name!r} ({tracker.tracking_uri}), parent run {parent_run_id}")
+            context = TrialContext(
+                tracking_uri=tracker.tracking_uri,
+                experiment_id=tracker.experiment_id,
+                parent_run_id=parent_run_id,
+                augmentation=prepared.data_settings.augmentation,
+                tags={"nbtl.search": plan.name, "nbtl.dataset": prepared.dataset_name, "nbtl.version": __version__},
+                prefix_cache_dir=str(plan.experiment_path / PREFIX_CACHE),
+                seed=plan.seed,
+            )
+            if plan.starts.labels:
+                print_fn(
+                    f"start points, run first: {', '.join(plan.starts.labels)}"
+                    + (f" ({plan.starts.seconds:.1f}s to find)" if plan.starts.seconds >= 1 else "")
+                )
+            tuner = _tuner(plan, prepared, context, space, options, started)
+            count = f"{plan.trials} trials" if plan.trials > 0 else "trials until the time budget ends"
+            print_fn(
+                f"search {plan.name!r}: {count}, up to {plan.max_concurrent} at once, "
+                + (
+                    f"time budget {_duration(plan.budget)} ({_duration(plan.remaining)} left for trials), "
+                    if plan.budget
+                    else ""
+                )
+                + f"resources per trial {prepared.resources}, results in {plan.experiment_path}"
+            )
+            return _fit(
+                tuner,
+                tracker,
+                print_fn,
+                space,
+                plan.experiment_path,
+                started,
+                plan.budget,
+                plan.reevaluation,
+                options.keep_checkpoints,
+            )
 
 
 def _wrap_up(budget: float) -> float:
@@ -345,25 +555,45 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _fit(tuner, key: str, space: SearchSpace, experiment_path: Path, started: float,
-         budget: float | None = None, reevaluation=None) -> SearchResult:
-    from nbtl.search.callbacks import ACTIVE
+def _fit(
+    tuner,
+    tracker,
+    print_fn: Callable[[str], None],
+    space: SearchSpace,
+    experiment_path: Path,
+    started: float,
+    budget: float | None = None,
+    reevaluation=None,
+    keep_checkpoints: bool = False,
+) -> SearchResult:
+    """Run the trials; on Ctrl-C let Ray Tune stop them and save the experiment for ``--resume``, then raise
+    :class:`SearchInterrupted` (the caller's run context ends the runs KILLED)."""
+    from nbtl.search.callbacks import ACTIVE, Session
 
-    session = ACTIVE[key]
+    key = str(experiment_path)
+    ACTIVE[key] = session = Session(tracker, print_fn)
     try:
-        results = tuner.fit()
-    except BaseException:
-        session.tracker.close_open_children("KILLED", "the search was interrupted; continue it with nbtl search --resume")
-        session.tracker.end("KILLED")
-        raise
+        with graceful_ctrl_c() as interrupt:
+            results = tuner.fit()
     finally:
         ACTIVE.pop(key, None)
-    return finish_search(session.tracker, results, session.callback, space, experiment_path, started, budget,
-                         reevaluation)
+    if interrupt.requested:
+        raise SearchInterrupted(f"search {experiment_path.name} interrupted")
+    result = finish_search(tracker, results, session.callback, space, experiment_path, started, budget, reevaluation)
+    if not keep_checkpoints:
+        freed = remove_trial_checkpoints(experiment_path)
+        logger.info("removed the trial checkpoints of %s (%.1f MB)", experiment_path, freed / 1e6)
+    return result
 
 
-def resume_search(name: str, storage_path: str | None = None, address: str | None = None,
-                  tracking_uri: str | None = None, print_fn: Callable[[str], None] = print) -> SearchResult:
+def resume_search(
+    name: str,
+    storage_path: str | None = None,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    print_fn: Callable[[str], None] = print,
+    keep_checkpoints: bool = False,
+) -> SearchResult:
     """Continue an interrupted search (``nbtl search --resume NAME``) to its requested trial count.
 
     Ray Tune restores the experiment from ``STORAGE/NAME``: finished trials stay finished, trials that
@@ -376,40 +606,70 @@ def resume_search(name: str, storage_path: str | None = None, address: str | Non
     state_file = experiment_path / SEARCH_STATE
     if not state_file.exists():
         known = sorted(p.parent.name for p in storage.glob(f"*/{SEARCH_STATE}")) if storage.exists() else []
-        raise SearchError(f"--resume {name}: no search state at {state_file}; searches here: "
-                          f"{', '.join(known) or 'none'} (use --storage-path for another results folder)")
+        raise SearchError(
+            f"--resume {name}: no search state at {state_file}; searches here: "
+            f"{', '.join(known) or 'none'} (use --storage-path for another results folder)"
+        )
     state = json.loads(state_file.read_text())
     options = SearchOptions(**{k: v for k, v in state["options"].items() if k in SearchOptions.__dataclass_fields__})
     options.address = address if address is not None else options.address
+    from nbtl.preflight import check_ray_address, check_tracking_uri
+
+    check_tracking_uri(tracking_uri or state["tracking_uri"])  # in seconds: before any image is decoded or Ray starts
+    check_ray_address(options.address)
     use_token_auth(options.address)
-    from ray import tune
-
-    from nbtl.search.callbacks import ACTIVE, Session
     from nbtl.search.space import parse_space
-    from nbtl.search.trainable import TrialContext
-    from nbtl.tracking import SearchTracker
 
-    space = parse_space(yaml.safe_load(state["space_source"]), where=f"{state_file} (space of {state['space_path']})",
-                        source=state["space_source"])
+    space = parse_space(
+        yaml.safe_load(state["space_source"]),
+        where=f"{state_file} (space of {state['space_path']})",
+        source=state["space_source"],
+    )
     started = time.perf_counter()
     prepared = _prepare(space, options, print_fn)
-    init_ray(options.address)
-    if not tune.Tuner.can_restore(str(experiment_path)):
-        raise SearchError(f"--resume {name}: {experiment_path} holds no Ray Tune experiment state yet "
-                          "(the search stopped before its first trial); start it again instead")
-    tracker = SearchTracker(tracking_uri or state["tracking_uri"], state["name"])
-    tracker.attach(state["parent_run_id"])
-    tracker.set_tags({"nbtl.resumed": int(tracker.client.get_run(state["parent_run_id"]).data.tags.get("nbtl.resumed", 0)) + 1})
-    context = TrialContext(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
-                           parent_run_id=state["parent_run_id"], augmentation=space.data.get("augmentation"),
-                           tags={"nbtl.search": state["name"], "nbtl.dataset": prepared.dataset_name,
-                                 "nbtl.version": __version__},
-                           prefix_cache_dir=str(experiment_path / PREFIX_CACHE), seed=int(setting(options, space, "seed")))
-    ACTIVE[str(experiment_path)] = Session(tracker, print_fn)
-    tuner = tune.Tuner.restore(str(experiment_path), _trainable(prepared, context), resume_unfinished=True,
-                               resume_errored=False, restart_errored=False)
-    print_fn(f"resuming search {state['name']!r} from {experiment_path} (MLflow parent run {state['parent_run_id']})")
-    return _fit(tuner, str(experiment_path), space, experiment_path, started)
+    with ray_session(options.address):
+        from ray import tune
+
+        from nbtl.search.trainable import TrialContext
+        from nbtl.tracking import SearchTracker
+
+        check_resources(prepared.resources)
+        if not tune.Tuner.can_restore(str(experiment_path)):
+            raise SearchError(
+                f"--resume {name}: {experiment_path} holds no Ray Tune experiment state yet "
+                "(the search stopped before its first trial); start it again instead"
+            )
+        tracker = SearchTracker(tracking_uri or state["tracking_uri"], state["name"])
+        resume = resume_command(name, storage_path, address, tracking_uri)
+        with tell_how_to_resume(print_fn, resume), tracker.resumed_run(state["parent_run_id"]) as parent_run_id:
+            resumed = int(tracker.client.get_run(parent_run_id).data.tags.get("nbtl.resumed", 0)) + 1
+            tracker.set_tags({"nbtl.resumed": resumed})
+            context = TrialContext(
+                tracking_uri=tracker.tracking_uri,
+                experiment_id=tracker.experiment_id,
+                parent_run_id=parent_run_id,
+                augmentation=prepared.data_settings.augmentation,
+                tags={"nbtl.search": state["name"], "nbtl.dataset": prepared.dataset_name, "nbtl.version": __version__},
+                prefix_cache_dir=str(experiment_path / PREFIX_CACHE),
+                seed=int(setting(options, space, "seed")),
+            )
+            tuner = tune.Tuner.restore(
+                str(experiment_path),
+                _trainable(prepared, context),
+                resume_unfinished=True,
+                resume_errored=False,
+                restart_errored=False,
+            )
+            print_fn(f"resuming search {state['name']!r} from {experiment_path} (MLflow parent run {parent_run_id})")
+            return _fit(
+                tuner,
+                tracker,
+                print_fn,
+                space,
+                experiment_path,
+                started,
+                keep_checkpoints=keep_checkpoints or bool(options.keep_checkpoints),
+            )
 
 
 def _trial_histories(results) -> dict[str, pd.DataFrame]:
@@ -425,8 +685,9 @@ def _trial_histories(results) -> dict[str, pd.DataFrame]:
     return histories
 
 
-def _log_plots(tracker, results, table: pd.DataFrame, configs, completed: list[str], space: SearchSpace,
-               experiment_path: Path) -> None:
+def _log_plots(
+    tracker, results, table: pd.DataFrame, configs, completed: list[str], space: SearchSpace, experiment_path: Path
+) -> None:
     """The parent run's figures; a plot that cannot be drawn (too few trials) is skipped."""
     import matplotlib.pyplot as plt
 
@@ -445,8 +706,16 @@ def _log_plots(tracker, results, table: pd.DataFrame, configs, completed: list[s
         plt.close(figure)
 
 
-def finish_search(tracker, results, callback, space: SearchSpace, experiment_path: Path,
-                  started: float, budget: float | None = None, reevaluation=None) -> SearchResult:
+def finish_search(
+    tracker,
+    results,
+    callback,
+    space: SearchSpace,
+    experiment_path: Path,
+    started: float,
+    budget: float | None = None,
+    reevaluation=None,
+) -> SearchResult:
     """Write the results table, best config, plots and summary metrics to the parent run; end it.
     ``reevaluation(table, configs) -> table`` (:mod:`nbtl.search.reevaluate`) may re-rank the best trials first."""
     run_ids = {r.data.tags.get("nbtl.trial_id"): r.info.run_id for r in tracker.child_runs()}
@@ -455,19 +724,28 @@ def finish_search(tracker, results, callback, space: SearchSpace, experiment_pat
     if callback is not None:  # trials the time budget (or an interrupt) cut off end now
         now = round(callback.elapsed(), 2)
         finished_at.update({_trial_id(r): now for r in results if _trial_id(r) not in finished_at})
-    table, configs = results_table(results, {**run_ids, **(callback.run_ids if callback is not None else {})},
-                                   finished_at)
+    table, configs = results_table(
+        results, {**run_ids, **(callback.run_ids if callback is not None else {})}, finished_at
+    )
     if reevaluation is not None and not table.empty:
         table = reevaluation(table, configs)
-    # Runs of trials that Ray did not bring to an end (e.g. cut off and not resumed) must not stay RUNNING.
-    tracker.close_open_children("KILLED", "the trial did not finish: its search was interrupted")
+    # Trials the time budget cut off: Ray stopped them without telling the callback, and their workers leave
+    # the run to the driver (nbtl.search.trainable). An interrupted search never gets here.
+    for run in tracker.child_runs():
+        if run.info.status == "RUNNING":
+            trial_id = run.data.tags.get("nbtl.trial_id", "")
+            tracker.close_trial(trial_id, run.info.run_name, {}, "FINISHED", tags={"nbtl.stopped_early": "true"})
     ok = table[table["status"] != "FAILED"] if not table.empty else table
     best = None
     if not ok.empty and ok[METRIC].notna().any():
         row = ok.iloc[0].to_dict()  # ranked: best validation accuracy, then lowest validation loss
         config = configs[row["trial_id"]]
-        best = {"trial_id": row["trial_id"], "run_id": row["run_id"], "config": config,
-                **{k: row.get(k) for k in RESULT_COLUMNS}}
+        best = {
+            "trial_id": row["trial_id"],
+            "run_id": row["run_id"],
+            "config": config,
+            **{k: row.get(k) for k in RESULT_COLUMNS},
+        }
         tracker.log_text(dump_config(config), "best_config.yaml")
         (experiment_path / "best_config.yaml").write_text(dump_config(config))
         tracker.set_tags({"nbtl.best_run_id": row["run_id"], "nbtl.best_trial_id": row["trial_id"]})
@@ -478,9 +756,15 @@ def finish_search(tracker, results, callback, space: SearchSpace, experiment_pat
     _log_plots(tracker, results, table, configs, completed, space, experiment_path)
     counts = table["status"].value_counts().to_dict() if not table.empty else {}
     wall_time = time.perf_counter() - started
-    tracker.log_metrics({"trials_finished": counts.get("FINISHED", 0) + counts.get("STOPPED", 0),
-                         "trials_failed": counts.get("FAILED", 0), "wall_time_s": wall_time,
-                         **({"time_budget_s": budget, "time_budget_used": wall_time / budget} if budget else {})})
+    tracker.log_metrics(
+        {
+            "trials_finished": counts.get("FINISHED", 0) + counts.get("STOPPED", 0),
+            "trials_failed": counts.get("FAILED", 0),
+            "wall_time_s": wall_time,
+            **({"time_budget_s": budget, "time_budget_used": wall_time / budget} if budget else {}),
+        }
+    )
     tracker.end("FINISHED")
-    return SearchResult(table, best, tracker.tracking_uri, tracker.experiment_id, tracker.parent_run_id,
-                        str(experiment_path))
+    return SearchResult(
+        table, best, tracker.tracking_uri, tracker.experiment_id, tracker.parent_run_id, str(experiment_path)
+    )

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -32,8 +33,20 @@ from nbtl.errors import ConfigError, NbtlError
 SECTIONS = ("name", "description", "data", "search", "parameters")
 SPEC_KEYS = ("choices", "low", "high", "log", "step", "when")
 DATA_KEYS = ("image_size", "val_fraction", "test_fraction", "per_class", "augmentation")
-SEARCH_KEYS = ("trials", "max_concurrent", "seed", "resources", "sampler", "scheduler", "max_failures",
-               "points_to_evaluate", "start_points", "time_budget", "prior", "reevaluate")
+SEARCH_KEYS = (
+    "trials",
+    "max_concurrent",
+    "seed",
+    "resources",
+    "sampler",
+    "scheduler",
+    "max_failures",
+    "points_to_evaluate",
+    "start_points",
+    "time_budget",
+    "prior",
+    "reevaluate",
+)
 #: The configs a search runs first unless its space says otherwise (``search.start_points``): the linear probe,
 #: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
 START_POINTS = ("probe", "conventional", "recommend")
@@ -154,7 +167,7 @@ class SearchSpace:
     parameters: list[Parameter]
     data: dict[str, Any]
     search: dict[str, Any]
-    source: str = ""          # the YAML text, logged as an artifact
+    source: str = ""  # the YAML text, logged as an artifact
     path: str = "<string>"
 
     @property
@@ -205,11 +218,15 @@ class SearchSpace:
             return self.sample
         return _SeededSample(self, int(seed))
 
-    def resolved(self, n_train: int) -> "SearchSpace":
+    def resolved(self, n_train: int) -> SearchSpace:
         """This space with data-dependent values fixed for a training split of ``n_train`` images
         (``batch_size: auto`` -> :func:`auto_batch_size`)."""
-        parameters = [dataclasses.replace(p, value=auto_batch_size(n_train))
-                      if p.name == "batch_size" and p.fixed and p.value == "auto" else p for p in self.parameters]
+        parameters = [
+            dataclasses.replace(p, value=auto_batch_size(n_train))
+            if p.name == "batch_size" and p.fixed and p.value == "auto"
+            else p
+            for p in self.parameters
+        ]
         return dataclasses.replace(self, parameters=parameters)
 
     @property
@@ -273,10 +290,23 @@ class _SeededSample:
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a search space YAML file (``yaml.safe_load``)."""
+    """Read and validate a search space YAML file (``yaml.safe_load``).
+
+    ``path`` is a file, else the name of a space shipped with nbtl (``tiny``, ``default.yaml``,
+    ``search_spaces/default.yaml``: see :func:`nbtl.resources.find_space`), so these work from any directory.
+    """
+    from nbtl.resources import find_space, shipped_spaces
+
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"search space {path}: no such file; pass a YAML file such as search_spaces/default.yaml")
+        found = find_space(path)
+        if found is None:
+            names = ", ".join(shipped_spaces()) or "none found"
+            raise ConfigError(
+                f"search space {path}: no such file; pass a YAML file, or the name of a space "
+                f"shipped with nbtl ({names})"
+            )
+        path = found
     try:
         text = path.read_text()
         document = yaml.safe_load(text)
@@ -300,8 +330,17 @@ def parse_space(document: Any, where: str = "search space", source: str = "") ->
     parameters = [_parse_parameter(name, raw[name], where, seen=names[:i]) for i, name in enumerate(names)]
     _check_conditions(parameters, where)
     _check_block_order(parameters, where)
-    space = SearchSpace(name=str(document.get("name") or Path(where).stem), parameters=parameters,
-                        data=data, search=search, source=source, path=where)
+    from nbtl.search.space_checks import check_configs
+
+    check_configs(parameters, where)
+    space = SearchSpace(
+        name=str(document.get("name") or Path(where).stem),
+        parameters=parameters,
+        data=data,
+        search=search,
+        source=source,
+        path=where,
+    )
     _validate_settings(space, where)
     return space
 
@@ -332,7 +371,7 @@ def _parse_parameter(name: str, spec: Any, where: str, seen: list[str]) -> Param
     when = spec.get("when") or {}
     if not isinstance(when, dict):
         raise ConfigError(f"{at}: 'when' must map an earlier parameter to the value(s) that enable this one")
-    for key, values in when.items():
+    for key in when:
         if key not in seen:
             raise ConfigError(f"{at}: 'when' names {key!r}, which is not a parameter listed before {name!r}")
     when = {k: v if isinstance(v, list) else [v] for k, v in when.items()}
@@ -352,10 +391,14 @@ def _parse_parameter(name: str, spec: Any, where: str, seen: list[str]) -> Param
     for label, bound in (("low", low), ("high", high)):
         if isinstance(bound, str):
             if name not in BLOCK_KEYS:
-                raise ConfigError(f"{at}: {label}={bound!r}: only {' / '.join(BLOCK_KEYS)} bounds may be 'all' or a parameter name")
+                raise ConfigError(
+                    f"{at}: {label}={bound!r}: only {' / '.join(BLOCK_KEYS)} bounds may be 'all' or a parameter name"
+                )
             if bound != "all" and not _valid_all_minus(bound) and bound not in seen:
-                raise ConfigError(f"{at}: {label}={bound!r} must be 'all', 'all-N' (e.g. all-3) or a block parameter "
-                                  f"listed before {name!r}")
+                raise ConfigError(
+                    f"{at}: {label}={bound!r} must be 'all', 'all-N' (e.g. all-3) or a block parameter "
+                    f"listed before {name!r}"
+                )
         elif isinstance(bound, bool) or not isinstance(bound, (int, float)):
             raise ConfigError(f"{at}: {label} must be a number, got {bound!r}")
         elif kind == "int" and not float(bound).is_integer():
@@ -416,8 +459,6 @@ def _checked(parameter: Parameter, at: str) -> Parameter:
                 get_spec(value)
             except NbtlError as error:
                 raise ConfigError(f"{at}: {error}") from None
-        if parameter.name in BLOCK_KEYS:
-            continue
         try:
             TrialConfig.from_dict({parameter.name: value}, where=at)
         except TypeError:
@@ -427,6 +468,9 @@ def _checked(parameter: Parameter, at: str) -> Parameter:
 
 def _validate_settings(space: SearchSpace, where: str) -> None:
     from nbtl.data import make_augmentation
+    from nbtl.data.settings import MAX_SEED, MIN_IMAGE_SIZE
+    from nbtl.data.splits import MIN_IMAGES_PER_CLASS
+    from nbtl.search.space_checks import check_points, check_prior, check_sampler, check_scheduler
 
     d, s = space.data, space.search
 
@@ -435,8 +479,8 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
             raise ConfigError(f"{where}: {label}.{key} must be an integer >= {minimum}, got {v!r}")
 
-    positive_int(d, "image_size", "data", 8)
-    positive_int(d, "per_class", "data", 3)
+    positive_int(d, "image_size", "data", MIN_IMAGE_SIZE)
+    positive_int(d, "per_class", "data", MIN_IMAGES_PER_CLASS)
     for key in ("val_fraction", "test_fraction"):
         v = d.get(key)
         if v is not None and (not isinstance(v, (int, float)) or not 0 < v < 0.5):
@@ -448,6 +492,8 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
     positive_int(s, "trials", "search")
     positive_int(s, "max_concurrent", "search")
     positive_int(s, "seed", "search", 0)
+    if isinstance(s.get("seed"), int) and s["seed"] > MAX_SEED:
+        raise ConfigError(f"{where}: search.seed must be at most 2**32 - 1, got {s['seed']}")
     positive_int(s, "max_failures", "search", 0)
     resources = s.get("resources") or {}
     if not isinstance(resources, dict):
@@ -455,10 +501,14 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
     _check_keys(resources, ("cpu", "gpu"), f"{where}: search.resources")
     for key, value in resources.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "cpu" and value == 0):
-            raise ConfigError(f"{where}: search.resources.{key} must be a number {'> 0' if key == 'cpu' else '>= 0'}, got {value!r}")
+            raise ConfigError(
+                f"{where}: search.resources.{key} must be a number {'> 0' if key == 'cpu' else '>= 0'}, got {value!r}"
+            )
     starts = s.get("start_points", list(START_POINTS))
     if not isinstance(starts, list) or any(v not in START_POINTS for v in starts):
-        raise ConfigError(f"{where}: search.start_points must be a list of {', '.join(START_POINTS)} (or []), got {starts!r}")
+        raise ConfigError(
+            f"{where}: search.start_points must be a list of {', '.join(START_POINTS)} (or []), got {starts!r}"
+        )
     if "time_budget" in s:
         try:
             parse_duration(s["time_budget"])
@@ -468,6 +518,7 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
     if not isinstance(prior, dict):
         raise ConfigError(f"{where}: search.prior must be a mapping like {{enabled: true, n_candidates: 32}}")
     _check_keys(prior, PRIOR_KEYS, f"{where}: search.prior")
+    check_prior(prior, where)
     reevaluate = s.get("reevaluate") or {}
     if not isinstance(reevaluate, dict):
         raise ConfigError(f"{where}: search.reevaluate must be a mapping like {{top: 3}}")
@@ -480,8 +531,11 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
     for i, point in enumerate(points):
         unknown = sorted(set(point) - searched)
         if unknown:
-            raise ConfigError(f"{where}: search.points_to_evaluate[{i}] sets {', '.join(unknown)}, which the space "
-                              f"does not search; use only: {', '.join(sorted(searched))}")
+            raise ConfigError(
+                f"{where}: search.points_to_evaluate[{i}] sets {', '.join(unknown)}, which the space "
+                f"does not search; use only: {', '.join(sorted(searched))}"
+            )
+    check_points(space.parameters, points, where)
     for name, table in (("sampler", SAMPLER_KEYS), ("scheduler", SCHEDULER_KEYS)):
         spec = s.get(name) or {}
         if not isinstance(spec, dict):
@@ -490,6 +544,8 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
         if kind not in table:
             raise ConfigError(f"{where}: search.{name}.type must be one of {', '.join(table)}, got {kind!r}")
         _check_keys(spec, table[kind], f"{where}: search.{name}")
+    check_sampler(s.get("sampler") or {}, where)
+    check_scheduler(s.get("scheduler") or {}, space.max_epochs, where)
 
 
 def parse_duration(value: Any) -> float:
@@ -509,4 +565,3 @@ def parse_duration(value: Any) -> float:
 def dump_config(config: dict[str, Any]) -> str:
     """YAML text of a trial config (what ``nbtl search`` writes as the best config)."""
     return yaml.safe_dump({k: config[k] for k in TrialConfig.keys() if k in config}, sort_keys=False)
-

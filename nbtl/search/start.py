@@ -12,8 +12,9 @@ linear probing first; Feurer et al. 2018 on warm-starting Bayesian optimisation)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from nbtl.backbones import get_spec
 from nbtl.search.space import SearchSpace
@@ -23,21 +24,40 @@ log = logging.getLogger(__name__)
 #: The head's learning rate of the probe start point: SGD with momentum on pooled features over the
 #: hundreds of steps a fully frozen trial takes (see nbtl.train).
 PROBE_HEAD_LR = 0.1
-CONVENTIONAL = {"freeze_blocks": 0, "lr": 0.03, "lr_decay": 1.0, "head_lr": 0.03, "l2sp_alpha": 0.0,
-                "l2_beta": 1.0e-4, "l2_head": 1.0e-4, "head": "linear", "head_dropout": 0.0, "head_warmup_epochs": 0}
 
 
 def probe_config(backbone: str) -> dict[str, Any]:
     """The linear probe: every block transferred and frozen, a linear head."""
     blocks = get_spec(backbone).num_blocks
-    return {"backbone": backbone, "pretrained": True, "transfer_blocks": blocks, "freeze_blocks": blocks,
-            "head": "linear", "head_dropout": 0.0, "head_lr": PROBE_HEAD_LR, "lr": PROBE_HEAD_LR, "lr_decay": 1.0,
-            "l2sp_alpha": 0.0, "l2_beta": 0.0, "l2_head": 1.0e-4, "head_warmup_epochs": 0}
+    return {
+        "backbone": backbone,
+        "pretrained": True,
+        "transfer_blocks": blocks,
+        "freeze_blocks": blocks,
+        "head": "linear",
+        "head_dropout": 0.0,
+        "head_lr": PROBE_HEAD_LR,
+        "lr": PROBE_HEAD_LR,
+        "lr_decay": 1.0,
+        "l2sp_alpha": 0.0,
+        "l2_beta": 0.0,
+        "l2_head": 1.0e-4,
+        "head_warmup_epochs": 0,
+    }
 
 
 def conventional_config(backbone: str) -> dict[str, Any]:
-    """The conventional recipe: every block transferred and fine-tuned at one lr, plain L2, a linear head."""
-    return {"backbone": backbone, "pretrained": True, "transfer_blocks": get_spec(backbone).num_blocks, **CONVENTIONAL}
+    """The conventional recipe: every block transferred and fine-tuned at one lr, plain L2, a linear head.
+
+    Defined once, as the ``defaults`` of the shipped rules (heuristics/rules.yaml), the config the rules
+    of ``nbtl recommend`` move away from; the batch size and epochs stay the space's."""
+    from nbtl.heuristics.rules import load_rules
+
+    recipe = {k: v for k, v in load_rules().defaults.items() if k not in ("batch_size", "epochs")}
+    blocks = get_spec(backbone).num_blocks
+    if recipe.get("transfer_blocks", "all") == "all":
+        recipe["transfer_blocks"] = blocks
+    return {"backbone": backbone, "pretrained": True, "head_warmup_epochs": 0, **recipe}
 
 
 @dataclass
@@ -47,11 +67,17 @@ class StartPoints:
 
     points: list[dict[str, Any]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
-    task: Any = None                  # nbtl.heuristics.recommend.TaskFit, or None
+    task: Any = None  # nbtl.heuristics.recommend.TaskFit, or None
     seconds: float = 0.0
 
-    def add(self, space: SearchSpace, config: dict[str, Any], label: str, say: Callable[[str], None],
-            kind: str = "start point") -> None:
+    def add(
+        self,
+        space: SearchSpace,
+        config: dict[str, Any],
+        label: str,
+        say: Callable[[str], None],
+        kind: str = "start point",
+    ) -> None:
         """``config`` moved to the nearest point of ``space`` (saying what moved), unless already there."""
         point, changes = space.project(config)
         for change in changes:
@@ -61,8 +87,18 @@ class StartPoints:
             self.labels.append(label)
 
 
-def start_points(space: SearchSpace, names: list[str], *, data: str, train, seed: int, image_size: int,
-                 per_class: int | None, classes: str | None, say: Callable[[str], None]) -> StartPoints:
+def start_points(
+    space: SearchSpace,
+    names: list[str],
+    *,
+    data: str,
+    train,
+    seed: int,
+    image_size: int,
+    per_class: int | None,
+    classes: str | None,
+    say: Callable[[str], None],
+) -> StartPoints:
     """The built-in start points ``names`` (``probe``, ``conventional``, ``recommend``) as points of ``space``.
 
     ``recommend`` measures the fit of every backbone of the space on ``train`` (the search's own training
@@ -82,15 +118,30 @@ def start_points(space: SearchSpace, names: list[str], *, data: str, train, seed
         rules = load_rules()
         path = default_recommender_path()
         model = LearnedRecommender.load(path) if path is not None else None
-        found.task = measure_task(data, backbones, image_size=image_size, per_class=per_class, classes=classes,
-                                  seed=seed, fit_curve=rules.fit_curve, peak_tolerance=rules.peak_tolerance, train=train,
-                                  log=lambda line: log.info(line))
-        recommendation = recommend(found.task, rules, model, {"image_size": image_size, "per_class": per_class,
-                                                              "classes": classes, "seed": seed})
+        found.task = measure_task(
+            data,
+            backbones,
+            image_size=image_size,
+            per_class=per_class,
+            classes=classes,
+            seed=seed,
+            fit_curve=rules.fit_curve,
+            peak_tolerance=rules.peak_tolerance,
+            train=train,
+            log=lambda line: log.info(line),
+        )
+        recommendation = recommend(
+            found.task,
+            rules,
+            model,
+            {"image_size": image_size, "per_class": per_class, "classes": classes, "seed": seed},
+        )
         recommended = [entry["config"] for entry in recommendation.configs]
         backbones = [entry["backbone"] for entry in recommendation.backbone_ranking] or backbones
-        say(f"recommend: fit of {', '.join(backbones)} measured in {found.task.seconds:.1f}s; "
-            f"{len(recommended)} config(s), best backbone {backbones[0]}")
+        say(
+            f"recommend: fit of {', '.join(backbones)} measured in {found.task.seconds:.1f}s; "
+            f"{len(recommended)} config(s), best backbone {backbones[0]}"
+        )
     if "probe" in names:
         found.add(space, probe_config(backbones[0]), "probe", say)
     if "conventional" in names:

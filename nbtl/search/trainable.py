@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nbtl.errors import one_line
+
 TRIAL_CHECKPOINT = "trial.pt"
 
 
@@ -23,13 +25,8 @@ class TrialContext:
     parent_run_id: str
     augmentation: dict[str, Any] | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    prefix_cache_dir: str | None = None   # the search's frozen-prefix feature store, on storage every node mounts
-    seed: int = 0                         # the search seed: the augmented views of the prefix store derive from it
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+    prefix_cache_dir: str | None = None  # the search's frozen-prefix feature store, on storage every node mounts
+    seed: int = 0  # the search seed: the augmented views of the prefix store derive from it
 
 
 _STORES: dict[tuple[str | None, int], Any] = {}
@@ -48,6 +45,13 @@ def prefix_store(directory: str | None, seed: int):
     return _STORES[key]
 
 
+def compact_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's checkpoint keeps of :func:`nbtl.train.train_trial`'s state: all but the frozen blocks'
+    weights and statistics, which a resumed trial rebuilds from the pre-trained weights and its seed."""
+    frozen = set(state.pop("frozen_keys", ()))
+    return {**state, "model": {k: v for k, v in state["model"].items() if k not in frozen}}
+
+
 def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: TrialContext | None = None) -> None:
     """Ray Tune function trainable: one trial of a search.
 
@@ -59,7 +63,7 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     from ray import tune
 
     from nbtl.config import TrialConfig
-    from nbtl.tracking import TrialTracker
+    from nbtl.tracking import TrialTracker, status_for
     from nbtl.train import train_trial
 
     tune_context = tune.get_context()
@@ -68,9 +72,16 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     tags = {**context.tags, "nbtl.backbone": trial_config.backbone, "ray.trial_name": trial_name}
     import ray
 
-    tracker = TrialTracker(context.tracking_uri, context.experiment_id, context.parent_run_id, trial_id,
-                           trial_name, trial_config.to_dict(), tags,
-                           location={"nbtl.ray_node_id": ray.get_runtime_context().get_node_id()})
+    tracker = TrialTracker(
+        context.tracking_uri,
+        context.experiment_id,
+        context.parent_run_id,
+        trial_id,
+        trial_name,
+        trial_config.to_dict(),
+        tags,
+        location={"nbtl.ray_node_id": ray.get_runtime_context().get_node_id()},
+    )
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -78,27 +89,29 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
         with checkpoint.as_directory() as directory:
             resume = torch.load(Path(directory) / TRIAL_CHECKPOINT, map_location="cpu", weights_only=True)
 
-    last_epoch = [0]
-
     def report(metrics: dict[str, float], state) -> None:
-        last_epoch[0] = int(metrics["epoch"])
         tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(state(), Path(directory) / TRIAL_CHECKPOINT)
+            torch.save(compact_checkpoint(state()), Path(directory) / TRIAL_CHECKPOINT)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
     store = prefix_store(context.prefix_cache_dir, context.seed)
     try:
-        train_trial(trial_config, splits, augmentation=context.augmentation, state_dict=weight,
-                    report=report, resume=resume, prefix_store=store)
+        train_trial(
+            trial_config,
+            splits,
+            augmentation=context.augmentation,
+            state_dict=weight,
+            report=report,
+            resume=resume,
+            prefix_store=store,
+        )
     except SystemExit:
-        # Ray ends a trial that its scheduler stopped (ASHA) by exiting the training thread; at max_t
-        # (the last epoch) that is the normal end, not an early stop.
-        early = last_epoch[0] < trial_config.epochs
-        tracker.end("FINISHED", tags={"nbtl.stopped_early": "true"} if early else None)
+        # Ray ended the trial (its scheduler stopped it, the time budget ran out, or the search was
+        # interrupted): only the driver knows which, so the driver closes the run (nbtl.search.callbacks).
         raise
     except BaseException as error:
-        tracker.end("FAILED", reason=one_line(error))
+        tracker.end(status_for(error), reason=one_line(error, with_type=True))
         raise
     tracker.end("FINISHED")

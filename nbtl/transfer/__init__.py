@@ -8,6 +8,7 @@ from nbtl.transfer.model import (
     block_learning_rates,
     build_transfer,
     reinitialize,
+    reinitialize_blocks,
     resolve_blocks,
 )
 from nbtl.transfer.regularizer import L2SPRegularizer, regularised_weights
@@ -22,5 +23,6 @@ __all__ = [
     "make_head",
     "regularised_weights",
     "reinitialize",
+    "reinitialize_blocks",
     "resolve_blocks",
 ]

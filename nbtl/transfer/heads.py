@@ -56,8 +56,11 @@ def make_head(kind: str, in_features: int, num_classes: int, width: int = 256, d
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
     if kind == "mlp":
         return nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(in_features, width), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(width, num_classes),
+            nn.Dropout(dropout),
+            nn.Linear(in_features, width),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(width, num_classes),
         )
     if kind == "spinal":
         return SpinalHead(in_features, num_classes, width=width, dropout=dropout)

@@ -68,7 +68,7 @@ class TransferModel(nn.Module):
             block.requires_grad_(i >= self.freeze_blocks)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "TransferModel":
+    def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
         for block in list(self.blocks)[: self.freeze_blocks]:
             block.eval()
@@ -92,12 +92,65 @@ class TransferSetup:
 
 
 def reinitialize(module: nn.Module) -> None:
-    """Re-initialise every layer of ``module`` with its own ``reset_parameters`` (the layer's
-    default init: Kaiming-uniform convolutions and linears, BatchNorm to identity)."""
+    """Re-initialise every layer of ``module`` that knows how: its own ``reset_parameters``
+    (the layer's default init: Kaiming-uniform convolutions and linears, BatchNorm and
+    LayerNorm to identity), or ``_reset_parameters`` (``nn.MultiheadAttention``: Xavier-uniform
+    ``in_proj_weight``). Tensors a module owns without such a method (ConvNeXt's
+    ``layer_scale``, Swin's relative position tables) are left alone: see
+    :func:`reinitialize_blocks`, which resets those too."""
     for layer in module.modules():
         reset = getattr(layer, "reset_parameters", None)
+        if not callable(reset):
+            reset = getattr(layer, "_reset_parameters", None)
         if callable(reset):
             reset()
+
+
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def reinitialize_blocks(backbone: Backbone, indices, pretrained: bool = True) -> None:
+    """Re-initialise ``backbone.blocks[i]`` for each ``i`` in ``indices``: every parameter and
+    buffer, none keeping its pre-trained value.
+
+    Layers first reset themselves (:func:`reinitialize`). A tensor that still holds its value
+    afterwards is one its module owns without a reset method (ViT's class token, Swin's relative
+    position bias tables and ``logit_scale``, ConvNeXt's ``layer_scale``); it gets the family's
+    own initialisation, taken from a freshly built, randomly initialised copy of the same
+    registered network (e.g. torchvision's ``layer_scale = 1e-6``, tables ~ trunc-normal(0.02),
+    ``logit_scale = log 10``). The copy is built only when such a tensor exists, from torch's
+    global random state, so a seeded trial stays reproducible.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        Modified in place.
+    indices : iterable of int
+        The blocks to re-initialise.
+    pretrained : bool, default=True
+        Whether the blocks hold loaded weights. ``False``: they hold a fresh random init
+        already, so tensors without a reset method already hold the family's init and no copy
+        is built.
+    """
+    indices = list(indices)
+    before = {i: {k: t.detach().clone() for k, t in _tensors(backbone.blocks[i]).items()} for i in indices}
+    for i in indices:
+        reinitialize(backbone.blocks[i])
+    if not pretrained:
+        return
+    kept = {i: [k for k, t in _tensors(backbone.blocks[i]).items() if torch.equal(t, before[i][k])] for i in indices}
+    if not any(kept.values()):
+        return
+    from nbtl.backbones._registry import get_entry
+
+    fresh = get_entry(backbone.spec.name).build()
+    with torch.no_grad():
+        for i, keys in kept.items():
+            fresh_tensors = _tensors(fresh.blocks[i])
+            tensors = _tensors(backbone.blocks[i])
+            for key in keys:
+                tensors[key].copy_(fresh_tensors[key])
 
 
 def block_learning_rates(config: TrialConfig, num_blocks: int) -> list[float]:
@@ -129,8 +182,9 @@ def resolve_blocks(config: TrialConfig) -> tuple[int, int]:
     return transfer, config.freeze_blocks
 
 
-def build_transfer(config: TrialConfig, num_classes: int, state_dict: dict[str, Any] | None = None,
-                   weights_path: str | None = None) -> TransferSetup:
+def build_transfer(
+    config: TrialConfig, num_classes: int, state_dict: dict[str, Any] | None = None, weights_path: str | None = None
+) -> TransferSetup:
     """Build the model, its per-block optimizer and its regulariser for one trial.
 
     Blocks ``[0, transfer_blocks)`` keep the pre-trained weights (``state_dict`` if given, which a
@@ -142,19 +196,24 @@ def build_transfer(config: TrialConfig, num_classes: int, state_dict: dict[str, 
     """
     transfer, freeze = resolve_blocks(config)
     torch.manual_seed(config.seed)
-    backbone = create_backbone(config.backbone, pretrained=config.pretrained and transfer > 0,
-                               weights_path=weights_path, state_dict=state_dict if transfer > 0 else None)
+    backbone = create_backbone(
+        config.backbone,
+        pretrained=config.pretrained and transfer > 0,
+        weights_path=weights_path,
+        state_dict=state_dict if transfer > 0 else None,
+    )
     num_blocks = len(backbone.blocks)
     reinitialized = list(range(transfer, num_blocks))
-    for i in reinitialized:
-        reinitialize(backbone.blocks[i])
+    reinitialize_blocks(backbone, reinitialized, pretrained=transfer > 0)
     frozen = list(range(freeze))
     for i in frozen:
         backbone.blocks[i].requires_grad_(False)
     # The source head is not part of the transferred network.
     if backbone.source_head is not None:
         backbone.source_head.requires_grad_(False)
-    head = make_head(config.head, backbone.feature_dim, num_classes, width=config.head_width, dropout=config.head_dropout)
+    head = make_head(
+        config.head, backbone.feature_dim, num_classes, width=config.head_width, dropout=config.head_dropout
+    )
     model = TransferModel(backbone, head, freeze_blocks=freeze)
 
     lrs = block_learning_rates(config, num_blocks)
@@ -165,8 +224,9 @@ def build_transfer(config: TrialConfig, num_classes: int, state_dict: dict[str, 
             groups.append({"params": params, "lr": lrs[i], "name": f"block{i}"})
     groups.append({"params": list(head.parameters()), "lr": config.effective_head_lr(), "name": "head"})
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                                    nesterov=config.momentum > 0, weight_decay=0.0)
+        optimizer = torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0, weight_decay=0.0
+        )
     else:
         optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=0.0)
 
@@ -174,6 +234,7 @@ def build_transfer(config: TrialConfig, num_classes: int, state_dict: dict[str, 
     transferred = [p for i in range(freeze, anchored_end) for p in regularised_weights(backbone.blocks[i])]
     unanchored = [p for i in range(anchored_end, transfer) for p in regularised_weights(backbone.blocks[i])]
     new = [p for i in reinitialized for p in regularised_weights(backbone.blocks[i])] + regularised_weights(head)
-    regularizer = L2SPRegularizer(transferred, new, config.l2sp_alpha, config.l2_beta, config.effective_l2_head(),
-                                  unanchored=unanchored)
+    regularizer = L2SPRegularizer(
+        transferred, new, config.l2sp_alpha, config.l2_beta, config.effective_l2_head(), unanchored=unanchored
+    )
     return TransferSetup(model, optimizer, regularizer, transfer, reinitialized, frozen)

@@ -14,7 +14,7 @@ Weights that do not currently require a gradient (blocks frozen for a head warm-
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -42,9 +42,15 @@ class L2SPRegularizer(nn.Module):
         Transferred weights with no L2-SP term, only ``β/2‖w‖²`` (no ``w⁰`` is stored for them).
     """
 
-    def __init__(self, transferred: Iterable[nn.Parameter], new: Iterable[nn.Parameter],
-                 l2sp_alpha: float = 0.0, l2_beta: float = 0.0, l2_head: float = 0.0,
-                 unanchored: Iterable[nn.Parameter] = ()):
+    def __init__(
+        self,
+        transferred: Iterable[nn.Parameter],
+        new: Iterable[nn.Parameter],
+        l2sp_alpha: float = 0.0,
+        l2_beta: float = 0.0,
+        l2_head: float = 0.0,
+        unanchored: Iterable[nn.Parameter] = (),
+    ):
         super().__init__()
         self.transferred = list(transferred)
         self.new = list(new)

@@ -44,10 +44,19 @@ def classifier_in_features(head: nn.Module) -> int:
     return next(m.in_features for m in head.modules() if isinstance(m, nn.Linear))
 
 
-def register_torchvision(name: str, *, family: str, cut: Callable[[nn.Module], BackboneParts], num_blocks: int,
-                         weights: str, input_size: int = 224, min_input_size: int = 32,
-                         mean: tuple[float, float, float] = IMAGENET_MEAN,
-                         std: tuple[float, float, float] = IMAGENET_STD, **build_kwargs) -> None:
+def register_torchvision(
+    name: str,
+    *,
+    family: str,
+    cut: Callable[[nn.Module], BackboneParts],
+    num_blocks: int,
+    weights: str,
+    input_size: int = 224,
+    min_input_size: int = 32,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    **build_kwargs,
+) -> None:
     """Register ``torchvision.models.<name>`` as backbone ``name``.
 
     Parameters
@@ -73,8 +82,15 @@ def register_torchvision(name: str, *, family: str, cut: Callable[[nn.Module], B
         Passed to ``get_model`` (e.g. ``init_weights=True``).
     """
     register_backbone(
-        name, family=family, num_blocks=num_blocks, input_size=input_size, min_input_size=min_input_size,
-        mean=mean, std=std, weights=f"torchvision {weights}", cut=cut,
+        name,
+        family=family,
+        num_blocks=num_blocks,
+        input_size=input_size,
+        min_input_size=min_input_size,
+        mean=mean,
+        std=std,
+        weights=f"torchvision {weights}",
+        cut=cut,
         default_weights=partial(torchvision_weights, name, weights),
         native_format=f"torchvision.models.{name}().state_dict()",
     )(partial(build_torchvision, name, **build_kwargs))

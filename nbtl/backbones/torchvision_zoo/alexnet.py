@@ -27,5 +27,11 @@ def cut_alexnet(model: nn.Module) -> BackboneParts:
 
 
 # conv1 (11x11, stride 4) and three 3x3 max-pools: 63 px is the smallest input they accept.
-register_torchvision("alexnet", family="alexnet", cut=cut_alexnet, num_blocks=5,
-                     weights="AlexNet_Weights.IMAGENET1K_V1", min_input_size=63)
+register_torchvision(
+    "alexnet",
+    family="alexnet",
+    cut=cut_alexnet,
+    num_blocks=5,
+    weights="AlexNet_Weights.IMAGENET1K_V1",
+    min_input_size=63,
+)

@@ -24,12 +24,19 @@ def cut_convnext(model: nn.Module) -> BackboneParts:
     ``features[2:4]`` | ``features[4:6]`` | ``features[6:8]``, average pool, head LayerNorm."""
     f = model.features
     norm, _flatten, linear = model.classifier
-    blocks = [f[0], f[1], nn.Sequential(f[2], f[3]), nn.Sequential(f[4], f[5]),
-              nn.Sequential(f[6], f[7], model.avgpool, norm)]
+    blocks = [
+        f[0],
+        f[1],
+        nn.Sequential(f[2], f[3]),
+        nn.Sequential(f[4], f[5]),
+        nn.Sequential(f[6], f[7], model.avgpool, norm),
+    ]
     return BackboneParts(blocks, nn.Flatten(1), linear, linear.in_features)
 
 
-register_torchvision("convnext_tiny", family="convnext", cut=cut_convnext, num_blocks=5,
-                     weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1")
-register_torchvision("convnext_small", family="convnext", cut=cut_convnext, num_blocks=5,
-                     weights="ConvNeXt_Small_Weights.IMAGENET1K_V1")
+register_torchvision(
+    "convnext_tiny", family="convnext", cut=cut_convnext, num_blocks=5, weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1"
+)
+register_torchvision(
+    "convnext_small", family="convnext", cut=cut_convnext, num_blocks=5, weights="ConvNeXt_Small_Weights.IMAGENET1K_V1"
+)

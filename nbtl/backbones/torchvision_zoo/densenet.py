@@ -26,8 +26,9 @@ def cut_densenet(model: nn.Module) -> BackboneParts:
         nn.Sequential(OrderedDict(transition1=f.transition1, denseblock2=f.denseblock2)),
         nn.Sequential(OrderedDict(transition2=f.transition2, denseblock3=f.denseblock3)),
         # torchvision applies this last ReLU functionally in DenseNet.forward.
-        nn.Sequential(OrderedDict(transition3=f.transition3, denseblock4=f.denseblock4, norm5=f.norm5,
-                                  relu5=nn.ReLU())),
+        nn.Sequential(
+            OrderedDict(transition3=f.transition3, denseblock4=f.denseblock4, norm5=f.norm5, relu5=nn.ReLU())
+        ),
     ]
     return BackboneParts(blocks, global_avg_pool(), model.classifier, model.classifier.in_features)
 

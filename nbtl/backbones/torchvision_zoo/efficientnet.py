@@ -21,8 +21,9 @@ def cut_efficientnet(model: nn.Module) -> BackboneParts:
     1x1 conv ``features[-1]``; head ``classifier`` (dropout removed)."""
     features = model.features
     blocks = [features[0], *features[1:-1], features[-1]]
-    return BackboneParts(blocks, global_avg_pool(), remove_dropout(model.classifier),
-                         classifier_in_features(model.classifier))
+    return BackboneParts(
+        blocks, global_avg_pool(), remove_dropout(model.classifier), classifier_in_features(model.classifier)
+    )
 
 
 _efficientnet = partial(register_torchvision, family="efficientnet", cut=cut_efficientnet, num_blocks=9)
@@ -31,5 +32,11 @@ _efficientnet("efficientnet_b0", weights="EfficientNet_B0_Weights.IMAGENET1K_V1"
 _efficientnet("efficientnet_b1", weights="EfficientNet_B1_Weights.IMAGENET1K_V2", input_size=240)
 _efficientnet("efficientnet_b2", weights="EfficientNet_B2_Weights.IMAGENET1K_V1", input_size=288)
 _efficientnet("efficientnet_b3", weights="EfficientNet_B3_Weights.IMAGENET1K_V1", input_size=300)
-register_torchvision("efficientnet_v2_s", family="efficientnet_v2", cut=cut_efficientnet, num_blocks=8,
-                     weights="EfficientNet_V2_S_Weights.IMAGENET1K_V1", input_size=384)
+register_torchvision(
+    "efficientnet_v2_s",
+    family="efficientnet_v2",
+    cut=cut_efficientnet,
+    num_blocks=8,
+    weights="EfficientNet_V2_S_Weights.IMAGENET1K_V1",
+    input_size=384,
+)

@@ -46,6 +46,15 @@ def cut_googlenet(model: nn.Module) -> BackboneParts:
     return BackboneParts(blocks, global_avg_pool(), model.fc, model.fc.in_features)
 
 
-register_torchvision("googlenet", family="googlenet", cut=cut_googlenet, num_blocks=5,
-                     weights="GoogLeNet_Weights.IMAGENET1K_V1", mean=INCEPTION_MEAN, std=INCEPTION_STD,
-                     transform_input=False, aux_logits=True, init_weights=True)
+register_torchvision(
+    "googlenet",
+    family="googlenet",
+    cut=cut_googlenet,
+    num_blocks=5,
+    weights="GoogLeNet_Weights.IMAGENET1K_V1",
+    mean=INCEPTION_MEAN,
+    std=INCEPTION_STD,
+    transform_input=False,
+    aux_logits=True,
+    init_weights=True,
+)

@@ -35,7 +35,17 @@ def cut_inception_v3(model: nn.Module) -> BackboneParts:
     return BackboneParts(blocks, global_avg_pool(), model.fc, model.fc.in_features)
 
 
-register_torchvision("inception_v3", family="inception_v3", cut=cut_inception_v3, num_blocks=5,
-                     weights="Inception_V3_Weights.IMAGENET1K_V1", input_size=299, min_input_size=75,
-                     mean=INCEPTION_MEAN, std=INCEPTION_STD, transform_input=False, aux_logits=True,
-                     init_weights=True)
+register_torchvision(
+    "inception_v3",
+    family="inception_v3",
+    cut=cut_inception_v3,
+    num_blocks=5,
+    weights="Inception_V3_Weights.IMAGENET1K_V1",
+    input_size=299,
+    min_input_size=75,
+    mean=INCEPTION_MEAN,
+    std=INCEPTION_STD,
+    transform_input=False,
+    aux_logits=True,
+    init_weights=True,
+)

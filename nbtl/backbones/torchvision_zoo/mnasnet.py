@@ -19,11 +19,14 @@ def cut_mnasnet(model: nn.Module) -> BackboneParts:
     ``classifier`` (dropout removed)."""
     layers = model.layers
     blocks = [layers[0:8], *group_into_stages(layers[8:14]), layers[14:17]]
-    return BackboneParts(blocks, global_avg_pool(), remove_dropout(model.classifier),
-                         classifier_in_features(model.classifier))
+    return BackboneParts(
+        blocks, global_avg_pool(), remove_dropout(model.classifier), classifier_in_features(model.classifier)
+    )
 
 
-register_torchvision("mnasnet0_5", family="mnasnet", cut=cut_mnasnet, num_blocks=6,
-                     weights="MNASNet0_5_Weights.IMAGENET1K_V1")
-register_torchvision("mnasnet1_0", family="mnasnet", cut=cut_mnasnet, num_blocks=6,
-                     weights="MNASNet1_0_Weights.IMAGENET1K_V1")
+register_torchvision(
+    "mnasnet0_5", family="mnasnet", cut=cut_mnasnet, num_blocks=6, weights="MNASNet0_5_Weights.IMAGENET1K_V1"
+)
+register_torchvision(
+    "mnasnet1_0", family="mnasnet", cut=cut_mnasnet, num_blocks=6, weights="MNASNet1_0_Weights.IMAGENET1K_V1"
+)

@@ -21,13 +21,25 @@ def cut_mobilenet(model: nn.Module) -> BackboneParts:
     (dropout removed)."""
     features = model.features
     blocks = [features[0], *group_into_stages(features[1:-1]), features[-1]]
-    return BackboneParts(blocks, global_avg_pool(), remove_dropout(model.classifier),
-                         classifier_in_features(model.classifier))
+    return BackboneParts(
+        blocks, global_avg_pool(), remove_dropout(model.classifier), classifier_in_features(model.classifier)
+    )
 
 
-register_torchvision("mobilenet_v2", family="mobilenet_v2", cut=cut_mobilenet, num_blocks=7,
-                     weights="MobileNet_V2_Weights.IMAGENET1K_V2")
-register_torchvision("mobilenet_v3_small", family="mobilenet_v3", cut=cut_mobilenet, num_blocks=6,
-                     weights="MobileNet_V3_Small_Weights.IMAGENET1K_V1")
-register_torchvision("mobilenet_v3_large", family="mobilenet_v3", cut=cut_mobilenet, num_blocks=7,
-                     weights="MobileNet_V3_Large_Weights.IMAGENET1K_V2")
+register_torchvision(
+    "mobilenet_v2", family="mobilenet_v2", cut=cut_mobilenet, num_blocks=7, weights="MobileNet_V2_Weights.IMAGENET1K_V2"
+)
+register_torchvision(
+    "mobilenet_v3_small",
+    family="mobilenet_v3",
+    cut=cut_mobilenet,
+    num_blocks=6,
+    weights="MobileNet_V3_Small_Weights.IMAGENET1K_V1",
+)
+register_torchvision(
+    "mobilenet_v3_large",
+    family="mobilenet_v3",
+    cut=cut_mobilenet,
+    num_blocks=7,
+    weights="MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+)

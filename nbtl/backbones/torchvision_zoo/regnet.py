@@ -19,7 +19,9 @@ def cut_regnet(model: nn.Module) -> BackboneParts:
     return BackboneParts(blocks, global_avg_pool(), model.fc, model.fc.in_features)
 
 
-register_torchvision("regnet_x_400mf", family="regnet", cut=cut_regnet, num_blocks=5,
-                     weights="RegNet_X_400MF_Weights.IMAGENET1K_V2")
-register_torchvision("regnet_y_400mf", family="regnet", cut=cut_regnet, num_blocks=5,
-                     weights="RegNet_Y_400MF_Weights.IMAGENET1K_V2")
+register_torchvision(
+    "regnet_x_400mf", family="regnet", cut=cut_regnet, num_blocks=5, weights="RegNet_X_400MF_Weights.IMAGENET1K_V2"
+)
+register_torchvision(
+    "regnet_y_400mf", family="regnet", cut=cut_regnet, num_blocks=5, weights="RegNet_Y_400MF_Weights.IMAGENET1K_V2"
+)

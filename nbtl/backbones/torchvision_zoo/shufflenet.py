@@ -23,7 +23,17 @@ def cut_shufflenet_v2(model: nn.Module) -> BackboneParts:
     return BackboneParts(blocks, global_avg_pool(), model.fc, model.fc.in_features)
 
 
-register_torchvision("shufflenet_v2_x0_5", family="shufflenet_v2", cut=cut_shufflenet_v2, num_blocks=5,
-                     weights="ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1")
-register_torchvision("shufflenet_v2_x1_0", family="shufflenet_v2", cut=cut_shufflenet_v2, num_blocks=5,
-                     weights="ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1")
+register_torchvision(
+    "shufflenet_v2_x0_5",
+    family="shufflenet_v2",
+    cut=cut_shufflenet_v2,
+    num_blocks=5,
+    weights="ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1",
+)
+register_torchvision(
+    "shufflenet_v2_x1_0",
+    family="shufflenet_v2",
+    cut=cut_shufflenet_v2,
+    num_blocks=5,
+    weights="ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1",
+)

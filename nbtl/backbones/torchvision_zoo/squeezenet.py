@@ -26,7 +26,17 @@ def cut_squeezenet(model: nn.Module) -> BackboneParts:
     return BackboneParts(blocks, global_avg_pool(), head, model.classifier[1].in_channels, source_head_on_map=True)
 
 
-register_torchvision("squeezenet1_0", family="squeezenet", cut=cut_squeezenet, num_blocks=4,
-                     weights="SqueezeNet1_0_Weights.IMAGENET1K_V1")
-register_torchvision("squeezenet1_1", family="squeezenet", cut=cut_squeezenet, num_blocks=4,
-                     weights="SqueezeNet1_1_Weights.IMAGENET1K_V1")
+register_torchvision(
+    "squeezenet1_0",
+    family="squeezenet",
+    cut=cut_squeezenet,
+    num_blocks=4,
+    weights="SqueezeNet1_0_Weights.IMAGENET1K_V1",
+)
+register_torchvision(
+    "squeezenet1_1",
+    family="squeezenet",
+    cut=cut_squeezenet,
+    num_blocks=4,
+    weights="SqueezeNet1_1_Weights.IMAGENET1K_V1",
+)

@@ -20,7 +20,6 @@ from nbtl.backbones._backbone import BackboneParts, global_avg_pool
 from nbtl.backbones.torchvision_zoo._common import register_torchvision
 
 
-
 class Permute(nn.Module):
     """``x.permute(*dims)`` (torchvision's ``ops.misc.Permute``, without importing torchvision here)."""
 
@@ -60,5 +59,6 @@ def cut_swin(model: nn.Module) -> BackboneParts:
 
 
 register_torchvision("swin_t", family="swin", cut=cut_swin, num_blocks=5, weights="Swin_T_Weights.IMAGENET1K_V1")
-register_torchvision("swin_v2_t", family="swin_v2", cut=cut_swin, num_blocks=5,
-                     weights="Swin_V2_T_Weights.IMAGENET1K_V1", input_size=256)
+register_torchvision(
+    "swin_v2_t", family="swin_v2", cut=cut_swin, num_blocks=5, weights="Swin_V2_T_Weights.IMAGENET1K_V1", input_size=256
+)

@@ -53,8 +53,7 @@ class PatchEmbedding(nn.Module):
             return pos
         cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
         grid_pos = grid_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid_pos = F.interpolate(grid_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False,
-                                 antialias=True)
+        grid_pos = F.interpolate(grid_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False, antialias=True)
         return torch.cat([cls_pos, grid_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -82,11 +81,10 @@ def cut_vit(model: nn.Module, layers_per_block: int = 3) -> BackboneParts:
     """Patch embedding, then the encoder layers in groups of ``layers_per_block`` (the last group
     with the final LayerNorm ``encoder.ln``); features: the class token; head ``heads``."""
     layers = list(model.encoder.layers)
-    groups = [layers[i:i + layers_per_block] for i in range(0, len(layers), layers_per_block)]
+    groups = [layers[i : i + layers_per_block] for i in range(0, len(layers), layers_per_block)]
     groups[-1].append(model.encoder.ln)
     blocks = [PatchEmbedding(model), *(nn.Sequential(*group) for group in groups)]
     return BackboneParts(blocks, ClassToken(), model.heads, model.hidden_dim)
 
 
-register_torchvision("vit_b_16", family="vit", cut=cut_vit, num_blocks=5,
-                     weights="ViT_B_16_Weights.IMAGENET1K_V1")
+register_torchvision("vit_b_16", family="vit", cut=cut_vit, num_blocks=5, weights="ViT_B_16_Weights.IMAGENET1K_V1")

@@ -1,0 +1,82 @@
+"""The ``nbtl`` command line: the one package that talks to the terminal.
+
+One module per command group (:mod:`~nbtl.cli.search`, :mod:`~nbtl.cli.fit`, :mod:`~nbtl.cli.heuristics`
+for ``recommend``, ``heuristics learn`` and ``train``, :mod:`~nbtl.cli.backbones`), the options they share
+in :mod:`~nbtl.cli.common`. Each subparser names its command with ``set_defaults(func=...)``.
+
+User errors (:class:`nbtl.errors.NbtlError`) end in one line on stderr and exit status 2; Ctrl-C ends in
+one line and exit status 130. ``-v`` shows nbtl's debug lines, ``-q`` hides progress (errors and results
+still show).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+from collections.abc import Sequence
+
+from nbtl import __version__
+from nbtl.cli import backbones, fit, heuristics, search
+from nbtl.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, one_line
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "build_parser", "main"]
+
+log = logging.getLogger("nbtl.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbtl", description="Hyperparameter search for non-binary transfer learning of image classifiers."
+    )
+    parser.add_argument("--version", action="version", version=f"nbtl {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    search.add_parser(subparsers)
+    backbones.add_parser(subparsers)
+    fit.add_parser(subparsers)
+    heuristics.add_parsers(subparsers)
+    _add_verbosity(parser, top=True)
+    return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """``-v`` / ``-q`` on ``parser`` and on every command below it, so they may come before or after the
+    command (a command's own default is suppressed, so it never undoes the top-level flag)."""
+    unset = {} if top else {"default": argparse.SUPPRESS}
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        help="also show nbtl's debug lines (on stderr)",
+        **({"default": 0} if top else unset),
+    )
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="show no progress, only warnings, errors and the results", **unset
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _add_verbosity(command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from nbtl.errors import NbtlError
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    log.debug(
+        "nbtl %s, Python %s: %s",
+        __version__,
+        platform.python_version(),
+        " ".join(sys.argv[1:] if argv is None else argv),
+    )
+    try:
+        return args.func(args)
+    except NbtlError as error:
+        print(f"nbtl {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"nbtl {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

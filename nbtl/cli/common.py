@@ -1,0 +1,138 @@
+"""What every command shares: the data and tracking flags (defined once), their checks, the one-line
+error formatter, logging for ``-v`` / ``-q`` and the progress printer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from typing import Any
+
+from nbtl.errors import ConfigError, NbtlError, one_line  # noqa: F401  (one_line: re-exported for the commands)
+
+#: The exit status of a user error (bad flag, file, space or data); 130 is an interrupt (Ctrl-C).
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+#: The search space a recommendation and a training run take their data settings from unless told otherwise.
+DEFAULT_SPACE = "default"
+DATA_HELP = (
+    "dataset: 'digits', 'fashion-mnist' (Debian's IDX files, or fashion-mnist:DIR), 'photo-patches', 'emoji', "
+    "'icons', an ImageFolder directory, or a CSV of path,label"
+)
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
+#: Data flags and the DataSettings field each sets.
+DATA_FLAGS = {"image_size": "--image-size", "per_class": "--per-class", "classes": "--classes", "seed": "--seed"}
+
+log = logging.getLogger("nbtl.cli")
+
+
+def add_data_flags(parser: argparse.ArgumentParser, image_size_help: str, seed_help: str) -> None:
+    """``--image-size``, ``--per-class``, ``--classes`` and ``--seed``; every default is None (= the search
+    space's, the recommendation's, else :class:`~nbtl.data.settings.DataSettings`'), so a flag only ever overrides."""
+    parser.add_argument("--image-size", type=int, help=f"resize images to this square size once ({image_size_help})")
+    parser.add_argument("--per-class", type=int, help="use at most this many images per class")
+    parser.add_argument("--classes", help="keep only these classes, by name or 0-based index, e.g. 0,2,4")
+    parser.add_argument("--seed", type=int, help=seed_help)
+
+
+def add_tracking_flags(parser: argparse.ArgumentParser, name_help: str) -> None:
+    parser.add_argument("--tracking-uri", help=TRACKING_HELP)
+    parser.add_argument("--name", help=name_help)
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The data flags given on the command line, checked (one line naming the flag on a bad value), as
+    :class:`~nbtl.data.settings.DataSettings` overrides; a flag not given is None."""
+    from nbtl.data.settings import check_setting
+
+    return {
+        key: (None if getattr(args, key, None) is None else check_setting(key, getattr(args, key), flag))
+        for key, flag in DATA_FLAGS.items()
+    }
+
+
+def positive(value: int | float | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+
+def check_name(name: str | None, flag: str = "--name") -> str | None:
+    """A search or experiment name, which becomes a folder under the results folder: one plain path
+    component (no separator, not hidden, not ``.`` or ``..``)."""
+    if name is None:
+        return None
+    if (
+        not name.strip()
+        or name != name.strip()
+        or name.startswith(".")
+        or any(c in name for c in "/\\\0")
+        or any(ord(c) < 32 for c in name)
+    ):
+        raise ConfigError(
+            f"{flag} {name!r}: a name becomes a folder (under the results folder) and an MLflow "
+            "experiment, so give one folder name: not empty, no / or \\, not starting with '.', "
+            "e.g. digits-search"
+        )
+    return name
+
+
+def slug(text: Any) -> str:
+    """``text`` as a file- and experiment-name-safe word (e.g. a dataset name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "data"
+
+
+def load_space(spec: str):
+    """The search space ``spec`` names: a YAML file, else a space shipped with nbtl (``default``, ``tiny``;
+    :func:`nbtl.resources.find_space`), validated."""
+    from nbtl.search import load_space as load
+
+    return load(spec)
+
+
+def default_settings():
+    """The data settings of :data:`DEFAULT_SPACE`, the space ``nbtl search`` users start from."""
+    from nbtl.data.settings import DataSettings
+
+    return DataSettings.from_space(load_space(DEFAULT_SPACE))
+
+
+def check_tracking_uri(uri: str | None) -> str:
+    """The resolved tracking URI; fails in one line, within seconds and before anything starts, when the
+    store cannot be used (:func:`nbtl.preflight.check_tracking_uri`)."""
+    from nbtl.preflight import check_tracking_uri as check
+
+    return check(uri)
+
+
+class _Formatter(logging.Formatter):
+    """INFO lines as they are; other levels prefixed with theirs (``warning: ...``, ``debug nbtl.x: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno == logging.INFO:
+            return message
+        if record.levelno == logging.DEBUG:
+            return f"debug {record.name}: {message}"
+        return f"{record.levelname.lower()}: {message}"
+
+
+def configure_logging(verbose: int, quiet: bool) -> int:
+    """nbtl's loggers at INFO, DEBUG with ``-v``, WARNING with ``-q``, written to stderr; returns the level.
+    The terminal's progress printer (:func:`progress`) follows the same level."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    root = logging.getLogger("nbtl")
+    for handler in [h for h in root.handlers if getattr(h, "nbtl_cli", False)]:
+        root.removeHandler(handler)  # main() called again in one process: one handler, not two
+    handler = logging.StreamHandler(sys.stderr)
+    handler.nbtl_cli = True
+    handler.setFormatter(_Formatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    return level
+
+
+def progress(line: str) -> None:
+    """A progress line on stdout (the ``print_fn`` of searches and training); silent with ``-q``."""
+    if log.isEnabledFor(logging.INFO):
+        print(line, flush=True)

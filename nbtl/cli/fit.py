@@ -1,0 +1,109 @@
+"""``nbtl fit``: how well frozen backbones' features fit a dataset, block by block."""
+
+from __future__ import annotations
+
+import argparse
+
+from nbtl.cli.common import (
+    DATA_HELP,
+    add_data_flags,
+    add_tracking_flags,
+    check_name,
+    check_tracking_uri,
+    data_overrides,
+    log,
+    slug,
+)
+from nbtl.errors import ConfigError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="measure how well frozen backbones' features fit a dataset, block by block (tracked in MLflow)",
+        description="For every backbone, extract frozen features at the end of every block (cached on disk) and "
+        "compute LogME, H-score, kNN and linear-probe accuracy, LEEP and NCE. Prints the table, each "
+        "backbone's best block by LogME and the dataset's meta-features, saves the table as CSV and "
+        "logs it as one MLflow run.",
+        epilog="example: nbtl fit digits --backbones efficientnet_lite0,efficientnet_lite1 --out fit.csv",
+    )
+    p.add_argument("data", help=DATA_HELP)
+    p.add_argument("--backbones", required=True, help="comma-separated backbone names (see nbtl backbones)")
+    add_data_flags(p, "default: 64", "seed of the per-class choice and the folds (default: 0)")
+    p.add_argument("--out", help="CSV file for the table (default: nbtl_fit_<dataset name>.csv here)")
+    add_tracking_flags(p, "MLflow experiment (default: fit-<dataset name>)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nbtl.backbones import get_spec
+    from nbtl.data import load_dataset
+    from nbtl.data.settings import DataSettings
+    from nbtl.fit import block_features, fit_table, meta_features
+    from nbtl.tracking import log_fit
+
+    settings = DataSettings().with_overrides(data_overrides(args))
+    check_name(args.name)
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if not backbones:
+        raise ConfigError("--backbones needs at least one backbone name, e.g. efficientnet_lite0; see nbtl backbones")
+    if len(set(backbones)) != len(backbones):
+        raise ConfigError(f"--backbones names a backbone twice: {args.backbones}")
+    for name in backbones:
+        get_spec(name)  # an unknown backbone fails here, before any data is loaded
+    check_tracking_uri(args.tracking_uri)
+    dataset = load_dataset(args.data, **settings.load_kwargs())
+    meta = meta_features(dataset)
+    tables = []
+    for name in backbones:
+        features = block_features(dataset, name, use_cache=not args.no_cache)
+        log.info(
+            "%s: %d blocks, features %s", name, features.num_blocks, "cache" if features.from_cache else "extracted"
+        )
+        tables.append(fit_table(features, random_state=settings.seed))
+    table = pd.concat(tables, ignore_index=True)
+
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print(table.to_string(index=False))
+    print()
+    metrics: dict[str, float] = {}
+    for name in backbones:
+        rows = table[table["backbone"] == name]
+        if rows["logme"].notna().any():
+            best = rows.loc[rows["logme"].idxmax()]
+            metrics[f"{name}.best_logme"] = float(best["logme"])
+            metrics[f"{name}.best_block"] = int(best["block"])
+            print(
+                f"{name}: best block by LogME is {int(best['block'])} (logme={best['logme']:.4g}, "
+                f"feature_dim={int(best['feature_dim'])})"
+            )
+        else:
+            print(f"{name}: no finite LogME on any block")
+    print("\nDataset meta-features:")
+    for key, value in meta.items():
+        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+
+    name_slug = slug(meta["name"])
+    out = args.out or f"nbtl_fit_{name_slug}.csv"
+    try:
+        table.to_csv(out, index=False)
+    except OSError as error:
+        raise ConfigError(f"cannot write --out {out}: {error.strerror or error}") from error
+    params = {
+        "data": args.data,
+        "backbones": ",".join(backbones),
+        "image_size": settings.image_size,
+        "per_class": settings.per_class,
+        "classes": settings.classes,
+        "seed": settings.seed,
+        **{f"meta.{k}": v for k, v in meta.items()},
+    }
+    uri, experiment_id, run_id = log_fit(
+        args.tracking_uri, args.name or f"fit-{name_slug}", params, {"nbtl.data": args.data}, table, metrics
+    )
+    print(f"\nTable: {out}")
+    print(f"MLflow: {uri} experiment {experiment_id}, run {run_id}")
+    return 0

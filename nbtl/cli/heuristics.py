@@ -1,0 +1,357 @@
+"""``nbtl recommend``, ``nbtl heuristics learn`` and ``nbtl train``: the command-line side of
+:mod:`nbtl.heuristics` and of training one config.
+
+All three read one :class:`~nbtl.data.settings.DataSettings`: ``recommend`` takes it from a search space
+(``--space``, default ``default``) and measures the fit on the training split that search makes, then
+writes it into its YAML; ``train`` reads it back from that YAML (flags override); ``heuristics learn``
+reads each search's from its MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nbtl.cli.common import (
+    DATA_FLAGS,
+    DATA_HELP,
+    DEFAULT_SPACE,
+    TRACKING_HELP,
+    add_data_flags,
+    add_tracking_flags,
+    check_name,
+    check_tracking_uri,
+    data_overrides,
+    default_settings,
+    load_space,
+    log,
+    one_line,
+    positive,
+    progress,
+    slug,
+)
+from nbtl.errors import ConfigError
+
+DEFAULT_BACKBONES = "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"
+
+
+def add_parsers(subparsers) -> None:
+    _add_recommend(subparsers)
+    _add_heuristics(subparsers)
+    _add_train(subparsers)
+
+
+def _add_recommend(subparsers) -> None:
+    p = subparsers.add_parser(
+        "recommend",
+        help="recommend transfer settings from fit measures, without a search",
+        description="Measure how well each backbone's frozen features fit the training split, block by block "
+        "(LogME, H-score, kNN, linear probe, LEEP, NCE; cached), apply the rules in heuristics/rules.yaml, "
+        "and let the learned recommender (heuristics/recommender.json) propose the config of its portfolio "
+        "that it predicts best here, if it beats the rules' config. Prints every "
+        "setting with the measure or rule that drove it and the predicted validation accuracy, and writes a "
+        "YAML that nbtl train and nbtl search --warm-start read. The data settings (image size, split, "
+        "seed, augmentation) are the search space's, so the training split is the one that search makes; "
+        "they are written into the YAML for nbtl train.",
+        epilog="example: nbtl recommend digits --image-size 32 --out recommended.yaml && nbtl train recommended.yaml",
+    )
+    p.add_argument("data", help=DATA_HELP)
+    p.add_argument(
+        "--backbones",
+        default=DEFAULT_BACKBONES,
+        help=f"comma-separated backbones to rank (default: {DEFAULT_BACKBONES})",
+    )
+    p.add_argument(
+        "--space",
+        default=DEFAULT_SPACE,
+        help="search space whose data settings (image size, split fractions, seed, augmentation) to use: "
+        "a YAML file or a shipped space's name (default: %(default)s)",
+    )
+    add_data_flags(p, "default: the space's", "seed of the per-class choice and the split (default: the space's)")
+    p.add_argument("--rules", help="rules YAML (default: heuristics/rules.yaml)")
+    p.add_argument("--recommender", help="learned recommender JSON (default: heuristics/recommender.json when present)")
+    p.add_argument("--no-learned", action="store_true", help="rules only: do not consult the learned recommender")
+    p.add_argument("--out", help="YAML to write (default: nbtl_recommended_<dataset>.yaml here)")
+    p.add_argument("--fit-out", help="also save the fit table of every backbone and block as CSV")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    p.set_defaults(func=recommend)
+
+
+def _add_heuristics(subparsers) -> None:
+    h = subparsers.add_parser(
+        "heuristics",
+        help="build the learned recommender from finished trials",
+        description="Heuristics maintenance commands.",
+    )
+    hs = h.add_subparsers(dest="heuristics_command", required=True)
+    learn = hs.add_parser(
+        "learn",
+        help="fit the learned recommender on every finished trial in an MLflow store",
+        description="Read every finished trial (all epochs run) of every search in the MLflow store, measure each "
+        "searched dataset's fit on the search's own training split (its data settings are read from its "
+        "parent run; the data must be readable here; features are cached), write the meta-dataset (one "
+        "row per trial) as CSV and fit the recommender on it, saved as JSON.",
+        epilog="example: nbtl heuristics learn --tracking-uri sqlite:///mlflow.db --out my_recommender.json",
+    )
+    learn.add_argument("--tracking-uri", help=f"MLflow store to read ({TRACKING_HELP.split('(', 1)[1]}")
+    learn.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        help="also learn from this meta-dataset CSV (e.g. heuristics/meta_dataset.csv); repeatable",
+    )
+    learn.add_argument("--no-store", action="store_true", help="learn from the --meta CSVs only, read no MLflow store")
+    learn.add_argument(
+        "--out", default="nbtl_recommender.json", help="recommender JSON to write (default: %(default)s)"
+    )
+    learn.add_argument("--meta-out", help="meta-dataset CSV to write (default: next to --out, .csv)")
+    learn.set_defaults(func=learn_recommender)
+
+
+def _add_train(subparsers) -> None:
+    t = subparsers.add_parser(
+        "train",
+        help="train one config (e.g. from nbtl recommend) and track it in MLflow",
+        description="Train a single config: a YAML written by nbtl recommend (its first config, or --config-index) "
+        "or a plain config mapping such as a search's best_config.yaml. Same split, augmentation and "
+        "metrics as a search trial: the data settings are the ones nbtl recommend wrote into the file "
+        f"(else the {DEFAULT_SPACE} space's), flags override them; logged as one MLflow run.",
+        epilog="example: nbtl train recommended.yaml --data digits",
+    )
+    t.add_argument("config", help="config YAML")
+    t.add_argument("--data", help="dataset (default: the one nbtl recommend wrote in the file)")
+    add_data_flags(t, "default: the file's", "seed of the per-class choice and the split (default: the file's)")
+    t.add_argument(
+        "--config-index", type=int, default=1, help="which config of a recommendation file (default: 1, the first)"
+    )
+    t.add_argument("--epochs", type=int, help="override the config's epochs")
+    add_tracking_flags(t, "MLflow experiment (default: train-<dataset name>)")
+    t.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="do not also train the linear probe (every block frozen, a linear head: seconds) as a floor; "
+        "by default both are trained and the one with the better validation accuracy is kept",
+    )
+    t.set_defaults(func=train)
+
+
+def _search_command(args: argparse.Namespace, out: Path) -> str:
+    """The ``nbtl search`` command that starts from a recommendation, with the same space and data flags."""
+    flags = "".join(
+        f" {flag} {getattr(args, key)}" for key, flag in DATA_FLAGS.items() if getattr(args, key) is not None
+    )
+    return f"nbtl search {args.space} --data {args.data}{flags} --warm-start {out}"
+
+
+def recommend(args: argparse.Namespace) -> int:
+    from nbtl.data.settings import DataSettings
+    from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
+    from nbtl.heuristics.recommend import format_recommendation, measure_task
+    from nbtl.heuristics.recommend import recommend as recommend_configs
+
+    overrides = data_overrides(args)
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if not backbones or len(set(backbones)) != len(backbones):
+        raise ConfigError(f"--backbones must name distinct backbones, got {args.backbones!r}; see nbtl backbones")
+    settings = DataSettings.from_space(load_space(args.space), overrides)
+    log.debug("data settings: %s", settings)
+    rules = load_rules(args.rules)
+    model = None
+    if not args.no_learned:
+        path = args.recommender or default_recommender_path()
+        if path is not None:
+            model = LearnedRecommender.load(path)
+            model.info["source"] = str(path)
+    task = measure_task(
+        args.data,
+        backbones,
+        settings,
+        fit_curve=rules.fit_curve,
+        peak_tolerance=rules.peak_tolerance,
+        use_cache=not args.no_cache,
+    )
+    result = recommend_configs(task, rules, model, settings)
+    print(
+        f"Dataset {task.dataset_name}: {int(task.dataset['n_images'])} training images, "
+        f"{int(task.dataset['n_classes'])} classes, {task.dataset['images_per_class']:.0f} per class, "
+        f"{'grayscale' if task.dataset['grayscale'] else 'colour'}, source side {int(task.dataset['original_side'])}px"
+    )
+    print(
+        "Backbones by "
+        + rules.rank_by
+        + ": "
+        + ", ".join(
+            f"{r['backbone']} ({r['logme_best']:.4g}, probe {r['probe_best']:.3f})" for r in result.backbone_ranking
+        )
+    )
+    print(format_recommendation(result))
+    out = Path(args.out or f"nbtl_recommended_{slug(task.dataset_name)}.yaml")
+    try:
+        out.write_text(result.to_yaml())
+        if args.fit_out:
+            task.tables.to_csv(args.fit_out, index=False)
+    except OSError as error:
+        raise ConfigError(f"cannot write {error.filename}: {error.strerror}") from None
+    print(
+        f"\nWrote {out} in {result.seconds:.1f}s. Run it: nbtl train {out}   or start a search from it: "
+        f"{_search_command(args, out)}"
+    )
+    return 0
+
+
+def learn_recommender(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nbtl.heuristics.meta import learn, meta_rows, read_meta_csv
+    from nbtl.tracking import finished_trials
+
+    rows, sources = [], []
+    for path in args.meta:
+        rows.extend(read_meta_csv(path))
+        sources.append(str(path))
+    if not args.no_store:
+        uri = check_tracking_uri(args.tracking_uri)
+        trials = finished_trials(uri)
+        log.info("%s: %d finished trials", uri, len(trials))
+        rows.extend(meta_rows(trials, log=log.info))
+        sources.append(uri)
+    if not sources:
+        raise ConfigError("nothing to learn from: drop --no-store or pass --meta CSV")
+    model = learn(rows, " + ".join(sources))
+    out = Path(args.out)
+    meta_out = Path(args.meta_out) if args.meta_out else out.with_suffix(".csv")
+    model.save(out)
+    try:
+        pd.DataFrame(rows).to_csv(meta_out, index=False)
+    except OSError as error:
+        raise ConfigError(f"cannot write --meta-out {meta_out}: {error.strerror}") from None
+    info = model.info
+    print(
+        f"Learned from {info['rows']} trials on {len(info['tasks_seen'])} tasks: alpha={model.alpha:g} "
+        f"({info['selection']}, {info['structure']}), training MAE {info['train_mean_absolute_error']:.4f}"
+        + (f", leave-one-task-out MAE {info['cv_mean_absolute_error']:.4f}" if "cv_mean_absolute_error" in info else "")
+    )
+    print(f"Recommender: {out}\nMeta-dataset: {meta_out}\nUse it: nbtl recommend DATA --recommender {out}")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from nbtl.config import TrialConfig
+    from nbtl.data import load_dataset, split_dataset
+    from nbtl.heuristics.recommend import load_recommendation, recommended_settings
+    from nbtl.search.start import probe_config
+
+    for flag in ("epochs", "config_index"):
+        positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    overrides = data_overrides(args)
+    check_name(args.name)
+    configs, saved = load_recommendation(args.config)
+    if args.config_index > len(configs):
+        raise ConfigError(f"--config-index {args.config_index}: {args.config} holds {len(configs)} config(s)")
+    config = dict(configs[args.config_index - 1])
+    if args.epochs:
+        config["epochs"] = args.epochs
+        if config.get("head_warmup_epochs", 0) >= args.epochs:  # the warm-up must leave an epoch to fine-tune
+            config["head_warmup_epochs"] = args.epochs - 1
+            log.info("--epochs %d: head_warmup_epochs lowered to %d", args.epochs, args.epochs - 1)
+    trial_config = TrialConfig.from_dict(config, where=f"config file {args.config}")
+    data = args.data or saved.get("spec")
+    if not data:
+        raise ConfigError(f"nbtl train needs --data: {args.config} does not name a dataset")
+    settings = recommended_settings(saved, args.config, base=default_settings()).with_overrides(overrides)
+    log.debug("data settings: %s", settings)
+    check_tracking_uri(args.tracking_uri)
+    dataset = load_dataset(data, **settings.load_kwargs())
+    splits = split_dataset(dataset, **settings.split_kwargs())
+    progress(
+        f"data {dataset.name}: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}, "
+        f"{settings.image_size}px, augmentation {settings.augmentation or 'none'}"
+    )
+    # the split's seed is logged as split_seed: a config's own `seed` seeds its training
+    base_params = {
+        "data": data,
+        **{k: v for k, v in settings.to_params().items() if k != "seed"},
+        "split_seed": settings.seed,
+        "config_file": args.config,
+    }
+    experiment = args.name or f"train-{slug(dataset.name)}"
+    candidates = [(Path(args.config).stem, trial_config)]
+    if not args.no_floor and trial_config.pretrained:
+        probe = TrialConfig.from_dict(
+            {
+                **probe_config(trial_config.backbone),
+                "epochs": trial_config.epochs,
+                "batch_size": trial_config.batch_size,
+                "seed": trial_config.seed,
+            }
+        )
+        if probe.freeze_blocks != trial_config.freeze_blocks or trial_config.transfer_blocks not in (
+            None,
+            probe.transfer_blocks,
+        ):
+            candidates.append((f"{Path(args.config).stem}-probe", probe))
+    outcomes = []
+    for run_name, candidate in candidates:
+        if len(candidates) > 1:
+            what = "the linear probe (floor)" if run_name.endswith("-probe") else "the config"
+            progress(f"-- {run_name}: {what}")
+        final, run = _train_and_track(
+            candidate,
+            splits,
+            settings.augmentation,
+            args.tracking_uri,
+            experiment,
+            run_name,
+            {**candidate.to_dict(), **base_params},
+            dataset.name,
+        )
+        outcomes.append((run_name, final, run))
+    run_name, final, run = max(outcomes, key=lambda o: (o[1]["best_val_accuracy"], -o[1].get("best_val_loss", 0.0)))
+    if len(outcomes) > 1:
+        run.set_tags({"nbtl.chosen": "true"})
+        scores = ", ".join(f"{name} {metrics['best_val_accuracy']:.4f}" for name, metrics, _ in outcomes)
+        print(f"kept {run_name}: the better validation accuracy of {len(outcomes)} runs ({scores})")
+    print(
+        f"best_val_accuracy {final['best_val_accuracy']:.4f} (epoch {int(final['best_epoch'])}), "
+        f"test_accuracy {final['test_accuracy']:.4f}, test_macro_f1 {final['test_macro_f1']:.4f}"
+    )
+    print(f"MLflow: {run.tracking_uri} experiment {run.experiment_id}, run {run.run_id}")
+    return 0
+
+
+def _train_and_track(
+    trial_config, splits, augmentation, tracking_uri, experiment: str, run_name: str, params: dict, dataset_name: str
+):
+    """Train one config as one MLflow run; return its last epoch's metrics and the run."""
+    from nbtl.backbones import load_pretrained_state_dict
+    from nbtl.search.space import dump_config
+    from nbtl.tracking import TrainingRun
+    from nbtl.train import train_trial
+
+    weights = load_pretrained_state_dict(trial_config.backbone) if trial_config.pretrained else None
+    run = TrainingRun(
+        tracking_uri,
+        experiment,
+        run_name,
+        params,
+        {"nbtl.dataset": dataset_name, "nbtl.backbone": trial_config.backbone},
+    )
+    run.log_text(dump_config(trial_config.to_dict()), "config.yaml")
+
+    def report(metrics, state) -> None:
+        run.log_epoch(metrics, step=int(metrics["epoch"]))
+        progress(
+            f"epoch {int(metrics['epoch'])}: val_accuracy {metrics['val_accuracy']:.4f}  "
+            f"train_loss {metrics['train_loss']:.4f}  ({metrics['epoch_time_s']:.1f}s)"
+        )
+
+    try:
+        result = train_trial(trial_config, splits, augmentation=augmentation, state_dict=weights, report=report)
+    except KeyboardInterrupt:
+        run.end("KILLED", reason="interrupted")
+        raise
+    except BaseException as error:
+        run.end("FAILED", reason=one_line(error))
+        raise
+    run.end("FINISHED")
+    return result.final, run

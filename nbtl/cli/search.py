@@ -1,0 +1,201 @@
+"""``nbtl search``: run (or resume) a search over a YAML space and print its table and best config."""
+
+from __future__ import annotations
+
+import argparse
+
+from nbtl.cli.common import (
+    DATA_HELP,
+    add_data_flags,
+    add_tracking_flags,
+    check_name,
+    data_overrides,
+    load_space,
+    log,
+    positive,
+    progress,
+)
+from nbtl.errors import ConfigError
+
+#: Flags a resumed search takes from its saved state instead.
+RESUME_IGNORES = (
+    "data",
+    "trials",
+    "max_concurrent",
+    "name",
+    "image_size",
+    "per_class",
+    "classes",
+    "seed",
+    "cpu",
+    "gpu",
+    "warm_start",
+    "time_budget",
+)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search",
+        help="run a non-binary transfer search (Ray Tune + Optuna, tracked in MLflow)",
+        description="Run a search over a YAML space: Optuna proposes trials, Ray Tune runs them (embedded Ray, "
+        "or a cluster with --address) and stops weak ones with ASHA; every search is an MLflow parent "
+        "run and every trial a child run. Ends with a table of trials and the best config.",
+        epilog="examples: nbtl search default --data digits --trials 8;  "
+        "nbtl search --resume default   (continue an interrupted search)",
+    )
+    p.add_argument(
+        "space",
+        nargs="?",
+        help="search space: a YAML file, or the name of a space shipped with nbtl (default, tiny, binary, meta)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="NAME",
+        help="continue the interrupted search NAME (its folder under --storage-path) to its trial count; "
+        "takes no SPACE or --data: both come from the search's saved state",
+    )
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default: the space's)")
+    add_tracking_flags(p, "search name = MLflow experiment and results folder (default: the space's name)")
+    p.add_argument(
+        "--address", help="join a running Ray cluster, e.g. 127.0.0.1:6379 or 'auto' (default: embedded Ray)"
+    )
+    p.add_argument(
+        "--storage-path", help="where Ray Tune keeps trial results and checkpoints (default: ./nbtl_results)"
+    )
+    add_data_flags(p, "default: the space's", "seed of the split, the sampler and the trials (default: the space's)")
+    p.add_argument("--cpu", type=float, help="CPUs per trial (default: the space's resources.cpu)")
+    p.add_argument("--gpu", type=float, help="GPUs per trial, fractions allowed (default: the space's resources.gpu)")
+    p.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="stop starting trials and end running ones when this much wall time has passed since the "
+        "search started (data loading and start points included), e.g. 900, 90s, 15m, 1.5h; "
+        "without --trials, trials run until the budget ends (Ray Tune's time_budget_s)",
+    )
+    p.add_argument(
+        "--no-recommend",
+        action="store_true",
+        help="do not measure the data's fit to start from nbtl recommend's configs (and the learned prior "
+        "that reads it); the probe and the conventional recipe still run first",
+    )
+    p.add_argument(
+        "--warm-start",
+        metavar="FILE",
+        help="run these configs first: a YAML from nbtl recommend (all its configs, best first) or a plain "
+        "config such as a search's best_config.yaml; each is moved to the nearest point of the space",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every trial's checkpoints when the search ends (default: delete them once the search "
+        "finished; an interrupted search keeps what --resume needs)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nbtl.search.runner import SearchOptions, run_search
+    from nbtl.search.space import parse_duration
+
+    for flag in ("trials", "max_concurrent"):
+        positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    overrides = data_overrides(args)
+    check_name(args.name)
+    if args.resume:
+        check_name(args.resume, "--resume")
+        ignored = [f"--{k.replace('_', '-')}" for k in RESUME_IGNORES if getattr(args, k) is not None]
+        if args.space or ignored:
+            raise ConfigError(
+                f"--resume {args.resume} continues a search with its own space and settings: "
+                f"drop {', '.join(([args.space] if args.space else []) + ignored)}"
+            )
+        from nbtl.search.runner import resume_search
+
+        result = resume_search(
+            args.resume,
+            storage_path=args.storage_path,
+            address=args.address,
+            tracking_uri=args.tracking_uri,
+            print_fn=progress,
+            keep_checkpoints=args.keep_checkpoints,
+        )
+        return report(result)
+    if not args.space or not args.data:
+        raise ConfigError("nbtl search needs a SPACE file and --data (or --resume NAME); see nbtl search --help")
+    budget = None
+    if args.time_budget is not None:
+        try:
+            budget = parse_duration(args.time_budget)
+        except ConfigError as error:
+            raise ConfigError(f"--time-budget: {error}") from None
+    space = load_space(args.space)
+    if args.name is None:
+        check_name(space.name, f"{space.path}: name")
+    warm_start = _warm_start(args.warm_start, space) if args.warm_start else []
+    options = SearchOptions(
+        data=args.data,
+        name=args.name,
+        trials=args.trials,
+        max_concurrent=args.max_concurrent,
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        storage_path=args.storage_path,
+        cpu=args.cpu,
+        gpu=args.gpu,
+        warm_start=warm_start,
+        time_budget=budget,
+        recommend=not args.no_recommend,
+        keep_checkpoints=args.keep_checkpoints,
+        **overrides,
+    )
+    result = run_search(space, options, print_fn=progress)
+    return report(result)
+
+
+def _warm_start(path: str, space) -> list[dict]:
+    """The configs of ``path`` as points of ``space``, saying what had to move to fit it."""
+    from nbtl.heuristics.recommend import load_recommended_configs
+    from nbtl.search.start import StartPoints
+
+    found = StartPoints()
+    for number, config in enumerate(load_recommended_configs(path), start=1):
+        found.add(space, config, f"{number} ({path})", log.info, kind="warm start")
+    progress(f"warm start: {len(found.points)} config(s) from {path} run first")
+    return found.points
+
+
+def report(result) -> int:
+    """Print the trials table, the best trial and config, and where MLflow keeps them; 1 when none finished."""
+    import pandas as pd
+
+    from nbtl.search.space import dump_config
+
+    shown = [c for c in result.table.columns if c not in ("run_id", "error") or result.table[c].astype(bool).any()]
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print("\nTrials (best first):")
+        print(result.table[shown].to_string(index=False))
+    if result.best is None:
+        print("\nNo trial finished; see the errors above and the failed runs in MLflow.")
+        return 1
+    best = result.best
+    print(
+        f"\nBest trial: {best['trial_id']} (MLflow run {best['run_id']}): "
+        f"best_val_accuracy={best['best_val_accuracy']:.4f} test_accuracy={best['test_accuracy']:.4f}"
+    )
+    print("Best config:")
+    print(dump_config(best["config"]), end="")
+    if result.tracking_uri.startswith(("http://", "https://")):
+        where = (
+            f"open {result.tracking_uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+        )
+    else:
+        where = f"open with: mlflow ui --backend-store-uri {result.tracking_uri}"
+    print(
+        f"\nMLflow: {result.tracking_uri} experiment {result.experiment_id}, parent run {result.parent_run_id}  "
+        f"({where})"
+    )
+    print(f"Results: {result.experiment_path}")
+    return 0

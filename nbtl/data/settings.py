@@ -1,0 +1,192 @@
+"""One data-settings object: which images, at what size, split how, augmented how.
+
+``nbtl search``, ``nbtl recommend``, ``nbtl heuristics learn`` and ``nbtl train`` read the same
+:class:`DataSettings`, so a recommendation, a search and a training run always mean the same images:
+the same seed and fractions give the same training split, and a recommended config trains with the
+augmentation of the search it was measured for. A search logs the settings on its MLflow parent run
+(:meth:`DataSettings.to_params`), ``nbtl recommend`` writes them into its YAML (:meth:`DataSettings.to_dict`),
+and both are read back with :meth:`DataSettings.from_params`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nbtl.data.splits import MIN_IMAGES_PER_CLASS
+from nbtl.errors import ConfigError
+
+__all__ = ["MAX_SEED", "MIN_IMAGE_SIZE", "SETTING_KEYS", "DataSettings", "check_setting"]
+
+#: The smallest image side: below it the backbones' strided stems leave no spatial extent.
+MIN_IMAGE_SIZE = 8
+#: Seeds feed numpy's ``SeedSequence`` and ``default_rng``, which take 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+#: A validation or test fraction must leave most images for training.
+MAX_FRACTION = 0.5
+SETTING_KEYS = ("image_size", "val_fraction", "test_fraction", "per_class", "classes", "seed", "augmentation")
+_UNSET = (None, "", "None")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The data side of a search, a recommendation or a training run.
+
+    The field defaults are what a search space without a ``data`` section means, and the one place
+    nbtl's data defaults are written down.
+
+    Parameters
+    ----------
+    image_size : int, default=64
+        Side of the stored square images, in pixels (at least :data:`MIN_IMAGE_SIZE`).
+    val_fraction, test_fraction : float, default=0.15
+        Share of each class for validation and for test, each in (0, 0.5).
+    per_class : int or None, default=None
+        Keep at most this many images per class (chosen with ``seed``); None keeps all.
+    classes : str or None, default=None
+        Keep only these classes, by name or 0-based index, comma-separated (``"0,2,4"``).
+    seed : int, default=0
+        Seeds the per-class choice and the split (and, in a search, the sampler and the trials).
+    augmentation : dict or None, default=None
+        Training-time augmentation, see :func:`nbtl.data.make_augmentation`; None is none.
+    """
+
+    image_size: int = 64
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    per_class: int | None = None
+    classes: str | None = None
+    seed: int = 0
+    augmentation: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        for key in SETTING_KEYS:
+            object.__setattr__(self, key, check_setting(key, getattr(self, key), "data settings"))
+
+    @classmethod
+    def from_space(cls, space, overrides: Mapping[str, Any] | None = None) -> DataSettings:
+        """The settings of a search space (its ``data`` section and ``search.seed``), with ``overrides``
+        (e.g. command-line flags) on top; an override of None leaves the space's value."""
+        values = {k: space.data[k] for k in SETTING_KEYS if k in (space.data or {})}
+        if (space.search or {}).get("seed") is not None:
+            values["seed"] = space.search["seed"]
+        return cls(**values).with_overrides(overrides)
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any], where: str = "data settings", base: DataSettings | None = None
+    ) -> DataSettings:
+        """Settings read back from MLflow params (strings) or a YAML mapping. A key that is missing or
+        unset (None, ``"None"``, ``""``) keeps its value in ``base`` (default: the field defaults); an
+        ``augmentation`` of ``{}`` means none. Other keys are ignored. A bad value raises one
+        :class:`ConfigError` naming ``where``."""
+        values = {}
+        for key in SETTING_KEYS:
+            value = params.get(key)
+            if key == "augmentation" and isinstance(value, str) and value not in _UNSET:
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    raise ConfigError(f"{where}: augmentation {value!r} is not a JSON mapping") from None
+            if not isinstance(value, (dict, list)) and value in _UNSET:
+                continue
+            values[key] = check_setting(key, value, where)
+        return dataclasses.replace(base or cls(), **values)
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> DataSettings:
+        """These settings with every non-None value of ``overrides`` replacing the field of that name."""
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        unknown = sorted(set(given) - set(SETTING_KEYS))
+        if unknown:
+            raise ConfigError(f"data settings: unknown setting {unknown[0]!r}; use only {', '.join(SETTING_KEYS)}")
+        return dataclasses.replace(self, **given)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, as written into a recommendation YAML (no augmentation as ``{}``, so that it reads
+        back as none, not as unset)."""
+        return {**{k: getattr(self, k) for k in SETTING_KEYS}, "augmentation": dict(self.augmentation or {})}
+
+    def to_params(self) -> dict[str, Any]:
+        """MLflow params (the augmentation as JSON), as logged on a search's parent run."""
+        return {**self.to_dict(), "augmentation": json.dumps(self.augmentation or {}, sort_keys=True)}
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`nbtl.data.load_dataset` (besides the source)."""
+        return {"image_size": self.image_size, "per_class": self.per_class, "seed": self.seed, "classes": self.classes}
+
+    def split_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`nbtl.data.split_dataset` (besides the dataset)."""
+        return {"val_fraction": self.val_fraction, "test_fraction": self.test_fraction, "seed": self.seed}
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_params(), sort_keys=True, default=str))
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int when it is one (also ``"64"`` or ``64.0`` as read back from MLflow), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def check_setting(key: str, value: Any, where: str) -> Any:
+    """``value`` of setting ``key``, checked and normalised; a bad one raises one :class:`ConfigError`
+    that starts with ``where`` (a flag such as ``--seed``, or a file) and says what is allowed."""
+    if key == "image_size":
+        number = _integer(value)
+        if number is None or number < MIN_IMAGE_SIZE:
+            raise ConfigError(f"{where}: image_size must be an integer >= {MIN_IMAGE_SIZE} (pixels), got {value!r}")
+        return number
+    if key in ("val_fraction", "test_fraction"):
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 0 < number < MAX_FRACTION:
+            raise ConfigError(
+                f"{where}: {key} must be a number between 0 and {MAX_FRACTION} (exclusive), got {value!r}"
+            )
+        return number
+    if key == "per_class":
+        if value is None:
+            return None
+        number = _integer(value)
+        if number is None or number < MIN_IMAGES_PER_CLASS:
+            raise ConfigError(
+                f"{where}: per_class must be an integer >= {MIN_IMAGES_PER_CLASS} (one image each for "
+                f"train, val and test), got {value!r}"
+            )
+        return number
+    if key == "classes":
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        if isinstance(value, bool) or not str(value).strip():
+            raise ConfigError(f"{where}: classes must name classes by name or 0-based index, e.g. 0,2,4; got {value!r}")
+        return str(value)
+    if key == "seed":
+        number = _integer(value)
+        if number is None or not 0 <= number <= MAX_SEED:
+            raise ConfigError(f"{where}: seed must be an integer in 0..{MAX_SEED} (2**32-1), got {value!r}")
+        return number
+    if key == "augmentation":
+        from nbtl.data.augment import make_augmentation
+
+        if value in (None, {}):
+            return None
+        try:
+            make_augmentation(value)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        return dict(value)
+    raise ConfigError(f"{where}: unknown data setting {key!r}; use only {', '.join(SETTING_KEYS)}")

@@ -1,0 +1,98 @@
+"""How a search ends: Ctrl-C turned into Ray Tune's graceful stop and reported as an interruption (with the
+command that continues it), and a finished search's trial checkpoints removed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Ray Tune's own SIGINT handler (``ray.tune.tune._setup_signal_catching``) makes ``Tuner.fit`` return
+#: normally after Ctrl-C, as if the search had ended; with this set Ray Tune leaves SIGINT to nbtl.
+_TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
+
+#: The folders Ray Tune writes a trial's checkpoints to (``checkpoint_000003``), inside the trial's folder.
+CHECKPOINT_GLOB = "*/checkpoint_*"
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a search; its message is the command that continues it."""
+
+
+@dataclass
+class Interrupt:
+    requested: bool = False
+
+
+@contextmanager
+def graceful_ctrl_c() -> Iterator[Interrupt]:
+    """Around ``Tuner.fit``: the first Ctrl-C asks Ray Tune for its graceful stop (SIGUSR1, which Ray Tune
+    handles like its own SIGINT: the experiment state is saved for ``--resume``, the running trials are
+    stopped, ``fit`` returns) and is recorded in the yielded :class:`Interrupt`, so the caller can say the
+    search was interrupted; a second Ctrl-C, or one before Ray Tune is listening, raises KeyboardInterrupt."""
+    interrupt = Interrupt()
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield interrupt  # Ray Tune installs no handler either: Ctrl-C raises KeyboardInterrupt in fit
+        return
+    previous_int, previous_usr1 = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
+    previous_env = os.environ.get(_TUNE_SIGINT_ENV)
+
+    def on_ctrl_c(signum, frame) -> None:
+        # no printing here: the main thread may be half-way through a print of its own
+        if interrupt.requested or signal.getsignal(signal.SIGUSR1) is previous_usr1:
+            raise KeyboardInterrupt
+        interrupt.requested = True
+        signal.raise_signal(signal.SIGUSR1)
+
+    os.environ[_TUNE_SIGINT_ENV] = "1"
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGUSR1, previous_usr1)
+        if previous_env is None:
+            os.environ.pop(_TUNE_SIGINT_ENV, None)
+        else:
+            os.environ[_TUNE_SIGINT_ENV] = previous_env
+
+
+def resume_command(experiment_dir: str, storage_path: str | None, address: str | None, tracking_uri: str | None) -> str:
+    """``nbtl search --resume NAME`` with the options the resumed search needs to find the same state."""
+    words = ["nbtl", "search", "--resume", experiment_dir]
+    for flag, value in (("--storage-path", storage_path), ("--address", address), ("--tracking-uri", tracking_uri)):
+        if value:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+@contextmanager
+def tell_how_to_resume(say, command: str) -> Iterator[None]:
+    """Say how to continue the search when Ctrl-C ends the block."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        say(
+            f"search interrupted: its MLflow runs are KILLED, its finished trials and state are kept; "
+            f"continue it with: {command}"
+        )
+        raise
+
+
+def remove_trial_checkpoints(experiment_path: Path) -> int:
+    """Delete the trial checkpoints of a finished search (only ``--resume`` reads them); returns the bytes freed."""
+    freed = 0
+    for folder in experiment_path.glob(CHECKPOINT_GLOB):
+        if folder.is_dir():
+            freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+    return freed

@@ -1,0 +1,228 @@
+"""A search's life on real Ray and a real MLflow store: resources no node has are refused in seconds
+before any run exists; the embedded Ray listens on 127.0.0.1 only and is shut down with the search (a Ray
+the search did not start is left alone); a finished search leaves no trial checkpoints unless asked."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, nbtl_command, run_nbtl
+
+pytestmark = pytest.mark.e2e
+
+TINY = str(REPO / "search_spaces" / "tiny.yaml")
+
+
+def _all_runs(uri: str):
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments) if experiments else []
+
+
+@pytest.mark.parametrize("flags, names", [(["--gpu", "1"], "1 GPU"), (["--cpu", "99"], "99 CPU")])
+def test_resources_no_node_has_are_refused_before_any_run(tmp_path, tracking_uri, flags, names):
+    started = time.monotonic()
+    result = run_nbtl(
+        "search",
+        TINY,
+        "--data",
+        "digits",
+        *flags,
+        "--tracking-uri",
+        tracking_uri,
+        "--storage-path",
+        str(tmp_path / "results"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    seconds = time.monotonic() - started
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("nbtl search: error:")]
+    assert len(error) == 1 and names in error[0] and "the largest has" in error[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert seconds < 120, f"took {seconds:.0f}s to refuse"
+    assert _all_runs(tracking_uri) == []  # refused before the parent run
+
+
+def _ray_processes(gcs_address: str, driver: int) -> list[psutil.Process]:
+    """The processes of the Ray instance whose GCS is at ``gcs_address``: the driver, those that carry the
+    address on their command line, and those of the same session (the GCS server carries only that)."""
+
+    def command(process):
+        try:
+            return process.info["cmdline"] or []
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return []
+
+    processes = list(psutil.process_iter(["cmdline"]))
+    ours = [p for p in processes if any(gcs_address in part for part in command(p))]
+    sessions = {part.split("=", 1)[1] for p in ours for part in command(p) if part.startswith("--session-name=")}
+    found = {p.pid: p for p in ours}
+    found.update({p.pid: p for p in processes if any(s in part for s in sessions for part in command(p))})
+    found.setdefault(driver, psutil.Process(driver))
+    return list(found.values())
+
+
+def _listening(processes: list[psutil.Process]) -> list[tuple[str, str, int]]:
+    sockets = []
+    for process in processes:
+        try:
+            for connection in process.net_connections(kind="inet"):
+                if connection.status == psutil.CONN_LISTEN:
+                    sockets.append((process.name(), connection.laddr.ip, connection.laddr.port))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return sockets
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def test_embedded_ray_listens_on_loopback_and_a_finished_search_drops_its_checkpoints(tmp_path, tracking_uri):
+    results = tmp_path / "results"
+    log = tmp_path / "search.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            nbtl_command(
+                "search",
+                TINY,
+                "--data",
+                "digits",
+                "--trials",
+                "1",
+                "--tracking-uri",
+                tracking_uri,
+                "--storage-path",
+                str(results),
+            ),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline, sockets, gcs = time.monotonic() + 300, [], None
+        while time.monotonic() < deadline and process.poll() is None:
+            parents = [r for r in _all_runs(tracking_uri) if r.data.tags.get("nbtl.role") == "search"]
+            gcs = parents[0].data.tags["nbtl.ray_gcs_address"] if parents else None
+            trial_running = any(r.data.tags.get("nbtl.role") == "trial" for r in _all_runs(tracking_uri))
+            if gcs and trial_running:  # the GCS, the raylet, the agents and a worker are all up
+                sockets = _listening(_ray_processes(gcs, process.pid))
+                break
+            time.sleep(0.5)
+        assert process.wait(timeout=300) == 0, log.read_text()[-4000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert gcs is not None and sockets, f"found no listening Ray process:\n{log.read_text()[-3000:]}"
+    assert int(gcs.rpartition(":")[2]) in {port for _, _, port in sockets}, sockets  # the GCS itself was seen
+    exposed = [s for s in sockets if not _loopback(s[1])]
+    assert not exposed, f"Ray services listening beyond 127.0.0.1: {exposed}"
+
+    experiment = results / "tiny"
+    assert not list(experiment.glob("*/checkpoint_*")), "a finished search kept its trial checkpoints"
+    assert (experiment / "results.csv").exists() and (experiment / "nbtl_search.json").exists()
+    assert list(experiment.glob("nbtl_trainable_*/progress.csv"))
+    runs = _all_runs(tracking_uri)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    parent = next(r for r in runs if r.data.tags.get("nbtl.role") == "search")
+    artifacts = {a.path for a in MlflowClient(tracking_uri=tracking_uri).list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "best_config.yaml"} <= artifacts
+
+
+def test_ray_session_shuts_down_only_the_ray_it_started():
+    """In a fresh interpreter: the session starts Ray and shuts it down; a nested session (Ray already
+    running) leaves it alone; asking for another cluster while one runs is refused in one line."""
+    script = """
+import ray
+from nbtl.search.cluster import SearchError, init_ray, ray_session
+with ray_session(None) as address:
+    assert ray.is_initialized()
+    with ray_session(None) as again:
+        assert again == address
+    assert ray.is_initialized(), "the inner session shut down a Ray it did not start"
+    try:
+        init_ray("127.0.0.1:1")
+    except SearchError as error:
+        print("REFUSED", error)
+    else:
+        raise AssertionError("joined another cluster while one runs")
+assert not ray.is_initialized(), "the session left its Ray running"
+print("OK")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
+    refused = next(line for line in done.stdout.splitlines() if line.startswith("REFUSED"))
+    assert "127.0.0.1:1" in refused and "already runs Ray" in refused
+
+
+def test_a_trial_checkpoint_leaves_out_the_frozen_blocks_and_still_resumes_exactly(splits, weights, tmp_path):
+    import torch
+
+    from conftest import Recorder
+    from nbtl.config import TrialConfig
+    from nbtl.search.trainable import compact_checkpoint
+    from nbtl.train import train_trial
+
+    config = TrialConfig.from_dict(
+        {
+            "backbone": "efficientnet_lite0",
+            "transfer_blocks": 8,
+            "freeze_blocks": 6,
+            "lr": 0.05,
+            "lr_decay": 0.7,
+            "l2sp_alpha": 0.01,
+            "head": "spinal",
+            "head_width": 16,
+            "head_dropout": 0.2,
+            "epochs": 2,
+            "batch_size": 32,
+            "seed": 1,
+        }
+    )
+    augmentation = {"hflip": True, "crop_padding": 2}
+    full = Recorder()
+    done = train_trial(
+        config, splits, augmentation=augmentation, state_dict=weights, report=full, device=torch.device("cpu")
+    )
+    whole, compact = tmp_path / "whole.pt", tmp_path / "compact.pt"
+    torch.save(full.states[0], whole)
+    torch.save(compact_checkpoint(dict(full.states[0])), compact)
+    kept = torch.load(compact, map_location="cpu", weights_only=True)
+    frozen = [k for k in full.states[0]["model"] if k.startswith(tuple(f"backbone.blocks.{i}." for i in range(6)))]
+    assert frozen and not set(frozen) & set(kept["model"]) and "frozen_keys" not in kept
+    assert compact.stat().st_size < whole.stat().st_size
+
+    resumed = Recorder()
+    again = train_trial(
+        config,
+        splits,
+        augmentation=augmentation,
+        state_dict=weights,
+        report=resumed,
+        device=torch.device("cpu"),
+        resume=kept,
+    )
+    strip = lambda history: [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in history]  # noqa: E731
+    assert strip(again.history) == strip(done.history)
+    for key, value in full.states[-1]["model"].items():
+        assert torch.equal(resumed.states[-1]["model"][key], value), key
