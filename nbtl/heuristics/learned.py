@@ -321,7 +321,9 @@ def build_portfolio(rows: list[dict[str, Any]], groups, per_task: int = PORTFOLI
 
     from nbtl.config import TrialConfig
 
-    integer_keys = {f.name for f in dataclasses.fields(TrialConfig) if "int" in str(f.type) and "float" not in str(f.type)}
+    integer_keys = {
+        f.name for f in dataclasses.fields(TrialConfig) if "int" in str(f.type) and "float" not in str(f.type)
+    }
     groups = list(groups) if groups is not None else ["all"] * len(rows)
     by_task: dict[str, list[dict[str, Any]]] = {}
     for group, row in zip(groups, rows):
