@@ -62,6 +62,12 @@ def _wait(condition, process: subprocess.Popen, log: Path, what: str, timeout: f
     pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
 
 
+def _sigint_default() -> None:
+    """In the child: Ctrl-C as at a terminal. A command started in the background by a non-interactive shell
+    (`bash .ci/run &`, nohup) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(process: subprocess.Popen, log: Path) -> int:
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
     try:
@@ -84,6 +90,7 @@ def test_ctrl_c_on_a_search_kills_its_runs_and_says_how_to_resume(tmp_path, trac
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_sigint_default,
         )
     try:
 
@@ -162,6 +169,7 @@ def test_ctrl_c_on_nbtl_train_kills_its_run(tmp_path, tracking_uri):
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_sigint_default,
         )
     try:
         _wait(lambda: "epoch 1:" in log.read_text(), process, log, "the first epoch", timeout=300)
