@@ -8,6 +8,7 @@ A search space YAML samples these keys; ``nbtl recommend`` writes them; a single
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,14 @@ from nbtl.errors import ConfigError
 
 HEADS = ("linear", "mlp", "spinal")
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "constant", "step")
+#: Keys that only mean something with a given setting: left out of ``to_dict`` (and so of the MLflow
+#: params) otherwise, so that a run never shows a knob it did not use.
+_ONLY_WITH = {
+    "momentum": ("optimizer", "sgd"),
+    "lr_step_epochs": ("lr_schedule", "step"),
+    "lr_gamma": ("lr_schedule", "step"),
+}
 
 
 @dataclass
@@ -62,9 +71,27 @@ class TrialConfig:
         Hidden width of the ``mlp`` / ``spinal`` head, and dropout before the head's layers.
     optimizer, momentum : str, float
         ``sgd`` (with ``momentum``, Nesterov) or ``adam``; never with weight decay (the regulariser
-        is explicit, so there is no double decay).
+        is explicit, so there is no double decay). Adam has no momentum knob (its ``betas`` keep
+        torch's defaults): with ``adam`` a ``momentum`` is accepted but ignored, and left out of
+        :meth:`to_dict` and so of the MLflow params, so a run never shows a momentum it did not use.
+    lr_schedule : {"cosine", "constant", "step"}
+        How every learning rate moves during training: ``cosine`` anneals it to zero over all steps
+        (``CosineAnnealingLR``, the default); ``constant`` keeps it (the recipe of Puls et al.);
+        ``step`` multiplies it by ``lr_gamma`` after every ``lr_step_epochs`` epochs (``StepLR``), or
+        after each epoch listed in ``lr_step_epochs`` (``MultiStepLR``; the torchvision recipe Albardi
+        et al. fine-tune with).
+    lr_step_epochs : int, list of int or None
+        The ``step`` schedule's period in epochs, or the epochs after which the rate drops; None
+        means every ``max(1, epochs // 3)`` epochs. Only with ``lr_schedule: step``.
+    lr_gamma : float
+        The ``step`` schedule's factor, in (0, 1]. Only with ``lr_schedule: step``.
+    patience : int or None
+        Early stopping: the trial ends once this many epochs passed since its best epoch (highest
+        validation accuracy, ties to the lower validation loss) without a better one; its last
+        epoch's metrics then say ``early_stopped = 1`` and ``stopped_at_epoch``, and carry the best
+        epoch's. Head warm-up epochs do not count. None (the default) trains every epoch.
     epochs, batch_size : int
-        Training length (cosine schedule over all steps) and mini-batch size.
+        Training length and mini-batch size.
     label_smoothing : float
         Cross-entropy label smoothing.
     seed : int
@@ -89,6 +116,10 @@ class TrialConfig:
     head_dropout: float = 0.0
     optimizer: str = "sgd"
     momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    lr_step_epochs: int | list[int] | None = None
+    lr_gamma: float = 0.1
+    patience: int | None = None
     epochs: int = 5
     batch_size: int = 64
     label_smoothing: float = 0.0
@@ -107,13 +138,25 @@ class TrialConfig:
         unknown = sorted(k for k in values if k not in known)
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(sorted(known))}")
-        config = cls(**dict(values))
+        values = dict(values)
+        steps = values.get("lr_step_epochs")
+        if isinstance(steps, str):  # read back from MLflow params or a CSV: "3" or "[3, 6]"
+            try:
+                values["lr_step_epochs"] = json.loads(steps)
+            except json.JSONDecodeError:
+                pass  # validate() names it
+        config = cls(**values)
         config.validate(where)
         return config
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the user-settable keys (for YAML, MLflow params)."""
-        return {k: getattr(self, k) for k in self.keys()}
+        """Plain dict of the user-settable keys (for YAML, MLflow params), without the keys the config does
+        not use: ``momentum`` with ``adam``, ``lr_step_epochs`` and ``lr_gamma`` without the ``step`` schedule."""
+        return {
+            k: getattr(self, k)
+            for k in self.keys()
+            if k not in _ONLY_WITH or getattr(self, _ONLY_WITH[k][0]) == _ONLY_WITH[k][1]
+        }
 
     def validate(self, where: str = "trial config") -> None:
         """Check types and ranges; raise ``ConfigError`` naming the key and the fix."""
@@ -166,6 +209,22 @@ class TrialConfig:
         if self.optimizer not in OPTIMIZERS:
             fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")
         number("momentum", high=0.999)
+        if self.lr_schedule not in LR_SCHEDULES:
+            fail("lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
+        steps = self.lr_step_epochs
+        if steps is not None and not (
+            (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1)
+            or (
+                isinstance(steps, list)
+                and steps
+                and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in steps)
+                and steps == sorted(set(steps))
+            )
+        ):
+            fail("lr_step_epochs", "an epoch count >= 1 (the period) or an increasing list of epochs, e.g. [30, 60]")
+        number("lr_gamma", low_open=True, high=1.0)
+        if self.patience is not None:
+            integer("patience", 1)
         integer("epochs", 1)
         integer("head_warmup_epochs", 0)
         if self.head_warmup_epochs >= self.epochs:

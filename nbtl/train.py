@@ -1,4 +1,5 @@
-"""Fit one trial: epochs with a cosine schedule, per-epoch validation, test metrics at the best epoch.
+"""Fit one trial: epochs under a learning-rate schedule (cosine, constant or step), per-epoch validation,
+optional early stopping, test metrics at the best epoch.
 
 Plain PyTorch: no Ray, no MLflow. A caller passes ``report`` to receive each epoch's metrics (the
 search's Ray adapter turns them into ``tune.report`` calls and checkpoints). A trial with frozen
@@ -222,6 +223,12 @@ def train_trial(
     block and train the head alone (on cached pooled features when caching), then ``freeze_blocks``
     applies. Warm-up epochs make the same number of steps as the others.
 
+    The learning rates follow ``config.lr_schedule`` (see :func:`make_scheduler`). With
+    ``config.patience = P`` the trial ends after the first epoch that is ``P`` epochs past its best
+    one (warm-up epochs not counted); that epoch is reported with ``early_stopped = 1.0`` and
+    ``stopped_at_epoch``, and the trial returns normally: a finished trial, not a failure or a
+    scheduler's stop.
+
     Parameters
     ----------
     config : TrialConfig
@@ -252,7 +259,9 @@ def train_trial(
         ``val_macro_f1``, ``val_weighted_f1``, ``best_val_accuracy``, ``best_epoch``, ``test_*`` (of
         the best epoch), ``prefix_blocks`` (blocks read from the cache, 0 when uncached),
         ``prefix_cache_hit`` (1.0 when the entry came from the store, 0.0 when this trial computed
-        it or ran uncached) and ``epoch_time_s``.
+        it or ran uncached), ``epoch_time_s``, ``learning_rate`` (the head's learning rate in this epoch's
+        first step); with ``patience``, ``early_stopped`` (1.0 on the epoch that stopped the trial,
+        else 0.0) and, on that epoch, ``stopped_at_epoch``.
 
     Raises
     ------
@@ -312,7 +321,7 @@ def train_trial(
     probe = freeze == num_blocks and cache_prefix and start_epoch <= config.epochs
     if probe and feed_for(start_epoch).train is not None:  # head steps on pooled features cost microseconds
         passes = max(1, math.ceil(PROBE_MIN_STEPS / (config.epochs * steps_per_epoch)))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch * passes)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch * passes)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     result = TrialResult(config)
@@ -329,12 +338,15 @@ def train_trial(
             scaler.load_state_dict(resume["scaler"])
         result.history = list(resume["history"])
         best = dict(resume["best"])
+        if result.history and result.history[-1].get("early_stopped"):
+            return result  # the checkpoint of an early-stopped trial: it is done
 
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         if warmup:
             model.set_head_only(epoch <= warmup, freeze)
         feed = feed_for(epoch)
+        epoch_lr = _head_lr(optimizer)
         model.train()
         total_loss, seen, step = 0.0, 0, 0
         for _ in range(passes):
@@ -384,6 +396,13 @@ def train_trial(
         metrics["prefix_blocks"] = min(feed.start_block, num_blocks)
         metrics["prefix_cache_hit"] = 1.0 if feed.hit else 0.0
         metrics["epoch_time_s"] = time.perf_counter() - started
+        metrics["learning_rate"] = epoch_lr
+        if config.patience is not None:
+            # patience counts from the best epoch, or from the end of the head warm-up, whichever is later
+            stop = epoch < config.epochs and epoch - max(int(best["best_epoch"]), warmup) >= config.patience
+            metrics["early_stopped"] = 1.0 if stop else 0.0
+            if stop:
+                metrics["stopped_at_epoch"] = epoch
         if not math.isfinite(metrics["val_loss"]):
             raise TrialDivergedError(
                 f"validation loss became {metrics['val_loss']} at epoch {epoch}: lower the learning rates"
@@ -409,4 +428,43 @@ def train_trial(
                 }
 
             report(metrics, state)
+        if metrics.get("early_stopped"):
+            logger.info(
+                "early stopping at epoch %d of %d: no better validation accuracy for %d epochs (best epoch %d)",
+                epoch,
+                config.epochs,
+                config.patience,
+                int(best["best_epoch"]),
+            )
+            break
     return result
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrialConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of ``config.lr_schedule``, stepped once per optimizer step.
+
+    - ``cosine``: ``CosineAnnealingLR`` over all ``epochs * steps_per_epoch`` steps (to zero).
+    - ``constant``: the rates never change (``ConstantLR`` with factor 1, so checkpoints look alike).
+    - ``step``: every rate is multiplied by ``lr_gamma`` after each ``lr_step_epochs`` epochs
+      (``StepLR``), or after each epoch in the list ``lr_step_epochs`` (``MultiStepLR``); None means
+      every ``max(1, epochs // 3)`` epochs. Epoch ``e`` (1-based) trains at ``lr * lr_gamma ** k``, ``k``
+      the drops after epochs ``< e``.
+    """
+    if config.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if config.lr_schedule == "step":
+        steps = config.lr_step_epochs
+        if isinstance(steps, list):
+            milestones = [epoch * steps_per_epoch for epoch in steps]
+            return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_gamma)
+        period = steps if steps is not None else max(1, config.epochs // 3)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=period * steps_per_epoch, gamma=config.lr_gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+
+
+def _head_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The current learning rate of the ``head`` parameter group (the last group when none is named so)."""
+    groups = optimizer.param_groups
+    return float(next((g["lr"] for g in groups if g.get("name") == "head"), groups[-1]["lr"]))

@@ -139,6 +139,7 @@ DATA_COMMANDS = {
     "fit": ["fit", "digits", "--backbones", "efficientnet_lite0"],
     "recommend": ["recommend", "digits", "--backbones", "efficientnet_lite0"],
     "train": ["train", "{config}", "--data", "digits"],
+    "zoo": ["zoo", "digits", "--backbones", "efficientnet_lite0"],
 }
 BAD_FLAGS = {
     "negative seed": (["--seed", "-5"], "0..4294967295"),

@@ -456,3 +456,107 @@ def test_classes_keeps_named_or_indexed_classes_relabelled_in_order():
 def test_bad_classes_are_named(classes, word):
     with pytest.raises(DataError, match=word):
         load_dataset("digits", image_size=8, per_class=5, classes=classes)
+
+
+# --- official splits ---------------------------------------------------------------------------
+
+
+def _official_folder(root: Path, counts: dict[str, int], classes=("cat", "dog"), start: int = 0) -> Path:
+    """root/<part>/<class>/: a PNG of its own colour per image (lossless, so decoded pixels name the file)."""
+    number = start
+    for part, count in counts.items():
+        for name in classes:
+            for _ in range(count):
+                number += 1
+                _write_image(root / part / name / f"{number}.png", (number % 256, number // 256, 7), (10, 10))
+    return root
+
+
+def _pixels(dataset: ImageDataset) -> set[tuple[int, ...]]:
+    return {tuple(image[:, 4, 4].tolist()) for image in dataset.images}
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_image_folder_with_train_and_test_keeps_its_test_set(tmp_path, seed):
+    root = _official_folder(tmp_path / "pets", {"train": 8, "test": 3})
+    dataset = load_dataset(str(root), image_size=8, seed=seed)
+    assert dataset.classes == ["cat", "dog"] and dataset.name == "pets"
+    assert dataset.part_counts() == {"train": 16, "test": 6}
+    splits = split_dataset(dataset, val_fraction=0.25, test_fraction=0.4, seed=seed)
+    test_images = _pixels(load_dataset(str(root / "test"), image_size=8))
+    assert _pixels(splits.test) == test_images
+    assert not _pixels(splits.train) & test_images and not _pixels(splits.val) & test_images
+    assert splits.val.class_counts() == {"cat": 2, "dog": 2}  # val_fraction of train/, not of everything
+    assert len(splits.train) == 12
+
+
+def test_image_folder_val_folder_is_honoured(tmp_path):
+    root = _official_folder(tmp_path / "pets", {"train": 5, "validation": 2, "test": 3})
+    splits = split_dataset(load_dataset(str(root), image_size=8), seed=1)
+    assert _pixels(splits.val) == _pixels(load_dataset(str(root / "validation"), image_size=8))
+    assert _pixels(splits.test) == _pixels(load_dataset(str(root / "test"), image_size=8))
+    assert _pixels(splits.train) == _pixels(load_dataset(str(root / "train"), image_size=8))
+
+
+def test_train_and_val_folders_without_test_draw_test_from_train(tmp_path):
+    root = _official_folder(tmp_path / "pets", {"train": 10, "val": 2})
+    splits = split_dataset(load_dataset(str(root), image_size=8), test_fraction=0.2, seed=0)
+    assert _pixels(splits.val) == _pixels(load_dataset(str(root / "val"), image_size=8))
+    assert splits.test.class_counts() == {"cat": 2, "dog": 2}
+
+
+def test_per_class_caps_only_the_training_images(tmp_path):
+    root = _official_folder(tmp_path / "pets", {"train": 8, "test": 5})
+    dataset = load_dataset(str(root), image_size=8, per_class=3)
+    assert dataset.part_counts() == {"train": 6, "test": 10}
+
+
+def test_test_data_source_is_kept_as_the_test_set(tmp_path):
+    train = _official_folder(tmp_path / "train", {".": 7}, classes=("cat", "dog", "fox"))
+    test = _official_folder(tmp_path / "holdout", {".": 2}, classes=("dog", "cat", "fox"), start=100)
+    dataset = load_dataset(str(train), image_size=8, test_data=str(test), classes="fox,cat")
+    assert dataset.classes == ["fox", "cat"]
+    for seed in (0, 1):
+        splits = split_dataset(dataset, seed=seed)
+        held = load_dataset(str(test), image_size=8, classes="fox,cat")
+        assert _pixels(splits.test) == _pixels(held)
+        # labelled by class name, not by the test source's own class order
+        by_pixel = {tuple(img[:, 4, 4].tolist()): held.classes[int(lab)] for img, lab in zip(held.images, held.labels)}
+        for image, label in zip(splits.test.images, splits.test.labels):
+            assert splits.test.classes[int(label)] == by_pixel[tuple(image[:, 4, 4].tolist())]
+        assert not _pixels(splits.train) & _pixels(held)
+
+
+def test_test_data_flows_through_the_data_settings(tmp_path):
+    from nbtl.data.settings import DataSettings
+
+    train = _official_folder(tmp_path / "train", {".": 6})
+    test = _official_folder(tmp_path / "holdout", {".": 2}, start=100)
+    settings = DataSettings(image_size=8).with_overrides({"test_data": str(test)})
+    assert DataSettings.from_params({k: str(v) for k, v in settings.to_params().items()}) == settings
+    splits = split_dataset(load_dataset(str(train), **settings.load_kwargs()), **settings.split_kwargs())
+    assert _pixels(splits.test) == _pixels(load_dataset(str(test), image_size=8))
+
+
+def test_official_parts_with_different_classes_are_one_clear_line(tmp_path):
+    root = _official_folder(tmp_path / "pets", {"train": 4, "test": 2})
+    _write_image(root / "test" / "emu" / "1.png", (1, 2, 3), (10, 10))
+    with pytest.raises(DataError) as error:
+        load_dataset(str(root), image_size=8)
+    assert "test/ has class folder 'emu' that train/ lacks" in _one_line(error)
+    other = _official_folder(tmp_path / "other", {".": 2}, classes=("cat", "cow"))
+    with pytest.raises(DataError) as error:
+        load_dataset(str(tmp_path / "pets" / "train"), image_size=8, test_data=str(other))
+    assert "test source" in _one_line(error) and "'cow'" in _one_line(error)
+
+
+def test_test_data_with_a_test_folder_too_is_refused(tmp_path):
+    root = _official_folder(tmp_path / "pets", {"train": 4, "test": 2})
+    with pytest.raises(DataError, match="its own test/ folder"):
+        load_dataset(str(root), image_size=8, test_data=str(root / "test"))
+
+
+def test_classes_named_train_and_test_are_an_ordinary_image_folder(tmp_path):
+    root = _official_folder(tmp_path / "odd", {".": 3}, classes=("test", "train"))
+    dataset = load_dataset(str(root), image_size=8)
+    assert dataset.classes == ["test", "train"] and dataset.parts is None

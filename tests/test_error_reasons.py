@@ -3,17 +3,10 @@ run; "killed or out of memory" only when its worker really died without a traceb
 
 from __future__ import annotations
 
-import copy
-import re
 import traceback
 
-import pandas as pd
-import pytest
-import yaml
-from mlflow import MlflowClient
 from ray.exceptions import ActorDiedError, RayTaskError
 
-from conftest import REPO, run_nbtl
 from nbtl.errors import ConfigError, TrialDivergedError
 from nbtl.search.callbacks import WORKER_DIED, reason_from_error_text
 
@@ -55,55 +48,4 @@ def test_the_last_failure_counts():
     assert reason_from_error_text(text) == WORKER_DIED
 
 
-# --- a real search with a trial that raises ------------------------------------------------------------
-
-
-@pytest.mark.e2e
-def test_a_raising_trial_shows_and_records_its_real_reason_and_the_search_goes_on(tmp_path, tracking_uri):
-    space = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
-    space = copy.deepcopy(space)
-    space["search"].update(
-        {
-            "trials": 2,
-            "sampler": {"type": "random"},
-            "scheduler": {"type": "fifo"},
-            # lr far outside the range: the trial's loss becomes nan, it raises TrialDivergedError
-            "points_to_evaluate": [{"lr": 1.0e20, "transfer_blocks": 9, "freeze_blocks": 6}],
-        }
-    )
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    result = run_nbtl(
-        "search",
-        str(path),
-        "--data",
-        "digits",
-        "--name",
-        "reasons",
-        "--tracking-uri",
-        tracking_uri,
-        "--storage-path",
-        str(tmp_path / "results"),
-        cwd=tmp_path,
-        timeout=600,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-
-    failed_lines = [line for line in result.stdout.splitlines() if re.match(r"trial \S+ FAILED \[\d/2\]: ", line)]
-    assert len(failed_lines) == 1, output[-4000:]
-    assert "TrialDivergedError: " in failed_lines[0] and WORKER_DIED not in output, failed_lines[0]
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name("reasons")
-    runs = client.search_runs([experiment.experiment_id])
-    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]  # the search went on
-    failed = next(c for c in children if c.info.status == "FAILED")
-    assert failed.data.params["lr"] == "1e+20"
-    recorded = failed.data.tags["nbtl.error"]
-    assert recorded.startswith("TrialDivergedError: ") and recorded in failed_lines[0]
-    table = pd.read_csv(next((tmp_path / "results").glob("reasons*/results.csv")))
-    assert table.loc[table["status"] == "FAILED", "error"].str.contains("TrialDivergedError: ").all()
+# A real search with a trial that raises: tests/test_faults_resume.py::test_raising_trial_fails_and_killed_worker_is_retried

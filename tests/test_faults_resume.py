@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import nbtl_command
+from nbtl.search.callbacks import WORKER_DIED
 
 pytestmark = pytest.mark.e2e
 
@@ -120,6 +122,12 @@ def test_raising_trial_fails_and_killed_worker_is_retried(tmp_path, tracking_uri
     table = pd.read_csv(next((tmp_path / "results").glob("faults*/results.csv")))
     assert sorted(table["status"]) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
     assert "Best trial:" in log.read_text()
+    # the real reason, one line, on the console, the run and in results.csv (not "killed or out of memory")
+    recorded = failed[0].data.tags["nbtl.error"]
+    assert recorded.startswith("TrialDivergedError: ") and "\n" not in recorded
+    failed_lines = [line for line in log.read_text().splitlines() if re.match(r"trial \S+ FAILED \[\d/4\]: ", line)]
+    assert len(failed_lines) == 1 and recorded in failed_lines[0] and WORKER_DIED not in failed_lines[0]
+    assert table.loc[table["status"] == "FAILED", "error"].str.startswith("TrialDivergedError: ").all()
 
 
 def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tracking_uri):

@@ -12,8 +12,8 @@ from threadpoolctl import threadpool_limits
 from nbtl.backbones import (
     create_backbone,
     get_spec,
-    list_backbones,
     load_pretrained_state_dict,
+    one_per_family,
 )
 from nbtl.data import ImageDataset, load_dataset
 from nbtl.fit import (
@@ -267,10 +267,9 @@ def test_block_features_pool_every_block_and_read_the_source_head(digits, lite0_
 
 
 def _one_backbone_per_family() -> list[str]:
-    families: dict[str, list[str]] = {}
-    for name in list_backbones():
-        families.setdefault(get_spec(name).family, []).append(name)
-    return sorted(min(names, key=lambda n: (len(n), n)) for names in families.values())
+    """The registered backbone of each family with the fewest parameters (``resnet18``, ``vgg11``,
+    ``regnet_y_400mf``); every family of the registry is covered."""
+    return one_per_family()
 
 
 @pytest.mark.parametrize("name", _one_backbone_per_family())

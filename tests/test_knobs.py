@@ -141,3 +141,153 @@ def test_l2sp_applies_below_l2sp_blocks_and_plain_l2_above(weights, l2sp_blocks)
     assert len(regularizer.unanchored) == counts["unanchored"]
     assert counts["new"] > 0 and (counts["anchored"] > 0) == (anchored_end > 2)
     assert (counts["unanchored"] > 0) == (anchored_end < 6)
+
+
+# --- the papers' recipes: lr_schedule, patience, Adam without momentum --------------------------
+
+# Fully frozen (the linear probe on cached pooled features): seconds per trial, and every epoch the same steps.
+RECIPE = dict(backbone=LITE0, freeze_blocks=9, lr=0.1, epochs=4, batch_size=16, seed=0)
+
+
+def _group_lrs(states) -> list[list[float]]:
+    """Each parameter group's learning rate after each epoch, from the optimizer's own state."""
+    return [[group["lr"] for group in state["optimizer"]["param_groups"]] for state in states]
+
+
+def test_constant_schedule_keeps_every_learning_rate(splits, weights):
+    result, states = _train(splits, weights, {**RECIPE, "lr_schedule": "constant", "head_lr": 0.2, "lr_decay": 0.5})
+    initial = build_transfer(TrialConfig.from_dict({**RECIPE, "head_lr": 0.2, "lr_decay": 0.5}), NUM_CLASSES).optimizer
+    assert _group_lrs(states) == [[group["lr"] for group in initial.param_groups]] * 4
+    assert [m["learning_rate"] for m in result.history] == [0.2] * 4
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]  # it still learns
+
+
+@pytest.mark.parametrize(
+    "steps, gamma, trained_at, after_last",
+    [
+        ([2], 0.1, [0.1, 0.1, 0.01, 0.01], 0.01),  # MultiStepLR: drops once, after epoch 2
+        (1, 0.5, [0.1, 0.05, 0.025, 0.0125], 0.00625),  # StepLR: halves after every epoch
+        (None, 0.5, [0.1, 0.05, 0.025, 0.0125], 0.00625),  # None: every epochs // 3 = 1 epoch
+    ],
+)
+def test_step_schedule_drops_the_rate_after_the_right_epochs(splits, weights, steps, gamma, trained_at, after_last):
+    config = {**RECIPE, "lr_schedule": "step", "lr_step_epochs": steps, "lr_gamma": gamma}
+    result, states = _train(splits, weights, config)
+    assert [m["learning_rate"] for m in result.history] == pytest.approx(trained_at)  # the rate of each epoch
+    after = [lrs[-1] for lrs in _group_lrs(states)]  # the head group's rate after each epoch's last step
+    assert after == pytest.approx(trained_at[1:] + [after_last])
+
+
+def test_step_schedule_and_patience_resume_where_they_left_off(splits, weights):
+    config = {**RECIPE, "lr_schedule": "step", "lr_step_epochs": [1, 3], "lr_gamma": 0.5}
+    full, states = _train(splits, weights, config)
+    resumed, _ = _train(splits, weights, config, resume=states[1])
+    assert _without_time(resumed.history) == _without_time(full.history)
+    stopped, stop_states = _train(splits, weights, {**RECIPE, "lr": 1e-12, "epochs": 6, "patience": 1})
+    assert len(stopped.history) == 2
+    again, more = _train(splits, weights, {**RECIPE, "lr": 1e-12, "epochs": 6, "patience": 1}, resume=stop_states[-1])
+    assert len(again.history) == 2 and not more  # an early-stopped trial's checkpoint trains no more
+
+
+def test_cosine_is_still_the_default_schedule(splits, weights):
+    result, _ = _train(splits, weights, RECIPE)
+    rates = [m["learning_rate"] for m in result.history]
+    assert TrialConfig().lr_schedule == "cosine" and rates[0] == 0.1 and rates == sorted(rates, reverse=True)
+    assert rates[-1] == pytest.approx(0.1 * (1 + torch.cos(torch.tensor(3 / 4 * torch.pi)).item()) / 2, rel=1e-3)
+
+
+def test_patience_stops_the_trial_and_reports_its_best_epoch(splits, weights):
+    # a learning rate below float32 resolution: the weights never change, so no epoch beats the first
+    config = {**RECIPE, "lr": 1e-12, "epochs": 8, "patience": 2}
+    result, states = _train(splits, weights, config)
+    assert [m["epoch"] for m in result.history] == [1, 2, 3]  # epoch 3 is 2 epochs past the best one
+    assert [m["early_stopped"] for m in result.history] == [0.0, 0.0, 1.0]
+    final = result.final
+    assert final["stopped_at_epoch"] == 3 and final["best_epoch"] == 1 and len(states) == 3
+    assert "stopped_at_epoch" not in result.history[1]
+    # without patience the same trial trains every epoch
+    full, _ = _train(splits, weights, {**config, "patience": None, "epochs": 4})
+    assert len(full.history) == 4 and "early_stopped" not in full.final
+
+
+def test_an_early_stopped_trial_is_finished_not_stopped_by_the_scheduler(tmp_path):
+    from ray.tune import Result
+
+    from nbtl.search.runner import results_table
+
+    def result(name, epochs, **extra):
+        metrics = {"epoch": epochs, "val_accuracy": 0.5, "best_val_accuracy": 0.5, **extra}
+        return Result(
+            metrics={**metrics, "config": {"epochs": 8}}, checkpoint=None, error=None, path=str(tmp_path / name)
+        )
+
+    table, _ = results_table(
+        [result("patience", 3, early_stopped=1.0, stopped_at_epoch=3), result("asha", 3), result("full", 8)], {}
+    )
+    assert dict(zip(table["trial_id"], table["status"])) == {
+        "patience": "FINISHED",
+        "asha": "STOPPED",
+        "full": "FINISHED",
+    }
+
+
+def test_adam_has_no_momentum_and_does_not_log_one(splits, weights):
+    adam = TrialConfig.from_dict({**RECIPE, "optimizer": "adam", "momentum": 0.5})  # accepted, ignored
+    assert "momentum" not in adam.to_dict() and adam.to_dict()["optimizer"] == "adam"
+    assert TrialConfig.from_dict(adam.to_dict()).to_dict() == adam.to_dict()  # round trip without it
+    optimizer = build_transfer(adam, NUM_CLASSES).optimizer
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert all("momentum" not in group for group in optimizer.param_groups)
+    sgd = TrialConfig.from_dict(RECIPE).to_dict()
+    assert sgd["momentum"] == 0.9 and "lr_step_epochs" not in sgd and "lr_gamma" not in sgd
+    step = TrialConfig.from_dict({**RECIPE, "lr_schedule": "step", "lr_step_epochs": "[2, 3]"})  # as MLflow returns it
+    assert step.to_dict()["lr_step_epochs"] == [2, 3] and step.to_dict()["lr_gamma"] == 0.1
+
+
+def test_adam_run_logs_no_momentum_param(tmp_path, tracking_uri):
+    import yaml
+    from mlflow import MlflowClient
+
+    from conftest import run_nbtl
+
+    config = tmp_path / "adam.yaml"
+    config.write_text(yaml.safe_dump({**RECIPE, "optimizer": "adam", "momentum": 0.5, "lr": 0.01, "epochs": 1}))
+    done = run_nbtl(
+        "train", str(config), "--data", "digits", "--per-class", "6", "--image-size", "16",
+        "--tracking-uri", tracking_uri, "--no-floor", "--name", "adam", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(tracking_uri=tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("adam").experiment_id])
+    assert run.data.params["optimizer"] == "adam" and "momentum" not in run.data.params
+    assert "lr" in run.data.params and run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lr_schedule": "linear"}, "trial config: lr_schedule must be one of cosine, constant, step, got 'linear'"),
+    ({"lr_step_epochs": [3, 2]}, "trial config: lr_step_epochs must be an epoch count >= 1 (the period) or an "
+     "increasing list of epochs, e.g. [30, 60], got [3, 2]"),
+    ({"lr_gamma": 0.0}, "trial config: lr_gamma must be > 0.0 and <= 1.0, got 0.0"),
+    ({"patience": 0}, "trial config: patience must be an integer >= 1, got 0"),
+])  # fmt: skip
+def test_recipe_validation_names_the_key(values, message):
+    with pytest.raises(ConfigError) as error:
+        TrialConfig.from_dict(values)
+    assert str(error.value) == message
+
+
+def test_recipe_keys_can_be_searched():
+    from nbtl.search.space import parse_space
+
+    space = parse_space(
+        {
+            "name": "recipes",
+            "parameters": {
+                "lr_schedule": {"choices": ["cosine", "constant", "step"]},
+                "lr_step_epochs": {"low": 1, "high": 3, "when": {"lr_schedule": "step"}},
+                "patience": 2,
+                "epochs": 4,
+            },
+        }
+    )
+    assert {p.name for p in space.parameters} == {"lr_schedule", "lr_step_epochs", "patience", "epochs"}

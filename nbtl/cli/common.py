@@ -22,18 +22,31 @@ DATA_HELP = (
 )
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
 #: Data flags and the DataSettings field each sets.
-DATA_FLAGS = {"image_size": "--image-size", "per_class": "--per-class", "classes": "--classes", "seed": "--seed"}
+DATA_FLAGS = {
+    "image_size": "--image-size",
+    "per_class": "--per-class",
+    "classes": "--classes",
+    "seed": "--seed",
+    "test_data": "--test-data",
+}
 
 log = logging.getLogger("nbtl.cli")
 
 
 def add_data_flags(parser: argparse.ArgumentParser, image_size_help: str, seed_help: str) -> None:
-    """``--image-size``, ``--per-class``, ``--classes`` and ``--seed``; every default is None (= the search
-    space's, the recommendation's, else :class:`~nbtl.data.settings.DataSettings`'), so a flag only ever overrides."""
+    """``--image-size``, ``--per-class``, ``--classes``, ``--seed`` and ``--test-data``; every default is None (= the
+    search space's, the recommendation's, else :class:`~nbtl.data.settings.DataSettings`'), so a flag only ever
+    overrides."""
     parser.add_argument("--image-size", type=int, help=f"resize images to this square size once ({image_size_help})")
     parser.add_argument("--per-class", type=int, help="use at most this many images per class")
     parser.add_argument("--classes", help="keep only these classes, by name or 0-based index, e.g. 0,2,4")
     parser.add_argument("--seed", type=int, help=seed_help)
+    parser.add_argument(
+        "--test-data",
+        metavar="DIR",
+        help="the official test images (an ImageFolder or CSV with the same classes): kept as the test set, and only "
+        "DATA is split (an ImageFolder with train/ and test/ sub-folders keeps its test/ without this flag)",
+    )
 
 
 def add_tracking_flags(parser: argparse.ArgumentParser, name_help: str) -> None:

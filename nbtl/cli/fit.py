@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from nbtl.backbones import get_spec
-    from nbtl.data import load_dataset
+    from nbtl.data import load_dataset, training_part
     from nbtl.data.settings import DataSettings
     from nbtl.fit import block_features, fit_table, meta_features
     from nbtl.tracking import log_fit
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     for name in backbones:
         get_spec(name)  # an unknown backbone fails here, before any data is loaded
     check_tracking_uri(args.tracking_uri)
-    dataset = load_dataset(args.data, **settings.load_kwargs())
+    dataset = training_part(load_dataset(args.data, **settings.load_kwargs()))  # never the official test images
     meta = meta_features(dataset)
     tables = []
     for name in backbones:

@@ -15,6 +15,9 @@ import torch
 
 from nbtl.errors import DataError
 
+#: The official parts a source may assign its images to (see ``ImageDataset.parts``).
+PART_NAMES = ("train", "val", "test")
+
 
 @dataclass(eq=False, repr=False)
 class ImageDataset:
@@ -35,6 +38,11 @@ class ImageDataset:
         True when the source images were single-channel.
     original_size : tuple of (int, int)
         Median ``(H, W)`` of the source images before resizing.
+    parts : numpy.ndarray of shape (N,) of str, or None
+        The official part of each image, ``"train"``, ``"val"`` or ``"test"``, when the source gives
+        one (an ImageFolder with ``train/``, ``val/``, ``test/`` sub-folders, or a separate test
+        source); :func:`nbtl.data.split_dataset` and :func:`nbtl.data.kfold_splits` keep them.
+        None (the default): no official split.
     """
 
     images: torch.Tensor
@@ -43,6 +51,7 @@ class ImageDataset:
     name: str
     grayscale: bool
     original_size: tuple[int, int]
+    parts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
@@ -66,6 +75,15 @@ class ImageDataset:
                 f"dataset '{self.name}': labels must lie in range({len(self.classes)}), got values "
                 f"{int(labels.min())}..{int(labels.max())}; give one class name per label"
             )
+        if self.parts is not None:
+            parts = np.asarray(self.parts, dtype=str)
+            unknown = sorted(set(parts.tolist()) - set(PART_NAMES))
+            if parts.shape != (len(labels),) or unknown:
+                raise DataError(
+                    f"dataset '{self.name}': parts must hold one of {', '.join(PART_NAMES)} per image "
+                    f"({len(labels)}), got shape {parts.shape}{f' and {unknown[0]!r}' if unknown else ''}"
+                )
+            self.parts = parts
         self.classes = list(self.classes)
         self.original_size = (int(self.original_size[0]), int(self.original_size[1]))
 
@@ -76,7 +94,9 @@ class ImageDataset:
         size = self.images.shape[-1]
         return (
             f"ImageDataset(name={self.name!r}, n={len(self)}, classes={len(self.classes)}, "
-            f"image_size={size}, grayscale={self.grayscale}, original_size={self.original_size})"
+            f"image_size={size}, grayscale={self.grayscale}, original_size={self.original_size}"
+            + ("" if self.parts is None else f", official parts {self.part_counts()}")
+            + ")"
         )
 
     @property
@@ -115,13 +135,21 @@ class ImageDataset:
             name=self.name,
             grayscale=self.grayscale,
             original_size=self.original_size,
+            parts=None if self.parts is None else self.parts[positions.astype(np.int64).reshape(-1)],
         )
+
+    def part_counts(self) -> dict[str, int]:
+        """Images per official part (``{"train": 90, "test": 30}``); empty without official parts."""
+        if self.parts is None:
+            return {}
+        return {name: int((self.parts == name).sum()) for name in PART_NAMES if (self.parts == name).any()}
 
     def fingerprint(self) -> str:
         """Return a stable hex digest of the images, labels and class names.
 
-        Two datasets with equal pixels, labels and classes (in the same order) share a
-        fingerprint across processes and machines, so it can key on-disk caches.
+        Two datasets with equal pixels, labels and classes (in the same order), and the same
+        official parts (when any), share a fingerprint across processes and machines, so it can
+        key on-disk caches.
 
         Returns
         -------
@@ -132,6 +160,8 @@ class ImageDataset:
         digest.update(json.dumps([list(self.images.shape), self.classes]).encode())
         digest.update(self.images.contiguous().numpy().tobytes())
         digest.update(self.labels.contiguous().numpy().astype("<i8").tobytes())
+        if self.parts is not None:  # absent parts leave the digest as it always was
+            digest.update(json.dumps(self.parts.tolist()).encode())
         return digest.hexdigest()
 
     def class_counts(self) -> dict[str, int]:

@@ -111,6 +111,84 @@ def list_image_folder(root: Path) -> FileListing:
     return FileListing(paths, labels, [entry.name for entry in class_dirs], _folder_name(root))
 
 
+#: Sub-folder names of an ImageFolder with official parts, and the part each one holds.
+PART_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def official_part_folders(root: Path) -> dict[str, Path] | None:
+    """The official parts of an ImageFolder ``root/{train,val,test}/<class>/<image>``, or None.
+
+    ``root`` has official parts when its sub-folders are ``train`` and ``test`` and/or ``val`` (also
+    spelt ``valid`` or ``validation``), nothing else, and ``train`` holds class folders (a dataset
+    whose two classes happen to be called ``train`` and ``test`` holds images there instead).
+
+    Raises
+    ------
+    DataError
+        If ``train`` and ``test`` (or a val folder) sit next to other folders, or two val folders are given.
+    """
+    with os.scandir(root) as scan:
+        folders = sorted(entry.name for entry in scan if not entry.name.startswith(".") and entry.is_dir())
+    named = [name for name in folders if name.lower() in PART_FOLDERS]
+    parts = {PART_FOLDERS[name.lower()] for name in named}
+    if "train" not in parts or len(parts) < 2:
+        return None
+    train = next(root / name for name in named if PART_FOLDERS[name.lower()] == "train")
+    with os.scandir(train) as scan:
+        if not any(entry.is_dir() and not entry.name.startswith(".") for entry in scan):
+            return None  # classes named train / test, holding images
+    others = [name for name in folders if name not in named]
+    if others:
+        raise DataError(
+            f"dataset directory '{root}' has official part folders ({', '.join(named)}) and also '{others[0]}'; "
+            "keep only train/, test/ and val/ there (each holding one folder per class)"
+        )
+    if len(named) != len(parts):
+        raise DataError(
+            f"dataset directory '{root}' has two folders for one part ({', '.join(named)}); keep one val folder"
+        )
+    return {PART_FOLDERS[name.lower()]: root / name for name in named}
+
+
+def list_official_folder(root: Path, folders: dict[str, Path]) -> tuple[FileListing, list[str]]:
+    """List each official part folder (an ImageFolder tree) of ``root``; return one listing and the part
+    of each file.
+
+    Raises
+    ------
+    DataError
+        If the parts' class folders differ, or one real image sits in two parts.
+    """
+    listings = {part: list_image_folder(folder) for part, folder in folders.items()}
+    train = listings["train"]
+    for part, listing in listings.items():
+        if listing.classes != train.classes:
+            extra = sorted(set(listing.classes) - set(train.classes))
+            missing = sorted(set(train.classes) - set(listing.classes))
+            what = f"has class folder {extra[0]!r} that train/ lacks" if extra else f"lacks class folder {missing[0]!r}"
+            raise DataError(
+                f"dataset directory '{root}': {folders[part].name}/ {what}; train/, val/ and test/ must hold the "
+                "same class folders: add or rename the folder"
+            )
+    paths, labels, parts = [], [], []
+    seen: dict[tuple[int, int], tuple[str, Path]] = {}
+    for part in ("train", "val", "test"):
+        if part not in listings:
+            continue
+        for path, label in zip(listings[part].paths, listings[part].labels):
+            identity = _file_identity(path)
+            if identity in seen and seen[identity][0] != part:
+                raise DataError(
+                    f"image '{path}' ({part}) is the same file as '{seen[identity][1]}' ({seen[identity][0]}); "
+                    "an image must be in one part: remove the copy or the link"
+                )
+            seen[identity] = (part, path)
+            paths.append(path)
+            labels.append(label)
+            parts.append(part)
+    return FileListing(paths, labels, train.classes, _folder_name(root)), parts
+
+
 def list_csv(csv_path: Path) -> FileListing:
     """List the images named by a CSV with a header line ``path,label``.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,16 @@ MIN_IMAGE_SIZE = 8
 MAX_SEED = 2**32 - 1
 #: A validation or test fraction must leave most images for training.
 MAX_FRACTION = 0.5
-SETTING_KEYS = ("image_size", "val_fraction", "test_fraction", "per_class", "classes", "seed", "augmentation")
+SETTING_KEYS = (
+    "image_size",
+    "val_fraction",
+    "test_fraction",
+    "per_class",
+    "classes",
+    "seed",
+    "augmentation",
+    "test_data",
+)
 _UNSET = (None, "", "None")
 
 
@@ -52,6 +62,10 @@ class DataSettings:
         Seeds the per-class choice and the split (and, in a search, the sampler and the trials).
     augmentation : dict or None, default=None
         Training-time augmentation, see :func:`nbtl.data.make_augmentation`; None is none.
+    test_data : str or None, default=None
+        A second source holding the official test images (``--test-data``), see
+        :func:`nbtl.data.load_dataset`; None: the test set comes from the data itself (its ``test/``
+        folder, else ``test_fraction`` of it).
     """
 
     image_size: int = 64
@@ -61,6 +75,7 @@ class DataSettings:
     classes: str | None = None
     seed: int = 0
     augmentation: dict[str, Any] | None = None
+    test_data: str | None = None
 
     def __post_init__(self) -> None:
         for key in SETTING_KEYS:
@@ -115,7 +130,13 @@ class DataSettings:
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`nbtl.data.load_dataset` (besides the source)."""
-        return {"image_size": self.image_size, "per_class": self.per_class, "seed": self.seed, "classes": self.classes}
+        return {
+            "image_size": self.image_size,
+            "per_class": self.per_class,
+            "seed": self.seed,
+            "classes": self.classes,
+            "test_data": self.test_data,
+        }
 
     def split_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`nbtl.data.split_dataset` (besides the dataset)."""
@@ -179,6 +200,14 @@ def check_setting(key: str, value: Any, where: str) -> Any:
         if number is None or not 0 <= number <= MAX_SEED:
             raise ConfigError(f"{where}: seed must be an integer in 0..{MAX_SEED} (2**32-1), got {value!r}")
         return number
+    if key == "test_data":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
+            raise ConfigError(
+                f"{where}: test_data must name a dataset source (a folder or CSV of the test images), got {value!r}"
+            )
+        return os.fspath(value)
     if key == "augmentation":
         from nbtl.data.augment import make_augmentation
 

@@ -12,7 +12,7 @@ from nbtl.data.builtin import load_digits, load_fashion_mnist
 from nbtl.data.colour import load_emoji, load_icons, load_photo_patches
 from nbtl.data.dataset import ImageDataset
 from nbtl.data.images import decode_files
-from nbtl.data.listing import FileListing, list_csv, list_image_folder
+from nbtl.data.listing import FileListing, list_csv, list_image_folder, list_official_folder, official_part_folders
 from nbtl.data.selection import select_per_class
 from nbtl.errors import DataError
 
@@ -31,6 +31,7 @@ def load_dataset(
     per_class: int | None = None,
     seed: int = 0,
     classes: str | list[str] | None = None,
+    test_data: str | os.PathLike | None = None,
 ) -> ImageDataset:
     """Load a labelled image dataset, decoding and resizing every image once.
 
@@ -51,6 +52,10 @@ def load_dataset(
           apps, devices, mimetypes, status; 5 classes, 60-650 each);
         - a directory in ImageFolder layout, ``<dir>/<class name>/<image>``; links are
           followed, each real folder once, and an image reached by two paths counts once;
+        - a directory with official parts, ``<dir>/train/<class name>/<image>`` and
+          ``<dir>/test/...`` and/or ``<dir>/val/...`` (``valid``, ``validation``), each with the same
+          class folders: the images carry their part (``ImageDataset.parts``), which
+          :func:`nbtl.data.split_dataset` and :func:`nbtl.data.kfold_splits` keep;
         - a ``.csv`` file with header ``path,label``; paths are relative to the CSV's
           folder, or absolute. A row repeating an image and its label is dropped with a
           warning; an image under two labels is an error.
@@ -68,12 +73,19 @@ def load_dataset(
         Keep only these classes, by name or by 0-based index (``"0,2,4"`` or ``["0", "2", "4"]``),
         relabelled ``0..k-1`` in the order given; the dataset's name gets the list in brackets.
         None keeps every class.
+    test_data : str or os.PathLike, optional
+        A second source (any of the kinds above without official parts) holding the official test
+        images, with the same class names; they join the dataset as its ``"test"`` part. Not with a
+        ``source`` that has a ``test/`` folder itself.
+
+    ``per_class`` caps only the training images: official val and test images are all kept, so that
+    scores stay comparable with the published split.
 
     Returns
     -------
     ImageDataset
         ``images`` uint8 of shape (N, 3, S, S) (grayscale replicated to three channels),
-        ``labels`` int64 of shape (N,).
+        ``labels`` int64 of shape (N,), and ``parts`` of shape (N,) when the data has official parts.
 
     Raises
     ------
@@ -98,7 +110,9 @@ def load_dataset(
     elif text in COLOUR_SOURCES:
         dataset = COLOUR_SOURCES[text](image_size, per_class, seed)
     else:
-        dataset = _load_files(_list_path(text), text, image_size, per_class, seed)
+        dataset = _load_files(*_list_path(text), text, image_size, per_class, seed)
+    if test_data is not None:
+        dataset = _with_test_data(dataset, test_data, image_size, seed, text)
     if classes is not None:
         dataset = keep_classes(dataset, classes, text)
     _check_classes(dataset.class_counts(), text)
@@ -137,7 +151,7 @@ def keep_classes(dataset: ImageDataset, classes: str | list[str], where: str) ->
         raise DataError(f"classes for '{where}' name a class twice: {classes!r}")
     labels = dataset.labels.numpy()
     positions = np.flatnonzero(np.isin(labels, chosen))
-    subset = dataset.subset(positions)
+    subset = dataset.subset(positions)  # keeps the official parts
     remap = np.full(len(dataset.classes), -1, dtype=np.int64)
     remap[chosen] = np.arange(len(chosen))
     names = [dataset.classes[c] for c in chosen]
@@ -148,27 +162,77 @@ def keep_classes(dataset: ImageDataset, classes: str | list[str], where: str) ->
         name=f"{dataset.name}[{','.join(str(c) for c in chosen)}]",
         grayscale=dataset.grayscale,
         original_size=dataset.original_size,
+        parts=subset.parts,
     )
 
 
-def _list_path(text: str) -> FileListing:
+def _with_test_data(
+    dataset: ImageDataset, test_data: str | os.PathLike, image_size: int, seed: int, where: str
+) -> ImageDataset:
+    """``dataset`` with the images of ``test_data`` appended as its official test part, labelled by class name."""
+    test_where = os.fspath(test_data)
+    if "test" in dataset.part_counts():
+        raise DataError(
+            f"dataset '{where}' has its own test/ folder and a test source '{test_where}' was given too; "
+            "drop --test-data (test_data) or the test/ folder"
+        )
+    test = load_dataset(test_where, image_size, seed=seed)
+    if test.parts is not None:
+        raise DataError(
+            f"test source '{test_where}' has train/ / val/ / test/ folders itself; give the folder that holds "
+            f"its class folders (e.g. {test_where}/test)"
+        )
+    if set(test.classes) != set(dataset.classes):
+        extra = sorted(set(test.classes) - set(dataset.classes))
+        missing = sorted(set(dataset.classes) - set(test.classes))
+        what = f"has class {extra[0]!r} that the training data lacks" if extra else f"lacks class {missing[0]!r}"
+        raise DataError(
+            f"test source '{test_where}' {what} (training data '{where}': {', '.join(dataset.classes)}); the test "
+            "data must have the same classes: add or rename the class"
+        )
+    relabel = torch.tensor([dataset.classes.index(name) for name in test.classes], dtype=torch.int64)
+    parts = dataset.parts if dataset.parts is not None else np.full(len(dataset), "train")
+    return ImageDataset(
+        images=torch.cat([dataset.images, test.images]),
+        labels=torch.cat([dataset.labels, relabel[test.labels]]),
+        classes=dataset.classes,
+        name=dataset.name,
+        grayscale=dataset.grayscale and test.grayscale,
+        original_size=dataset.original_size,
+        parts=np.concatenate([parts, np.full(len(test), "test")]),
+    )
+
+
+def _list_path(text: str) -> tuple[FileListing, list[str] | None]:
     path = Path(text).expanduser()
     if path.is_dir():
-        return list_image_folder(path)
+        folders = official_part_folders(path)
+        if folders is not None:
+            return list_official_folder(path, folders)
+        return list_image_folder(path), None
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"dataset source '{path}' is a file but not a .csv; {_SOURCE_HELP}")
-        return list_csv(path)
+        return list_csv(path), None
     if _looks_like_path(text):
         raise DataError(f"dataset path '{path}' does not exist; check the path (relative to {Path.cwd()})")
     raise DataError(f"unknown dataset source '{text}' (no such built-in dataset or path); {_SOURCE_HELP}")
 
 
-def _load_files(listing: FileListing, where: str, image_size: int, per_class: int | None, seed: int) -> ImageDataset:
+def _load_files(
+    listing: FileListing, parts: list[str] | None, where: str, image_size: int, per_class: int | None, seed: int
+) -> ImageDataset:
     labels = np.asarray(listing.labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=len(listing.classes)).tolist()
     _check_classes(dict(zip(listing.classes, counts)), where)
-    keep = select_per_class(labels, per_class, seed)
+    if parts is None:
+        keep = select_per_class(labels, per_class, seed)
+    else:  # per_class caps the training images; the official val and test sets stay whole
+        parts = np.asarray(parts)
+        train = np.flatnonzero(parts == "train")
+        keep = np.sort(
+            np.concatenate([train[select_per_class(labels[train], per_class, seed)], np.flatnonzero(parts != "train")])
+        )
     images, grayscale, original_size = decode_files([listing.paths[i] for i in keep], image_size)
     return ImageDataset(
         images=images,
@@ -177,6 +241,7 @@ def _load_files(listing: FileListing, where: str, image_size: int, per_class: in
         name=listing.name,
         grayscale=grayscale,
         original_size=original_size,
+        parts=None if parts is None else parts[keep],
     )
 
 

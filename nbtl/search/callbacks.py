@@ -160,7 +160,9 @@ class SearchCallback(Callback):
         self.finished_at[trial.trial_id] = round(self.elapsed(), 2)
         epochs = int(trial.last_result.get("epoch", 0)) if trial.last_result else 0
         planned = int(trial.config.get("epochs", self.max_epochs))
-        stopped = 0 < epochs < planned
+        last = trial.last_result or {}
+        patience = bool(last.get("early_stopped"))  # the trial's own early stopping (patience), not the scheduler
+        stopped = 0 < epochs < planned and not patience
         self.run_ids[trial.trial_id] = self.tracker.close_trial(
             trial.trial_id,
             str(trial),
@@ -168,7 +170,12 @@ class SearchCallback(Callback):
             "FINISHED",
             tags={"nbtl.stopped_early": "true"} if stopped else None,
         )
-        note = f" (stopped early by the scheduler after {epochs} of {planned} epochs)" if stopped else ""
+        if stopped:
+            note = f" (stopped early by the scheduler after {epochs} of {planned} epochs)"
+        elif patience:
+            note = f" (early stopping: no better val_accuracy, ended at epoch {epochs} of {planned})"
+        else:
+            note = ""
         best = trial.last_result.get("best_val_accuracy", float("nan")) if trial.last_result else float("nan")
         total = self.total if self.total > 0 else "?"
         self.print(

@@ -69,6 +69,7 @@ class SearchOptions:
     cpu: float | None = None
     gpu: float | None = None
     classes: str | None = None
+    test_data: str | None = None  # --test-data: a second source holding the official test images
     warm_start: list[dict[str, Any]] = field(default_factory=list)
     time_budget: float | None = None  # seconds; the whole search, data loading and start points included
     recommend: bool = True  # False: skip the 'recommend' start points (and the learned prior)
@@ -191,7 +192,12 @@ def results_table(
         epochs = int(metrics.get("epoch", 0) or 0)
         # STOPPED: ended before its last epoch, by the scheduler (ASHA) or the time budget (possibly before its first)
         planned = int(config.get("epochs") or TrialConfig().epochs)
-        status = "FAILED" if result.error else ("STOPPED" if epochs < planned else "FINISHED")
+        # an early-stopped trial (patience) ended on its own: FINISHED, not an ASHA stop
+        status = (
+            "FAILED"
+            if result.error
+            else ("STOPPED" if epochs < planned and not metrics.get("early_stopped") else "FINISHED")
+        )
         row = {"trial_id": trial_id, "run_id": run_ids.get(trial_id, ""), "status": status}
         row.update({k: config.get(k) for k in (result.config or {})})
         row.update({k: metrics.get(k) for k in RESULT_COLUMNS})
@@ -227,15 +233,18 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
             "per_class": options.per_class,
             "seed": options.seed,
             "classes": options.classes,
+            "test_data": getattr(options, "test_data", None),
         },
     )
     image_size = data_settings.image_size
     started = time.perf_counter()
     dataset = load_dataset(options.data, **data_settings.load_kwargs())
     splits = split_dataset(dataset, **data_settings.split_kwargs())
+    official = dataset.part_counts()
+    kept = f"; official {' and '.join(p for p in ('val', 'test') if p in official)} kept" if official else ""
     print_fn(
         f"data {dataset.name}: {len(dataset)} images, {len(dataset.classes)} classes, {image_size}px "
-        f"(train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}), "
+        f"(train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}{kept}), "
         f"decoded once in {time.perf_counter() - started:.1f}s"
     )
     random_init_only = any(p.name == "pretrained" and True not in p.candidates() for p in space.parameters)

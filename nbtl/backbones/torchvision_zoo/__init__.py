@@ -28,6 +28,7 @@ from nbtl.backbones.torchvision_zoo import (  # noqa: E402,F401  isort: skip
     efficientnet,
     googlenet,
     inception,
+    maxvit,
     mnasnet,
     mobilenet,
     regnet,

@@ -16,8 +16,9 @@ from functools import partial
 from torch import nn
 
 from nbtl.backbones._backbone import BackboneParts
+from nbtl.backbones._info import WeightsInfo
 from nbtl.backbones._registry import register_backbone
-from nbtl.backbones._weights import load_hub_checkpoint
+from nbtl.backbones._weights import hub_checkpoint_path, load_hub_checkpoint
 
 #: Normalisation of torchvision's ImageNet weights (``weights.transforms()``).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,6 +40,25 @@ def torchvision_weights(name: str, weights: str) -> dict:
     return load_hub_checkpoint(torchvision.models.get_weight(weights).url, name)
 
 
+def torchvision_info(weights: str) -> WeightsInfo:
+    """Size, cost and ImageNet top-1 of torchvision weights enum member ``weights`` (its ``meta``),
+    and whether its file is in the torch hub cache; nothing built or downloaded."""
+    import torchvision
+
+    member = torchvision.models.get_weight(weights)
+    meta, path = member.meta, hub_checkpoint_path(member.url)
+    return WeightsInfo(
+        source=f"torchvision {weights}",
+        installed=path.is_file(),
+        location=str(path),
+        num_params=meta.get("num_params"),
+        gflops=meta.get("_ops"),
+        top1=meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
+        torchvision_weights=weights,
+        url=member.url,
+    )
+
+
 def classifier_in_features(head: nn.Module) -> int:
     """``in_features`` of the first ``nn.Linear`` in ``head``."""
     return next(m.in_features for m in head.modules() if isinstance(m, nn.Linear))
@@ -55,6 +75,7 @@ def register_torchvision(
     min_input_size: int = 32,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
+    build=None,
     **build_kwargs,
 ) -> None:
     """Register ``torchvision.models.<name>`` as backbone ``name``.
@@ -78,6 +99,8 @@ def register_torchvision(
         Smallest square input the forward accepts.
     mean, std : tuple of 3 floats
         Normalisation of the weights' transform (ImageNet's unless the network re-normalises).
+    build : callable, optional
+        ``build(name, **build_kwargs) -> nn.Module`` instead of :func:`build_torchvision`.
     **build_kwargs
         Passed to ``get_model`` (e.g. ``init_weights=True``).
     """
@@ -93,4 +116,5 @@ def register_torchvision(
         cut=cut,
         default_weights=partial(torchvision_weights, name, weights),
         native_format=f"torchvision.models.{name}().state_dict()",
-    )(partial(build_torchvision, name, **build_kwargs))
+        describe=partial(torchvision_info, weights),
+    )(partial(build or build_torchvision, name, **build_kwargs))

@@ -13,6 +13,8 @@ References
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from nbtl.backbones._backbone import BackboneParts
@@ -34,9 +36,9 @@ def cut_convnext(model: nn.Module) -> BackboneParts:
     return BackboneParts(blocks, nn.Flatten(1), linear, linear.in_features)
 
 
-register_torchvision(
-    "convnext_tiny", family="convnext", cut=cut_convnext, num_blocks=5, weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1"
-)
-register_torchvision(
-    "convnext_small", family="convnext", cut=cut_convnext, num_blocks=5, weights="ConvNeXt_Small_Weights.IMAGENET1K_V1"
-)
+_convnext = partial(register_torchvision, family="convnext", cut=cut_convnext, num_blocks=5)
+
+_convnext("convnext_tiny", weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1")
+_convnext("convnext_small", weights="ConvNeXt_Small_Weights.IMAGENET1K_V1")
+_convnext("convnext_base", weights="ConvNeXt_Base_Weights.IMAGENET1K_V1")
+_convnext("convnext_large", weights="ConvNeXt_Large_Weights.IMAGENET1K_V1")

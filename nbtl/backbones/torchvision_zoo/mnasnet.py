@@ -7,6 +7,8 @@ References
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from nbtl.backbones._backbone import BackboneParts, global_avg_pool, group_into_stages, remove_dropout
@@ -24,9 +26,9 @@ def cut_mnasnet(model: nn.Module) -> BackboneParts:
     )
 
 
-register_torchvision(
-    "mnasnet0_5", family="mnasnet", cut=cut_mnasnet, num_blocks=6, weights="MNASNet0_5_Weights.IMAGENET1K_V1"
-)
-register_torchvision(
-    "mnasnet1_0", family="mnasnet", cut=cut_mnasnet, num_blocks=6, weights="MNASNet1_0_Weights.IMAGENET1K_V1"
-)
+_mnasnet = partial(register_torchvision, family="mnasnet", cut=cut_mnasnet, num_blocks=6)
+
+_mnasnet("mnasnet0_5", weights="MNASNet0_5_Weights.IMAGENET1K_V1")
+_mnasnet("mnasnet0_75", weights="MNASNet0_75_Weights.IMAGENET1K_V1")
+_mnasnet("mnasnet1_0", weights="MNASNet1_0_Weights.IMAGENET1K_V1")
+_mnasnet("mnasnet1_3", weights="MNASNet1_3_Weights.IMAGENET1K_V1")

@@ -9,6 +9,7 @@ References
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 
 from torch import nn
 
@@ -23,17 +24,9 @@ def cut_shufflenet_v2(model: nn.Module) -> BackboneParts:
     return BackboneParts(blocks, global_avg_pool(), model.fc, model.fc.in_features)
 
 
-register_torchvision(
-    "shufflenet_v2_x0_5",
-    family="shufflenet_v2",
-    cut=cut_shufflenet_v2,
-    num_blocks=5,
-    weights="ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1",
-)
-register_torchvision(
-    "shufflenet_v2_x1_0",
-    family="shufflenet_v2",
-    cut=cut_shufflenet_v2,
-    num_blocks=5,
-    weights="ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1",
-)
+_shufflenet_v2 = partial(register_torchvision, family="shufflenet_v2", cut=cut_shufflenet_v2, num_blocks=5)
+
+_shufflenet_v2("shufflenet_v2_x0_5", weights="ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1")
+_shufflenet_v2("shufflenet_v2_x1_0", weights="ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1")
+_shufflenet_v2("shufflenet_v2_x1_5", weights="ShuffleNet_V2_X1_5_Weights.IMAGENET1K_V1")
+_shufflenet_v2("shufflenet_v2_x2_0", weights="ShuffleNet_V2_X2_0_Weights.IMAGENET1K_V1")

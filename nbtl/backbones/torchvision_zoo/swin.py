@@ -4,7 +4,7 @@ torchvision's Swin keeps its maps channels-last ``(N, H, W, C)`` between stages.
 permutes its output to ``(N, C, H, W)``, as every convolutional family's blocks give, and the
 next block permutes back; the last block ends with the final LayerNorm and torchvision's own
 permute. Windows are padded to whole windows, so any size from 32 px up works (the weights were
-trained at 224 px for Swin-T and 256 px for Swin-V2-T).
+trained at 224 px for Swin-T/S/B and 256 px for Swin-V2-T/S/B).
 
 References
 ----------
@@ -13,6 +13,8 @@ References
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from torch import Tensor, nn
 
@@ -58,7 +60,14 @@ def cut_swin(model: nn.Module) -> BackboneParts:
     return BackboneParts(blocks, global_avg_pool(), model.head, model.head.in_features)
 
 
-register_torchvision("swin_t", family="swin", cut=cut_swin, num_blocks=5, weights="Swin_T_Weights.IMAGENET1K_V1")
-register_torchvision(
-    "swin_v2_t", family="swin_v2", cut=cut_swin, num_blocks=5, weights="Swin_V2_T_Weights.IMAGENET1K_V1", input_size=256
-)
+_swin = partial(register_torchvision, family="swin", cut=cut_swin, num_blocks=5)
+
+_swin("swin_t", weights="Swin_T_Weights.IMAGENET1K_V1")
+_swin("swin_s", weights="Swin_S_Weights.IMAGENET1K_V1")
+_swin("swin_b", weights="Swin_B_Weights.IMAGENET1K_V1")
+
+_swin_v2 = partial(register_torchvision, family="swin_v2", cut=cut_swin, num_blocks=5, input_size=256)
+
+_swin_v2("swin_v2_t", weights="Swin_V2_T_Weights.IMAGENET1K_V1")
+_swin_v2("swin_v2_s", weights="Swin_V2_S_Weights.IMAGENET1K_V1")
+_swin_v2("swin_v2_b", weights="Swin_V2_B_Weights.IMAGENET1K_V1")

@@ -8,6 +8,8 @@ References
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from nbtl.backbones._backbone import BackboneParts, remove_dropout
@@ -31,5 +33,8 @@ def cut_vgg(model: nn.Module) -> BackboneParts:
     return BackboneParts(blocks, pool, remove_dropout(model.classifier), classifier_in_features(model.classifier))
 
 
-register_torchvision("vgg11_bn", family="vgg", cut=cut_vgg, num_blocks=5, weights="VGG11_BN_Weights.IMAGENET1K_V1")
-register_torchvision("vgg16", family="vgg", cut=cut_vgg, num_blocks=5, weights="VGG16_Weights.IMAGENET1K_V1")
+_vgg = partial(register_torchvision, family="vgg", cut=cut_vgg, num_blocks=5)
+
+for _depth in (11, 13, 16, 19):
+    _vgg(f"vgg{_depth}", weights=f"VGG{_depth}_Weights.IMAGENET1K_V1")
+    _vgg(f"vgg{_depth}_bn", weights=f"VGG{_depth}_BN_Weights.IMAGENET1K_V1")

@@ -2,16 +2,16 @@
 
 Blocks pass tokens ``(N, 1 + L, D)``, class token first. The first block is the patch
 embedding with the class token and position embedding; each further block is
-``layers_per_block`` consecutive encoder layers (ViT-B/16: 12 layers in 4 blocks of 3); the last
+a quarter of the encoder layers (ViT-B: 12 layers in 4 blocks of 3, ViT-L 6, ViT-H 8); the last
 block ends with the encoder's final LayerNorm. ``pool`` takes the class token, as torchvision's
 classifier does.
 
-Input size: torchvision's ViT accepts only its native ``image_size`` (224 for ViT-B/16). The
-patch-embedding block here also takes other sizes: the position embedding of the 14x14 patch
+Input size: torchvision's ViT accepts only its native ``image_size`` (224; 518 for ViT-H/14). The
+patch-embedding block here also takes other sizes: the position embedding of the native patch
 grid is then resized bicubically to the input's grid (as timm's ``resample_abs_pos_embed``
-does, and as fine-tuning at another resolution does [1]_). At 224 px it is torchvision's ViT
-exactly; elsewhere an approximation, and the features drift the further the size is from 224.
-Sides are cut to whole patches (``H // 16``); the smallest input is one patch (16 px).
+does, and as fine-tuning at another resolution does [1]_). At the native size it is torchvision's
+ViT exactly; elsewhere an approximation, and the features drift the further the size is from it.
+Sides are cut to whole patches (``H // 16``); the smallest input is one patch (14 to 32 px).
 
 References
 ----------
@@ -22,6 +22,7 @@ References
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -77,14 +78,24 @@ class ClassToken(nn.Module):
         return x[:, 0]
 
 
-def cut_vit(model: nn.Module, layers_per_block: int = 3) -> BackboneParts:
-    """Patch embedding, then the encoder layers in groups of ``layers_per_block`` (the last group
-    with the final LayerNorm ``encoder.ln``); features: the class token; head ``heads``."""
+def cut_vit(model: nn.Module, layers_per_block: int | None = None) -> BackboneParts:
+    """Patch embedding, then the encoder layers in groups of ``layers_per_block`` (default: a
+    quarter of the layers, so four groups: 3 for ViT-B, 6 for ViT-L, 8 for ViT-H), the last group
+    with the final LayerNorm ``encoder.ln``; features: the class token; head ``heads``."""
     layers = list(model.encoder.layers)
+    layers_per_block = layers_per_block or max(1, len(layers) // 4)
     groups = [layers[i : i + layers_per_block] for i in range(0, len(layers), layers_per_block)]
     groups[-1].append(model.encoder.ln)
     blocks = [PatchEmbedding(model), *(nn.Sequential(*group) for group in groups)]
     return BackboneParts(blocks, ClassToken(), model.heads, model.hidden_dim)
 
 
-register_torchvision("vit_b_16", family="vit", cut=cut_vit, num_blocks=5, weights="ViT_B_16_Weights.IMAGENET1K_V1")
+_vit = partial(register_torchvision, family="vit", cut=cut_vit, num_blocks=5)
+
+_vit("vit_b_16", weights="ViT_B_16_Weights.IMAGENET1K_V1")
+_vit("vit_b_32", weights="ViT_B_32_Weights.IMAGENET1K_V1")
+_vit("vit_l_16", weights="ViT_L_16_Weights.IMAGENET1K_V1")
+_vit("vit_l_32", weights="ViT_L_32_Weights.IMAGENET1K_V1")
+# torchvision's only ViT-H/14 ImageNet weights: SWAG pre-training, fine-tuned end to end at 518 px.
+# torchvision builds the network for them at image_size=518 (a 37x37 position embedding).
+_vit("vit_h_14", weights="ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1", input_size=518, image_size=518)
