@@ -48,6 +48,7 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
         "val_fraction": 0.15,
         "test_fraction": 0.15,
         "augmentation": {"crop_padding": 4},
+        "test_data": None,
     }
     assert [r["backbone"] for r in document["backbone_ranking"]] and len(document["backbone_ranking"]) == 2
     first = document["configs"][0]

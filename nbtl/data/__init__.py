@@ -10,12 +10,13 @@ items for training.
 from nbtl.data.augment import AugmentedDataset, make_augmentation
 from nbtl.data.dataset import ImageDataset
 from nbtl.data.sources import load_dataset
-from nbtl.data.splits import Splits, kfold_splits, split_dataset, training_part
+from nbtl.data.splits import Splits, kfold_indices, kfold_splits, split_dataset, training_part
 
 __all__ = [
     "AugmentedDataset",
     "ImageDataset",
     "Splits",
+    "kfold_indices",
     "kfold_splits",
     "load_dataset",
     "make_augmentation",

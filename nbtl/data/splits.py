@@ -114,6 +114,13 @@ def split_dataset(
 
 
 def kfold_splits(dataset: ImageDataset, folds: int, seed: int, val_fraction: float | None = None) -> list[Splits]:
+    """:func:`kfold_indices` as :class:`Splits` (each part's images copied, with its ``indices``); see there."""
+    return [_make_splits(dataset, parts) for parts in kfold_indices(dataset, folds, seed, val_fraction)]
+
+
+def kfold_indices(
+    dataset: ImageDataset, folds: int, seed: int, val_fraction: float | None = None
+) -> list[dict[str, np.ndarray]]:
     """Stratified, seeded k-fold cross-validation splits of the non-test images of a dataset.
 
     The pool is every image that is not an official test image (``dataset.parts``; an official
@@ -146,8 +153,9 @@ def kfold_splits(dataset: ImageDataset, folds: int, seed: int, val_fraction: flo
 
     Returns
     -------
-    list of Splits
-        ``folds`` splits, fold order; each with its ``indices`` in ``dataset``.
+    list of dict
+        ``folds`` dicts of positions in ``dataset`` (``train``, ``val``, ``test``), fold order; no image is
+        copied (:func:`kfold_splits` makes them :class:`Splits`).
 
     Raises
     ------
@@ -187,7 +195,7 @@ def kfold_splits(dataset: ImageDataset, folds: int, seed: int, val_fraction: flo
             rng = np.random.default_rng([int(seed), fold])
             train, val = _holdout(labels, pool[rest], val_fraction, rng)
             parts = {"train": train, "val": val, "test": pool[held]}
-        result.append(_make_splits(dataset, parts))
+        result.append({name: np.sort(np.asarray(positions, dtype=np.int64)) for name, positions in parts.items()})
     return result
 
 

@@ -48,15 +48,14 @@ class Fold:
 
 def study_folds(dataset, folds: int, seeds: list[int], val_fraction: float | None = None) -> list[Fold]:
     """``folds`` stratified folds for every seed in ``seeds`` (``len(seeds) * folds`` :class:`Fold` s, seed
-    by seed), from :func:`nbtl.data.kfold_splits`; a class with too few images raises its
+    by seed), from :func:`nbtl.data.kfold_indices`; a class with too few images raises its
     :class:`~nbtl.errors.DataError`."""
-    from nbtl.data import kfold_splits
+    from nbtl.data import kfold_indices
 
     official = dataset.parts is not None and bool((np.asarray(dataset.parts) == "test").any())
     result = []
     for seed in seeds:
-        for index, splits in enumerate(kfold_splits(dataset, folds, int(seed), val_fraction)):
-            parts = splits.indices
+        for index, parts in enumerate(kfold_indices(dataset, folds, int(seed), val_fraction)):  # positions only
             result.append(Fold(index, int(seed), parts["train"], parts["val"], parts["test"], official))
     return result
 
