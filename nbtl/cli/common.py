@@ -54,6 +54,24 @@ def add_tracking_flags(parser: argparse.ArgumentParser, name_help: str) -> None:
     parser.add_argument("--name", help=name_help)
 
 
+def add_ray_flags(
+    parser: argparse.ArgumentParser,
+    storage_help: str,
+    cpu_help: str,
+    gpu_help: str,
+    cpu_default: float | None = None,
+    gpu_default: float | None = None,
+) -> None:
+    """Where the trials run: ``--address`` (a Ray cluster; default embedded Ray), ``--storage-path`` (Ray
+    Tune's results) and the resources of one trial (``--cpu``, ``--gpu``), for the commands that run trials."""
+    parser.add_argument(
+        "--address", help="join a running Ray cluster, e.g. 127.0.0.1:6379 or 'auto' (default: embedded Ray)"
+    )
+    parser.add_argument("--storage-path", help=storage_help)
+    parser.add_argument("--cpu", type=float, default=cpu_default, help=cpu_help)
+    parser.add_argument("--gpu", type=float, default=gpu_default, help=gpu_help)
+
+
 def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The data flags given on the command line, checked (one line naming the flag on a bad value), as
     :class:`~nbtl.data.settings.DataSettings` overrides; a flag not given is None."""

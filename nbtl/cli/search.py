@@ -7,6 +7,7 @@ import argparse
 from nbtl.cli.common import (
     DATA_HELP,
     add_data_flags,
+    add_ray_flags,
     add_tracking_flags,
     check_name,
     data_overrides,
@@ -59,15 +60,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--trials", type=int, help="number of trials (default: the space's search.trials)")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default: the space's)")
     add_tracking_flags(p, "search name = MLflow experiment and results folder (default: the space's name)")
-    p.add_argument(
-        "--address", help="join a running Ray cluster, e.g. 127.0.0.1:6379 or 'auto' (default: embedded Ray)"
-    )
-    p.add_argument(
-        "--storage-path", help="where Ray Tune keeps trial results and checkpoints (default: ./nbtl_results)"
+    add_ray_flags(
+        p,
+        "where Ray Tune keeps trial results and checkpoints (default: ./nbtl_results)",
+        "CPUs per trial (default: the space's resources.cpu)",
+        "GPUs per trial, fractions allowed (default: the space's resources.gpu)",
     )
     add_data_flags(p, "default: the space's", "seed of the split, the sampler and the trials (default: the space's)")
-    p.add_argument("--cpu", type=float, help="CPUs per trial (default: the space's resources.cpu)")
-    p.add_argument("--gpu", type=float, help="GPUs per trial, fractions allowed (default: the space's resources.gpu)")
     p.add_argument(
         "--time-budget",
         metavar="DURATION",

@@ -8,6 +8,7 @@ from nbtl.cli.common import (
     DATA_HELP,
     DEFAULT_SPACE,
     add_data_flags,
+    add_ray_flags,
     add_tracking_flags,
     check_name,
     data_overrides,
@@ -76,12 +77,14 @@ def add_parser(subparsers) -> None:
         "by then are left out of the table (Ray Tune's time_budget_s)",
     )
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as many as the CPUs allow)")
-    p.add_argument("--cpu", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
-    p.add_argument("--gpu", type=float, default=0.0, help="GPUs per trial, fractions allowed (default: %(default)s)")
-    p.add_argument(
-        "--address", help="join a running Ray cluster, e.g. 127.0.0.1:6379 or 'auto' (default: embedded Ray)"
+    add_ray_flags(
+        p,
+        "where Ray Tune keeps the trials' results (default: a temporary folder)",
+        "CPUs per trial (default: %(default)s)",
+        "GPUs per trial, fractions allowed (default: %(default)s)",
+        cpu_default=1.0,
+        gpu_default=0.0,
     )
-    p.add_argument("--storage-path", help="where Ray Tune keeps the trials' results (default: a temporary folder)")
     add_tracking_flags(p, "MLflow experiment (default: zoo-<dataset names>)")
     p.add_argument("--out", help="CSV file for the table (default: nbtl_zoo_<name>.csv here)")
     p.add_argument("--no-cache", action="store_true", help="frozen: neither read nor write nbtl fit's feature cache")
