@@ -18,7 +18,8 @@ from conftest import nbtl_command
 
 pytestmark = pytest.mark.e2e
 
-#: One trial of 1 epoch that finishes at once, one of 12 that the interrupt cuts off, a third still to come.
+#: One trial of 1 epoch that finishes at once, one of 200 that the interrupt cuts off, a third still to come
+#: (every block trains: about a second an epoch, so the long one cannot end before the interrupt lands).
 SPACE = {
     "name": "interrupt",
     "data": {"image_size": 32, "per_class": 20, "val_fraction": 0.2, "test_fraction": 0.2},
@@ -30,15 +31,15 @@ SPACE = {
         "sampler": {"type": "random"},
         "scheduler": {"type": "fifo"},
         "start_points": [],
-        "points_to_evaluate": [{"epochs": 1}, {"epochs": 12}],
+        "points_to_evaluate": [{"epochs": 1}, {"epochs": 200}],
     },
     "parameters": {
         "backbone": "efficientnet_lite0",
         "transfer_blocks": 9,
-        "freeze_blocks": 8,
+        "freeze_blocks": 0,
         "lr": 0.01,
         "head": "linear",
-        "epochs": {"choices": [1, 12]},
+        "epochs": {"choices": [1, 200]},
         "batch_size": 32,
     },
 }
@@ -119,7 +120,7 @@ def test_ctrl_c_on_a_search_kills_its_runs_and_says_how_to_resume(tmp_path, trac
     # a run FINISHED only when its trial ran all its epochs; the cut-off one is KILLED, not "stopped early"
     assert finished and all(r.data.metrics["epoch"] == int(r.data.params["epochs"]) for r in finished)
     assert not [r for r in trials if r.data.tags.get("nbtl.stopped_early")]
-    cut_off = [r for r in trials if r.data.params["epochs"] == "12"]
+    cut_off = [r for r in trials if r.data.params["epochs"] == "200"]
     assert [r.info.status for r in cut_off] == ["KILLED"]
     assert "interrupted" in cut_off[0].data.tags["nbtl.error"]
 
