@@ -28,7 +28,36 @@ ROLE_TAG = "nbtl.role"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 ATTEMPT_TAG = "nbtl.attempt"
+MODEL_URI_TAG = "nbtl.model_uri"  # the run's logged model (a search's best trial's, an ensemble's)
 MAX_PARAM_LENGTH = 6000
+#: A search's MLflow experiment is its name with this prefix, as ``nbtl train`` uses ``train-`` and ``nbtl fit``
+#: ``fit-``: a search named ``default`` is not mistaken for MLflow's own experiment "Default".
+SEARCH_EXPERIMENT_PREFIX = "search-"
+#: The ``mlflow.data.context`` of a search's dataset on its parent run, and on each trial's run.
+SEARCH_CONTEXT, TRIAL_CONTEXT = "search", "training"
+
+
+def search_experiment(search_name: str) -> str:
+    """The MLflow experiment of the search ``search_name`` (``search-<name>``)."""
+    return f"{SEARCH_EXPERIMENT_PREFIX}{search_name}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2g}"
+    return "all" if value is None else str(value)
+
+
+def trial_run_name(trial_id: str, config: dict[str, Any] | None = None) -> str:
+    """A trial's run name, told apart at a glance in the MLflow UI: its id (as in the results table and the
+    console) and its key settings, e.g. ``59a4ced1 efficientnet_lite0 transfer=all freeze=2 spinal lr=0.003``."""
+    words = [trial_id]
+    config = config or {}
+    if "backbone" in config:
+        words.append(str(config["backbone"]))
+        words += [f"{k.split('_')[0]}={_short(config.get(k))}" for k in ("transfer_blocks", "freeze_blocks")]
+        words += [str(config.get("head", "linear")), f"lr={_short(config.get('lr'))}"]
+    return " ".join(words)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -168,6 +197,7 @@ class TrialTracker:
         params: dict[str, Any],
         tags: dict[str, Any] | None = None,
         location: dict[str, Any] | None = None,
+        dataset: dict[str, Any] | None = None,
     ):
         self.client = _client(tracking_uri)
         # Where this attempt runs (updated when Ray retries the trial elsewhere).
@@ -194,6 +224,8 @@ class TrialTracker:
         run = _retry(lambda: self.client.create_run(experiment_id, run_name=trial_name, tags=all_tags))
         self.run_id = run.info.run_id
         _retry(lambda: self.client.log_batch(self.run_id, params=_params(params)))
+        if dataset:
+            log_dataset(self.client, self.run_id, dataset, TRIAL_CONTEXT)
 
     def log_epoch(self, metrics: dict[str, float], step: int) -> None:
         _retry(lambda: self.client.log_batch(self.run_id, metrics=_metrics(metrics, step)))
@@ -205,6 +237,22 @@ class TrialTracker:
         if extra:
             _retry(lambda: self.client.log_batch(self.run_id, tags=_tags(extra)))
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def log_dataset(client, run_id: str, dataset: dict[str, Any], context: str) -> None:
+    """Log a dataset (see :func:`nbtl.data.describe.describe_dataset`) as an input of run ``run_id``, as
+    ``mlflow.log_input`` does, so the MLflow UI's Dataset column and dataset filters show it."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    entity = Dataset(
+        name=dataset["name"],
+        digest=dataset["digest"],
+        source_type=dataset["source_type"],
+        source=dataset["source"],
+        profile=dataset.get("profile"),
+    )
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    _retry(lambda: client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=tags)]))
 
 
 def find_trial_run(client, experiment_id: str, trial_id: str):
@@ -219,18 +267,23 @@ def find_trial_run(client, experiment_id: str, trial_id: str):
 class SearchTracker:
     """The driver's side: the experiment, the parent run, and closing trials' runs."""
 
-    def __init__(self, tracking_uri: str | None, search_name: str):
+    def __init__(self, tracking_uri: str | None, search_name: str, experiment: str | None = None):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = _client(self.tracking_uri)
         self.search_name = search_name
-        self.experiment_id = ensure_experiment(self.client, search_name)
+        self.experiment_name = experiment or search_name
+        self.experiment_id = ensure_experiment(self.client, self.experiment_name)
         self.parent_run_id: str | None = None
 
     def start(self, params: dict[str, Any], tags: dict[str, Any], run_name: str | None = None) -> str:
         all_tags = {ROLE_TAG: "search", SEARCH_TAG: self.search_name, "nbtl.version": __version__, **tags}
         all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
         run = _retry(
-            lambda: self.client.create_run(self.experiment_id, run_name=run_name or self.search_name, tags=all_tags)
+            lambda: self.client.create_run(
+                self.experiment_id,
+                run_name=run_name or f"{self.search_name} {time.strftime('%Y-%m-%d %H:%M')}",
+                tags=all_tags,
+            )
         )
         self.parent_run_id = run.info.run_id
         _retry(lambda: self.client.log_batch(self.parent_run_id, params=_params(params)))
@@ -273,6 +326,9 @@ class SearchTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         _retry(lambda: self.client.log_batch(self.parent_run_id, metrics=_metrics(metrics, step)))
+
+    def log_dataset(self, dataset: dict[str, Any]) -> None:
+        log_dataset(self.client, self.parent_run_id, dataset, SEARCH_CONTEXT)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         _retry(lambda: self.client.log_batch(self.parent_run_id, tags=_tags(tags)))

@@ -44,6 +44,8 @@ class TrialResult:
 
     config: TrialConfig
     history: list[dict[str, float]] = field(default_factory=list)
+    #: the best epoch's weights but the frozen blocks' (see nbtl.models.classifier.trained_state_dict)
+    best_weights: dict[str, Any] | None = None
 
     @property
     def final(self) -> dict[str, float]:
@@ -326,6 +328,8 @@ def train_trial(
 
     result = TrialResult(config)
     best: dict[str, float] = {"best_val_accuracy": -1.0, "best_val_loss": math.inf}
+    frozen_keys = _frozen_keys(model, freeze)
+    best_weights: dict[str, torch.Tensor] | None = None  # the best epoch's, but the frozen blocks' (never change)
     if resume is not None:
         _load_trainable_state(model, resume["model"], freeze)
         optimizer.load_state_dict(resume["optimizer"])
@@ -338,6 +342,8 @@ def train_trial(
             scaler.load_state_dict(resume["scaler"])
         result.history = list(resume["history"])
         best = dict(resume["best"])
+        best_weights = resume.get("best_model")
+        result.best_weights = best_weights
         if result.history and result.history[-1].get("early_stopped"):
             return result  # the checkpoint of an early-stopped trial: it is done
 
@@ -392,6 +398,7 @@ def train_trial(
                 "best_epoch": epoch,
                 **{f"test_{k}": v for k, v in test.items()},
             }
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in frozen_keys}
         metrics.update(best)
         metrics["prefix_blocks"] = min(feed.start_block, num_blocks)
         metrics["prefix_cache_hit"] = 1.0 if feed.hit else 0.0
@@ -411,11 +418,14 @@ def train_trial(
 
         if report is not None:
 
-            def state(epoch=epoch, best=dict(best)) -> dict[str, Any]:  # noqa: B006 (binds this epoch's copy)
+            def state(epoch=epoch, best=dict(best), best_weights=best_weights) -> dict[str, Any]:  # noqa: B006 (binds this epoch's)
                 return {
                     "model": copy.deepcopy(model.state_dict()),
                     # a checkpoint may leave these out (nbtl.search.trainable does): resume rebuilds them
-                    "frozen_keys": sorted(_frozen_keys(model, freeze)),
+                    "frozen_keys": sorted(frozen_keys),
+                    # the weights of the best epoch so far, but the frozen blocks': what a search hands over
+                    # (nbtl.models.classifier.trained_state_dict rebuilds the whole model from them)
+                    "best_model": best_weights,
                     "optimizer": copy.deepcopy(optimizer.state_dict()),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
@@ -437,6 +447,7 @@ def train_trial(
                 int(best["best_epoch"]),
             )
             break
+    result.best_weights = best_weights
     return result
 
 

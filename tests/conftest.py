@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,148 @@ def run_nbtl(
     return subprocess.run(
         nbtl_command(*args), cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
+
+
+#: nbtl processes a module's ``ahead`` fixture runs at once: most of a short command is Python importing torch,
+#: one CPU each, and CI has two.
+AHEAD_WORKERS = 2
+#: The environment of commands that share the CPUs with another: one torch / BLAS thread each (threads of two
+#: processes on two busy CPUs spin waiting for each other, many times slower).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class Ahead:
+    """nbtl commands started before the tests that read them, ``AHEAD_WORKERS`` at a time, each its own
+    real process (as ``run_nbtl`` runs it); ``ahead[key]`` waits for that command and gives its result (or
+    raises what it raised)."""
+
+    def __init__(self, workers: int = AHEAD_WORKERS):
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nbtl-ahead")
+        self._runs: dict[object, Future] = {}
+
+    def start(self, key: object, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):
+        """``run_nbtl(*args, ...)``, ahead, with one thread (``ONE_THREAD``) unless ``env`` says otherwise."""
+        self.call(key, run_nbtl, *args, cwd=cwd, env={**ONE_THREAD, **(env or {})}, timeout=timeout)
+
+    def call(self, key: object, function, *args, **kwargs) -> None:
+        """``function(*args, **kwargs)``, ahead (a scenario that drives nbtl processes and returns what it saw)."""
+        assert key not in self._runs, f"two commands under one key: {key!r}"
+        self._runs[key] = self._pool.submit(function, *args, **kwargs)
+
+    def __getitem__(self, key: object):
+        return self._runs[key].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def selected_tests(request) -> set[str]:
+    """The names of the test functions of ``request``'s module that this session runs (so that a ``-k``
+    selection starts only its own commands ahead)."""
+    return {item.originalname for item in request.session.items if getattr(item, "module", None) is request.module}
+
+
+#: What ``nbtl_in_one_interpreter`` runs: each case is ``nbtl.cli.main(argv)`` (the entry point of the ``nbtl``
+#: script) in its own folder, one after another in one fresh interpreter that imports torch once, not once a case
+#: (seconds each). Each case gets what a process of its own would: its folder as the working directory, the
+#: environment as it was, fresh warning registries; it gives its exit status and everything written to file
+#: descriptors 1 and 2 while it ran. What a process writes once, when it first imports a module, only the first
+#: case that imports it shows: put first a case whose test reads all of its stderr.
+ONE_INTERPRETER = r"""
+import json, os, signal, sys, traceback, warnings
+
+from nbtl.cli import main
+
+cases, out = json.loads(sys.argv[1]), sys.argv[2]
+environ, filters = dict(os.environ), list(warnings.filters)
+
+
+def timed_out(signum, frame):
+    raise TimeoutError("the case ran past its time")
+
+
+signal.signal(signal.SIGALRM, timed_out)
+results = {}
+for key, (argv, folder, timeout) in cases.items():
+    os.environ.clear()
+    os.environ.update(environ)
+    warnings.filters[:] = filters
+    for module in list(sys.modules.values()):
+        registry = getattr(module, "__warningregistry__", None)
+        if isinstance(registry, dict):
+            registry.clear()
+    os.chdir(folder)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(os.path.join(out, "stdout"), "w+b") as stdout, open(os.path.join(out, "stderr"), "w+b") as stderr:
+        os.dup2(stdout.fileno(), 1)
+        os.dup2(stderr.fileno(), 2)
+        signal.alarm(int(timeout))
+        try:
+            code = main(argv)
+        except SystemExit as error:  # as the interpreter ends on it
+            code = error.code if isinstance(error.code, int) else 0 if error.code is None else 1
+            if not isinstance(error.code, (int, type(None))):
+                print(error.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            signal.alarm(0)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+        stdout.seek(0)
+        stderr.seek(0)
+        results[key] = [code, stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")]
+with open(os.path.join(out, "results.json"), "w") as file:
+    json.dump(results, file)
+"""
+
+
+def nbtl_in_one_interpreter(
+    cases: dict[str, tuple[list[str], Path, float]], out: Path
+) -> dict[str, subprocess.CompletedProcess]:
+    """Each case of ``cases`` (name: argv, folder, seconds) through ``ONE_INTERPRETER``, in a fresh interpreter;
+    their results by name, as ``run_nbtl`` gives a process's. For commands that refuse before they start
+    anything (no Ray, no MLflow run): importing torch takes seconds a process."""
+    payload = json.dumps({key: [argv, str(folder), timeout] for key, (argv, folder, timeout) in cases.items()})
+    done = subprocess.run(
+        [sys.executable, "-c", ONE_INTERPRETER, payload, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=sum(timeout for _, _, timeout in cases.values()),
+    )
+    assert done.returncode == 0, f"the cases' interpreter failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    # what it wrote outside the cases (importing nbtl.cli) a process of each case's own would have written too
+    assert not done.stdout.strip() and not done.stderr.strip(), (done.stdout[-2000:], done.stderr[-3000:])
+    results = json.loads((out / "results.json").read_text())
+    return {
+        key: subprocess.CompletedProcess(cases[key][0], code, stdout, stderr)
+        for key, (code, stdout, stderr) in results.items()
+    }
+
+
+def assert_no_run_left_running(tracking_uri: str) -> None:
+    """What the ``tracking_uri`` fixture checks of its store when its test ends, for a store made elsewhere."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'") if experiments else []
+    assert not running, f"runs left RUNNING: {[r.info.run_id for r in running]}"
+
+
+@pytest.fixture(scope="module")
+def ahead():
+    """An :class:`Ahead` for the module: its commands run while its first tests do; all end with the module."""
+    started = Ahead()
+    yield started
+    started.close()
 
 
 @pytest.fixture

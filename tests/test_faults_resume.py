@@ -1,6 +1,10 @@
 """Faults and resume on real Ray and a real MLflow store: a trial that raises is recorded as failed and
 the search goes on; a trial whose worker process is killed is retried from its checkpoint; a search
-whose driver is killed is continued with ``nbtl search --resume`` without duplicating MLflow runs."""
+whose driver is killed is continued with ``nbtl search --resume`` without duplicating MLflow runs.
+
+The two scenarios are independent searches (each its own folder, store and embedded Ray) that spend most of
+their time starting processes, so they run side by side (``scenarios``); each test asserts on its own. The
+extra load only slows their epochs, which widens the windows they kill in."""
 
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import nbtl_command
+from conftest import ONE_THREAD, assert_no_run_left_running, nbtl_command, selected_tests
 from nbtl.search.callbacks import WORKER_DIED
+from nbtl.tracking import search_experiment
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +38,7 @@ SPACE = {
         "resources": {"cpu": 1, "gpu": 0},
         "sampler": {"type": "random"},
         "scheduler": {"type": "fifo"},
+        "start_points": [],  # Optuna's proposals from the first trial (no fit measures to compute first)
     },
     "parameters": {
         "backbone": "efficientnet_lite0",
@@ -59,6 +65,7 @@ def start_search(tmp_path: Path, tracking_uri: str, *args: str) -> subprocess.Po
     return subprocess.Popen(
         nbtl_command("search", *args, "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "results")),
         cwd=tmp_path,
+        env={**os.environ, **ONE_THREAD},  # the other scenario's search shares the CPUs (its trials have one each)
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -67,7 +74,7 @@ def start_search(tmp_path: Path, tracking_uri: str, *args: str) -> subprocess.Po
 
 def runs(tracking_uri: str, name: str = "faults"):
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(name)
+    experiment = client.get_experiment_by_name(search_experiment(name))
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
@@ -85,7 +92,8 @@ def trial_runs(all_runs):
     return [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
 
 
-def test_raising_trial_fails_and_killed_worker_is_retried(tmp_path, tracking_uri):
+def raise_and_kill_a_worker(tmp_path: Path, tracking_uri: str) -> dict:
+    """A search whose first trial diverges, and one of whose healthy trials has its Ray worker killed mid-way."""
     # The first trial Optuna proposes diverges (NaN loss): it raises TrialDivergedError.
     space = write_space(tmp_path, points_to_evaluate=[{"lr": 1.0e20, "freeze_blocks": 6}])
     process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits")
@@ -108,30 +116,13 @@ def test_raising_trial_fails_and_killed_worker_is_retried(tmp_path, tracking_uri
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-
-    children = trial_runs(runs(tracking_uri))
-    assert len(children) == 4 and len({c.data.tags["nbtl.trial_id"] for c in children}) == 4
-    failed = [c for c in children if c.info.status == "FAILED"]
-    assert len(failed) == 1 and failed[0].data.params["lr"] == "1e+20"
-    assert "TrialDivergedError" in failed[0].data.tags["nbtl.error"]
-    retried = next(c for c in children if c.info.run_id == victim.info.run_id)
-    assert retried.info.status == "FINISHED" and retried.data.tags["nbtl.attempt"] == "2"
-    assert retried.data.tags["nbtl.pid"] != victim.data.tags["nbtl.pid"]
-    assert retried.data.metrics["epoch"] == 4
-    assert sum(c.info.status == "FINISHED" for c in children) == 3
-    table = pd.read_csv(next((tmp_path / "results").glob("faults*/results.csv")))
-    assert sorted(table["status"]) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
-    assert "Best trial:" in log.read_text()
-    # the real reason, one line, on the console, the run and in results.csv (not "killed or out of memory")
-    recorded = failed[0].data.tags["nbtl.error"]
-    assert recorded.startswith("TrialDivergedError: ") and "\n" not in recorded
-    failed_lines = [line for line in log.read_text().splitlines() if re.match(r"trial \S+ FAILED \[\d/4\]: ", line)]
-    assert len(failed_lines) == 1 and recorded in failed_lines[0] and WORKER_DIED not in failed_lines[0]
-    assert table.loc[table["status"] == "FAILED", "error"].str.startswith("TrialDivergedError: ").all()
+    assert_no_run_left_running(tracking_uri)
+    return {"victim": victim, "log": log}
 
 
-def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tracking_uri):
-    space = write_space(tmp_path)
+def kill_the_driver_and_resume(tmp_path: Path, tracking_uri: str) -> dict:
+    """A search killed with its driver's whole session in a trial's second epoch, then ``nbtl search --resume``."""
+    space = write_space(tmp_path, trials=3)  # two running when the driver is killed, one still to come
     process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits")
     log = tmp_path / "search.log"
     try:
@@ -157,17 +148,69 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tracking_uri):
     finally:
         if resumed.poll() is None:
             os.killpg(resumed.pid, signal.SIGKILL)
+    assert_no_run_left_running(tracking_uri)
+    return {"before": before, "log": log}
 
+
+RAISING, RESUMED = (
+    "test_raising_trial_fails_and_killed_worker_is_retried",
+    "test_killed_driver_resumes_without_duplicate_runs",
+)
+SCENARIOS = {RAISING: raise_and_kill_a_worker, RESUMED: kill_the_driver_and_resume}
+
+
+@pytest.fixture(scope="module")
+def scenarios(ahead, tmp_path_factory, request):
+    """The scenarios of the tests this session runs, started together; ``scenarios(test)`` waits for that
+    test's and gives what it saw, its folder and its tracking URI."""
+    folders = {}
+    for test in sorted(selected_tests(request) & set(SCENARIOS)):
+        folder = folders[test] = tmp_path_factory.mktemp("faults")
+        ahead.call(test, SCENARIOS[test], folder, f"sqlite:///{folder / 'mlflow.db'}")
+
+    def result(test: str) -> tuple[dict, Path, str]:
+        return ahead[test], folders[test], f"sqlite:///{folders[test] / 'mlflow.db'}"
+
+    return result
+
+
+def test_raising_trial_fails_and_killed_worker_is_retried(scenarios):
+    seen, tmp_path, tracking_uri = scenarios(RAISING)
+    victim, log = seen["victim"], seen["log"]
+    children = trial_runs(runs(tracking_uri))
+    assert len(children) == 4 and len({c.data.tags["nbtl.trial_id"] for c in children}) == 4
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.params["lr"] == "1e+20"
+    assert "TrialDivergedError" in failed[0].data.tags["nbtl.error"]
+    retried = next(c for c in children if c.info.run_id == victim.info.run_id)
+    assert retried.info.status == "FINISHED" and retried.data.tags["nbtl.attempt"] == "2"
+    assert retried.data.tags["nbtl.pid"] != victim.data.tags["nbtl.pid"]
+    assert retried.data.metrics["epoch"] == 4
+    assert sum(c.info.status == "FINISHED" for c in children) == 3
+    table = pd.read_csv(next((tmp_path / "results").glob("faults*/results.csv")))
+    assert sorted(table["status"]) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    assert "Best trial:" in log.read_text()
+    # the real reason, one line, on the console, the run and in results.csv (not "killed or out of memory")
+    recorded = failed[0].data.tags["nbtl.error"]
+    assert recorded.startswith("TrialDivergedError: ") and "\n" not in recorded
+    failed_lines = [line for line in log.read_text().splitlines() if re.match(r"trial \S+ FAILED \[\d/4\]: ", line)]
+    assert len(failed_lines) == 1 and recorded in failed_lines[0] and WORKER_DIED not in failed_lines[0]
+    assert table.loc[table["status"] == "FAILED", "error"].str.startswith("TrialDivergedError: ").all()
+
+
+def test_killed_driver_resumes_without_duplicate_runs(scenarios):
+    seen, tmp_path, tracking_uri = scenarios(RESUMED)
+    before, log = seen["before"], seen["log"]
     all_runs = runs(tracking_uri)
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     children = trial_runs(all_runs)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["nbtl.resumed"] == "1"
-    assert len(children) == 4 and len({c.data.tags["nbtl.trial_id"] for c in children}) == 4
+    assert len(children) == 3 and len({c.data.tags["nbtl.trial_id"] for c in children}) == 3
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
-    assert sum(c.info.status == "FINISHED" for c in children) >= 3
+    assert sum(c.info.status == "FINISHED" for c in children) >= 2
     # Runs that existed before the kill were continued, not duplicated.
     assert {r.info.run_id for r in before} <= {c.info.run_id for c in children}
     table = pd.read_csv(next((tmp_path / "results").glob("faults*/results.csv")))
-    assert len(table) == 4
+    assert len(table) == 3
     assert "resuming search 'faults'" in log.read_text()

@@ -1,6 +1,7 @@
 """A search's life on real Ray and a real MLflow store: resources no node has are refused in seconds
 before any run exists; the embedded Ray listens on 127.0.0.1 only and is shut down with the search (a Ray
-the search did not start is left alone); a finished search leaves no trial checkpoints unless asked."""
+the search did not start is left alone); a finished search re-evaluates its top trials when asked and leaves
+no trial checkpoints unless asked."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import psutil
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from conftest import REPO, nbtl_command, run_nbtl
+from conftest import REPO, nbtl_command, run_nbtl, selected_tests
 
 pytestmark = pytest.mark.e2e
 
@@ -28,8 +31,11 @@ def _all_runs(uri: str):
     return client.search_runs(experiments) if experiments else []
 
 
-@pytest.mark.parametrize("flags, names", [(["--gpu", "1"], "1 GPU"), (["--cpu", "99"], "99 CPU")])
-def test_resources_no_node_has_are_refused_before_any_run(tmp_path, tracking_uri, flags, names):
+REFUSED = [(["--gpu", "1"], "1 GPU"), (["--cpu", "99"], "99 CPU")]
+
+
+def _refused_search(folder, flags: list[str]) -> tuple[subprocess.CompletedProcess, float, str]:
+    """A search asking for ``flags``' resources: its result, the seconds it took and its tracking URI."""
     started = time.monotonic()
     result = run_nbtl(
         "search",
@@ -38,13 +44,31 @@ def test_resources_no_node_has_are_refused_before_any_run(tmp_path, tracking_uri
         "digits",
         *flags,
         "--tracking-uri",
-        tracking_uri,
+        f"sqlite:///{folder / 'mlflow.db'}",
         "--storage-path",
-        str(tmp_path / "results"),
-        cwd=tmp_path,
+        str(folder / "results"),
+        cwd=folder,
         timeout=300,
     )
-    seconds = time.monotonic() - started
+    return result, time.monotonic() - started, f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def started(ahead, tmp_path_factory, request):
+    """The short commands of this module's tests (each starts a Ray of its own and ends), started together
+    ahead of them: ``started[key]`` waits for one and gives what it returned."""
+    wanted = selected_tests(request)
+    if "test_resources_no_node_has_are_refused_before_any_run" in wanted:
+        for flags, _ in REFUSED:
+            ahead.call(flags[0], _refused_search, tmp_path_factory.mktemp("refused"), flags)
+    if "test_ray_session_shuts_down_only_the_ray_it_started" in wanted:
+        ahead.call("ray session", _ray_session_script)
+    return ahead
+
+
+@pytest.mark.parametrize("flags, names", REFUSED)
+def test_resources_no_node_has_are_refused_before_any_run(started, flags, names):
+    result, seconds, tracking_uri = started[flags[0]]
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     error = [line for line in result.stderr.splitlines() if line.startswith("nbtl search: error:")]
     assert len(error) == 1 and names in error[0] and "the largest has" in error[0], result.stderr[-2000:]
@@ -90,18 +114,28 @@ def _loopback(ip: str) -> bool:
     return (mapped or address).is_loopback
 
 
-def test_embedded_ray_listens_on_loopback_and_a_finished_search_drops_its_checkpoints(tmp_path, tracking_uri):
+def test_embedded_ray_listens_on_loopback_and_a_finished_search_reevaluates_and_drops_its_checkpoints(
+    tmp_path, tracking_uri
+):
+    # One search for both: the Ray it starts is watched while a trial runs, and it re-evaluates its top 2.
+    document = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
+    document["search"]["reevaluate"] = {"top": 2}
+    document["search"]["scheduler"] = {"type": "fifo"}  # every trial finishes, so the top 2 can be repeated
+    space = tmp_path / "reevaluate.yaml"
+    space.write_text(yaml.safe_dump(document, sort_keys=False))
     results = tmp_path / "results"
     log = tmp_path / "search.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
             nbtl_command(
                 "search",
-                TINY,
+                str(space),
                 "--data",
                 "digits",
                 "--trials",
-                "1",
+                "3",
+                "--name",
+                "reeval",
                 "--tracking-uri",
                 tracking_uri,
                 "--storage-path",
@@ -122,30 +156,39 @@ def test_embedded_ray_listens_on_loopback_and_a_finished_search_drops_its_checkp
                 sockets = _listening(_ray_processes(gcs, process.pid))
                 break
             time.sleep(0.5)
-        assert process.wait(timeout=300) == 0, log.read_text()[-4000:]
+        assert process.wait(timeout=600) == 0, log.read_text()[-4000:]
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert gcs is not None and sockets, f"found no listening Ray process:\n{log.read_text()[-3000:]}"
+    text = log.read_text()
+    assert gcs is not None and sockets, f"found no listening Ray process:\n{text[-3000:]}"
     assert int(gcs.rpartition(":")[2]) in {port for _, _, port in sockets}, sockets  # the GCS itself was seen
     exposed = [s for s in sockets if not _loopback(s[1])]
     assert not exposed, f"Ray services listening beyond 127.0.0.1: {exposed}"
 
-    experiment = results / "tiny"
+    experiment = results / "reeval"
     assert not list(experiment.glob("*/checkpoint_*")), "a finished search kept its trial checkpoints"
     assert (experiment / "results.csv").exists() and (experiment / "nbtl_search.json").exists()
-    assert list(experiment.glob("nbtl_trainable_*/progress.csv"))
+    assert len(list(experiment.glob("nbtl_trainable_*/progress.csv"))) == 3
     runs = _all_runs(tracking_uri)
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4  # the parent and its 3 trials
     parent = next(r for r in runs if r.data.tags.get("nbtl.role") == "search")
     artifacts = {a.path for a in MlflowClient(tracking_uri=tracking_uri).list_artifacts(parent.info.run_id)}
     assert {"results.csv", "best_config.yaml"} <= artifacts
 
+    # The top 2 trials were trained again with another seed, and ranked by the mean of both runs.
+    assert "re-evaluated the top 2 trials with another seed: 2 repeat(s) ended" in text, text[-4000:]
+    table = pd.read_csv(experiment / "results.csv")
+    repeated = table[table["repeat_val_accuracy"].notna()]
+    assert len(repeated) == 2 and list(repeated.index) == [0, 1]  # the re-ranked pair leads the table
+    assert (
+        repeated["mean_val_accuracy"] == (repeated["best_val_accuracy"] + repeated["repeat_val_accuracy"]) / 2
+    ).all()
+    assert repeated["mean_val_accuracy"].is_monotonic_decreasing
+    assert f"Best trial: {table.loc[0, 'trial_id']} " in text
 
-def test_ray_session_shuts_down_only_the_ray_it_started():
-    """In a fresh interpreter: the session starts Ray and shuts it down; a nested session (Ray already
-    running) leaves it alone; asking for another cluster while one runs is refused in one line."""
-    script = """
+
+RAY_SESSION = """
 import ray
 from nbtl.search.cluster import SearchError, init_ray, ray_session
 with ray_session(None) as address:
@@ -162,14 +205,23 @@ with ray_session(None) as address:
 assert not ray.is_initialized(), "the session left its Ray running"
 print("OK")
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
+
+
+def _ray_session_script() -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", RAY_SESSION],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
     )
+
+
+def test_ray_session_shuts_down_only_the_ray_it_started(started):
+    """In a fresh interpreter: the session starts Ray and shuts it down; a nested session (Ray already
+    running) leaves it alone; asking for another cluster while one runs is refused in one line."""
+    done = started["ray session"]
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
     refused = next(line for line in done.stdout.splitlines() if line.startswith("REFUSED"))
     assert "127.0.0.1:1" in refused and "already runs Ray" in refused

@@ -15,6 +15,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -28,6 +29,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_search_e2e import TRIALS, check_store
 
 from conftest import REPO, run_nbtl
+from nbtl.models.export import mlflow_uris, png_bytes
+from nbtl.tracking import search_experiment
 from servers import mlflow_server  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.e2e
@@ -181,6 +184,18 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
         "the CLI wrote a local store instead of using the server"
     )
 
+    # The best model, registered on the server, loads back over HTTP and classifies a test image as its trial did.
+    version = client.get_model_version(NAME, "1")
+    assert version.tags["nbtl.run_id"] == best_id and version.run_id == parent.info.run_id
+    with mlflow_uris(uri):
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    from nbtl.data import load_dataset
+
+    digits = load_dataset("digits", image_size=32)
+    out = model.predict(pd.DataFrame({"image": [png_bytes(digits.images[0].numpy())]}))
+    assert out["class"].iloc[0] in digits.classes and 0 < out["probability"].iloc[0] <= 1
+    assert [d.dataset.name for d in client.get_run(parent.info.run_id).inputs.dataset_inputs] == ["digits"]
+
     # 3. The MLflow UI in a real browser.
     driver = browser
     wait = WebDriverWait(driver, 60)
@@ -207,17 +222,17 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
         # The experiment list shows the search's experiment; switch the UI to model training (MLflow 3
         # opens in its GenAI view).
         driver.get(f"{uri}/#/experiments")
-        experiment_link = find(f"//a[normalize-space()={xpath_literal(NAME)}]", clickable=True)
+        experiment_link = find(f"//a[normalize-space()={xpath_literal(search_experiment(NAME))}]", clickable=True)
         assert experiment_link.get_attribute("href").endswith(f"#/experiments/{experiment_id}")
         find("//*[normalize-space(text())='Model training']", clickable=True).click()
         close_assistant()
         shots.take("experiments")
 
         # The experiment's runs: the parent run, its trials collapsed under it until expanded.
-        find(f"//a[normalize-space()={xpath_literal(NAME)}]", clickable=True).click()
+        find(f"//a[normalize-space()={xpath_literal(search_experiment(NAME))}]", clickable=True).click()
         wait.until(EC.url_contains(f"/experiments/{experiment_id}/runs"))
         parent_link = find(run_link(parent.info.run_id))
-        assert parent_link.text.strip() == parent.info.run_name == NAME
+        assert parent_link.text.strip() == parent.info.run_name and parent.info.run_name.startswith(f"{NAME} ")
         find(f"//*[normalize-space()='{TRIALS + 1} matching runs']")
         assert not [
             e for c in children for e in driver.find_elements(By.XPATH, run_link(c.info.run_id)) if e.is_displayed()
@@ -235,7 +250,9 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
         find(run_link(best_id), clickable=True).click()
         wait.until(EC.url_contains(f"/runs/{best_id}"))
         find(f"//*[normalize-space(text())={xpath_literal(best.info.run_name)}]")
-        find(f"//*[@data-testid='key-value-Parent run']{run_link(parent.info.run_id)}[normalize-space()='{NAME}']")
+        find(
+            f"//*[@data-testid='key-value-Parent run']{run_link(parent.info.run_id)}[normalize-space()={xpath_literal(parent.info.run_name)}]"
+        )
         find("//*[@data-testid='key-value-Status'][contains(normalize-space(), 'Finished')]")
         for key in PARAMS_SHOWN:
             cell = find(f"//div[@role='row'][div[@role='cell'][1][normalize-space()='{key}']]/div[@role='cell'][2]")

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from nbtl.tracking import search_experiment
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -249,7 +251,7 @@ def test_installed_wheel_recommends_and_searches_from_another_directory(built, t
     )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("tiny")
+    experiment = client.get_experiment_by_name(search_experiment("tiny"))
     runs = client.search_runs([experiment.experiment_id])
     roles = sorted((r.data.tags.get("nbtl.role"), r.info.status) for r in runs)
     assert roles == [("search", "FINISHED"), ("trial", "FINISHED")], roles

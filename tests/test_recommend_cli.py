@@ -10,8 +10,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import REPO, run_nbtl
+from conftest import REPO, nbtl_in_one_interpreter, run_nbtl, selected_tests
 from nbtl.search import load_space
+from nbtl.tracking import search_experiment
 
 E2E = pytest.mark.e2e  # starts Ray and trains: the end-to-end suite
 
@@ -102,7 +103,8 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
     space = load_space(REPO / "search_spaces" / "tiny.yaml")
     points = [space.project(entry["config"])[0] for entry in document["configs"]]
     parent = client.search_runs(
-        [client.get_experiment_by_name("warm").experiment_id], filter_string="tags.`nbtl.role` = 'search'"
+        [client.get_experiment_by_name(search_experiment("warm")).experiment_id],
+        filter_string="tags.`nbtl.role` = 'search'",
     )[0]
     children = client.search_runs([parent.info.experiment_id], filter_string="tags.`nbtl.role` = 'trial'")
     assert len(children) == 2
@@ -136,20 +138,32 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
     assert set(meta.loc[meta["run_id"].isin(finished), "task"]) == {"digits per_class=20 32px split=0.2/0.2 seed=0"}
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["recommend", "digits", "--backbones", "resnet_nine"], "resnet_nine"),
-        (["train", "missing.yaml", "--data", "digits"], "cannot read it"),
-        (
-            ["search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--warm-start", "missing.yaml"],
-            "cannot read it",
-        ),
-        (["recommend", "digits", "--rules", "nowhere.yaml"], "rules file nowhere.yaml"),
-        (["heuristics", "learn", "--no-store", "--meta", "nowhere.csv"], "nowhere.csv"),
-    ],
-)
-def test_heuristics_commands_fail_in_one_line(tmp_path, args, message):
-    done = run_nbtl(*args, cwd=tmp_path)
+ONE_LINE_FAILURES = [
+    (["recommend", "digits", "--backbones", "resnet_nine"], "resnet_nine"),
+    (["train", "missing.yaml", "--data", "digits"], "cannot read it"),
+    (
+        ["search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--warm-start", "missing.yaml"],
+        "cannot read it",
+    ),
+    (["recommend", "digits", "--rules", "nowhere.yaml"], "rules file nowhere.yaml"),
+    (["heuristics", "learn", "--no-store", "--meta", "nowhere.csv"], "nowhere.csv"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def failures(ahead, tmp_path_factory, request):
+    """The commands that must fail in one line, each in a folder of its own, run one after another through
+    nbtl's entry point in one interpreter (``nbtl_in_one_interpreter``), started with the module (while its
+    first test runs): ``failures()`` waits for them and gives their results by command line."""
+    if "test_heuristics_commands_fail_in_one_line" not in selected_tests(request):
+        return None
+    cases = {" ".join(args): (args, tmp_path_factory.mktemp("fails"), 600) for args, _ in ONE_LINE_FAILURES}
+    ahead.call("failures", nbtl_in_one_interpreter, cases, tmp_path_factory.mktemp("failures"))
+    return lambda: ahead["failures"]
+
+
+@pytest.mark.parametrize("args, message", ONE_LINE_FAILURES)
+def test_heuristics_commands_fail_in_one_line(failures, args, message):
+    done = failures()[" ".join(args)]
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

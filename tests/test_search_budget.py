@@ -14,10 +14,11 @@ from mlflow import MlflowClient
 
 from conftest import REPO, run_nbtl
 from nbtl.search.space import trial_seed
+from nbtl.tracking import search_experiment
 
 pytestmark = pytest.mark.e2e
 
-BUDGET_S = 75
+BUDGET_S = 75  # 60 s did not fit the three start points once under CI load
 SLACK_S = 30  # Ray's shutdown and the parent run's plots come after the budget ends
 NAME = "e2e-budget"
 
@@ -61,7 +62,7 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
     assert " left)" in out  # progress lines say what is spent and left
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(NAME)
+    experiment = client.get_experiment_by_name(search_experiment(NAME))
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -99,37 +100,3 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
     assert sorted(misses["prefix_blocks"].astype(int)) == sorted(set(reported["prefix_blocks"].astype(int)))
     entries = [p for p in (folder / "prefix_cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     assert len(entries) == reported["prefix_blocks"].nunique(), entries
-
-
-def test_top_trials_are_reevaluated_with_another_seed(tmp_path, tracking_uri):
-    document = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
-    document["search"]["reevaluate"] = {"top": 2}
-    document["search"]["scheduler"] = {"type": "fifo"}  # every trial finishes, so the top 2 can be repeated
-    space = tmp_path / "reevaluate.yaml"
-    space.write_text(yaml.safe_dump(document, sort_keys=False))
-    results = tmp_path / "results"
-    run = run_nbtl(
-        "search",
-        str(space),
-        "--data",
-        "digits",
-        "--trials",
-        "3",
-        "--name",
-        "reeval",
-        "--tracking-uri",
-        tracking_uri,
-        "--storage-path",
-        str(results),
-        cwd=tmp_path,
-    )
-    assert run.returncode == 0, f"stdout:\n{run.stdout[-4000:]}\nstderr:\n{run.stderr[-4000:]}"
-    assert "re-evaluated the top 2 trials with another seed: 2 repeat(s) ended" in run.stdout
-    table = pd.read_csv(next(results.glob("reeval*")) / "results.csv")
-    repeated = table[table["repeat_val_accuracy"].notna()]
-    assert len(repeated) == 2 and list(repeated.index) == [0, 1]  # the re-ranked pair leads the table
-    assert (
-        repeated["mean_val_accuracy"] == (repeated["best_val_accuracy"] + repeated["repeat_val_accuracy"]) / 2
-    ).all()
-    assert repeated["mean_val_accuracy"].is_monotonic_decreasing
-    assert f"Best trial: {table.loc[0, 'trial_id']} " in run.stdout

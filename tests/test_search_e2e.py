@@ -12,6 +12,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO, run_nbtl
+from nbtl.tracking import search_experiment
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +64,7 @@ def run_tiny_search(tmp_path: Path, tracking_uri: str, *extra: str) -> str:
 def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[object, list]:
     """Assert what every search leaves in MLflow; return the parent and child runs."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(name)
+    experiment = client.get_experiment_by_name(search_experiment(name))
     assert experiment is not None, "no MLflow experiment named after the search"
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -88,6 +89,11 @@ def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[objec
         assert child.data.tags["nbtl.search"] == name and child.data.tags["nbtl.dataset"] == "digits"
         assert child.data.tags["nbtl.backbone"] == "efficientnet_lite0" and child.data.tags["nbtl.version"]
         assert child.data.tags["nbtl.trial_id"] and child.data.tags["nbtl.attempt"] == "1"
+        # run names tell trials apart at a glance: their id (as in the table) and key settings
+        trial_id = child.data.tags["nbtl.trial_id"]
+        assert re.fullmatch(
+            rf"{trial_id} efficientnet_lite0 transfer=\w+ freeze=\d+ \w+ lr=\S+", child.info.run_name
+        ), child.info.run_name
         for key in ("train_loss", "val_loss", "val_macro_f1", "val_weighted_f1", "best_val_accuracy", "test_accuracy"):
             assert len(client.get_metric_history(child.info.run_id, key)) == len(steps), key
         assert 0.0 <= child.data.metrics["best_val_accuracy"] <= 1.0

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from nbtl import __version__
-from nbtl.cli import backbones, fit, heuristics, search, zoo
+from nbtl.cli import backbones, ensemble, fit, heuristics, predict, search, zoo
 from nbtl.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, one_line
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "build_parser", "main"]
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_parser(subparsers)
     heuristics.add_parsers(subparsers)
     zoo.add_parser(subparsers)
+    predict.add_parser(subparsers)
+    ensemble.add_parser(subparsers)
     _add_verbosity(parser, top=True)
     return parser
 

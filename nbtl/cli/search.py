@@ -17,6 +17,7 @@ from nbtl.cli.common import (
     progress,
 )
 from nbtl.errors import ConfigError
+from nbtl.models.export import KEEP_WEIGHTS
 
 #: Flags a resumed search takes from its saved state instead.
 RESUME_IGNORES = (
@@ -32,6 +33,8 @@ RESUME_IGNORES = (
     "gpu",
     "warm_start",
     "time_budget",
+    "keep_weights",
+    "register",
 )
 
 
@@ -92,6 +95,22 @@ def add_parser(subparsers) -> None:
         help="keep every trial's checkpoints when the search ends (default: delete them once the search "
         "finished; an interrupted search keeps what --resume needs)",
     )
+    p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the best trial's model in the MLflow Model Registry as NAME (default: the search's name); "
+        "it is logged on the search's parent run either way",
+    )
+    p.add_argument(
+        "--no-register", action="store_true", help="log the best trial's model on the parent run, do not register it"
+    )
+    p.add_argument(
+        "--keep-weights",
+        type=int,
+        metavar="K",
+        help="the best K trials keep their best-epoch weights on their MLflow runs, for nbtl ensemble "
+        f"(default: {KEEP_WEIGHTS}; 0 keeps none and logs no model)",
+    )
     p.set_defaults(func=run)
 
 
@@ -103,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     overrides = data_overrides(args)
     check_name(args.name)
+    if args.keep_weights is not None and args.keep_weights < 0:
+        raise ConfigError(f"--keep-weights {args.keep_weights}: give 0 or more trials")
+    if args.register is not None and args.no_register:
+        raise ConfigError("--register and --no-register contradict each other: give one of them")
     if args.resume:
         check_name(args.resume, "--resume")
         ignored = [f"--{k.replace('_', '-')}" for k in RESUME_IGNORES if getattr(args, k) is not None]
@@ -148,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
         time_budget=budget,
         recommend=not args.no_recommend,
         keep_checkpoints=args.keep_checkpoints,
+        keep_weights=args.keep_weights,
+        register=args.register,
+        register_model=not args.no_register,
         **overrides,
     )
     result = run_search(space, options, print_fn=progress)
@@ -197,4 +223,8 @@ def report(result) -> int:
         f"({where})"
     )
     print(f"Results: {result.experiment_path}")
+    if result.model is not None:
+        logged = result.model["logged"]
+        uri = logged.registered_uri or logged.model_uri
+        print(f"Model: {uri}  (load with mlflow.pyfunc.load_model({uri!r}); classify with: nbtl predict {uri} IMAGES)")
     return 0

@@ -73,7 +73,7 @@ def list_image_folder(root: Path) -> FileListing:
     labels: list[int] = []
     owner: dict[tuple[int, int], tuple[int, Path]] = {}  # real file -> (label, first path)
     for label, class_dir in enumerate(class_dirs):
-        files = _images_under(Path(class_dir.path), extensions)
+        files = images_under(Path(class_dir.path), extensions)
         if not files:
             raise DataError(
                 f"class folder '{class_dir.path}' holds no images (extensions "
@@ -284,7 +284,7 @@ def _drop_repeated_rows(csv_path: Path, entries: list[tuple[int, Path, str]]) ->
     return kept
 
 
-def _images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+def images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     """Image files under ``folder``, following links but entering each real directory once."""
     files = []
     visited = {_file_identity(folder)}

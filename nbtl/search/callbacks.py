@@ -11,7 +11,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from nbtl.tracking import SearchTracker
+from nbtl.tracking import SearchTracker, trial_run_name
 
 
 def _minutes(seconds: float) -> str:
@@ -165,7 +165,7 @@ class SearchCallback(Callback):
         stopped = 0 < epochs < planned and not patience
         self.run_ids[trial.trial_id] = self.tracker.close_trial(
             trial.trial_id,
-            str(trial),
+            trial_run_name(trial.trial_id, trial.config),
             trial.config,
             "FINISHED",
             tags={"nbtl.stopped_early": "true"} if stopped else None,
@@ -189,7 +189,7 @@ class SearchCallback(Callback):
         self.finished_at[trial.trial_id] = round(self.elapsed(), 2)
         reason = error_reason(trial)
         self.run_ids[trial.trial_id] = self.tracker.close_trial(
-            trial.trial_id, str(trial), trial.config, "FAILED", reason=reason
+            trial.trial_id, trial_run_name(trial.trial_id, trial.config), trial.config, "FAILED", reason=reason
         )
         self.print(
             f"trial {self._name(trial)} FAILED [{self.finished}/{self.total if self.total > 0 else '?'}]: {reason}"

@@ -17,6 +17,7 @@ import yaml
 from nbtl import __version__
 from nbtl.config import TrialConfig
 from nbtl.errors import NbtlError
+from nbtl.models.export import KEEP_WEIGHTS
 from nbtl.search.cluster import SearchError, check_resources, cluster_address, ray_session, use_token_auth
 from nbtl.search.lifecycle import (
     SearchInterrupted,
@@ -28,7 +29,7 @@ from nbtl.search.lifecycle import (
 from nbtl.search.space import SearchSpace, dump_config
 
 #: The search's own defaults; the data's (image size, split, seed, ...) are nbtl.data.settings.DataSettings'.
-DEFAULTS = {"trials": 8, "max_concurrent": 2, "max_failures": 0}
+DEFAULTS = {"trials": 8, "max_concurrent": 2, "max_failures": 0, "keep_weights": KEEP_WEIGHTS}
 METRIC, MODE = "best_val_accuracy", "max"
 SEARCH_STATE = "nbtl_search.json"
 PREFIX_CACHE = "prefix_cache"  # the frozen-prefix feature store of a search (nbtl.features), shared by its trials
@@ -74,6 +75,9 @@ class SearchOptions:
     time_budget: float | None = None  # seconds; the whole search, data loading and start points included
     recommend: bool = True  # False: skip the 'recommend' start points (and the learned prior)
     keep_checkpoints: bool = False  # keep the trials' checkpoints after the search finished (--resume needs none then)
+    keep_weights: int | None = None  # the best K trials keep their best-epoch weights (nbtl ensemble); None: DEFAULTS
+    register: str | None = None  # the registered model's name; None: the search's name
+    register_model: bool = True  # False (--no-register): the best model is logged on the parent run, not registered
 
 
 @dataclass
@@ -84,6 +88,7 @@ class SearchResult:
     experiment_id: str
     parent_run_id: str
     experiment_path: str
+    model: dict[str, Any] | None = None  # nbtl.search.handover.hand_over's: the logged (registered) best model
 
 
 def setting(options: SearchOptions, space: SearchSpace, key: str) -> Any:
@@ -216,6 +221,7 @@ class _Prepared:
     weights: dict[str, Any]
     resources: dict[str, float]
     data_settings: Any = None  # nbtl.data.settings.DataSettings: the images, their size, split and augmentation
+    dataset_input: dict[str, Any] = field(default_factory=dict)  # nbtl.data.describe: logged as the runs' input
 
 
 def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None]) -> _Prepared:
@@ -254,7 +260,27 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
         resources["cpu"] = options.cpu
     if options.gpu is not None:
         resources["gpu"] = options.gpu
-    return _Prepared(dataset.name, splits, weights, resources, data_settings)
+    from nbtl.data.describe import describe_dataset
+
+    described = describe_dataset(dataset, splits, options.data, image_size, data_settings.test_data)
+    return _Prepared(dataset.name, splits, weights, resources, data_settings, described)
+
+
+def _handover(prepared: _Prepared, options: SearchOptions, name: str):
+    """What the finished search needs to keep its best weights and log (and register) its best model."""
+    from nbtl.search.handover import Handover
+
+    keep = options.keep_weights if options.keep_weights is not None else DEFAULTS["keep_weights"]
+    example = prepared.splits.test.images[0] if len(prepared.splits.test) else prepared.splits.train.images[0]
+    return Handover(
+        prepared.weights,
+        list(prepared.splits.train.classes),
+        int(prepared.data_settings.image_size),
+        example.numpy(),
+        int(keep),
+        (options.register or name) if options.register_model else None,
+        prepared.dataset_input,
+    )
 
 
 def _trainable(prepared: _Prepared, context):
@@ -426,6 +452,7 @@ def _write_state(plan: _Plan, tracker, space: SearchSpace, options: SearchOption
                 "name": plan.name,
                 "parent_run_id": tracker.parent_run_id,
                 "experiment_id": tracker.experiment_id,
+                "experiment_name": tracker.experiment_name,
                 "tracking_uri": tracker.tracking_uri,
                 "space_path": space.path,
                 "space_source": space.source,
@@ -495,9 +522,9 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
         check_resources(prepared.resources)
         plan = _plan(space, options, prepared, storage, started, print_fn)
         from nbtl.search.trainable import TrialContext
-        from nbtl.tracking import SearchTracker
+        from nbtl.tracking import SearchTracker, search_experiment
 
-        tracker = SearchTracker(options.tracking_uri, plan.name)
+        tracker = SearchTracker(options.tracking_uri, plan.name, experiment=search_experiment(plan.name))
         tags = {
             "nbtl.dataset": prepared.dataset_name,
             "nbtl.space": space.name,
@@ -511,8 +538,11 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
             tracker.search_run(_run_params(plan, space, options, prepared), tags) as parent_run_id,
         ):
             tracker.log_text(space.source or dump_config({}), "search_space.yaml")
+            tracker.log_dataset(prepared.dataset_input)
             _write_state(plan, tracker, space, options, started)
-            print_fn(f"MLflow: experiment {plan.name!r} ({tracker.tracking_uri}), parent run {parent_run_id}")
+            print_fn(
+                f"MLflow: experiment {tracker.experiment_name!r} ({tracker.tracking_uri}), parent run {parent_run_id}"
+            )
             context = TrialContext(
                 tracking_uri=tracker.tracking_uri,
                 experiment_id=tracker.experiment_id,
@@ -521,6 +551,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
                 tags={"nbtl.search": plan.name, "nbtl.dataset": prepared.dataset_name, "nbtl.version": __version__},
                 prefix_cache_dir=str(plan.experiment_path / PREFIX_CACHE),
                 seed=plan.seed,
+                dataset=prepared.dataset_input,
             )
             if plan.starts.labels:
                 print_fn(
@@ -548,6 +579,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
                 plan.budget,
                 plan.reevaluation,
                 options.keep_checkpoints,
+                _handover(prepared, options, plan.name),
             )
 
 
@@ -574,6 +606,7 @@ def _fit(
     budget: float | None = None,
     reevaluation=None,
     keep_checkpoints: bool = False,
+    handover=None,
 ) -> SearchResult:
     """Run the trials; on Ctrl-C let Ray Tune stop them and save the experiment for ``--resume``, then raise
     :class:`SearchInterrupted` (the caller's run context ends the runs KILLED)."""
@@ -588,7 +621,9 @@ def _fit(
         ACTIVE.pop(key, None)
     if interrupt.requested:
         raise SearchInterrupted(f"search {experiment_path.name} interrupted")
-    result = finish_search(tracker, results, session.callback, space, experiment_path, started, budget, reevaluation)
+    result = finish_search(
+        tracker, results, session.callback, space, experiment_path, started, budget, reevaluation, handover, print_fn
+    )
     if not keep_checkpoints:
         freed = remove_trial_checkpoints(experiment_path)
         logger.info("removed the trial checkpoints of %s (%.1f MB)", experiment_path, freed / 1e6)
@@ -648,7 +683,10 @@ def resume_search(
                 f"--resume {name}: {experiment_path} holds no Ray Tune experiment state yet "
                 "(the search stopped before its first trial); start it again instead"
             )
-        tracker = SearchTracker(tracking_uri or state["tracking_uri"], state["name"])
+        # searches of nbtl 0.1.0 and before named their experiment after the search itself
+        tracker = SearchTracker(
+            tracking_uri or state["tracking_uri"], state["name"], experiment=state.get("experiment_name", state["name"])
+        )
         resume = resume_command(name, storage_path, address, tracking_uri)
         with tell_how_to_resume(print_fn, resume), tracker.resumed_run(state["parent_run_id"]) as parent_run_id:
             resumed = int(tracker.client.get_run(parent_run_id).data.tags.get("nbtl.resumed", 0)) + 1
@@ -661,6 +699,7 @@ def resume_search(
                 tags={"nbtl.search": state["name"], "nbtl.dataset": prepared.dataset_name, "nbtl.version": __version__},
                 prefix_cache_dir=str(experiment_path / PREFIX_CACHE),
                 seed=int(setting(options, space, "seed")),
+                dataset=prepared.dataset_input,
             )
             tuner = tune.Tuner.restore(
                 str(experiment_path),
@@ -678,6 +717,7 @@ def resume_search(
                 experiment_path,
                 started,
                 keep_checkpoints=keep_checkpoints or bool(options.keep_checkpoints),
+                handover=_handover(prepared, options, state["name"]),
             )
 
 
@@ -724,9 +764,13 @@ def finish_search(
     started: float,
     budget: float | None = None,
     reevaluation=None,
+    handover=None,
+    print_fn: Callable[[str], None] = print,
 ) -> SearchResult:
     """Write the results table, best config, plots and summary metrics to the parent run; end it.
-    ``reevaluation(table, configs) -> table`` (:mod:`nbtl.search.reevaluate`) may re-rank the best trials first."""
+    ``reevaluation(table, configs) -> table`` (:mod:`nbtl.search.reevaluate`) may re-rank the best trials first.
+    With ``handover`` (:class:`nbtl.search.handover.Handover`) the best trials keep their best-epoch weights
+    on their runs and the best one's model is logged on the parent run (and registered)."""
     run_ids = {r.data.tags.get("nbtl.trial_id"): r.info.run_id for r in tracker.child_runs()}
     completed = callback.completed if callback is not None else []
     finished_at = dict(callback.finished_at) if callback is not None else {}
@@ -763,6 +807,11 @@ def finish_search(
     tracker.log_text(csv, "results.csv")
     (experiment_path / "results.csv").write_text(csv)
     _log_plots(tracker, results, table, configs, completed, space, experiment_path)
+    model = None
+    if handover is not None and best is not None:
+        from nbtl.search.handover import hand_over
+
+        model = hand_over(tracker, results, table, configs, handover, print_fn)
     counts = table["status"].value_counts().to_dict() if not table.empty else {}
     wall_time = time.perf_counter() - started
     tracker.log_metrics(
@@ -775,5 +824,5 @@ def finish_search(
     )
     tracker.end("FINISHED")
     return SearchResult(
-        table, best, tracker.tracking_uri, tracker.experiment_id, tracker.parent_run_id, str(experiment_path)
+        table, best, tracker.tracking_uri, tracker.experiment_id, tracker.parent_run_id, str(experiment_path), model
     )

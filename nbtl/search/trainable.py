@@ -27,6 +27,7 @@ class TrialContext:
     tags: dict[str, str] = field(default_factory=dict)
     prefix_cache_dir: str | None = None  # the search's frozen-prefix feature store, on storage every node mounts
     seed: int = 0  # the search seed: the augmented views of the prefix store derive from it
+    dataset: dict[str, Any] | None = None  # nbtl.data.describe.describe_dataset: logged as each trial run's input
 
 
 _STORES: dict[tuple[str | None, int], Any] = {}
@@ -63,7 +64,7 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     from ray import tune
 
     from nbtl.config import TrialConfig
-    from nbtl.tracking import TrialTracker, status_for
+    from nbtl.tracking import TrialTracker, status_for, trial_run_name
     from nbtl.train import train_trial
 
     tune_context = tune.get_context()
@@ -77,10 +78,11 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
         context.experiment_id,
         context.parent_run_id,
         trial_id,
-        trial_name,
+        trial_run_name(trial_id, trial_config.to_dict()),
         trial_config.to_dict(),
         tags,
         location={"nbtl.ray_node_id": ray.get_runtime_context().get_node_id()},
+        dataset=context.dataset,
     )
 
     resume = None
