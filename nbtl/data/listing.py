@@ -234,14 +234,7 @@ def list_csv(csv_path: Path) -> FileListing:
     if not entries:
         raise DataError(f"CSV '{csv_path}' has a header but no rows; add one `path,label` row per image")
 
-    missing_files = [(line, path) for line, path, _ in entries if not path.is_file()]
-    if missing_files:
-        line, path = missing_files[0]
-        more = f" (and {len(missing_files) - 1} more rows)" if len(missing_files) > 1 else ""
-        raise DataError(
-            f"CSV '{csv_path}' line {line}: image file '{path}' not found{more}; paths are relative "
-            "to the CSV's folder or absolute: fix the path or delete the row"
-        )
+    check_listed_files(csv_path, [(line, path) for line, path, _ in entries])
     entries = _drop_repeated_rows(csv_path, entries)
     classes = _sort_labels({label for _, _, label in entries})
     index = {name: position for position, name in enumerate(classes)}
@@ -282,6 +275,18 @@ def _drop_repeated_rows(csv_path: Path, entries: list[tuple[int, Path, str]]) ->
             more,
         )
     return kept
+
+
+def check_listed_files(csv_path: Path, rows: list[tuple[int, Path]]) -> None:
+    """One :class:`DataError` naming the first of the CSV's ``(line, path)`` rows whose file is not there."""
+    missing = [(line, path) for line, path in rows if not path.is_file()]
+    if missing:
+        line, path = missing[0]
+        more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
+        raise DataError(
+            f"CSV '{csv_path}' line {line}: image file '{path}' not found{more}; paths are relative "
+            "to the CSV's folder or absolute: fix the path or delete the row"
+        )
 
 
 def images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:

@@ -255,22 +255,17 @@ def _images_in_csv(csv_path: Path) -> list[Path]:
         column, body = column or 0, rows[1:]
     if not body:
         raise DataError(f"CSV '{csv_path}' has a header but no rows; add one image path per row")
-    paths, missing = [], []
+    from nbtl.data.listing import check_listed_files
+
+    paths = []
     for number, row in body:
         text = row[column].strip() if column < len(row) else ""
         if not text:
             raise DataError(
                 f"CSV '{csv_path}' line {number}: no path in column {header[column]!r}; fill it in or delete the row"
             )
-        path = resolved(text)
-        (paths if path.is_file() else missing).append((number, path))
-    if missing:
-        number, path = missing[0]
-        more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
-        raise DataError(
-            f"CSV '{csv_path}' line {number}: image file '{path}' not found{more}; paths are relative to the "
-            "CSV's folder or absolute: fix the path or delete the row"
-        )
+        paths.append((number, resolved(text)))
+    check_listed_files(csv_path, paths)
     return [path for _, path in paths]
 
 
