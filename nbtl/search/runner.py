@@ -495,7 +495,9 @@ def _tuner(plan: _Plan, prepared: _Prepared, context, space: SearchSpace, option
             callbacks=[callback],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=int(setting(options, space, "max_failures"))),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # 2, not 1: a driver killed between Ray Tune deleting the older checkpoint and saving its experiment
+            # state would leave that state pointing at a deleted checkpoint (--resume failed so, 1 run in 5)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
 
