@@ -255,6 +255,35 @@ def log_dataset(client, run_id: str, dataset: dict[str, Any], context: str) -> N
     _retry(lambda: client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=tags)]))
 
 
+def _quoted(value: str) -> str | None:
+    """``value`` as a string literal of an MLflow search filter, or None when it holds both kinds of quote."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def finished_searches(client, name: str | None = None) -> list:
+    """The FINISHED parent runs of search ``name`` (of every search when None), newest first, in any active
+    experiment of the store (``search-<name>``, or ``<name>`` for searches of nbtl 0.1.0 and before)."""
+    from mlflow.entities import ViewType
+
+    experiments = [e.experiment_id for e in _retry(lambda: client.search_experiments(view_type=ViewType.ACTIVE_ONLY))]
+    if not experiments:
+        return []
+    clauses = ["attributes.status = 'FINISHED'", f"tags.`{ROLE_TAG}` = 'search'"]
+    literal = None if name is None else _quoted(name)
+    if literal is not None:
+        clauses.append(f"tags.`{SEARCH_TAG}` = {literal}")
+    runs = _retry(
+        lambda: client.search_runs(
+            experiments, filter_string=" and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=1000
+        )
+    )
+    return [r for r in runs if name is None or r.data.tags.get(SEARCH_TAG) == name]
+
+
 def find_trial_run(client, experiment_id: str, trial_id: str):
     runs = _retry(
         lambda: client.search_runs(

@@ -50,29 +50,16 @@ class EnsembleResult:
 
 def find_search(client, name: str, run_id: str | None = None):
     """The parent run of search ``name``: ``run_id`` if given, else its newest FINISHED one."""
-    from nbtl.tracking import ROLE_TAG, SEARCH_TAG, search_experiment
+    from nbtl.tracking import ROLE_TAG, SEARCH_TAG, finished_searches
 
     if run_id:
         run = client.get_run(run_id)
         if run.data.tags.get(ROLE_TAG) != "search":
             raise EnsembleError(f"--run {run_id}: not a search's parent run (nbtl.role={run.data.tags.get(ROLE_TAG)})")
         return run
-    experiments = [e for e in (search_experiment(name), name) if client.get_experiment_by_name(e) is not None]
-    ids = [client.get_experiment_by_name(e).experiment_id for e in experiments]
-    runs = (
-        client.search_runs(
-            ids,
-            filter_string=f"tags.`{ROLE_TAG}` = 'search' and tags.`{SEARCH_TAG}` = '{name}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if ids
-        else []
-    )
+    runs = finished_searches(client, name)
     if not runs:
-        known = sorted(
-            e.name.removeprefix("search-") for e in client.search_experiments() if e.name.startswith("search-")
-        )
+        known = sorted({r.data.tags[SEARCH_TAG] for r in finished_searches(client)})
         raise EnsembleError(
             f"no finished search {name!r} in {client.tracking_uri}: searches there: {', '.join(known) or 'none'} "
             "(use --tracking-uri for another store)"

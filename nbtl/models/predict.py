@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from nbtl.errors import ConfigError, DataError, NbtlError, one_line
-from nbtl.tracking import MODEL_URI_TAG, ROLE_TAG, SEARCH_TAG
+from nbtl.tracking import MODEL_URI_TAG, SEARCH_TAG, finished_searches
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +72,6 @@ def check_store(tracking_uri: str) -> None:
         check_tracking_uri(tracking_uri)
 
 
-def _quoted(value: str) -> str | None:
-    """``value`` as a string literal of an MLflow search filter, or None when it holds both kinds of quote."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    return None
-
-
 def _registered_version(client, name: str) -> str | None:
     """``models:/NAME/VERSION`` of the newest version of registered model ``name``, or None."""
     from mlflow.exceptions import MlflowException
@@ -98,38 +89,15 @@ def _registered_version(client, name: str) -> str | None:
 
 def _search_model(client, name: str) -> str | None:
     """The model URI logged on the newest FINISHED parent run of search ``name``, or None."""
-    from mlflow.entities import ViewType
-
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    if not experiments:
-        return None
-    literal = _quoted(name)
-    clauses = ["attributes.status = 'FINISHED'", f"tags.`{ROLE_TAG}` = 'search'"]
-    if literal is not None:
-        clauses.append(f"tags.`{SEARCH_TAG}` = {literal}")
-    runs = client.search_runs(
-        experiments, filter_string=" and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=500
+    return next(
+        (r.data.tags[MODEL_URI_TAG] for r in finished_searches(client, name) if MODEL_URI_TAG in r.data.tags), None
     )
-    for run in runs:
-        tags = run.data.tags
-        if tags.get(SEARCH_TAG) == name and tags.get(MODEL_URI_TAG):
-            return tags[MODEL_URI_TAG]
-    return None
 
 
 def _known_models(client) -> list[str]:
     """Names ``nbtl predict`` would take in this store: registered models and searches that logged a model."""
-    from mlflow.entities import ViewType
-
     names = {m.name for m in client.search_registered_models(max_results=100)}
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    if experiments:
-        runs = client.search_runs(
-            experiments,
-            filter_string=f"attributes.status = 'FINISHED' and tags.`{ROLE_TAG}` = 'search'",
-            max_results=500,
-        )
-        names |= {r.data.tags[SEARCH_TAG] for r in runs if r.data.tags.get(MODEL_URI_TAG) and SEARCH_TAG in r.data.tags}
+    names |= {r.data.tags[SEARCH_TAG] for r in finished_searches(client) if MODEL_URI_TAG in r.data.tags}
     return sorted(names)
 
 
