@@ -6,6 +6,8 @@ way: shorter side to ``image_size`` with bilinear filtering, then a centred squa
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,24 +61,33 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open, verify and fully decode one image file, applying its EXIF orientation.
+def open_image(
+    source: Path | bytes, name: str | None = None, fix: str = "replace or delete the corrupt file"
+) -> Image.Image:
+    """Open, verify and fully decode one image, a file or an encoded file's bytes, applying its EXIF orientation.
 
     Raises
     ------
     DataError
-        If the file cannot be read or is not a valid, complete image.
+        If it cannot be read or is not a valid, complete image: ``cannot read NAME: REASON; FIX`` (``NAME``
+        by default ``image 'PATH'``; bytes should be given a name).
     """
+    name = name or f"image '{source}'"
+
+    def opened():
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
     try:
-        with Image.open(path) as probe:
+        with opened() as probe:
             probe.verify()
-        with Image.open(path) as image:
+        with opened() as image:
             image.load()
             return ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        reason = reason.replace(f" '{path}'", "")  # PIL repeats the path; we name it once
-        raise DataError(f"cannot read image '{path}': {reason}; replace or delete the corrupt file") from None
+        # PIL repeats the path, or names its buffer; we name the image once
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", reason.replace(f" '{source}'", ""))
+        raise DataError(f"cannot read {name}: {reason}; {fix}") from None
 
 
 def decode_files(paths: Sequence[Path], image_size: int) -> tuple[torch.Tensor, bool, tuple[int, int]]:

@@ -13,9 +13,7 @@ config and weights file) and one ``member<i>.pt`` state dict per member, read ba
 
 from __future__ import annotations
 
-import io
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 from nbtl.errors import DataError, NbtlError
@@ -106,14 +104,7 @@ def decode_image(image: Any, image_size: int, name: str = "image") -> np.ndarray
     if isinstance(image, (str, Path)):
         picture = open_image(Path(image))
     elif isinstance(image, (bytes, bytearray, memoryview)):
-        try:
-            with Image.open(io.BytesIO(bytes(image))) as opened:
-                opened.load()
-                picture = ImageOps.exif_transpose(opened)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", reason)  # PIL names its buffer
-            raise DataError(f"cannot read {name}: {reason}; send a PNG or JPEG file's bytes") from None
+        picture = open_image(bytes(image), name=name, fix="send a PNG or JPEG file's bytes")
     elif isinstance(image, Image.Image):
         picture = image
     else:

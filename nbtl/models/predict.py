@@ -18,7 +18,6 @@ probable class), ``class_2`` / ``probability_2`` ... up to ``top_k``, and ``erro
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import re
 import sys
@@ -288,27 +287,20 @@ def _reason(error: BaseException) -> str:
 
 
 def read_image(path: Path, image_size: int) -> bytes:
-    """``path``'s bytes, checked to decode as the model will decode them (PIL's ``verify``, then
-    :func:`nbtl.models.classifier.decode_image`).
+    """``path``'s bytes, checked to decode as the model will decode them (:func:`nbtl.models.classifier.decode_image`,
+    which verifies them as the training data's files are).
 
     Raises
     ------
     UnreadableImage
         Naming the file and why.
     """
-    from PIL import Image
-
     from nbtl.models.classifier import decode_image
 
     try:
         data = path.read_bytes()
     except OSError as error:
         raise UnreadableImage(path, error.strerror or _reason(error)) from None
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()  # checksums and structure, which a lenient decoder may pass over
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-        raise UnreadableImage(path, _reason(error)) from None
     name = f"'{path}'"
     try:
         decode_image(data, image_size, name=name)
