@@ -25,7 +25,8 @@ import pandas as pd
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
-from equal_time import REPORTING_TASKS, SMOKE, SMOKE_TASK, TUNING_TASKS, parse_duration, run_method, task_facts  # noqa: E402
+from equal_time import DATA_ROOT, SMOKE, parse_duration, run_method, task_facts  # noqa: E402
+from tasks import REPORTING_TASKS, SMOKE_TASK, TUNING_TASKS  # noqa: E402
 
 
 def ensemble(folder: Path, task, top: int) -> dict:
@@ -120,16 +121,17 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     args.probe_epochs = 1  # equal_time.run_method reads it; the probe method does not run here
     args.n_classes, args.n_train = {}, {}
+    data = {task.name: task.data(DATA_ROOT.expanduser()) for task in tasks}
     for task in tasks:
         for seed in seeds:
-            args.n_classes[task.name], args.n_train[task.name, seed] = task_facts(task, seed)
+            args.n_classes[task.name], args.n_train[task.name, seed] = task_facts(task, data[task.name], seed)
     workdir = Path(tempfile.mkdtemp(prefix="nbtl-ensemble-gain-"))
     print(f"ensemble_gain: {len(tasks)} task(s) x {len(seeds)} seed(s), {args.budget:g}s searches; {workdir}")
     rows = []
     for seed in seeds:
         for task in tasks:
             folder = workdir / f"{task.name}-s{seed}"
-            row = run_method("default", task, seed, args, folder)
+            row = run_method("default", task, data[task.name], seed, args.budget, args, folder)
             row.update(ensemble(folder, task, args.top))
             row["budget_s"] = args.budget
             rows.append(row)

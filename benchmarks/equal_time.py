@@ -1,4 +1,4 @@
-"""Equal-time benchmark: the same wall-clock budget per (task, seed) for five ways to transfer a network.
+"""Equal-time benchmark: the same wall-clock budget per (task, seed) for each way to transfer a network.
 
 Methods (each a subprocess with its own MLflow store, results folder and feature cache, timed from outside):
 
@@ -9,21 +9,25 @@ Methods (each a subprocess with its own MLflow store, results folder and feature
   recommend  ``nbtl recommend`` then ``nbtl train`` of its first config (timed together)
   default    ``nbtl search search_spaces/default.yaml --time-budget B``
 
-A search's chosen config is its trial with the best validation accuracy (ties: lower val_loss); its test
-accuracy and macro-F1 are reported. Tasks come in two disjoint lists: TUNING_TASKS, used to tune rules,
-spaces and priors, and REPORTING_TASKS, used only here to report on.
+and ablations of ``default``, each changing one thing in a copy of default.yaml: no-start (search.start_points: []),
+no-prior (search.prior.enabled: false), no-cache (search.prefix_cache: false), batch64 (parameters.batch_size: 64),
+no-warmup (parameters.head_warmup_epochs: 0), no-l2sp-blocks (parameters.l2sp_blocks removed).
 
-    python benchmarks/equal_time.py --smoke-test                  # tiny: one task, one seed, ~5 min on 2 CPUs
-    python benchmarks/equal_time.py --tasks reporting --budget 15m --out equal_time.json --plot best_so_far.png
+A search's chosen config is its best trial by the one ranking (nbtl.search.results, as its results.csv), an
+``nbtl train``'s the run it tagged nbtl.chosen; their test accuracy and macro-F1 are the result. Tasks come from
+benchmarks/tasks.py. Every finished run is appended at once to the budget's results file
+(benchmarks/results/equal_time_<budget>.jsonl) with the commit it ran at; a run already there is skipped, so a
+killed benchmark resumes. benchmarks/report.py renders the tables from those files.
 
-The full run takes methods x tasks x seeds x budget (probe and recommend end early): about 10 h on 2 CPUs.
+    python benchmarks/equal_time.py --smoke-test                     # one tiny task, 3 methods, 60 s each: ~3 min on 2 CPUs
+    python benchmarks/equal_time.py --budget 2m                      # reporting tasks, seeds 0-4, every method
+    python benchmarks/equal_time.py --budget 2m,5m,15m --methods probe,binary,random,recommend,default
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -32,64 +36,26 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
-from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
-from build_meta_dataset import TASKS as META_TASKS  # noqa: E402  (the meta-dataset's tasks are tuning tasks)
 from compare_spaces import prepare_space  # noqa: E402
+from report import ABLATIONS, MAIN_METHODS, budget_label, render_methods  # noqa: E402
+from tasks import DEFAULT_ROOT, REPORTING_TASKS, SMOKE_TASK, TUNING_TASKS, Task, check_disjoint  # noqa: E402
 
 SPACES = {"binary": REPO / "search_spaces" / "binary.yaml", "default": REPO / "search_spaces" / "default.yaml"}
-METHODS = ("probe", "binary", "random", "recommend", "default")
-PROBE_BACKBONE, PROBE_EPOCHS, PROBE_HEAD_LR = "efficientnet_lite0", 30, 0.1
+METHODS = (*MAIN_METHODS, *ABLATIONS)
+SEARCHES = {"binary", "random", "default", *ABLATIONS}
+PROBE_BACKBONE, PROBE_EPOCHS = "efficientnet_lite0", 2  # the probe is fitted once; its epochs only repeat its scores
+SMOKE = {"budget": 60.0, "epochs": 2, "probe_epochs": 3, "methods": ["probe", "recommend", "default"]}
+DATA_ROOT = DEFAULT_ROOT  # tasks.py's: ~/.cache/nbtl/tasks, or $NBTL_TASKS_DIR
 NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    data: str
-    per_class: int | None
-    classes: str | None
-    image_size: int
-
-    def flags(self) -> list[str]:
-        flags = ["--image-size", str(self.image_size)]
-        flags += ["--per-class", str(self.per_class)] if self.per_class else []
-        return flags + (["--classes", self.classes] if self.classes else [])
-
-
-def _meta_task(name: str, data: str, flags: list[str]) -> Task:
-    value = dict(zip(flags[::2], flags[1::2]))
-    return Task(
-        name,
-        data,
-        int(value["--per-class"]) if "--per-class" in value else None,
-        value.get("--classes"),
-        int(value.get("--image-size", 64)),
-    )
-
-
-#: Used to tune rules, spaces and priors: the meta-dataset's tasks (benchmarks/build_meta_dataset.py), digits,
-#: Fashion-MNIST subsets and colour photos (scikit-image's).
-TUNING_TASKS = [_meta_task(*task) for task in META_TASKS]
-#: Never used for tuning: other digit / Fashion-MNIST class subsets and sizes, and colour sources of other kinds.
-REPORTING_TASKS = [
-    Task("digits-odd-pc50-40", "digits", 50, "1,3,5,7,9", 40),
-    Task("fmnist-mixed-pc80-40", "fashion-mnist", 80, "1,3,6,7,8", 40),
-    Task("emoji-pc80-48", "emoji", 80, None, 48),
-    Task("icons-pc70-48", "icons", 70, None, 48),
-]
-SMOKE_TASK = Task("smoke-photo-patches", "photo-patches", 12, "0,1,2,3", 32)
-SMOKE = {"budget": 40.0, "epochs": 2, "probe_epochs": 3}
-assert not {t.name for t in TUNING_TASKS} & {t.name for t in REPORTING_TASKS}
 
 
 def parse_duration(text: str) -> float:
@@ -99,12 +65,50 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
-def task_facts(task: Task, seed: int) -> tuple[int, int]:
+def provenance() -> dict:
+    """The commit the benchmark runs at, whether tracked files differ from it, the date and the CPU count."""
+
+    def git(*command: str) -> str:
+        try:
+            return subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or "unknown",
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip()),
+        "cpus": os.cpu_count(),
+    }
+
+
+def task_facts(task: Task, data: str, seed: int) -> tuple[int, int]:
     """(classes, training images) of ``task`` under ``seed``: checks the data is there before anything runs."""
     from nbtl.data import load_dataset, split_dataset
 
-    dataset = load_dataset(task.data, image_size=8, per_class=task.per_class, seed=seed, classes=task.classes)
+    dataset = load_dataset(data, image_size=8, per_class=task.per_class, seed=seed, classes=task.classes)
     return len(dataset.classes), len(split_dataset(dataset, seed=seed).train)
+
+
+# ---------------------------------------------------------------------------------------------- results file
+def done_keys(path: Path) -> set[tuple]:
+    """(task, seed, method, budget_s) of every run already in the results file ``path``."""
+    if not path.exists():
+        return set()
+    keys = set()
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that run runs again
+            keys.add((row["task"], int(row["seed"]), row["method"], float(row["budget_s"])))
+    return keys
+
+
+def append_row(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- running methods
@@ -126,8 +130,9 @@ def run_logged(command: list[str], log, env: dict, timeout: float) -> int:
         return 124
 
 
-def run_method(method: str, task: Task, seed: int, args, folder: Path) -> dict:
+def run_method(method: str, task: Task, data: str, seed: int, budget: float, args, folder: Path) -> dict:
     """Run one method on one (task, seed) in ``folder``; return its row (metrics, wall time, curve)."""
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's leftovers
     folder.mkdir(parents=True)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     env = {
@@ -139,56 +144,32 @@ def run_method(method: str, task: Task, seed: int, args, folder: Path) -> dict:
     }
     nbtl = [sys.executable, "-m", "nbtl"]
     common = ["--seed", str(seed), *task.flags()]
-    hard_limit = args.budget + max(120.0, 0.25 * args.budget)  # a search may finish its last epoch after the budget
-    row = {"task": task.name, "method": method, "seed": seed, "exit": 0, "trials": 0, "at_chance": 0}
+    name = f"{method}-{task.name}"  # the search's or training's name (ensemble_gain.py looks searches up by it)
+    hard_limit = budget + max(120.0, 0.25 * budget)  # a search may finish its last epoch after the budget
+    row = {"task": task.name, "role": task.role, "method": method, "seed": seed, "budget_s": budget, "exit": 0}
+    row.update({"trials": 0, "at_chance": 0})
     started_wall, started = time.time(), time.perf_counter()
     with open(folder / "log.txt", "w") as log:
         if method in ("probe", "recommend"):
             config = folder / f"{method}.yaml"
             if method == "probe":
-                write_probe(config, task, seed, args)
+                write_probe(config, task, data, seed, args)
             else:
                 row["exit"] = run_logged(
-                    nbtl + ["recommend", task.data, *common, "--out", str(config)], log, env, hard_limit
+                    nbtl + ["recommend", data, *common, "--out", str(config)], log, env, hard_limit
                 )
             if row["exit"] == 0:
                 remaining = hard_limit - (time.perf_counter() - started)
-                row["exit"] = run_logged(
-                    nbtl
-                    + [
-                        "train",
-                        str(config),
-                        "--data",
-                        task.data,
-                        *common,
-                        "--tracking-uri",
-                        uri,
-                        "--name",
-                        f"{method}-{task.name}",
-                    ],
-                    log,
-                    env,
-                    remaining,
-                )
+                train = ["train", str(config), "--data", data, *common, "--tracking-uri", uri, "--name", name]
+                if method == "recommend" and args.epochs:  # the search trials' epochs, as the searches get
+                    train += ["--epochs", str(args.epochs)]
+                row["exit"] = run_logged(nbtl + train, log, env, remaining)
             row["wall_s"] = time.perf_counter() - started
-            row.update(read_train_run(uri, started_wall))
+            row.update(read_train_run(uri, row["wall_s"]))
         else:
             space = prepare_method_space(method, args, folder)
-            command = nbtl + [
-                "search",
-                str(space),
-                "--data",
-                task.data,
-                *common,
-                "--time-budget",
-                f"{args.budget:g}s",
-                "--name",
-                f"{method}-{task.name}",
-                "--tracking-uri",
-                uri,
-                "--storage-path",
-                str(folder / "results"),
-            ]
+            command = nbtl + ["search", str(space), "--data", data, *common, "--time-budget", f"{budget:g}s"]
+            command += ["--name", name, "--tracking-uri", uri, "--storage-path", str(folder / "results")]
             row["exit"] = run_logged(command + (["--no-recommend"] if method == "random" else []), log, env, hard_limit)
             row["wall_s"] = time.perf_counter() - started
             row.update(read_search(folder / "results", uri, started_wall, args.n_classes[task.name]))
@@ -198,123 +179,121 @@ def run_method(method: str, task: Task, seed: int, args, folder: Path) -> dict:
     return row
 
 
-def write_probe(path: Path, task: Task, seed: int, args) -> None:
-    """The linear probe as an ``nbtl recommend`` file, so ``nbtl train`` reads its data settings too."""
-    from nbtl.backbones import get_spec
+def write_probe(path: Path, task: Task, data: str, seed: int, args) -> None:
+    """The linear probe as an ``nbtl recommend`` file, so ``nbtl train`` reads its data settings too: the probe
+    start point of every search (nbtl.search.start.probe_config: fitted by L-BFGS, its L2 strength
+    cross-validated), on ``PROBE_BACKBONE``."""
     from nbtl.search.space import auto_batch_size
+    from nbtl.search.start import probe_config
 
-    blocks = get_spec(PROBE_BACKBONE).num_blocks
     config = {
-        "backbone": PROBE_BACKBONE,
-        "pretrained": True,
-        "transfer_blocks": blocks,
-        "freeze_blocks": blocks,
-        "head": "linear",
-        "head_dropout": 0.0,
-        "lr": PROBE_HEAD_LR,
-        "head_lr": PROBE_HEAD_LR,
-        "lr_decay": 1.0,
-        "l2sp_alpha": 0.0,
-        "l2_beta": 0.0,
-        "l2_head": 1.0e-4,
-        "head_warmup_epochs": 0,
-        "optimizer": "sgd",
-        "momentum": 0.9,
+        **probe_config(PROBE_BACKBONE),
         "epochs": args.probe_epochs,
         "batch_size": auto_batch_size(args.n_train[task.name, seed]),
         "seed": seed,
     }
+    settings = {"spec": data, "image_size": task.image_size, "per_class": task.per_class, "classes": task.classes}
     document = {
         "format": "nbtl-recommendation",
         "version": 1,
-        "data": {
-            "spec": task.data,
-            "image_size": task.image_size,
-            "per_class": task.per_class,
-            "classes": task.classes,
-            "seed": seed,
-        },
+        "data": {**settings, "seed": seed},
         "configs": [{"source": "linear probe (benchmarks/equal_time.py)", "config": config, "reasons": {}}],
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
+def method_space(method: str, document: dict) -> dict:
+    """default.yaml's ``document`` changed as ``method`` changes it (random and the ablations), in place."""
+    search, parameters = document.setdefault("search", {}), document.setdefault("parameters", {})
+    if method == "random":
+        search.pop("points_to_evaluate", None)
+        search.update({"sampler": {"type": "random"}, "start_points": [], "prior": {"enabled": False}})
+    elif method == "no-start":
+        search.pop("points_to_evaluate", None)
+        search["start_points"] = []
+    elif method == "no-prior":
+        search["prior"] = {**(search.get("prior") or {}), "enabled": False}
+    elif method == "no-cache":
+        search["prefix_cache"] = False
+    elif method == "batch64":
+        parameters["batch_size"] = 64
+    elif method == "no-warmup":
+        parameters["head_warmup_epochs"] = 0
+    elif method == "no-l2sp-blocks":
+        parameters.pop("l2sp_blocks", None)
+    document["name"] = method
+    return document
+
+
 def prepare_method_space(method: str, args, folder: Path) -> Path:
-    """binary / default: the space as it is (epochs fixed in a copy under --epochs); random: default.yaml with
-    a random sampler and no start points, points_to_evaluate or learned prior."""
+    """binary / default: the space as it is (epochs fixed in a copy under --epochs); random and the ablations:
+    a copy of default.yaml in ``folder`` with their one change."""
     source = SPACES["binary" if method == "binary" else "default"]
     space, document = prepare_space(source, args.epochs, folder)
-    if method != "random":
+    if method in ("binary", "default"):
         return space
-    search = document.setdefault("search", {})
-    search.pop("points_to_evaluate", None)
-    search.update({"sampler": {"type": "random"}, "start_points": [], "prior": {"enabled": False}})
-    document["name"] = "random"
-    copy = folder / "random.yaml"
+    copy = folder / f"{method}.yaml"
     copy.write_text(
-        f"# {source} sampled at random (written by benchmarks/equal_time.py)\n"
-        + yaml.safe_dump(document, sort_keys=False)
+        f"# {source} for the {method} method (written by benchmarks/equal_time.py)\n"
+        + yaml.safe_dump(method_space(method, document), sort_keys=False)
     )
     return copy
 
 
 # ---------------------------------------------------------------------------------------------- reading outcomes
-def read_train_run(uri: str, started_wall: float) -> dict:
-    """Test metrics of the one ``nbtl train`` run in the store, and its test accuracy (of the best-val epoch
-    so far) against seconds since the method started."""
+def read_train_run(uri: str, wall_s: float) -> dict:
+    """Test metrics of the run ``nbtl train`` chose (tagged nbtl.chosen); its curve is one point, the result
+    at the time the method gave it."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    runs = [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
+    from nbtl.tracking import chosen_training_runs
+
+    runs = chosen_training_runs(MlflowClient(tracking_uri=uri))
     if not runs:
         return {"test_accuracy": NAN, "test_macro_f1": NAN, "curve": []}
     run = runs[0]
-    history = client.get_metric_history(run.info.run_id, "test_accuracy")
-    curve = [(m.timestamp / 1000.0 - started_wall, m.value) for m in sorted(history, key=lambda m: m.timestamp)]
     metrics = run.data.metrics
-    return {
+    outcome = {
         "test_accuracy": metrics.get("test_accuracy", NAN),
         "test_macro_f1": metrics.get("test_macro_f1", NAN),
         "best_val_accuracy": metrics.get("best_val_accuracy", NAN),
+        "chosen_run": run.info.run_name,
         "trials": 1,
-        "curve": curve,
     }
-
-
-def choose(trials: pd.DataFrame) -> pd.Series | None:
-    """The trial with the best validation accuracy, ties broken by the lower validation loss."""
-    ok = trials[(trials["status"] != "FAILED") & trials["best_val_accuracy"].notna()]
-    if ok.empty:
-        return None
-    return ok.sort_values(["best_val_accuracy", "val_loss"], ascending=[False, True], na_position="last").iloc[0]
+    outcome["curve"] = (
+        [(wall_s, outcome["test_accuracy"])] if outcome["test_accuracy"] == outcome["test_accuracy"] else []
+    )
+    return outcome
 
 
 def read_search(storage: Path, uri: str, started_wall: float, n_classes: int) -> dict:
     """Chosen trial's test metrics, trial counts and the best-so-far curve from ``results.csv`` under ``storage``."""
+    from nbtl.search.results import METRIC, best_trial
+
     tables = sorted(storage.glob("*/results.csv"))
     if not tables or tables[-1].stat().st_size < 2:
         return {"test_accuracy": NAN, "test_macro_f1": NAN, "curve": []}
     table = pd.read_csv(tables[-1])
     outcome = {"trials": len(table), "failed": int((table["status"] == "FAILED").sum())}
-    scored = table["best_val_accuracy"].dropna()
+    scored = table[METRIC].dropna()
     outcome["at_chance"] = int((scored <= 1.0 / n_classes + 0.05).sum())
     outcome["scored_trials"] = len(scored)
-    chosen = choose(table)
+    chosen = best_trial(table)
     if chosen is not None:
         outcome.update(
             {
                 "test_accuracy": float(chosen["test_accuracy"]),
                 "test_macro_f1": float(chosen["test_macro_f1"]),
-                "best_val_accuracy": float(chosen["best_val_accuracy"]),
+                "best_val_accuracy": float(chosen[METRIC]),
                 "chosen_trial": chosen["trial_id"],
             }
         )
     offset = search_start_offset(tables[-1].parent, uri, started_wall)
     curve = []
     if "finished_at_s" in table:
-        done = table[table["finished_at_s"].notna()].sort_values("finished_at_s")
-        for end in done["finished_at_s"].unique():
-            best = choose(done[done["finished_at_s"] <= end])
+        done = table[table["finished_at_s"].notna()]
+        for end in sorted(done["finished_at_s"].unique()):
+            best = best_trial(done[done["finished_at_s"] <= end])
             if best is not None:
                 curve.append((float(end) + offset, float(best["test_accuracy"])))
     outcome["curve"] = curve
@@ -335,141 +314,6 @@ def search_start_offset(experiment: Path, uri: str, started_wall: float) -> floa
         return 0.0
 
 
-def time_to_within(curve: list, final: float, points: float = 0.01) -> float:
-    """First time the best-so-far curve is within ``points`` of ``final``."""
-    return next((t for t, value in curve if value >= final - points), NAN)
-
-
-# ---------------------------------------------------------------------------------------------- summarising
-def summarise(rows: list[dict]) -> pd.DataFrame:
-    """One line per (task, method): mean and sd over seeds."""
-    frame = pd.DataFrame(rows)
-    frame["to_within_1pt_s"] = [time_to_within(r["curve"], r["test_accuracy"]) if r["curve"] else NAN for r in rows]
-    lines = []
-    for (task, method), group in frame.groupby(["task", "method"], sort=False):
-        line = {"task": task, "method": method, "seeds": len(group)}
-        for column in ("test_accuracy", "test_macro_f1", "wall_s", "to_within_1pt_s"):
-            values = group[column].astype(float)
-            line[column], line[column + "_sd"] = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
-        line["trials"], line["at_chance"] = int(group["trials"].sum()), int(group["at_chance"].sum())
-        line["scored_trials"] = int(group.get("scored_trials", group["trials"]).fillna(group["trials"]).sum())
-        line["failed_runs"] = int((group["exit"] != 0).sum())
-        lines.append(line)
-    return pd.DataFrame(lines)
-
-
-def targets(summary: pd.DataFrame, reporting: set[str]) -> list[str]:
-    """The issue's targets, each as a PASS / FAIL / info / n/a line (tasks where a method has no result are left out)."""
-    acc = summary.pivot(index="task", columns="method", values="test_accuracy") * 100
-    wall = summary.pivot(index="task", columns="method", values="wall_s")
-    out = []
-    if {"default", "probe", "binary"} <= set(acc.columns):
-        both = acc[["default", "probe", "binary"]].dropna()
-        rep = both.loc[[t for t in both.index if t in reporting]]
-        if len(rep):
-            margin = rep["default"].mean() - max(rep["probe"].mean(), rep["binary"].mean())
-            out.append(
-                f"{_verdict(margin >= 2)} default's mean test accuracy on the {len(rep)} reporting task(s) is "
-                f"{margin:+.1f} points over max(probe, binary) (target >= +2)"
-            )
-        else:
-            out.append("n/a  default vs max(probe, binary) + 2 points: no reporting task with all three results")
-        worst = both["default"] - both[["probe", "binary"]].max(axis=1)
-        if len(worst):
-            out.append(
-                f"{_verdict(worst.min() >= -1)} default is never more than 1 point below max(probe, binary) "
-                f"on a task (worst {worst.min():+.1f} on {worst.idxmin()})"
-            )
-    searches = summary[summary["method"].isin(["default", "binary", "random"])]
-    for method, group in searches.groupby("method"):
-        scored, chance = group["scored_trials"].sum(), group["at_chance"].sum()
-        if scored:
-            out.append(
-                f"{_verdict(chance * 12 <= scored) if method == 'default' else 'info'} {method}: {chance} of "
-                f"{scored} trials at chance (target for default: at most 1 in 12)"
-            )
-    if {"default", "recommend"} <= set(acc.columns):
-        gap = (acc["default"] - acc["recommend"]).dropna()
-        share = (wall["recommend"] / wall["default"]).loc[gap.index]
-        if len(gap):
-            ok = bool(((gap <= 2) & (share <= 0.10)).all())
-            out.append(
-                f"{_verdict(ok)} recommend->train within 2 points of default in <= 10% of its time (worst gap "
-                f"{gap.max():+.1f} points, largest time share {share.max():.0%})"
-            )
-    return out or ["n/a  no target can be checked with the methods and results at hand"]
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def markdown(summary: pd.DataFrame, budget: float) -> str:
-    head = (
-        "| task | method | test accuracy | macro-F1 | wall time (s) | to within 1 pt (s) | trials at chance |\n"
-        "| --- | --- | --- | --- | --- | --- | --- |"
-    )
-    shown = f"{budget / 60:g} min" if budget >= 60 else f"{budget:g} s"
-    lines = [f"Budget {shown} per method, task and seed; mean ± sd over seeds.", "", head]
-    for r in summary.itertuples():
-        chance = f"{r.at_chance}/{r.scored_trials}" if r.method in ("binary", "random", "default") else "-"
-        lines.append(
-            f"| {r.task} | {r.method} | {_pm(100 * r.test_accuracy, 100 * r.test_accuracy_sd)} | "
-            f"{_pm(100 * r.test_macro_f1, 100 * r.test_macro_f1_sd)} | {_pm(r.wall_s, r.wall_s_sd, 0)} | "
-            f"{_pm(r.to_within_1pt_s, r.to_within_1pt_s_sd, 0)} | {chance} |"
-        )
-    return "\n".join(lines)
-
-
-def _pm(mean: float, sd: float, digits: int = 1) -> str:
-    return "n/a" if mean != mean else f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-
-def plot(rows: list[dict], path: Path, budget: float) -> None:
-    """Best-so-far test accuracy of the chosen config against wall time: one panel per task, one line per
-    method (the mean over seeds of each seed's step curve)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    columns = min(2, len(tasks))
-    figure, axes = plt.subplots(
-        math.ceil(len(tasks) / columns),
-        columns,
-        squeeze=False,
-        figsize=(6 * columns, 4 * math.ceil(len(tasks) / columns)),
-    )
-    horizon = max([budget] + [t for r in rows for t, _ in r["curve"]])
-    grid = np.linspace(0, horizon, 400)
-    for axis, task in zip(axes.flat, tasks):
-        for method in METHODS:
-            curves = [r["curve"] for r in rows if r["task"] == task and r["method"] == method and r["curve"]]
-            if not curves:
-                continue
-            steps = []
-            for curve in curves:
-                times, values = np.array([t for t, _ in curve]), np.array([v for _, v in curve])
-                index = np.searchsorted(times, grid, side="right") - 1
-                steps.append(np.where(index >= 0, values[np.clip(index, 0, None)], np.nan))
-            with warnings.catch_warnings():  # before a seed's first trial ends its curve is empty (NaN)
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(np.array(steps), axis=0)
-            axis.step(grid, 100 * mean, where="post", label=f"{method} ({len(curves)} seed{'s' * (len(curves) > 1)})")
-        axis.set(title=task, xlabel="wall time (s)", ylabel="test accuracy of chosen config (%)")
-        axis.axvline(budget, color="grey", linestyle=":", linewidth=1)
-        axis.set_xlim(0, horizon)
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8, loc="lower right")
-    for axis in list(axes.flat)[len(tasks) :]:
-        axis.set_visible(False)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    print(f"written {path}")
-
-
 # ---------------------------------------------------------------------------------------------- command line
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -477,146 +321,161 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawTextHelpFormatter,
         epilog="example: python benchmarks/equal_time.py --smoke-test",
     )
+    every = {t.name: t for t in TUNING_TASKS + REPORTING_TASKS + [SMOKE_TASK]}
     p.add_argument(
         "--tasks",
         default="reporting",
-        help="'reporting' (default), 'tuning', 'all', or task names, comma-separated:\n  "
-        + "\n  ".join(
-            f"{t.name} ({'reporting' if t in REPORTING_TASKS else 'tuning'})" for t in REPORTING_TASKS + TUNING_TASKS
-        ),
+        help="'reporting' (default), 'tuning', or task names, comma-separated:\n  "
+        + "\n  ".join(f"{t.name} ({t.role})" for t in every.values()),
     )
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (split, search and training); default 0,1,2")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (split, search, training); default 0-4")
+    p.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)} (default all)"
+    )
     p.add_argument(
         "--budget",
-        type=parse_duration,
-        default=parse_duration("15m"),
-        help="wall-clock budget per method, task and seed: 900, 90s, 15m, 1.5h (default 15m)",
+        default="2m",
+        help="wall-clock budget per method, task and seed, or a comma-separated list: 120, 90s, 2m, 1.5h (default 2m)",
     )
     p.add_argument("--epochs", type=int, help="epochs per search trial (default: the spaces' own)")
     p.add_argument(
         "--probe-epochs", type=int, default=PROBE_EPOCHS, help=f"epochs of the linear probe (default {PROBE_EPOCHS})"
     )
-    p.add_argument("--out", type=Path, help="write every run and the summary to this JSON file")
-    p.add_argument("--plot", type=Path, help="write the best-so-far figure to this PNG")
-    p.add_argument("--keep", action="store_true", help="keep the working folder (logs, MLflow stores, results)")
     p.add_argument(
-        "--summarise",
-        nargs="+",
+        "--results",
         type=Path,
-        metavar="ROWS.jsonl",
-        help="run nothing: report the runs saved in these files (OUT.rows.jsonl of earlier runs, e.g. one "
-        "per seed), with --out / --plot as usual",
+        help="results file (JSONL, appended to; its runs are skipped); with several budgets put {budget} in it "
+        "(default benchmarks/results/equal_time_{budget}.jsonl)",
     )
+    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help=f"where tasks on files live (default {DATA_ROOT})")
+    p.add_argument("--work-dir", type=Path, help="working folder: a log and MLflow store per run (default: temporary)")
+    p.add_argument("--keep", action="store_true", help="keep the working folder (logs, MLflow stores, results)")
     p.add_argument(
         "--smoke-test",
         action="store_true",
-        help=f"{SMOKE_TASK.name}, seed 0, {SMOKE['budget']:g}s budget, {SMOKE['epochs']}-epoch trials: "
-        "checks that everything runs end to end",
+        help=f"{SMOKE_TASK.name}, seed 0, {', '.join(SMOKE['methods'])}, {SMOKE['budget']:g}s budget, "
+        f"{SMOKE['epochs']}-epoch trials; results in the working folder unless --results",
     )
     args = p.parse_args(argv)
-    every = {t.name: t for t in TUNING_TASKS + REPORTING_TASKS + [SMOKE_TASK]}
+    try:
+        args.budgets = [parse_duration(b) for b in str(args.budget).split(",") if b.strip()]
+    except argparse.ArgumentTypeError as error:
+        p.error(f"--budget: {error}")
     if args.smoke_test:
-        args.tasks, args.seeds = [SMOKE_TASK], [0]
-        args.budget, args.epochs, args.probe_epochs = (
-            SMOKE["budget"],
-            args.epochs or SMOKE["epochs"],
-            SMOKE["probe_epochs"],
-        )
+        args.tasks, args.seeds, args.budgets = [SMOKE_TASK], [0], [SMOKE["budget"]]
+        args.epochs, args.probe_epochs = args.epochs or SMOKE["epochs"], SMOKE["probe_epochs"]
+        if args.methods == p.get_default("methods"):
+            args.methods = ",".join(SMOKE["methods"])
     else:
-        groups = {"reporting": REPORTING_TASKS, "tuning": TUNING_TASKS, "all": REPORTING_TASKS + TUNING_TASKS}
+        groups = {"reporting": REPORTING_TASKS, "tuning": TUNING_TASKS}
         names = [n.strip() for n in args.tasks.split(",") if n.strip()]
         unknown = [n for n in names if n not in every and n not in groups]
         if unknown or not names:
             p.error(
-                f"--tasks: unknown {', '.join(unknown) or 'empty list'}; use reporting, tuning, all or: {', '.join(every)}"
+                f"--tasks: unknown {', '.join(unknown) or 'empty list'}; use reporting, tuning or: {', '.join(every)}"
             )
         args.tasks = list(dict.fromkeys(t for n in names for t in groups.get(n, [every.get(n)])))
+        if not args.tasks:
+            p.error(f"--tasks {','.join(names)}: benchmarks/tasks.py lists no such task yet")
         try:
             args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not args.seeds:
+            p.error("--seeds: give at least one seed")
+    args.methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
     if not args.methods or set(args.methods) - set(METHODS):
-        p.error(f"--methods: choose from {', '.join(METHODS)}, got {args.methods}")
-    if args.out and args.out.suffix != ".json":
-        p.error(f"--out {args.out}: must end in .json")
+        p.error(f"--methods: choose from {', '.join(METHODS)}, got {','.join(args.methods)}")
+    if args.results and len(args.budgets) > 1 and "{budget}" not in str(args.results):
+        p.error(f"--results {args.results}: with {len(args.budgets)} budgets it must contain {{budget}}")
+    for flag in ("epochs", "probe_epochs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     return args
 
 
-def report(rows: list[dict], args, budget: float) -> None:
-    """The summary table, the targets, and the JSON / plot files of ``rows``."""
-    reporting = {t.name for t in REPORTING_TASKS}
-    summary = summarise(rows)
-    print("\n" + markdown(summary, budget) + "\n\nTargets:")
-    for line in targets(summary, reporting):
-        print("  " + line)
-    if args.out:
-        args.out.write_text(
-            json.dumps(
-                {
-                    "budget_s": budget,
-                    "seeds": sorted({r["seed"] for r in rows}),
-                    "tasks": sorted({r["task"] for r in rows}),
-                    "runs": rows,
-                    "summary": summary.to_dict(orient="records"),
-                },
-                indent=1,
-                default=str,
-            )
-        )
-        print(f"written {args.out}")
-    if args.plot:
-        plot(rows, args.plot, budget)
+def results_path(args, budget: float, workdir: Path) -> Path:
+    label = budget_label(budget)
+    if args.results:
+        return Path(str(args.results).replace("{budget}", label))
+    if args.smoke_test:
+        return workdir / f"equal_time_{label}.jsonl"
+    return BENCHMARKS / "results" / f"equal_time_{label}.jsonl"
+
+
+def check_tasks(args, root: Path) -> str | None:
+    """Why the chosen reporting tasks cannot be reported on (they share images with a tuning task), or None."""
+    reporting = [t for t in args.tasks if t.role == "reporting"]
+    if not reporting:
+        return None
+    try:
+        lines = check_disjoint(TUNING_TASKS, reporting, root, args.seeds)
+    except NotImplementedError:
+        return "benchmarks/tasks.py's check_disjoint is not implemented yet: wait for it before a reporting run"
+    if lines:
+        shown = "\n  ".join(lines[:10]) + (f"\n  … {len(lines) - 10} more" if len(lines) > 10 else "")
+        return f"the reporting tasks share images with tuning tasks ({len(lines)} found):\n  {shown}"
+    return None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.summarise:
-        rows = [json.loads(line) for path in args.summarise for line in path.read_text().splitlines() if line.strip()]
-        budgets = {float(r["budget_s"]) for r in rows if "budget_s" in r} or {args.budget}
-        report(rows, args, max(budgets))
-        return 0
-    workdir = Path(tempfile.mkdtemp(prefix="nbtl-equal-time-"))
+    root = args.data_root.expanduser()
+    problem = None if args.smoke_test else check_tasks(args, root)
+    if problem:
+        print(f"equal_time: refusing to report: {problem}", file=sys.stderr)
+        return 2
+    workdir = args.work_dir or Path(tempfile.mkdtemp(prefix="nbtl-equal-time-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    stamp = provenance()
+    data = {task.name: task.data(root) for task in args.tasks}
     args.n_classes, args.n_train = {}, {}
-    for task in args.tasks:
-        for seed in args.seeds:
-            args.n_classes[task.name], args.n_train[task.name, seed] = task_facts(task, seed)
-    reporting = {t.name for t in REPORTING_TASKS}
-    print(
-        f"equal_time: {len(args.tasks)} task(s) x {len(args.seeds)} seed(s) x {len(args.methods)} method(s), "
-        f"{args.budget:g}s each; working folder {workdir}",
-        flush=True,
-    )
-    rows = []
-    # Seeds outermost: a run cut short still has every task at its first seeds.
-    for seed in args.seeds:
-        for task in args.tasks:
-            kind = "reporting" if task.name in reporting else "tuning" if task in TUNING_TASKS else "smoke"
+    failed = False
+    for budget in args.budgets:
+        path = results_path(args, budget, workdir)
+        done = done_keys(path)
+        todo = [(s, t, m) for s in args.seeds for t in args.tasks for m in args.methods]
+        todo = [(s, t, m) for s, t, m in todo if (t.name, s, m, budget) not in done]
+        print(
+            f"equal_time: budget {budget:g}s, {len(args.tasks)} task(s) x {len(args.seeds)} seed(s) x "
+            f"{len(args.methods)} method(s): {len(todo)} run(s) to do, the others already in {path}; "
+            f"working folder {workdir}",
+            flush=True,
+        )
+        # Seeds outermost, every method of a (task, seed) together: a run cut short leaves whole paired blocks.
+        for seed, task, method in todo:
+            if (task.name, seed) not in args.n_train:
+                args.n_classes[task.name], args.n_train[task.name, seed] = task_facts(task, data[task.name], seed)
+            folder = workdir / budget_label(budget) / task.name / f"seed{seed}" / method
+            row = run_method(method, task, data[task.name], seed, budget, args, folder)
+            row.update({**stamp, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            append_row(path, row)
+            failed |= row["exit"] != 0
             print(
-                f"\n== {task.name} ({kind}, seed {seed}): {task.data}, {args.n_classes[task.name]} classes, "
-                f"{task.per_class} per class, {task.image_size}px",
+                f"  {task.name} seed {seed} {method:<14} test acc {_pct(row.get('test_accuracy'))}  macro-F1 "
+                f"{_pct(row.get('test_macro_f1'))}  wall {row.get('wall_s', NAN):.0f}s  trials {row.get('trials', 0)}",
                 flush=True,
             )
-            for method in args.methods:
-                row = run_method(method, task, seed, args, workdir / task.name / f"seed{seed}" / method)
-                rows.append(row)
-                if args.out:  # every run as it ends, so a run cut short keeps what it measured
-                    with open(f"{args.out}.rows.jsonl", "a") as handle:
-                        handle.write(json.dumps(row, default=str) + "\n")
-                print(
-                    f"  seed {seed} {method:<9} test acc {_pct(row.get('test_accuracy'))}  macro-F1 "
-                    f"{_pct(row.get('test_macro_f1'))}  wall {row.get('wall_s', float('nan')):.0f}s  "
-                    f"trials {row.get('trials', 0)}  at chance {row.get('at_chance', 0)}",
-                    flush=True,
-                )
-    report(rows, args, args.budget)
-    failed = any(row["exit"] != 0 for row in rows)
+        summary(path)
     if args.keep or failed:
         print(f"kept {workdir} (a log.txt and an MLflow store per run)")
-    else:
+    elif not args.work_dir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
+
+
+def summary(path: Path) -> None:
+    from report import read_rows
+
+    frame = read_rows(path) if path.exists() else pd.DataFrame()
+    if frame.empty:
+        return
+    budget = float(frame["budget_s"].max())
+    print("\n" + render_methods(frame, MAIN_METHODS, budget, f"(from {path})"))
+    if frame["method"].isin(ABLATIONS).any():
+        print(render_methods(frame, ("default", *ABLATIONS), budget, "(ablations)"))
+    if path.parent == BENCHMARKS / "results":
+        print("README tables: python benchmarks/report.py --write")
 
 
 def _pct(value: float | None) -> str:

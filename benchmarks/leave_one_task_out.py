@@ -13,7 +13,7 @@ learned model) are scored the same way. Then the weighted Kendall tau (``scipy.s
 between each fit measure's ranking of the backbones and their fine-tuned accuracy (the best trial of
 each backbone in the task's search), per task and averaged; and LogME's time on 10,000 x 1,280 features.
 
-    python benchmarks/leave_one_task_out.py --out loto.json           # ~20 min on 2 CPUs
+    python benchmarks/leave_one_task_out.py      # ~20 min on 2 CPUs; writes benchmarks/results/leave_one_task_out.json
     python benchmarks/leave_one_task_out.py --tasks "digits 32px seed=0"
 """
 
@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one BLAS thread: the fit measures' cross-validation is faster so
@@ -109,7 +110,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--rules", default=None, help="rules YAML (default: heuristics/rules.yaml)")
     parser.add_argument("--tasks", nargs="*", help="only these tasks (as in the meta-dataset's task column)")
-    parser.add_argument("--out", help="write the results as JSON")
+    parser.add_argument(
+        "--out",
+        default=str(REPO / "benchmarks" / "results" / "leave_one_task_out.json"),
+        help="results JSON that benchmarks/report.py renders (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     from nbtl.heuristics import load_rules
@@ -222,9 +227,20 @@ def main(argv=None) -> int:
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})"
     )
     if args.out:
-        Path(args.out).write_text(
-            json.dumps({"tasks": results, "kendall_tau": taus, "logme_seconds": seconds}, indent=1, default=str)
-        )
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from equal_time import provenance
+
+        document = {
+            **provenance(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "options": {"meta": args.meta, "space": args.space, "rules": args.rules, "tasks": args.tasks},
+            "tasks": results,
+            "kendall_tau": taus,
+            "logme_seconds": seconds,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(document, indent=1, default=str) + "\n")
+        print(f"written {args.out}")
     return 0
 
 

@@ -20,7 +20,17 @@ uncached probe one pass per epoch, so their accuracies differ by design.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS))
+from equal_time import provenance  # noqa: E402
+
+OUT = BENCHMARKS / "results" / "trial_speed.json"
 
 
 def main() -> None:
@@ -33,6 +43,9 @@ def main() -> None:
     parser.add_argument("--freeze", default="0,7,8,9", help="comma-separated freeze_blocks values")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--augment", action="store_true", help="hflip + crop_padding 4, 4 cached views")
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help=f"results JSON that benchmarks/report.py renders (default {OUT})"
+    )
     args = parser.parse_args()
 
     import torch
@@ -121,6 +134,16 @@ def main() -> None:
             f"probe (freeze_blocks={probe}, cached): {rows[probe, True]['total_s']:.1f}s = {100 * share:.1f}% of a "
             f"full fine-tune's {rows[0, False]['total_s']:.1f}s (target < 5%)"
         )
+    options = {k: getattr(args, k) for k in ("image_size", "per_class", "epochs", "batch_size", "lr", "threads")}
+    document = {
+        **provenance(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "options": {**options, "augment": args.augment, "data": "digits", "backbone": "efficientnet_lite0"},
+        "rows": [{"freeze": f, "mode": "cached" if c else "uncached", **row} for (f, c), row in rows.items()],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"written {args.out}")
 
 
 if __name__ == "__main__":

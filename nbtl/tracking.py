@@ -28,6 +28,7 @@ ROLE_TAG = "nbtl.role"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 ATTEMPT_TAG = "nbtl.attempt"
+CHOSEN_TAG = "nbtl.chosen"  # nbtl train: the run (config or its probe floor) that is the training's result
 MODEL_URI_TAG = "nbtl.model_uri"  # the run's logged model (a search's best trial's, an ensemble's)
 MAX_PARAM_LENGTH = 6000
 #: A search's MLflow experiment is its name with this prefix, as ``nbtl train`` uses ``train-`` and ``nbtl fit``
@@ -282,6 +283,27 @@ def finished_searches(client, name: str | None = None) -> list:
         )
     )
     return [r for r in runs if name is None or r.data.tags.get(SEARCH_TAG) == name]
+
+
+def chosen_training_runs(client, experiment: str | None = None) -> list:
+    """The FINISHED ``nbtl train`` runs tagged :data:`CHOSEN_TAG` (each the result of one ``nbtl train``: its
+    config, or the probe floor when that won), newest first; of ``experiment`` only when given. A train run
+    without the tag (the one it was compared with) is never the result."""
+    from mlflow.entities import ViewType
+
+    if experiment is None:
+        found = _retry(lambda: client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
+    else:
+        found = [e for e in [_retry(lambda: client.get_experiment_by_name(experiment))] if e is not None]
+    experiments = [e.experiment_id for e in found]
+    if not experiments:
+        return []
+    clauses = ["attributes.status = 'FINISHED'", f"tags.`{ROLE_TAG}` = 'train'", f"tags.`{CHOSEN_TAG}` = 'true'"]
+    return _retry(
+        lambda: client.search_runs(
+            experiments, filter_string=" and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=1000
+        )
+    )
 
 
 def find_trial_run(client, experiment_id: str, trial_id: str):

@@ -27,11 +27,12 @@ from nbtl.config import TrialConfig
 from nbtl.data import AugmentedDataset, ImageDataset, Splits, make_augmentation
 from nbtl.errors import TrialDivergedError
 from nbtl.features import PrefixEntry, PrefixStore
+from nbtl.fit.probe import expected_calibration_error, fit_linear_probe
 from nbtl.transfer import TransferModel, TransferSetup, build_transfer
 
 logger = logging.getLogger(__name__)
 
-#: A fully frozen trial (the linear probe) makes at least this many optimizer steps (see ``train_trial``).
+#: A fully frozen trial with an MLP or spinal head makes at least this many optimizer steps (see ``train_trial``).
 PROBE_MIN_STEPS = 600
 
 #: ``report(metrics, state)``: ``metrics`` for this epoch; ``state()`` returns a resumable checkpoint dict.
@@ -70,7 +71,8 @@ def evaluate(
     batch_size: int = 256,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Loss, accuracy, macro-F1 and weighted-F1 of ``model`` on ``data`` (scikit-learn metrics)."""
+    """Loss, accuracy, macro-F1, weighted-F1 (scikit-learn metrics) and expected calibration error (``ece``,
+    :func:`nbtl.fit.probe.expected_calibration_error`) of ``model`` on ``data``."""
     model.eval()
     return _evaluate(model, data.images, data.labels, device, batch_size, amp_dtype)
 
@@ -85,21 +87,23 @@ def _evaluate(
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """:func:`evaluate` of ``forward`` (a model in eval mode) on ``inputs`` (images or cached block outputs)."""
-    losses, predictions = [], []
+    losses, probabilities = [], []
     for start in range(0, len(labels), batch_size):
         batch = inputs[start : start + batch_size].to(device, non_blocking=True)
         targets = labels[start : start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = forward(batch if batch.dtype == torch.uint8 else batch.float())
         losses.append(nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item())
-        predictions.append(logits.argmax(1).cpu())
+        probabilities.append(logits.float().softmax(1).cpu())
     y_true = labels.numpy()
-    y_pred = torch.cat(predictions).numpy()
+    p = torch.cat(probabilities).numpy()
+    y_pred = p.argmax(1)
     return {
         "loss": sum(losses) / len(labels),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "ece": expected_calibration_error(p, y_true),
     }
 
 
@@ -175,6 +179,26 @@ def _prefix_feed(model: TransferModel, entry: PrefixEntry, loader: DataLoader, d
     )
 
 
+@torch.no_grad()
+def _fit_probe_head(model: TransferModel, feed: _Feed, labels: torch.Tensor, seed: int, fit: bool = True) -> float:
+    """Fit the linear head of a fully frozen trial on ``feed``'s pooled features of the clean train images (the
+    probe needs no augmentation) with :func:`nbtl.fit.probe.fit_linear_probe`, and return its training
+    cross-entropy. ``fit=False`` (a resumed trial) keeps the head as loaded."""
+    linear = model.head[-1]
+    if fit:
+        probe = fit_linear_probe(
+            feed.train[0].cpu().numpy(), labels.numpy(), linear.out_features, random_state=seed % 2**32
+        )
+        linear.weight.copy_(torch.as_tensor(probe.weight, dtype=linear.weight.dtype))
+        linear.bias.copy_(torch.as_tensor(probe.bias, dtype=linear.bias.dtype))
+        logger.info(
+            "linear probe fitted: C=%.3g over %d folds, cv log loss %.4f", probe.C, probe.folds, probe.cv_log_loss
+        )
+    model.eval()
+    logits = feed.forward(feed.train[0].to(linear.weight.device).float())
+    return float(nn.functional.cross_entropy(logits.float(), labels.to(logits.device)).item())
+
+
 def _frozen_keys(model: TransferModel, freeze: int) -> set[str]:
     """The ``state_dict`` keys of the blocks that never train (``blocks[:freeze]``: eval mode, no gradient):
     they hold what :func:`build_transfer` made from the pre-trained weights and the seed, so a resumed trial
@@ -215,11 +239,15 @@ def train_trial(
     ``config.seed``. Without augmentation a cached and an uncached trial reach the same metrics up to
     float error. Val and test are evaluated on the cached clean outputs.
 
-    A fully frozen trial (``freeze_blocks`` = all blocks, the linear probe) trains only the head, on
-    pooled features computed once per trial, where a step takes microseconds: each epoch then makes
-    as many passes over the train split as it takes for the whole trial to make at least
-    ``PROBE_MIN_STEPS`` (600) optimizer steps, with the cosine schedule over all of them, so the
-    head trains to convergence in seconds. (Uncached, a probe makes one pass per epoch.)
+    The linear probe (``freeze_blocks`` = all blocks, ``head: linear``, no warm-up) is fitted, not trained:
+    a multinomial logistic regression with L-BFGS on the pooled features of every train view, its L2
+    strength chosen by cross-validated log loss on the train split (:func:`nbtl.fit.probe.fit_linear_probe`,
+    the standard linear-probe protocol), cached or not; its ``lr``, ``head_lr`` and ``l2_head`` are unused.
+    Every epoch then reports the same metrics, at the cost of an evaluation. Another fully frozen trial (an
+    ``mlp`` or ``spinal`` head) trains its head on pooled features computed once per trial, where a step
+    takes microseconds: each epoch makes as many passes over the train split as it takes for the whole
+    trial to make at least ``PROBE_MIN_STEPS`` (600) optimizer steps, with the cosine schedule over all
+    of them. (Uncached, such a trial makes one pass per epoch.)
 
     With ``head_warmup_epochs = W`` (LP-FT, Kumar et al., ICLR 2022) epochs ``1..W`` freeze every
     block and train the head alone (on cached pooled features when caching), then ``freeze_blocks``
@@ -302,15 +330,21 @@ def train_trial(
     store = prefix_store if prefix_store is not None else PrefixStore()
     feeds: dict[int, _Feed] = {}
 
+    # The linear probe (every block frozen, a linear head) is fitted, not trained: L-BFGS logistic regression
+    # on the pooled features with its L2 strength cross-validated (nbtl.fit.probe), cached or not.
+    closed_form = freeze == num_blocks and config.head == "linear" and not warmup
+
     def feed_for(epoch: int) -> _Feed:
         level = num_blocks if epoch <= warmup else freeze
         if level not in feeds:
             entry = None
-            if cache_prefix and level >= 1:
+            if (cache_prefix or closed_form) and level >= 1:
                 # Past transfer_blocks the prefix holds this trial's re-initialised blocks, which the
                 # pre-trained weights' hash does not describe: key it by the model's own weights then.
                 weights = state_dict if level <= setup.transfer_blocks else None
-                entry = store.get(model, splits, level, augmentation=augmentation, state_dict=weights)
+                entry = (store if cache_prefix else PrefixStore()).get(
+                    model, splits, level, augmentation=augmentation, state_dict=weights
+                )
             feeds[level] = (
                 _image_feed(model, splits, loader)
                 if entry is None
@@ -320,9 +354,12 @@ def train_trial(
 
     start_epoch = 1 if resume is None else int(resume["epoch"]) + 1
     passes = 1
-    probe = freeze == num_blocks and cache_prefix and start_epoch <= config.epochs
+    probe = freeze == num_blocks and cache_prefix and start_epoch <= config.epochs and not closed_form
     if probe and feed_for(start_epoch).train is not None:  # head steps on pooled features cost microseconds
         passes = max(1, math.ceil(PROBE_MIN_STEPS / (config.epochs * steps_per_epoch)))
+    if closed_form:
+        passes = 0  # no optimizer step: the head is fitted once, below, and every epoch reports the same
+        probe_loss = _fit_probe_head(model, feed_for(1), splits.train.labels, config.seed, fit=resume is None)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch * passes)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
@@ -383,11 +420,12 @@ def train_trial(
         val = _evaluate(feed.forward, feed.val, splits.val.labels, device, amp_dtype=amp_dtype)
         metrics = {
             "epoch": epoch,
-            "train_loss": total_loss / max(seen, 1),
+            "train_loss": probe_loss if closed_form else total_loss / max(seen, 1),
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
             "val_macro_f1": val["macro_f1"],
             "val_weighted_f1": val["weighted_f1"],
+            "val_ece": val["ece"],
         }
         # The best epoch: the highest validation accuracy, a tie going to the lower validation loss.
         if (val["accuracy"], -val["loss"]) > (best["best_val_accuracy"], -best.get("best_val_loss", math.inf)):

@@ -19,7 +19,7 @@ CPU = torch.device("cpu")
 METRIC_KEYS = {
     "epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_weighted_f1", "best_val_accuracy",
     "best_val_loss", "best_epoch", "test_loss", "test_accuracy", "test_macro_f1", "test_weighted_f1", "prefix_blocks",
-    "prefix_cache_hit", "epoch_time_s", "learning_rate",
+    "prefix_cache_hit", "epoch_time_s", "learning_rate", "val_ece", "test_ece",
 }  # fmt: skip
 # Learns quickly on CPU: only the last block and the head train.
 QUICK = dict(backbone=LITE0, freeze_blocks=8, lr=0.1, epochs=5, batch_size=32, seed=0)

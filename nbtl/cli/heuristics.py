@@ -239,7 +239,9 @@ def train(args: argparse.Namespace) -> int:
     from nbtl.config import TrialConfig
     from nbtl.data import load_dataset, split_dataset
     from nbtl.heuristics.recommend import load_recommendation, recommended_settings
+    from nbtl.search.results import rank_key
     from nbtl.search.start import probe_config
+    from nbtl.tracking import CHOSEN_TAG
 
     for flag in ("epochs", "config_index"):
         positive(getattr(args, flag), "--" + flag.replace("_", "-"))
@@ -306,9 +308,9 @@ def train(args: argparse.Namespace) -> int:
             dataset.name,
         )
         outcomes.append((run_name, final, run))
-    run_name, final, run = max(outcomes, key=lambda o: (o[1]["best_val_accuracy"], -o[1].get("best_val_loss", 0.0)))
+    run_name, final, run = min(outcomes, key=lambda o: rank_key(o[1]))  # the one ranking (nbtl.search.results)
+    run.set_tags({CHOSEN_TAG: "true"})  # what readers take as this training's result
     if len(outcomes) > 1:
-        run.set_tags({"nbtl.chosen": "true"})
         scores = ", ".join(f"{name} {metrics['best_val_accuracy']:.4f}" for name, metrics, _ in outcomes)
         print(f"kept {run_name}: the better validation accuracy of {len(outcomes)} runs ({scores})")
     print(

@@ -13,14 +13,17 @@ from nbtl.data.colour import load_emoji, load_icons, load_photo_patches
 from nbtl.data.dataset import ImageDataset
 from nbtl.data.images import decode_files
 from nbtl.data.listing import FileListing, list_csv, list_image_folder, list_official_folder, official_part_folders
+from nbtl.data.packaged import PACKAGED_SOURCES
 from nbtl.data.selection import select_per_class
 from nbtl.errors import DataError
 
 #: Colour built-ins (nbtl/data/colour.py): name -> loader(image_size, per_class, seed).
 COLOUR_SOURCES = {"photo-patches": load_photo_patches, "emoji": load_emoji, "icons": load_icons}
-BUILTIN_SOURCES = ("digits", "fashion-mnist", *COLOUR_SOURCES)
+#: Every built-in; those after the colour ones come from nbtl/data/packaged.py (name -> loader, as above).
+BUILTIN_SOURCES = ("digits", "fashion-mnist", *COLOUR_SOURCES, *PACKAGED_SOURCES)
 _SOURCE_HELP = (
-    "pass 'digits', 'fashion-mnist', 'fashion-mnist:<dir>', 'photo-patches', 'emoji', 'icons', "
+    "pass 'digits', 'fashion-mnist', 'fashion-mnist:<dir>', 'fashion-mnist-test', 'photo-patches', 'emoji', "
+    "'emoji-more', 'icons', 'playing-cards', 'wallpaper-tiles', "
     "a directory with one sub-folder per class, or a .csv file with columns path,label"
 )
 
@@ -44,12 +47,21 @@ def load_dataset(
         - ``"fashion-mnist"``: the Fashion-MNIST training split (60000 images) from Debian's
           ``dataset-fashion-mnist`` package, or ``"fashion-mnist:<dir>"`` with a folder that
           holds the IDX files or a torchvision root with ``FashionMNIST/raw/``;
+        - ``"fashion-mnist-test"``: the Fashion-MNIST test split (t10k, 10000 images) from the same
+          Debian package, which ``"fashion-mnist"`` never returns;
         - ``"photo-patches"``: 960 colour crops of eight photos bundled with scikit-image, class =
           photo (8 classes x 120);
         - ``"emoji"``: Noto Color Emoji glyphs (Debian ``fonts-noto-color-emoji``), class =
           category (faces, animals, food, travel, objects; 5 classes, 90-130 each);
         - ``"icons"``: Oxygen icons (Debian ``oxygen-icon-theme``), class = context (actions,
           apps, devices, mimetypes, status; 5 classes, 60-650 each);
+        - ``"emoji-more"``: Noto Color Emoji glyphs in eight categories (faces, people, body,
+          animals, food, travel, activities, objects; about 790 glyphs);
+        - ``"playing-cards"``: the 624 cards of 12 KDE card decks drawn from SVG (Debian
+          ``kdegames-card-data-kf5`` and ``librsvg2-bin``), class = suit (4 classes x 156);
+          about a minute on 2 CPUs, as every card is drawn by ``rsvg-convert``;
+        - ``"wallpaper-tiles"``: non-overlapping 64 px tiles of ten KDE Plasma wallpapers (Debian
+          ``plasma-workspace-wallpapers``), class = wallpaper;
         - a directory in ImageFolder layout, ``<dir>/<class name>/<image>``; links are
           followed, each real folder once, and an image reached by two paths counts once;
         - a directory with official parts, ``<dir>/train/<class name>/<image>`` and
@@ -91,7 +103,7 @@ def load_dataset(
     ------
     DataError
         On a missing path, unknown source, bad layout, corrupt image, bad CSV, absent
-        Fashion-MNIST files or colour built-in package, a single class, or invalid ``image_size`` / ``per_class``.
+        Fashion-MNIST files or a built-in's Debian package, a single class, or invalid ``image_size`` / ``per_class``.
     """
     _check_int("image_size", image_size, "the side in pixels of the square images, e.g. 224")
     if per_class is not None:
@@ -109,6 +121,8 @@ def load_dataset(
         dataset = load_fashion_mnist(directory, image_size, per_class, seed)
     elif text in COLOUR_SOURCES:
         dataset = COLOUR_SOURCES[text](image_size, per_class, seed)
+    elif text in PACKAGED_SOURCES:
+        dataset = PACKAGED_SOURCES[text](image_size, per_class, seed)
     else:
         dataset = _load_files(*_list_path(text), text, image_size, per_class, seed)
     if test_data is not None:

@@ -10,7 +10,6 @@ trial on that test split, and logged as a pyfunc model on its own run (a child o
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from nbtl.errors import ConfigError, NbtlError
 from nbtl.models.classifier import Member, classifier_of, read_members
 from nbtl.models.export import KEPT_ARTIFACT, KEPT_TAG
+from nbtl.search.results import rank_key
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def ensemble_search(
             for file in Path(directory).iterdir():  # the next trial's folder has the same name
                 file.unlink()
     # ranked by what the kept weights scored (their checkpoint's metrics, as the search ranked them)
-    kept.sort(key=lambda k: (-k[1].metrics.get("best_val_accuracy", -1.0), k[1].metrics.get("best_val_loss", math.inf)))
+    kept.sort(key=lambda k: rank_key(k[1].metrics))
     trials, members = [t for t, _ in kept[:top]], [m for _, m in kept[:top]]
     if list(classes) != list(splits.test.classes):
         raise EnsembleError(f"the kept models' classes {classes[:5]}... are not the search data's: was it changed?")

@@ -71,12 +71,13 @@ def hand_over(
     model on the parent run. Returns what was logged, or None when no trial left weights."""
     from nbtl.models.classifier import Member, save_classifier, trained_state_dict
     from nbtl.models.export import KEPT_ARTIFACT, KEPT_TAG, MODEL_NAME, log_classifier
-    from nbtl.search.runner import METRIC, _trial_id
+    from nbtl.search.results import METRIC, ranked_scored
+    from nbtl.search.runner import _trial_id
     from nbtl.tracking import MODEL_URI_TAG
 
     if handover.keep < 1 or table.empty:
         return None
-    ranked = table[(table["status"] != "FAILED") & table[METRIC].notna()].head(handover.keep)
+    ranked = ranked_scored(table).head(handover.keep)  # the one ranking: the search's best trial first
     by_id = {_trial_id(r): r for r in results}
     kept: list[tuple[dict[str, Any], Member]] = []
     for row in ranked.to_dict("records"):

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from nbtl.search.results import rank_trials
 from nbtl.search.space import trial_seed
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,4 @@ def rerank(table: pd.DataFrame, repeats: dict[str, dict], top: list[str]) -> pd.
             ]
             accuracy, loss = (accuracy + repeat["best_val_accuracy"]) / 2, (loss + repeat["best_val_loss"]) / 2
         table.loc[index, ["mean_val_accuracy", "mean_val_loss"]] = [accuracy, loss]
-    head = table[table["trial_id"].isin(top)].sort_values(
-        ["mean_val_accuracy", "mean_val_loss"], ascending=[False, True], kind="stable"
-    )
-    return pd.concat([head, table[~table["trial_id"].isin(top)]]).reset_index(drop=True)
+    return rank_trials(table)

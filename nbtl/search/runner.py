@@ -26,11 +26,11 @@ from nbtl.search.lifecycle import (
     resume_command,
     tell_how_to_resume,
 )
+from nbtl.search.results import METRIC, MODE, best_trial, rank_trials
 from nbtl.search.space import SearchSpace, dump_config
 
 #: The search's own defaults; the data's (image size, split, seed, ...) are nbtl.data.settings.DataSettings'.
 DEFAULTS = {"trials": 8, "max_concurrent": 2, "max_failures": 0, "keep_weights": KEEP_WEIGHTS}
-METRIC, MODE = "best_val_accuracy", "max"
 SEARCH_STATE = "nbtl_search.json"
 PREFIX_CACHE = "prefix_cache"  # the frozen-prefix feature store of a search (nbtl.features), shared by its trials
 RESULT_COLUMNS = [
@@ -46,9 +46,6 @@ RESULT_COLUMNS = [
     "prefix_blocks",
     "prefix_cache_hit",
 ]
-#: How results are ranked: best validation accuracy, ties broken by the lower validation loss at that epoch
-#: (on 90 validation images two trials tied at 0.967 and scored 0.822 and 0.956 on test).
-RANKING = [(METRIC, False), ("best_val_loss", True)]
 
 logger = logging.getLogger(__name__)
 
@@ -166,19 +163,6 @@ def _full_config(values: dict[str, Any] | None) -> dict[str, Any]:
         return TrialConfig.from_dict(values).to_dict()
     except NbtlError:
         return {**TrialConfig().to_dict(), **values}
-
-
-def rank_trials(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` best first (:data:`RANKING`), failed trials and trials without a result last."""
-    if table.empty:
-        return table
-    columns = [c for c, _ in RANKING if c in table]
-    ascending = [a for c, a in RANKING if c in table]
-    failed = table["status"].eq("FAILED") if "status" in table else pd.Series(False, index=table.index)
-    ranked = table.assign(_failed=failed).sort_values(
-        ["_failed", *columns], ascending=[True, *ascending], na_position="last", kind="stable"
-    )
-    return ranked.drop(columns="_failed").reset_index(drop=True)
 
 
 def results_table(
@@ -554,6 +538,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
                 prefix_cache_dir=str(plan.experiment_path / PREFIX_CACHE),
                 seed=plan.seed,
                 dataset=prepared.dataset_input,
+                cache_prefix=space.prefix_cache,
             )
             if plan.starts.labels:
                 print_fn(
@@ -702,6 +687,7 @@ def resume_search(
                 prefix_cache_dir=str(experiment_path / PREFIX_CACHE),
                 seed=int(setting(options, space, "seed")),
                 dataset=prepared.dataset_input,
+                cache_prefix=space.prefix_cache,
             )
             tuner = tune.Tuner.restore(
                 str(experiment_path),
@@ -790,10 +776,10 @@ def finish_search(
         if run.info.status == "RUNNING":
             trial_id = run.data.tags.get("nbtl.trial_id", "")
             tracker.close_trial(trial_id, run.info.run_name, {}, "FINISHED", tags={"nbtl.stopped_early": "true"})
-    ok = table[table["status"] != "FAILED"] if not table.empty else table
     best = None
-    if not ok.empty and ok[METRIC].notna().any():
-        row = ok.iloc[0].to_dict()  # ranked: best validation accuracy, then lowest validation loss
+    chosen = best_trial(table)  # the one ranking (nbtl.search.results), as every reader of the results
+    if chosen is not None:
+        row = chosen.to_dict()
         config = configs[row["trial_id"]]
         best = {
             "trial_id": row["trial_id"],

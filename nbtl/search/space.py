@@ -46,6 +46,7 @@ SEARCH_KEYS = (
     "time_budget",
     "prior",
     "reevaluate",
+    "prefix_cache",
 )
 #: The configs a search runs first unless its space says otherwise (``search.start_points``): the linear probe,
 #: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
@@ -228,6 +229,11 @@ class SearchSpace:
             for p in self.parameters
         ]
         return dataclasses.replace(self, parameters=parameters)
+
+    @property
+    def prefix_cache(self) -> bool:
+        """Whether trials train on the frozen blocks' cached outputs (``search.prefix_cache``, default true)."""
+        return bool(self.search.get("prefix_cache", True))
 
     @property
     def start_points(self) -> list[str]:
@@ -519,6 +525,11 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
         raise ConfigError(f"{where}: search.prior must be a mapping like {{enabled: true, n_candidates: 32}}")
     _check_keys(prior, PRIOR_KEYS, f"{where}: search.prior")
     check_prior(prior, where)
+    if not isinstance(s.get("prefix_cache", True), bool):
+        raise ConfigError(
+            f"{where}: search.prefix_cache must be true (frozen blocks' outputs computed once and shared) or "
+            f"false (every trial runs every block), got {s['prefix_cache']!r}"
+        )
     reevaluate = s.get("reevaluate") or {}
     if not isinstance(reevaluate, dict):
         raise ConfigError(f"{where}: search.reevaluate must be a mapping like {{top: 3}}")

@@ -28,6 +28,7 @@ class TrialContext:
     prefix_cache_dir: str | None = None  # the search's frozen-prefix feature store, on storage every node mounts
     seed: int = 0  # the search seed: the augmented views of the prefix store derive from it
     dataset: dict[str, Any] | None = None  # nbtl.data.describe.describe_dataset: logged as each trial run's input
+    cache_prefix: bool = True  # search.prefix_cache: False runs every block of every trial on every step
 
 
 _STORES: dict[tuple[str | None, int], Any] = {}
@@ -108,6 +109,7 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
             report=report,
             resume=resume,
             prefix_store=store,
+            cache_prefix=context.cache_prefix,
         )
     except SystemExit:
         # Ray ended the trial (its scheduler stopped it, the time budget ran out, or the search was

@@ -3,7 +3,8 @@
 The features are the pooled output of the backbone's last block, as ``nbtl fit`` caches them
 (:func:`nbtl.fit.block_features`); the head (:func:`nbtl.transfer.heads.make_head`: ``linear``, ``mlp`` or
 SpinalNet's ``spinal`` layer) is trained from a seeded initialisation with Adam on features standardised
-with the training part's mean and deviation, and predicts the held-out part. Plain PyTorch.
+with the training part's mean and deviation, and predicts the held-out part; the ``linear`` head is fitted as
+a linear probe (L-BFGS logistic regression, L2 strength cross-validated). Plain PyTorch and scikit-learn.
 """
 
 from __future__ import annotations
@@ -42,7 +43,17 @@ def train_head(
     seed: int = 0,
 ) -> np.ndarray:
     """Train ``head`` on ``train_features`` ``(N, D)`` / ``train_labels`` ``(N,)`` and return its predicted
-    classes ``(M,)`` for ``test_features`` ``(M, D)``. Same inputs and seed, same predictions."""
+    classes ``(M,)`` for ``test_features`` ``(M, D)``. Same inputs and seed, same predictions.
+
+    The ``linear`` head is the linear probe as the field fits it (:func:`nbtl.fit.probe.fit_linear_probe`:
+    L-BFGS logistic regression, its L2 strength cross-validated on the training part); ``recipe`` is for the
+    heads with hidden layers (``mlp``, ``spinal``), trained with Adam."""
+    if head == "linear":
+        from nbtl.fit.probe import fit_linear_probe
+
+        probe = fit_linear_probe(train_features, train_labels, num_classes, random_state=int(seed))
+        return probe.logits(test_features).argmax(1)
+
     import torch
     from torch import nn
 

@@ -1,0 +1,472 @@
+"""The benchmarks' tables, rendered from the files under benchmarks/results/ and nothing else.
+
+Each table lives in a README between ``<!-- report:NAME -->`` and ``<!-- /report:NAME -->``; this script
+renders every such block of benchmarks/README.md and README.md from its results file:
+
+  equal_time_B, ablations_B   results/equal_time_B.jsonl (benchmarks/equal_time.py, budget B: 2m, 5m, 15m)
+  trial_speed                 results/trial_speed.json (benchmarks/trial_speed.py)
+  leave_one_task_out          results/leave_one_task_out.json (benchmarks/leave_one_task_out.py)
+
+A block whose file is absent says "not measured yet". Every row names the commit(s) it was measured at
+(``*``: the working tree had uncommitted changes to tracked files).
+
+    python benchmarks/report.py --check    # exit 1 naming each block that differs from what the files say
+    python benchmarks/report.py --write    # rewrite the blocks in place, and the equal-time figures
+
+Statistics (equal time). Per task and pooled over the reporting tasks: mean test accuracy and macro-F1 per
+method; the paired difference ``default - method`` over the (task, seed) pairs where both have a result, with a
+95 % percentile bootstrap interval (10,000 resamples of the pairs, numpy, seed 0) and wins / losses / ties of
+default; and, as Quick-Tune reports (Arango et al. 2024, arXiv 2306.03828), normalised regret and average rank over
+wall time: per (task, seed) with every method's result, at each time t each method's best-so-far test accuracy of
+its chosen config, regret ``(best - value) / (best - worst)`` with best and worst the methods' final results on
+that (task, seed), the rank among the methods at t (1 = best, ties averaged), both averaged over (task, seed).
+Before its first result a method has regret 1, the last rank, and accuracy 0 in the area under its curve, which is
+normalised by the budget (the mean best-so-far accuracy over [0, budget]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+RESULTS = BENCHMARKS / "results"
+READMES = (BENCHMARKS / "README.md", REPO / "README.md")
+MAIN_METHODS = ("probe", "binary", "random", "recommend", "default")
+ABLATIONS = ("no-start", "no-prior", "no-cache", "batch64", "no-warmup", "no-l2sp-blocks")
+BASELINE = "default"
+RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
+AT = (0.25, 0.5, 1.0)  # shares of the budget the regret and rank tables show
+GRID_POINTS = 201
+BLOCK = re.compile(r"(<!-- report:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
+RESULTS_FILE = re.compile(r"equal_time_\w+\.jsonl")  # not the superseded equal_time_2m.rows.jsonl
+REQUIRED = ("task", "seed", "method", "budget_s", "exit")
+NOT_MEASURED = "_Not measured yet: no `{file}`._\n"
+
+
+class ReportError(Exception):
+    """A results file or README that cannot be rendered; its message names the file and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def bootstrap_interval(values, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED, level: float = LEVEL):
+    """Percentile bootstrap interval of the mean of ``values`` (shape (n,)): ``resamples`` draws of n values
+    with replacement, numpy's generator seeded with ``seed``. Returns (low, high); (nan, nan) when empty."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    means = values[draws].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def paired(frame: pd.DataFrame, method: str, baseline: str = BASELINE, column: str = "test_accuracy") -> pd.DataFrame:
+    """(task, seed, baseline, method, diff) of the pairs where both have a finite ``column``."""
+    wide = frame.pivot_table(index=["task", "seed"], columns="method", values=column, aggfunc="last")
+    if method not in wide or baseline not in wide:
+        return pd.DataFrame(columns=["task", "seed", baseline, method, "diff"])
+    both = wide[[baseline, method]].dropna().reset_index()
+    return both.assign(diff=both[baseline] - both[method])
+
+
+def paired_difference(diffs, tie: float = 1e-9) -> dict:
+    """Mean of the paired differences ``diffs`` (baseline - method), its bootstrap interval, and the baseline's
+    wins (diff > 0), losses and ties (|diff| <= ``tie``)."""
+    diffs = np.asarray(diffs, dtype=float)
+    low, high = bootstrap_interval(diffs)
+    return {
+        "n": int(diffs.size),
+        "mean": float(diffs.mean()) if diffs.size else float("nan"),
+        "low": low,
+        "high": high,
+        "wins": int((diffs > tie).sum()),
+        "losses": int((diffs < -tie).sum()),
+        "ties": int((np.abs(diffs) <= tie).sum()),
+    }
+
+
+def step_values(curve, grid) -> np.ndarray:
+    """The step curve ``curve`` ([(seconds, value), ...]) at each time of ``grid``: the value of the last point
+    at or before t; nan before the first."""
+    grid = np.asarray(grid, dtype=float)
+    if not curve:
+        return np.full(grid.shape, np.nan)
+    points = sorted((float(t), float(v)) for t, v in curve)
+    times, values = np.array([t for t, _ in points]), np.array([v for _, v in points])
+    index = np.searchsorted(times, grid, side="right") - 1
+    return np.where(index >= 0, values[np.clip(index, 0, None)], np.nan)
+
+
+def area_under(curve, budget: float) -> float:
+    """Area under the step curve over [0, budget] divided by ``budget`` (0 before its first point)."""
+    points = sorted((min(max(float(t), 0.0), budget), float(v)) for t, v in curve)
+    area = 0.0
+    for (start, value), (end, _) in zip(points, points[1:] + [(budget, 0.0)]):
+        area += value * (end - start)
+    return area / budget
+
+
+def complete_blocks(frame: pd.DataFrame, methods) -> list[pd.DataFrame]:
+    """The (task, seed) groups of ``frame`` where every one of ``methods`` has a finite test accuracy."""
+    blocks = []
+    for _, group in frame[frame["method"].isin(methods)].groupby(["task", "seed"], sort=True):
+        group = group.drop_duplicates("method", keep="last").set_index("method")
+        if all(m in group.index and np.isfinite(group.loc[m, "test_accuracy"]) for m in methods):
+            blocks.append(group.loc[list(methods)])
+    return blocks
+
+
+def anytime(frame: pd.DataFrame, methods, budget: float, points: int = GRID_POINTS) -> dict:
+    """Best-so-far accuracy, normalised regret and rank over wall time, averaged over the complete (task, seed)
+    blocks of ``methods``: {"grid": (points,), "blocks": n, "accuracy" / "regret" / "rank": {method: (points,)},
+    "final_regret" / "final_rank" / "auc": {method: float}}."""
+    methods = list(methods)
+    grid = np.linspace(0.0, budget, points)
+    blocks = complete_blocks(frame, methods)
+    sums = {key: np.zeros((len(methods), points)) for key in ("accuracy", "regret", "rank")}
+    finals = {key: np.zeros(len(methods)) for key in ("final_regret", "final_rank", "auc")}
+    for block in blocks:
+        final = block["test_accuracy"].to_numpy(dtype=float)
+        best, worst = final.max(), final.min()
+        values = np.array([step_values(block.loc[m, "curve"], grid) for m in methods])
+        known = np.nan_to_num(values, nan=-np.inf)
+        spread = best - worst
+        with np.errstate(invalid="ignore"):
+            regret = np.where(np.isfinite(known), (best - known) / spread if spread else (known < best) * 1.0, 1.0)
+        sums["regret"] += regret
+        sums["rank"] += pd.DataFrame(known).rank(axis=0, ascending=False, method="average").to_numpy()
+        sums["accuracy"] += np.nan_to_num(values, nan=0.0)
+        finals["final_regret"] += (best - final) / spread if spread else np.zeros(len(methods))
+        finals["final_rank"] += pd.Series(final).rank(ascending=False, method="average").to_numpy()
+        finals["auc"] += np.array([area_under(block.loc[m, "curve"], budget) for m in methods])
+    n = max(len(blocks), 1)
+    out = {"grid": grid, "blocks": len(blocks)}
+    out.update({key: dict(zip(methods, value / n)) for key, value in {**sums, **finals}.items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_rows(path: Path) -> pd.DataFrame:
+    """The runs of an equal-time results file (one JSON object a line), the last row of each (task, seed,
+    method, budget) kept."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ReportError(
+                    f"{path}:{number}: not a JSON line ({error.msg}); remove or repair that line"
+                ) from None
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    missing = [c for c in REQUIRED if c not in frame]
+    if missing:
+        raise ReportError(f"{path}: rows without {', '.join(missing)}; not a results file of benchmarks/equal_time.py")
+    for column in ("test_accuracy", "test_macro_f1", "wall_s"):
+        frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
+    frame["curve"] = [c if isinstance(c, list) else [] for c in frame.get("curve", [[]] * len(frame))]
+    return frame.drop_duplicates(["task", "seed", "method", "budget_s"], keep="last").reset_index(drop=True)
+
+
+def commits(group: pd.DataFrame) -> str:
+    marks = {f"{c[:7]}{'*' if d else ''}" for c, d in zip(group.get("commit", []), group.get("dirty", []))}
+    return ", ".join(f"`{m}`" for m in sorted(marks)) or "?"
+
+
+def reported(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows pooled in the headline (the reporting tasks' when there are any) and what they are called."""
+    reporting = frame[frame.get("role", pd.Series("", index=frame.index)) == "reporting"]
+    if len(reporting):
+        return reporting, "reporting tasks"
+    roles = sorted(set(frame.get("role", pd.Series(["?"])).dropna()))
+    return frame, f"{'/'.join(roles) or 'all'} tasks (no reporting task measured)"
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+def _pct(value: float, digits: int = 1) -> str:
+    return "–" if value != value else f"{100 * value:.{digits}f}"
+
+
+def _delta(stats: dict) -> str:
+    if not stats["n"]:
+        return "–"
+    return (
+        f"{100 * stats['mean']:+.1f} [{100 * stats['low']:+.1f}, {100 * stats['high']:+.1f}] "
+        f"{stats['wins']}/{stats['losses']}/{stats['ties']}"
+    )
+
+
+def budget_label(seconds: float) -> str:
+    """2m, 15m, 40s, 1.5h: the budget in a results file's name and a report block's."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % (size / 10) == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _header(frame: pd.DataFrame, budget: float) -> str:
+    shown = budget_label(budget).replace("m", " min").replace("s", " s").replace("h", " h")
+    dates = sorted(str(d)[:10] for d in frame.get("date", pd.Series(dtype=str)).dropna())
+    cpus = sorted({int(c) for c in frame.get("cpus", pd.Series(dtype=float)).dropna()})
+    when = f"{dates[0]} … {dates[-1]}" if dates and dates[0] != dates[-1] else (dates[0] if dates else "?")
+    return (
+        f"Budget {shown} per method, task and seed; {frame['task'].nunique()} task(s), "
+        f"{frame['seed'].nunique()} seed(s), {len(frame)} runs; measured {when} on {'/'.join(map(str, cpus)) or '?'} "
+        f"CPUs at {commits(frame)} (`*`: uncommitted changes)."
+    )
+
+
+def _failures(frame: pd.DataFrame) -> str:
+    bad = frame[(frame["exit"] != 0) | frame["test_accuracy"].isna()]
+    if bad.empty:
+        return ""
+    counts = ", ".join(f"{m} {n}" for m, n in bad.groupby("method").size().items())
+    return f"\nRuns without a result (failed or no trial finished; left out of every pair): {counts}.\n"
+
+
+def render_methods(frame: pd.DataFrame, methods, budget: float, label: str) -> str:
+    """The accuracy table, the paired differences and the anytime table of ``methods`` in ``frame``."""
+    frame = frame[frame["method"].isin(methods)]
+    methods = [m for m in methods if m in set(frame["method"])]
+    if frame.empty:
+        return "_No run of these methods in the results file yet._\n"
+    pooled, pooled_name = reported(frame)
+    lines = [_header(frame, budget), ""]
+    lines += ["| task | seeds | " + " | ".join(methods) + " | commits |", "| --- " * (len(methods) + 3) + "|"]
+    groups = [(f"{t} ({g['role'].iloc[0]})", g) for t, g in frame.groupby("task", sort=True)]
+    for name, group in groups + [(f"**pooled: {pooled_name}**", pooled)]:
+        cells = []
+        for method in methods:
+            rows = group[group["method"] == method]
+            cells.append(f"{_pct(rows['test_accuracy'].mean())} / {_pct(rows['test_macro_f1'].mean())}")
+        lines.append(f"| {name} | {group['seed'].nunique()} | " + " | ".join(cells) + f" | {commits(group)} |")
+    lines += ["", "Test accuracy / macro-F1 (%) of each method's chosen config, mean over seeds.", ""]
+    others = [m for m in methods if m != BASELINE]
+    if BASELINE in methods and others:
+        tasks = sorted(frame["task"].unique())
+        lines += [
+            f"| {BASELINE} − method | pooled ({pooled_name}) | " + " | ".join(tasks) + " |",
+            "| --- " * (len(tasks) + 2) + "|",
+        ]
+        for method in others:
+            cells = [_delta(paired_difference(paired(pooled, method)["diff"]))]
+            for task in tasks:
+                cells.append(_delta(paired_difference(paired(frame[frame["task"] == task], method)["diff"])))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"Paired difference in test accuracy (points), {BASELINE} minus the method, over (task, seed) pairs: "
+            f"mean [95 % bootstrap interval, {RESAMPLES:,} resamples] and {BASELINE}'s wins/losses/ties.",
+            "",
+        ]
+    curves = anytime(pooled, methods, budget)
+    if curves["blocks"]:
+        shares = " | ".join(f"regret {share:.0%}" for share in AT) + " | " + " | ".join(f"rank {s:.0%}" for s in AT)
+        lines += [f"| method | area under curve | {shares} | rank at end |", "| --- " * (2 * len(AT) + 3) + "|"]
+        for method in methods:
+            at = [int(round(share * (GRID_POINTS - 1))) for share in AT]
+            cells = [f"{curves['regret'][method][i]:.2f}" for i in at] + [
+                f"{curves['rank'][method][i]:.2f}" for i in at
+            ]
+            lines.append(
+                f"| {method} | {_pct(curves['auc'][method])} | " + " | ".join(cells) + f" | "
+                f"{curves['final_rank'][method]:.2f} |"
+            )
+        lines += [
+            "",
+            f"Over wall time, on the {curves['blocks']} (task, seed) pairs of the {pooled_name} where every method has a "
+            "result: the area under the best-so-far test accuracy of the chosen config (% over the budget), normalised "
+            "regret and average rank (1 = best) at 25 %, 50 % and 100 % of the budget.",
+            "",
+        ]
+    return "\n".join(lines) + _failures(frame) + f"\n{label}\n"
+
+
+def render_equal_time(name: str, frame: pd.DataFrame, figure: str) -> str:
+    budget = float(frame["budget_s"].max())
+    picture = f"![best-so-far accuracy, regret and rank over wall time]({figure})" if figure else ""
+    return render_methods(frame, MAIN_METHODS, budget, picture)
+
+
+def render_ablations(name: str, frame: pd.DataFrame) -> str:
+    budget = float(frame["budget_s"].max())
+    note = "`no-cache` needs the space key `search.prefix_cache`; until nbtl has it, that search refuses the space."
+    return render_methods(frame, (BASELINE, *ABLATIONS), budget, note)
+
+
+def render_trial_speed(document: dict) -> str:
+    options = document.get("options", {})
+    lines = [
+        f"Measured {document.get('date', '?')[:10]} on {document.get('cpus', '?')} CPUs at "
+        f"`{document.get('commit', '?')[:7]}{'*' if document.get('dirty') else ''}`; options "
+        + ", ".join(f"{k}={v}" for k, v in options.items())
+        + ".",
+        "",
+        "| freeze_blocks | mode | prefix | build_s | train_s | total_s | val_acc | test_acc |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in document.get("rows", []):
+        lines.append(
+            f"| {row['freeze']} | {row['mode']} | {row['prefix']} | {row['build_s']:.1f} | {row['train_s']:.1f} | "
+            f"{row['total_s']:.1f} | {row['val']:.4f} | {row['test']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_loto(document: dict) -> str:
+    tasks = document.get("tasks", [])
+    lines = [
+        f"Measured {document.get('date', '?')[:10]} on {document.get('cpus', '?')} CPUs at "
+        f"`{document.get('commit', '?')[:7]}{'*' if document.get('dirty') else ''}`; "
+        f"LogME on 10,000 × 1,280 features: {document.get('logme_seconds', float('nan')):.2f} s.",
+        "",
+        "| task | trials | search best / worst val | learned val (regret) | rules val (regret) | "
+        "recommend + train (s) | search (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in tasks:
+        lines.append(
+            f"| {t['task']} | {t['trials']} | {t['search_best_val']:.3f} / {t['search_worst_val']:.3f} | "
+            f"{t['learned_val']:.3f} ({t['learned_regret']:.2f}) | {t['rules_val']:.3f} ({t['rules_regret']:.2f}) | "
+            f"{t['recommend_s'] + t['learned_train_s']:.0f} | {t['search_s']:.0f} |"
+        )
+    if tasks:
+        regret = pd.DataFrame(tasks)[["learned_regret", "rules_regret"]].astype(float).mean()
+        lines.append(f"| **mean** | | | ({regret['learned_regret']:.2f}) | ({regret['rules_regret']:.2f}) | | |")
+    return "\n".join(lines) + "\n"
+
+
+def source(name: str) -> Path:
+    """The results file block ``name`` is rendered from."""
+    match = re.fullmatch(r"(equal_time|ablations)_(\w+)", name)
+    if match:
+        return RESULTS / f"equal_time_{match[2]}.jsonl"
+    if name in ("trial_speed", "leave_one_task_out"):
+        return RESULTS / f"{name}.json"
+    raise ReportError(
+        f"report block {name!r}: unknown; use equal_time_B, ablations_B (B a budget such as 2m), trial_speed or "
+        "leave_one_task_out"
+    )
+
+
+def render(name: str) -> str:
+    path = source(name)
+    if not path.exists():
+        return NOT_MEASURED.format(file=f"results/{path.name}")
+    if path.suffix == ".jsonl":
+        frame = read_rows(path)
+        if frame.empty:
+            return NOT_MEASURED.format(file=f"results/{path.name}")
+        if name.startswith("ablations_"):
+            return render_ablations(name, frame)
+        figure = figure_path(path)
+        return render_equal_time(name, frame, f"results/{figure.name}" if figure.exists() else "")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{path}: not JSON ({error.msg}); run its benchmark again") from None
+    return render_trial_speed(document) if name == "trial_speed" else render_loto(document)
+
+
+def figure_path(results: Path) -> Path:
+    return results.with_name(results.stem + ".png")
+
+
+def plot(results: Path) -> Path | None:
+    """Best-so-far accuracy, regret and rank over wall time of the main methods (pooled) as a PNG beside
+    ``results``; None when no (task, seed) has every method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = read_rows(results)
+    if frame.empty:
+        return None
+    pooled, pooled_name = reported(frame)
+    methods = [m for m in MAIN_METHODS if m in set(frame["method"])]
+    budget = float(frame["budget_s"].max())
+    curves = anytime(pooled, methods, budget)
+    if not curves["blocks"]:
+        return None
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key, axis, label in zip(
+        ("accuracy", "regret", "rank"), axes, ("best-so-far test accuracy (%)", "normalised regret", "average rank")
+    ):
+        for method in methods:
+            values = curves[key][method] * (100 if key == "accuracy" else 1)
+            axis.step(curves["grid"], values, where="post", label=method)
+        axis.set(xlabel="wall time (s)", ylabel=label)
+        axis.grid(alpha=0.3)
+    axes[2].invert_yaxis()
+    axes[0].legend(fontsize=8, loc="lower right")
+    figure.suptitle(f"{pooled_name}, {curves['blocks']} (task, seed) pairs, budget {budget:g} s")
+    figure.tight_layout()
+    path = figure_path(results)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- README blocks
+def update(text: str) -> tuple[str, list[str]]:
+    """``text`` with every report block rendered anew, and the names of the blocks that changed."""
+    changed = []
+
+    def replace(match: re.Match) -> str:
+        body = render(match["name"])
+        if body != match["body"]:
+            changed.append(match["name"])
+        return match[1] + body + match[4]
+
+    return BLOCK.sub(replace, text), changed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--check", action="store_true", help="exit 1 naming each block that differs")
+    action.add_argument("--write", action="store_true", help="rewrite the blocks in place (and the figures)")
+    action.add_argument("--show", metavar="NAME", help="print one block, e.g. equal_time_2m")
+    parser.add_argument("--readme", type=Path, nargs="+", default=list(READMES), help="README files to render")
+    args = parser.parse_args(argv)
+    try:
+        if args.show:
+            print(render(args.show), end="")
+            return 0
+        if args.write:
+            for results in sorted(p for p in RESULTS.glob("equal_time_*.jsonl") if RESULTS_FILE.fullmatch(p.name)):
+                written = plot(results)
+                if written:
+                    print(f"written {written.relative_to(REPO)}")
+        stale = []
+        for readme in args.readme:
+            if not readme.exists():
+                raise ReportError(f"--readme {readme}: no such file")
+            text, changed = update(readme.read_text())
+            stale += [f"{readme.relative_to(REPO) if readme.is_relative_to(REPO) else readme}: {n}" for n in changed]
+            if args.write and changed:
+                readme.write_text(text)
+    except ReportError as error:
+        print(f"report.py: {error}", file=sys.stderr)
+        return 2
+    for line in stale:
+        print(f"{'rewritten' if args.write else 'differs from its results'}: {line}")
+    if args.check and stale:
+        print("run: python benchmarks/report.py --write", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

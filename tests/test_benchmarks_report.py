@@ -1,0 +1,116 @@
+"""benchmarks/report.py: the READMEs' benchmark tables are what the committed results files say (the CI check),
+and the statistics behind them on small hand-made rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import report  # noqa: E402
+
+
+def test_readme_blocks_are_rendered_from_the_committed_results():
+    for readme in report.READMES:
+        text = readme.read_text()
+        rendered, changed = report.update(text)
+        assert not changed, (
+            f"{readme}: blocks {changed} differ from benchmarks/results; run benchmarks/report.py --write"
+        )
+        assert rendered == text
+
+
+def test_the_benchmarks_readme_has_the_blocks():
+    names = {m["name"] for m in report.BLOCK.finditer((BENCHMARKS / "README.md").read_text())}
+    assert {"equal_time_2m", "ablations_2m", "trial_speed", "leave_one_task_out"} <= names
+
+
+def test_a_block_without_results_says_not_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text = "a\n<!-- report:equal_time_7m -->\nold\n<!-- /report:equal_time_7m -->\nb\n"
+    rendered, changed = report.update(text)
+    assert changed == ["equal_time_7m"]
+    assert "Not measured yet" in rendered and rendered.startswith("a\n") and rendered.endswith("\nb\n")
+
+
+def test_check_exits_1_naming_the_stale_block(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:trial_speed -->\nstale\n<!-- /report:trial_speed -->\n")
+    assert report.main(["--check", "--readme", str(readme)]) == 1
+    assert "trial_speed" in capsys.readouterr().out
+
+
+def test_unknown_block_is_one_clear_line(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:nonsense -->\n<!-- /report:nonsense -->\n")
+    assert report.main(["--check", "--readme", str(readme)]) == 2
+    assert "report block 'nonsense': unknown" in capsys.readouterr().err
+
+
+def test_bootstrap_interval_contains_the_mean_and_is_seeded():
+    diffs = np.array([0.05, -0.02, 0.03, 0.0, 0.08, 0.01])
+    low, high = report.bootstrap_interval(diffs)
+    assert low <= diffs.mean() <= high
+    assert (low, high) == report.bootstrap_interval(diffs)
+    assert report.bootstrap_interval([0.1]) == (0.1, 0.1)
+
+
+def test_wins_losses_ties_of_the_paired_difference():
+    stats = report.paired_difference([0.1, 0.1, -0.05, 0.0])
+    assert (stats["wins"], stats["losses"], stats["ties"], stats["n"]) == (2, 1, 1, 4)
+    assert stats["mean"] == pytest.approx(0.0375)
+
+
+def _rows():
+    # two (task, seed) blocks; in the second, binary has no result and so no pair
+    rows = []
+    for task, seed, accs in (("a", 0, (0.9, 0.8, 0.6)), ("a", 1, (0.7, float("nan"), 0.7))):
+        for method, acc, at in zip(("default", "binary", "probe"), accs, (50.0, 80.0, 10.0)):
+            curve = [] if acc != acc else [(at, acc)]
+            rows.append({"task": task, "seed": seed, "method": method, "test_accuracy": acc, "curve": curve})
+    return pd.DataFrame(rows)
+
+
+def test_pairs_only_where_both_have_a_result():
+    pairs = report.paired(_rows(), "binary")
+    assert list(pairs["seed"]) == [0] and pairs["diff"].iloc[0] == pytest.approx(0.1)
+    assert len(report.paired(_rows(), "probe")) == 2
+
+
+def test_regret_is_0_for_the_best_and_1_for_the_worst_and_ranks_follow():
+    curves = report.anytime(_rows(), ["default", "binary", "probe"], budget=100.0, points=101)
+    assert curves["blocks"] == 1  # seed 1 lacks binary
+    assert curves["final_regret"] == {"default": 0.0, "binary": pytest.approx(1 / 3), "probe": 1.0}
+    assert curves["final_rank"] == {"default": 1.0, "binary": 2.0, "probe": 3.0}
+    # at t = 20 s only the probe has a result: it ranks first, the others tie for last
+    assert curves["rank"]["probe"][20] == 1.0 and curves["rank"]["default"][20] == 2.5
+    assert curves["regret"]["default"][20] == 1.0 and curves["regret"]["probe"][20] == 1.0
+    assert curves["regret"]["default"][100] == 0.0
+    assert curves["auc"]["default"] == pytest.approx(0.9 * 0.5)
+
+
+def test_area_under_a_step_curve_is_normalised_by_the_budget():
+    assert report.area_under([(0.0, 0.5)], 10.0) == pytest.approx(0.5)
+    assert report.area_under([(5.0, 0.4), (7.5, 0.8)], 10.0) == pytest.approx((0.4 * 2.5 + 0.8 * 2.5) / 10)
+    assert report.area_under([(12.0, 0.9)], 10.0) == 0.0
+
+
+def test_step_values_hold_the_last_point_and_are_nan_before_the_first():
+    values = report.step_values([(2.0, 0.5), (4.0, 0.7)], [0.0, 2.0, 3.0, 5.0])
+    assert np.isnan(values[0]) and list(values[1:]) == [0.5, 0.5, 0.7]
+
+
+def test_render_names_commits_and_pooled_line(tmp_path):
+    rows = _rows().assign(
+        role="reporting", budget_s=100.0, exit=0, test_macro_f1=0.5, wall_s=90.0, commit="abcdef0123", dirty=False
+    )
+    rows.loc[rows["seed"] == 1, ["commit", "dirty"]] = ["1234567890", True]
+    text = report.render_methods(rows, ("probe", "binary", "default"), 100.0, "")
+    assert "`1234567*`, `abcdef0`" in text and "**pooled: reporting tasks**" in text
+    assert "| binary | +10.0 [+10.0, +10.0] 1/0/0 |" in text
+    assert "Runs without a result" in text  # binary seed 1
