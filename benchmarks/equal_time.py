@@ -53,7 +53,8 @@ SPACES = {"binary": REPO / "search_spaces" / "binary.yaml", "default": REPO / "s
 METHODS = (*MAIN_METHODS, *ABLATIONS)
 SEARCHES = {"binary", "random", "default", *ABLATIONS}
 PROBE_BACKBONE, PROBE_EPOCHS = "efficientnet_lite0", 2  # the probe is fitted once; its epochs only repeat its scores
-SMOKE = {"budget": 60.0, "epochs": 2, "probe_epochs": 3, "methods": ["probe", "recommend", "default"]}
+# probe (an nbtl train run, read by its nbtl.chosen tag) and default (a search, read by the one ranking)
+SMOKE = {"budget": 60.0, "epochs": 2, "probe_epochs": 2, "methods": ["probe", "default"]}
 DATA_ROOT = DEFAULT_ROOT  # tasks.py's: ~/.cache/nbtl/tasks, or $NBTL_TASKS_DIR
 NAN = float("nan")
 

@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,8 @@ def main(argv=None) -> int:
 
     table = pd.DataFrame(rows).groupby("probe")[["test_accuracy", "val_loss", "test_ece", "fit_s"]].mean()
     print("\nmean over tasks and seeds:\n" + table.to_string(float_format=lambda v: f"{v:.3f}"))
-    args.out.write_text(json.dumps({**provenance(), "tasks": names, "rows": rows}, indent=1))
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    args.out.write_text(json.dumps({**provenance(), "date": date, "tasks": names, "rows": rows}, indent=1))
     print(f"written {args.out}")
     return 0
 

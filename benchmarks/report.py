@@ -6,6 +6,7 @@ renders every such block of benchmarks/README.md and README.md from its results 
   equal_time_B, ablations_B   results/equal_time_B.jsonl (benchmarks/equal_time.py, budget B: 2m, 5m, 15m)
   trial_speed                 results/trial_speed.json (benchmarks/trial_speed.py)
   leave_one_task_out          results/leave_one_task_out.json (benchmarks/leave_one_task_out.py)
+  probe_floor                 results/probe_floor.json (benchmarks/probe_floor.py)
 
 A block whose file is absent says "not measured yet". Every row names the commit(s) it was measured at
 (``*``: the working tree had uncommitted changes to tracked files).
@@ -300,8 +301,7 @@ def render_equal_time(name: str, frame: pd.DataFrame, figure: str) -> str:
 
 def render_ablations(name: str, frame: pd.DataFrame) -> str:
     budget = float(frame["budget_s"].max())
-    note = "`no-cache` needs the space key `search.prefix_cache`; until nbtl has it, that search refuses the space."
-    return render_methods(frame, (BASELINE, *ABLATIONS), budget, note)
+    return render_methods(frame, (BASELINE, *ABLATIONS), budget, "(each ablation changes one thing in default.yaml)")
 
 
 def render_trial_speed(document: dict) -> str:
@@ -320,6 +320,28 @@ def render_trial_speed(document: dict) -> str:
             f"| {row['freeze']} | {row['mode']} | {row['prefix']} | {row['build_s']:.1f} | {row['train_s']:.1f} | "
             f"{row['total_s']:.1f} | {row['val']:.4f} | {row['test']:.4f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def render_probe_floor(document: dict) -> str:
+    rows = pd.DataFrame(document.get("rows", []))
+    lines = [
+        f"Measured {document['date'][:10] + ' ' if 'date' in document else ''}on {document.get('cpus', '?')} CPUs at "
+        f"`{document.get('commit', '?')[:7]}{'*' if document.get('dirty') else ''}`; tuning tasks "
+        + ", ".join(document.get("tasks", []))
+        + f", seeds {', '.join(str(s) for s in sorted(rows['seed'].unique()))}"
+        + (f", {int(rows.groupby('task')['test_images'].first().sum())} test images per seed" if len(rows) else "")
+        + "; mean over tasks and seeds.",
+        "",
+        "| probe | test accuracy | validation loss | test ECE | fit time (s) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    if len(rows):
+        means = rows.groupby("probe", sort=False)[["test_accuracy", "val_loss", "test_ece", "fit_s"]].mean()
+        for probe, r in means.iterrows():
+            lines.append(
+                f"| {probe} | {_pct(r['test_accuracy'])} | {r['val_loss']:.3f} | {r['test_ece']:.3f} | {r['fit_s']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -346,16 +368,19 @@ def render_loto(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+RENDER_JSON = {"trial_speed": render_trial_speed, "leave_one_task_out": render_loto, "probe_floor": render_probe_floor}
+
+
 def source(name: str) -> Path:
     """The results file block ``name`` is rendered from."""
     match = re.fullmatch(r"(equal_time|ablations)_(\w+)", name)
     if match:
         return RESULTS / f"equal_time_{match[2]}.jsonl"
-    if name in ("trial_speed", "leave_one_task_out"):
+    if name in RENDER_JSON:
         return RESULTS / f"{name}.json"
     raise ReportError(
-        f"report block {name!r}: unknown; use equal_time_B, ablations_B (B a budget such as 2m), trial_speed or "
-        "leave_one_task_out"
+        f"report block {name!r}: unknown; use equal_time_B, ablations_B (B a budget such as 2m) or one of "
+        + ", ".join(RENDER_JSON)
     )
 
 
@@ -375,7 +400,7 @@ def render(name: str) -> str:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ReportError(f"{path}: not JSON ({error.msg}); run its benchmark again") from None
-    return render_trial_speed(document) if name == "trial_speed" else render_loto(document)
+    return RENDER_JSON[name](document)
 
 
 def figure_path(results: Path) -> Path:

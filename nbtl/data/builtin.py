@@ -78,12 +78,20 @@ def load_fashion_mnist(directory: str | None, image_size: int, per_class: int | 
             f"{len(labels)} labels); re-install them with "
             "`apt-get install --reinstall dataset-fashion-mnist`"
         )
+    return fashion_mnist_dataset(images, labels, image_size, per_class, seed, "fashion-mnist")
+
+
+def fashion_mnist_dataset(
+    images: np.ndarray, labels: np.ndarray, image_size: int, per_class: int | None, seed: int, name: str
+) -> ImageDataset:
+    """Fashion-MNIST arrays (uint8 ``(N, 28, 28)``, int64 ``(N,)``) as a dataset: at most ``per_class`` images a
+    class chosen with ``seed``, decoded at ``image_size``."""
     keep = select_per_class(labels, per_class, seed)
     return ImageDataset(
         images=decode_gray_arrays(images[keep], image_size),
         labels=torch.from_numpy(labels[keep]),
         classes=list(FASHION_MNIST_CLASSES),
-        name="fashion-mnist",
+        name=name,
         grayscale=True,
         original_size=(int(images.shape[1]), int(images.shape[2])),
     )

@@ -33,9 +33,9 @@ import torch
 from PIL import Image
 
 from nbtl.data import colour
-from nbtl.data.builtin import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, _idx_path, _read_idx
+from nbtl.data.builtin import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, _idx_path, _read_idx, fashion_mnist_dataset
 from nbtl.data.dataset import ImageDataset
-from nbtl.data.images import decode_gray_arrays, median_size, open_image, resize_square, to_rgb_array
+from nbtl.data.images import median_size, open_image, resize_square, to_rgb_array
 from nbtl.data.selection import select_per_class
 from nbtl.errors import DataError
 
@@ -144,15 +144,7 @@ def fashion_mnist_test() -> NativeImages:
 def load_fashion_mnist_test(image_size: int, per_class: int | None, seed: int) -> ImageDataset:
     """The built-in ``fashion-mnist-test``: the t10k split, decoded as the training split is."""
     images, labels = _fashion_mnist_test_arrays()
-    keep = select_per_class(labels, per_class, seed)
-    return ImageDataset(
-        images=decode_gray_arrays(images[keep], image_size),
-        labels=torch.from_numpy(labels[keep]),
-        classes=list(FASHION_MNIST_CLASSES),
-        name="fashion-mnist-test",
-        grayscale=True,
-        original_size=(int(images.shape[1]), int(images.shape[2])),
-    )
+    return fashion_mnist_dataset(images, labels, image_size, per_class, seed, "fashion-mnist-test")
 
 
 def _fashion_mnist_test_arrays() -> tuple[np.ndarray, np.ndarray]:
