@@ -293,10 +293,67 @@ def render_methods(frame: pd.DataFrame, methods, budget: float, label: str) -> s
     return "\n".join(lines) + _failures(frame) + f"\n{label}\n"
 
 
+#: The floors issue 17 measures the default search against: best(probe, binary, recommend -> train) per task.
+FLOORS = ("probe", "binary", "recommend")
+
+
+def targets(frame: pd.DataFrame) -> list[str]:
+    """Issue 17's targets on the pooled rows of ``frame``, each a line ``PASS`` / ``MISS`` / ``n/a`` with its numbers:
+    default beats best(probe, binary, recommend) by >= 2 points with the interval above 0; on no task more than 1
+    point below it; at most 1 in 20 of default's trials at chance; recommend -> train within 2 points of default in
+    at most 10 % of its time."""
+    pooled, _ = reported(frame)
+    floors = [m for m in FLOORS if m in set(pooled["method"])]
+    if BASELINE not in set(pooled["method"]) or not floors:
+        return ["n/a: the default search and at least one floor are needed"]
+    wide = pooled.pivot_table(index=["task", "seed"], columns="method", values="test_accuracy", aggfunc="last")
+    # the best floor of each task: the floor method with the best mean over that task's seeds
+    best_floor = wide[floors].groupby(level="task").mean().idxmax(axis=1)
+    diffs = pd.Series(
+        [wide.loc[key, BASELINE] - wide.loc[key, best_floor[key[0]]] for key in wide.index], index=wide.index
+    ).dropna()
+    lines = []
+    stats = paired_difference(diffs)
+    if stats["n"]:
+        ok = stats["mean"] >= 0.02 and stats["low"] > 0
+        lines.append(
+            f"{'PASS' if ok else 'MISS'} default − best(probe, binary, recommend) per task: "
+            f"{100 * stats['mean']:+.1f} points [{100 * stats['low']:+.1f}, {100 * stats['high']:+.1f}] over "
+            f"{stats['n']} (task, seed) pairs (target >= +2, interval above 0)"
+        )
+        by_task = diffs.groupby(level="task").mean()
+        lines.append(
+            f"{'PASS' if by_task.min() >= -0.01 else 'MISS'} on no task more than 1 point below that best: worst "
+            f"{100 * by_task.min():+.1f} ({by_task.idxmin()}; best floor there: {best_floor[by_task.idxmin()]})"
+        )
+    searches = pooled[pooled["method"] == BASELINE]
+    if "at_chance" in searches and "scored_trials" in searches and searches["scored_trials"].sum() > 0:
+        chance, scored = int(searches["at_chance"].sum()), int(searches["scored_trials"].sum())
+        lines.append(
+            f"{'PASS' if chance * 20 <= scored else 'MISS'} default's trials at chance: {chance} of {scored} "
+            "(target at most 1 in 20)"
+        )
+    if "recommend" in wide:
+        gap = (wide[BASELINE] - wide["recommend"]).dropna()
+        walls = pooled.pivot_table(index=["task", "seed"], columns="method", values="wall_s", aggfunc="last")
+        share = (walls["recommend"] / walls[BASELINE]).reindex(gap.index)
+        if len(gap):
+            ok = gap.mean() <= 0.02 and share.mean() <= 0.10
+            lines.append(
+                f"{'PASS' if ok else 'MISS'} recommend → train within 2 points of default in <= 10 % of its time: "
+                f"gap {100 * gap.mean():+.1f} points, time {share.mean():.0%} of default's (mean over {len(gap)} pairs)"
+            )
+    return lines
+
+
 def render_equal_time(name: str, frame: pd.DataFrame, figure: str) -> str:
     budget = float(frame["budget_s"].max())
     picture = f"![best-so-far accuracy, regret and rank over wall time]({figure})" if figure else ""
-    return render_methods(frame, MAIN_METHODS, budget, picture)
+    found = targets(frame[frame["method"].isin(MAIN_METHODS)])
+    goals = "Issue 17's targets (set for the 5-minute budget), on the pooled rows:\n\n" + "".join(
+        f"- {line}\n" for line in found
+    )
+    return render_methods(frame, MAIN_METHODS, budget, goals + ("\n" + picture if picture else ""))
 
 
 def render_ablations(name: str, frame: pd.DataFrame) -> str:

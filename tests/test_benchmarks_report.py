@@ -114,3 +114,28 @@ def test_render_names_commits_and_pooled_line(tmp_path):
     assert "`1234567*`, `abcdef0`" in text and "**pooled: reporting tasks**" in text
     assert "| binary | +10.0 [+10.0, +10.0] 1/0/0 |" in text
     assert "Runs without a result" in text  # binary seed 1
+
+
+def test_targets_compare_default_with_the_best_floor_of_each_task():
+    rows = []
+    for seed in range(4):
+        for method, a, b in (("probe", 0.70, 0.50), ("binary", 0.60, 0.62), ("recommend", 0.65, 0.55)):
+            rows += [
+                {"task": "a", "seed": seed, "method": method, "test_accuracy": a, "wall_s": 10.0, "role": "reporting"},
+                {"task": "b", "seed": seed, "method": method, "test_accuracy": b, "wall_s": 10.0, "role": "reporting"},
+            ]
+        rows += [
+            {"task": t, "seed": seed, "method": "default", "test_accuracy": v, "wall_s": 120.0, "role": "reporting",
+             "at_chance": 1, "scored_trials": 10}
+            for t, v in (("a", 0.75), ("b", 0.61 + 0.01 * seed))
+        ]  # fmt: skip
+    lines = report.targets(pd.DataFrame(rows))
+    # task a: best floor probe (0.70), +5 points each seed; task b: best floor binary (0.62), -1, 0, +1, +2 points
+    assert lines[0].startswith("PASS") and "+2.8 points" in lines[0] and "over 8 (task, seed) pairs" in lines[0]
+    assert lines[1].startswith("PASS") and "worst +0.5 (b; best floor there: binary)" in lines[1]
+    worse = [{**r, "test_accuracy": 0.60} if (r["task"], r["method"]) == ("b", "default") else r for r in rows]
+    assert (
+        "MISS on no task more than 1 point below that best: worst -2.0" in report.targets(pd.DataFrame(worse))[1]
+    )  # task b: 2 points below binary
+    assert lines[2].startswith("MISS") and "8 of 80" in lines[2]
+    assert lines[3].startswith("MISS") and "time 8% of default's" in lines[3]

@@ -52,6 +52,8 @@ def test_ray_job_submit_on_two_nodes_tracks_to_mlflow_server(tmp_path, mlflow_se
         str(TRIALS),
         "--max-concurrent",
         "2",
+        "--keep-weights",  # the model hand-over is tested in test_models_e2e and test_mlflow_ui
+        "0",
         "--name",
         NAME,
         "--tracking-uri",

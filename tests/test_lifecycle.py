@@ -134,6 +134,8 @@ def test_embedded_ray_listens_on_loopback_and_a_finished_search_reevaluates_and_
                 "digits",
                 "--trials",
                 "3",
+                "--keep-weights",  # the model hand-over is tested in test_models_e2e and test_mlflow_ui
+                "0",
                 "--name",
                 "reeval",
                 "--tracking-uri",

@@ -88,6 +88,8 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
         "digits",
         "--trials",
         "2",
+        "--keep-weights",  # the model hand-over is tested in test_models_e2e and test_mlflow_ui
+        "0",
         "--warm-start",
         "rec.yaml",
         "--tracking-uri",

@@ -44,6 +44,8 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
         "digits",
         "--name",
         NAME,
+        "--keep-weights",  # the model hand-over is tested in test_models_e2e and test_mlflow_ui
+        "0",
         "--time-budget",
         f"{BUDGET_S}s",
         "--max-concurrent",

@@ -48,6 +48,8 @@ def run_tiny_search(tmp_path: Path, tracking_uri: str, *extra: str) -> str:
         "digits",
         "--trials",
         str(TRIALS),
+        "--keep-weights",  # the model hand-over is tested in test_models_e2e and test_mlflow_ui
+        "0",
         "--name",
         NAME,
         "--tracking-uri",

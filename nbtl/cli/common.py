@@ -17,8 +17,9 @@ EXIT_INTERRUPTED = 130
 #: The search space a recommendation and a training run take their data settings from unless told otherwise.
 DEFAULT_SPACE = "default"
 DATA_HELP = (
-    "dataset: 'digits', 'fashion-mnist' (Debian's IDX files, or fashion-mnist:DIR), 'photo-patches', 'emoji', "
-    "'icons', an ImageFolder directory, or a CSV of path,label"
+    "dataset: 'digits', 'fashion-mnist' (Debian's IDX files, or fashion-mnist:DIR), 'fashion-mnist-test', "
+    "'photo-patches', 'emoji', 'emoji-more', 'icons', 'playing-cards', 'wallpaper-tiles', an ImageFolder "
+    "directory, or a CSV of path,label"
 )
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
 #: Data flags and the DataSettings field each sets.

@@ -60,6 +60,13 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--batch-size", type=int, default=64, metavar="N", help="images sent to the model at once (default: 64)"
     )
+    p.add_argument(
+        "--allow-foreign-models",
+        action="store_true",
+        help="also load a model nbtl did not log, with mlflow.pyfunc.load_model: that RUNS the model's code and "
+        "unpickles its objects, so only for a model whose every writer you trust (default: such a model is "
+        "refused, and an nbtl model is rebuilt from its weights without running anything stored with it)",
+    )
     p.add_argument("--tracking-uri", help=TRACKING_HELP)
     p.set_defaults(func=run)
 
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     out = _check_out(args.out)
     paths = list_images(args.images)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
-    model = load_model(resolve_model(args.model, tracking_uri), tracking_uri)
+    model = load_model(resolve_model(args.model, tracking_uri), tracking_uri, allow_foreign=args.allow_foreign_models)
     if args.top_k > len(model.classes):
         log.info("--top-k %d: the model has %d classes; showing all of them", args.top_k, len(model.classes))
     log.info("classifying %s with %s (%d classes)", _images(len(paths)), model.uri, len(model.classes))

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "model"
 ENSEMBLE_NAME = "ensemble"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+#: The pyfunc model's artifact holding the classifier folder (plain tensors): all nbtl needs to rebuild it.
+CLASSIFIER_ARTIFACT = "classifier"
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 #: A search's best trials keep their best-epoch weights as this artifact (a classifier folder) of their runs,
 #: tagged so: what ``nbtl ensemble`` reads (nbtl.search.handover writes them).
@@ -180,7 +182,7 @@ def log_classifier(
             run_id=run_id,
             model_id=model.model_id,
             python_model=str(MODEL_CODE),
-            artifacts={"classifier": str(directory)},
+            artifacts={CLASSIFIER_ARTIFACT: str(directory)},
             signature=signature(),
             input_example=pd.DataFrame({IMAGE_COLUMN: [png_bytes(example)]}),
             pip_requirements=requirements(),

@@ -21,10 +21,12 @@ import csv
 import logging
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from nbtl.errors import ConfigError, DataError, NbtlError, one_line
+from nbtl.models.export import CLASSIFIER_ARTIFACT
 from nbtl.tracking import MODEL_URI_TAG, SEARCH_TAG, finished_searches
 
 logger = logging.getLogger(__name__)
@@ -142,7 +145,7 @@ def resolve_model(model: str, tracking_uri: str) -> str:
 
 @dataclass
 class LoadedModel:
-    """A pyfunc model with what predicting needs from its metadata."""
+    """A pyfunc model (``.predict(DataFrame, params=...)``) with what predicting needs from its metadata."""
 
     uri: str
     pyfunc: Any
@@ -150,15 +153,52 @@ class LoadedModel:
     image_size: int
 
 
-def load_model(uri: str, tracking_uri: str) -> LoadedModel:
-    """Load ``uri`` with ``mlflow.pyfunc`` from ``tracking_uri`` (tracking and registry), checking it is an nbtl
-    image classifier (its metadata has the classes and the image size).
+class _OwnPyfunc:
+    """An nbtl classifier served by nbtl's own :class:`~nbtl.models.pyfunc.ClassifierModel`, from the model's
+    plain-tensor ``classifier`` artifact alone: neither the model's stored code nor any pickle is run."""
+
+    def __init__(self, classifier_folder: Path):
+        from nbtl.models.pyfunc import ClassifierModel
+
+        self.model = ClassifierModel()
+        self.model.load_context(SimpleNamespace(artifacts={CLASSIFIER_ARTIFACT: str(classifier_folder)}))
+
+    def predict(self, data, params: dict[str, Any] | None = None):
+        return self.model.predict(None, data, params=params)
+
+
+def nbtl_model_problem(info) -> str | None:
+    """Why the model described by ``info`` (``mlflow.models.get_model_info``: its MLmodel file, nothing loaded)
+    is not an nbtl image classifier, or None when it is one."""
+    flavor = (info.flavors or {}).get("python_function") or {}
+    metadata = info.metadata or {}
+    artifact = (flavor.get("artifacts") or {}).get(CLASSIFIER_ARTIFACT) or {}
+    if not metadata.get("classes") or not metadata.get("image_size"):
+        return "its metadata has no classes or image size"
+    if not artifact.get("path"):  # nbtl never runs the flavor's loader: the artifact is all it reads
+        return f"it has no python_function flavor with a {CLASSIFIER_ARTIFACT!r} artifact"
+    return None
+
+
+def load_model(uri: str, tracking_uri: str, allow_foreign: bool = False) -> LoadedModel:
+    """Load ``uri`` from ``tracking_uri`` (tracking and registry) as an nbtl image classifier, without running
+    anything the model carries.
+
+    The model's MLmodel file is read first (``mlflow.models.get_model_info``); a model that is not an nbtl
+    classifier is refused before anything else is downloaded or loaded. An nbtl classifier is then rebuilt by
+    nbtl's own code from its ``classifier`` artifact (``classifier.json`` and ``torch.load(...,
+    weights_only=True)`` tensors): the Python file and any pickle stored with the model are never run, so a
+    model registered under a known name by someone else cannot run code on the machine that predicts with it.
+    ``allow_foreign`` (``--allow-foreign-models``) loads any pyfunc model with ``mlflow.pyfunc.load_model``,
+    which runs its code and unpickles its objects: only for models whose every writer you trust.
 
     Raises
     ------
     ConfigError
         One line naming the URI and the store: it cannot be found or loaded, or it is not an nbtl classifier.
     """
+    import mlflow.artifacts
+    import mlflow.models
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
@@ -168,20 +208,43 @@ def load_model(uri: str, tracking_uri: str) -> LoadedModel:
     if in_store:
         check_store(tracking_uri)
     where = f"{uri} from {tracking_uri}" if in_store else uri
-    try:
-        with mlflow_uris(tracking_uri):
-            model = mlflow.pyfunc.load_model(uri)
-    except (MlflowException, OSError, NbtlError) as error:
-        raise ConfigError(
+
+    def cannot_load(error: BaseException) -> ConfigError:
+        return ConfigError(
             f"cannot load the model {where}: {one_line(error)}; give {URI_FORMS} "
             "(see the MLflow UI, or the model line a search printed)"
-        ) from None
-    metadata = getattr(model.metadata, "metadata", None) or {}
+        )
+
+    try:
+        with mlflow_uris(tracking_uri):
+            info = mlflow.models.get_model_info(uri)
+            problem = nbtl_model_problem(info)
+            if problem is not None and not allow_foreign:
+                raise ConfigError(
+                    f"the model {where} is not an nbtl image classifier ({problem}), so it was not loaded: give a "
+                    "model that nbtl search or nbtl ensemble logged (--allow-foreign-models loads it anyway and "
+                    "runs its code: only for a model whose every writer you trust)"
+                )
+            if problem is None:  # files only: the weights are read into memory, then the copy goes
+                artifact = info.flavors["python_function"]["artifacts"][CLASSIFIER_ARTIFACT]["path"]
+                with tempfile.TemporaryDirectory(prefix="nbtl-model-") as folder:
+                    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
+                    model: Any = _OwnPyfunc(Path(local) / artifact)
+            else:
+                try:
+                    model = mlflow.pyfunc.load_model(uri)
+                except Exception as error:  # noqa: BLE001 -- a foreign model may fail in any way it likes
+                    raise cannot_load(error) from None
+    except (MlflowException, OSError, NbtlError) as error:
+        if isinstance(error, ConfigError):  # already one line: not nbtl's, or a foreign model that broke
+            raise
+        raise cannot_load(error) from None
+    metadata = info.metadata or {}
     classes = metadata.get("classes")
-    if not classes or not metadata.get("image_size"):
+    if not classes or not metadata.get("image_size"):  # a foreign model loaded on request still needs these
         raise ConfigError(
-            f"the model {where} is not an nbtl image classifier (its metadata has no classes or "
-            "image size); give a model that nbtl search or nbtl ensemble logged"
+            f"the model {where} is not an nbtl image classifier (its metadata has no classes or image size); give "
+            "a model that nbtl search or nbtl ensemble logged"
         )
     logger.debug("loaded %s: %d classes, %d px", uri, len(classes), int(metadata["image_size"]))
     return LoadedModel(uri, model, [str(c) for c in classes], int(metadata["image_size"]))

@@ -98,8 +98,9 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from nbtl.models.classifier import load_classifier
+        from nbtl.models.export import CLASSIFIER_ARTIFACT
 
-        self.classifier = load_classifier(context.artifacts["classifier"])
+        self.classifier = load_classifier(context.artifacts[CLASSIFIER_ARTIFACT])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
