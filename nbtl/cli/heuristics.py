@@ -181,7 +181,8 @@ def recommend(args: argparse.Namespace) -> int:
         + rules.rank_by
         + ": "
         + ", ".join(
-            f"{r['backbone']} ({r['logme_best']:.4g}, probe {r['probe_best']:.3f})" for r in result.backbone_ranking
+            f"{r['backbone']} ({_number(r['logme_best'], '.4g')}, probe {_number(r['probe_best'], '.3f')})"
+            for r in result.backbone_ranking
         )
     )
     print(format_recommendation(result))
@@ -233,6 +234,11 @@ def learn_recommender(args: argparse.Namespace) -> int:
     )
     print(f"Recommender: {out}\nMeta-dataset: {meta_out}\nUse it: nbtl recommend DATA --recommender {out}")
     return 0
+
+
+def _number(value, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``n/a`` when a measure could not be computed (too few images)."""
+    return "n/a" if value is None or value != value else format(value, spec)
 
 
 def train(args: argparse.Namespace) -> int:

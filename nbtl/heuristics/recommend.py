@@ -20,6 +20,7 @@ from nbtl.data.settings import DataSettings
 from nbtl.heuristics.learned import TARGET, LearnedRecommender
 from nbtl.heuristics.rules import Rules
 from nbtl.heuristics.signals import HeuristicsError, backbone_signals, dataset_signals, rank_backbones
+from nbtl.safe_yaml import load_yaml
 
 __all__ = [
     "Recommendation",
@@ -312,7 +313,7 @@ def load_recommendation(path: str | Path) -> tuple[list[dict[str, Any]], dict[st
     :func:`recommended_settings`."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text())
+        document = load_yaml(path.read_text(), f"config file {path}")
     except OSError as error:
         raise HeuristicsError(f"config file {path}: cannot read it ({error.strerror}); check the path") from None
     except yaml.YAMLError as error:

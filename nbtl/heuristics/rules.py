@@ -23,6 +23,7 @@ import yaml
 
 from nbtl.config import TrialConfig
 from nbtl.heuristics.signals import BACKBONE_SIGNALS, DATASET_SIGNALS, HeuristicsError
+from nbtl.safe_yaml import load_yaml
 
 __all__ = ["Rule", "Rules", "default_rules_path", "load_rules", "parse_rules"]
 
@@ -153,7 +154,7 @@ def load_rules(path: str | Path | None = None) -> Rules:
     except OSError as error:
         raise HeuristicsError(f"rules file {path}: cannot read it ({error.strerror}); check the path") from None
     try:
-        document = yaml.safe_load(text)
+        document = load_yaml(text, f"rules file {path}")
     except yaml.YAMLError as error:
         raise HeuristicsError(f"rules file {path}: not valid YAML ({str(error).splitlines()[0]})") from None
     return parse_rules(document, str(path))

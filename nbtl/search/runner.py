@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from nbtl import __version__
 from nbtl.config import TrialConfig
 from nbtl.errors import NbtlError
 from nbtl.models.export import KEEP_WEIGHTS
+from nbtl.safe_yaml import load_yaml
 from nbtl.search.cluster import SearchError, check_resources, cluster_address, ray_session, use_token_auth
 from nbtl.search.lifecycle import (
     SearchInterrupted,
@@ -652,7 +652,7 @@ def resume_search(
     from nbtl.search.space import parse_space
 
     space = parse_space(
-        yaml.safe_load(state["space_source"]),
+        load_yaml(state["space_source"], f"the space saved in {experiment_path / SEARCH_STATE}"),
         where=f"{state_file} (space of {state['space_path']})",
         source=state["space_source"],
     )

@@ -29,6 +29,7 @@ import yaml
 
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError, NbtlError
+from nbtl.safe_yaml import load_yaml
 
 SECTIONS = ("name", "description", "data", "search", "parameters")
 SPEC_KEYS = ("choices", "low", "high", "log", "step", "when")
@@ -315,7 +316,7 @@ def load_space(path: str | Path) -> SearchSpace:
         path = found
     try:
         text = path.read_text()
-        document = yaml.safe_load(text)
+        document = load_yaml(text, f"search space {path}")
     except (OSError, yaml.YAMLError) as error:
         detail = str(error).replace("\n", " ")
         raise ConfigError(f"search space {path}: not valid YAML ({detail}); fix the syntax") from None
