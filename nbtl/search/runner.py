@@ -145,9 +145,18 @@ def _storage(storage_path: str | None) -> Path:
 
 
 def _experiment_dir(storage: Path, name: str) -> str:
-    if not (storage / name).exists():
-        return name
-    return f"{name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    """Claim the search's results folder ``storage/name``, or ``name_<time>[-k]`` when that is taken: created with
+    an exclusive ``mkdir`` here, before any work, so two searches started at once with one name never share a
+    folder (one would write the other's results table and delete its checkpoints)."""
+    candidates = [name, f"{name}_{time.strftime('%Y%m%d-%H%M%S')}"]
+    candidates += [f"{candidates[1]}-{k}" for k in range(2, 1000)]
+    for candidate in candidates:
+        try:
+            (storage / candidate).mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise SearchError(f"search {name!r}: {storage} holds 1000 folders of that name; give another --name")
 
 
 def _trial_id(result) -> str:
@@ -351,6 +360,10 @@ def _plan(
     seed = int(setting(options, space, "seed"))
     budget = _time_budget(options, space)
     experiment_dir = _experiment_dir(storage, name)
+    if experiment_dir != name:
+        print_fn(
+            f"results folder {storage / name} is taken (another search of that name): this one writes to {experiment_dir}"
+        )
     names = [n for n in space.start_points if options.recommend or n != "recommend"]
     starts = start_points(
         space,
