@@ -117,6 +117,8 @@ def test_ctrl_c_on_a_search_kills_its_runs_and_says_how_to_resume(tmp_path, trac
     parent = next(r for r in runs if r.data.tags.get("nbtl.role") == "search")
     trials = [r for r in runs if r.data.tags.get("nbtl.role") == "trial"]
     assert parent.info.status == "KILLED"
+    resume = parent.data.tags["nbtl.resume_command"]  # what the MLflow UI shows of an unfinished search
+    assert resume.startswith("nbtl search --resume interrupt --storage-path ") and resume in text, resume
     assert not [r for r in trials if r.info.status == "RUNNING"]
     finished = [r for r in trials if r.info.status == "FINISHED"]
     # a run FINISHED only when its trial ran all its epochs; the cut-off one is KILLED, not "stopped early"

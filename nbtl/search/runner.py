@@ -32,6 +32,7 @@ from nbtl.search.space import SearchSpace, dump_config
 #: The search's own defaults; the data's (image size, split, seed, ...) are nbtl.data.settings.DataSettings'.
 DEFAULTS = {"trials": 8, "max_concurrent": 2, "max_failures": 0, "keep_weights": KEEP_WEIGHTS}
 SEARCH_STATE = "nbtl_search.json"
+RESUME_TAG = "nbtl.resume_command"  # the parent run's: the exact `nbtl search --resume ...` of an unfinished search
 PREFIX_CACHE = "prefix_cache"  # the frozen-prefix feature store of a search (nbtl.features), shared by its trials
 RESULT_COLUMNS = [
     "epoch",
@@ -532,6 +533,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
             "nbtl.ray_gcs_address": ray_address,
         }
         resume = resume_command(plan.experiment_dir, options.storage_path, options.address, options.tracking_uri)
+        tags[RESUME_TAG] = resume  # set at the start: a driver killed outright leaves a run that says how to go on
         with (
             tell_how_to_resume(print_fn, resume),
             tracker.search_run(_run_params(plan, space, options, prepared), tags) as parent_run_id,
