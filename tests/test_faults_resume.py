@@ -186,6 +186,8 @@ def test_raising_trial_fails_and_killed_worker_is_retried(scenarios):
     assert retried.info.status == "FINISHED" and retried.data.tags["nbtl.attempt"] == "2"
     assert retried.data.tags["nbtl.pid"] != victim.data.tags["nbtl.pid"]
     assert retried.data.metrics["epoch"] == 4
+    retry_lines = [line for line in log.read_text().splitlines() if "retrying from its last checkpoint" in line]
+    assert any(victim.data.tags["nbtl.trial_id"] in line and "attempt 2" in line for line in retry_lines), retry_lines
     assert sum(c.info.status == "FINISHED" for c in children) == 3
     table = pd.read_csv(next((tmp_path / "results").glob("faults*/results.csv")))
     assert sorted(table["status"]) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]

@@ -83,9 +83,16 @@ class SearchCallback(Callback):
     """
 
     def __init__(
-        self, key: str, total_trials: int, max_epochs: int, budget: float | None = None, started: float | None = None
+        self,
+        key: str,
+        total_trials: int,
+        max_epochs: int,
+        budget: float | None = None,
+        started: float | None = None,
+        max_failures: int | None = None,
     ):
         self.key = key
+        self.max_failures = max_failures  # retries per trial (FailureConfig), for the retry line
         self.total = total_trials
         self.max_epochs = max_epochs
         self.budget = budget
@@ -181,6 +188,16 @@ class SearchCallback(Callback):
         self.print(
             f"trial {self._name(trial)} finished [{self.finished}/{total}]: best_val_accuracy={best:.4f}{note}"
             f"  ({self.clock()})"
+        )
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        """A trial failed and Ray Tune retries it (``max_failures``): one line, not Ray's traceback alone."""
+        failures = int(getattr(trial, "num_failures", 0) or 0)
+        self.print(
+            f"trial {self._name(trial)} failed ({error_reason(trial)}): retrying from its last checkpoint, "
+            f"attempt {failures + 1}"
+            + (f" of {retries + 1}" if (retries := getattr(self, "max_failures", None)) is not None else "")
+            + f"  ({self.clock()})"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:

@@ -477,6 +477,7 @@ def _tuner(plan: _Plan, prepared: _Prepared, context, space: SearchSpace, option
         space.max_epochs,
         budget=plan.budget,
         started=time.time() - (time.perf_counter() - started),
+        max_failures=int(setting(options, space, "max_failures")),
     )
     return tune.Tuner(
         _trainable(prepared, context),
