@@ -51,3 +51,13 @@ def test_every_reader_refuses_aliases_and_oversized_files(tmp_path):
         load_space(big)
     # anchors without aliases, and plain YAML, read as safe_load reads them
     assert load_yaml("a: &x 1\nb: [2, 3]\n", "test") == {"a": 1, "b": [2, 3]}
+
+
+def test_an_oversized_csv_listing_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from nbtl.data import listing, load_dataset
+
+    csv = tmp_path / "images.csv"
+    csv.write_text("path,label\n" + "a.png,0\n" * 100)
+    monkeypatch.setattr(listing, "MAX_CSV_BYTES", 500)  # the cap is 200 MB; a file that size would slow the suite
+    with pytest.raises(NbtlError, match=r"images.csv': 811 bytes, over the 500 nbtl reads"):
+        load_dataset(csv, image_size=16)

@@ -18,6 +18,9 @@ from nbtl.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+#: A CSV listing of a million images is ~100 MB; a larger file is a mistake or an attack.
+MAX_CSV_BYTES = 200_000_000
+
 
 @dataclass
 class FileListing:
@@ -207,6 +210,12 @@ def list_csv(csv_path: Path) -> FileListing:
         If the header lacks ``path`` or ``label``, a row is incomplete, a file is missing,
         one image has two labels, or there are no rows.
     """
+    size = csv_path.stat().st_size if csv_path.is_file() else 0
+    if size > MAX_CSV_BYTES:
+        raise DataError(
+            f"CSV file '{csv_path}': {size:,} bytes, over the {MAX_CSV_BYTES:,} nbtl reads in a listing of images; "
+            "give the right file, or split it"
+        )
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as stream:
             reader = csv.DictReader(stream)

@@ -32,6 +32,7 @@ from nbtl.search.space import SearchSpace, dump_config
 #: The search's own defaults; the data's (image size, split, seed, ...) are nbtl.data.settings.DataSettings'.
 DEFAULTS = {"trials": 8, "max_concurrent": 2, "max_failures": 0, "keep_weights": KEEP_WEIGHTS}
 SEARCH_STATE = "nbtl_search.json"
+MAX_STATE_BYTES = 10_000_000  # nbtl_search.json is a few KB (options, ids, the space's text)
 RESUME_TAG = "nbtl.resume_command"  # the parent run's: the exact `nbtl search --resume ...` of an unfinished search
 PREFIX_CACHE = "prefix_cache"  # the frozen-prefix feature store of a search (nbtl.features), shared by its trials
 RESULT_COLUMNS = [
@@ -656,6 +657,11 @@ def resume_search(
         raise SearchError(
             f"--resume {name}: no search state at {state_file}; searches here: "
             f"{', '.join(known) or 'none'} (use --storage-path for another results folder)"
+        )
+    if state_file.is_file() and state_file.stat().st_size > MAX_STATE_BYTES:
+        raise SearchError(
+            f"{state_file}: {state_file.stat().st_size:,} bytes, over the {MAX_STATE_BYTES:,} of a search's state; "
+            "it is not one nbtl wrote: resume another search"
         )
     state = json.loads(state_file.read_text())
     options = SearchOptions(**{k: v for k, v in state["options"].items() if k in SearchOptions.__dataclass_fields__})
