@@ -7,6 +7,10 @@ traceback is shown for these.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+
 
 def one_line(error: BaseException, with_type: bool = False) -> str:
     """``error`` as one line, at most 500 characters: an :class:`NbtlError`'s message (already what, where,
@@ -50,3 +54,38 @@ class TrackingStoreError(ServiceError):
 
 class ClusterError(ServiceError):
     """The Ray cluster address names no Ray head that nbtl can join."""
+
+
+_FULL_TEXTS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+def disk_full_reason(error: BaseException) -> str | None:
+    """One line saying which disk is full when ``error`` or any exception it was raised from is a full disk
+    (``ENOSPC``/``EDQUOT``, or SQLite's "database or disk is full", as MLflow's store reports it); else None."""
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if (
+            isinstance(current, OSError)
+            and current.errno in (errno.ENOSPC, errno.EDQUOT)
+            or any(text in str(current) for text in _FULL_TEXTS)
+        ):
+            where = getattr(current, "filename", None)
+            place = ""
+            if where:
+                folder = os.path.dirname(os.path.abspath(os.fspath(where)))
+                try:
+                    place = f" at {folder} ({shutil.disk_usage(folder).free / 2**20:.1f} MiB free)"
+                except OSError:
+                    place = f" at {folder}"
+            return (
+                f"the disk is full{place}: {str(current).splitlines()[0][:200]}; free space there, or point "
+                "--tracking-uri, --storage-path or NBTL_CACHE_DIR at a disk with room (a search then continues "
+                "with nbtl search --resume)"
+            )
+        stack += [current.__cause__, current.__context__]
+    return None

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from nbtl import __version__
 from nbtl.cli import backbones, ensemble, fit, heuristics, predict, search, zoo
-from nbtl.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, one_line
+from nbtl.cli.common import EXIT_DISK_FULL, EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, one_line
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "build_parser", "main"]
 
@@ -66,7 +66,7 @@ def _add_verbosity(parser: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from nbtl.errors import NbtlError
+    from nbtl.errors import NbtlError, disk_full_reason
 
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
@@ -88,3 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except Exception as error:
+        full = disk_full_reason(error)
+        if full is None:
+            raise
+        print(f"nbtl {args.command}: error: {full}", file=sys.stderr)
+        return EXIT_DISK_FULL

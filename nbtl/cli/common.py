@@ -14,6 +14,7 @@ from nbtl.errors import ConfigError, NbtlError, one_line  # noqa: F401  (one_lin
 #: The exit status of a user error (bad flag, file, space or data); 130 is an interrupt (Ctrl-C).
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_DISK_FULL = 1  # a fault of the machine, not of the input
 #: The search space a recommendation and a training run take their data settings from unless told otherwise.
 DEFAULT_SPACE = "default"
 DATA_HELP = (
