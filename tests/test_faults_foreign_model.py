@@ -45,18 +45,19 @@ def store(tmp_path_factory, one_torch_thread):
 
 
 def test_nbtl_predict_refuses_a_foreign_model_without_unpickling_it(store, tmp_path):
-    for model in (store["foreign"], "models:/digits-probe/2", "digits-probe"):  # the newest version is the foreign one
-        done = run_nbtl("predict", model, str(store["images"][0]), "--tracking-uri", store["uri"], cwd=tmp_path)
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        assert done.returncode == 2 and len(lines) == 1, done.stderr
-        assert "is not an nbtl image classifier" in lines[0] and "--allow-foreign-models" in lines[0], lines[0]
+    # the registered name: its newest version is the foreign one
+    done = run_nbtl("predict", "digits-probe", str(store["images"][0]), "--tracking-uri", store["uri"], cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "is not an nbtl image classifier" in lines[0] and "--allow-foreign-models" in lines[0], lines[0]
+    assert not store["marker"].exists(), "the foreign pickle ran"
+    for model in (store["foreign"], "models:/digits-probe/2"):  # every other form, in process
+        with pytest.raises(ConfigError, match="is not an nbtl image classifier"):
+            load_model(model, store["uri"])
         assert not store["marker"].exists(), f"{model}: the foreign pickle ran"
 
 
 def test_the_opt_in_really_loads_it(store):
-    with pytest.raises(ConfigError, match="not an nbtl image classifier"):
-        load_model(store["foreign"], store["uri"])
-    assert not store["marker"].exists()
     with pytest.raises(ConfigError, match="cannot load the model"):  # its pickle gives no model at all
         load_model(store["foreign"], store["uri"], allow_foreign=True)
     assert store["marker"].exists()  # the pickle is real: loading it as MLflow does runs it
