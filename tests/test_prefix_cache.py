@@ -98,12 +98,17 @@ def test_augmented_entry_has_distinct_fixed_views(splits, weights):
 
 
 def test_fully_frozen_trial_trains_the_head_on_pooled_features(splits, weights):
-    config = {**CONFIG, "freeze_blocks": 9, "epochs": 2, "batch_size": 16}
+    config = {**CONFIG, "freeze_blocks": 9, "epochs": 2, "batch_size": 16, "head": "mlp", "head_width": 16}
     result, recorder = _train(splits, weights, config)
     assert [m["prefix_blocks"] for m in result.history] == [9, 9]
     assert result.final["best_val_accuracy"] > 5 * CHANCE
     steps = recorder.states[-1]["scheduler"]["last_epoch"]
     assert steps >= PROBE_MIN_STEPS  # many passes over the pooled features, one cosine schedule
+    # the linear probe is fitted (nbtl.fit.probe), not stepped: no optimizer step, as good a result
+    result, recorder = _train(splits, weights, {**config, "head": "linear"})
+    assert [m["prefix_blocks"] for m in result.history] == [9, 9]
+    assert result.final["best_val_accuracy"] > 5 * CHANCE
+    assert recorder.states[-1]["scheduler"]["last_epoch"] == 0
 
 
 def test_entry_over_max_bytes_falls_back_to_uncached(uncached_run, splits, weights, caplog):
