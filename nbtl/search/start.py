@@ -1,8 +1,8 @@
 """The configs every search runs first: the linear probe, the conventional recipe, ``nbtl recommend``'s configs.
 
 A search that can end below the linear probe, or below the recipe everybody uses, is not worth its time:
-so trial 1 is the probe (every block transferred and frozen, a linear head trained on the pooled features
-to convergence: seconds with the frozen-prefix cache), trial 2 the conventional recipe (everything
+so trial 1 is the probe (every block transferred and frozen, a linear head fitted on the pooled features by
+L-BFGS with a cross-validated L2 strength, nbtl.fit.probe: seconds), trial 2 the conventional recipe (everything
 fine-tuned at one learning rate, L2 only, a linear head), then the configs ``nbtl recommend`` derives from
 the fit of the pre-trained features to this data. Each is moved to the nearest point of the space (what
 moved is said) and enqueued in Optuna, so the sampler learns from them (Kumar et al., ICLR 2022, on
@@ -21,8 +21,8 @@ from nbtl.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-#: The head's learning rate of the probe start point: SGD with momentum on pooled features over the
-#: hundreds of steps a fully frozen trial takes (see nbtl.train).
+#: The probe start point's learning rates: unused by its fitted linear head (nbtl.fit.probe), kept so that the
+#: config stays a valid training config when a space changes its head.
 PROBE_HEAD_LR = 0.1
 
 
