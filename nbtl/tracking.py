@@ -188,6 +188,10 @@ class TrialTracker:
     has one run however often it restarts.
     """
 
+    #: the last epoch this run already holds (a retried or resumed trial's): epochs up to it are not logged
+    #: again, so a run never holds two points at one step
+    logged_epoch = 0
+
     def __init__(
         self,
         tracking_uri: str,
@@ -207,6 +211,7 @@ class TrialTracker:
         if existing is not None:
             # Ray retried the trial (its worker died) or a resumed search continues it.
             self.run_id = existing.info.run_id
+            self.logged_epoch = int(existing.data.metrics.get("epoch", 0))
             attempt = int(existing.data.tags.get(ATTEMPT_TAG, "1")) + 1
             _retry(lambda: self.client.log_batch(self.run_id, tags=_tags({**where, ATTEMPT_TAG: attempt})))
             if existing.info.status != "RUNNING":
@@ -229,7 +234,12 @@ class TrialTracker:
             log_dataset(self.client, self.run_id, dataset, TRIAL_CONTEXT)
 
     def log_epoch(self, metrics: dict[str, float], step: int) -> None:
+        """Log an epoch's metrics at ``step``, unless the run already holds that epoch (logged by an earlier
+        attempt of the trial that was killed before Ray saw its checkpoint)."""
+        if step <= self.logged_epoch:
+            return
         _retry(lambda: self.client.log_batch(self.run_id, metrics=_metrics(metrics, step)))
+        self.logged_epoch = step
 
     def end(self, status: str = "FINISHED", reason: str | None = None, tags: dict[str, Any] | None = None) -> None:
         extra = dict(tags or {})

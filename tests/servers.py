@@ -57,11 +57,16 @@ def _healthy(uri: str) -> bool:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(directory: Path, startup_timeout: float = 120) -> Iterator[str]:
+def running_mlflow_server(
+    directory: Path, startup_timeout: float = 120, admin_password: str | None = None
+) -> Iterator[str]:
     """Start ``mlflow server`` on 127.0.0.1:<free port> with a SQLite backend store (``directory/mlflow.db``)
     and proxied artifact serving into ``directory/mlartifacts`` (clients upload and download artifacts
     over HTTP, ``mlflow-artifacts:/``); yield ``http://127.0.0.1:PORT`` once ``/health`` answers, and
-    stop the server's whole process group on the way out, whatever happened."""
+    stop the server's whole process group on the way out, whatever happened.
+
+    With ``admin_password`` the server runs MLflow's basic-auth app (``--app-name basic-auth``): its users in
+    ``directory/basic_auth.db``, an ``admin`` with that password, everyone else refused."""
     mlflow = shutil.which("mlflow", path=str(BIN)) or shutil.which("mlflow")
     if mlflow is None:
         pytest.fail("the `mlflow` command is not installed")
@@ -74,11 +79,26 @@ def running_mlflow_server(directory: Path, startup_timeout: float = 120) -> Iter
     # No UI/usage telemetry, and no huey job runners (GenAI jobs: half a dozen extra processes and a
     # /dev/shm folder that nothing the tracking API or the UI's run pages needs).
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    auth = []
+    if admin_password is not None:
+        config = directory / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = sqlite:///{directory / 'basic_auth.db'}\nadmin_username = admin\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(config),
+            MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+            MLFLOW_FLASK_SERVER_SECRET_KEY=os.urandom(16).hex(),  # CSRF protection of the auth app
+        )
+        auth = ["--app-name", "basic-auth"]
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [
                 mlflow,
                 "server",
+                *auth,
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -121,7 +121,8 @@ def raise_and_kill_a_worker(tmp_path: Path, tracking_uri: str) -> dict:
 
 
 def kill_the_driver_and_resume(tmp_path: Path, tracking_uri: str) -> dict:
-    """A search killed with its driver's whole session in a trial's second epoch, then ``nbtl search --resume``."""
+    """A search whose driver is SIGKILLed in a trial's second epoch (its Ray processes must end with it), then
+    ``nbtl search --resume``."""
     space = write_space(tmp_path, trials=3)  # two running when the driver is killed, one still to come
     process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits")
     log = tmp_path / "search.log"
@@ -133,14 +134,18 @@ def kill_the_driver_and_resume(tmp_path: Path, tracking_uri: str) -> dict:
             log,
             process,
         )
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and everything in its session
+        os.kill(process.pid, signal.SIGKILL)  # the driver alone: Ray's processes must end with it
         process.wait(timeout=30)
+        # the embedded Ray's processes (agents, workers) end within seconds: nothing of the session is left
+        deadline = time.monotonic() + 30
+        while session_processes(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        orphans = session_processes(process.pid)
     finally:
-        if process.poll() is None:
+        if session_processes(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
     before = trial_runs(runs(tracking_uri))
     assert any(r.info.status == "RUNNING" for r in before), "the kill came too late to test resume"
-    time.sleep(3)  # let Ray's own processes notice their driver is gone
 
     resumed = start_search(tmp_path, tracking_uri, "--resume", "faults")
     try:
@@ -149,7 +154,26 @@ def kill_the_driver_and_resume(tmp_path: Path, tracking_uri: str) -> dict:
         if resumed.poll() is None:
             os.killpg(resumed.pid, signal.SIGKILL)
     assert_no_run_left_running(tracking_uri)
-    return {"before": before, "log": log}
+    client = MlflowClient(tracking_uri=tracking_uri)
+    steps = {
+        r.info.run_id: [m.step for m in client.get_metric_history(r.info.run_id, "epoch")]
+        for r in trial_runs(runs(tracking_uri))
+    }
+    return {"before": before, "log": log, "orphans": orphans, "steps": steps}
+
+
+def session_processes(session: int) -> dict[int, str]:
+    """The live processes of session ``session`` (what a search started with ``start_new_session`` left): pid -> name."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == session and fields[0] != "Z":
+            found[int(entry.name)] = name
+    return found
 
 
 RAISING, RESUMED = (
@@ -203,6 +227,9 @@ def test_raising_trial_fails_and_killed_worker_is_retried(scenarios):
 def test_killed_driver_resumes_without_duplicate_runs(scenarios):
     seen, tmp_path, tracking_uri = scenarios(RESUMED)
     before, log = seen["before"], seen["log"]
+    assert seen["orphans"] == {}, f"processes left behind by the killed driver: {seen['orphans']}"
+    # no epoch logged twice: a resumed trial neither re-runs nor re-logs an epoch its run already holds
+    assert all(len(steps) == len(set(steps)) for steps in seen["steps"].values()), seen["steps"]
     all_runs = runs(tracking_uri)
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     children = trial_runs(all_runs)

@@ -11,10 +11,11 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from nbtl.errors import ClusterError, NbtlError
+from nbtl.search.reaper import embedded_ray_reaper
 
 
 class SearchError(NbtlError):
@@ -115,14 +116,25 @@ def ray_session(address: str | None) -> Iterator[str]:
     import importlib
 
     started = "ray" not in sys.modules or not importlib.import_module("ray").is_initialized()
-    gcs_address = init_ray(address)
-    try:
-        yield gcs_address
-    finally:
-        if started:
-            import ray
+    with ExitStack() as stack:
+        if started and not cluster_address(address):
+            # the embedded Ray's processes are marked, and end with this process however it ends
+            mark = stack.enter_context(embedded_ray_reaper())
+            os.environ.update(mark)
+            try:
+                gcs_address = init_ray(address)
+            finally:
+                for key in mark:
+                    os.environ.pop(key, None)  # what this process starts later is not Ray's
+        else:
+            gcs_address = init_ray(address)
+        try:
+            yield gcs_address
+        finally:
+            if started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 #: ``resources`` keys of a search (``with_resources``) and the Ray resource each one asks of a node.

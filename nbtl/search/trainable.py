@@ -54,6 +54,49 @@ def compact_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "model": {k: v for k, v in state["model"].items() if k not in frozen}}
 
 
+def _load_checkpoint(directory: Path) -> dict[str, Any] | None:
+    """The trial state in a checkpoint folder, or None when it is missing or truncated (a kill mid-write)."""
+    import torch
+
+    try:
+        return torch.load(directory / TRIAL_CHECKPOINT, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError):
+        return None
+
+
+def _trial_storage_dir(checkpoint) -> Path | None:
+    """The trial's folder under the search's storage path, where Ray writes its ``checkpoint_NNNNNN`` folders."""
+    try:  # Ray keeps it on the trial's session; no public API names it
+        from ray.train._internal.session import get_session
+
+        return Path(get_session().storage.trial_fs_path)
+    except (ImportError, AttributeError, RuntimeError):
+        return Path(checkpoint.path).parent if checkpoint is not None else None
+
+
+def latest_checkpoint(checkpoint) -> tuple[dict[str, Any] | None, bool]:
+    """The state to resume a trial from, and whether it is newer than the one Ray restored (``checkpoint``).
+
+    A driver killed between a trial's report and its own bookkeeping restores the trial from an older
+    checkpoint than the worker had already written; the trial would run again an epoch whose result was
+    reported and checkpointed. The newest complete ``checkpoint_*`` folder of the trial wins instead."""
+    known = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            known = _load_checkpoint(Path(directory))
+    folder = _trial_storage_dir(checkpoint)
+    if folder is None or not folder.is_dir():
+        return known, False
+    known_epoch = int(known["epoch"]) if known is not None else 0
+    for candidate in sorted(folder.glob("checkpoint_*"), reverse=True):
+        state = _load_checkpoint(candidate)
+        if state is not None:
+            if int(state["epoch"]) > known_epoch:
+                return state, True
+            break
+    return known, False
+
+
 def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: TrialContext | None = None) -> None:
     """Ray Tune function trainable: one trial of a search.
 
@@ -86,16 +129,14 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
         dataset=context.dataset,
     )
 
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = torch.load(Path(directory) / TRIAL_CHECKPOINT, map_location="cpu", weights_only=True)
+    resume, unseen = latest_checkpoint(tune.get_checkpoint())
+    reported = []
 
     def report(metrics: dict[str, float], state) -> None:
         tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         with tempfile.TemporaryDirectory() as directory:
             torch.save(compact_checkpoint(state()), Path(directory) / TRIAL_CHECKPOINT)
+            reported.append(metrics["epoch"])
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
@@ -118,4 +159,10 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     except BaseException as error:
         tracker.end(status_for(error), reason=one_line(error, with_type=True))
         raise
+    if unseen and not reported and resume is not None and resume.get("history"):
+        # Nothing was left to run after the newest checkpoint, which Ray never saw: hand Ray its result and
+        # checkpoint (not MLflow, which holds that epoch already), so the search ranks and hands over this trial.
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(resume, Path(directory) / TRIAL_CHECKPOINT)
+            tune.report(dict(resume["history"][-1]), checkpoint=tune.Checkpoint.from_directory(directory))
     tracker.end("FINISHED")
