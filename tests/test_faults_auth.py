@@ -33,7 +33,7 @@ def train(tmp_path, uri: str, **credentials: str) -> subprocess.CompletedProcess
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_basic_auth_server_takes_credentials_and_refuses_without(tmp_path):
+def test_basic_auth_server_takes_credentials_and_refuses_without(tmp_path, monkeypatch):
     with running_mlflow_server(tmp_path / "server", admin_password=PASSWORD) as uri:
         refused = train(tmp_path, uri)
         assert refused.returncode != 0
@@ -43,10 +43,8 @@ def test_basic_auth_server_takes_credentials_and_refuses_without(tmp_path):
 
         done = train(tmp_path, uri, MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=PASSWORD)
         assert done.returncode == 0, done.stderr[-3000:]
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", PASSWORD
-        try:
-            client = MlflowClient(tracking_uri=uri)
-            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        finally:
-            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+        client = MlflowClient(tracking_uri=uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert runs and all(r.info.status == "FINISHED" for r in runs)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -165,14 +166,12 @@ def kill_the_driver_and_resume(tmp_path: Path, tracking_uri: str) -> dict:
 def session_processes(session: int) -> dict[int, str]:
     """The live processes of session ``session`` (what a search started with ``start_new_session`` left): pid -> name."""
     found = {}
-    for entry in Path("/proc").glob("[0-9]*"):
+    for process in psutil.process_iter(["name", "status"]):
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+            if os.getsid(process.pid) == session and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found[process.pid] = process.info["name"]
+        except (ProcessLookupError, PermissionError):
             continue
-        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == session and fields[0] != "Z":
-            found[int(entry.name)] = name
     return found
 
 

@@ -117,17 +117,14 @@ def ray_session(address: str | None) -> Iterator[str]:
 
     started = "ray" not in sys.modules or not importlib.import_module("ray").is_initialized()
     with ExitStack() as stack:
-        if started and not cluster_address(address):
-            # the embedded Ray's processes are marked, and end with this process however it ends
-            mark = stack.enter_context(embedded_ray_reaper())
-            os.environ.update(mark)
-            try:
-                gcs_address = init_ray(address)
-            finally:
-                for key in mark:
-                    os.environ.pop(key, None)  # what this process starts later is not Ray's
-        else:
+        # an embedded Ray's processes are marked, and end with this process however it ends
+        mark = stack.enter_context(embedded_ray_reaper()) if started and not cluster_address(address) else {}
+        os.environ.update(mark)
+        try:
             gcs_address = init_ray(address)
+        finally:
+            for key in mark:
+                os.environ.pop(key, None)  # what this process starts later is not Ray's
         try:
             yield gcs_address
         finally:

@@ -64,7 +64,6 @@ def family(mark: str) -> dict[int, str]:
         children = {pid for pid, (parent, _) in table.items() if parent in found and pid not in found}
         found |= children
         grew = bool(children)
-    found.discard(os.getpid())
     return {pid: table[pid][1] for pid in found}
 
 
@@ -78,7 +77,10 @@ def reap(known: dict[int, str], mark: str, grace_s: float = 3.0) -> list[int]:
         return sorted(victims | set(family(mark)))
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in alive():
+        victims = alive()
+        if not victims:
+            break
+        for pid in victims:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -86,8 +88,6 @@ def reap(known: dict[int, str], mark: str, grace_s: float = 3.0) -> list[int]:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and alive():
             time.sleep(0.1)
-        if not alive():
-            break
     return alive()
 
 

@@ -88,7 +88,10 @@ def latest_checkpoint(checkpoint) -> tuple[dict[str, Any] | None, bool]:
     if folder is None or not folder.is_dir():
         return known, False
     known_epoch = int(known["epoch"]) if known is not None else 0
+    known_path = Path(checkpoint.path) if checkpoint is not None else None
     for candidate in sorted(folder.glob("checkpoint_*"), reverse=True):
+        if candidate == known_path:
+            break  # Ray's own is the newest: loaded above already
         state = _load_checkpoint(candidate)
         if state is not None:
             if int(state["epoch"]) > known_epoch:
