@@ -234,12 +234,17 @@ class TrialTracker:
             log_dataset(self.client, self.run_id, dataset, TRIAL_CONTEXT)
 
     def log_epoch(self, metrics: dict[str, float], step: int) -> None:
-        """Log an epoch's metrics at ``step``, unless the run already holds that epoch (logged by an earlier
-        attempt of the trial that was killed before Ray saw its checkpoint)."""
+        """Log epoch ``step``'s metrics (epochs count from 1), unless the run already holds that epoch (logged
+        by an earlier attempt of the trial that was killed before Ray saw its checkpoint)."""
         if step <= self.logged_epoch:
             return
         _retry(lambda: self.client.log_batch(self.run_id, metrics=_metrics(metrics, step)))
         self.logged_epoch = step
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Log a trial's summary metrics (test scores, timings) at ``step``: always written, a retried
+        trial's summary replacing the earlier attempt's as the run's latest value."""
+        _retry(lambda: self.client.log_batch(self.run_id, metrics=_metrics(metrics, step)))
 
     def end(self, status: str = "FINISHED", reason: str | None = None, tags: dict[str, Any] | None = None) -> None:
         extra = dict(tags or {})

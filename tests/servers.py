@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -169,7 +170,13 @@ def running_ray_cluster(directory: Path, head_cpus: int = 1, worker_cpus: int = 
     directory.mkdir(parents=True, exist_ok=True)
     port, dashboard_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    env.update(RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    # the cluster's own token (64 hex digits, as `ray get-auth-token --generate` writes), so the test needs no
+    # ~/.ray/auth_token and leaves a user's alone; its clients read it through RAY_AUTH_TOKEN_PATH in ``env``
+    token = directory / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     common = ["--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats", "--block"]
     processes = []
     try:

@@ -145,7 +145,7 @@ def zoo_trainable(config: dict[str, Any], data=None, context: ZooContext | None 
             "n_train": len(fold.rest if context.mode == "frozen" else fold.train),
             "n_test": len(scored),
         }
-        tracker.log_epoch(metrics, step=0)
+        tracker.log_metrics(metrics, step=0)
     except SystemExit:
         raise  # Ray ended the trial (time budget, Ctrl-C): the driver closes its run
     except BaseException as error:

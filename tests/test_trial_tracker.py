@@ -1,0 +1,48 @@
+"""A trial's child run on a real MLflow SQLite store: a retried attempt re-attaches to the run and skips the
+epochs it already holds, while summary metrics (a zoo trial's test scores, logged at step 0 after its epochs)
+are always written."""
+
+from __future__ import annotations
+
+from mlflow import MlflowClient
+
+from nbtl.tracking import TrialTracker, ensure_experiment
+
+
+def test_a_retried_trial_skips_held_epochs_and_always_logs_its_summary(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = ensure_experiment(client, "tracker")
+    parent = client.create_run(experiment).info.run_id
+
+    def attempt() -> TrialTracker:
+        return TrialTracker(uri, experiment, parent, "trial_00001", "trial 1", {"lr": 0.01})
+
+    first = attempt()
+    first.log_epoch({"epoch": 1, "val_accuracy": 0.5}, step=1)
+    first.log_epoch({"epoch": 2, "val_accuracy": 0.6}, step=2)
+    first.log_metrics({"accuracy": 0.7, "n_test": 30}, step=0)  # after the epochs, at step 0: still written
+    # the worker dies here; Ray retries the trial from its epoch-1 checkpoint
+    second = attempt()
+    assert second.run_id == first.run_id and second.logged_epoch == 2
+    second.log_epoch({"epoch": 2, "val_accuracy": 0.9}, step=2)  # already held: not logged again
+    second.log_epoch({"epoch": 3, "val_accuracy": 0.8}, step=3)
+    second.log_metrics({"accuracy": 0.75, "n_test": 30}, step=0)
+    second.end("FINISHED")
+
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["nbtl.attempt"] == "2"
+    history = client.get_metric_history(first.run_id, "val_accuracy")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.5), (2, 0.6), (3, 0.8)]
+    assert run.data.metrics["n_test"] == 30 and run.data.metrics["accuracy"] == 0.75
+
+
+def test_a_new_trial_logs_step_zero(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = ensure_experiment(client, "tracker")
+    parent = client.create_run(experiment).info.run_id
+    tracker = TrialTracker(uri, experiment, parent, "trial_00002", "trial 2", {})
+    tracker.log_metrics({"accuracy": 0.5}, step=0)
+    tracker.end("FINISHED")
+    assert client.get_run(tracker.run_id).data.metrics["accuracy"] == 0.5
