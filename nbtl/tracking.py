@@ -238,7 +238,7 @@ class TrialTracker:
         by an earlier attempt of the trial that was killed before Ray saw its checkpoint)."""
         if step <= self.logged_epoch:
             return
-        _retry(lambda: self.client.log_batch(self.run_id, metrics=_metrics(metrics, step)))
+        self.log_metrics(metrics, step)
         self.logged_epoch = step
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
