@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -243,12 +244,21 @@ def tracking_uri(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def ray_head(tmp_path: Path):
+def ray_head(tmp_path: Path, monkeypatch):
     """A real Ray head started with ``ray start --head`` on 127.0.0.1 (token authentication on, as
-    Ray 2.60 does by default); yields its address, then stops only its own processes."""
+    Ray 2.60 does by default); yields its address, then stops only its own processes.
+
+    The head has its own token (64 hex digits, as ``ray get-auth-token --generate`` writes) in the test's
+    folder, named by ``RAY_AUTH_TOKEN_PATH`` for the test and every process it starts: nothing is written to
+    ``~/.ray/auth_token``, and a user's token there is neither read nor replaced."""
     ray = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
     if ray is None:
         pytest.fail("the `ray` command is not installed (pip install 'ray[default]')")
+    token = tmp_path / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     port = free_port()
     log = open(tmp_path / "ray_head.log", "w")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
