@@ -56,7 +56,54 @@ class ClusterError(ServiceError):
     """The Ray cluster address names no Ray head that nbtl can join."""
 
 
+class DiskFullError(Exception):
+    """A full disk stopped a search; ``str()`` is the one line to show (what is full, where, how to go on).
+    Not an :class:`NbtlError`: the input is fine, the machine is not (exit 1, as any full disk)."""
+
+
 _FULL_TEXTS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+def is_disk_full_text(text: str) -> bool:
+    """Whether ``text`` (a failed trial's recorded reason, an error message) says a disk is full."""
+    return "[Errno 28]" in text or "[Errno 122]" in text or any(full in text for full in _FULL_TEXTS)
+
+
+#: Room a search leaves on its storage disk for its own state (Ray Tune's experiment and searcher state, the
+#: results table): a checkpoint or cache entry that would eat into it is refused before a byte is written, so the
+#: state a full disk stops the search with is whole, and ``--resume`` continues it.
+RESERVE_BYTES = 8 * 2**20
+
+
+def ensure_room(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Raise ``OSError(ENOSPC)`` saying how much ``what`` needs and how much is free when the disk of ``folder``
+    cannot take ``needed`` bytes and still keep :data:`RESERVE_BYTES`; nothing when it can, or when ``folder``
+    is not a local path (its free space unknown)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except (OSError, ValueError):
+        return
+    if free < needed + RESERVE_BYTES:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: {what} needs {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free "
+            f"({RESERVE_BYTES // 2**20} MiB kept for the search's state)",
+            os.fspath(folder),
+        )
+
+
+def raise_if_disk_full(error: BaseException, path: str | os.PathLike) -> None:
+    """Re-raise ``error`` (raised while writing the file ``path``) as ``OSError(ENOSPC)`` when that disk has no
+    room left: ``torch.save`` reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc]``
+    or ``... file write failed``, which says nothing about space."""
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(os.fspath(path)))).free
+    except OSError:
+        return
+    if free < 2**20:
+        raise OSError(
+            errno.ENOSPC, f"No space left on device ({free / 2**10:.0f} KiB free)", os.fspath(path)
+        ) from error
 
 
 def disk_full_reason(error: BaseException) -> str | None:
@@ -69,6 +116,8 @@ def disk_full_reason(error: BaseException) -> str | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
+        if isinstance(current, DiskFullError):
+            return str(current).splitlines()[0]
         if (
             isinstance(current, OSError)
             and current.errno in (errno.ENOSPC, errno.EDQUOT)

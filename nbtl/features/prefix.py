@@ -37,10 +37,22 @@ import torch
 from torch import Tensor
 
 from nbtl.data import Splits, make_augmentation
-from nbtl.errors import ConfigError
+from nbtl.errors import ConfigError, ensure_room, raise_if_disk_full
 from nbtl.features.keys import dataset_fingerprint, weights_hash
 
 __all__ = ["PrefixEntry", "PrefixStore"]
+
+
+def _nbytes(value: Any) -> int:
+    """The bytes of the tensors in ``value`` (nested dicts, lists, tuples): about what ``torch.save`` writes."""
+    if isinstance(value, Tensor):
+        return value.nelement() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
 
 logger = logging.getLogger(__name__)
 
@@ -330,13 +342,15 @@ class PrefixStore:
             "val": entry.val,
             "test": entry.test,
         }
+        ensure_room(path.parent, _nbytes(payload), "a prefix cache entry")
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(handle)
         try:
             torch.save(payload, temporary)
             os.replace(temporary, path)
-        except BaseException:
+        except BaseException as error:
             Path(temporary).unlink(missing_ok=True)
+            raise_if_disk_full(error, temporary)  # torch.save's "enforce fail" on a full disk, said as ENOSPC
             raise
 
     def _remember(self, entry: PrefixEntry) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from nbtl.errors import is_disk_full_text
 from nbtl.tracking import SearchTracker, trial_run_name
 
 
@@ -69,6 +72,7 @@ class Session:
     tracker: SearchTracker
     print: Callable[[str], None]
     callback: SearchCallback | None = None
+    disk_full: str | None = None  # the reason of the trial that found a disk full: the search stopped on it
 
 
 #: Running searches of this process by experiment path. Ray Tune pickles its callbacks into the
@@ -147,6 +151,14 @@ class SearchCallback(Callback):
     def _name(self, trial) -> str:
         return str(trial.trial_id)
 
+    def _count_finished(self, trial) -> None:
+        """One more trial done, once per trial: one that failed on a full disk and ran again after ``--resume``
+        is not counted twice."""
+        if trial.trial_id not in self.completed:
+            self.finished += 1
+            self.completed.append(trial.trial_id)
+        self.finished_at[trial.trial_id] = round(self.elapsed(), 2)
+
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         config = trial.config
         summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
@@ -162,9 +174,7 @@ class SearchCallback(Callback):
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self.finished += 1
-        self.completed.append(trial.trial_id)
-        self.finished_at[trial.trial_id] = round(self.elapsed(), 2)
+        self._count_finished(trial)
         epochs = int(trial.last_result.get("epoch", 0)) if trial.last_result else 0
         planned = int(trial.config.get("epochs", self.max_epochs))
         last = trial.last_result or {}
@@ -190,8 +200,29 @@ class SearchCallback(Callback):
             f"  ({self.clock()})"
         )
 
+    def stop_on_full_disk(self, trial, reason: str) -> bool:
+        """When ``reason`` (why ``trial`` failed) is a full disk, every trial after it would fail the same way:
+        stop the search as Ctrl-C does (SIGUSR1, Ray Tune's graceful stop, which keeps the experiment for
+        ``--resume``) and note it in the session, so the driver ends in one line. Whether it stopped."""
+        session = self._session()
+        if not is_disk_full_text(reason):
+            return False
+        if session.disk_full is None:
+            session.disk_full = reason
+            self.print(
+                f"trial {self._name(trial)} found the disk full ({reason}): stopping the search; its finished "
+                f"trials and its state are kept  ({self.clock()})"
+            )
+            handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+            if callable(handler) and threading.current_thread() is threading.main_thread():
+                signal.raise_signal(signal.SIGUSR1)  # Ray Tune's handler (tune.py _setup_signal_catching)
+        return True
+
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        """A trial failed and Ray Tune retries it (``max_failures``): one line, not Ray's traceback alone."""
+        """A trial failed and Ray Tune retries it (``max_failures``): one line, not Ray's traceback alone; on a
+        full disk no retry (it would fail again), the search stops instead."""
+        if self.stop_on_full_disk(trial, error_reason(trial)):
+            return
         failures = int(getattr(trial, "num_failures", 0) or 0)
         self.print(
             f"trial {self._name(trial)} failed ({error_reason(trial)}): retrying from its last checkpoint, "
@@ -201,9 +232,7 @@ class SearchCallback(Callback):
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self.finished += 1
-        self.completed.append(trial.trial_id)
-        self.finished_at[trial.trial_id] = round(self.elapsed(), 2)
+        self._count_finished(trial)
         reason = error_reason(trial)
         self.run_ids[trial.trial_id] = self.tracker.close_trial(
             trial.trial_id, trial_run_name(trial.trial_id, trial.config), trial.config, "FAILED", reason=reason
@@ -212,3 +241,4 @@ class SearchCallback(Callback):
             f"trial {self._name(trial)} FAILED [{self.finished}/{self.total if self.total > 0 else '?'}]: {reason}"
             f"  ({self.clock()})"
         )
+        self.stop_on_full_disk(trial, reason)

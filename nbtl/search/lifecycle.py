@@ -28,6 +28,36 @@ class SearchInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a search; its message is the command that continues it."""
 
 
+class _FullDiskInOneLine(logging.Filter):
+    """Ray's log records about a full disk (a trial's failure, a failed sync of the experiment) without their
+    traceback: the message and the error in one line (the trial's ``error.txt`` keeps the traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from nbtl.errors import disk_full_reason, one_line
+
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and disk_full_reason(error) is not None:
+            text = str(error).strip().splitlines()
+            full = next((line.strip() for line in reversed(text) if "[Errno 28]" in line or "No space" in line), "")
+            record.msg = f"{record.getMessage().rstrip(': ')}: {full or one_line(error, with_type=True)}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+@contextmanager
+def full_disk_in_one_line() -> Iterator[None]:
+    """Around ``Tuner.fit``: :class:`_FullDiskInOneLine` on the handlers of Ray's logger."""
+    handlers = list(logging.getLogger("ray").handlers)
+    one_line_filter = _FullDiskInOneLine()
+    for handler in handlers:
+        handler.addFilter(one_line_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(one_line_filter)
+
+
 @dataclass
 class Interrupt:
     requested: bool = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +16,13 @@ import pandas as pd
 
 from nbtl import __version__
 from nbtl.config import TrialConfig
-from nbtl.errors import NbtlError
+from nbtl.errors import DiskFullError, NbtlError, disk_full_reason
 from nbtl.models.export import KEEP_WEIGHTS
 from nbtl.safe_yaml import load_yaml
 from nbtl.search.cluster import SearchError, check_resources, cluster_address, ray_session, use_token_auth
 from nbtl.search.lifecycle import (
     SearchInterrupted,
+    full_disk_in_one_line,
     graceful_ctrl_c,
     remove_trial_checkpoints,
     resume_command,
@@ -553,6 +555,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
                 augmentation=prepared.data_settings.augmentation,
                 tags={"nbtl.search": plan.name, "nbtl.dataset": prepared.dataset_name, "nbtl.version": __version__},
                 prefix_cache_dir=str(plan.experiment_path / PREFIX_CACHE),
+                storage_dir=str(plan.experiment_path),
                 seed=plan.seed,
                 dataset=prepared.dataset_input,
                 cache_prefix=space.prefix_cache,
@@ -584,6 +587,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
                 plan.reevaluation,
                 options.keep_checkpoints,
                 _handover(prepared, options, plan.name),
+                resume=resume,
             )
 
 
@@ -611,18 +615,28 @@ def _fit(
     reevaluation=None,
     keep_checkpoints: bool = False,
     handover=None,
+    resume: str | None = None,
 ) -> SearchResult:
     """Run the trials; on Ctrl-C let Ray Tune stop them and save the experiment for ``--resume``, then raise
-    :class:`SearchInterrupted` (the caller's run context ends the runs KILLED)."""
+    :class:`SearchInterrupted` (the caller's run context ends the runs KILLED). A trial that finds a disk full
+    stops the search the same way (:meth:`SearchCallback.stop_on_full_disk`), and :class:`DiskFullError` says
+    so in one line with ``resume``, the command that continues the search once there is room (the caller's run
+    context ends the parent FAILED with it)."""
     from nbtl.search.callbacks import ACTIVE, Session
 
     key = str(experiment_path)
     ACTIVE[key] = session = Session(tracker, print_fn)
     try:
-        with graceful_ctrl_c() as interrupt:
+        with graceful_ctrl_c() as interrupt, full_disk_in_one_line():
             results = tuner.fit()
+    except Exception as error:
+        if session.disk_full is None and disk_full_reason(error) is None:
+            raise
+        raise _disk_full(session.disk_full or disk_full_reason(error), experiment_path, resume) from error
     finally:
         ACTIVE.pop(key, None)
+    if session.disk_full is not None:
+        raise _disk_full(session.disk_full, experiment_path, resume)
     if interrupt.requested:
         raise SearchInterrupted(f"search {experiment_path.name} interrupted")
     result = finish_search(
@@ -632,6 +646,18 @@ def _fit(
         freed = remove_trial_checkpoints(experiment_path)
         logger.info("removed the trial checkpoints of %s (%.1f MB)", experiment_path, freed / 1e6)
     return result
+
+
+def _disk_full(reason: str, experiment_path: Path, resume: str | None) -> DiskFullError:
+    try:
+        free = f" ({shutil.disk_usage(experiment_path).free / 2**20:.1f} MiB free there)"
+    except OSError:
+        free = ""
+    return DiskFullError(
+        f"the disk is full: {reason.removeprefix('OSError: ')}; search results in {experiment_path}{free}: free space "
+        f"there, or move that folder to a disk with room and pass --storage-path, then continue the search with "
+        f"{resume or 'nbtl search --resume'} (its finished trials and state are kept)"
+    )
 
 
 def resume_search(
@@ -698,7 +724,12 @@ def resume_search(
         )
         resume = resume_command(name, storage_path, address, tracking_uri)
         with tell_how_to_resume(print_fn, resume), tracker.resumed_run(state["parent_run_id"]) as parent_run_id:
-            resumed = int(tracker.client.get_run(parent_run_id).data.tags.get("nbtl.resumed", 0)) + 1
+            parent_tags = tracker.client.get_run(parent_run_id).data.tags
+            resumed = int(parent_tags.get("nbtl.resumed", 0)) + 1
+            # a search a full disk stopped (DiskFullError): its trials that failed on it run again, from their
+            # last checkpoint (Ray Tune resumes errored trials all or none: one that failed otherwise, e.g.
+            # diverged, runs again too, and fails as before)
+            after_full_disk = parent_tags.get("nbtl.error", "").startswith(DiskFullError.__name__)
             tracker.set_tags({"nbtl.resumed": resumed})
             context = TrialContext(
                 tracking_uri=tracker.tracking_uri,
@@ -707,6 +738,7 @@ def resume_search(
                 augmentation=prepared.data_settings.augmentation,
                 tags={"nbtl.search": state["name"], "nbtl.dataset": prepared.dataset_name, "nbtl.version": __version__},
                 prefix_cache_dir=str(experiment_path / PREFIX_CACHE),
+                storage_dir=str(experiment_path),
                 seed=int(setting(options, space, "seed")),
                 dataset=prepared.dataset_input,
                 cache_prefix=space.prefix_cache,
@@ -715,7 +747,7 @@ def resume_search(
                 str(experiment_path),
                 _trainable(prepared, context),
                 resume_unfinished=True,
-                resume_errored=False,
+                resume_errored=after_full_disk,
                 restart_errored=False,
             )
             print_fn(f"resuming search {state['name']!r} from {experiment_path} (MLflow parent run {parent_run_id})")
@@ -728,6 +760,7 @@ def resume_search(
                 started,
                 keep_checkpoints=keep_checkpoints or bool(options.keep_checkpoints),
                 handover=_handover(prepared, options, state["name"]),
+                resume=resume,
             )
 
 

@@ -29,6 +29,7 @@ class TrialContext:
     seed: int = 0  # the search seed: the augmented views of the prefix store derive from it
     dataset: dict[str, Any] | None = None  # nbtl.data.describe.describe_dataset: logged as each trial run's input
     cache_prefix: bool = True  # search.prefix_cache: False runs every block of every trial on every step
+    storage_dir: str | None = None  # the search's folder on its storage path, where Ray Tune copies checkpoints
 
 
 _STORES: dict[tuple[str | None, int], Any] = {}
@@ -100,6 +101,23 @@ def latest_checkpoint(checkpoint) -> tuple[dict[str, Any] | None, bool]:
     return known, False
 
 
+def save_checkpoint(checkpoint: dict[str, Any], path: Path, storage_dir: str | None = None) -> None:
+    """``torch.save`` of a trial's checkpoint to ``path`` (a local folder Ray Tune then copies to ``storage_dir``),
+    a full disk said as ``OSError(ENOSPC)``, here or on ``storage_dir`` before Ray copies a byte there (the
+    search stops on it, its state whole: :func:`nbtl.errors.ensure_room`)."""
+    import torch
+
+    from nbtl.errors import ensure_room, raise_if_disk_full
+
+    try:
+        torch.save(checkpoint, path)
+    except RuntimeError as error:
+        raise_if_disk_full(error, path)
+        raise
+    if storage_dir is not None:
+        ensure_room(storage_dir, path.stat().st_size, "a trial checkpoint")
+
+
 def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: TrialContext | None = None) -> None:
     """Ray Tune function trainable: one trial of a search.
 
@@ -107,7 +125,6 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     ``splits`` (the decoded images) and ``weights`` (pre-trained state dicts by backbone name)
     arrive through ``tune.with_parameters``, so they are stored once and shared by all trials.
     """
-    import torch
     from ray import tune
 
     from nbtl.config import TrialConfig
@@ -138,7 +155,7 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     def report(metrics: dict[str, float], state) -> None:
         tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(compact_checkpoint(state()), Path(directory) / TRIAL_CHECKPOINT)
+            save_checkpoint(compact_checkpoint(state()), Path(directory) / TRIAL_CHECKPOINT, context.storage_dir)
             reported.append(metrics["epoch"])
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
@@ -166,6 +183,6 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
         # Nothing was left to run after the newest checkpoint, which Ray never saw: hand Ray its result and
         # checkpoint (not MLflow, which holds that epoch already), so the search ranks and hands over this trial.
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(resume, Path(directory) / TRIAL_CHECKPOINT)
+            save_checkpoint(resume, Path(directory) / TRIAL_CHECKPOINT, context.storage_dir)
             tune.report(dict(resume["history"][-1]), checkpoint=tune.Checkpoint.from_directory(directory))
     tracker.end("FINISHED")
