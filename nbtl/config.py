@@ -22,9 +22,10 @@ LR_SCHEDULES = ("cosine", "constant", "step")
 #: Keys that only mean something with a given setting: left out of ``to_dict`` (and so of the MLflow
 #: params) otherwise, so that a run never shows a knob it did not use.
 _ONLY_WITH = {
-    "momentum": ("optimizer", "sgd"),
-    "lr_step_epochs": ("lr_schedule", "step"),
-    "lr_gamma": ("lr_schedule", "step"),
+    "momentum": ("optimizer", ("sgd",)),
+    "lr_step_epochs": ("lr_schedule", ("step",)),
+    "lr_gamma": ("lr_schedule", ("step",)),
+    "head_width": ("head", ("mlp", "spinal")),  # a linear head has no hidden layer
 }
 
 
@@ -151,11 +152,12 @@ class TrialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the user-settable keys (for YAML, MLflow params), without the keys the config does
-        not use: ``momentum`` with ``adam``, ``lr_step_epochs`` and ``lr_gamma`` without the ``step`` schedule."""
+        not use: ``momentum`` with ``adam``, ``lr_step_epochs`` and ``lr_gamma`` without the ``step`` schedule,
+        ``head_width`` with a ``linear`` head."""
         return {
             k: getattr(self, k)
             for k in self.keys()
-            if k not in _ONLY_WITH or getattr(self, _ONLY_WITH[k][0]) == _ONLY_WITH[k][1]
+            if k not in _ONLY_WITH or getattr(self, _ONLY_WITH[k][0]) in _ONLY_WITH[k][1]
         }
 
     def validate(self, where: str = "trial config") -> None:

@@ -23,6 +23,36 @@ def test_help_on_every_command(tmp_path, command):
     assert result.returncode == 0 and "usage: nbtl" in result.stdout
 
 
+def every_command():
+    """``(words, parser)`` of every command and sub-command ``nbtl``'s parser has (``["heuristics", "learn"]``)."""
+    import argparse
+
+    from nbtl.cli import build_parser
+
+    found = []
+
+    def walk(parser, words):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, command in action.choices.items():
+                    found.append((words + [name], command))
+                    walk(command, words + [name])
+
+    walk(build_parser(), [])
+    return found
+
+
+def test_help_of_every_command_reads_clean():
+    commands = every_command()
+    assert {"search", "backbones", "fit", "recommend", "train", "zoo", "predict", "ensemble"} <= {
+        words[0] for words, _ in commands
+    }
+    for words, parser in commands:
+        text = parser.format_help()
+        assert text.startswith(f"usage: nbtl {' '.join(words)}"), (words, text[:200])
+        assert "%%" not in text and "%(" not in text, (words, text)  # argparse escapes left unformatted
+
+
 def test_backbones_lists_registry(started):
     result, _ = started["backbones"]
     assert result.returncode == 0

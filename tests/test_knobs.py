@@ -245,6 +245,14 @@ def test_adam_has_no_momentum_and_does_not_log_one(splits, weights):
     assert step.to_dict()["lr_step_epochs"] == [2, 3] and step.to_dict()["lr_gamma"] == 0.1
 
 
+def test_a_linear_head_has_no_head_width():
+    linear = TrialConfig.from_dict({**RECIPE, "head": "linear", "head_width": 256})  # accepted, ignored
+    assert "head_width" not in linear.to_dict()
+    assert TrialConfig.from_dict(linear.to_dict()).to_dict() == linear.to_dict()
+    for head in ("mlp", "spinal"):
+        assert TrialConfig.from_dict({**RECIPE, "head": head, "head_width": 64}).to_dict()["head_width"] == 64
+
+
 def test_adam_run_logs_no_momentum_param(tmp_path, tracking_uri):
     import yaml
     from mlflow import MlflowClient

@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
         help="list the registered backbones",
         description=(
             "List the registered backbones: blocks, native input size, parameters (millions), GFLOPs at "
-            "the native size, ImageNet-1K top-1 (%%), and whether their weights are installed here "
+            "the native size, ImageNet-1K top-1 (%), and whether their weights are installed here "
             "('installed'), torchvision will download them on first use ('download'), or a package "
             "must be installed. No network is built and nothing is downloaded."
         ),
