@@ -53,6 +53,18 @@ def test_help_of_every_command_reads_clean():
         assert "%%" not in text and "%(" not in text, (words, text)  # argparse escapes left unformatted
 
 
+def test_no_finished_trial_says_why():
+    import pandas as pd
+
+    from nbtl.cli.search import no_trial_finished
+
+    failed = no_trial_finished(pd.DataFrame({"status": ["FAILED", "KILLED"], "error": ["TrialDivergedError: nan", ""]}))
+    assert failed.startswith("No trial finished: 1 of 2 failed") and "nbtl.error" in failed
+    cut = no_trial_finished(pd.DataFrame({"status": ["KILLED", "KILLED", "KILLED"]}))
+    assert "3 trial(s) started and none reported an epoch" in cut and "--time-budget" in cut and "errors" not in cut
+    assert "1 trial(s)" not in no_trial_finished(pd.DataFrame({"trial_id": []}))  # an empty table: 0 started
+
+
 def test_backbones_lists_registry(started):
     result, _ = started["backbones"]
     assert result.returncode == 0

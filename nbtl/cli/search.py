@@ -192,6 +192,21 @@ def _warm_start(path: str, space) -> list[dict]:
     return found.points
 
 
+def no_trial_finished(table) -> str:
+    """Why a search has no best trial, from its results table: trials that failed (their errors are recorded), or
+    none that reported an epoch before the search ended (a time budget too short for one epoch)."""
+    failed = int((table["status"] == "FAILED").sum()) if "status" in table else 0
+    if failed:
+        return (
+            f"No trial finished: {failed} of {len(table)} failed; their errors are above, in the error column of "
+            "results.csv and on their FAILED runs in MLflow (tag nbtl.error)."
+        )
+    return (
+        f"No trial finished: {len(table)} trial(s) started and none reported an epoch before the search ended "
+        "(the time budget ran out first); give a longer --time-budget, or a smaller image size or data."
+    )
+
+
 def report(result) -> int:
     """Print the trials table, the best trial and config, and where MLflow keeps them; 1 when none finished."""
     import pandas as pd
@@ -203,7 +218,7 @@ def report(result) -> int:
         print("\nTrials (best first):")
         print(result.table[shown].to_string(index=False))
     if result.best is None:
-        print("\nNo trial finished; see the errors above and the failed runs in MLflow.")
+        print("\n" + no_trial_finished(result.table))
         return 1
     best = result.best
     print(

@@ -109,6 +109,18 @@ def _is_loopback(address: str) -> bool:
     return host in ("127.0.0.1", "::1", "localhost")
 
 
+#: Ray's logger for the notice it logs whenever ``ray.init`` starts a local Ray with token authentication on.
+_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _NoTokenNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt
+    out" notice: nbtl's embedded Ray listens on loopback with a token, as it should, and every search printed it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 @contextmanager
 def ray_session(address: str | None) -> Iterator[str]:
     """:func:`init_ray` for the block; a Ray that nbtl started here is shut down when the block ends (also on
@@ -120,9 +132,13 @@ def ray_session(address: str | None) -> Iterator[str]:
         # an embedded Ray's processes are marked, and end with this process however it ends
         mark = stack.enter_context(embedded_ray_reaper()) if started and not cluster_address(address) else {}
         os.environ.update(mark)
+        notice = logging.getLogger(_TOKEN_LOGGER)
+        quiet = _NoTokenNotice()
+        notice.addFilter(quiet)
         try:
             gcs_address = init_ray(address)
         finally:
+            notice.removeFilter(quiet)
             for key in mark:
                 os.environ.pop(key, None)  # what this process starts later is not Ray's
         try:
