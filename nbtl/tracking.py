@@ -26,6 +26,12 @@ TRIAL_ID_TAG = "nbtl.trial_id"
 SEARCH_TAG = "nbtl.search"
 ROLE_TAG = "nbtl.role"
 PARENT_TAG = "mlflow.parentRunId"
+#: A trial run's: where its config came from (a start point's label, ``probe``, ``conventional``, ``recommend-1``,
+#: ``warm-start-1``..., or ``sampler``), and why it ended: ``finished`` (all its epochs), ``asha`` (the scheduler
+#: stopped it), ``patience`` (its own early stopping), ``time_budget`` (the search's budget ran out), ``failed``,
+#: ``interrupted`` (Ctrl-C, or the search ended around it: a full disk, an error). Also columns of results.csv.
+SOURCE_TAG, STOP_REASON_TAG = "nbtl.source", "nbtl.stop_reason"
+STOP_REASONS = ("finished", "asha", "patience", "time_budget", "failed", "interrupted")
 RUN_NAME_TAG = "mlflow.runName"
 ATTEMPT_TAG = "nbtl.attempt"
 CHOSEN_TAG = "nbtl.chosen"  # nbtl train: the run (config or its probe floor) that is the training's result
@@ -417,8 +423,8 @@ class SearchTracker:
         count = 0
         for run in self.child_runs():
             if run.info.status == "RUNNING":
-                if reason:
-                    _retry(lambda run=run: self.client.log_batch(run.info.run_id, tags=_tags({"nbtl.error": reason})))
+                labels = {STOP_REASON_TAG: "interrupted", **({"nbtl.error": reason} if reason else {})}
+                _retry(lambda run=run, labels=labels: self.client.log_batch(run.info.run_id, tags=_tags(labels)))
                 _retry(lambda run=run: self.client.set_terminated(run.info.run_id, status=status))
                 count += 1
         return count

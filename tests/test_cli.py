@@ -65,6 +65,33 @@ def test_no_finished_trial_says_why():
     assert "1 trial(s)" not in no_trial_finished(pd.DataFrame({"trial_id": []}))  # an empty table: 0 started
 
 
+def test_console_table_shows_the_top_trials_and_what_tells_them_apart():
+    import pandas as pd
+
+    from nbtl.cli.search import CONSOLE_PARAMS, CONSOLE_ROWS, console_table
+
+    n = 14
+    table = pd.DataFrame(
+        {
+            "trial_id": [f"t{i}" for i in range(n)], "run_id": ["r"] * n, "status": ["FINISHED"] * n,
+            "backbone": ["efficientnet_lite0"] * n, "lr": [0.1 / (i + 1) for i in range(n)],
+            "head": ["linear", "mlp"] * (n // 2), "transfer_blocks": [9] * n, "freeze_blocks": list(range(n)),
+            "l2sp_alpha": [0.0, 0.01] * (n // 2), "epochs": [6] * n, "batch_size": [16, 32] * (n // 2),
+            "head_warmup_epochs": [0, 1] * (n // 2), "seed": list(range(n)), "best_val_accuracy": [0.5] * n,
+            "test_accuracy": [0.5] * n, "val_loss": [1.0] * n, "source": ["probe"] + ["sampler"] * (n - 1),
+            "stop_reason": ["finished"] * n, "error": [""] * n,
+        }
+    )  # fmt: skip
+    shown, rows = console_table(table)
+    assert rows == CONSOLE_ROWS < n
+    assert shown[:5] == ["trial_id", "source", "stop_reason", "best_val_accuracy", "test_accuracy"]
+    params = shown[5:]
+    assert len(params) == CONSOLE_PARAMS and {"lr", "freeze_blocks"} <= set(params)  # the most varied first
+    assert not {"backbone", "transfer_blocks", "epochs", "run_id", "seed", "val_loss", "error"} & set(params)
+    table.loc[3, ["status", "error"]] = ["FAILED", "TrialDivergedError: loss became nan"]
+    assert console_table(table)[0][-1] == "error"
+
+
 def test_backbones_lists_registry(started):
     result, _ = started["backbones"]
     assert result.returncode == 0

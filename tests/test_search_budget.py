@@ -87,6 +87,14 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
     assert (conventional["transfer_blocks"], conventional["freeze_blocks"]) == ("9", "7")
     assert float(conventional["lr"]) == pytest.approx(0.03)
 
+    # Labels: where each trial came from and why it ended, on its run and in results.csv (FIFO: no ASHA stops).
+    sources = [c.data.tags.get("nbtl.source") for c in children]
+    assert sources[:3] == ["probe", "conventional", "recommend-1"] and set(sources[3:]) <= {"sampler"}, sources
+    reasons = {c.data.tags.get("nbtl.trial_id"): c.data.tags.get("nbtl.stop_reason") for c in children}
+    assert set(reasons.values()) <= {"finished", "patience", "time_budget"} and "finished" in reasons.values(), reasons
+    assert all((c.data.tags.get("nbtl.stopped_early") == "true") == (reasons[c.data.tags["nbtl.trial_id"]] == "time_budget")
+               for c in children)  # fmt: skip
+
     # Seeds: each trial's training seed is derived from the search seed and its number (the sort above found them all).
     seeds = [int(c.data.params["seed"]) for c in children]
     assert len(set(seeds)) == len(seeds) and seeds[:3] == [trial_seed(0, n) for n in range(3)]
@@ -94,6 +102,8 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
     # The frozen-prefix store: one entry per (backbone, frozen blocks), computed by one trial, read by the rest.
     folder = next(results.glob(f"{NAME}*"))
     table = pd.read_csv(folder / "results.csv")
+    assert dict(zip(table["trial_id"], table["stop_reason"], strict=True)) == reasons
+    assert sorted(table["source"]) == sorted(sources)
     assert table["finished_at_s"].notna().all() and (table["finished_at_s"] <= BUDGET_S + SLACK_S).all()
     assert (table.sort_values("finished_at_s")["finished_at_s"].iloc[:2] < BUDGET_S).all()
     reported = table[table["prefix_blocks"].notna() & (table["prefix_blocks"] > 0)]

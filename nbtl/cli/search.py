@@ -207,16 +207,40 @@ def no_trial_finished(table) -> str:
     )
 
 
+#: The console's trials table: this many rows, and the columns that tell trials apart (the rest: results.csv).
+CONSOLE_ROWS, CONSOLE_PARAMS = 10, 5
+_ALWAYS = ("trial_id", "source", "stop_reason", "best_val_accuracy", "test_accuracy")
+_NOT_PARAMS = {"run_id", "status", "error", "seed", "finished_at_s", "epoch", "best_epoch", "prefix_blocks"}
+
+
+def console_table(table) -> tuple[list[str], int]:
+    """The columns and the number of rows of a search's results table to print: its id, source, stop reason, and
+    scores, then the ``CONSOLE_PARAMS`` searched settings that vary most among the trials shown (the fewest
+    repeated values), and the error column when a trial failed."""
+    head = table.head(CONSOLE_ROWS)
+    always = [c for c in _ALWAYS if c in table.columns]
+    metrics = {c for c in table.columns if c.startswith(("best_val", "test_", "val_", "train_", "prefix_"))}
+    candidates = [c for c in table.columns if c not in {*always, *_NOT_PARAMS, *metrics}]
+    varying = [c for c in candidates if head[c].astype(str).nunique() > 1]
+    varying.sort(key=lambda c: -head[c].astype(str).nunique())  # stable: the table's order among equals
+    shown = always + [c for c in table.columns if c in set(varying[:CONSOLE_PARAMS])]
+    if "error" in table.columns and head["error"].astype(bool).any():
+        shown.append("error")
+    return shown, CONSOLE_ROWS
+
+
 def report(result) -> int:
     """Print the trials table, the best trial and config, and where MLflow keeps them; 1 when none finished."""
     import pandas as pd
 
     from nbtl.search.space import dump_config
 
-    shown = [c for c in result.table.columns if c not in ("run_id", "error") or result.table[c].astype(bool).any()]
+    table = result.table
+    shown, rows = console_table(table)
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
-        print("\nTrials (best first):")
-        print(result.table[shown].to_string(index=False))
+        more = f"; all {len(table)} trials and every column in {result.experiment_path}/results.csv"
+        print(f"\nTrials (best first, the top {min(rows, len(table))}{more}):")
+        print(table[shown].head(rows).to_string(index=False))
     if result.best is None:
         print("\n" + no_trial_finished(result.table))
         return 1

@@ -14,7 +14,7 @@ from typing import Any
 from ray.tune import Callback
 
 from nbtl.errors import is_disk_full_text
-from nbtl.tracking import SearchTracker, trial_run_name
+from nbtl.tracking import SOURCE_TAG, STOP_REASON_TAG, SearchTracker, trial_run_name
 
 
 def _minutes(seconds: float) -> str:
@@ -94,8 +94,14 @@ class SearchCallback(Callback):
         budget: float | None = None,
         started: float | None = None,
         max_failures: int | None = None,
+        starts: list[tuple[str, dict[str, Any]]] | None = None,
+        scheduler_stops: bool = True,
     ):
         self.key = key
+        self.starts = list(starts or [])  # (label, point): the start points, run first (nbtl.search.start)
+        self.sources: dict[str, str] = {}  # trial id -> nbtl.source: a start point's label, or "sampler"
+        self.stop_reasons: dict[str, str] = {}  # trial id -> nbtl.stop_reason (STOP_REASONS)
+        self.scheduler_stops = scheduler_stops  # ASHA: a trial ended before its last epoch was stopped by it
         self.max_failures = max_failures  # retries per trial (FailureConfig), for the retry line
         self.total = total_trials
         self.max_epochs = max_epochs
@@ -141,12 +147,16 @@ class SearchCallback(Callback):
             "run_ids": dict(self.run_ids),
             "completed": list(self.completed),
             "finished_at": dict(self.finished_at),
+            "sources": dict(self.sources),
+            "stop_reasons": dict(self.stop_reasons),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.finished, self.best = state["finished"], state["best"]
         self.run_ids, self.completed = dict(state["run_ids"]), list(state["completed"])
         self.finished_at = dict(state.get("finished_at", {}))
+        self.sources = dict(state.get("sources", {}))
+        self.stop_reasons = dict(state.get("stop_reasons", {}))
 
     def _name(self, trial) -> str:
         return str(trial.trial_id)
@@ -159,7 +169,36 @@ class SearchCallback(Callback):
             self.completed.append(trial.trial_id)
         self.finished_at[trial.trial_id] = round(self.elapsed(), 2)
 
+    def source(self, trial) -> str:
+        """Where ``trial``'s config came from (tag ``nbtl.source``): the label of the start point it is (``probe``,
+        ``conventional``, ``recommend-1``, ``warm-start-1``), the first not yet taken whose every key it has, or
+        ``sampler`` (Optuna, with the learned prior where the space has one)."""
+        if trial.trial_id not in self.sources:
+            taken = set(self.sources.values())
+            config = trial.config or {}
+            self.sources[trial.trial_id] = next(
+                (
+                    label
+                    for label, point in getattr(self, "starts", [])  # a callback pickled by an older nbtl: none
+                    if label not in taken and all(config.get(k) == v for k, v in point.items())
+                ),
+                "sampler",
+            )
+        return self.sources[trial.trial_id]
+
+    def labels(self, trial, stop_reason: str) -> dict[str, str]:
+        """The tags that say where ``trial`` came from and why it ended; ``stop_reason`` is remembered for the
+        results table."""
+        self.stop_reasons[trial.trial_id] = stop_reason
+        return {SOURCE_TAG: self.source(trial), STOP_REASON_TAG: stop_reason}
+
+    def _stopped_by(self) -> str:
+        """Why a trial ended before its last epoch, not by its own patience: the scheduler, if it stops trials
+        (ASHA; ``getattr``: a callback pickled by an older nbtl has no such attribute), else the time budget."""
+        return "asha" if getattr(self, "scheduler_stops", True) else "time_budget"
+
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.source(trial)
         config = trial.config
         summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
         self.print(f"trial {self._name(trial)} started: {summary}")
@@ -185,7 +224,10 @@ class SearchCallback(Callback):
             trial_run_name(trial.trial_id, trial.config),
             trial.config,
             "FINISHED",
-            tags={"nbtl.stopped_early": "true"} if stopped else None,
+            tags={
+                **({"nbtl.stopped_early": "true"} if stopped else {}),
+                **self.labels(trial, "patience" if patience else (self._stopped_by() if stopped else "finished")),
+            },
         )
         if stopped:
             note = f" (stopped early by the scheduler after {epochs} of {planned} epochs)"
@@ -235,7 +277,12 @@ class SearchCallback(Callback):
         self._count_finished(trial)
         reason = error_reason(trial)
         self.run_ids[trial.trial_id] = self.tracker.close_trial(
-            trial.trial_id, trial_run_name(trial.trial_id, trial.config), trial.config, "FAILED", reason=reason
+            trial.trial_id,
+            trial_run_name(trial.trial_id, trial.config),
+            trial.config,
+            "FAILED",
+            reason=reason,
+            tags=self.labels(trial, "failed"),
         )
         self.print(
             f"trial {self._name(trial)} FAILED [{self.finished}/{self.total if self.total > 0 else '?'}]: {reason}"

@@ -39,7 +39,7 @@ def accuracy_curves(histories: dict[str, pd.DataFrame], metric: str = "val_accur
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per trial (trials stopped early by ASHA end sooner)")
+    ax.set_title(f"{metric} per trial (trials stopped early, by ASHA, patience or the time budget, end sooner)")
     ax.grid(alpha=0.3)
     if 0 < len(histories) <= 16:
         ax.legend(fontsize=7, ncol=2, title="trial")

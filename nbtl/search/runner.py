@@ -30,6 +30,7 @@ from nbtl.search.lifecycle import (
 )
 from nbtl.search.results import METRIC, MODE, best_trial, rank_trials
 from nbtl.search.space import SearchSpace, dump_config
+from nbtl.tracking import SOURCE_TAG, STOP_REASON_TAG
 
 #: The search's own defaults; the data's (image size, split, seed, ...) are nbtl.data.settings.DataSettings'.
 DEFAULTS = {"trials": 8, "max_concurrent": 2, "max_failures": 0, "keep_weights": KEEP_WEIGHTS}
@@ -481,6 +482,8 @@ def _tuner(plan: _Plan, prepared: _Prepared, context, space: SearchSpace, option
         budget=plan.budget,
         started=time.time() - (time.perf_counter() - started),
         max_failures=int(setting(options, space, "max_failures")),
+        starts=list(zip(plan.starts.labels, plan.starts.points, strict=True)),
+        scheduler_stops=type(plan.scheduler).__name__ != "FIFOScheduler",
     )
     return tune.Tuner(
         _trainable(prepared, context),
@@ -830,7 +833,21 @@ def finish_search(
     for run in tracker.child_runs():
         if run.info.status == "RUNNING":
             trial_id = run.data.tags.get("nbtl.trial_id", "")
-            tracker.close_trial(trial_id, run.info.run_name, {}, "FINISHED", tags={"nbtl.stopped_early": "true"})
+            labels = {STOP_REASON_TAG: "time_budget"}
+            if callback is not None:
+                callback.stop_reasons[trial_id] = "time_budget"
+                labels[SOURCE_TAG] = callback.sources.get(trial_id, "sampler")
+            tracker.close_trial(
+                trial_id, run.info.run_name, {}, "FINISHED", tags={"nbtl.stopped_early": "true", **labels}
+            )
+    if not table.empty:  # where each trial came from and why it ended, as its run's tags say
+        sources = callback.sources if callback is not None else {}
+        reasons = callback.stop_reasons if callback is not None else {}
+        fallback = {"FAILED": "failed", "FINISHED": "finished", "STOPPED": "time_budget"}
+        table["source"] = [sources.get(t, "sampler") for t in table["trial_id"]]
+        table["stop_reason"] = [
+            reasons.get(t) or fallback.get(s, "") for t, s in zip(table["trial_id"], table["status"])
+        ]
     best = None
     chosen = best_trial(table)  # the one ranking (nbtl.search.results), as every reader of the results
     if chosen is not None:
