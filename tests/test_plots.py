@@ -62,6 +62,19 @@ def test_best_so_far_is_a_running_maximum():
     assert list(step.get_ydata()) == [0.2, 0.5, 0.5, 0.5, 0.7]
 
 
+def test_best_so_far_over_time_is_a_running_maximum_in_time_order():
+    figure = plots.best_so_far_over_time([30.0, 10.0, float("nan"), 20.0, 40.0], [0.4, 0.2, 0.9, float("nan"), 0.3])
+    step = [line for line in figure.axes[0].get_lines() if line.get_label() == "best so far"][0]
+    assert list(step.get_xdata()) == [10.0, 30.0, 40.0] and list(step.get_ydata()) == [0.2, 0.4, 0.4]
+    assert figure.axes[0].get_xlabel() == "seconds since the search started"
+
+
+def test_accuracy_curves_name_the_start_points():
+    histories = {t: pd.DataFrame({"epoch": [1, 2], "val_accuracy": [0.3, 0.5]}) for t in ("a1", "b2", "c3")}
+    figure = plots.accuracy_curves(histories, sources={"a1": "probe", "b2": "sampler"})
+    assert sorted(line.get_label() for line in figure.axes[0].get_lines()) == ["a1 probe", "b2", "c3"]
+
+
 def test_accuracy_curves_draw_one_line_per_trial():
     histories = {
         "a": pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.3, 0.5, 0.6]}),

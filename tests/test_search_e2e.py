@@ -121,6 +121,7 @@ def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[objec
         "search_space.yaml",
         "val_accuracy_per_trial.png",
         "best_accuracy_vs_trials.png",
+        "best_accuracy_vs_time.png",
     } <= artifacts
     directory = client.download_artifacts(parent.info.run_id, "")
     table = pd.read_csv(Path(directory) / "results.csv")

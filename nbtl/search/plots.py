@@ -7,6 +7,7 @@ Plain matplotlib (Agg) and Optuna; no Ray, no MLflow. Each function returns a ``
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterable
@@ -28,14 +29,19 @@ MIN_IMPORTANCE_TRIALS = 3
 logger = logging.getLogger(__name__)
 
 
-def accuracy_curves(histories: dict[str, pd.DataFrame], metric: str = "val_accuracy"):
+def accuracy_curves(
+    histories: dict[str, pd.DataFrame], metric: str = "val_accuracy", sources: dict[str, str] | None = None
+):
     """One line per trial: ``metric`` against epoch. ``histories`` maps trial id → per-epoch rows
-    with columns ``epoch`` and ``metric``."""
+    with columns ``epoch`` and ``metric``; ``sources`` (trial id → ``nbtl.source``) names the start points in the
+    legend (``3f2a9c1e probe``), so a reader sees which line is the probe, the recipe or a recommendation."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for trial_id, frame in sorted(histories.items()):
         if frame is None or frame.empty or metric not in frame:
             continue
-        ax.plot(frame["epoch"], frame[metric], marker="o", markersize=3, linewidth=1.2, label=str(trial_id))
+        source = (sources or {}).get(trial_id, "sampler")
+        label = str(trial_id) if source == "sampler" else f"{trial_id} {source}"
+        ax.plot(frame["epoch"], frame[metric], marker="o", markersize=3, linewidth=1.2, label=label)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
@@ -43,6 +49,28 @@ def accuracy_curves(histories: dict[str, pd.DataFrame], metric: str = "val_accur
     ax.grid(alpha=0.3)
     if 0 < len(histories) <= 16:
         ax.legend(fontsize=7, ncol=2, title="trial")
+    fig.tight_layout()
+    return fig
+
+
+def best_so_far_over_time(seconds: Iterable[float], values: Iterable[float], metric: str = METRIC):
+    """The best ``metric`` of the trials finished by each moment, against the seconds since the search started
+    (what matters under a time budget); trials without a time or a score are left out."""
+    points = sorted(
+        (float(t), float(v))
+        for t, v in zip(seconds, values, strict=True)
+        if t is not None and v is not None and not math.isnan(float(t)) and not math.isnan(float(v))
+    )
+    times = [t for t, _ in points]
+    best = list(itertools.accumulate((v for _, v in points), max))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(times, [v for _, v in points], s=18, color="0.6", label="trial")
+    ax.step(times, best, where="post", color="C0", linewidth=2, label="best so far")
+    ax.set_xlabel("seconds since the search started")
+    ax.set_ylabel(metric)
+    ax.set_title("best validation accuracy against wall time")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     return fig
 

@@ -788,10 +788,13 @@ def _log_plots(
 
     from nbtl.search import plots
 
-    figures = {"val_accuracy_per_trial.png": plots.accuracy_curves(_trial_histories(results))}
+    sources = dict(zip(table["trial_id"], table["source"], strict=True)) if "source" in table else {}
+    figures = {"val_accuracy_per_trial.png": plots.accuracy_curves(_trial_histories(results), sources=sources)}
     by_id = table.set_index("trial_id")[METRIC].to_dict() if not table.empty else {}
     order = [t for t in completed if t in by_id] + [t for t in by_id if t not in completed]
     figures["best_accuracy_vs_trials.png"] = plots.best_so_far([by_id[t] for t in order])
+    if not table.empty and "finished_at_s" in table:
+        figures["best_accuracy_vs_time.png"] = plots.best_so_far_over_time(table["finished_at_s"], table[METRIC])
     importance = plots.param_importances(plots.completed_study(table, configs, space)) if not table.empty else None
     if importance is not None:
         figures["param_importance.png"] = importance
