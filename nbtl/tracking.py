@@ -169,21 +169,30 @@ def artifact_location(tracking_uri: str) -> str | None:
     return (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
 
 
+#: The experiment tag MLflow 3's UI reads to choose its page: without it a new experiment opens on the GenAI
+#: "Overview / Traces" page, with it on the runs table of model training.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(client, name: str) -> str:
-    """The id of experiment ``name``, created if missing and restored if deleted.
+    """The id of experiment ``name``, created if missing and restored if deleted, tagged as model training
+    (:data:`EXPERIMENT_KIND_TAG`) unless it says otherwise.
 
     Two processes creating the same experiment at once: the loser reads the winner's."""
     experiment = _retry(lambda: client.get_experiment_by_name(name))
     if experiment is None:
         location = artifact_location(client.tracking_uri)
+        kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
         try:
-            return _retry(lambda: client.create_experiment(name, artifact_location=location))
+            return _retry(lambda: client.create_experiment(name, artifact_location=location, tags=kind))
         except Exception:  # RESOURCE_ALREADY_EXISTS when another process won
             experiment = _retry(lambda: client.get_experiment_by_name(name))
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
         _retry(lambda: client.restore_experiment(experiment.experiment_id))
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # made by an older nbtl, or by hand
+        _retry(lambda: client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND))
     return experiment.experiment_id
 
 

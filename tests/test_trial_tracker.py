@@ -46,3 +46,16 @@ def test_a_new_trial_logs_step_zero(tmp_path):
     tracker.log_metrics({"accuracy": 0.5}, step=0)
     tracker.end("FINISHED")
     assert client.get_run(tracker.run_id).data.metrics["accuracy"] == 0.5
+
+
+def test_experiments_open_on_the_training_runs_page(tmp_path):
+    """MLflow 3's UI opens an experiment without ``mlflow.experimentKind`` on its GenAI traces page: nbtl's say
+    model training, new ones and ones an older nbtl made alike; a kind set by hand is kept."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    new = ensure_experiment(client, "search-new")
+    old = client.create_experiment("search-old")  # as nbtl 0.1 made them: no kind
+    assert ensure_experiment(client, "search-old") == old
+    own = client.create_experiment("mine", tags={"mlflow.experimentKind": "genai_development"})
+    ensure_experiment(client, "mine")
+    kinds = {e: client.get_experiment(e).tags.get("mlflow.experimentKind") for e in (new, old, own)}
+    assert kinds == {new: "custom_model_development", old: "custom_model_development", own: "genai_development"}
