@@ -31,6 +31,8 @@ PARENT_TAG = "mlflow.parentRunId"
 #: stopped it), ``patience`` (its own early stopping), ``time_budget`` (the search's budget ran out), ``failed``,
 #: ``interrupted`` (Ctrl-C, or the search ended around it: a full disk, an error). Also columns of results.csv.
 SOURCE_TAG, STOP_REASON_TAG = "nbtl.source", "nbtl.stop_reason"
+#: The run tag MLflow's UI shows, as markdown, as a run's description; the SQL stores keep 8000 characters of a tag.
+NOTE_TAG, MAX_NOTE_LENGTH = "mlflow.note.content", 8000
 STOP_REASONS = ("finished", "asha", "patience", "time_budget", "failed", "interrupted")
 RUN_NAME_TAG = "mlflow.runName"
 ATTEMPT_TAG = "nbtl.attempt"
@@ -413,6 +415,11 @@ class SearchTracker:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         _retry(lambda: self.client.log_batch(self.parent_run_id, tags=_tags(tags)))
+
+    def set_note(self, markdown: str) -> None:
+        """The parent run's description, which MLflow's UI renders as markdown (tag :data:`NOTE_TAG`)."""
+        note = markdown[:MAX_NOTE_LENGTH]
+        _retry(lambda: self.client.set_tag(self.parent_run_id, NOTE_TAG, note))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         _retry(lambda: self.client.log_text(self.parent_run_id, text, artifact_file))

@@ -80,6 +80,10 @@ def test_best_model_is_registered_and_predicts_the_test_split_as_its_trial_did(s
     assert float(tags["best_val_accuracy"]) == pytest.approx(parent.data.metrics["best_val_accuracy"], abs=1e-6)
     assert parent.data.tags["nbtl.registered_model"] == f"models:/{NAME}/1"
     assert f"Model: models:/{NAME}/1" in search["stdout"]
+    # the parent run's description (MLflow renders it as markdown): the top trials, the model and how to use it
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"Model: `models:/{NAME}/1`" in note and f"nbtl predict models:/{NAME}/1" in note, note
+    assert f"| {tags['nbtl.trial_id']} |" in note.splitlines()[6], note  # the first row is the best trial
 
     # a fresh process: mlflow.pyfunc.load_model and the test split's images as PNG files' bytes
     images = tmp_path / "test_images.json"

@@ -804,6 +804,49 @@ def _log_plots(
         plt.close(figure)
 
 
+SUMMARY_ROWS = 5
+
+
+def search_summary(name: str, table: pd.DataFrame, model=None) -> str:
+    """The parent run's description, in markdown: the top trials, the model handed over and how to use it."""
+    lines = [f"## nbtl search `{name}`", ""]
+    if table.empty:
+        return "\n".join([*lines, "No trial ran."])
+    columns = [c for c in ("trial_id", "source", "stop_reason", METRIC, "test_accuracy") if c in table.columns]
+    columns += [c for c in ("backbone", "transfer_blocks", "freeze_blocks", "lr", "head") if c in table.columns]
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if value != value else f"{value:.4g}"
+        return str(value)
+
+    shown = table.head(SUMMARY_ROWS)
+    lines += [
+        f"Top {len(shown)} of {len(table)} trials (best first; every trial in `results.csv`):",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+        *("| " + " | ".join(cell(row[c]) for c in columns) + " |" for _, row in shown.iterrows()),
+    ]
+    if model is not None:
+        logged = model["logged"]
+        uri = logged.registered_uri or logged.model_uri
+        lines += [
+            "",
+            f"Model: `{uri}`",
+            "",
+            "```bash",
+            f"nbtl predict {uri} IMAGES...",
+            "```",
+            "",
+            "```python",
+            "import mlflow",
+            f"model = mlflow.pyfunc.load_model({uri!r})",
+            "```",
+        ]
+    return "\n".join(lines)
+
+
 def finish_search(
     tracker,
     results,
@@ -875,6 +918,7 @@ def finish_search(
         from nbtl.search.handover import hand_over
 
         model = hand_over(tracker, results, table, configs, handover, print_fn)
+    tracker.set_note(search_summary(experiment_path.name, table, model))
     counts = table["status"].value_counts().to_dict() if not table.empty else {}
     wall_time = time.perf_counter() - started
     tracker.log_metrics(
