@@ -389,8 +389,8 @@ class SearchTracker:
         reason: str | None = None,
         tags: dict[str, Any] | None = None,
     ) -> str:
-        """End the trial's run with ``status`` unless it already ended; create it if the trial
-        never got that far (e.g. it failed while building its model). Returns the run id."""
+        """End the trial's run with ``status`` unless it already ended, and set ``tags`` on it either way; create
+        it if the trial never got that far (e.g. it failed while building its model). Returns the run id."""
         run = self.trial_run(trial_id)
         if run is None:
             tracker = TrialTracker(
@@ -398,12 +398,12 @@ class SearchTracker:
             )
             tracker.end(status, reason)
             return tracker.run_id
+        extra = dict(tags or {})  # also on a run its trial already ended (FINISHED by the trainable): its labels
+        if reason and run.info.status == "RUNNING":
+            extra["nbtl.error"] = reason
+        if extra:
+            _retry(lambda: self.client.log_batch(run.info.run_id, tags=_tags(extra)))
         if run.info.status == "RUNNING":
-            extra = dict(tags or {})
-            if reason:
-                extra["nbtl.error"] = reason
-            if extra:
-                _retry(lambda: self.client.log_batch(run.info.run_id, tags=_tags(extra)))
             _retry(lambda run=run: self.client.set_terminated(run.info.run_id, status=status))
         return run.info.run_id
 
