@@ -61,18 +61,9 @@ def best_so_far_over_time(seconds: Iterable[float], values: Iterable[float], met
         for t, v in zip(seconds, values, strict=True)
         if t is not None and v is not None and not math.isnan(float(t)) and not math.isnan(float(v))
     )
-    times = [t for t, _ in points]
     best = list(itertools.accumulate((v for _, v in points), max))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(times, [v for _, v in points], s=18, color="0.6", label="trial")
-    ax.step(times, best, where="post", color="C0", linewidth=2, label="best so far")
-    ax.set_xlabel("seconds since the search started")
-    ax.set_ylabel(metric)
-    ax.set_title("best validation accuracy against wall time")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    times = [t for t, _ in points]
+    return _best_so_far_figure(times, [v for _, v in points], best, metric, "seconds since the search started")
 
 
 def best_so_far(values: Iterable[float], metric: str = METRIC):
@@ -83,14 +74,20 @@ def best_so_far(values: Iterable[float], metric: str = METRIC):
         if v is not None and not (isinstance(v, float) and math.isnan(v)):
             running = max(running, v)
         best.append(running if running > -math.inf else float("nan"))
+    return _best_so_far_figure(list(range(1, len(values) + 1)), values, best, metric, "trials completed")
+
+
+def _best_so_far_figure(x: list[float], values: list[float], best: list[float], metric: str, against: str):
+    """Each trial's ``metric`` as a point and the running best as a step, against ``x`` (named ``against``: the
+    trials completed, or the seconds since the search started)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    n = list(range(1, len(values) + 1))
-    ax.scatter(n, values, s=18, color="0.6", label="trial")
-    ax.step(n, best, where="post", color="C0", linewidth=2, label="best so far")
-    ax.set_xlabel("trials completed")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.scatter(x, values, s=18, color="0.6", label="trial")
+    ax.step(x, best, where="post", color="C0", linewidth=2, label="best so far")
+    ax.set_xlabel(against)
+    if against == "trials completed":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
-    ax.set_title("best validation accuracy against trials run")
+    ax.set_title(f"best validation accuracy against {'trials run' if against == 'trials completed' else 'wall time'}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
