@@ -194,7 +194,10 @@ def ensure_experiment(client, name: str) -> str:
     if experiment.lifecycle_stage == "deleted":
         _retry(lambda: client.restore_experiment(experiment.experiment_id))
     if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # made by an older nbtl, or by hand
-        _retry(lambda: client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND))
+        try:  # only how the UI opens it: a user who may not edit the experiment still runs
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except Exception as error:  # noqa: BLE001
+            logger.debug("experiment %s keeps no kind tag: %s", name, error)
     return experiment.experiment_id
 
 
