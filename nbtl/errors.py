@@ -121,7 +121,7 @@ def disk_full_reason(error: BaseException) -> str | None:
         if (
             isinstance(current, OSError)
             and current.errno in (errno.ENOSPC, errno.EDQUOT)
-            or any(text in str(current) for text in _FULL_TEXTS)
+            or is_disk_full_text(str(current))
         ):
             where = getattr(current, "filename", None)
             place = ""

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4f}".format):
         print(result.table.drop(columns="run_id").to_string(index=False))
     logged = result.logged
-    uri = logged.registered_uri or logged.model_uri
+    uri = logged.uri
     print(
         f"\nEnsemble of {len(result.members)}: test accuracy {result.ensemble['accuracy']:.4f}, best single trial "
         f"{result.best_single['accuracy']:.4f} ({result.gain * 100:+.1f} points); MLflow run {result.run_id}"

@@ -264,6 +264,6 @@ def report(result) -> int:
     print(f"Results: {result.experiment_path}")
     if result.model is not None:
         logged = result.model["logged"]
-        uri = logged.registered_uri or logged.model_uri
+        uri = logged.uri
         print(f"Model: {uri}  (load with mlflow.pyfunc.load_model({uri!r}); classify with: nbtl predict {uri} IMAGES)")
     return 0

@@ -52,6 +52,11 @@ class LoggedClassifier:
     def registered_uri(self) -> str | None:
         return f"models:/{self.registered_name}/{self.version}" if self.registered_name else None
 
+    @property
+    def uri(self) -> str:
+        """The URI to load or predict with: the registered version's, else the logged model's."""
+        return self.registered_uri or self.model_uri
+
 
 @contextmanager
 def mlflow_uris(tracking_uri: str) -> Iterator[None]:
@@ -192,5 +197,5 @@ def log_classifier(
         if register:
             version = mlflow.register_model(info.model_uri, register, tags={k: str(v) for k, v in (tags or {}).items()})
             logged = LoggedClassifier(info.model_uri, logged.run_uri, register, str(version.version))
-    logger.info("logged the classifier on run %s as %s", run_id, logged.registered_uri or logged.model_uri)
+    logger.info("logged the classifier on run %s as %s", run_id, logged.uri)
     return logged

@@ -128,7 +128,7 @@ def hand_over(
         say(f"could not log the best trial's model: {one_line(error, with_type=True)}")
         tracker.set_tags({"nbtl.model_error": one_line(error, with_type=True)})
         return None
-    uri = logged.registered_uri or logged.model_uri
+    uri = logged.uri
     tracker.set_tags({MODEL_URI_TAG: logged.model_uri, **({"nbtl.registered_model": uri} if logged.version else {})})
     say(
         f"model: {uri} (trial {row['trial_id']}, epoch {int(row.get('best_epoch') or 0)}; "

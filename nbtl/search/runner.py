@@ -830,7 +830,7 @@ def search_summary(name: str, table: pd.DataFrame, model=None) -> str:
     ]
     if model is not None:
         logged = model["logged"]
-        uri = logged.registered_uri or logged.model_uri
+        uri = logged.uri
         lines += [
             "",
             f"Model: `{uri}`",
