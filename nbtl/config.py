@@ -29,6 +29,17 @@ _ONLY_WITH = {
 }
 
 
+def without_unused(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (some trial config keys) without the keys their own settings leave unused (``head_width`` with
+    a ``linear`` head, ...; an unset setting counts at its default), as :meth:`TrialConfig.to_dict` leaves them out."""
+    default = TrialConfig()
+    return {
+        k: v
+        for k, v in values.items()
+        if k not in _ONLY_WITH or values.get(_ONLY_WITH[k][0], getattr(default, _ONLY_WITH[k][0])) in _ONLY_WITH[k][1]
+    }
+
+
 @dataclass
 class TrialConfig:
     """Every setting of one transfer-learning trial.

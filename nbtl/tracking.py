@@ -97,7 +97,7 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
-def _client(uri: str):
+def tracking_client(uri: str):
     """An MLflow client of ``uri``; a new SQLite store's tables are created by one process at a time.
 
     MLflow's ``SqlAlchemyStore`` creates missing tables and runs its migrations unguarded, so two
@@ -224,7 +224,7 @@ class TrialTracker:
         location: dict[str, Any] | None = None,
         dataset: dict[str, Any] | None = None,
     ):
-        self.client = _client(tracking_uri)
+        self.client = tracking_client(tracking_uri)
         # Where this attempt runs (updated when Ray retries the trial elsewhere).
         where = {"nbtl.host": socket.gethostname(), "nbtl.pid": os.getpid(), **(location or {})}
         existing = find_trial_run(self.client, experiment_id, trial_id)
@@ -355,7 +355,7 @@ class SearchTracker:
 
     def __init__(self, tracking_uri: str | None, search_name: str, experiment: str | None = None):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.client = _client(self.tracking_uri)
+        self.client = tracking_client(self.tracking_uri)
         self.search_name = search_name
         self.experiment_name = experiment or search_name
         self.experiment_id = ensure_experiment(self.client, self.experiment_name)
@@ -503,7 +503,7 @@ def log_fit(
     (plus ``nbtl.role=fit``), ``metrics`` and the fit ``table`` (a DataFrame) as the artifact
     ``fit_table.csv``. Returns ``(tracking_uri, experiment_id, run_id)``."""
     uri = resolve_tracking_uri(tracking_uri)
-    client = _client(uri)
+    client = tracking_client(uri)
     experiment = ensure_experiment(client, name)
     all_tags = {ROLE_TAG: "fit", "nbtl.version": __version__, **tags}
     all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}  # the REST API takes strings only
@@ -532,7 +532,7 @@ def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
     from nbtl.data.settings import SETTING_KEYS
 
     uri = resolve_tracking_uri(tracking_uri)
-    client = _client(uri)
+    client = tracking_client(uri)
 
     experiments = _retry(lambda: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000))
     rows = []
@@ -589,7 +589,7 @@ class TrainingRun:
         self, tracking_uri: str | None, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, Any]
     ):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.client = _client(self.tracking_uri)
+        self.client = tracking_client(self.tracking_uri)
         self.experiment_id = ensure_experiment(self.client, experiment)
         all_tags = {ROLE_TAG: "train", "nbtl.version": __version__, **tags}
         all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}

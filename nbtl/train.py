@@ -207,7 +207,7 @@ def _frozen_keys(model: TransferModel, freeze: int) -> set[str]:
     return {k for k, v in model.state_dict(keep_vars=True).items() if id(v) in frozen}
 
 
-def _load_trainable_state(model: TransferModel, state: dict[str, torch.Tensor], freeze: int) -> None:
+def load_trainable_state(model: TransferModel, state: dict[str, torch.Tensor], freeze: int) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     absent = set(missing) - _frozen_keys(model, freeze)
     if unexpected or absent:
@@ -368,7 +368,7 @@ def train_trial(
     frozen_keys = _frozen_keys(model, freeze)
     best_weights: dict[str, torch.Tensor] | None = None  # the best epoch's, but the frozen blocks' (never change)
     if resume is not None:
-        _load_trainable_state(model, resume["model"], freeze)
+        load_trainable_state(model, resume["model"], freeze)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import free_port, stop_group
+from servers import RAY_GRACE, free_port, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -289,5 +289,7 @@ def ray_head(tmp_path: Path, monkeypatch):
             time.sleep(0.5)
         yield address
     finally:
-        stop_group(process)  # the head and everything it spawned share one session: stop them all, nothing else
+        stop_group(
+            process, grace=RAY_GRACE
+        )  # the head and everything it spawned share one session: stop them all, nothing else
         log.close()

@@ -14,7 +14,7 @@ from nbtl.config import TrialConfig
 from nbtl.data import load_dataset
 from nbtl.models.classifier import Member
 from nbtl.models.export import log_classifier
-from nbtl.tracking import _client, ensure_experiment, resolve_tracking_uri
+from nbtl.tracking import ensure_experiment, resolve_tracking_uri, tracking_client
 from nbtl.transfer import build_transfer
 
 IMAGE_SIZE = 32
@@ -42,7 +42,7 @@ def log_small_model(folder: Path, register: str | None = "digits-probe"):
     """``(tracking_uri, run_id, LoggedClassifier, dataset)``: a model logged on a FINISHED run of a fresh
     SQLite store in ``folder`` (registered as ``register``)."""
     uri = resolve_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    client = _client(uri)
+    client = tracking_client(uri)
     run = client.create_run(ensure_experiment(client, "models-test"), run_name="probe")
     dataset = digits()
     logged = log_classifier(

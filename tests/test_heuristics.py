@@ -331,19 +331,15 @@ def test_learned_recommender_refuses_bad_files_and_too_little_data(tmp_path):
         fit_recommender(synthetic_rows()[:3])
 
 
-def test_recommend_takes_the_portfolio_config_predicted_best_over_weak_rules_and_says_why(tmp_path):
-    rows = synthetic_rows()
-    model = fit_recommender(rows, groups=[r["task"] for r in rows])
-    assert len(model.portfolio) == 3 * 4 and all(
-        abs(math.log10(p["config"]["lr"] / 0.03)) < 0.6 for p in model.portfolio
-    )
+def synthetic_task(rows) -> TaskFit:
+    """A measured task whose signals are those of the first synthetic task's rows."""
     signals = {
         k: rows[0][k]
         for k in ("num_blocks", "fit_peak_block", "fit_peak_fraction", "logme_best", "probe_best", "knn_best", "leep")
     }
     signals.update(logme_last=0.1, probe_last=0.7, nce=-1.0, source_gap=1 - signals["probe_best"])
     dataset = {k: rows[0][k] for k in ("images_per_class", "n_classes", "grayscale", "original_side", "image_size")}
-    task = TaskFit(
+    return TaskFit(
         data="synthetic",
         dataset_name="synthetic",
         meta={},
@@ -352,6 +348,57 @@ def test_recommend_takes_the_portfolio_config_predicted_best_over_weak_rules_and
         tables=pd.DataFrame(),
         seconds=0.0,
     )
+
+
+def test_recommendations_are_clipped_to_the_space_and_say_so():
+    """Given a space, every recommended config is a point of it (``project`` moves nothing), and each setting
+    the space moved says so in its reason; the prediction is the clipped config's."""
+    from nbtl.search import parse_space
+
+    rows = synthetic_rows()
+    model = fit_recommender(rows, groups=[r["task"] for r in rows])
+    task = synthetic_task(rows)
+    rules = parse_rules({"defaults": {"config": {**DEFAULTS, "lr": 0.001}}, "rules": [rule("epochs", {"epochs": 2})]})
+    space = parse_space(
+        {
+            "name": "narrow",
+            "parameters": {
+                "backbone": "efficientnet_lite0",
+                "lr": {"low": 0.002, "high": 0.004, "log": True},
+                "head": {"choices": ["linear", "mlp"]},
+                "epochs": 3,
+            },
+        }
+    )
+    free = recommend(task, rules, model)
+    clipped = recommend(task, rules, model, space=space)
+    assert [e["source"] for e in clipped.configs] == [e["source"] for e in free.configs]
+    assert free.configs[0]["config"]["lr"] == 0.001 and free.configs[0]["config"]["epochs"] == 2
+    for entry in clipped.configs:
+        config = entry["config"]
+        assert (
+            0.002 <= config["lr"] <= 0.004
+            and config["epochs"] == 3
+            and config.get("head", TrialConfig().head) in ("linear", "mlp")
+        )
+        assert space.project(config)[1] == [], entry
+        TrialConfig.from_dict(config)
+        assert entry["predicted_val_accuracy"] == pytest.approx(
+            model.predict_rows([{**config, **task.row("efficientnet_lite0")}])[0], abs=1e-4
+        )
+    rules_entry = clipped.configs[0]
+    assert rules_entry["config"]["lr"] == 0.002
+    assert "clipped to the space" in rules_entry["reasons"]["lr"] and "0.001 -> 0.002" in rules_entry["reasons"]["lr"]
+    assert "fixed by the space" in rules_entry["reasons"]["epochs"]
+
+
+def test_recommend_takes_the_portfolio_config_predicted_best_over_weak_rules_and_says_why(tmp_path):
+    rows = synthetic_rows()
+    model = fit_recommender(rows, groups=[r["task"] for r in rows])
+    assert len(model.portfolio) == 3 * 4 and all(
+        abs(math.log10(p["config"]["lr"] / 0.03)) < 0.6 for p in model.portfolio
+    )
+    task = synthetic_task(rows)
     # rules whose lr is far from the synthetic optimum (0.03)
     document = {"defaults": {"config": {**DEFAULTS, "lr": 0.001}}, "rules": [rule("epochs", {"epochs": 2})]}
     result = recommend(

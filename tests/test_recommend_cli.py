@@ -4,6 +4,7 @@ run (real torch, real Ray, a real MLflow store), and nbtl heuristics learn learn
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -27,15 +28,16 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
         "32",
         "--per-class",
         "15",
-        "--backbones",
-        "efficientnet_lite0,efficientnet_lite1",
         "--out",
         "rec.yaml",
         "--fit-out",
         "fit.csv",
+        "--no-cache",  # the features are extracted here, so their progress shows
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # stderr is a pipe, not a terminal: plain lines, no tqdm bar redrawn with carriage returns
+    assert "efficientnet_lite0 features @ 32px: " in done.stderr and "\r" not in done.stderr, done.stderr[-2000:]
     document = yaml.safe_load((tmp_path / "rec.yaml").read_text())
     assert document["format"] == "nbtl-recommendation"
     # the data settings of the search it was measured for (default.yaml's split and augmentation)
@@ -51,11 +53,18 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
         "augmentation": {"crop_padding": 4},
         "test_data": None,
     }
-    assert [r["backbone"] for r in document["backbone_ranking"]] and len(document["backbone_ranking"]) == 2
+    # the default space's backbones, and no other (default.yaml searches efficientnet_lite0 and lite1)
+    assert {r["backbone"] for r in document["backbone_ranking"]} == set(load_space("default").backbones())
+    assert len(document["backbone_ranking"]) == 2
     first = document["configs"][0]
     assert set(first["reasons"]) >= set(first["config"])  # every setting says why
     assert 0.0 <= first["predicted_val_accuracy"] <= 1.0  # the shipped learned recommender predicts
     assert first["source"] == "rules"
+    # inside the space they were recommended for, its batch_size: auto resolved for the training split
+    n_train = int(re.search(r"^Dataset digits: (\d+) training images", done.stdout, re.M).group(1))
+    space = load_space("default").resolved(n_train)
+    for entry in document["configs"]:
+        assert space.clip(entry["config"]) == (entry["config"], []), entry
     assert "transfer-to-fit-peak" in first["reasons"]["transfer_blocks"]
     fit = pd.read_csv(tmp_path / "fit.csv")
     assert set(fit["backbone"]) == {"efficientnet_lite0", "efficientnet_lite1"} and fit["logme"].notna().all()

@@ -209,7 +209,7 @@ def test_a_real_ray_head_is_accepted_and_a_missing_token_is_named(ray_head):
 RACER = """
 import sys, time
 from pathlib import Path
-from nbtl.tracking import _client, resolve_tracking_uri
+from nbtl.tracking import tracking_client, resolve_tracking_uri
 
 who, folder, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 for round_ in range(rounds):
@@ -220,7 +220,7 @@ for round_ in range(rounds):
         if time.monotonic() > deadline:
             sys.exit(f"round {round_}: the other process never got there")
         time.sleep(0.001)
-    client = _client(resolve_tracking_uri(f"sqlite:///{folder / f'round{round_}' / 'mlflow.db'}"))
+    client = tracking_client(resolve_tracking_uri(f"sqlite:///{folder / f'round{round_}' / 'mlflow.db'}"))
     client.create_experiment(f"search-{who}")
     print("round", round_, "ok", flush=True)
 """

@@ -32,8 +32,6 @@ from nbtl.cli.common import (
 )
 from nbtl.errors import ConfigError
 
-DEFAULT_BACKBONES = "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"
-
 
 def add_parsers(subparsers) -> None:
     _add_recommend(subparsers)
@@ -58,14 +56,15 @@ def _add_recommend(subparsers) -> None:
     p.add_argument("data", help=DATA_HELP)
     p.add_argument(
         "--backbones",
-        default=DEFAULT_BACKBONES,
-        help=f"comma-separated backbones to rank (default: {DEFAULT_BACKBONES})",
+        help="comma-separated backbones to rank (default: the space's backbones); a backbone named here is kept "
+        "even where the space leaves it out",
     )
     p.add_argument(
         "--space",
         default=DEFAULT_SPACE,
-        help="search space whose data settings (image size, split fractions, seed, augmentation) to use: "
-        "a YAML file or a shipped space's name (default: %(default)s)",
+        help="search space whose backbones to rank, whose ranges and choices every recommended config is clipped "
+        "to (each moved setting says so), and whose data settings (image size, split fractions, seed, "
+        "augmentation) to use: a YAML file or a shipped space's name (default: %(default)s)",
     )
     add_data_flags(p, "default: the space's", "seed of the per-class choice and the split (default: the space's)")
     p.add_argument("--rules", help="rules YAML (default: heuristics/rules.yaml)")
@@ -150,10 +149,15 @@ def recommend(args: argparse.Namespace) -> int:
     from nbtl.heuristics.recommend import recommend as recommend_configs
 
     overrides = data_overrides(args)
-    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    if not backbones or len(set(backbones)) != len(backbones):
-        raise ConfigError(f"--backbones must name distinct backbones, got {args.backbones!r}; see nbtl backbones")
-    settings = DataSettings.from_space(load_space(args.space), overrides)
+    space = load_space(args.space)
+    if args.backbones is None:
+        backbones = space.backbones()
+    else:
+        backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+        if not backbones or len(set(backbones)) != len(backbones):
+            raise ConfigError(f"--backbones must name distinct backbones, got {args.backbones!r}; see nbtl backbones")
+        space = space.with_backbones(backbones)  # the backbones asked for stay, every other setting is clipped
+    settings = DataSettings.from_space(space, overrides)
     log.debug("data settings: %s", settings)
     rules = load_rules(args.rules)
     model = None
@@ -170,7 +174,7 @@ def recommend(args: argparse.Namespace) -> int:
         peak_tolerance=rules.peak_tolerance,
         use_cache=not args.no_cache,
     )
-    result = recommend_configs(task, rules, model, settings)
+    result = recommend_configs(task, rules, model, settings, space=space)
     print(
         f"Dataset {task.dataset_name}: {int(task.dataset['n_images'])} training images, "
         f"{int(task.dataset['n_classes'])} classes, {task.dataset['images_per_class']:.0f} per class, "

@@ -70,8 +70,8 @@ def load_fashion_mnist(directory: str | None, image_size: int, per_class: int | 
     Machine Learning Algorithms", arXiv:1708.07747, 2017.
     """
     folder = _find_fashion_mnist(directory)
-    labels = _read_idx(_idx_path(folder, _LABELS_FILE), ndim=1).astype(np.int64)
-    images = _read_idx(_idx_path(folder, _IMAGES_FILE), ndim=3)
+    labels = read_idx(idx_path(folder, _LABELS_FILE), ndim=1).astype(np.int64)
+    images = read_idx(idx_path(folder, _IMAGES_FILE), ndim=3)
     if len(images) != len(labels) or labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
         raise DataError(
             f"Fashion-MNIST files in '{folder}' do not match ({len(images)} images, "
@@ -109,7 +109,7 @@ def _find_fashion_mnist(directory: str | None) -> Path:
             )
         candidates = [root, root / "FashionMNIST" / "raw", root / "raw", root / "fashion-mnist"]
     for candidate in candidates:
-        if all(_idx_path(candidate, name) is not None for name in (_IMAGES_FILE, _LABELS_FILE)):
+        if all(idx_path(candidate, name) is not None for name in (_IMAGES_FILE, _LABELS_FILE)):
             return candidate
     looked = ", ".join(f"'{candidate}'" for candidate in candidates)
     raise DataError(
@@ -118,14 +118,14 @@ def _find_fashion_mnist(directory: str | None) -> Path:
     )
 
 
-def _idx_path(folder: Path, name: str) -> Path | None:
+def idx_path(folder: Path, name: str) -> Path | None:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
+def read_idx(path: Path, ndim: int) -> np.ndarray:
     """Read an IDX file of unsigned bytes (LeCun's MNIST format), gzipped or not."""
     try:
         opener = gzip.open if path.suffix == ".gz" else open

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from nbtl.data import colour
-from nbtl.data.builtin import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, _idx_path, _read_idx, fashion_mnist_dataset
+from nbtl.data.builtin import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, fashion_mnist_dataset, idx_path, read_idx
 from nbtl.data.dataset import ImageDataset
 from nbtl.data.images import median_size, open_image, resize_square, to_rgb_array
 from nbtl.data.selection import select_per_class
@@ -148,13 +148,13 @@ def load_fashion_mnist_test(image_size: int, per_class: int | None, seed: int) -
 
 
 def _fashion_mnist_test_arrays() -> tuple[np.ndarray, np.ndarray]:
-    paths = [_idx_path(FASHION_MNIST_DIR, name) for name in (_TEST_IMAGES, _TEST_LABELS)]
+    paths = [idx_path(FASHION_MNIST_DIR, name) for name in (_TEST_IMAGES, _TEST_LABELS)]
     if None in paths:
         raise DataError(
             f"built-in dataset 'fashion-mnist-test' needs {_TEST_IMAGES}.gz and {_TEST_LABELS}.gz in "
             f"{FASHION_MNIST_DIR}; run `apt-get install dataset-fashion-mnist`"
         )
-    images, labels = _read_idx(paths[0], ndim=3), _read_idx(paths[1], ndim=1).astype(np.int64)
+    images, labels = read_idx(paths[0], ndim=3), read_idx(paths[1], ndim=1).astype(np.int64)
     if len(images) != len(labels) or labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
         raise DataError(
             f"Fashion-MNIST t10k files in '{FASHION_MNIST_DIR}' do not match ({len(images)} images, {len(labels)} "

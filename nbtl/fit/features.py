@@ -13,8 +13,11 @@ the file and runs no network (users ask for this: dino#141).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ from torch import Tensor
 from nbtl.backbones import create_backbone, get_spec, load_pretrained_state_dict
 from nbtl.data import ImageDataset
 from nbtl.errors import BackboneError, ConfigError, DataError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BlockFeatures", "block_features", "default_cache_dir", "state_dict_hash"]
 
@@ -157,7 +162,8 @@ def block_features(
     device : str or torch.device, optional
         Where the network runs; default CUDA if available, else the CPU.
     progress : bool, default=True
-        Show a tqdm progress bar over batches.
+        Show progress: a tqdm bar over batches on a terminal (stderr), else one log line when the extraction
+        starts and one when it ends (a bar redrawn into a log file or a pipe is noise).
 
     Returns
     -------
@@ -259,9 +265,12 @@ def _extract(
     pooled: list[list[np.ndarray]] = [[] for _ in range(backbone.spec.num_blocks)]
     probs: list[np.ndarray] = []
     starts = range(0, len(dataset), batch_size)
-    bar = tqdm(
-        starts, total=len(starts), desc=f"{backbone.spec.name} features @ {size}px", unit="batch", disable=not progress
-    )
+    what = f"{backbone.spec.name} features @ {size}px"
+    terminal = progress and sys.stderr.isatty()
+    if progress and not terminal:
+        logger.info("%s: %d images in %d batches", what, len(dataset), len(starts))
+    began = time.perf_counter()
+    bar = tqdm(starts, total=len(starts), desc=what, unit="batch", file=sys.stderr, disable=not terminal)
     for start in bar:
         images = dataset.images[start : start + batch_size].to(device)
         x = images.float() / 255.0
@@ -279,6 +288,8 @@ def _extract(
             logits = backbone.source_head(head_input)
             probs.append(torch.softmax(logits.double(), dim=1).float().cpu().numpy())
     blocks = [np.concatenate(parts).astype(np.float32, copy=False) for parts in pooled]
+    if progress and not terminal:
+        logger.info("%s: done in %.1fs", what, time.perf_counter() - began)
     return blocks, (np.concatenate(probs) if probs else None)
 
 

@@ -10,17 +10,20 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
-from nbtl.config import TrialConfig
+from nbtl.config import TrialConfig, without_unused
 from nbtl.data.settings import DataSettings
 from nbtl.heuristics.learned import TARGET, LearnedRecommender
 from nbtl.heuristics.rules import Rules
 from nbtl.heuristics.signals import HeuristicsError, backbone_signals, dataset_signals, rank_backbones
 from nbtl.safe_yaml import load_yaml
+
+if TYPE_CHECKING:
+    from nbtl.search.space import SearchSpace
 
 __all__ = [
     "Recommendation",
@@ -230,16 +233,38 @@ def _choose(
     return config, reasons, predicted
 
 
+def _clip_to_space(entry: dict[str, Any], space: SearchSpace, model: LearnedRecommender | None, task: TaskFit) -> None:
+    """Move ``entry``'s config inside ``space``; each moved setting's reason says so."""
+    clipped, changes = space.clip(entry["config"])
+    if not changes:
+        return
+    entry["config"] = clipped
+    for change in changes:
+        key = change.split(":", 1)[0]
+        moved = change.split(":", 1)[1].strip()
+        said = entry["reasons"].get(key)
+        entry["reasons"][key] = (
+            f"{said}; clipped to the space {space.name!r}: {moved}"
+            if said
+            else (f"clipped to the space {space.name!r}: {moved}")
+        )
+    if entry["config"].get("backbone") in task.backbones:
+        entry["predicted_val_accuracy"] = _plain(_predict(model, task, entry["config"]))
+
+
 def recommend(
     task: TaskFit,
     rules: Rules,
     model: LearnedRecommender | None = None,
     data_settings: DataSettings | Mapping[str, Any] | None = None,
+    space: SearchSpace | None = None,
 ) -> Recommendation:
     """Turn a measured task into recommended configs (see ``nbtl recommend --help``).
 
     ``data_settings`` (default: the task's own) are written into the recommendation, so ``nbtl train``
-    trains on the same images, with the same augmentation, as the search they were measured for."""
+    trains on the same images, with the same augmentation, as the search they were measured for. With a
+    ``space``, every config is moved inside it (:meth:`~nbtl.search.space.SearchSpace.clip`): what the space
+    moved is added to that setting's reason, and the prediction is the moved config's."""
     started = time.perf_counter()
     backbones = list(task.backbones)
     ranking = rank_backbones(task.backbones, by=rules.rank_by)
@@ -273,9 +298,13 @@ def recommend(
             )
         else:
             notes.append("no config of the learned recommender's portfolio is predicted to beat the rules' config")
+    if space is not None:
+        space = space.resolved(int(task.dataset["n_images"]))  # batch_size: auto, as the search would set it
     for entry in configs:
+        if space is not None:
+            _clip_to_space(entry, space, model, task)
         TrialConfig.from_dict(entry["config"], where=f"recommended config ({entry['source']})")
-        entry["config"] = {k: _plain(v) for k, v in entry["config"].items()}
+        entry["config"] = {k: _plain(v) for k, v in without_unused(entry["config"]).items()}
     backbone_ranking = [
         {
             "backbone": name,
@@ -346,8 +375,15 @@ def format_recommendation(recommendation: Recommendation) -> str:
         guess = f", predicted validation accuracy {predicted:.3f}" if predicted is not None else ""
         lines.append(f"Config {number} ({entry['source']}{guess}):")
         for key, value in entry["config"].items():
-            reason = entry["reasons"].get(key, "")
-            short = reason.split("): ", 1)[0] + ")" if "): " in reason else reason.split(" (", 1)[0]
+            reason, clipped, moved = entry["reasons"].get(key, "").partition("; clipped to the space")
+            if "): " in reason:  # "rule-id (signal=value, ...): because" -> "rule-id (signal=value, ...)"
+                short = reason.split("): ", 1)[0] + ")"
+            elif ": " in reason and " " not in reason.split(": ", 1)[0]:  # "rule-id: because" -> "rule-id"
+                short = reason.split(": ", 1)[0]
+            else:
+                short = reason.split(" (", 1)[0]
+            if clipped:
+                short += clipped + moved if short else clipped.lstrip("; ") + moved
             lines.append(f"  {key + ':':<16} {str(value):<20} # {short}")
     lines.extend(f"Note: {note}" for note in recommendation.notes)
     return "\n".join(lines)

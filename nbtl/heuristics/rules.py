@@ -96,7 +96,8 @@ class Rules:
             evidence = ", ".join(f"{name}={_show(signals.get(name))}" for name in rule.signals_read())
             for key, spec in rule.set.items():
                 config[key] = _value(key, spec, config.get(key), signals, rule.id)
-                reasons[key] = f"{rule.id} ({evidence}): {rule.because}"
+                # a rule that reads no signal (it always holds) has no evidence to show: no empty "()"
+                reasons[key] = f"{rule.id} ({evidence}): {rule.because}" if evidence else f"{rule.id}: {rule.because}"
         num_blocks = int(signals["num_blocks"])
         transfer = config.get("transfer_blocks")
         transfer = num_blocks if transfer in (None, "all") else max(0, min(int(transfer), num_blocks))

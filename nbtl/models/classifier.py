@@ -54,12 +54,12 @@ def trained_state_dict(
     the frozen blocks', see :func:`nbtl.search.trainable.compact_checkpoint`) and the pre-trained weights the
     trial started from, which hold the frozen blocks."""
     from nbtl.config import TrialConfig
-    from nbtl.train import _load_trainable_state
+    from nbtl.train import load_trainable_state
     from nbtl.transfer import build_transfer
 
     trial_config = TrialConfig.from_dict(config)
     setup = build_transfer(trial_config, num_classes, state_dict=pretrained if trial_config.pretrained else None)
-    _load_trainable_state(setup.model, trained, len(setup.frozen_blocks))
+    load_trainable_state(setup.model, trained, len(setup.frozen_blocks))
     return {k: v.detach().clone() for k, v in setup.model.state_dict().items()}
 
 

@@ -127,15 +127,15 @@ def ensemble_search(
         ROLE_TAG,
         SEARCH_TAG,
         TrainingRun,
-        _client,
         log_dataset,
         resolve_tracking_uri,
+        tracking_client,
     )
 
     if top < 2:
         raise ConfigError(f"--top {top}: an ensemble needs at least 2 trials")
     uri = resolve_tracking_uri(tracking_uri)
-    client = _client(uri)
+    client = tracking_client(uri)
     parent = find_search(client, name, run_id)
     trials = kept_trials(client, parent)
     if len(trials) < 2:

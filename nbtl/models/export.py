@@ -31,6 +31,10 @@ ENSEMBLE_NAME = "ensemble"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 #: The pyfunc model's artifact holding the classifier folder (plain tensors): all nbtl needs to rebuild it.
 CLASSIFIER_ARTIFACT = "classifier"
+#: The pyfunc model's input: one column of encoded image files (:mod:`nbtl.models.pyfunc` reads it).
+IMAGE_COLUMN = "image"
+#: ``params`` a request may pass: how many images go through the network at once.
+DEFAULT_PARAMS = {"batch_size": 64}
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 #: A search's best trials keep their best-epoch weights as this artifact (a classifier folder) of their runs,
 #: tagged so: what ``nbtl ensemble`` reads (nbtl.search.handover writes them).
@@ -107,8 +111,6 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-    from nbtl.models.pyfunc import DEFAULT_PARAMS, IMAGE_COLUMN
-
     return ModelSignature(
         inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
         outputs=Schema(
@@ -159,7 +161,6 @@ def log_classifier(
     from mlflow.models import Model
 
     from nbtl.models.classifier import save_classifier
-    from nbtl.models.pyfunc import IMAGE_COLUMN
 
     info_metadata = {
         "classes": [str(c) for c in classes],

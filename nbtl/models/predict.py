@@ -114,7 +114,7 @@ def resolve_model(model: str, tracking_uri: str) -> str:
     """
     from mlflow.exceptions import MlflowException
 
-    from nbtl.tracking import _client
+    from nbtl.tracking import tracking_client
 
     model = model.strip()
     if not model:
@@ -126,7 +126,7 @@ def resolve_model(model: str, tracking_uri: str) -> str:
         return str(folder.resolve())
     check_store(tracking_uri)
     try:
-        client = _client(tracking_uri)
+        client = tracking_client(tracking_uri)
         uri = _registered_version(client, model) or _search_model(client, model)
         if uri:
             logger.debug("model %r is %s", model, uri)
@@ -386,7 +386,7 @@ def columns(top_k: int) -> list[str]:
 def _rows(model: LoadedModel, paths: list[Path], data: list[bytes], top_k: int, batch_size: int) -> list[dict]:
     """One row per image of ``data`` (readable images): the pyfunc model's top-``top_k`` classes."""
     from nbtl.models.classifier import top_k as best_classes
-    from nbtl.models.pyfunc import IMAGE_COLUMN
+    from nbtl.models.export import IMAGE_COLUMN
 
     output = model.pyfunc.predict(pd.DataFrame({IMAGE_COLUMN: data}), params={"batch_size": batch_size})
     probabilities = np.asarray(output["probabilities"].tolist(), dtype=np.float64).reshape(len(data), -1)
@@ -447,7 +447,9 @@ def predict_files(
         raise ConfigError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
     top_k = min(top_k, len(model.classes))
     paths = list(paths)
-    show = progress and len(paths) > batch_size
+    show = progress and len(paths) > batch_size and sys.stderr.isatty()  # no bar redrawn into a log file or pipe
+    if progress and len(paths) > batch_size and not show:
+        logger.info("predict: %d images in batches of %d", len(paths), batch_size)
     rows: list[dict] = []
     bar = tqdm(total=len(paths), unit="image", desc="predict", file=sys.stderr, disable=not show, dynamic_ncols=True)
     # warnings (an unreadable image) print above the bar, not through it

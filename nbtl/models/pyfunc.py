@@ -26,10 +26,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from nbtl.errors import DataError
+from nbtl.models.export import CLASSIFIER_ARTIFACT, DEFAULT_PARAMS, IMAGE_COLUMN
 
-IMAGE_COLUMN = "image"
-#: ``params`` a request may pass: how many images go through the network at once.
-DEFAULT_PARAMS = {"batch_size": 64}
 _BASE64 = re.compile(rb"[A-Za-z0-9+/=\s]+")
 
 
@@ -98,7 +96,6 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from nbtl.models.classifier import load_classifier
-        from nbtl.models.export import CLASSIFIER_ARTIFACT
 
         self.classifier = load_classifier(context.artifacts[CLASSIFIER_ARTIFACT])
 

@@ -71,14 +71,13 @@ def hand_over(
     model on the parent run. Returns what was logged, or None when no trial left weights."""
     from nbtl.models.classifier import Member, save_classifier, trained_state_dict
     from nbtl.models.export import KEPT_ARTIFACT, KEPT_TAG, MODEL_NAME, log_classifier
-    from nbtl.search.results import METRIC, ranked_scored
-    from nbtl.search.runner import _trial_id
+    from nbtl.search.results import METRIC, ranked_scored, trial_id_of
     from nbtl.tracking import MODEL_URI_TAG
 
     if handover.keep < 1 or table.empty:
         return None
     ranked = ranked_scored(table).head(handover.keep)  # the one ranking: the search's best trial first
-    by_id = {_trial_id(r): r for r in results}
+    by_id = {trial_id_of(r): r for r in results}
     kept: list[tuple[dict[str, Any], Member]] = []
     for row in ranked.to_dict("records"):
         found = _best_weights(by_id.get(row["trial_id"]))

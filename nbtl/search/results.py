@@ -26,7 +26,25 @@ RANKING = [(METRIC, False), (TIE_BREAK, True)]
 #: Re-evaluated trials (nbtl.search.reevaluate) rank first, by the mean of their runs.
 REEVALUATED = [("mean_val_accuracy", False), ("mean_val_loss", True)]
 
-__all__ = ["METRIC", "MODE", "RANKING", "TIE_BREAK", "best_trial", "rank_key", "rank_trials", "ranked_scored"]
+__all__ = [
+    "METRIC",
+    "MODE",
+    "RANKING",
+    "TIE_BREAK",
+    "best_trial",
+    "rank_key",
+    "rank_trials",
+    "ranked_scored",
+    "trial_id_of",
+]
+
+
+def trial_id_of(result) -> str:
+    """The trial id of a Ray Tune ``Result``: the one it reported, else its folder's name (a trial that never
+    reported). The key of a trial in the results table, the hand-over and the callbacks."""
+    from pathlib import Path
+
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
 
 
 def rank_trials(table: pd.DataFrame) -> pd.DataFrame:

@@ -18,8 +18,9 @@ from nbtl import __version__
 from nbtl.config import TrialConfig
 from nbtl.errors import DiskFullError, NbtlError, disk_full_reason
 from nbtl.models.export import KEEP_WEIGHTS
+from nbtl.preflight import cluster_address, use_token_auth
 from nbtl.safe_yaml import load_yaml
-from nbtl.search.cluster import SearchError, check_resources, cluster_address, ray_session, use_token_auth
+from nbtl.search.cluster import SearchError, check_resources, ray_session
 from nbtl.search.lifecycle import (
     SearchInterrupted,
     full_disk_in_one_line,
@@ -28,7 +29,7 @@ from nbtl.search.lifecycle import (
     resume_command,
     tell_how_to_resume,
 )
-from nbtl.search.results import METRIC, MODE, best_trial, rank_trials
+from nbtl.search.results import METRIC, MODE, best_trial, rank_trials, trial_id_of
 from nbtl.search.space import SearchSpace, dump_config
 from nbtl.tracking import SOURCE_TAG, STOP_REASON_TAG
 
@@ -164,10 +165,6 @@ def _experiment_dir(storage: Path, name: str) -> str:
     raise SearchError(f"search {name!r}: {storage} holds 1000 folders of that name; give another --name")
 
 
-def _trial_id(result) -> str:
-    return (result.metrics or {}).get("trial_id") or Path(result.path).name
-
-
 def _full_config(values: dict[str, Any] | None) -> dict[str, Any]:
     """A trial's config with every default filled in; as given when it is invalid (such a trial failed, and
     its row still belongs in the table)."""
@@ -189,7 +186,7 @@ def results_table(
     rows, configs = [], {}
     for result in results:
         metrics = result.metrics or {}
-        trial_id = _trial_id(result)
+        trial_id = trial_id_of(result)
         config = _full_config(result.config)
         configs[trial_id] = config
         epochs = int(metrics.get("epoch", 0) or 0)
@@ -493,6 +490,9 @@ def _tuner(plan: _Plan, prepared: _Prepared, context, space: SearchSpace, option
             num_samples=plan.trials,
             max_concurrent_trials=plan.max_concurrent,
             time_budget_s=plan.remaining,
+            # a trial's worker is kept for the next one (Ray Tune waits for its thread to end, else starts a new
+            # one): a fresh worker spends seconds of CPU importing torch, MLflow and nbtl before its first step
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=plan.experiment_dir,
@@ -775,7 +775,7 @@ def _trial_histories(results) -> dict[str, pd.DataFrame]:
         except Exception:  # a trial that never reported has no progress file
             frame = None
         if frame is not None and not frame.empty and "epoch" in frame:
-            trial_id = _trial_id(result)
+            trial_id = trial_id_of(result)
             histories[trial_id] = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
     return histories
 
@@ -868,7 +868,7 @@ def finish_search(
     finished_at = dict(callback.finished_at) if callback is not None else {}
     if callback is not None:  # trials the time budget (or an interrupt) cut off end now
         now = round(callback.elapsed(), 2)
-        finished_at.update({_trial_id(r): now for r in results if _trial_id(r) not in finished_at})
+        finished_at.update({trial_id_of(r): now for r in results if trial_id_of(r) not in finished_at})
     table, configs = results_table(
         results, {**run_ids, **(callback.run_ids if callback is not None else {})}, finished_at
     )

@@ -19,9 +19,8 @@ A space file has four sections (see ``search_spaces/default.yaml``)::
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import yaml
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError, NbtlError
 from nbtl.safe_yaml import load_yaml
+from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, valid_all_minus
 
 SECTIONS = ("name", "description", "data", "search", "parameters")
 SPEC_KEYS = ("choices", "low", "high", "log", "step", "when")
@@ -55,7 +55,6 @@ START_POINTS = ("probe", "conventional", "recommend")
 SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
 PRIOR_KEYS = ("enabled", "n_candidates", "trials")
 SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
-BLOCK_KEYS = ("transfer_blocks", "freeze_blocks", "l2sp_blocks")
 #: ``batch_size: auto``: the largest power of two that still gives each epoch this many optimizer steps
 #: (within AUTO_BATCH_RANGE). At batch 64 a 336-image training split makes 5 steps an epoch, too few for
 #: re-initialised or fast-moving blocks to learn in a few epochs (see the README, "Why these ranges").
@@ -82,85 +81,6 @@ def trial_seed(search_seed: int, number: int) -> int:
     return int(np.random.SeedSequence([int(search_seed), int(number)]).generate_state(1)[0] % 2**31)
 
 
-def _resolve_bound(bound: Any, chosen: dict[str, Any], num_blocks: int) -> Any:
-    """A block bound: a number, ``'all'``, ``'all-N'`` (the backbone's block count minus N, at least 0),
-    or an earlier block parameter's value (all blocks when unset)."""
-    if not isinstance(bound, str):
-        return bound
-    if bound == "all":
-        return num_blocks
-    if bound.startswith("all-"):
-        return max(0, num_blocks - int(bound[4:]))
-    resolved = chosen.get(bound)
-    return num_blocks if resolved is None else resolved
-
-
-def _valid_all_minus(bound: str) -> bool:
-    return bound.startswith("all-") and bound[4:].isdigit()
-
-
-def _field_kind(key: str) -> str:
-    """'int', 'float', 'bool', 'str' or 'list' for a TrialConfig key."""
-    hint = typing.get_type_hints(TrialConfig)[key]
-    for kind, typ in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if hint is typ or typ in typing.get_args(hint):
-            return kind
-    return "list"
-
-
-@dataclass
-class Parameter:
-    """One entry of ``parameters``: fixed ``value``, categorical ``choices``, or a ``low``/``high`` range."""
-
-    name: str
-    value: Any = None
-    choices: list[Any] | None = None
-    low: Any = None
-    high: Any = None
-    log: bool = False
-    step: Any = None
-    when: dict[str, list[Any]] = field(default_factory=dict)
-
-    @property
-    def fixed(self) -> bool:
-        return self.choices is None and self.low is None
-
-    def active(self, chosen: dict[str, Any]) -> bool:
-        """Whether this parameter's ``when`` holds for the values ``chosen`` so far (unset keys: the
-        :class:`~nbtl.config.TrialConfig` default)."""
-        default = TrialConfig()
-        return all(chosen.get(k, getattr(default, k, None)) in v for k, v in self.when.items())
-
-    def bounds(self, chosen: dict[str, Any]) -> tuple[Any, Any]:
-        """``(low, high)`` of a range parameter given the values ``chosen`` so far: ``'all'`` and block
-        parameters resolved, and a block range capped to what the trial can take (``transfer_blocks <=``
-        the backbone's block count, ``freeze_blocks <= transfer_blocks``, 0 when ``pretrained`` is false)."""
-        from nbtl.backbones import get_spec
-
-        default = TrialConfig()
-        num_blocks = get_spec(chosen.get("backbone", default.backbone)).num_blocks
-
-        low, high = _resolve_bound(self.low, chosen, num_blocks), _resolve_bound(self.high, chosen, num_blocks)
-        if self.name in BLOCK_KEYS:
-            cap = num_blocks
-            if self.name in ("freeze_blocks", "l2sp_blocks"):
-                transfer = chosen.get("transfer_blocks")
-                cap = min(cap, num_blocks if transfer is None else transfer)
-                if not chosen.get("pretrained", default.pretrained) and self.name == "freeze_blocks":
-                    cap = 0
-            high = min(high, cap)
-            low = min(low, high)
-        return low, high
-
-    def candidates(self) -> list[Any]:
-        """The literal values this parameter may take that can be checked in isolation."""
-        if self.fixed:
-            return [self.value]
-        if self.choices is not None:
-            return list(self.choices)
-        return [b for b in (self.low, self.high) if not isinstance(b, str)]
-
-
 @dataclass
 class SearchSpace:
     """A validated search space."""
@@ -185,6 +105,15 @@ class SearchSpace:
                 return [str(v) for v in p.candidates()]
         return [TrialConfig().backbone]
 
+    def with_backbones(self, backbones: list[str]) -> SearchSpace:
+        """This space with ``backbone`` searched over ``backbones`` instead (fixed when there is one)."""
+        one = Parameter("backbone", value=backbones[0]) if len(backbones) == 1 else None
+        backbone = one or Parameter("backbone", choices=list(backbones))
+        parameters = [backbone if p.name == "backbone" else p for p in self.parameters]
+        if not any(p.name == "backbone" for p in self.parameters):
+            parameters.insert(0, backbone)
+        return dataclasses.replace(self, parameters=parameters)
+
     def sample(self, trial: Any) -> dict[str, Any]:
         """Define-by-run: suggest every active parameter on an Optuna ``trial``; return the fixed ones.
 
@@ -206,7 +135,7 @@ class SearchSpace:
                 value = trial.suggest_categorical(p.name, p.choices)
             else:
                 low, high = p.bounds(chosen)
-                if _field_kind(p.name) == "int":
+                if field_kind(p.name) == "int":
                     value = trial.suggest_int(p.name, int(low), int(high), log=p.log, step=p.step or 1)
                 else:
                     value = trial.suggest_float(p.name, float(low), float(high), log=p.log, step=p.step)
@@ -275,7 +204,7 @@ class SearchSpace:
             else:
                 low, high = p.bounds(chosen)
                 clipped = min(max(value, low), high)
-                if _field_kind(p.name) == "int":
+                if field_kind(p.name) == "int":
                     clipped = int(round(clipped))
                 if clipped != value:
                     changes.append(f"{p.name}: {value!r} -> {clipped!r} (range {low}..{high})")
@@ -283,6 +212,40 @@ class SearchSpace:
             point[p.name] = value
             chosen[p.name] = value
         return point, changes
+
+    def clip(self, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """A trial ``config`` moved inside this space: a fixed parameter set to the space's value, a range clipped
+        to its bounds, a value that is not a choice moved to the nearest numeric choice, else to the space's
+        first. A parameter the config leaves out is checked at TrialConfig's default, and added only when that
+        default lies outside the space; keys the space leaves out, and inactive ones, are kept as they are.
+
+        Returns ``(config, changes)``; ``changes`` says what moved, one ``"key: old -> new (why)"`` each."""
+        default = TrialConfig()
+        clipped, changes, chosen = dict(config), [], {}
+        for p in self.parameters:
+            if not p.active({**config, **chosen}):
+                continue
+            value = config.get(p.name, getattr(default, p.name, None))
+            moved, why = value, None
+            if p.fixed:
+                moved, why = p.value, "fixed by the space"
+            elif p.choices is not None:
+                if value not in p.choices:
+                    numeric = [c for c in p.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+                    if numeric and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        moved, why = min(numeric, key=lambda c: abs(c - value)), "nearest choice"
+                    else:
+                        moved, why = p.choices[0], "not a choice; the space's first"
+            elif value is not None:
+                low, high = p.bounds(chosen)
+                moved = min(max(value, low), high)
+                moved = int(round(moved)) if field_kind(p.name) == "int" else moved
+                why = f"range {low}..{high}"
+            if moved != value:
+                clipped[p.name] = moved
+                changes.append(f"{p.name}: {value!r} -> {moved!r} ({why})")
+            chosen[p.name] = moved
+        return clipped, changes
 
 
 @dataclass(frozen=True)
@@ -391,7 +354,7 @@ def _parse_parameter(name: str, spec: Any, where: str, seen: list[str]) -> Param
         return _checked(Parameter(name, choices=choices, when=when), at)
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"{at}: a range needs both 'low' and 'high' (or use 'choices', or a fixed value)")
-    kind = _field_kind(name)
+    kind = field_kind(name)
     if kind not in ("int", "float"):
         raise ConfigError(f"{at}: {name} is not numeric; use 'choices' instead of a range")
     low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
@@ -401,7 +364,7 @@ def _parse_parameter(name: str, spec: Any, where: str, seen: list[str]) -> Param
                 raise ConfigError(
                     f"{at}: {label}={bound!r}: only {' / '.join(BLOCK_KEYS)} bounds may be 'all' or a parameter name"
                 )
-            if bound != "all" and not _valid_all_minus(bound) and bound not in seen:
+            if bound != "all" and not valid_all_minus(bound) and bound not in seen:
                 raise ConfigError(
                     f"{at}: {label}={bound!r} must be 'all', 'all-N' (e.g. all-3) or a block parameter "
                     f"listed before {name!r}"

@@ -19,13 +19,7 @@ from typing import Any
 
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
-from nbtl.search.space import (
-    BLOCK_KEYS,
-    Parameter,
-    _field_kind,
-    _resolve_bound,
-    _valid_all_minus,
-)
+from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, resolve_bound, valid_all_minus
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +95,8 @@ def check_configs(parameters: list[Parameter], where: str, label: str = "paramet
             resolved = [n if v is None else int(v) for v in values]
             low, high = min(resolved), max(resolved)
         else:
-            high = min(int(_resolve_bound(p.high, {}, n)), n)
-            low = min(int(_resolve_bound(p.low, {}, n)), high)
+            high = min(int(resolve_bound(p.high, {}, n)), n)
+            low = min(int(resolve_bound(p.low, {}, n)), high)
         return (0 if False in pretrained else low), high
 
     freeze = by_name.get("freeze_blocks")
@@ -141,13 +135,13 @@ def check_configs(parameters: list[Parameter], where: str, label: str = "paramet
                 f"{fewest_kept} ({backbone}): only transferred blocks can be frozen; {fix}"
             )
     elif freeze is not None and not (
-        isinstance(freeze.low, str) and freeze.low != "all" and not _valid_all_minus(freeze.low)
+        isinstance(freeze.low, str) and freeze.low != "all" and not valid_all_minus(freeze.low)
     ):
         # a range: capped to the trial's transfer_blocks, so its low must be reachable
         unreachable = []
         for backbone in backbones:
             most_kept = transfer_range(backbone)[1]
-            low = int(_resolve_bound(freeze.low, {"transfer_blocks": most_kept}, blocks[backbone]))
+            low = int(resolve_bound(freeze.low, {"transfer_blocks": most_kept}, blocks[backbone]))
             if low > most_kept:
                 unreachable.append((most_kept, low, backbone))
         if len(unreachable) == len(backbones):
@@ -200,7 +194,7 @@ def check_points(parameters: list[Parameter], points: list[dict[str, Any]], wher
                         f"{', '.join(map(repr, p.choices))}, or add it to parameters.{key}.choices"
                     )
                 continue
-            kind = _field_kind(key)
+            kind = field_kind(key)
             if (kind == "int" and not _is_int(value)) or (kind == "float" and not _is_number(value)):
                 must = "an integer" if kind == "int" else "a number"
                 raise ConfigError(f"{at}: must be {must} (the space searches {p.low!r}..{p.high!r}), got {value!r}")

@@ -216,8 +216,8 @@ def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> Zoo
     run exists; once it does, an error or Ctrl-C ends it and its open trial runs. The Ray instance the study
     started is shut down when it ends.
     """
-    from nbtl.preflight import check_ray_address, check_tracking_uri
-    from nbtl.search.cluster import check_resources, cluster_address, ray_session, use_token_auth
+    from nbtl.preflight import check_ray_address, check_tracking_uri, cluster_address, use_token_auth
+    from nbtl.search.cluster import check_resources, ray_session
 
     check_options(options)
     recipe = _recipe(options)

@@ -28,7 +28,7 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
-def _named(model: nn.Module, *names: str) -> nn.Sequential:
+def named_layers(model: nn.Module, *names: str) -> nn.Sequential:
     return nn.Sequential(OrderedDict((name, getattr(model, name)) for name in names))
 
 
@@ -37,11 +37,11 @@ def cut_googlenet(model: nn.Module) -> BackboneParts:
     downsampling max-pool: ``conv1`` | ``maxpool1, conv2, conv3`` | ``maxpool2, 3a, 3b`` |
     ``maxpool3, 4a … 4e`` | ``maxpool4, 5a, 5b``; head ``fc`` (1024 features)."""
     blocks = [
-        _named(model, "conv1"),
-        _named(model, "maxpool1", "conv2", "conv3"),
-        _named(model, "maxpool2", "inception3a", "inception3b"),
-        _named(model, "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e"),
-        _named(model, "maxpool4", "inception5a", "inception5b"),
+        named_layers(model, "conv1"),
+        named_layers(model, "maxpool1", "conv2", "conv3"),
+        named_layers(model, "maxpool2", "inception3a", "inception3b"),
+        named_layers(model, "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e"),
+        named_layers(model, "maxpool4", "inception5a", "inception5b"),
     ]
     return BackboneParts(blocks, global_avg_pool(), model.fc, model.fc.in_features)
 

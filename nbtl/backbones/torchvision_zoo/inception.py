@@ -18,7 +18,7 @@ from torch import nn
 
 from nbtl.backbones._backbone import BackboneParts, global_avg_pool
 from nbtl.backbones.torchvision_zoo._common import register_torchvision
-from nbtl.backbones.torchvision_zoo.googlenet import INCEPTION_MEAN, INCEPTION_STD, _named
+from nbtl.backbones.torchvision_zoo.googlenet import INCEPTION_MEAN, INCEPTION_STD, named_layers
 
 
 def cut_inception_v3(model: nn.Module) -> BackboneParts:
@@ -26,11 +26,11 @@ def cut_inception_v3(model: nn.Module) -> BackboneParts:
     ``Conv2d_1a, 2a, 2b`` | ``maxpool1, Conv2d_3b, 4a`` | ``maxpool2, Mixed_5b … 5d`` |
     ``Mixed_6a … 6e`` | ``Mixed_7a … 7c``; head ``fc`` (2048 features)."""
     blocks = [
-        _named(model, "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"),
-        _named(model, "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
-        _named(model, "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d"),
-        _named(model, "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
-        _named(model, "Mixed_7a", "Mixed_7b", "Mixed_7c"),
+        named_layers(model, "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"),
+        named_layers(model, "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
+        named_layers(model, "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d"),
+        named_layers(model, "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
+        named_layers(model, "Mixed_7a", "Mixed_7b", "Mixed_7c"),
     ]
     return BackboneParts(blocks, global_avg_pool(), model.fc, model.fc.in_features)
 
