@@ -256,18 +256,28 @@ def test_zoo_bad_head_is_one_line_and_leaves_no_run(tmp_path, tracking_uri):
 
 @pytest.mark.e2e
 def test_zoo_time_budget_ends_the_study_with_every_run_closed(tmp_path, tracking_uri):
-    # 5 s: spent on data, features, Ray and MLflow before the first trial, so Ray Tune gets its 1 s minimum
-    # and no fold (whose worker first imports torch) can finish in it
+    # 5 s: mostly spent on data, features, Ray and MLflow before the first trial, so the budget cuts folds off;
+    # on a fast machine a fold or two may finish just before it ends (and Ray Tune never gets their last report):
+    # those count as finished, from their runs, and the rest are stopped and their runs KILLED
     result = run_nbtl(
         "zoo", "digits", "--backbones", "efficientnet_lite0", *TINY, "--time-budget", "5s",
         "--tracking-uri", tracking_uri, "--name", "zoo-budget",
         cwd=tmp_path, env={**ENV, "NBTL_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
-    assert result.returncode == 1, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
-    assert "(no fold finished)" in result.stdout and "did not finish" in result.stdout
     client, parent, children = _store(tracking_uri, "zoo-budget")  # the fixture: no run left RUNNING
-    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_stopped"] == 4
-    assert parent.data.metrics["trials_finished"] == 0
-    assert all(child.info.status == "KILLED" for child in children)
     folds = pd.read_csv(client.download_artifacts(parent.info.run_id, "zoo_folds.csv", str(tmp_path)))
-    assert len(folds) == 4 and (folds["status"] == "STOPPED").all()
+    finished = int(parent.data.metrics["trials_finished"])
+    assert result.returncode == (1 if finished == 0 else 0), f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+    if finished == 0:
+        assert "(no fold finished)" in result.stdout and "did not finish" in result.stdout
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_stopped"] >= 1
+    assert finished + parent.data.metrics["trials_stopped"] == 4 == len(folds)
+    assert set(folds["status"]) <= {"FINISHED", "STOPPED"} and (folds["status"] == "FINISHED").sum() == finished
+    # each fold's row agrees with its run: a finished fold's run FINISHED with the same accuracy, a stopped one's KILLED
+    by_id = {child.info.run_id: child for child in children}
+    for row in folds.itertuples(index=False):
+        if row.status == "FINISHED":
+            assert by_id[row.run_id].info.status == "FINISHED"
+            assert row.accuracy == pytest.approx(by_id[row.run_id].data.metrics["accuracy"])
+    stopped = [c for c in children if c.info.status != "FINISHED"]
+    assert len(stopped) == len(children) - finished and all(c.info.status == "KILLED" for c in stopped)

@@ -330,10 +330,20 @@ def _run_trials(options, names, payload, cells, recipe, tracker, resources, star
 CELL_KEYS = ("dataset", "backbone", "head", "seed", "fold")
 
 
-def fold_table(cells: list[dict[str, Any]], results, run_ids: dict[str, str]) -> pd.DataFrame:
+def cell_key_of(values: tuple) -> tuple[str, ...]:
+    """A cell's key as its MLflow params spell it (every value a string), so a planned cell and a logged run meet."""
+    return tuple(str(value) for value in values)
+
+
+def fold_table(
+    cells: list[dict[str, Any]], results, run_ids: dict[str, str], finished_runs: dict[tuple, Any] | None = None
+) -> pd.DataFrame:
     """One row per planned trial (``cells``, in order) from a Ray Tune ``ResultGrid``: cell, seed, fold,
     status (FINISHED, FAILED, or STOPPED when the time budget ended the study before it finished or
-    started), run id, metrics and error."""
+    started), run id, metrics and error. ``finished_runs`` (cell key: MLflow run) are the trial runs that ended
+    FINISHED with their metrics: a fold whose run finished just before the time budget ended the study, so that
+    Ray Tune never received its last report, is FINISHED with the run's metrics (nothing a finished trial wrote is
+    lost)."""
     from nbtl.search.callbacks import reason_from_error_text
 
     by_cell = {}
@@ -343,14 +353,19 @@ def fold_table(cells: list[dict[str, Any]], results, run_ids: dict[str, str]) ->
             by_cell[tuple(cell[k] for k in CELL_KEYS)] = result
     rows = []
     for cell in cells:
-        result = by_cell.get(tuple(cell[k] for k in CELL_KEYS))
+        key = tuple(cell[k] for k in CELL_KEYS)
+        result = by_cell.get(key)
         metrics = (result.metrics or {}) if result is not None else {}
         error = result.error if result is not None else None
         trial_id = metrics.get("trial_id") or (Path(result.path).name if result is not None and result.path else "")
         finished = not error and metrics.get("accuracy") is not None
+        run_id = run_ids.get(trial_id, "")
+        logged = (finished_runs or {}).get(cell_key_of(key))
+        if not finished and not error and logged is not None:
+            metrics, finished, run_id = logged.data.metrics, True, logged.info.run_id
         row = {k: cell[k] for k in CELL_KEYS}
         row.update({"status": "FAILED" if error else ("FINISHED" if finished else "STOPPED")})
-        row["run_id"] = run_ids.get(trial_id, "")
+        row["run_id"] = run_id
         row.update({m: (metrics.get(m) if finished else None) for m in METRICS})
         row["train_seconds"] = metrics.get("train_seconds") if finished else None
         row["error"] = reason_from_error_text(str(error))[:200] if error else ""
@@ -373,9 +388,15 @@ def _finish(options, names, cells, results, callback, tracker, started) -> ZooRe
                 "KILLED",
                 reason="the time budget ended before this fold finished",
             )
-    run_ids = {r.data.tags.get("nbtl.trial_id"): r.info.run_id for r in tracker.child_runs()}
+    runs = tracker.child_runs()
+    run_ids = {r.data.tags.get("nbtl.trial_id"): r.info.run_id for r in runs}
+    finished_runs = {
+        cell_key_of(tuple(r.data.params.get(k) for k in CELL_KEYS)): r
+        for r in runs
+        if r.info.status == "FINISHED" and "accuracy" in r.data.metrics
+    }
     order = {(c["dataset"], c["backbone"], c["head"]): i for i, c in enumerate(cells)}
-    folds = fold_table(cells, results, {**run_ids, **callback.run_ids})
+    folds = fold_table(cells, results, {**run_ids, **callback.run_ids}, finished_runs)
     folds = (
         folds.assign(_cell=[order[key] for key in zip(folds["dataset"], folds["backbone"], folds["head"])])
         .sort_values(["_cell", "seed", "fold"], kind="stable")
