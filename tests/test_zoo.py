@@ -267,7 +267,9 @@ def test_zoo_time_budget_ends_the_study_with_every_run_closed(tmp_path, tracking
     client, parent, children = _store(tracking_uri, "zoo-budget")  # the fixture: no run left RUNNING
     folds = pd.read_csv(client.download_artifacts(parent.info.run_id, "zoo_folds.csv", str(tmp_path)))
     finished = int(parent.data.metrics["trials_finished"])
-    assert result.returncode == (1 if finished == 0 else 0), f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+    assert result.returncode == (1 if finished == 0 else 0), (
+        f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+    )
     if finished == 0:
         assert "(no fold finished)" in result.stdout and "did not finish" in result.stdout
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_stopped"] >= 1
