@@ -46,7 +46,7 @@ BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
 from compare_spaces import prepare_space  # noqa: E402
-from report import ABLATIONS, MAIN_METHODS, budget_label, render_methods  # noqa: E402
+from report import ABLATIONS, BASELINE, MAIN_METHODS, budget_label, render_methods  # noqa: E402
 from tasks import DEFAULT_ROOT, REPORTING_TASKS, SMOKE_TASK, TUNING_TASKS, Task, check_disjoint  # noqa: E402
 
 SPACES = {"binary": REPO / "search_spaces" / "binary.yaml", "default": REPO / "search_spaces" / "default.yaml"}
@@ -79,7 +79,32 @@ def provenance() -> dict:
         "commit": git("rev-parse", "HEAD").strip() or "unknown",
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip()),
         "cpus": os.cpu_count(),
+        "cpu_images_per_s": machine_speed(),
     }
+
+
+def machine_speed(repeats: int = 5) -> float:
+    """Training images/s of a fixed workload on this machine: forward and backward of efficientnet_lite0 on a
+    batch of 32 random 64 px images, every CPU's thread, the best of ``repeats`` steps after one warm-up.
+
+    Equal-time rows are wall-clock results: measured on a faster machine a method runs more trials in the same
+    budget. Rows of one (task, seed) block are measured together, so their paired differences hold; this figure
+    says how fast the machine of each row was, so that blocks from different machines can be told apart.
+    """
+    import torch
+
+    from nbtl.backbones import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone("efficientnet_lite0", pretrained=False)
+    images = torch.randn(32, 3, 64, 64)
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        model.zero_grad()
+        model(images).sum().backward()
+        times.append(time.perf_counter() - started)
+    return round(len(images) / min(times[1:]), 1)
 
 
 def task_facts(task: Task, data: str, seed: int) -> tuple[int, int]:
@@ -331,7 +356,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (split, search, training); default 0-4")
     p.add_argument(
-        "--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)} (default all)"
+        "--methods",
+        default=",".join(MAIN_METHODS),
+        help=f"comma-separated, of {', '.join(MAIN_METHODS)} (default all of these), or 'ablations', or of\n"
+        f"{', '.join(ABLATIONS)}: ablations run with a default of their own, measured in the same\n"
+        "sitting, into results/ablations_<budget>.jsonl",
     )
     p.add_argument(
         "--budget",
@@ -384,9 +413,20 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
         if not args.seeds:
             p.error("--seeds: give at least one seed")
-    args.methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.methods = list(dict.fromkeys(m for n in names for m in (ABLATIONS if n == "ablations" else [n])))
     if not args.methods or set(args.methods) - set(METHODS):
-        p.error(f"--methods: choose from {', '.join(METHODS)}, got {','.join(args.methods)}")
+        p.error(f"--methods: choose from {', '.join(METHODS)} or ablations, got {','.join(args.methods)}")
+    args.ablations = bool(set(args.methods) & set(ABLATIONS))
+    if args.ablations:
+        others = [m for m in args.methods if m not in ABLATIONS and m != BASELINE]
+        if others:
+            p.error(
+                f"--methods: run the ablations apart from {', '.join(others)}: their results file holds the "
+                f"ablations and a {BASELINE} of their own (--methods ablations)"
+            )
+        # each ablation is paired with a default measured in the same sitting, on the same machine and commit
+        args.methods = [BASELINE, *(m for m in args.methods if m != BASELINE)]
     if args.results and len(args.budgets) > 1 and "{budget}" not in str(args.results):
         p.error(f"--results {args.results}: with {len(args.budgets)} budgets it must contain {{budget}}")
     for flag in ("epochs", "probe_epochs"):
@@ -399,9 +439,8 @@ def results_path(args, budget: float, workdir: Path) -> Path:
     label = budget_label(budget)
     if args.results:
         return Path(str(args.results).replace("{budget}", label))
-    if args.smoke_test:
-        return workdir / f"equal_time_{label}.jsonl"
-    return BENCHMARKS / "results" / f"equal_time_{label}.jsonl"
+    name = f"{'ablations' if args.ablations else 'equal_time'}_{label}.jsonl"
+    return workdir / name if args.smoke_test else BENCHMARKS / "results" / name
 
 
 def check_tasks(args, root: Path) -> str | None:

@@ -3,7 +3,9 @@
 Each table lives in a README between ``<!-- report:NAME -->`` and ``<!-- /report:NAME -->``; this script
 renders every such block of benchmarks/README.md and README.md from its results file:
 
-  equal_time_B, ablations_B   results/equal_time_B.jsonl (benchmarks/equal_time.py, budget B: 2m, 5m, 15m)
+  equal_time_B                results/equal_time_B.jsonl (benchmarks/equal_time.py, budget B: 2m, 5m, 15m)
+  ablations_B                 results/ablations_B.jsonl (equal_time.py --methods ablations: each block's default
+                              measured in the same sitting as its ablations)
   trial_speed                 results/trial_speed.json (benchmarks/trial_speed.py)
   leave_one_task_out          results/leave_one_task_out.json (benchmarks/leave_one_task_out.py)
   probe_floor                 results/probe_floor.json (benchmarks/probe_floor.py)
@@ -220,10 +222,17 @@ def _header(frame: pd.DataFrame, budget: float) -> str:
     dates = sorted(str(d)[:10] for d in frame.get("date", pd.Series(dtype=str)).dropna())
     cpus = sorted({int(c) for c in frame.get("cpus", pd.Series(dtype=float)).dropna()})
     when = f"{dates[0]} … {dates[-1]}" if dates and dates[0] != dates[-1] else (dates[0] if dates else "?")
+    speeds = pd.to_numeric(frame.get("cpu_images_per_s", pd.Series(dtype=float)), errors="coerce").dropna()
+    speed = (
+        f"; machine speed {speeds.min():.0f}–{speeds.max():.0f} training images/s (`cpu_images_per_s`) on "
+        f"{len(speeds)} of the runs"
+        if len(speeds)
+        else ""
+    )
     return (
         f"Budget {shown} per method, task and seed; {frame['task'].nunique()} task(s), "
         f"{frame['seed'].nunique()} seed(s), {len(frame)} runs; measured {when} on {'/'.join(map(str, cpus)) or '?'} "
-        f"CPUs at {commits(frame)} (`*`: uncommitted changes)."
+        f"CPUs at {commits(frame)} (`*`: uncommitted changes){speed}."
     )
 
 
@@ -430,9 +439,8 @@ RENDER_JSON = {"trial_speed": render_trial_speed, "leave_one_task_out": render_l
 
 def source(name: str) -> Path:
     """The results file block ``name`` is rendered from."""
-    match = re.fullmatch(r"(equal_time|ablations)_(\w+)", name)
-    if match:
-        return RESULTS / f"equal_time_{match[2]}.jsonl"
+    if re.fullmatch(r"(equal_time|ablations)_\w+", name):
+        return RESULTS / f"{name}.jsonl"
     if name in RENDER_JSON:
         return RESULTS / f"{name}.json"
     raise ReportError(
