@@ -152,6 +152,9 @@ def test_search_on_embedded_ray(tmp_path, tracking_uri):
     assert list((tmp_path / "mlartifacts").glob("*/artifacts/search_space.yaml"))  # <run id>/artifacts/
     # Ray Tune's own results stay on disk with the best config.
     assert list((tmp_path / "results").glob(f"{NAME}*/best_config.yaml"))
+    # The images were decoded once into one memory-mapped file under the storage path, which the trials read.
+    assert "decoded once in" in stdout and "memory-mapped from" in stdout
+    assert len(list((tmp_path / "results" / "nbtl_data").glob("*/images.npy"))) == 1
 
 
 def test_search_on_ray_head_with_token_auth(tmp_path, tracking_uri, ray_head):

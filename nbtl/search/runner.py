@@ -3,6 +3,7 @@ tracked in MLflow, summarised as a pandas table and the best config."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -224,6 +225,8 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
     trials through Ray's object store (``tune.with_parameters``), once per node, never per trial."""
     from nbtl.backbones import load_pretrained_state_dict
     from nbtl.data import load_dataset, split_dataset
+    from nbtl.data.arrayfile import DATA_DIR, ensure_splits, open_splits
+    from nbtl.data.describe import describe_dataset
     from nbtl.data.settings import DataSettings
 
     # the one data-settings object: nbtl recommend and nbtl train read the same, so they mean the same images
@@ -238,15 +241,37 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
         },
     )
     image_size = data_settings.image_size
-    started = time.perf_counter()
-    dataset = load_dataset(options.data, **data_settings.load_kwargs())
-    splits = split_dataset(dataset, **data_settings.split_kwargs())
-    official = dataset.part_counts()
+
+    def decode():
+        dataset = load_dataset(options.data, **data_settings.load_kwargs())
+        splits = split_dataset(dataset, **data_settings.split_kwargs())
+        described = describe_dataset(dataset, splits, options.data, image_size, data_settings.test_data)
+        return splits, {"dataset": {"images": len(dataset), "official": dataset.part_counts()}, "input": described}
+
+    # decoded once into a memory-mapped file under the storage path, which every trial maps (nothing large goes
+    # through Ray's object store); a search on the same data and settings reuses it
+    root = _storage(options.storage_path) / DATA_DIR
+    try:
+        folder, seconds = ensure_splits(options.data, data_settings, root, decode)
+        splits = open_splits(folder)
+        meta, how = splits.meta, (f"decoded once in {seconds:.1f}s" if seconds is not None else "decoded earlier")
+        how += f" (memory-mapped from {folder})"
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        # a derived file: without room for it the search still runs, its images sent through Ray's object store
+        started = time.perf_counter()
+        splits, extra = decode()
+        meta = {"name": splits.train.name, "classes": list(splits.train.classes), **extra}
+        how = (
+            f"decoded in {time.perf_counter() - started:.1f}s, held in memory: no room for the data file in {root} "
+            f"({error.strerror})"
+        )
+    official = meta["dataset"]["official"]
     kept = f"; official {' and '.join(p for p in ('val', 'test') if p in official)} kept" if official else ""
     print_fn(
-        f"data {dataset.name}: {len(dataset)} images, {len(dataset.classes)} classes, {image_size}px "
-        f"(train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}{kept}), "
-        f"decoded once in {time.perf_counter() - started:.1f}s"
+        f"data {meta['name']}: {meta['dataset']['images']} images, {len(meta['classes'])} classes, {image_size}px "
+        f"(train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}{kept}), {how}"
     )
     random_init_only = any(p.name == "pretrained" and True not in p.candidates() for p in space.parameters)
     weights = {} if random_init_only else {b: load_pretrained_state_dict(b) for b in space.backbones()}
@@ -255,10 +280,7 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
         resources["cpu"] = options.cpu
     if options.gpu is not None:
         resources["gpu"] = options.gpu
-    from nbtl.data.describe import describe_dataset
-
-    described = describe_dataset(dataset, splits, options.data, image_size, data_settings.test_data)
-    return _Prepared(dataset.name, splits, weights, resources, data_settings, described)
+    return _Prepared(meta["name"], splits, weights, resources, data_settings, meta["input"])
 
 
 def _handover(prepared: _Prepared, options: SearchOptions, name: str):

@@ -1,0 +1,239 @@
+"""Decoded splits on disk: one memory-mapped uint8 array file per (data source, data settings).
+
+A search decodes its images once into ``<storage>/nbtl_data/<key>/``: ``images.npy`` (uint8, ``(N, 3, S, S)``,
+ordered train | val | test), ``labels.npy``, ``indices.npy`` (each image's position in the loaded dataset) and
+``meta.json`` (classes, split sizes, official parts, fingerprints, the MLflow dataset input). Every trial, start
+point and re-evaluation maps that file: each split is a contiguous view of one mapping (no copy), the page cache
+holds the pixels once per node, and pickling the splits (``tune.with_parameters``, ``ray.put``) sends the folder's
+path, not the images. The mapping is copy-on-write: whatever a process writes into its images stays in its own
+pages, and the file never changes. A second search with the same source and settings reuses the file; two that
+start together build it once (a file lock). A node that cannot see the folder (storage not shared between nodes)
+builds its own copy there from the source when it first unpickles the splits.
+
+The key is a hash of what decides the pixels and the split: the source (a built-in's name, or a local folder's
+or file's resolved path with every file's relative path, size and modification time), the test source likewise,
+and the data settings but the augmentation (which is applied per batch, not stored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nbtl.data.dataset import ImageDataset
+from nbtl.data.splits import Splits
+from nbtl.errors import DataError, ensure_room
+
+logger = logging.getLogger(__name__)
+
+#: Bumped when the folder's layout changes: a folder of another format is rebuilt, never misread.
+FORMAT = 1
+#: The folder under a search's storage path that holds the decoded data files.
+DATA_DIR = "nbtl_data"
+PARTS = ("train", "val", "test")
+
+
+@dataclass(repr=False)
+class MappedSplits(Splits):
+    """:class:`Splits` whose images are views of one memory-mapped file; pickled as where to find it.
+
+    ``folder`` is the data file's folder, ``source`` and ``settings`` (data settings as MLflow params) what
+    builds it again on a node that cannot see it; ``meta`` is its ``meta.json``.
+    """
+
+    folder: str = ""
+    source: str | None = None
+    settings: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None
+
+    def __reduce__(self):
+        return (open_splits, (self.folder, self.source, self.settings))
+
+    def __repr__(self) -> str:
+        counts = " / ".join(f"{p} {len(getattr(self, p))}" for p in PARTS)
+        return f"MappedSplits({self.folder}: {counts}, {self.train.image_size}px)"
+
+
+def source_identity(source: str | os.PathLike | None) -> list | None:
+    """What a data file's key knows of ``source``: a local file's or folder's resolved path with each file's
+    relative path, size and modification time (a changed, added or removed image changes it), else its name."""
+    if source is None:
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return ["name", str(source)]
+    if path.is_file():
+        stat = path.stat()
+        return ["file", str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    files = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            stat = os.stat(os.path.join(root, name))
+            files.append([os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns])
+    return ["folder", str(path.resolve()), sorted(files)]
+
+
+def data_key(source: str | os.PathLike, settings) -> str:
+    """The key of the data file of ``source`` under ``settings`` (:class:`nbtl.data.settings.DataSettings`)."""
+    params = {k: v for k, v in settings.to_params().items() if k != "augmentation"}
+    params["test_data"] = source_identity(settings.test_data)
+    payload = json.dumps({"format": FORMAT, "source": source_identity(source), "settings": params}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def write_splits(splits: Splits, folder: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``splits`` as a data file folder ``folder`` (atomically: a folder beside it, then renamed), with
+    ``meta`` (e.g. the MLflow dataset input) added to its ``meta.json``; return the folder."""
+    folder = Path(folder)
+    parts = [getattr(splits, p) for p in PARTS]
+    size = splits.train.image_size
+    total = sum(len(part) for part in parts)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    ensure_room(folder.parent, total * 3 * size * size + 2**20, "the decoded images")
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        images = np.lib.format.open_memmap(
+            staging / "images.npy", mode="w+", dtype=np.uint8, shape=(total, 3, size, size)
+        )
+        offset = 0
+        for part in parts:
+            images[offset : offset + len(part)] = part.images.numpy()
+            offset += len(part)
+        images.flush()
+        del images
+        np.save(staging / "labels.npy", np.concatenate([part.labels.numpy() for part in parts]).astype(np.int64))
+        if splits.indices is not None:
+            np.save(staging / "indices.npy", np.concatenate([splits.indices[p] for p in PARTS]).astype(np.int64))
+        document = {
+            "format": FORMAT,
+            "name": splits.train.name,
+            "classes": list(splits.train.classes),
+            "grayscale": bool(splits.train.grayscale),
+            "original_size": list(splits.train.original_size),
+            "image_size": int(size),
+            "counts": {p: len(part) for p, part in zip(PARTS, parts)},
+            "parts": {p: None if part.parts is None else part.parts.tolist() for p, part in zip(PARTS, parts)},
+            "fingerprints": {p: part.fingerprint() for p, part in zip(PARTS, parts)},
+            **(meta or {}),
+        }
+        (staging / "meta.json").write_text(json.dumps(document))
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process wrote the same key first: its folder is as good as ours
+            if not (folder / "meta.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def open_splits(
+    folder: str | os.PathLike, source: str | None = None, settings: dict[str, Any] | None = None
+) -> MappedSplits:
+    """The splits of the data file ``folder``, memory-mapped (copy-on-write). Where the folder is missing and
+    ``source`` and ``settings`` (data settings as MLflow params) are given, it is built first, from the source."""
+    folder = Path(folder)
+    if not (folder / "meta.json").exists():
+        if source is None or settings is None:
+            raise DataError(
+                f"data file {folder}: not found; run the search again to decode its images (or give a --storage-path "
+                "that every node can read)"
+            )
+        from nbtl.data.settings import DataSettings
+
+        logger.info("data file %s is not on this node: decoding %s here", folder, source)
+        ensure_splits(source, DataSettings.from_params(settings), folder.parent, key=folder.name)
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise DataError(f"data file {folder}: format {meta.get('format')!r}, not {FORMAT}; remove that folder")
+    images = torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c"))
+    labels = torch.from_numpy(np.load(folder / "labels.npy"))
+    indices = np.load(folder / "indices.npy") if (folder / "indices.npy").exists() else None
+    parts, positions, start = {}, {}, 0
+    for part in PARTS:
+        end = start + int(meta["counts"][part])
+        official = meta["parts"][part]
+        dataset = ImageDataset(
+            images=images[start:end],
+            labels=labels[start:end],
+            classes=meta["classes"],
+            name=meta["name"],
+            grayscale=meta["grayscale"],
+            original_size=tuple(meta["original_size"]),
+            parts=None if official is None else np.asarray(official, dtype=str),
+        )
+        dataset.known_fingerprint = meta["fingerprints"][part]
+        parts[part] = dataset
+        if indices is not None:
+            positions[part] = indices[start:end]
+        start = end
+    return MappedSplits(
+        parts["train"],
+        parts["val"],
+        parts["test"],
+        indices=positions or None,
+        folder=str(folder),
+        source=source if source is not None else meta.get("source"),
+        settings=settings if settings is not None else meta.get("settings"),
+        meta=meta,
+    )
+
+
+def ensure_splits(
+    source: str | os.PathLike,
+    settings,
+    root: str | os.PathLike,
+    build: Callable[[], tuple[Splits, dict[str, Any]]] | None = None,
+    key: str | None = None,
+) -> tuple[Path, float | None]:
+    """The data file of ``source`` under ``settings`` in ``root``: built once (``build()`` gives the splits and
+    extra meta; default: :func:`nbtl.data.load_dataset` and :func:`nbtl.data.split_dataset`), reused after.
+    Returns the folder and the seconds the build took, None when the file was there already."""
+    from filelock import FileLock
+
+    root = Path(root)
+    folder = root / (key or data_key(source, settings))
+    if (folder / "meta.json").exists():
+        return folder, None
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "meta.json").exists():  # another process built it while this one waited
+            return folder, None
+        started = time.perf_counter()
+        splits, extra = (build or (lambda: _load_and_split(source, settings)))()
+        write_splits(
+            splits,
+            folder,
+            {"source": _where(source), "settings": settings.to_params(), **extra},
+        )
+        return folder, time.perf_counter() - started
+
+
+def _load_and_split(source, settings) -> tuple[Splits, dict[str, Any]]:
+    from nbtl.data import load_dataset, split_dataset
+
+    dataset = load_dataset(source, **settings.load_kwargs())
+    return split_dataset(dataset, **settings.split_kwargs()), _summary(dataset)
+
+
+def _where(source) -> str:
+    """A local source's absolute path (another process may run elsewhere), else the source as given."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else os.fspath(source)
+
+
+def _summary(dataset: ImageDataset) -> dict[str, Any]:
+    return {"dataset": {"images": len(dataset), "official": dataset.part_counts()}}

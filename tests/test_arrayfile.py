@@ -1,0 +1,106 @@
+"""The decoded data file (nbtl.data.arrayfile): built once per (source, settings) from real image files, reused,
+mapped copy-on-write with every split a view of one mapping, identical to the in-memory path, and pickled as its
+path (what Ray's object store carries), built again where a node cannot see it."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nbtl.data import load_dataset, split_dataset
+from nbtl.data.arrayfile import DATA_DIR, MappedSplits, data_key, ensure_splits, open_splits
+from nbtl.data.settings import DataSettings
+
+SETTINGS = DataSettings(image_size=16, val_fraction=0.25, test_fraction=0.25, seed=3)
+
+
+def _folder(root: Path, per_class: int = 8, classes=("cat", "dog", "fox")) -> Path:
+    """root/<class>/<n>.png: real PNG files, each of its own colour pattern."""
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for number in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / name / f"{number}.png")
+    return root
+
+
+def _file_digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "images.npy").read_bytes()).hexdigest()
+
+
+def test_built_once_reused_and_identical_to_the_in_memory_splits(tmp_path):
+    source = _folder(tmp_path / "pets")
+    folder, seconds = ensure_splits(str(source), SETTINGS, tmp_path / DATA_DIR)
+    assert seconds is not None and (folder / "images.npy").exists()
+    again, seconds_again = ensure_splits(str(source), SETTINGS, tmp_path / DATA_DIR)
+    assert (again, seconds_again) == (folder, None)  # reused: nothing decoded
+    assert len(list((tmp_path / DATA_DIR).iterdir())) == 2  # the folder and its lock file
+
+    mapped = open_splits(folder)
+    expected = split_dataset(load_dataset(str(source), **SETTINGS.load_kwargs()), **SETTINGS.split_kwargs())
+    for part in ("train", "val", "test"):
+        got, want = getattr(mapped, part), getattr(expected, part)
+        assert torch.equal(got.images, want.images) and torch.equal(got.labels, want.labels), part
+        assert got.classes == want.classes and got.name == want.name == "pets"
+        assert np.array_equal(mapped.indices[part], expected.indices[part])
+        assert got.fingerprint() == want.fingerprint()  # stored with the pixels: no rehash per process
+    # every split is a view of one mapping, in train | val | test order
+    base = mapped.train.images.untyped_storage().data_ptr()
+    assert mapped.val.images.untyped_storage().data_ptr() == base == mapped.test.images.untyped_storage().data_ptr()
+    assert mapped.val.images.data_ptr() == mapped.train.images[-1].data_ptr() + mapped.train.images[0].numel()
+
+
+def test_a_changed_source_or_setting_is_another_file_and_augmentation_is_not(tmp_path):
+    source = _folder(tmp_path / "pets")
+    key = data_key(str(source), SETTINGS)
+    assert data_key(str(source), SETTINGS.with_overrides({"augmentation": {"crop_padding": 4}})) == key
+    assert data_key(str(source), SETTINGS.with_overrides({"image_size": 24})) != key
+    assert data_key(str(source), SETTINGS.with_overrides({"seed": 4})) != key
+    Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(source / "cat" / "extra.png")
+    assert data_key(str(source), SETTINGS) != key
+    assert data_key("digits", SETTINGS) != data_key("fashion-mnist", SETTINGS)
+
+
+def test_pickled_as_its_path_and_copy_on_write(tmp_path):
+    source = _folder(tmp_path / "pets", per_class=40)
+    folder, _ = ensure_splits(str(source), SETTINGS, tmp_path / DATA_DIR)
+    mapped = open_splits(folder)
+    payload = pickle.dumps(mapped)
+    assert len(payload) < 4096 < mapped.train.images.numel()  # the path and settings, not the pixels
+    copy = pickle.loads(payload)
+    assert isinstance(copy, MappedSplits) and torch.equal(copy.test.images, mapped.test.images)
+    before = _file_digest(folder)
+    copy.train.images[0].fill_(255)  # a process writing into its images changes its own pages only
+    assert int(copy.train.images[0].min()) == 255
+    assert _file_digest(folder) == before
+    assert torch.equal(open_splits(folder).train.images[0], mapped.train.images[0])
+
+
+def test_a_node_without_the_file_builds_its_own_from_the_source(tmp_path):
+    source = _folder(tmp_path / "pets")
+    folder, _ = ensure_splits(str(source), SETTINGS, tmp_path / "node-a" / DATA_DIR)
+    mapped = open_splits(folder)
+    missing = tmp_path / "node-b" / DATA_DIR / folder.name
+    mapped.folder = str(missing)  # where that node's storage path would put it
+    elsewhere = pickle.dumps(mapped)
+    # unpickled in a fresh process, as a Ray worker on another node would
+    code = "import pickle, sys, torch; s = pickle.loads(sys.stdin.buffer.read()); print(len(s.train), s.folder)"
+    done = subprocess.run([sys.executable, "-c", code], input=elsewhere, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split() == [str(len(open_splits(folder).train)), str(missing)]
+    assert _file_digest(missing) == _file_digest(folder)
+
+
+def test_a_missing_file_without_its_source_is_one_clear_error(tmp_path):
+    from nbtl.errors import DataError
+
+    with pytest.raises(DataError, match="not found; run the search again"):
+        open_splits(tmp_path / "nope")
