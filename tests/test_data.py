@@ -560,3 +560,19 @@ def test_classes_named_train_and_test_are_an_ordinary_image_folder(tmp_path):
     root = _official_folder(tmp_path / "odd", {".": 3}, classes=("test", "train"))
     dataset = load_dataset(str(root), image_size=8)
     assert dataset.classes == ["test", "train"] and dataset.parts is None
+
+
+def test_parallel_decoding_gives_the_serial_pixels_and_names_a_corrupt_file(tmp_path, monkeypatch):
+    from nbtl.data import images as decoding
+
+    root = _official_folder(tmp_path / "many", {".": 40}, classes=("a", "b", "c"))
+    paths = sorted(root.rglob("*.png"))
+    monkeypatch.setenv("NBTL_DECODE_WORKERS", "1")
+    serial = decoding.decode_files(paths, 12)
+    monkeypatch.setenv("NBTL_DECODE_WORKERS", "3")
+    monkeypatch.setattr(decoding, "DECODE_CHUNK", 7)  # several chunks a process, the last one short
+    parallel = decoding.decode_files(paths, 12)
+    assert torch.equal(serial[0], parallel[0]) and serial[1:] == parallel[1:]
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match=r"cannot read image '.*broken\.png'"):
+        decoding.decode_files(sorted(root.rglob("*.png")), 12)
