@@ -188,6 +188,10 @@ def test_storage_uri_is_refused_with_the_fix(started):
     one_line_error(started["storage uri"][0], "s3://bucket/results", "/mnt/nbtl/results")
 
 
+def test_bad_cache_size_is_one_line(started):
+    one_line_error(started["bad cache size"][0], "--cache-size", "20G", "'lots'")
+
+
 PLAIN_CONFIG = (
     "backbone: efficientnet_lite0\ntransfer_blocks: 9\nfreeze_blocks: 9\nhead: linear\nepochs: 1\nbatch_size: 8\n"
 )
@@ -294,6 +298,8 @@ COMMANDS = [
     (("test_search_needs_space_and_data",), "no data", lambda d: ["search", str(TINY)], 300, False),
     (("test_storage_uri_is_refused_with_the_fix",), "storage uri",
      lambda d: ["search", str(TINY), "--data", "digits", "--storage-path", "s3://bucket/results"], 300, False),
+    (("test_bad_cache_size_is_one_line",), "bad cache size",
+     lambda d: ["search", str(TINY), "--data", "digits", "--cache-size", "lots"], 300, False),
     *[
         (("test_bad_data_flags_are_one_line_before_anything_starts",), ("bad flags", command, case),
          lambda d, command=command, case=case: bad_flags_command(d, command, case), 300, False)

@@ -34,6 +34,11 @@ def _train(splits, weights, config=CONFIG, **kwargs):
     return result, recorder
 
 
+def _entries(directory):
+    """The store's entry folders (each with its key file and arrays)."""
+    return sorted(p for p in directory.iterdir() if (p / "key.json").exists())
+
+
 def _without(history, *keys):
     return [{k: v for k, v in m.items() if k not in ("epoch_time_s", *keys)} for m in history]
 
@@ -61,8 +66,8 @@ def test_disk_store_computes_an_entry_once_for_two_processes(splits, weights, tm
     second, _ = _train(splits, weights, prefix_store=PrefixStore(tmp_path))
     assert [m["prefix_cache_hit"] for m in first.history] == [0.0, 0.0]
     assert [m["prefix_cache_hit"] for m in second.history] == [1.0, 1.0]
-    assert len(list(tmp_path.glob("*.pt"))) == 1
-    assert list(tmp_path.glob("*.tmp")) == []
+    assert len(_entries(tmp_path)) == 1
+    assert list(tmp_path.glob(".*.tmp")) == []  # no staging folder left
     assert _without(first.history, "prefix_cache_hit") == _without(second.history, "prefix_cache_hit")
 
 
@@ -74,7 +79,7 @@ def test_store_keys_entries_by_prefix_and_remembers_them(splits, weights, tmp_pa
     again = store.get(model, splits, 7, state_dict=weights)
     assert again.hit and again.train is entry.train  # from this object's memory
     deeper = store.get(model, splits, 8, state_dict=weights)
-    assert not deeper.hit and deeper.digest != entry.digest and len(list(tmp_path.glob("*.pt"))) == 2
+    assert not deeper.hit and deeper.digest != entry.digest and len(_entries(tmp_path)) == 2
     # The store travels to Ray workers pickled, without its memory.
     clone = pickle.loads(pickle.dumps(store))
     assert clone.directory == store.directory and clone.get(model, splits, 7, state_dict=weights).hit
@@ -118,6 +123,56 @@ def test_entry_over_max_bytes_falls_back_to_uncached(uncached_run, splits, weigh
     assert "max_bytes" in caplog.text and "uncached" in caplog.text
     assert [m["prefix_blocks"] for m in result.history] == [0, 0]
     assert _without(result.history) == _without(uncached.history)
+
+
+def test_an_entry_over_max_bytes_on_disk_is_mapped_and_serves_its_trials(uncached_run, splits, weights, tmp_path):
+    # max_bytes bounds what a store holds in memory; an entry on disk is memory-mapped and read in batches, so one
+    # larger than that (as one larger than the RAM would be) still serves: computed once, mapped by the next trial
+    uncached, _ = uncached_run
+    first, _ = _train(splits, weights, prefix_store=PrefixStore(tmp_path, max_bytes=1024))
+    store = PrefixStore(tmp_path, max_bytes=1024)
+    second, _ = _train(splits, weights, prefix_store=store)
+    assert [m["prefix_cache_hit"] for m in second.history] == [1.0, 1.0]
+    assert [m["prefix_blocks"] for m in first.history] == [7, 7]
+    for got, expected in zip(second.history, uncached.history):
+        assert got["val_accuracy"] == pytest.approx(expected["val_accuracy"], abs=1e-3)
+    [folder] = _entries(tmp_path)
+    entry = next(iter(store._memory.values()))
+    assert entry.nbytes > 1024 and entry.path == folder
+    # the mapping is copy-on-write: what a process writes into it never reaches the file
+    before = (folder / "train.npy").read_bytes()
+    entry.train.zero_()
+    assert (folder / "train.npy").read_bytes() == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_entries_round_trip_through_disk(splits, weights, tmp_path, dtype):
+    model = build_transfer(TrialConfig(freeze_blocks=8), 10, state_dict=weights).model
+    computed = PrefixStore(tmp_path, dtype=dtype).get(model, splits, 6, state_dict=weights)
+    loaded = PrefixStore(tmp_path, dtype=dtype).get(model, splits, 6, state_dict=weights)
+    assert loaded.hit and loaded.train.dtype == dtype and torch.equal(loaded.train, computed.train)
+    exact = model.eval().forward_to(splits.val.images, 6)
+    torch.testing.assert_close(loaded.val.float(), exact, rtol=2e-2, atol=2e-2)
+    assert loaded.nbytes * 2 == PrefixStore(dtype=torch.float32).get(model, splits, 6, state_dict=weights).nbytes
+
+
+def test_the_directory_evicts_the_entries_used_longest_ago_under_its_cap(splits, weights, tmp_path):
+    import os
+
+    model = build_transfer(TrialConfig(freeze_blocks=8), 10, state_dict=weights).model
+    store = PrefixStore(tmp_path)
+    folders = {k: store.get(model, splits, k, state_dict=weights).path for k in (5, 6, 7)}
+    sizes = {k: sum(f.stat().st_size for f in folder.iterdir()) for k, folder in folders.items()}
+    for age, k in enumerate((6, 5, 7)):  # 6 used longest ago, then 5, then 7
+        os.utime(folders[k] / "key.json", (1_000_000 + age, 1_000_000 + age))
+    capped = PrefixStore(tmp_path, max_disk_bytes=sizes[5] + sizes[7] + sizes[7] // 2)
+    capped.evict()
+    assert _entries(tmp_path) == sorted([folders[5], folders[7]])  # 6 went first, and that was enough
+    # a new entry over the cap: the oldest go, never the one just written
+    tight = PrefixStore(tmp_path, max_disk_bytes=1)
+    newest = tight.get(model, splits, 8, state_dict=weights)
+    assert _entries(tmp_path) == [newest.path]
+    assert tight.get(model, splits, 8, state_dict=weights).hit
 
 
 def test_resume_of_a_cached_trial_matches_an_uninterrupted_one(splits, weights, tmp_path):

@@ -159,7 +159,15 @@ def test_search_on_embedded_ray(tmp_path, tracking_uri):
 
 def test_search_on_ray_head_with_token_auth(tmp_path, tracking_uri, ray_head):
     stdout = run_tiny_search(
-        tmp_path, tracking_uri, "--address", ray_head, "--max-concurrent", "2", "--keep-checkpoints"
+        tmp_path,
+        tracking_uri,
+        "--address",
+        ray_head,
+        "--max-concurrent",
+        "2",
+        "--keep-checkpoints",
+        "--cache-size",
+        "1G",
     )
     parent, _ = check_store(stdout, tracking_uri)
     assert parent.data.tags["nbtl.ray_address"] == ray_head

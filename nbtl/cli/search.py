@@ -35,6 +35,7 @@ RESUME_IGNORES = (
     "time_budget",
     "keep_weights",
     "register",
+    "cache_size",
 )
 
 
@@ -111,12 +112,18 @@ def add_parser(subparsers) -> None:
         help="the best K trials keep their best-epoch weights on their MLflow runs, for nbtl ensemble "
         f"(default: {KEEP_WEIGHTS}; 0 keeps none and logs no model)",
     )
+    p.add_argument(
+        "--cache-size",
+        metavar="SIZE",
+        help="the most the search's frozen-prefix store may take on disk, e.g. 20G or 500M; the entries used "
+        "longest ago are removed to stay under it (default: no limit)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from nbtl.search.runner import SearchOptions, run_search
-    from nbtl.search.space import parse_duration
+    from nbtl.search.space import parse_duration, parse_size
 
     for flag in ("trials", "max_concurrent"):
         positive(getattr(args, flag), "--" + flag.replace("_", "-"))
@@ -158,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         check_name(space.name, f"{space.path}: name")
     warm_start = _warm_start(args.warm_start, space) if args.warm_start else []
     options = SearchOptions(
+        cache_size=parse_size(args.cache_size, "--cache-size") if args.cache_size is not None else None,
         data=args.data,
         name=args.name,
         trials=args.trials,

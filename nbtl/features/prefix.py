@@ -11,10 +11,14 @@ sees each image as one of ``V`` fixed views (the view picked per step by the tri
 is weaker augmentation than fresh random crops every epoch; with ``views=1`` or no augmentation
 spec a cached trial trains on clean images only.
 
-On disk an entry is one ``torch.save`` file of plain tensors, read back with
-``torch.load(..., weights_only=True)``, written to a temporary file and renamed into place under a
-file lock, so concurrent trials in other processes (Ray workers on one node, or nodes sharing the
-directory) compute an entry once and the others load it.
+On disk an entry is a folder of plain arrays, ``train.npy``, ``val.npy``, ``test.npy`` (bfloat16 stored as its
+16-bit pattern) and ``key.json``: computed batch by batch straight into memory-mapped files in a staging folder,
+then renamed into place under a file lock, so concurrent trials in other processes (Ray workers on one node, or
+nodes sharing the directory) compute an entry once and the others map it. Nothing is unpickled. A trial maps an
+entry copy-on-write and reads it in batches, so an entry larger than the memory still serves its trials (the page
+cache holds what fits); only an in-memory store (no directory) refuses an entry over its ``max_bytes``. With
+``max_disk_bytes`` the directory is a least-recently-used cache: after an entry is written, the entries used longest
+ago are removed until the rest fit (a process that still maps a removed entry keeps reading it).
 """
 
 from __future__ import annotations
@@ -24,15 +28,17 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import shutil
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,26 +49,19 @@ from nbtl.features.keys import dataset_fingerprint, weights_hash
 __all__ = ["PrefixEntry", "PrefixStore"]
 
 
-def _nbytes(value: Any) -> int:
-    """The bytes of the tensors in ``value`` (nested dicts, lists, tuples): about what ``torch.save`` writes."""
-    if isinstance(value, Tensor):
-        return value.nelement() * value.element_size()
-    if isinstance(value, Mapping):
-        return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(_nbytes(v) for v in value)
-    return 0
-
-
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever what an entry holds (or how it is computed) changes, so old files are not reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+#: An entry's arrays, and the file that holds its key (touched on every use: the least-recently-used clock).
+PARTS, KEY_FILE = ("train", "val", "test"), "key.json"
 # Images per forward pass: on CPU small batches keep activations in cache (Lite0 at 64 px: 32 images
 # run 2x faster than 256); accelerators want large ones.
 _BATCH_SIZE = {"cpu": 32}
 _DEFAULT_BATCH_SIZE = 256
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+#: numpy's dtype of each stored precision (numpy has no bfloat16: its 16 bits are kept as they are).
+_NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
 
 @dataclass(eq=False)
@@ -88,7 +87,7 @@ class PrefixEntry:
     seconds : float
         Time this call spent computing or loading the entry (0 for a memory hit).
     path : Path or None
-        The entry's file, None for an in-memory store.
+        The entry's folder, None for an in-memory store.
     """
 
     blocks: int
@@ -123,15 +122,20 @@ class PrefixStore:
     seed : int, default=0
         Seeds the augmented views; every trial of a search shares them.
     max_bytes : int, default=2 GiB
-        Largest entry to compute or load (and the most this store keeps in memory); a larger one is
-        refused with a logged warning and :meth:`get` returns None, so the trial runs uncached.
+        The most an in-memory store (``directory`` None) keeps, and the largest entry it computes: a larger one
+        is refused with a logged warning and :meth:`get` returns None, so the trial runs uncached. Entries on
+        disk are memory-mapped and have no such limit.
     dtype : torch.dtype, default=torch.float32
         Stored precision (float32, float16 or bfloat16); trials cast batches back to float32.
+    max_disk_bytes : int, optional
+        The most the directory's entries may take together: after an entry is written, those used longest ago
+        are removed until the rest fit. None: no limit.
 
     Notes
     -----
-    Entries are also kept in this object's memory (least recently used dropped beyond
-    ``max_bytes``); a pickled store (e.g. shipped to Ray workers) starts with an empty memory.
+    Entries are also kept in this object's memory (computed ones least recently used dropped beyond
+    ``max_bytes``; mapped ones cost no memory of their own); a pickled store (e.g. shipped to Ray workers)
+    starts with an empty memory.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class PrefixStore:
         seed: int = 0,
         max_bytes: int = 2 * 2**30,
         dtype: torch.dtype = torch.float32,
+        max_disk_bytes: int | None = None,
     ) -> None:
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ConfigError(f"prefix store views must be an integer >= 1, got {views!r}")
@@ -150,15 +155,20 @@ class PrefixStore:
             raise ConfigError(f"prefix store max_bytes must be a positive integer, got {max_bytes!r}")
         if dtype not in _DTYPES:
             raise ConfigError(f"prefix store dtype must be one of {', '.join(_DTYPES.values())}, got {dtype!r}")
+        if max_disk_bytes is not None and (
+            isinstance(max_disk_bytes, bool) or not isinstance(max_disk_bytes, int) or max_disk_bytes < 1
+        ):
+            raise ConfigError(f"prefix store max_disk_bytes must be a positive integer or None, got {max_disk_bytes!r}")
         self.directory = None if directory is None else Path(directory).expanduser()
         self.views, self.seed, self.max_bytes, self.dtype = views, seed, max_bytes, dtype
+        self.max_disk_bytes = max_disk_bytes
         self._memory: OrderedDict[str, PrefixEntry] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
             f"PrefixStore(directory={self.directory}, views={self.views}, seed={self.seed}, "
-            f"max_bytes={self.max_bytes}, dtype={_DTYPES[self.dtype]})"
+            f"max_bytes={self.max_bytes}, dtype={_DTYPES[self.dtype]}, max_disk_bytes={self.max_disk_bytes})"
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -199,7 +209,7 @@ class PrefixStore:
         Returns
         -------
         PrefixEntry or None
-            None when the entry would exceed ``max_bytes`` (a warning is logged).
+            None when an in-memory store's entry would exceed ``max_bytes`` (a warning is logged).
         """
         started = time.perf_counter()
         num_blocks = len(model.blocks)
@@ -215,8 +225,13 @@ class PrefixStore:
                 self._memory.move_to_end(digest)
                 return dataclasses.replace(cached, hit=True, seconds=0.0)
 
-        nbytes = self._estimate_bytes(model, splits, blocks, views)
-        if nbytes > self.max_bytes:
+        shape = self._output_shape(model, splits, blocks)
+        nbytes = (
+            int(np.prod(shape))
+            * _itemsize(self.dtype)
+            * (views * len(splits.train) + len(splits.val) + len(splits.test))
+        )
+        if self.directory is None and nbytes > self.max_bytes:
             logger.warning(
                 "prefix cache: %s blocks [0, %d) at %dpx would take %.0f MiB > max_bytes %.0f MiB; "
                 "training this trial uncached",
@@ -230,19 +245,20 @@ class PrefixStore:
 
         path, entry = None, None
         if self.directory is None:
-            entry = self._compute(model, splits, blocks, transform, views, key, digest)
+            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape)
         else:
             from filelock import FileLock
 
             self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"{key['backbone']}-b{blocks}-{key['image_size']}px-v{views}-{digest[:16]}.pt"
+            path = self.directory / f"{key['backbone']}-b{blocks}-{key['image_size']}px-v{views}-{digest[:16]}"
             entry = self._load(path, key, digest)
             if entry is None:
                 with FileLock(f"{path}.lock"):
                     entry = self._load(path, key, digest)  # another process may have written it meanwhile
                     if entry is None:
-                        entry = self._compute(model, splits, blocks, transform, views, key, digest)
-                        self._save(entry, path)
+                        ensure_room(self.directory, nbytes, "a prefix cache entry")
+                        entry = self._compute_on_disk(model, splits, blocks, transform, views, key, digest, shape, path)
+                self.evict(keep=path)
         entry.path, entry.seconds = path, time.perf_counter() - started
         self._remember(entry)
         logger.info(
@@ -280,85 +296,137 @@ class PrefixStore:
         }
 
     @torch.no_grad()
-    def _estimate_bytes(self, model, splits: Splits, blocks: int, views: int) -> int:
+    def _output_shape(self, model, splits: Splits, blocks: int) -> tuple[int, ...]:
+        """The shape of one image's output of blocks ``[0, blocks)``."""
         device = next(model.parameters()).device
         with _eval_mode(model):
             sample = model.forward_to(splits.train.images[:1].to(device), blocks)
-        per_image = sample[0].numel() * torch.empty((), dtype=self.dtype).element_size()
-        return per_image * (views * len(splits.train) + len(splits.val) + len(splits.test))
+        return tuple(sample.shape[1:])
 
     @torch.no_grad()
     def _compute(
-        self, model, splits: Splits, blocks: int, transform, views: int, key: dict[str, Any], digest: str
+        self,
+        model,
+        splits: Splits,
+        blocks: int,
+        transform,
+        views: int,
+        key: dict[str, Any],
+        digest: str,
+        shape: tuple[int, ...],
+        allocate=None,
     ) -> PrefixEntry:
+        """The entry, each batch's outputs written into ``allocate(part, shape)`` (default: memory)."""
+        allocate = allocate or (lambda part, full: torch.empty(full, dtype=self.dtype))
         device = next(model.parameters()).device
+        train = allocate("train", (views, len(splits.train), *shape))
+        val = allocate("val", (len(splits.val), *shape))
+        test = allocate("test", (len(splits.test), *shape))
         # The augmentation draws from torch's global generator: seed it here, inside fork_rng so the
         # caller's RNG stream is untouched, and every trial of the search sees the same views.
         with _eval_mode(model), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            train = None
             for view in range(views):
                 images = splits.train.images
                 if view > 0:
                     images = torch.stack([transform(image) for image in images])
-                outputs = self._run(model, images, blocks, device)
-                if train is None:
-                    train = torch.empty((views, *outputs.shape), dtype=self.dtype)
-                train[view] = outputs
-            val = self._run(model, splits.val.images, blocks, device)
-            test = self._run(model, splits.test.images, blocks, device)
+                self._run(model, images, blocks, device, train[view])
+            self._run(model, splits.val.images, blocks, device, val)
+            self._run(model, splits.test.images, blocks, device, test)
         return PrefixEntry(blocks, train, val, test, key, digest)
 
-    def _run(self, model, images: Tensor, blocks: int, device: torch.device) -> Tensor:
+    def _compute_on_disk(self, model, splits, blocks, transform, views, key, digest, shape, path: Path) -> PrefixEntry:
+        """:meth:`_compute` into memory-mapped files of a staging folder, renamed to ``path`` when complete."""
+        staging = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        staging.mkdir()
+        arrays = []
+
+        def allocate(part: str, full: tuple[int, ...]) -> Tensor:
+            array = np.lib.format.open_memmap(staging / f"{part}.npy", mode="w+", dtype=_NUMPY[self.dtype], shape=full)
+            arrays.append(array)
+            return _as_tensor(array, self.dtype)
+
+        try:
+            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape, allocate)
+            for array in arrays:
+                array.flush()
+            (staging / KEY_FILE).write_text(json.dumps(key, sort_keys=True))
+            os.replace(staging, path)
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise_if_disk_full(error, staging / "train.npy")
+            raise
+        return entry
+
+    def _run(self, model, images: Tensor, blocks: int, device: torch.device, out: Tensor) -> None:
         size = _BATCH_SIZE.get(device.type, _DEFAULT_BATCH_SIZE)
-        parts = []
         for start in range(0, len(images), size):
             # The last batch is the last `size` images, not a short remainder: kernels for short batches
             # round differently (1e-5), and a trial's training amplifies that into other metrics.
             window = max(0, min(start, len(images) - size))
             outputs = model.forward_to(images[window : start + size].to(device), blocks)
-            parts.append(outputs[start - window :].to("cpu", self.dtype))
-        return torch.cat(parts)
+            out[start : start + size] = outputs[start - window :].to("cpu", self.dtype)
 
     def _load(self, path: Path, key: dict[str, Any], digest: str) -> PrefixEntry | None:
-        if not path.exists():
+        if not (path / KEY_FILE).exists():
             return None
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            if stored.get("key") != json.dumps(key, sort_keys=True):
+            if (path / KEY_FILE).read_text() != json.dumps(key, sort_keys=True):
                 raise ValueError("its key differs from the requested one")
-            return PrefixEntry(
-                int(stored["blocks"]), stored["train"], stored["val"], stored["test"], key, digest, hit=True
-            )
-        except Exception as error:  # a torn or foreign file: compute the entry again and replace it
+            # copy-on-write: a trial's stray write stays in its own pages; the file never changes
+            train, val, test = (_as_tensor(np.load(path / f"{p}.npy", mmap_mode="c"), self.dtype) for p in PARTS)
+            os.utime(path / KEY_FILE)  # used now: the last to be evicted
+            return PrefixEntry(int(key["blocks"]), train, val, test, key, digest, hit=True)
+        except Exception as error:  # a torn or foreign entry: compute it again and replace it
             logger.warning("prefix cache: ignoring unreadable entry %s (%s: %s)", path, type(error).__name__, error)
+            shutil.rmtree(path, ignore_errors=True)
             return None
 
-    def _save(self, entry: PrefixEntry, path: Path) -> None:
-        payload = {
-            "key": json.dumps(entry.key, sort_keys=True),
-            "blocks": entry.blocks,
-            "train": entry.train,
-            "val": entry.val,
-            "test": entry.test,
-        }
-        ensure_room(path.parent, _nbytes(payload), "a prefix cache entry")
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(payload, temporary)
-            os.replace(temporary, path)
-        except BaseException as error:
-            Path(temporary).unlink(missing_ok=True)
-            raise_if_disk_full(error, temporary)  # torch.save's "enforce fail" on a full disk, said as ENOSPC
-            raise
+    def evict(self, keep: Path | None = None) -> list[Path]:
+        """Remove the directory's entries used longest ago until the rest fit ``max_disk_bytes`` (never ``keep``);
+        return the removed folders."""
+        if self.directory is None or self.max_disk_bytes is None:
+            return []
+        entries = []
+        for folder in self.directory.iterdir():
+            if (folder / KEY_FILE).exists():
+                try:
+                    size = sum(f.stat().st_size for f in folder.iterdir())
+                    entries.append(((folder / KEY_FILE).stat().st_mtime, size, folder))
+                except OSError:  # removed by another process meanwhile
+                    continue
+        total, removed = sum(size for _, size, _ in entries), []
+        for _, size, folder in sorted(entries):
+            if total <= self.max_disk_bytes:
+                break
+            if keep is not None and folder == keep:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
+            removed.append(folder)
+            logger.info("prefix cache: removed %s (%.0f MiB), used longest ago, to stay under %.0f MiB",
+                        folder.name, size / 2**20, self.max_disk_bytes / 2**20)  # fmt: skip
+        return removed
 
     def _remember(self, entry: PrefixEntry) -> None:
         with self._lock:
             self._memory[entry.digest] = entry
             self._memory.move_to_end(entry.digest)
-            while len(self._memory) > 1 and sum(e.nbytes for e in self._memory.values()) > self.max_bytes:
-                self._memory.popitem(last=False)
+            in_memory = [e for e in self._memory.values() if e.path is None]  # mapped entries cost no memory
+            while len(in_memory) > 1 and sum(e.nbytes for e in in_memory) > self.max_bytes:
+                dropped = next(d for d, e in self._memory.items() if e.path is None)
+                del self._memory[dropped]
+                in_memory = [e for e in self._memory.values() if e.path is None]
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _as_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """``array`` as a tensor of ``dtype`` sharing its memory (bfloat16 from its 16-bit pattern)."""
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if dtype is torch.bfloat16 else tensor
 
 
 class _eval_mode:

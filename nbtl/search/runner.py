@@ -82,6 +82,7 @@ class SearchOptions:
     keep_weights: int | None = None  # the best K trials keep their best-epoch weights (nbtl ensemble); None: DEFAULTS
     register: str | None = None  # the registered model's name; None: the search's name
     register_model: bool = True  # False (--no-register): the best model is logged on the parent run, not registered
+    cache_size: int | None = None  # --cache-size: bytes the frozen-prefix store may take on disk; None: no limit
 
 
 @dataclass
@@ -584,6 +585,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
                 seed=plan.seed,
                 dataset=prepared.dataset_input,
                 cache_prefix=space.prefix_cache,
+                prefix_cache_bytes=options.cache_size,
             )
             if plan.starts.labels:
                 print_fn(
@@ -767,6 +769,7 @@ def resume_search(
                 seed=int(setting(options, space, "seed")),
                 dataset=prepared.dataset_input,
                 cache_prefix=space.prefix_cache,
+                prefix_cache_bytes=options.cache_size,
             )
             tuner = tune.Tuner.restore(
                 str(experiment_path),

@@ -19,6 +19,7 @@ A space file has four sections (see ``search_spaces/default.yaml``)::
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -521,6 +522,15 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
         _check_keys(spec, table[kind], f"{where}: search.{name}")
     check_sampler(s.get("sampler") or {}, where)
     check_scheduler(s.get("scheduler") or {}, space.max_epochs, where)
+
+
+def parse_size(value: Any, where: str = "size") -> int:
+    """Bytes in a size such as ``20G``, ``500M``, ``1.5T``, ``4096`` (binary units: 1G = 2**30 bytes); must be > 0."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(value).lower())
+    size = float(match[1]) * 1024 ** " kmgt".index(match[2] or " ") if match else 0
+    if size < 1:
+        raise ConfigError(f"{where}: expected a size such as 20G, 500M or 4096 (bytes), got {value!r}")
+    return int(size)
 
 
 def parse_duration(value: Any) -> float:

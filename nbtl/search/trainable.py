@@ -29,22 +29,23 @@ class TrialContext:
     seed: int = 0  # the search seed: the augmented views of the prefix store derive from it
     dataset: dict[str, Any] | None = None  # nbtl.data.describe.describe_dataset: logged as each trial run's input
     cache_prefix: bool = True  # search.prefix_cache: False runs every block of every trial on every step
+    prefix_cache_bytes: int | None = None  # --cache-size: the most the prefix store may take on disk (LRU)
     storage_dir: str | None = None  # the search's folder on its storage path, where Ray Tune copies checkpoints
 
 
-_STORES: dict[tuple[str | None, int], Any] = {}
+_STORES: dict[tuple[str | None, int, int | None], Any] = {}
 
 
-def prefix_store(directory: str | None, seed: int):
+def prefix_store(directory: str | None, seed: int, max_disk_bytes: int | None = None):
     """One :class:`nbtl.features.PrefixStore` per search folder and worker process: entries computed by one
-    trial are read from disk by the others (on every node, as the folder lies on the search's shared
-    storage) and kept in memory for the next trial of the same worker. ``seed`` is the search seed (the
-    augmented views derive from it)."""
+    trial are mapped from disk by the others (on every node, as the folder lies on the search's shared
+    storage) and kept for the next trial of the same worker. ``seed`` is the search seed (the augmented views
+    derive from it); ``max_disk_bytes`` caps the folder (least recently used entries removed)."""
     from nbtl.features import PrefixStore
 
-    key = (directory, seed)
+    key = (directory, seed, max_disk_bytes)
     if key not in _STORES:
-        _STORES[key] = PrefixStore(directory, seed=seed)
+        _STORES[key] = PrefixStore(directory, seed=seed, max_disk_bytes=max_disk_bytes)
     return _STORES[key]
 
 
@@ -160,7 +161,7 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
-    store = prefix_store(context.prefix_cache_dir, context.seed)
+    store = prefix_store(context.prefix_cache_dir, context.seed, context.prefix_cache_bytes)
     try:
         train_trial(
             trial_config,
