@@ -91,6 +91,7 @@ def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[objec
         assert child.data.tags["nbtl.search"] == name and child.data.tags["nbtl.dataset"] == "digits"
         assert child.data.tags["nbtl.backbone"] == "efficientnet_lite0" and child.data.tags["nbtl.version"]
         assert child.data.tags["nbtl.trial_id"] and child.data.tags["nbtl.attempt"] == "1"
+        assert child.data.tags["nbtl.torch_threads"] == "1"  # tiny.yaml: one CPU per trial, so one torch thread
         # run names tell trials apart at a glance: their id (as in the table) and key settings
         trial_id = child.data.tags["nbtl.trial_id"]
         assert re.fullmatch(

@@ -119,6 +119,17 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Path, storage_dir: str | N
         ensure_room(storage_dir, path.stat().st_size, "a trial checkpoint")
 
 
+def torch_threads_for_trial(assigned: dict[str, float]) -> int:
+    """Set torch's intra-op threads to the CPUs Ray gave this trial (``assigned``: Ray's assigned resources), at
+    least 1: a trial on one CPU that spins several threads fights its neighbours for the core. Returns the count."""
+    import torch
+
+    threads = max(1, int(assigned.get("CPU", 1)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: TrialContext | None = None) -> None:
     """Ray Tune function trainable: one trial of a search.
 
@@ -135,8 +146,15 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     tune_context = tune.get_context()
     trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
     trial_config = TrialConfig.from_dict(config, where=f"trial {trial_name}")
-    tags = {**context.tags, "nbtl.backbone": trial_config.backbone, "ray.trial_name": trial_name}
     import ray
+
+    threads = torch_threads_for_trial(ray.get_runtime_context().get_assigned_resources())
+    tags = {
+        **context.tags,
+        "nbtl.backbone": trial_config.backbone,
+        "ray.trial_name": trial_name,
+        "nbtl.torch_threads": str(threads),
+    }
 
     tracker = TrialTracker(
         context.tracking_uri,
