@@ -192,6 +192,10 @@ def test_bad_cache_size_is_one_line(started):
     one_line_error(started["bad cache size"][0], "--cache-size", "20G", "'lots'")
 
 
+def test_an_optuna_storage_optuna_cannot_open_is_one_line(started):
+    one_line_error(started["bad optuna storage"][0], "--optuna-storage nodb://nowhere", "sqlite:///optuna.db")
+
+
 PLAIN_CONFIG = (
     "backbone: efficientnet_lite0\ntransfer_blocks: 9\nfreeze_blocks: 9\nhead: linear\nepochs: 1\nbatch_size: 8\n"
 )
@@ -298,6 +302,8 @@ COMMANDS = [
     (("test_search_needs_space_and_data",), "no data", lambda d: ["search", str(TINY)], 300, False),
     (("test_storage_uri_is_refused_with_the_fix",), "storage uri",
      lambda d: ["search", str(TINY), "--data", "digits", "--storage-path", "s3://bucket/results"], 300, False),
+    (("test_an_optuna_storage_optuna_cannot_open_is_one_line",), "bad optuna storage",
+     lambda d: ["search", str(TINY), "--data", "digits", "--optuna-storage", "nodb://nowhere"], 300, False),
     (("test_bad_cache_size_is_one_line",), "bad cache size",
      lambda d: ["search", str(TINY), "--data", "digits", "--cache-size", "lots"], 300, False),
     *[

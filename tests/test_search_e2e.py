@@ -3,7 +3,10 @@ store, read back with ``MlflowClient``, holds one parent run and one child run p
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -134,6 +137,14 @@ def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[objec
     return parent, children
 
 
+OPEN_STUDY = """
+import json, sys, optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name=sys.argv[1], storage=sys.argv[2])
+print(json.dumps([{"state": t.state.name, "value": t.value, "params": t.params} for t in study.trials]))
+"""
+
+
 def overlapping(children) -> bool:
     spans = sorted((c.info.start_time, c.info.end_time) for c in children)
     return any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1))
@@ -153,6 +164,17 @@ def test_search_on_embedded_ray(tmp_path, tracking_uri):
     assert list((tmp_path / "mlartifacts").glob("*/artifacts/search_space.yaml"))  # <run id>/artifacts/
     # Ray Tune's own results stay on disk with the best config.
     assert list((tmp_path / "results").glob(f"{NAME}*/best_config.yaml"))
+    # The Optuna study is in an RDB beside the results (optuna-dashboard's input): another process opens it.
+    storage = f"sqlite:///{tmp_path / 'results' / NAME / 'optuna.db'}"
+    assert parent.data.tags["nbtl.optuna_storage"] == storage and parent.data.tags["nbtl.optuna_study"] == NAME
+    opened = subprocess.run(
+        [sys.executable, "-c", OPEN_STUDY, NAME, storage], capture_output=True, text=True, timeout=120, check=True
+    )
+    trials = json.loads(opened.stdout)
+    assert len(trials) == TRIALS and all(t["state"] == "COMPLETE" and t["value"] is not None for t in trials), trials
+    best = max(c.data.metrics["best_val_accuracy"] for c in children)
+    assert max(t["value"] for t in trials) <= best + 1e-9  # Optuna was told each trial's results, none above the best
+    assert {"lr", "freeze_blocks"} <= set(trials[0]["params"])
     # The images were decoded once into one memory-mapped file under the storage path, which the trials read.
     assert "decoded once in" in stdout and "memory-mapped from" in stdout
     assert len(list((tmp_path / "results" / "nbtl_data").glob("*/images.npy"))) == 1

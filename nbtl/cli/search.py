@@ -36,6 +36,7 @@ RESUME_IGNORES = (
     "keep_weights",
     "register",
     "cache_size",
+    "optuna_storage",
 )
 
 
@@ -118,6 +119,12 @@ def add_parser(subparsers) -> None:
         help="the most the search's frozen-prefix store may take on disk, e.g. 20G or 500M; the entries used "
         "longest ago are removed to stay under it (default: no limit)",
     )
+    p.add_argument(
+        "--optuna-storage",
+        metavar="URL",
+        help="keep the Optuna study in this database (e.g. sqlite:///optuna.db, postgresql://...), where "
+        "optuna-dashboard and optuna.load_study open it (default: optuna.db in the search's results folder)",
+    )
     p.set_defaults(func=run)
 
 
@@ -160,11 +167,16 @@ def run(args: argparse.Namespace) -> int:
             budget = parse_duration(args.time_budget)
         except ConfigError as error:
             raise ConfigError(f"--time-budget: {error}") from None
+    if args.optuna_storage is not None:  # a database Optuna cannot open is refused before any image is decoded
+        from nbtl.search.runner import optuna_rdb
+
+        optuna_rdb(args.optuna_storage)
     space = load_space(args.space)
     if args.name is None:
         check_name(space.name, f"{space.path}: name")
     warm_start = _warm_start(args.warm_start, space) if args.warm_start else []
     options = SearchOptions(
+        optuna_storage=args.optuna_storage,
         cache_size=parse_size(args.cache_size, "--cache-size") if args.cache_size is not None else None,
         data=args.data,
         name=args.name,

@@ -39,6 +39,7 @@ DEFAULTS = {"trials": 8, "max_concurrent": 2, "max_failures": 0, "keep_weights":
 SEARCH_STATE = "nbtl_search.json"
 MAX_STATE_BYTES = 10_000_000  # nbtl_search.json is a few KB (options, ids, the space's text)
 RESUME_TAG = "nbtl.resume_command"  # the parent run's: the exact `nbtl search --resume ...` of an unfinished search
+OPTUNA_DB = "optuna.db"  # the search's Optuna study (SQLite, in its folder) unless --optuna-storage names another
 PREFIX_CACHE = "prefix_cache"  # the frozen-prefix feature store of a search (nbtl.features), shared by its trials
 RESULT_COLUMNS = [
     "epoch",
@@ -83,6 +84,7 @@ class SearchOptions:
     register: str | None = None  # the registered model's name; None: the search's name
     register_model: bool = True  # False (--no-register): the best model is logged on the parent run, not registered
     cache_size: int | None = None  # --cache-size: bytes the frozen-prefix store may take on disk; None: no limit
+    optuna_storage: str | None = None  # --optuna-storage: the Optuna study's RDB URL; None: optuna.db in its folder
 
 
 @dataclass
@@ -150,6 +152,21 @@ def _storage(storage_path: str | None) -> Path:
             f"--storage-path {storage}: cannot create it ({error.strerror}); choose a writable folder"
         ) from None
     return storage
+
+
+def optuna_rdb(url: str):
+    """Optuna's RDB storage at ``url`` (SQLite, PostgreSQL, MySQL: what ``optuna-dashboard`` opens); a URL it cannot
+    open is one :class:`SearchError` naming it and the fix."""
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as error:  # noqa: BLE001  (SQLAlchemy's errors for a bad URL, driver or path are many)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SearchError(
+            f"--optuna-storage {url}: Optuna cannot open it ({reason}); give a database URL such as "
+            "sqlite:///optuna.db or postgresql://user@host/db"
+        ) from None
 
 
 def _experiment_dir(storage: Path, name: str) -> str:
@@ -403,12 +420,19 @@ def _plan(
     )
     warm_start = list(options.warm_start or []) + starts.points + list(space.search.get("points_to_evaluate") or [])
     sampler = _with_prior(_sampler(space, seed), space, starts.task, len(prepared.splits.train.classes), seed, print_fn)
+    optuna_storage = options.optuna_storage or f"sqlite:///{storage / experiment_dir / OPTUNA_DB}"
     searcher = OptunaSearch(
         space=space.define_by_run(seed),
         metric=METRIC,
         mode=MODE,
         sampler=sampler,
         points_to_evaluate=warm_start or None,
+        storage=optuna_rdb(optuna_storage),
+        study_name=experiment_dir,
+    )
+    print_fn(
+        f"Optuna study {experiment_dir!r} in {optuna_storage} (optuna-dashboard {optuna_storage}, or "
+        f"optuna.load_study(study_name={experiment_dir!r}, storage={optuna_storage!r}))"
     )
     reevaluation = None
     top = int((space.search.get("reevaluate") or {}).get("top", 0))
@@ -561,6 +585,8 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
             "nbtl.experiment_path": str(plan.experiment_path),
             "nbtl.ray_address": cluster_address(options.address) or "embedded",
             "nbtl.ray_gcs_address": ray_address,
+            "nbtl.optuna_study": plan.experiment_dir,
+            "nbtl.optuna_storage": options.optuna_storage or f"sqlite:///{plan.experiment_path / OPTUNA_DB}",
         }
         resume = resume_command(plan.experiment_dir, options.storage_path, options.address, options.tracking_uri)
         tags[RESUME_TAG] = resume  # set at the start: a driver killed outright leaves a run that says how to go on
