@@ -5,3 +5,14 @@ Heavy libraries (torch, Ray, MLflow) are imported by the submodules that need th
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["search"]
+
+
+def __getattr__(name):
+    # nbtl.search is the search package, which can be called: nbtl.search(space, data, ...) is nbtl.api.search
+    if name == "search":
+        import importlib
+
+        return importlib.import_module("nbtl.search")
+    raise AttributeError(f"module 'nbtl' has no attribute {name!r}")

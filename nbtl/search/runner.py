@@ -89,6 +89,23 @@ class SearchOptions:
 
 @dataclass
 class SearchResult:
+    """What a finished search gives back, as Ray Tune's ``ResultGrid`` does.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per trial, best first (the one ranking of :mod:`nbtl.search.results`): its config, status,
+        ``nbtl.source`` / stop reason, metrics and MLflow run id; also ``results.csv`` on the parent run.
+    best : dict or None
+        The best trial's row with its ``config``; None when no trial finished.
+    tracking_uri, experiment_id, parent_run_id : str
+        Where MLflow keeps the search (the parent run) and its trials (its child runs).
+    experiment_path : str
+        The search's results folder (Ray Tune's state, ``results.csv``, ``optuna.db``).
+    model : dict or None
+        The handed-over model (``logged``: its URIs), None when none was logged.
+    """
+
     table: pd.DataFrame
     best: dict[str, Any] | None
     tracking_uri: str
@@ -96,6 +113,17 @@ class SearchResult:
     parent_run_id: str
     experiment_path: str
     model: dict[str, Any] | None = None  # nbtl.search.handover.hand_over's: the logged (registered) best model
+
+    @property
+    def best_config(self) -> dict[str, Any] | None:
+        """The best trial's config (what ``nbtl train`` takes), None when no trial finished."""
+        return None if self.best is None else dict(self.best["config"])
+
+    @property
+    def model_uri(self) -> str | None:
+        """The best model's URI (``models:/NAME/VERSION`` when registered), for ``mlflow.pyfunc.load_model`` and
+        ``nbtl predict``; None when no model was logged."""
+        return None if not self.model else self.model["logged"].uri
 
 
 def setting(options: SearchOptions, space: SearchSpace, key: str) -> Any:

@@ -1,0 +1,48 @@
+"""The Python API end to end: ``nbtl.search(space, data, ...)`` from a script (a fresh interpreter, as a notebook
+runs it) on the tiny space, its result read back against the MLflow store it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import ONE_THREAD
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = """
+import json, sys
+import nbtl
+
+result = nbtl.search(
+    "tiny", "digits", trials=2, name="api", tracking_uri=sys.argv[1], storage_path=sys.argv[2], time_budget="10m",
+)
+print(json.dumps({
+    "rows": len(result.table), "columns": list(result.table.columns), "best_config": result.best_config,
+    "model_uri": result.model_uri, "parent_run_id": result.parent_run_id, "experiment_path": result.experiment_path,
+    "best_run_id": result.best["run_id"],
+}))
+"""
+
+
+def test_nbtl_search_from_python_returns_the_table_best_config_and_model(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, uri, str(tmp_path / "results")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["rows"] == 2 and {"trial_id", "run_id", "status", "best_val_accuracy"} <= set(result["columns"])
+    assert result["best_config"]["backbone"] == "efficientnet_lite0" and "lr" in result["best_config"]
+    assert result["model_uri"] == "models:/api/1"  # registered under the search's name
+    assert (tmp_path / "results" / "api" / "results.csv").exists() and result["experiment_path"].endswith("api")
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["nbtl.best_run_id"] == result["best_run_id"]
+    assert "Trials (best first" not in done.stdout  # the API prints no console table; progress goes to logging
