@@ -8,10 +8,12 @@ from nbtl.cli.common import (
     DATA_HELP,
     add_data_flags,
     add_tracking_flags,
+    add_weights_flag,
     check_name,
     check_tracking_uri,
     data_overrides,
     log,
+    parse_weights,
     slug,
 )
 from nbtl.errors import ConfigError
@@ -29,6 +31,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--backbones", required=True, help="comma-separated backbone names (see nbtl backbones)")
+    add_weights_flag(p)
     add_data_flags(p, "default: 64", "seed of the per-class choice and the folds (default: 0)")
     p.add_argument("--out", help="CSV file for the table (default: nbtl_fit_<dataset name>.csv here)")
     add_tracking_flags(p, "MLflow experiment (default: fit-<dataset name>)")
@@ -54,12 +57,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--backbones names a backbone twice: {args.backbones}")
     for name in backbones:
         get_spec(name)  # an unknown backbone fails here, before any data is loaded
+    weights = parse_weights(args.weights, backbones)
     check_tracking_uri(args.tracking_uri)
     dataset = training_part(load_dataset(args.data, **settings.load_kwargs()))  # never the official test images
     meta = meta_features(dataset)
     tables = []
     for name in backbones:
-        features = block_features(dataset, name, use_cache=not args.no_cache)
+        features = block_features(dataset, name, weights_path=weights.get(name), use_cache=not args.no_cache)
         log.info(
             "%s: %d blocks, features %s", name, features.num_blocks, "cache" if features.from_cache else "extracted"
         )

@@ -19,6 +19,7 @@ from nbtl.cli.common import (
     TRACKING_HELP,
     add_data_flags,
     add_tracking_flags,
+    add_weights_flag,
     check_name,
     check_tracking_uri,
     data_overrides,
@@ -26,6 +27,7 @@ from nbtl.cli.common import (
     load_space,
     log,
     one_line,
+    parse_weights,
     positive,
     progress,
     slug,
@@ -67,6 +69,7 @@ def _add_recommend(subparsers) -> None:
         "augmentation) to use: a YAML file or a shipped space's name (default: %(default)s)",
     )
     add_data_flags(p, "default: the space's", "seed of the per-class choice and the split (default: the space's)")
+    add_weights_flag(p)
     p.add_argument("--rules", help="rules YAML (default: heuristics/rules.yaml)")
     p.add_argument("--recommender", help="learned recommender JSON (default: heuristics/recommender.json when present)")
     p.add_argument("--no-learned", action="store_true", help="rules only: do not consult the learned recommender")
@@ -159,6 +162,7 @@ def recommend(args: argparse.Namespace) -> int:
         space = space.with_backbones(backbones)  # the backbones asked for stay, every other setting is clipped
     settings = DataSettings.from_space(space, overrides)
     log.debug("data settings: %s", settings)
+    weights = parse_weights(args.weights, backbones)
     rules = load_rules(args.rules)
     model = None
     if not args.no_learned:
@@ -173,6 +177,7 @@ def recommend(args: argparse.Namespace) -> int:
         fit_curve=rules.fit_curve,
         peak_tolerance=rules.peak_tolerance,
         use_cache=not args.no_cache,
+        weights=weights,
     )
     result = recommend_configs(task, rules, model, settings, space=space)
     print(

@@ -9,10 +9,12 @@ from nbtl.cli.common import (
     add_data_flags,
     add_ray_flags,
     add_tracking_flags,
+    add_weights_flag,
     check_name,
     data_overrides,
     load_space,
     log,
+    parse_weights,
     positive,
     progress,
 )
@@ -37,6 +39,7 @@ RESUME_IGNORES = (
     "register",
     "cache_size",
     "optuna_storage",
+    "weights",
 )
 
 
@@ -119,6 +122,7 @@ def add_parser(subparsers) -> None:
         help="the most the search's frozen-prefix store may take on disk, e.g. 20G or 500M; the entries used "
         "longest ago are removed to stay under it (default: no limit)",
     )
+    add_weights_flag(p)
     p.add_argument(
         "--optuna-storage",
         metavar="URL",
@@ -176,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         check_name(space.name, f"{space.path}: name")
     warm_start = _warm_start(args.warm_start, space) if args.warm_start else []
     options = SearchOptions(
+        weights=parse_weights(args.weights, space.backbones()),
         optuna_storage=args.optuna_storage,
         cache_size=parse_size(args.cache_size, "--cache-size") if args.cache_size is not None else None,
         data=args.data,

@@ -86,6 +86,7 @@ def measure_task(
     use_cache: bool = True,
     log: Callable[[str], None] | None = None,
     train=None,
+    weights: dict[str, str] | None = None,
 ) -> TaskFit:
     """Fit measures of every backbone on the training split of ``data``.
 
@@ -93,7 +94,8 @@ def measure_task(
     settings, when given, override it), the one ``nbtl search`` makes with the same settings, so the
     measures never see the validation or test images the search (or a recommended run) is judged on. A
     caller that holds that split already (``nbtl search``) passes it as ``train`` and nothing is decoded
-    again. Progress goes to ``log`` (default: this module's logger, at INFO).
+    again. Progress goes to ``log`` (default: this module's logger, at INFO). ``weights`` maps a backbone to a
+    local weights file used instead of its default weights.
     """
     import pandas as pd
 
@@ -120,7 +122,7 @@ def measure_task(
     meta = meta_features(train)
     tables, signals = [], {}
     for name in backbones:
-        features = block_features(train, name, use_cache=use_cache)
+        features = block_features(train, name, weights_path=(weights or {}).get(name), use_cache=use_cache)
         table = fit_table(features, random_state=settings.seed)
         tables.append(table)
         signals[name] = backbone_signals(table, fit_curve=fit_curve, tolerance=peak_tolerance)

@@ -85,6 +85,7 @@ class SearchOptions:
     register_model: bool = True  # False (--no-register): the best model is logged on the parent run, not registered
     cache_size: int | None = None  # --cache-size: bytes the frozen-prefix store may take on disk; None: no limit
     optuna_storage: str | None = None  # --optuna-storage: the Optuna study's RDB URL; None: optuna.db in its folder
+    weights: dict[str, str] = field(default_factory=dict)  # --weights: backbone -> a local weights file to use instead
 
 
 @dataclass
@@ -320,7 +321,17 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
         f"(train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}{kept}), {how}"
     )
     random_init_only = any(p.name == "pretrained" and True not in p.candidates() for p in space.parameters)
-    weights = {} if random_init_only else {b: load_pretrained_state_dict(b) for b in space.backbones()}
+    unknown = sorted(set(options.weights) - set(space.backbones()))
+    if unknown:
+        raise SearchError(
+            f"--weights {unknown[0]}=...: the space searches {', '.join(space.backbones())}, not {unknown[0]}; "
+            "give weights for one of those"
+        )
+    weights = (
+        {}
+        if random_init_only
+        else {b: load_pretrained_state_dict(b, options.weights.get(b)) for b in space.backbones()}
+    )
     resources = {**{"cpu": 1, "gpu": 0}, **(space.search.get("resources") or {})}
     if options.cpu is not None:
         resources["cpu"] = options.cpu
@@ -445,6 +456,7 @@ def _plan(
         per_class=setting(options, space, "per_class"),
         classes=options.classes,
         say=print_fn,
+        weights=options.weights,
     )
     warm_start = list(options.warm_start or []) + starts.points + list(space.search.get("points_to_evaluate") or [])
     sampler = _with_prior(_sampler(space, seed), space, starts.task, len(prepared.splits.train.classes), seed, print_fn)
@@ -514,6 +526,7 @@ def _run_params(plan: _Plan, space: SearchSpace, options: SearchOptions, prepare
         "scheduler": json.dumps(space.search.get("scheduler") or {"type": "asha"}),
         "time_budget_s": plan.budget,
         "start_points": ",".join(plan.starts.labels) or "none",
+        **({"weights": json.dumps(options.weights, sort_keys=True)} if options.weights else {}),
     }
 
 

@@ -98,6 +98,7 @@ def start_points(
     per_class: int | None,
     classes: str | None,
     say: Callable[[str], None],
+    weights: dict[str, str] | None = None,
 ) -> StartPoints:
     """The built-in start points ``names`` (``probe``, ``conventional``, ``recommend``) as points of ``space``.
 
@@ -129,6 +130,7 @@ def start_points(
             peak_tolerance=rules.peak_tolerance,
             train=train,
             log=lambda line: log.info(line),
+            weights=weights,
         )
         recommendation = recommend(
             found.task,

@@ -1,0 +1,86 @@
+"""Your own weights: ``--weights NAME=PATH`` (a local ``.pth`` state dict, read with ``weights_only=True``) on
+``nbtl fit``, ``nbtl recommend`` and ``nbtl search``: the file's weights are the ones measured and trained, a file
+that does not fit the network or a bad flag is one line."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import REPO, run_nbtl
+from nbtl.backbones import load_pretrained_state_dict
+from nbtl.cli.common import parse_weights
+from nbtl.errors import ConfigError
+from nbtl.tracking import search_experiment
+
+LITE0 = "efficientnet_lite0"
+DATA = ["--per-class", "10", "--image-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def own_weights(tmp_path_factory):
+    """Lite0's packaged weights with the stem and first stage halved: a real network, other features."""
+    folder = tmp_path_factory.mktemp("weights")
+    state = {k: (v * 0.5 if k.startswith(("blocks.0.", "blocks.1.")) and v.is_floating_point() else v)
+             for k, v in load_pretrained_state_dict(LITE0).items()}  # fmt: skip
+    torch.save(state, folder / "lite0_mine.pth")
+    torch.save({"conv.weight": torch.zeros(3, 3)}, folder / "not_lite0.pth")
+    return folder
+
+
+def _logme(stdout: str) -> list[str]:
+    return re.findall(rf"{LITE0}\s+\d+\s+\d+\s+(\S+)", stdout)  # the logme column
+
+
+def test_fit_measures_the_given_weights(own_weights, tmp_path):
+    env = {"NBTL_CACHE_DIR": str(tmp_path / "cache")}
+    store = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    packaged = run_nbtl("fit", "digits", "--backbones", LITE0, *DATA, *store, cwd=tmp_path, env=env)
+    mine = run_nbtl(
+        "fit", "digits", "--backbones", LITE0, *DATA, *store, "--weights", f"{LITE0}={own_weights / 'lite0_mine.pth'}",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert packaged.returncode == 0 and mine.returncode == 0, packaged.stderr[-2000:] + mine.stderr[-2000:]
+    assert _logme(packaged.stdout) and len(_logme(mine.stdout)) == len(_logme(packaged.stdout))
+    assert _logme(mine.stdout) != _logme(packaged.stdout)  # other weights, other features (not the cache's)
+
+
+@pytest.mark.e2e
+def test_a_search_trains_from_a_local_weights_file_and_refuses_one_that_does_not_fit(own_weights, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    where = ["--tracking-uri", uri, "--storage-path", str(tmp_path / "results"), "--keep-weights", "0"]
+    tiny = str(REPO / "search_spaces" / "tiny.yaml")
+    bad = run_nbtl(
+        "search", tiny, "--data", "digits", "--weights", f"{LITE0}={own_weights / 'not_lite0.pth'}", *where,
+        cwd=tmp_path,
+    )  # fmt: skip
+    errors = [line for line in bad.stderr.splitlines() if "error" in line]
+    assert bad.returncode == 2 and len(errors) == 1 and "not_lite0.pth" in errors[0], bad.stderr[-3000:]
+    assert "Traceback" not in bad.stderr
+    done = run_nbtl(
+        "search", tiny, "--data", "digits", "--trials", "1", "--name", "mine",
+        "--weights", f"{LITE0}={own_weights / 'lite0_mine.pth'}", *where, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(search_experiment("mine"))
+    [parent] = client.search_runs([experiment.experiment_id], filter_string="tags.`nbtl.role` = 'search'")
+    assert str(own_weights / "lite0_mine.pth") in parent.data.params["weights"]
+
+
+def test_bad_weights_flags_are_one_line(tmp_path, own_weights):
+    path = own_weights / "lite0_mine.pth"
+    assert parse_weights([f"{LITE0}={path}"], [LITE0]) == {LITE0: str(path.resolve())}
+    cases = {
+        "lite0.pth": "give NAME=PATH",
+        f"resnet50={path}": "not a backbone of this command",
+        f"{LITE0}={tmp_path / 'nope.pth'}": "no file",
+    }
+    for value, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            parse_weights([value], [LITE0])
+    with pytest.raises(ConfigError, match="twice"):
+        parse_weights([f"{LITE0}={path}", f"{LITE0}={path}"], [LITE0])
