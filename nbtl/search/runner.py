@@ -268,8 +268,9 @@ class _Prepared:
 
 
 def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None]) -> _Prepared:
-    """Decode the data once and load each backbone's weights once, on the driver; both travel to the
-    trials through Ray's object store (``tune.with_parameters``), once per node, never per trial."""
+    """Decode the data once, into the memory-mapped data file of :mod:`nbtl.data.arrayfile` (reused when it is
+    there), and load each backbone's weights once, on the driver. The splits travel to the trials as the file's
+    path, the weights through Ray's object store (``tune.with_parameters``): once per node, never per trial."""
     from nbtl.backbones import load_pretrained_state_dict
     from nbtl.data import load_dataset, split_dataset
     from nbtl.data.arrayfile import DATA_DIR, ensure_splits, open_splits
@@ -289,11 +290,17 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
     )
     image_size = data_settings.image_size
 
+    decoded = []  # once: a data file with no room for it falls back to what was decoded for it
+
     def decode():
-        dataset = load_dataset(options.data, **data_settings.load_kwargs())
-        splits = split_dataset(dataset, **data_settings.split_kwargs())
-        described = describe_dataset(dataset, splits, options.data, image_size, data_settings.test_data)
-        return splits, {"dataset": {"images": len(dataset), "official": dataset.part_counts()}, "input": described}
+        if not decoded:
+            dataset = load_dataset(options.data, **data_settings.load_kwargs())
+            splits = split_dataset(dataset, **data_settings.split_kwargs())
+            described = describe_dataset(dataset, splits, options.data, image_size, data_settings.test_data)
+            decoded.append(
+                (splits, {"dataset": {"images": len(dataset), "official": dataset.part_counts()}, "input": described})
+            )
+        return decoded[0]
 
     # decoded once into a memory-mapped file under the storage path, which every trial maps (nothing large goes
     # through Ray's object store); a search on the same data and settings reuses it
@@ -423,6 +430,7 @@ class _Plan:
     scheduler: Any
     reevaluation: Any
     remaining: float | None
+    optuna_storage: str = ""  # the Optuna study's database URL (its study name: experiment_dir)
 
 
 def _plan(
@@ -509,6 +517,7 @@ def _plan(
         _scheduler(space),
         reevaluation,
         remaining,
+        optuna_storage,
     )
 
 
@@ -627,7 +636,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
             "nbtl.ray_address": cluster_address(options.address) or "embedded",
             "nbtl.ray_gcs_address": ray_address,
             "nbtl.optuna_study": plan.experiment_dir,
-            "nbtl.optuna_storage": options.optuna_storage or f"sqlite:///{plan.experiment_path / OPTUNA_DB}",
+            "nbtl.optuna_storage": plan.optuna_storage,
         }
         resume = resume_command(plan.experiment_dir, options.storage_path, options.address, options.tracking_uri)
         tags[RESUME_TAG] = resume  # set at the start: a driver killed outright leaves a run that says how to go on
