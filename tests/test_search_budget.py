@@ -5,6 +5,7 @@ once for all its trials (the feature store under the search's folder)."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -112,3 +113,21 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
     assert sorted(misses["prefix_blocks"].astype(int)) == sorted(set(reported["prefix_blocks"].astype(int)))
     entries = [p for p in (folder / "prefix_cache").iterdir() if (p / "key.json").exists()]  # an entry: a folder
     assert len(entries) == reported["prefix_blocks"].nunique(), entries
+
+
+def test_a_budget_the_setup_spends_is_refused_in_one_line_naming_a_minimum(tmp_path, tracking_uri):
+    # 5 s: 5 s are kept for the wrap-up alone, so whatever the setup took, no trial could run
+    results = tmp_path / "results"
+    run = run_nbtl(
+        "search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--name", "short",
+        "--time-budget", "5s", "--tracking-uri", tracking_uri, "--storage-path", str(results), cwd=tmp_path,
+    )  # fmt: skip
+    errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert run.returncode == 2 and len(errors) == 1, run.stdout[-2000:] + run.stderr[-3000:]
+    assert errors[0].startswith("nbtl search: error: --time-budget 5s: the setup (data, start points, Ray) took")
+    minimum = re.search(r"give at least --time-budget (\d+)m00s", errors[0])
+    assert minimum and int(minimum[1]) >= 1, errors[0]
+    assert "Traceback" not in run.stderr
+    assert not (results / "short").exists()  # the results folder it claimed is given back
+    client = MlflowClient(tracking_uri=tracking_uri)
+    assert not [e for e in client.search_experiments() if e.name.endswith("short")]  # nothing logged

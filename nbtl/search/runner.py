@@ -466,6 +466,8 @@ def _plan(
         say=print_fn,
         weights=options.weights,
     )
+    setup = time.perf_counter() - started
+    _refuse_a_budget_spent_on_setup(budget, setup, space, storage / experiment_dir, "recommend" in names)
     warm_start = list(options.warm_start or []) + starts.points + list(space.search.get("points_to_evaluate") or [])
     sampler = _with_prior(_sampler(space, seed), space, starts.task, len(prepared.splits.train.classes), seed, print_fn)
     optuna_storage = options.optuna_storage or f"sqlite:///{storage / experiment_dir / OPTUNA_DB}"
@@ -500,10 +502,7 @@ def _plan(
         )
     remaining = None
     if budget is not None:
-        from nbtl.search.reevaluate import BUDGET_SHARE
-
-        kept = _wrap_up(budget) + (BUDGET_SHARE * budget if reevaluation else 0.0)
-        remaining = max(1.0, budget - (time.perf_counter() - started) - kept)
+        remaining = max(1.0, budget - (time.perf_counter() - started) - _kept(budget, space))
     return _Plan(
         name,
         seed,
@@ -692,6 +691,41 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
                 _handover(prepared, options, plan.name),
                 resume=resume,
             )
+
+
+#: The fewest seconds a time budget must leave for trials after the setup: below that no trial can finish (a Ray
+#: worker starts, imports torch and builds its model in about 5-10 s on a CPU before its first step).
+MIN_TRIAL_S = 10.0
+#: What the refusal suggests leaving for trials: a minute, room for a few cheap ones.
+SUGGESTED_TRIAL_S = 60.0
+
+
+def _kept(budget: float, space: SearchSpace) -> float:
+    """Seconds of ``budget`` not for trials: the wrap-up, and the re-evaluation's share when the space asks for one."""
+    from nbtl.search.reevaluate import BUDGET_SHARE
+
+    reevaluate = int((space.search.get("reevaluate") or {}).get("top", 0)) >= 2
+    return _wrap_up(budget) + (BUDGET_SHARE * budget if reevaluate else 0.0)
+
+
+def _refuse_a_budget_spent_on_setup(
+    budget: float | None, setup: float, space: SearchSpace, claimed: Path, recommended: bool
+) -> None:
+    """One :class:`SearchError` when the setup (data, start points, Ray) left less than :data:`MIN_TRIAL_S` of the
+    time budget for trials, naming what it took and a budget that leaves a minute; the results folder the search
+    claimed is given back. Nothing is logged to MLflow yet."""
+    if budget is None or budget - setup - _kept(budget, space) >= MIN_TRIAL_S:
+        return
+    suggested = 60.0
+    while suggested - setup - _kept(suggested, space) < SUGGESTED_TRIAL_S:
+        suggested += 60.0
+    shutil.rmtree(claimed, ignore_errors=True)
+    raise SearchError(
+        f"--time-budget {_duration(budget)}: the setup (data, start points, Ray) took {_duration(setup)} and "
+        f"{_duration(_kept(budget, space))} is kept for the wrap-up, which leaves no time for a trial; give at least "
+        f"--time-budget {_duration(suggested)} (a minute for trials)"
+        + (", or --no-recommend for a shorter setup" if recommended else "")
+    )
 
 
 def _wrap_up(budget: float) -> float:
