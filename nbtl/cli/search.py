@@ -172,9 +172,9 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as error:
             raise ConfigError(f"--time-budget: {error}") from None
     if args.optuna_storage is not None:  # a database Optuna cannot open is refused before any image is decoded
-        from nbtl.search.runner import optuna_rdb
+        from nbtl.search.study_store import open_rdb
 
-        optuna_rdb(args.optuna_storage)
+        open_rdb(args.optuna_storage)
     space = load_space(args.space)
     if args.name is None:
         check_name(space.name, f"{space.path}: name")

@@ -183,21 +183,6 @@ def _storage(storage_path: str | None) -> Path:
     return storage
 
 
-def optuna_rdb(url: str):
-    """Optuna's RDB storage at ``url`` (SQLite, PostgreSQL, MySQL: what ``optuna-dashboard`` opens); a URL it cannot
-    open is one :class:`SearchError` naming it and the fix."""
-    import optuna
-
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as error:  # noqa: BLE001  (SQLAlchemy's errors for a bad URL, driver or path are many)
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise SearchError(
-            f"--optuna-storage {url}: Optuna cannot open it ({reason}); give a database URL such as "
-            "sqlite:///optuna.db or postgresql://user@host/db"
-        ) from None
-
-
 def _experiment_dir(storage: Path, name: str) -> str:
     """Claim the search's results folder ``storage/name``, or ``name_<time>[-k]`` when that is taken: created with
     an exclusive ``mkdir`` here, before any work, so two searches started at once with one name never share a
@@ -430,7 +415,7 @@ class _Plan:
     scheduler: Any
     reevaluation: Any
     remaining: float | None
-    optuna_storage: str = ""  # the Optuna study's database URL (its study name: experiment_dir)
+    optuna_storage: str = ""  # the database the Optuna study is written to (its study name: experiment_dir)
 
 
 def _plan(
@@ -444,6 +429,7 @@ def _plan(
     from ray.tune.search.optuna import OptunaSearch
 
     from nbtl.search.start import start_points
+    from nbtl.search.study_store import open_rdb
 
     name = options.name or space.name
     seed = int(setting(options, space, "seed"))
@@ -477,9 +463,8 @@ def _plan(
         mode=MODE,
         sampler=sampler,
         points_to_evaluate=warm_start or None,
-        storage=optuna_rdb(optuna_storage),
-        study_name=experiment_dir,
     )
+    open_rdb(optuna_storage)  # a database Optuna cannot open ends the search here, before any trial
     print_fn(
         f"Optuna study {experiment_dir!r} in {optuna_storage} (optuna-dashboard {optuna_storage}, or "
         f"optuna.load_study(study_name={experiment_dir!r}, storage={optuna_storage!r}))"
@@ -578,6 +563,9 @@ def _tuner(plan: _Plan, prepared: _Prepared, context, space: SearchSpace, option
         starts=list(zip(plan.starts.labels, plan.starts.points, strict=True)),
         scheduler_stops=type(plan.scheduler).__name__ != "FIFOScheduler",
     )
+    from nbtl.search.study_store import StudyMirror
+
+    mirror = StudyMirror(plan.optuna_storage, plan.experiment_dir, space.sample)
     return tune.Tuner(
         _trainable(prepared, context),
         tune_config=tune.TuneConfig(
@@ -593,7 +581,7 @@ def _tuner(plan: _Plan, prepared: _Prepared, context, space: SearchSpace, option
         run_config=tune.RunConfig(
             name=plan.experiment_dir,
             storage_path=str(plan.experiment_path.parent),
-            callbacks=[callback],
+            callbacks=[callback, mirror],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=int(setting(options, space, "max_failures"))),
             # 2, not 1: a driver killed between Ray Tune deleting the older checkpoint and saving its experiment
