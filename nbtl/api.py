@@ -39,6 +39,7 @@ def search(
     keep_weights: int | None = None,
     cache_size: int | str | None = None,
     optuna_storage: str | None = None,
+    weights: dict[str, str] | None = None,
     say: Callable[[str], None] | None = None,
 ):
     """Run a non-binary transfer search and return its :class:`~nbtl.search.runner.SearchResult`.
@@ -66,6 +67,8 @@ def search(
         Bytes (or ``"20G"``) the frozen-prefix store may take on disk.
     optuna_storage : str, optional
         The Optuna study's database URL (default: ``optuna.db`` in the search's results folder).
+    weights : dict, optional
+        ``{backbone: path}``: local weights files (``.pth`` state dicts) to use instead of the default weights.
     say : callable, optional
         Where progress lines go (default: this module's logger at INFO).
 
@@ -75,6 +78,7 @@ def search(
         ``.table`` (DataFrame, best first), ``.best_config``, ``.model_uri``, ``.parent_run_id``,
         ``.tracking_uri``, ``.experiment_path``.
     """
+    from nbtl.cli.common import parse_weights
     from nbtl.search.runner import SearchOptions, run_search
     from nbtl.search.space import SearchSpace, load_space, parse_duration, parse_size
 
@@ -99,5 +103,6 @@ def search(
         register_model=bool(register),
         cache_size=None if cache_size is None else parse_size(cache_size, "cache_size"),
         optuna_storage=optuna_storage,
+        weights=parse_weights([f"{name}={path}" for name, path in (weights or {}).items()], loaded.backbones()),
     )
     return run_search(loaded, options, print_fn=say or logger.info)

@@ -9,9 +9,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from conftest import ONE_THREAD
+from nbtl.backbones import load_pretrained_state_dict
 
 pytestmark = pytest.mark.e2e
 
@@ -21,6 +23,7 @@ import nbtl
 
 result = nbtl.search(
     "tiny", "digits", trials=2, name="api", tracking_uri=sys.argv[1], storage_path=sys.argv[2], time_budget="10m",
+    weights={"efficientnet_lite0": sys.argv[3]},
 )
 print(json.dumps({
     "rows": len(result.table), "columns": list(result.table.columns), "best_config": result.best_config,
@@ -31,9 +34,12 @@ print(json.dumps({
 
 
 def test_nbtl_search_from_python_returns_the_table_best_config_and_model(tmp_path):
+    # the search also trains from a local weights file (--weights on the command line): Lite0's own, saved here
+    weights = tmp_path / "lite0.pth"
+    torch.save(load_pretrained_state_dict("efficientnet_lite0"), weights)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, uri, str(tmp_path / "results")],
+        [sys.executable, "-c", SCRIPT, uri, str(tmp_path / "results"), str(weights)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
@@ -45,4 +51,5 @@ def test_nbtl_search_from_python_returns_the_table_best_config_and_model(tmp_pat
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(result["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["nbtl.best_run_id"] == result["best_run_id"]
+    assert parent.data.params["weights"] == json.dumps({"efficientnet_lite0": str(weights)})
     assert "Trials (best first" not in done.stdout  # the API prints no console table; progress goes to logging
