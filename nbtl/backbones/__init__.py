@@ -18,7 +18,7 @@ torchvision variant is one ``register_torchvision(...)`` call in its family's mo
 from nbtl.backbones._backbone import Backbone, BackboneParts, BackboneSpec
 from nbtl.backbones._info import WeightsInfo, backbone_info, backbones_table, one_per_family
 from nbtl.backbones._registry import get_spec, list_backbones, register_backbone
-from nbtl.backbones._weights import create_backbone, load_pretrained_state_dict
+from nbtl.backbones._weights import create_backbone, load_pretrained_state_dict, parse_weights
 
 # Importing the family modules registers their backbones.
 from nbtl.backbones import efficientnet_lite, torchvision_zoo  # noqa: E402,F401  isort: skip
@@ -35,5 +35,6 @@ __all__ = [
     "list_backbones",
     "load_pretrained_state_dict",
     "one_per_family",
+    "parse_weights",
     "register_backbone",
 ]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from nbtl.backbones._backbone import Backbone
 from nbtl.backbones._registry import StateDict, get_entry, layout
-from nbtl.errors import BackboneError
+from nbtl.errors import BackboneError, ConfigError
 
 #: Seconds a socket operation of a weights download may block before it fails.
 DOWNLOAD_TIMEOUT_S = 20.0
@@ -266,3 +266,26 @@ def _build_with_weights(entry, weights: StateDict) -> Backbone:
     backbone = entry.build()
     backbone.load_state_dict(weights, strict=True)
     return backbone
+
+
+def parse_weights(values: list[str] | None, backbones: list[str]) -> dict[str, str]:
+    """``--weights`` values as {backbone: absolute path}; one line naming the flag on a malformed value, a backbone
+    the command does not use, a repeated backbone or a missing file."""
+    weights: dict[str, str] = {}
+    for value in values or []:
+        name, sep, path = str(value).partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise ConfigError(f"--weights {value!r}: give NAME=PATH, e.g. efficientnet_lite0=./my_lite0.pth")
+        if name not in backbones:
+            raise ConfigError(
+                f"--weights {value}: {name!r} is not a backbone of this command ({', '.join(backbones)}); "
+                "name one of those"
+            )
+        if name in weights:
+            raise ConfigError(f"--weights names {name!r} twice: give one file per backbone")
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"--weights {value}: no file {file}; give the path of a saved state dict (.pth)")
+        weights[name] = str(file.resolve())
+    return weights

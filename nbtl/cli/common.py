@@ -7,7 +7,6 @@ import argparse
 import logging
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 from nbtl.errors import ConfigError, NbtlError, one_line  # noqa: F401  (one_line: re-exported for the commands)
@@ -65,26 +64,10 @@ def add_weights_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_weights(values: list[str] | None, backbones: list[str]) -> dict[str, str]:
-    """``--weights`` values as {backbone: absolute path}; one line naming the flag on a malformed value, a backbone
-    the command does not use, a repeated backbone or a missing file."""
-    weights: dict[str, str] = {}
-    for value in values or []:
-        name, sep, path = str(value).partition("=")
-        name, path = name.strip(), path.strip()
-        if not sep or not name or not path:
-            raise ConfigError(f"--weights {value!r}: give NAME=PATH, e.g. efficientnet_lite0=./my_lite0.pth")
-        if name not in backbones:
-            raise ConfigError(
-                f"--weights {value}: {name!r} is not a backbone of this command ({', '.join(backbones)}); "
-                "name one of those"
-            )
-        if name in weights:
-            raise ConfigError(f"--weights names {name!r} twice: give one file per backbone")
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise ConfigError(f"--weights {value}: no file {file}; give the path of a saved state dict (.pth)")
-        weights[name] = str(file.resolve())
-    return weights
+    """:func:`nbtl.backbones.parse_weights` (imported here when used: torch stays out of ``nbtl --help``)."""
+    from nbtl.backbones import parse_weights as parse
+
+    return parse(values, backbones)
 
 
 def add_tracking_flags(parser: argparse.ArgumentParser, name_help: str) -> None:

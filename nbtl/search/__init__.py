@@ -1,7 +1,7 @@
 """Search: YAML spaces compiled for Optuna, trials scheduled by Ray Tune. The one package that knows Ray.
 
 The package can be called: ``nbtl.search("default", "digits", time_budget="10m")`` runs a search and returns its
-result (:func:`nbtl.api.search`, whose docstring lists the arguments).
+result (:func:`nbtl.search.api.search`, whose docstring lists the arguments).
 """
 
 import sys
@@ -21,11 +21,11 @@ def __getattr__(name):  # Ray is imported only when a search runs
 
 
 class _CallablePackage(types.ModuleType):
-    """This package's type: ``nbtl.search(...)`` is :func:`nbtl.api.search` (the call a notebook makes), while
+    """This package's type: ``nbtl.search(...)`` is :func:`nbtl.search.api.search` (the call a notebook makes), while
     ``nbtl.search.runner`` and the rest stay modules of the package."""
 
     def __call__(self, *args, **kwargs):
-        from nbtl.api import search
+        from nbtl.search.api import search
 
         return search(*args, **kwargs)
 
