@@ -200,7 +200,7 @@ def ensure_splits(
     key: str | None = None,
 ) -> tuple[Path, float | None]:
     """The data file of ``source`` under ``settings`` in ``root``: built once (``build()`` gives the splits and
-    extra meta; default: :func:`nbtl.data.load_dataset` and :func:`nbtl.data.split_dataset`), reused after.
+    extra meta; default: :func:`decode_splits`), reused after.
     Returns the folder and the seconds the build took, None when the file was there already."""
     from filelock import FileLock
 
@@ -213,7 +213,7 @@ def ensure_splits(
         if (folder / "meta.json").exists():  # another process built it while this one waited
             return folder, None
         started = time.perf_counter()
-        splits, extra = (build or (lambda: _load_and_split(source, settings)))()
+        splits, extra = (build or (lambda: decode_splits(source, settings)))()
         write_splits(
             splits,
             folder,
@@ -222,18 +222,19 @@ def ensure_splits(
         return folder, time.perf_counter() - started
 
 
-def _load_and_split(source, settings) -> tuple[Splits, dict[str, Any]]:
+def decode_splits(source, settings) -> tuple[Splits, dict[str, Any]]:
+    """Load and split ``source`` under ``settings`` in memory; also the meta a data file keeps with them: the
+    dataset's size and official parts, and its MLflow dataset input (:func:`nbtl.data.describe.describe_dataset`)."""
     from nbtl.data import load_dataset, split_dataset
+    from nbtl.data.describe import describe_dataset
 
     dataset = load_dataset(source, **settings.load_kwargs())
-    return split_dataset(dataset, **settings.split_kwargs()), _summary(dataset)
+    splits = split_dataset(dataset, **settings.split_kwargs())
+    described = describe_dataset(dataset, splits, os.fspath(source), settings.image_size, settings.test_data)
+    return splits, {"dataset": {"images": len(dataset), "official": dataset.part_counts()}, "input": described}
 
 
 def _where(source) -> str:
     """A local source's absolute path (another process may run elsewhere), else the source as given."""
     path = Path(source).expanduser()
     return str(path.resolve()) if path.exists() else os.fspath(source)
-
-
-def _summary(dataset: ImageDataset) -> dict[str, Any]:
-    return {"dataset": {"images": len(dataset), "official": dataset.part_counts()}}

@@ -257,9 +257,7 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
     there), and load each backbone's weights once, on the driver. The splits travel to the trials as the file's
     path, the weights through Ray's object store (``tune.with_parameters``): once per node, never per trial."""
     from nbtl.backbones import load_pretrained_state_dict
-    from nbtl.data import load_dataset, split_dataset
-    from nbtl.data.arrayfile import DATA_DIR, ensure_splits, open_splits
-    from nbtl.data.describe import describe_dataset
+    from nbtl.data.arrayfile import DATA_DIR, decode_splits, ensure_splits, open_splits
     from nbtl.data.settings import DataSettings
 
     # the one data-settings object: nbtl recommend and nbtl train read the same, so they mean the same images
@@ -279,12 +277,7 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
 
     def decode():
         if not decoded:
-            dataset = load_dataset(options.data, **data_settings.load_kwargs())
-            splits = split_dataset(dataset, **data_settings.split_kwargs())
-            described = describe_dataset(dataset, splits, options.data, image_size, data_settings.test_data)
-            decoded.append(
-                (splits, {"dataset": {"images": len(dataset), "official": dataset.part_counts()}, "input": described})
-            )
+            decoded.append(decode_splits(options.data, data_settings))
         return decoded[0]
 
     # decoded once into a memory-mapped file under the storage path, which every trial maps (nothing large goes
