@@ -25,6 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from nbtl.config import TrialConfig
 from nbtl.data import AugmentedDataset, ImageDataset, Splits, make_augmentation
+from nbtl.data.augment import BatchAugmentation
 from nbtl.errors import TrialDivergedError
 from nbtl.features import PrefixEntry, PrefixStore
 from nbtl.fit.probe import expected_calibration_error, fit_linear_probe
@@ -89,7 +90,7 @@ def _evaluate(
     """:func:`evaluate` of ``forward`` (a model in eval mode) on ``inputs`` (images or cached block outputs)."""
     losses, probabilities = [], []
     for start in range(0, len(labels), batch_size):
-        batch = inputs[start : start + batch_size].to(device, non_blocking=True)
+        batch = _memory_format(inputs[start : start + batch_size].to(device, non_blocking=True), device)
         targets = labels[start : start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = forward(batch if batch.dtype == torch.uint8 else batch.float())
@@ -142,20 +143,51 @@ class _Feed:
     test: torch.Tensor
     train: torch.Tensor | None = None  # (V, N, ...) cached inputs; None for images
     hit: bool = False
+    images: torch.Tensor | None = None  # the train images, when ``items`` index them (augmented on the device)
+    augment: BatchAugmentation | None = None
 
     def batch(self, items: torch.Tensor, view_generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """The inputs of one training batch; ``items`` are images, or train indices into the cache."""
+        """The inputs of one training batch; ``items`` are images, or train indices into the images or the cache."""
+        if self.images is not None:
+            # gathered from the (memory-mapped) uint8 images, pinned, copied while the GPU works, augmented there
+            batch = self.images[items]
+            batch = (batch.pin_memory() if device.type == "cuda" else batch).to(device, non_blocking=True)
+            if self.augment is not None:
+                batch = self.augment(batch, view_generator)
+            return _memory_format(batch, device)
         if self.train is None:
-            return items.to(device, non_blocking=True)
+            return _memory_format(items.to(device, non_blocking=True), device)
         if len(self.train) == 1:
             views = torch.zeros(len(items), dtype=torch.long)
         else:
             views = torch.randint(len(self.train), (len(items),), generator=view_generator)
         inputs = self.train[views.to(self.train.device), items.to(self.train.device)]
-        return inputs.to(device, non_blocking=True).float()
+        if device.type == "cuda" and inputs.device.type == "cpu":
+            inputs = inputs.pin_memory()
+        return _memory_format(inputs.to(device, non_blocking=True).float(), device)
 
 
-def _image_feed(model: TransferModel, splits: Splits, loader: DataLoader) -> _Feed:
+def _memory_format(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``batch`` in channels-last layout on CUDA (where the model's weights are too: tensor cores read NHWC)."""
+    if device.type == "cuda" and batch.ndim == 4:
+        return batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def _image_feed(
+    model: TransferModel,
+    splits: Splits,
+    loader: DataLoader,
+    index_loader: DataLoader,
+    augment: BatchAugmentation | None,
+    on_device: bool,
+) -> _Feed:
+    """Images: augmented one by one on the CPU by ``loader``, or (``on_device``) gathered by ``index_loader``'s
+    batches of indices and augmented a batch at a time on the trial's device by ``augment``."""
+    if on_device:
+        return _Feed(
+            0, index_loader, model, splits.val.images, splits.test.images, images=splits.train.images, augment=augment
+        )
     return _Feed(0, loader, model, splits.val.images, splits.test.images)
 
 
@@ -228,6 +260,7 @@ def train_trial(
     device: torch.device | str | None = None,
     prefix_store: PrefixStore | None = None,
     cache_prefix: bool = True,
+    augment_on_device: bool | None = None,
 ) -> TrialResult:
     """Train one configuration and return its per-epoch history.
 
@@ -281,6 +314,11 @@ def train_trial(
         per search); None: a new in-memory store for this trial.
     cache_prefix : bool, default=True
         False runs every block on every step, as without a store.
+    augment_on_device : bool, optional
+        Gather each batch of uint8 images by index and augment it on the trial's device as a whole
+        (:class:`nbtl.data.augment.BatchAugmentation`), instead of image by image on the CPU. None (the
+        default): on CUDA, where the batch is also copied from pinned memory, and the model and its inputs are
+        channels-last.
 
     Returns
     -------
@@ -304,6 +342,9 @@ def train_trial(
     seed_everything(config.seed)
     setup: TransferSetup = build_transfer(config, num_classes=len(splits.train.classes), state_dict=state_dict)
     model, optimizer, regularizer = setup.model.to(device), setup.optimizer, setup.regularizer.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    augment_on_device = device.type == "cuda" if augment_on_device is None else augment_on_device
     amp_dtype = _amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     num_blocks, freeze, warmup = len(model.blocks), len(setup.frozen_blocks), config.head_warmup_epochs
@@ -346,7 +387,9 @@ def train_trial(
                     model, splits, level, augmentation=augmentation, state_dict=weights
                 )
             feeds[level] = (
-                _image_feed(model, splits, loader)
+                _image_feed(
+                    model, splits, loader, index_loader, BatchAugmentation.from_spec(augmentation), augment_on_device
+                )
                 if entry is None
                 else _prefix_feed(model, entry, index_loader, device)
             )

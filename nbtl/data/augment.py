@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from numbers import Real
 from typing import Any
@@ -50,6 +51,58 @@ class _RandomAugmentation:
 
     def __repr__(self) -> str:
         return f"Augmentation(hflip={self.hflip}, crop_padding={self.crop_padding}, rotation={self.rotation})"
+
+
+class BatchAugmentation:
+    """:func:`make_augmentation`'s flip, pad-and-crop and rotation, drawn per image and applied to a whole uint8
+    batch ``(N, 3, S, S)`` on its own device (the GPU of a trial there): one ``affine_grid`` and a nearest-pixel
+    ``grid_sample`` with zero fill, so no image leaves the device and no CPU worker is needed.
+
+    Each image's transform has the per-image pipeline's distribution: flipped with probability ``hflip``, then
+    shifted by a whole number of pixels in ``[-crop_padding, crop_padding]`` on each axis (a random ``S x S``
+    window of the zero-padded image), then rotated by an angle uniform in ``[-rotation, rotation]`` degrees about
+    its centre. Flips and shifts are pixel-exact; the random numbers come from ``generator`` (on the CPU, so a
+    trial draws the same transforms on any device).
+    """
+
+    def __init__(self, hflip: float, crop_padding: int, rotation: float) -> None:
+        self.hflip = hflip
+        self.crop_padding = crop_padding
+        self.rotation = rotation
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any] | None) -> BatchAugmentation | None:
+        """The batch form of ``make_augmentation(spec)``; None when that is the identity."""
+        transform = make_augmentation(spec)
+        if transform is _identity:
+            return None
+        return cls(transform.hflip, transform.crop_padding, transform.rotation)
+
+    def theta(self, n: int, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The ``(n, 2, 3)`` affine matrices (``affine_grid``'s normalised output-to-input coordinates)."""
+        flip = torch.where(torch.rand(n, generator=generator) < self.hflip, -1.0, 1.0)
+        p = self.crop_padding
+        shift = torch.randint(-p, p + 1, (n, 2), generator=generator).double() * 2 / size
+        angle = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * math.radians(self.rotation)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # input(q) = image(F (R^-1 q + t)): rotate last, shift (crop) before it, flip first, as the pipeline does
+        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+        # (torchvision's rotate: R^-1 = [[cos, -sin], [sin, cos]] in these y-down coordinates)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = flip * cos, -flip * sin, flip * shift[:, 0]
+        theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = sin, cos, shift[:, 1]
+        return theta.float()
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n, _, size, _ = batch.shape
+        theta = self.theta(n, size, generator).to(batch.device, non_blocking=True)
+        grid = torch.nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
+        moved = torch.nn.functional.grid_sample(
+            batch.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )
+        return moved.to(torch.uint8)
+
+    def __repr__(self) -> str:
+        return f"BatchAugmentation(hflip={self.hflip}, crop_padding={self.crop_padding}, rotation={self.rotation})"
 
 
 def _identity(image: torch.Tensor) -> torch.Tensor:
