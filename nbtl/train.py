@@ -54,6 +54,10 @@ class TrialResult:
         return self.history[-1] if self.history else {}
 
 
+#: On CUDA, training steps between reads of the divergence check (each read waits for the GPU).
+SYNC_STEPS = 8
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -344,6 +348,7 @@ def train_trial(
     model, optimizer, regularizer = setup.model.to(device), setup.optimizer, setup.regularizer.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # a trial's shapes are fixed: cuDNN times its kernels once, then reuses
     augment_on_device = device.type == "cuda" if augment_on_device is None else augment_on_device
     amp_dtype = _amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -434,7 +439,8 @@ def train_trial(
         feed = feed_for(epoch)
         epoch_lr = _head_lr(optimizer)
         model.train()
-        total_loss, seen, step = 0.0, 0, 0
+        total_loss, seen, step = torch.zeros((), dtype=torch.float64, device=device), 0, 0
+        bad = torch.zeros((), dtype=torch.bool, device=device)  # a step whose objective was not finite
         for _ in range(passes):
             for items, labels in feed.loader:
                 step += 1
@@ -445,7 +451,10 @@ def train_trial(
                     loss = criterion(logits.float(), labels)
                 penalty = regularizer()
                 objective = loss + penalty
-                if not torch.isfinite(objective):
+                # Reading a value off the GPU waits for it: on CUDA the check reads every SYNC_STEPS steps, so the
+                # CPU gathers the next batches while the GPU works (a diverged step is caught within them).
+                bad |= ~torch.isfinite(objective.detach())
+                if (device.type != "cuda" or step % SYNC_STEPS == 0) and bool(bad):
                     raise TrialDivergedError(
                         f"training loss became {objective.item()} at epoch {epoch} step {step} "
                         f"(lr={config.lr:g}, head_lr={config.effective_head_lr():g}, l2sp_alpha={config.l2sp_alpha:g}): "
@@ -456,8 +465,15 @@ def train_trial(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                total_loss += loss.item() * len(labels)
+                total_loss += loss.detach().double() * len(labels)
                 seen += len(labels)
+        if bool(bad):
+            raise TrialDivergedError(
+                f"training loss became non-finite in epoch {epoch} (lr={config.lr:g}, "
+                f"head_lr={config.effective_head_lr():g}, l2sp_alpha={config.l2sp_alpha:g}): "
+                "lower the learning rates or the regularisation"
+            )
+        total_loss = float(total_loss)
 
         model.eval()
         val = _evaluate(feed.forward, feed.val, splits.val.labels, device, amp_dtype=amp_dtype)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from nbtl.backbones import create_backbone
 from nbtl.config import TrialConfig
 from nbtl.data import load_dataset, split_dataset
 from nbtl.data.augment import BatchAugmentation
@@ -30,6 +31,13 @@ def images() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def splits():
     return split_dataset(load_dataset("digits", image_size=32, per_class=12), seed=0)
+
+
+@pytest.fixture(scope="module")
+def weights() -> dict[str, torch.Tensor]:
+    """Weights to transfer, in the Backbone key format (random: the packaged ones need not be installed)."""
+    torch.manual_seed(1)
+    return create_backbone("efficientnet_lite0", pretrained=False).state_dict()
 
 
 def config(**overrides) -> TrialConfig:
@@ -94,9 +102,10 @@ def test_a_trial_augmenting_on_its_device_learns_with_real_gradients(splits):
 
 @cuda
 @pytest.mark.parametrize("freeze", [0, 3])
-def test_a_trial_on_cuda_runs_channels_last_with_autocast(splits, freeze):
+def test_a_trial_on_cuda_runs_channels_last_with_autocast(splits, weights, freeze):
     spec = {"hflip": True, "crop_padding": 2}
-    result = train_trial(config(freeze_blocks=freeze, epochs=2), splits, augmentation=spec, device="cuda")
+    trial = config(pretrained=True, freeze_blocks=freeze, epochs=2)
+    result = train_trial(trial, splits, augmentation=spec, state_dict=weights, device="cuda")
     last = result.history[-1]
     assert all(math.isfinite(last[k]) for k in ("train_loss", "val_loss", "test_loss"))
     assert last["prefix_blocks"] == freeze
