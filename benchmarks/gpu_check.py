@@ -169,7 +169,6 @@ def bare_loop(config, splits, device, barrier, timeout: float) -> list[float]:
     model = build_transfer(config, len(splits.train.classes)).model.to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # as the trial sets it
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     layout = torch.channels_last if cuda else torch.contiguous_format
     images = splits.train.images.to(device).contiguous(memory_format=layout)

@@ -348,7 +348,6 @@ def train_trial(
     model, optimizer, regularizer = setup.model.to(device), setup.optimizer, setup.regularizer.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # a trial's shapes are fixed: cuDNN times its kernels once, then reuses
     augment_on_device = device.type == "cuda" if augment_on_device is None else augment_on_device
     amp_dtype = _amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
