@@ -108,6 +108,10 @@ class TrialConfig:
         Cross-entropy label smoothing.
     seed : int
         Seeds weights of new layers, batch order and augmentation.
+    image_size : int or None
+        The side of the images this trial trains and is scored at, searched like any key (``image_size:
+        {choices: [128, 160, 224]}``: resolution trades accuracy for time); None: the search's data size for
+        its backbone (``data.image_size``, or the backbone's own with ``native``).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -136,6 +140,7 @@ class TrialConfig:
     batch_size: int = 64
     label_smoothing: float = 0.0
     seed: int = 0
+    image_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -168,7 +173,8 @@ class TrialConfig:
         return {
             k: getattr(self, k)
             for k in self.keys()
-            if k not in _ONLY_WITH or getattr(self, _ONLY_WITH[k][0]) in _ONLY_WITH[k][1]
+            if (k not in _ONLY_WITH or getattr(self, _ONLY_WITH[k][0]) in _ONLY_WITH[k][1])
+            and (k != "image_size" or self.image_size is not None)
         }
 
     def validate(self, where: str = "trial config") -> None:
@@ -244,6 +250,8 @@ class TrialConfig:
             fail("head_warmup_epochs", f"< epochs ({self.epochs}): some epochs must train the unfrozen blocks")
         integer("batch_size", 1)
         integer("seed", 0)
+        if self.image_size is not None:
+            integer("image_size", 8)
 
     def effective_head_lr(self) -> float:
         return self.lr if self.head_lr is None else self.head_lr

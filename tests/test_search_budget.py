@@ -63,6 +63,9 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
     assert "trials until the time budget ends" in out and f"time budget {BUDGET_S // 60}m" in out
     assert "start points, run first: probe, conventional, recommend-1" in out
     assert " left)" in out  # progress lines say what is spent and left
+    # before the trials: the setup's time, a trial's cost here, and how many trials the time left affords
+    estimate = next(line for line in out.splitlines() if line.startswith("setup took "))
+    assert "costs about" in estimate and "the 3 start point(s)" in estimate and "more, 2 at a time" in estimate
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(search_experiment(NAME))

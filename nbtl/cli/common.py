@@ -39,7 +39,13 @@ def add_data_flags(parser: argparse.ArgumentParser, image_size_help: str, seed_h
     """``--image-size``, ``--per-class``, ``--classes``, ``--seed`` and ``--test-data``; every default is None (= the
     search space's, the recommendation's, else :class:`~nbtl.data.settings.DataSettings`'), so a flag only ever
     overrides."""
-    parser.add_argument("--image-size", type=int, help=f"resize images to this square size once ({image_size_help})")
+    parser.add_argument(
+        "--image-size",
+        type=image_size_flag,
+        metavar="PX",
+        help=f"resize images to this square size once ({image_size_help}); 'native': each backbone's own "
+        "(224 for EfficientNet-Lite0), for nbtl search and nbtl train",
+    )
     parser.add_argument("--per-class", type=int, help="use at most this many images per class")
     parser.add_argument("--classes", help="keep only these classes, by name or 0-based index, e.g. 0,2,4")
     parser.add_argument("--seed", type=int, help=seed_help)
@@ -49,6 +55,16 @@ def add_data_flags(parser: argparse.ArgumentParser, image_size_help: str, seed_h
         help="the official test images (an ImageFolder or CSV with the same classes): kept as the test set, and only "
         "DATA is split (an ImageFolder with train/ and test/ sub-folders keeps its test/ without this flag)",
     )
+
+
+def image_size_flag(value: str) -> int | str:
+    """``--image-size``: pixels, or ``native``."""
+    if value.strip().lower() == "native":
+        return "native"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size in pixels (e.g. 224) or 'native'") from None
 
 
 def add_weights_flag(parser: argparse.ArgumentParser) -> None:

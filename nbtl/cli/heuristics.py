@@ -276,6 +276,10 @@ def train(args: argparse.Namespace) -> int:
     if not data:
         raise ConfigError(f"nbtl train needs --data: {args.config} does not name a dataset")
     settings = recommended_settings(saved, args.config, base=default_settings()).with_overrides(overrides)
+    # the config's own image_size, else its backbone's (native) or the settings' size
+    settings = settings.with_overrides(
+        {"image_size": trial_config.image_size or settings.size_for(trial_config.backbone)}
+    )
     log.debug("data settings: %s", settings)
     check_tracking_uri(args.tracking_uri)
     dataset = load_dataset(data, **settings.load_kwargs())

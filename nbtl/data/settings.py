@@ -20,8 +20,10 @@ from typing import Any
 from nbtl.data.splits import MIN_IMAGES_PER_CLASS
 from nbtl.errors import ConfigError
 
-__all__ = ["MAX_SEED", "MIN_IMAGE_SIZE", "SETTING_KEYS", "DataSettings", "check_setting"]
+__all__ = ["MAX_SEED", "MIN_IMAGE_SIZE", "NATIVE", "SETTING_KEYS", "DataSettings", "check_setting"]
 
+#: ``image_size: native``: each backbone at the resolution its weights were trained at.
+NATIVE = "native"
 #: The smallest image side: below it the backbones' strided stems leave no spatial extent.
 MIN_IMAGE_SIZE = 8
 #: Seeds feed numpy's ``SeedSequence`` and ``default_rng``, which take 0 .. 2**32 - 1.
@@ -50,8 +52,11 @@ class DataSettings:
 
     Parameters
     ----------
-    image_size : int, default=64
-        Side of the stored square images, in pixels (at least :data:`MIN_IMAGE_SIZE`).
+    image_size : int or "native", default=64
+        Side of the stored square images, in pixels (at least :data:`MIN_IMAGE_SIZE`); ``"native"`` gives each
+        backbone the resolution its weights were trained at (``spec.input_size``: 224 for EfficientNet-Lite0,
+        240 for Lite1, 260 for Lite2), so a search over several backbones decodes the data once per size
+        (:meth:`for_backbone`).
     val_fraction, test_fraction : float, default=0.15
         Share of each class for validation and for test, each in (0, 0.5).
     per_class : int or None, default=None
@@ -68,7 +73,7 @@ class DataSettings:
         folder, else ``test_fraction`` of it).
     """
 
-    image_size: int = 64
+    image_size: int | str = 64
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     per_class: int | None = None
@@ -128,8 +133,25 @@ class DataSettings:
         """MLflow params (the augmentation as JSON), as logged on a search's parent run."""
         return {**self.to_dict(), "augmentation": json.dumps(self.augmentation or {}, sort_keys=True)}
 
+    def size_for(self, backbone: str) -> int:
+        """The image side ``backbone`` is trained and scored at: ``image_size``, or the backbone's own."""
+        if self.image_size != NATIVE:
+            return int(self.image_size)
+        from nbtl.backbones import get_spec
+
+        return int(get_spec(backbone).input_size)
+
+    def for_backbone(self, backbone: str) -> DataSettings:
+        """These settings at ``backbone``'s image size (:meth:`size_for`)."""
+        return dataclasses.replace(self, image_size=self.size_for(backbone))
+
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`nbtl.data.load_dataset` (besides the source)."""
+        if self.image_size == NATIVE:
+            raise ConfigError(
+                "image_size native gives each backbone its own size, and this decodes the data at one size: "
+                "give an image size in pixels (e.g. --image-size 224)"
+            )
         return {
             "image_size": self.image_size,
             "per_class": self.per_class,
@@ -163,9 +185,14 @@ def check_setting(key: str, value: Any, where: str) -> Any:
     """``value`` of setting ``key``, checked and normalised; a bad one raises one :class:`ConfigError`
     that starts with ``where`` (a flag such as ``--seed``, or a file) and says what is allowed."""
     if key == "image_size":
+        if isinstance(value, str) and value.strip().lower() == NATIVE:
+            return NATIVE
         number = _integer(value)
         if number is None or number < MIN_IMAGE_SIZE:
-            raise ConfigError(f"{where}: image_size must be an integer >= {MIN_IMAGE_SIZE} (pixels), got {value!r}")
+            raise ConfigError(
+                f"{where}: image_size must be an integer >= {MIN_IMAGE_SIZE} (pixels) or native (each backbone's "
+                f"own), got {value!r}"
+            )
         return number
     if key in ("val_fraction", "test_fraction"):
         try:

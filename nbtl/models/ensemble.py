@@ -9,6 +9,7 @@ trial on that test split, and logged as a pyfunc model on its own run (a child o
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -79,24 +80,39 @@ def kept_trials(client, parent) -> list:
     return list(runs)
 
 
-def search_test_split(parent):
-    """The search's splits, rebuilt from its parent run's params, and the dataset description (digest checked)."""
+def search_test_split(parent, image_size: int | None = None):
+    """The search's splits, rebuilt from its parent run's params (at ``image_size``, default the search's), and
+    the dataset description. The data is checked against the digest the search logged, at the size it logged."""
+    import dataclasses
+
     from nbtl.data import load_dataset, split_dataset
     from nbtl.data.describe import describe_dataset
-    from nbtl.data.settings import DataSettings
+    from nbtl.data.settings import NATIVE, DataSettings
 
     params = parent.data.params
     settings = DataSettings.from_params(params, where=f"the data settings of search run {parent.info.run_id}")
-    dataset = load_dataset(params["data"], **settings.load_kwargs())
-    splits = split_dataset(dataset, **settings.split_kwargs())
-    described = describe_dataset(dataset, splits, params["data"], settings.image_size, settings.test_data)
-    logged = [d.dataset.digest for d in (parent.inputs.dataset_inputs if parent.inputs else [])]
+    inputs = [d.dataset for d in (parent.inputs.dataset_inputs if parent.inputs else [])]
+    logged = [d.digest for d in inputs]
+    logged_size = next((json.loads(d.profile or "{}").get("image_size") for d in inputs), None)
+    checked_size = logged_size or (image_size if settings.image_size == NATIVE else settings.image_size)
+    if checked_size is None:
+        raise EnsembleError(f"search run {parent.info.run_id} searched at each backbone's own size: give the size")
+
+    def decode(size: int):
+        at = dataclasses.replace(settings, image_size=int(size))
+        dataset = load_dataset(params["data"], **at.load_kwargs())
+        splits = split_dataset(dataset, **at.split_kwargs())
+        return splits, describe_dataset(dataset, splits, params["data"], at.image_size, at.test_data)
+
+    splits, described = decode(checked_size)
     if logged and described["digest"] not in logged:
         raise EnsembleError(
             f"the data {params['data']!r} changed since the search ran (digest {described['digest']}, the search "
             f"logged {logged[0]}): its test split would not be the one the trials were scored on; "
             "ensemble where the search's data is unchanged"
         )
+    if image_size is not None and int(image_size) != int(checked_size):
+        splits, described = decode(image_size)
     return splits, described
 
 
@@ -148,21 +164,28 @@ def ensemble_search(
             f"search {name!r} (run {parent.info.run_id}) kept the weights of {len(trials)} trial(s), fewer than "
             f"--top {top}: use --top {len(trials)}, or search again with --keep-weights {top}"
         )
-    splits, described = search_test_split(parent)
-    kept: list[tuple[Any, Member]] = []
-    classes, image_size = None, None
+    kept: list[tuple[Any, Member, int]] = []
+    classes = None
     with tempfile.TemporaryDirectory(prefix="nbtl-ensemble-") as folder, mlflow_uris(uri):
         for trial in trials:
             directory = mlflow.artifacts.download_artifacts(
                 run_id=trial.info.run_id, artifact_path=KEPT_ARTIFACT, dst_path=folder, tracking_uri=uri
             )
-            found, classes, image_size = read_members(directory)
-            kept += [(trial, Member(m.config, m.state_dict, trial.info.run_id, m.metrics)) for m in found]
+            found, classes, size = read_members(directory)
+            kept += [(trial, Member(m.config, m.state_dict, trial.info.run_id, m.metrics), size) for m in found]
             for file in Path(directory).iterdir():  # the next trial's folder has the same name
                 file.unlink()
     # ranked by what the kept weights scored (their checkpoint's metrics, as the search ranked them)
     kept.sort(key=lambda k: rank_key(k[1].metrics))
-    trials, members = [t for t, _ in kept[:top]], [m for _, m in kept[:top]]
+    trials, members = [t for t, _, _ in kept[:top]], [m for _, m, _ in kept[:top]]
+    sizes = sorted({size for _, _, size in kept[:top]})
+    if len(sizes) > 1:
+        raise EnsembleError(
+            f"the top {top} trials of search {name!r} trained at different image sizes ({', '.join(map(str, sizes))} "
+            "px), and an ensemble averages one input: use a smaller --top, or search one size"
+        )
+    image_size = sizes[0]
+    splits, described = search_test_split(parent, image_size)
     if list(classes) != list(splits.test.classes):
         raise EnsembleError(f"the kept models' classes {classes[:5]}... are not the search data's: was it changed?")
     labels = splits.test.labels.numpy()

@@ -29,7 +29,7 @@ def search(
     storage_path: str | None = None,
     address: str | None = None,
     max_concurrent: int | None = None,
-    image_size: int | None = None,
+    image_size: int | str | None = None,
     per_class: int | None = None,
     seed: int | None = None,
     cpu: float | None = None,

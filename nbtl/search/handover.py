@@ -24,16 +24,23 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Handover:
     """What the hand-over needs from the search: the pre-trained weights its trials started from (they hold
-    the frozen blocks), the classes, the image size, one test image (the model's input example), how many
-    trials keep their weights, and the registered model's name (None: not registered)."""
+    the frozen blocks), the classes, each backbone's image size, one test image of each size (the model's input
+    example), how many trials keep their weights, and the registered model's name (None: not registered)."""
 
     weights: dict[str, Any]
     classes: list[str]
-    image_size: int
-    example: np.ndarray
+    image_sizes: dict[str, int]
+    examples: dict[int, np.ndarray]
     keep: int
     register: str | None
     dataset: dict[str, Any] = field(default_factory=dict)
+
+    def image_size(self, config: dict[str, Any]) -> int:
+        """The size a trial of ``config`` trained at: its own ``image_size``, else its backbone's."""
+        own = config.get("image_size")
+        if own not in (None, "", "None"):
+            return int(own)
+        return int(self.image_sizes.get(config.get("backbone"), next(iter(self.examples))))
 
 
 def _best_weights(result) -> tuple[dict[str, Any], dict[str, float]] | None:
@@ -90,7 +97,9 @@ def hand_over(
         state = trained_state_dict(config, len(handover.classes), trained, pretrained)
         member = Member(config, state, row["run_id"], scored)
         with tempfile.TemporaryDirectory(prefix="nbtl-kept-") as folder:
-            directory = save_classifier(Path(folder) / KEPT_ARTIFACT, [member], handover.classes, handover.image_size)
+            directory = save_classifier(
+                Path(folder) / KEPT_ARTIFACT, [member], handover.classes, handover.image_size(config)
+            )
             tracker.client.log_artifacts(row["run_id"], str(directory), KEPT_ARTIFACT)
         tracker.client.set_tag(row["run_id"], KEPT_TAG, "true")
         tracker.client.set_tag(row["run_id"], "nbtl.kept_epoch", str(int(scored.get("best_epoch", 0))))
@@ -116,8 +125,8 @@ def hand_over(
             tracker.parent_run_id,
             [member],
             handover.classes,
-            handover.image_size,
-            handover.example,
+            handover.image_size(member.config),
+            handover.examples[handover.image_size(member.config)],
             name=MODEL_NAME,
             register=handover.register,
             tags=tags,

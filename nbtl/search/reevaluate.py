@@ -32,7 +32,14 @@ COLUMNS = ("repeat_val_accuracy", "repeat_val_loss", "mean_val_accuracy", "mean_
 
 
 def _repeat_trial(
-    config: dict[str, Any], splits, weights, augmentation, prefix_dir: str | None, search_seed: int, seed: int
+    config: dict[str, Any],
+    splits,
+    weights,
+    augmentation,
+    prefix_dir: str | None,
+    search_seed: int,
+    seed: int,
+    image_sizes: dict[str, int] | None = None,
 ) -> dict:
     """One repeat, in a Ray worker: the trial's config trained again with ``seed``; its last epoch's metrics."""
     from nbtl.config import TrialConfig
@@ -40,6 +47,8 @@ def _repeat_trial(
     from nbtl.train import train_trial
 
     trial_config = TrialConfig.from_dict({**config, "seed": seed}, where="re-evaluated trial")
+    if isinstance(splits, dict):  # one data file per image size: the trial's own, else its backbone's
+        splits = splits[trial_config.image_size or image_sizes[trial_config.backbone]]
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
     return train_trial(
         trial_config,
@@ -63,6 +72,7 @@ class Reevaluation:
     resources: dict[str, float]
     deadline: float | None = None  # time.perf_counter() by which the repeats must have ended
     say: Callable[[str], None] = log.info
+    image_sizes: dict[str, int] | None = None  # each backbone's size, when ``splits`` maps sizes to splits
 
     def __call__(self, table: pd.DataFrame, configs: dict[str, dict[str, Any]]) -> pd.DataFrame:
         import ray
@@ -83,6 +93,7 @@ class Reevaluation:
                 self.prefix_dir,
                 self.search_seed,
                 trial_seed(self.search_seed, REPEAT_OFFSET + rank),
+                self.image_sizes,
             ): row.trial_id
             for rank, row in enumerate(finished.itertuples())
         }

@@ -3,6 +3,7 @@ tracked in MLflow, summarised as a pandas table and the best config."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -69,7 +70,7 @@ class SearchOptions:
     address: str | None = None
     tracking_uri: str | None = None
     storage_path: str | None = None
-    image_size: int | None = None
+    image_size: int | str | None = None  # pixels, or "native" (each backbone's own)
     per_class: int | None = None
     seed: int | None = None
     cpu: float | None = None
@@ -245,11 +246,30 @@ class _Prepared:
     """What every trial of a search shares: decoded splits, pre-trained weights, resources."""
 
     dataset_name: str
-    splits: Any
+    splits: Any  # at the first backbone's size: what the start points and the prior measure
     weights: dict[str, Any]
     resources: dict[str, float]
     data_settings: Any = None  # nbtl.data.settings.DataSettings: the images, their size, split and augmentation
     dataset_input: dict[str, Any] = field(default_factory=dict)  # nbtl.data.describe: logged as the runs' input
+    image_sizes: dict[str, int] = field(default_factory=dict)  # each backbone's size (a trial's own image_size aside)
+    splits_by_size: dict[int, Any] = field(default_factory=dict)  # one data file per size a trial may train at
+
+    def trial_splits(self) -> Any:
+        """What the trials get: the splits, or with several sizes the splits of each size."""
+        return self.splits if len(self.splits_by_size) <= 1 else dict(self.splits_by_size)
+
+
+def searched_image_sizes(space: SearchSpace) -> list[int]:
+    """The sizes of a space's ``image_size`` parameter (none when it is not searched)."""
+    for p in space.parameters:
+        if p.name == "image_size":
+            if not p.fixed and p.choices is None:
+                raise SearchError(
+                    f"{space.path}: image_size is searched over choices, one data file each: "
+                    "write image_size: {choices: [128, 160, 224]}"
+                )
+            return sorted({int(v) for v in p.candidates() if v is not None})
+    return []
 
 
 def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str], None]) -> _Prepared:
@@ -257,7 +277,7 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
     there), and load each backbone's weights once, on the driver. The splits travel to the trials as the file's
     path, the weights through Ray's object store (``tune.with_parameters``): once per node, never per trial."""
     from nbtl.backbones import load_pretrained_state_dict
-    from nbtl.data.arrayfile import DATA_DIR, decode_splits, ensure_splits, open_splits
+    from nbtl.data.arrayfile import DATA_DIR
     from nbtl.data.settings import DataSettings
 
     # the one data-settings object: nbtl recommend and nbtl train read the same, so they mean the same images
@@ -271,40 +291,16 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
             "test_data": getattr(options, "test_data", None),
         },
     )
-    image_size = data_settings.image_size
-
-    decoded = []  # once: a data file with no room for it falls back to what was decoded for it
-
-    def decode():
-        if not decoded:
-            decoded.append(decode_splits(options.data, data_settings))
-        return decoded[0]
-
-    # decoded once into a memory-mapped file under the storage path, which every trial maps (nothing large goes
-    # through Ray's object store); a search on the same data and settings reuses it
+    # each backbone's size (all the same unless image_size is native), and the sizes a space searches
+    image_sizes = {b: data_settings.size_for(b) for b in space.backbones()}
+    sizes = list(dict.fromkeys([*image_sizes.values(), *searched_image_sizes(space)]))
     root = _storage(options.storage_path) / DATA_DIR
-    try:
-        folder, seconds = ensure_splits(options.data, data_settings, root, decode)
-        splits = open_splits(folder)
-        meta, how = splits.meta, (f"decoded once in {seconds:.1f}s" if seconds is not None else "decoded earlier")
-        how += f" (memory-mapped from {folder})"
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
-            raise
-        # a derived file: without room for it the search still runs, its images sent through Ray's object store
-        started = time.perf_counter()
-        splits, extra = decode()
-        meta = {"name": splits.train.name, "classes": list(splits.train.classes), **extra}
-        how = (
-            f"decoded in {time.perf_counter() - started:.1f}s, held in memory: no room for the data file in {root} "
-            f"({error.strerror})"
-        )
-    official = meta["dataset"]["official"]
-    kept = f"; official {' and '.join(p for p in ('val', 'test') if p in official)} kept" if official else ""
-    print_fn(
-        f"data {meta['name']}: {meta['dataset']['images']} images, {len(meta['classes'])} classes, {image_size}px "
-        f"(train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}{kept}), {how}"
-    )
+    by_size, first_meta = {}, None
+    for size in sizes:
+        splits, meta = _data_file(options.data, dataclasses.replace(data_settings, image_size=size), root, print_fn)
+        by_size[size] = splits
+        first_meta = first_meta or meta
+    meta, splits = first_meta, by_size[sizes[0]]
     random_init_only = any(p.name == "pretrained" and True not in p.candidates() for p in space.parameters)
     unknown = sorted(set(options.weights) - set(space.backbones()))
     if unknown:
@@ -322,7 +318,45 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
         resources["cpu"] = options.cpu
     if options.gpu is not None:
         resources["gpu"] = options.gpu
-    return _Prepared(meta["name"], splits, weights, resources, data_settings, meta["input"])
+    return _Prepared(meta["name"], splits, weights, resources, data_settings, meta["input"], image_sizes, by_size)
+
+
+def _data_file(source, data_settings, root: Path, print_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """The splits of ``source`` at one size, decoded once into a memory-mapped file under ``root``, which every
+    trial maps (nothing large goes through Ray's object store); a search on the same data and settings reuses it."""
+    from nbtl.data.arrayfile import decode_splits, ensure_splits, open_splits
+
+    decoded = []  # once: a data file with no room for it falls back to what was decoded for it
+
+    def decode():
+        if not decoded:
+            decoded.append(decode_splits(source, data_settings))
+        return decoded[0]
+
+    try:
+        folder, seconds = ensure_splits(source, data_settings, root, decode)
+        splits = open_splits(folder)
+        meta, how = splits.meta, (f"decoded once in {seconds:.1f}s" if seconds is not None else "decoded earlier")
+        how += f" (memory-mapped from {folder})"
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        # a derived file: without room for it the search still runs, its images sent through Ray's object store
+        started = time.perf_counter()
+        splits, extra = decode()
+        meta = {"name": splits.train.name, "classes": list(splits.train.classes), **extra}
+        how = (
+            f"decoded in {time.perf_counter() - started:.1f}s, held in memory: no room for the data file in {root} "
+            f"({error.strerror})"
+        )
+    official = meta["dataset"]["official"]
+    kept = f"; official {' and '.join(p for p in ('val', 'test') if p in official)} kept" if official else ""
+    print_fn(
+        f"data {meta['name']}: {meta['dataset']['images']} images, {len(meta['classes'])} classes, "
+        f"{data_settings.image_size}px (train {len(splits.train)} / val {len(splits.val)} / test "
+        f"{len(splits.test)}{kept}), {how}"
+    )
+    return splits, meta
 
 
 def _handover(prepared: _Prepared, options: SearchOptions, name: str):
@@ -330,12 +364,16 @@ def _handover(prepared: _Prepared, options: SearchOptions, name: str):
     from nbtl.search.handover import Handover
 
     keep = options.keep_weights if options.keep_weights is not None else DEFAULTS["keep_weights"]
-    example = prepared.splits.test.images[0] if len(prepared.splits.test) else prepared.splits.train.images[0]
+    by_size = prepared.splits_by_size or {prepared.splits.train.image_size: prepared.splits}
+    examples = {
+        size: (splits.test.images[0] if len(splits.test) else splits.train.images[0]).numpy()
+        for size, splits in by_size.items()
+    }
     return Handover(
         prepared.weights,
         list(prepared.splits.train.classes),
-        int(prepared.data_settings.image_size),
-        example.numpy(),
+        dict(prepared.image_sizes),
+        examples,
         int(keep),
         (options.register or name) if options.register_model else None,
         prepared.dataset_input,
@@ -348,7 +386,7 @@ def _trainable(prepared: _Prepared, context):
     from nbtl.search.trainable import nbtl_trainable
 
     return tune.with_resources(
-        tune.with_parameters(nbtl_trainable, splits=prepared.splits, weights=prepared.weights, context=context),
+        tune.with_parameters(nbtl_trainable, splits=prepared.trial_splits(), weights=prepared.weights, context=context),
         prepared.resources,
     )
 
@@ -439,7 +477,7 @@ def _plan(
         data=options.data,
         train=prepared.splits.train,
         seed=seed,
-        image_size=int(setting(options, space, "image_size")),
+        image_size=int(prepared.splits.train.image_size),
         per_class=setting(options, space, "per_class"),
         classes=options.classes,
         say=print_fn,
@@ -447,6 +485,10 @@ def _plan(
     )
     setup = time.perf_counter() - started
     _refuse_a_budget_spent_on_setup(budget, setup, space, storage / experiment_dir, "recommend" in names)
+    if budget is not None:
+        _say_what_the_budget_affords(
+            space, prepared, starts, budget - setup - _kept(budget, space), setup, options, print_fn
+        )
     warm_start = list(options.warm_start or []) + starts.points + list(space.search.get("points_to_evaluate") or [])
     sampler = _with_prior(_sampler(space, seed), space, starts.task, len(prepared.splits.train.classes), seed, print_fn)
     optuna_storage = options.optuna_storage or f"sqlite:///{storage / experiment_dir / OPTUNA_DB}"
@@ -470,13 +512,14 @@ def _plan(
         reevaluation = Reevaluation(
             top,
             seed,
-            prepared.splits,
+            prepared.trial_splits(),
             prepared.weights,
             prepared.data_settings.augmentation,
             str(storage / experiment_dir / PREFIX_CACHE),
             prepared.resources,
             say=print_fn,
             deadline=None if budget is None else started + budget - _wrap_up(budget),
+            image_sizes=dict(prepared.image_sizes),
         )
     remaining = None
     if budget is not None:
@@ -642,6 +685,7 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
                 dataset=prepared.dataset_input,
                 cache_prefix=space.prefix_cache,
                 prefix_cache_bytes=options.cache_size,
+                image_sizes=dict(prepared.image_sizes),
             )
             if plan.starts.labels:
                 print_fn(
@@ -679,6 +723,48 @@ def run_search(space: SearchSpace, options: SearchOptions, print_fn: Callable[[s
 MIN_TRIAL_S = 10.0
 #: What the refusal suggests leaving for trials: a minute, room for a few cheap ones.
 SUGGESTED_TRIAL_S = 60.0
+
+
+def _say_what_the_budget_affords(
+    space: SearchSpace, prepared: _Prepared, starts, left: float, setup: float, options, print_fn
+) -> None:
+    """One line before the trials: the setup's seconds, what a trial costs here (:mod:`nbtl.search.cost`, measured
+    on this machine for the space's first backbone), and about how many trials the time left affords. CPU trials
+    only: a GPU's speed is not modelled."""
+    from nbtl.config import TrialConfig
+    from nbtl.errors import ConfigError
+    from nbtl.search.cost import measure_speed, trial_seconds
+
+    if prepared.resources.get("gpu"):
+        return
+    backbone = space.backbones()[0]
+    size = prepared.image_sizes.get(backbone, int(prepared.splits.train.image_size))
+    measured = time.perf_counter()
+    speed = measure_speed(backbone, size, threads=int(max(1, prepared.resources.get("cpu", 1))))
+    measured = time.perf_counter() - measured
+    n_train, n_eval = len(prepared.splits.train), len(prepared.splits.val) + len(prepared.splits.test)
+    keys = set(TrialConfig.keys())
+    fixed = {p.name: p.value for p in space.resolved(n_train).parameters if p.fixed and p.name in keys}
+
+    def cost(values: dict) -> float:
+        try:
+            config = TrialConfig.from_dict({**fixed, **{k: v for k, v in values.items() if k in keys}})
+        except ConfigError:
+            config = TrialConfig(epochs=int(fixed.get("epochs", TrialConfig.epochs)))
+        return trial_seconds(config, speed, n_train, n_eval, cached=space.prefix_cache)
+
+    blocks = len(speed.block_share)
+    full, half = cost({"backbone": backbone}), cost({"backbone": backbone, "freeze_blocks": blocks // 2})
+    at_once = int(setting(options, space, "max_concurrent"))
+    first = sum(cost(point) for point in starts.points) / at_once
+    more = max(0, int((left - first - measured) * at_once / max(half, 1e-3)))
+    points = f"the {len(starts.points)} start point(s) (about {_duration(first)}) and " if starts.points else ""
+    print_fn(
+        f"setup took {_duration(setup)}; a trial of {backbone} at {size}px costs about {_duration(full)} here "
+        f"fine-tuning every block, {_duration(half)} with half of them frozen (measured in {measured:.1f}s, if it "
+        f"runs all its epochs): the {_duration(left)} left for trials afford {points}about {more} more, "
+        f"{at_once} at a time"
+    )
 
 
 def _kept(budget: float, space: SearchSpace) -> float:
@@ -861,6 +947,7 @@ def resume_search(
                 dataset=prepared.dataset_input,
                 cache_prefix=space.prefix_cache,
                 prefix_cache_bytes=options.cache_size,
+                image_sizes=dict(prepared.image_sizes),
             )
             tuner = tune.Tuner.restore(
                 str(experiment_path),

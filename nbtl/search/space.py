@@ -439,7 +439,7 @@ def _checked(parameter: Parameter, at: str) -> Parameter:
 
 def _validate_settings(space: SearchSpace, where: str) -> None:
     from nbtl.data import make_augmentation
-    from nbtl.data.settings import MAX_SEED, MIN_IMAGE_SIZE
+    from nbtl.data.settings import MAX_SEED, check_setting
     from nbtl.data.splits import MIN_IMAGES_PER_CLASS
     from nbtl.search.space_checks import check_points, check_prior, check_sampler, check_scheduler
 
@@ -450,7 +450,8 @@ def _validate_settings(space: SearchSpace, where: str) -> None:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
             raise ConfigError(f"{where}: {label}.{key} must be an integer >= {minimum}, got {v!r}")
 
-    positive_int(d, "image_size", "data", MIN_IMAGE_SIZE)
+    if d.get("image_size") is not None:
+        check_setting("image_size", d["image_size"], f"{where}: data")
     positive_int(d, "per_class", "data", MIN_IMAGES_PER_CLASS)
     for key in ("val_fraction", "test_fraction"):
         v = d.get(key)

@@ -31,6 +31,11 @@ class TrialContext:
     cache_prefix: bool = True  # search.prefix_cache: False runs every block of every trial on every step
     prefix_cache_bytes: int | None = None  # --cache-size: the most the prefix store may take on disk (LRU)
     storage_dir: str | None = None  # the search's folder on its storage path, where Ray Tune copies checkpoints
+    image_sizes: dict[str, int] = field(default_factory=dict)  # each backbone's image size, unless a trial has its own
+
+    def image_size_of(self, config) -> int | None:
+        """The size a trial trains at: its own ``image_size``, else its backbone's (None: the splits' one size)."""
+        return config.image_size or self.image_sizes.get(config.backbone)
 
 
 _STORES: dict[tuple[str | None, int, int | None], Any] = {}
@@ -178,6 +183,14 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
             reported.append(metrics["epoch"])
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
+    if isinstance(splits, dict):  # one data file per image size: the trial's own
+        size = context.image_size_of(trial_config)
+        if size not in splits:
+            raise ValueError(
+                f"trial {trial_name}: image_size {size} has no data file in this search (it has "
+                f"{', '.join(map(str, sorted(splits)))} px): search image_size over choices the space names"
+            )
+        splits = splits[size]
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
     store = prefix_store(context.prefix_cache_dir, context.seed, context.prefix_cache_bytes)
     try:

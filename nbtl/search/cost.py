@@ -1,0 +1,109 @@
+"""What a trial costs here, in seconds, before it runs: the cost model behind the search's setup estimate.
+
+One measurement per (backbone, image size) on this machine: a forward pass of a batch through each block in
+turn (each block's share of the forward time) and a training step of the whole network (forward, backward,
+SGD step), best of a few, with the torch threads a trial gets. A trial's seconds follow from its config:
+
+- the blocks it trains (``freeze_blocks`` and up, the frozen prefix served from the prefix store) cost a training
+  step's share per training image and a forward's share per validation image, every epoch;
+- a frozen prefix is computed once, forward only, for the training views and the validation and test images
+  (cached by the search: the first trial of that prefix pays it);
+- a fully frozen trial with a linear head (the probe) is one forward pass over every image.
+
+It is a model, not a promise: the search prints it as "about", and ASHA, the time budget and the trials' own
+reports decide what really runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from nbtl.config import TrialConfig
+
+#: Images in the timed batch, and timed repeats (the best is kept: the rest waited on something else).
+BATCH, REPEATS = 8, 3
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Seconds per image of one backbone at one size, here."""
+
+    backbone: str
+    image_size: int
+    forward_s: float  # all blocks, no gradient
+    train_s: float  # forward, backward and an SGD step of the whole network
+    block_share: tuple[float, ...]  # each block's share of the forward time (sums to 1)
+
+    def trained_share(self, first_block: int) -> float:
+        """The share of the network from ``first_block`` on (the head alone: 2 %)."""
+        return max(0.02, sum(self.block_share[first_block:]))
+
+
+_MEASURED: dict[tuple[str, int, int], Speed] = {}
+
+
+def measure_speed(backbone: str, image_size: int, threads: int = 1) -> Speed:
+    """:class:`Speed` of ``backbone`` at ``image_size`` on ``threads`` torch threads (random weights: the
+    arithmetic is the same), measured once per process."""
+    import torch
+
+    key = (backbone, int(image_size), int(threads))
+    if key in _MEASURED:
+        return _MEASURED[key]
+    from nbtl.transfer import build_transfer
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = build_transfer(TrialConfig(backbone=backbone, pretrained=False), 2).model
+            images = torch.randint(0, 256, (BATCH, 3, image_size, image_size), dtype=torch.uint8)
+            labels = torch.zeros(BATCH, dtype=torch.long)
+            optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+            def forward() -> list[float]:
+                times, x = [], images
+                with torch.no_grad():
+                    started = time.perf_counter()
+                    x = model.forward_to(x, 1)
+                    times.append(time.perf_counter() - started)
+                    for block in list(model.blocks)[1:]:
+                        started = time.perf_counter()
+                        x = block(x)
+                        times.append(time.perf_counter() - started)
+                return times
+
+            def step() -> float:
+                started = time.perf_counter()
+                loss = torch.nn.functional.cross_entropy(model(images), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                return time.perf_counter() - started
+
+            model.eval()
+            forward()  # warm-up: first calls allocate
+            per_block = min((forward() for _ in range(REPEATS)), key=sum)
+            model.train()
+            step()
+            train = min(step() for _ in range(REPEATS))
+    finally:
+        torch.set_num_threads(before)
+    total = sum(per_block) or 1e-9
+    speed = Speed(backbone, int(image_size), total / BATCH, train / BATCH, tuple(t / total for t in per_block))
+    _MEASURED[key] = speed
+    return speed
+
+
+def trial_seconds(config: TrialConfig, speed: Speed, n_train: int, n_eval: int, cached: bool = True) -> float:
+    """About how long ``config`` trains here, on ``n_train`` training images and ``n_eval`` validation and test
+    images (see the module docstring)."""
+    blocks = len(speed.block_share)
+    freeze = min(config.freeze_blocks, blocks)
+    if freeze == blocks and config.head == "linear" and not config.head_warmup_epochs:
+        return (n_train + n_eval) * speed.forward_s  # the probe: features once, then a fitted head
+    first = freeze if cached else 0
+    prefix = (n_train + n_eval) * speed.forward_s * (1 - speed.trained_share(first)) if first else 0.0
+    epoch = n_train * speed.train_s * speed.trained_share(first) + n_eval * speed.forward_s * speed.trained_share(first)
+    return prefix + config.epochs * epoch
