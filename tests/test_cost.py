@@ -29,3 +29,26 @@ def test_a_trial_costs_more_the_more_it_trains(speed):
     assert seconds(freeze_blocks=6, head="mlp", cached=False) > frozen  # the cache skips the frozen prefix
     assert seconds(freeze_blocks=0, epochs=8) == pytest.approx(2 * full)  # every epoch trains every block
     assert trial_seconds(TrialConfig(epochs=4), speed, 1000, 200) > full  # more training images, longer epochs
+
+
+def test_auto_picks_the_largest_size_whose_start_points_fit_a_quarter_of_the_budget(speed):
+    from nbtl.search.cost import AUTO_SHARE, auto_image_size, scaled
+    from nbtl.search.start import conventional_config, probe_config
+
+    big = measure_speed("efficientnet_lite0", 64)
+    assert big.train_s > speed.train_s  # a larger image costs more
+    at = scaled(speed, big, 48)
+    assert speed.train_s < at.train_s < big.train_s and scaled(speed, big, 64).train_s == pytest.approx(big.train_s)
+    configs = [
+        TrialConfig.from_dict({**c("efficientnet_lite0"), "epochs": 3}) for c in (probe_config, conventional_config)
+    ]
+
+    def start_cost(size: int) -> float:
+        return sum(trial_seconds(c, scaled(speed, big, size), 300, 100) for c in configs)
+
+    budget = start_cost(96) / AUTO_SHARE * 1.01  # 96 px just fits, 128 does not
+    size, why = auto_image_size(224, configs, lambda s: scaled(speed, big, s), 300, 100, budget)
+    assert size == 96 and "96px" in why and "128px would take" in why
+    assert auto_image_size(224, configs, lambda s: scaled(speed, big, s), 300, 100, 1e9)[0] == 224
+    smallest, why = auto_image_size(224, configs, lambda s: scaled(speed, big, s), 300, 100, 1e-3)
+    assert smallest == 32 and "longer --time-budget" in why

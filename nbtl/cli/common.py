@@ -44,7 +44,8 @@ def add_data_flags(parser: argparse.ArgumentParser, image_size_help: str, seed_h
         type=image_size_flag,
         metavar="PX",
         help=f"resize images to this square size once ({image_size_help}); 'native': each backbone's own "
-        "(224 for EfficientNet-Lite0), for nbtl search and nbtl train",
+        "(224 for EfficientNet-Lite0), for nbtl search and nbtl train; 'auto': the largest size at which a search's "
+        "start points fit in a quarter of its --time-budget",
     )
     parser.add_argument("--per-class", type=int, help="use at most this many images per class")
     parser.add_argument("--classes", help="keep only these classes, by name or 0-based index, e.g. 0,2,4")
@@ -59,12 +60,12 @@ def add_data_flags(parser: argparse.ArgumentParser, image_size_help: str, seed_h
 
 def image_size_flag(value: str) -> int | str:
     """``--image-size``: pixels, or ``native``."""
-    if value.strip().lower() == "native":
-        return "native"
+    if value.strip().lower() in ("native", "auto"):
+        return value.strip().lower()
     try:
         return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a size in pixels (e.g. 224) or 'native'") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size in pixels (e.g. 224), 'native' or 'auto'") from None
 
 
 def add_weights_flag(parser: argparse.ArgumentParser) -> None:

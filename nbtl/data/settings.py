@@ -20,10 +20,12 @@ from typing import Any
 from nbtl.data.splits import MIN_IMAGES_PER_CLASS
 from nbtl.errors import ConfigError
 
-__all__ = ["MAX_SEED", "MIN_IMAGE_SIZE", "NATIVE", "SETTING_KEYS", "DataSettings", "check_setting"]
+__all__ = ["AUTO", "MAX_SEED", "MIN_IMAGE_SIZE", "NATIVE", "SETTING_KEYS", "DataSettings", "check_setting"]
 
 #: ``image_size: native``: each backbone at the resolution its weights were trained at.
 NATIVE = "native"
+#: ``image_size: auto``: a search picks the largest size its time budget affords (nbtl.search.cost).
+AUTO = "auto"
 #: The smallest image side: below it the backbones' strided stems leave no spatial extent.
 MIN_IMAGE_SIZE = 8
 #: Seeds feed numpy's ``SeedSequence`` and ``default_rng``, which take 0 .. 2**32 - 1.
@@ -52,11 +54,12 @@ class DataSettings:
 
     Parameters
     ----------
-    image_size : int or "native", default=64
+    image_size : int, "native" or "auto", default=64
         Side of the stored square images, in pixels (at least :data:`MIN_IMAGE_SIZE`); ``"native"`` gives each
         backbone the resolution its weights were trained at (``spec.input_size``: 224 for EfficientNet-Lite0,
         240 for Lite1, 260 for Lite2), so a search over several backbones decodes the data once per size
-        (:meth:`for_backbone`).
+        (:meth:`for_backbone`); ``"auto"``: a search picks the largest size at which its start points fit in a
+        quarter of its time budget (:func:`nbtl.search.cost.auto_image_size`; native on a GPU or without a budget).
     val_fraction, test_fraction : float, default=0.15
         Share of each class for validation and for test, each in (0, 0.5).
     per_class : int or None, default=None
@@ -134,8 +137,9 @@ class DataSettings:
         return {**self.to_dict(), "augmentation": json.dumps(self.augmentation or {}, sort_keys=True)}
 
     def size_for(self, backbone: str) -> int:
-        """The image side ``backbone`` is trained and scored at: ``image_size``, or the backbone's own."""
-        if self.image_size != NATIVE:
+        """The image side ``backbone`` is trained and scored at: ``image_size``, or the backbone's own (``native``,
+        and ``auto`` where no search resolved it: with no budget to fit, the backbone's own)."""
+        if self.image_size not in (NATIVE, AUTO):
             return int(self.image_size)
         from nbtl.backbones import get_spec
 
@@ -147,9 +151,9 @@ class DataSettings:
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`nbtl.data.load_dataset` (besides the source)."""
-        if self.image_size == NATIVE:
+        if self.image_size in (NATIVE, AUTO):
             raise ConfigError(
-                "image_size native gives each backbone its own size, and this decodes the data at one size: "
+                f"image_size {self.image_size} gives each backbone a size of its own, and this decodes the data at one size: "
                 "give an image size in pixels (e.g. --image-size 224)"
             )
         return {
@@ -185,13 +189,13 @@ def check_setting(key: str, value: Any, where: str) -> Any:
     """``value`` of setting ``key``, checked and normalised; a bad one raises one :class:`ConfigError`
     that starts with ``where`` (a flag such as ``--seed``, or a file) and says what is allowed."""
     if key == "image_size":
-        if isinstance(value, str) and value.strip().lower() == NATIVE:
-            return NATIVE
+        if isinstance(value, str) and value.strip().lower() in (NATIVE, AUTO):
+            return value.strip().lower()
         number = _integer(value)
         if number is None or number < MIN_IMAGE_SIZE:
             raise ConfigError(
-                f"{where}: image_size must be an integer >= {MIN_IMAGE_SIZE} (pixels) or native (each backbone's "
-                f"own), got {value!r}"
+                f"{where}: image_size must be an integer >= {MIN_IMAGE_SIZE} (pixels), native (each backbone's "
+                f"own) or auto (what a search's time budget affords), got {value!r}"
             )
         return number
     if key in ("val_fraction", "test_fraction"):

@@ -107,3 +107,62 @@ def trial_seconds(config: TrialConfig, speed: Speed, n_train: int, n_eval: int, 
     prefix = (n_train + n_eval) * speed.forward_s * (1 - speed.trained_share(first)) if first else 0.0
     epoch = n_train * speed.train_s * speed.trained_share(first) + n_eval * speed.forward_s * speed.trained_share(first)
     return prefix + config.epochs * epoch
+
+
+#: ``image_size: auto``: the share of the time budget (after the wrap-up) the start points may take.
+AUTO_SHARE = 0.25
+#: ``image_size: auto``: the sizes it chooses from (up to the backbone's own).
+AUTO_SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 240, 260)
+
+
+def scaled(low: Speed, high: Speed, image_size: int) -> Speed:
+    """The speed at ``image_size`` from two measured sizes: each seconds-per-image as a power of the side,
+    fitted through both (log-log), the block shares of the nearer one."""
+    import math
+
+    def between(a: float, b: float) -> float:
+        if low.image_size == high.image_size or a <= 0 or b <= 0:
+            return a * (image_size / low.image_size) ** 2
+        power = math.log(b / a) / math.log(high.image_size / low.image_size)
+        return a * (image_size / low.image_size) ** power
+
+    near = low if abs(image_size - low.image_size) <= abs(image_size - high.image_size) else high
+    return Speed(
+        low.backbone,
+        int(image_size),
+        between(low.forward_s, high.forward_s),
+        between(low.train_s, high.train_s),
+        near.block_share,
+    )
+
+
+def auto_image_size(
+    native: int,
+    configs: list[TrialConfig],
+    speed_at,
+    n_train: int,
+    n_eval: int,
+    seconds: float,
+    at_once: int = 1,
+) -> tuple[int, str]:
+    """``image_size: auto``: the largest of :data:`AUTO_SIZES` up to ``native`` at which ``configs`` (the start
+    points) take at most :data:`AUTO_SHARE` of ``seconds``, ``at_once`` at a time; ``speed_at(size)`` gives the
+    :class:`Speed` at a size. Returns the size and why (one clause); the smallest size when none fits."""
+    share = AUTO_SHARE * seconds
+    sizes = sorted({s for s in AUTO_SIZES if s <= native} | {native}, reverse=True)
+    cost = {}
+    for size in sizes:
+        speed = speed_at(size)
+        cost[size] = sum(trial_seconds(c, speed, n_train, n_eval) for c in configs) / max(1, at_once)
+        if cost[size] <= share:
+            larger = [s for s in sizes if s > size]
+            above = f"; {larger[-1]}px would take about {cost[larger[-1]]:.0f}s" if larger else ""
+            return size, (
+                f"the start points take about {cost[size]:.0f}s of the {seconds:.0f}s for trials at {size}px "
+                f"(at most {AUTO_SHARE:.0%}){above}"
+            )
+    smallest = sizes[-1]
+    return smallest, (
+        f"even at {smallest}px the start points take about {cost[smallest]:.0f}s, more than {AUTO_SHARE:.0%} of the "
+        f"{seconds:.0f}s for trials: a longer --time-budget or fewer images would afford a larger size"
+    )

@@ -278,7 +278,7 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
     path, the weights through Ray's object store (``tune.with_parameters``): once per node, never per trial."""
     from nbtl.backbones import load_pretrained_state_dict
     from nbtl.data.arrayfile import DATA_DIR
-    from nbtl.data.settings import DataSettings
+    from nbtl.data.settings import AUTO, DataSettings
 
     # the one data-settings object: nbtl recommend and nbtl train read the same, so they mean the same images
     data_settings = DataSettings.from_space(
@@ -291,10 +291,12 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
             "test_data": getattr(options, "test_data", None),
         },
     )
+    root = _storage(options.storage_path) / DATA_DIR
+    if data_settings.image_size == AUTO:
+        data_settings = _auto_image_size(space, options, data_settings, root, print_fn)
     # each backbone's size (all the same unless image_size is native), and the sizes a space searches
     image_sizes = {b: data_settings.size_for(b) for b in space.backbones()}
     sizes = list(dict.fromkeys([*image_sizes.values(), *searched_image_sizes(space)]))
-    root = _storage(options.storage_path) / DATA_DIR
     by_size, first_meta = {}, None
     for size in sizes:
         splits, meta = _data_file(options.data, dataclasses.replace(data_settings, image_size=size), root, print_fn)
@@ -319,6 +321,45 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
     if options.gpu is not None:
         resources["gpu"] = options.gpu
     return _Prepared(meta["name"], splits, weights, resources, data_settings, meta["input"], image_sizes, by_size)
+
+
+def _auto_image_size(space: SearchSpace, options: SearchOptions, data_settings, root: Path, print_fn):
+    """``image_size: auto`` resolved: the space's first backbone's own size on a GPU or without a time budget, else
+    the largest size at which the start points fit in :data:`nbtl.search.cost.AUTO_SHARE` of the budget, their cost
+    measured here at 64 px and at the backbone's own size (:func:`nbtl.search.cost.auto_image_size`)."""
+    from nbtl.backbones import get_spec
+    from nbtl.config import TrialConfig
+    from nbtl.search.cost import auto_image_size, measure_speed, scaled
+    from nbtl.search.start import conventional_config, probe_config
+
+    backbone = space.backbones()[0]
+    native = int(get_spec(backbone).input_size)
+    budget = _time_budget(options, space)
+    resources = {**{"cpu": 1, "gpu": 0}, **(space.search.get("resources") or {})}
+    gpu = options.gpu if options.gpu is not None else resources["gpu"]
+    if gpu or budget is None:
+        why = "the trials have a GPU" if gpu else "no --time-budget to fit"
+        print_fn(f"image_size auto: {native}px, {backbone}'s own ({why})")
+        return dataclasses.replace(data_settings, image_size=native)
+    low = min(64, native)
+    # the images counted at 64 px (a size auto may choose; its data file is kept for the next search)
+    splits, _ = _data_file(options.data, dataclasses.replace(data_settings, image_size=low), root, print_fn)
+    n_train, n_eval = len(splits.train), len(splits.val) + len(splits.test)
+    threads = int(max(1, options.cpu if options.cpu is not None else resources["cpu"]))
+    speeds = measure_speed(backbone, low, threads), measure_speed(backbone, native, threads)
+    fixed = {p.name: p.value for p in space.resolved(n_train).parameters if p.fixed and p.name in TrialConfig.keys()}
+    keep = {k: v for k, v in fixed.items() if k in ("epochs", "batch_size")}
+    names = [n for n in space.start_points if options.recommend or n != "recommend"]
+    configs = [
+        TrialConfig.from_dict({**(probe_config if n == "probe" else conventional_config)(backbone), **keep})
+        for n in names  # a recommended config costs about what the recipe does
+    ]
+    at_once = int(setting(options, space, "max_concurrent"))
+    size, why = auto_image_size(
+        native, configs, lambda s: scaled(*speeds, s), n_train, n_eval, budget - _kept(budget, space), at_once
+    )
+    print_fn(f"image_size auto: {size}px: {why}")
+    return dataclasses.replace(data_settings, image_size=size)
 
 
 def _data_file(source, data_settings, root: Path, print_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
