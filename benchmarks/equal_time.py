@@ -11,7 +11,8 @@ Methods (each a subprocess with its own MLflow store, results folder and feature
 
 and ablations of ``default``, each changing one thing in a copy of default.yaml: no-start (search.start_points: []),
 no-prior (search.prior.enabled: false), no-cache (search.prefix_cache: false), batch64 (parameters.batch_size: 64),
-no-warmup (parameters.head_warmup_epochs: 0), no-l2sp-blocks (parameters.l2sp_blocks removed).
+no-warmup (parameters.head_warmup_epochs: 0), no-l2sp-blocks (parameters.l2sp_blocks removed); and one
+addition, cost-aware (search.prior.cost_aware: true).
 
 A search's chosen config is its best trial by the one ranking (nbtl.search.results, as its results.csv), an
 ``nbtl train``'s the run it tagged nbtl.chosen; their test accuracy and macro-F1 are the result. Tasks come from
@@ -247,6 +248,8 @@ def method_space(method: str, document: dict) -> dict:
         parameters["head_warmup_epochs"] = 0
     elif method == "no-l2sp-blocks":
         parameters.pop("l2sp_blocks", None)
+    elif method == "cost-aware":
+        search["prior"] = {**(search.get("prior") or {}), "cost_aware": True}
     document["name"] = method
     return document
 

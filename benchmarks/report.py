@@ -43,7 +43,8 @@ REPO = BENCHMARKS.parent
 RESULTS = BENCHMARKS / "results"
 READMES = (BENCHMARKS / "README.md", REPO / "README.md")
 MAIN_METHODS = ("probe", "binary", "random", "recommend", "default")
-ABLATIONS = ("no-start", "no-prior", "no-cache", "batch64", "no-warmup", "no-l2sp-blocks")
+#: One change each to default.yaml; cost-aware adds one (the prior's expected gain per second) rather than removing one.
+ABLATIONS = ("no-start", "no-prior", "no-cache", "batch64", "no-warmup", "no-l2sp-blocks", "cost-aware")
 BASELINE = "default"
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
 AT = (0.25, 0.5, 1.0)  # shares of the budget the regret and rank tables show

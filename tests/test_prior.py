@@ -294,3 +294,39 @@ def test_a_broken_score_falls_back_to_the_plain_sampler(space):
     configs, trials = run(space, PriorSampler(tpe(0), space, broken, n_classes=N_CLASSES), 6)
     TrialConfig.from_dict(configs[-1], where="a fallback proposal")
     assert all(PRIOR_SCORE_ATTR not in t.user_attrs for t in trials)
+
+
+def test_cost_aware_ranking_puts_the_cheaper_candidate_first_when_predicted_gains_tie(space):
+    from nbtl.search.cost import CostModel, measure_speed
+
+    cost = CostModel({"efficientnet_lite0": measure_speed("efficientnet_lite0", 32)}, 300, 100)
+    full = {"backbone": "efficientnet_lite0", "freeze_blocks": 0, "epochs": 6, "batch_size": "auto"}
+    frozen = {**full, "freeze_blocks": 6, "head": "mlp"}
+    seconds = cost([full, frozen])
+    assert seconds[1] < seconds[0]  # the frozen prefix is cached: fewer blocks train
+
+    sampler = PriorSampler(tpe(0), space, lambda c: np.full(len(c), 0.7), n_classes=N_CLASSES, cost=cost)
+    gain = sampler.gain_per_second(np.array([0.7, 0.7]), seconds, best=0.6)
+    assert gain[1] > gain[0] > 0
+    # predicted accuracy ties: the cheaper first; a much better prediction is worth its cost
+    assert sampler.choose(np.array([0.7, 0.7]), top=1, ranking=gain) == 1
+    better = sampler.gain_per_second(np.array([0.95, 0.7]), seconds, best=0.6)
+    assert sampler.choose(np.array([0.95, 0.7]), top=1, ranking=better) == 0
+    # a chance-level candidate stays vetoed by its accuracy, however cheap
+    assert sampler.choose(np.array([0.7, 0.05]), top=1, ranking=np.array([0.1, 99.0])) == 0
+
+
+def flat(configs):
+    """Every candidate predicted alike (module level: a study holding it is pickled)."""
+    return np.full(len(configs), 0.7)
+
+
+def test_a_cost_aware_prior_steers_a_real_study_towards_cheap_configs(space):
+    from nbtl.search.cost import CostModel, measure_speed
+
+    cost = CostModel({b: measure_speed(b, 32) for b in ("efficientnet_lite0", "efficientnet_lite1")}, 300, 100)
+    plain, _ = run(space, PriorSampler(tpe(0), space, flat, n_classes=N_CLASSES, seed=0), 8)
+    cheap, _ = run(space, PriorSampler(tpe(0), space, flat, n_classes=N_CLASSES, seed=0, cost=cost), 8)
+    assert sum(cost(cheap)) < sum(cost(plain))
+    clone = pickle.loads(pickle.dumps(PriorSampler(tpe(0), space, flat, cost=cost)))  # Ray pickles the study
+    assert clone.cost([plain[0]]).shape == (1,)

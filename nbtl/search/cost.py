@@ -166,3 +166,35 @@ def auto_image_size(
         f"even at {smallest}px the start points take about {cost[smallest]:.0f}s, more than {AUTO_SHARE:.0%} of the "
         f"{seconds:.0f}s for trials: a longer --time-budget or fewer images would afford a larger size"
     )
+
+
+class CostModel:
+    """``cost(configs) -> seconds``: :func:`trial_seconds` of full candidate configs (dicts), with each backbone's
+    measured :class:`Speed`; a config it cannot read costs what a default one does. Picklable (a study holds it)."""
+
+    def __init__(self, speeds: dict[str, Speed], n_train: int, n_eval: int, cached: bool = True) -> None:
+        self.speeds = dict(speeds)
+        self.n_train, self.n_eval, self.cached = int(n_train), int(n_eval), bool(cached)
+
+    def config(self, values: dict) -> TrialConfig:
+        keys = set(TrialConfig.keys())
+        known = {k: v for k, v in values.items() if k in keys}
+        try:
+            return TrialConfig.from_dict(known)
+        except Exception:  # e.g. batch_size: auto, unresolved: the cost does not depend on it
+            return TrialConfig(
+                backbone=str(known.get("backbone", TrialConfig.backbone)),
+                freeze_blocks=int(known.get("freeze_blocks", 0) or 0),
+                epochs=int(known.get("epochs", TrialConfig.epochs) or TrialConfig.epochs),
+                head=str(known.get("head", TrialConfig.head)),
+            )
+
+    def __call__(self, configs: list[dict]):
+        import numpy as np
+
+        seconds = []
+        for values in configs:
+            config = self.config(values)
+            speed = self.speeds.get(config.backbone) or next(iter(self.speeds.values()))
+            seconds.append(trial_seconds(config, speed, self.n_train, self.n_eval, self.cached))
+        return np.asarray(seconds, dtype=float)

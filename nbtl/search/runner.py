@@ -450,9 +450,19 @@ def _trial_count(options: SearchOptions, space: SearchSpace, budget: float | Non
     return int(setting(options, space, "trials"))
 
 
-def _with_prior(sampler, space: SearchSpace, task, n_classes: int, seed: int, print_fn: Callable[[str], None]):
+def _with_prior(
+    sampler,
+    space: SearchSpace,
+    task,
+    n_classes: int,
+    seed: int,
+    print_fn: Callable[[str], None],
+    prepared: _Prepared | None = None,
+):
     """The sampler, wrapped in the learned prior (:mod:`nbtl.search.prior`) when the space asks for it
-    (``search.prior.enabled``, default on for TPE) and the task's fit was measured."""
+    (``search.prior.enabled``, default on for TPE) and the task's fit was measured; with ``search.prior.cost_aware``
+    its candidates are ranked by expected gain per second (:class:`nbtl.search.cost.CostModel`, each backbone's
+    speed measured here)."""
     spec = dict(space.search.get("prior") or {})
     kind = (space.search.get("sampler") or {}).get("type", "tpe")
     if not spec.get("enabled", kind == "tpe") or task is None:
@@ -460,12 +470,28 @@ def _with_prior(sampler, space: SearchSpace, task, n_classes: int, seed: int, pr
     from nbtl.search.prior import build_prior
 
     extra = {k: spec[k] for k in ("n_candidates",) if k in spec}
-    prior = build_prior(space, sampler, {b: task.row(b) for b in task.backbones}, n_classes, seed=seed, **extra)
+    cost = None
+    if spec.get("cost_aware") and prepared is not None:
+        from nbtl.search.cost import CostModel, measure_speed
+
+        threads = int(max(1, prepared.resources.get("cpu", 1)))
+        sizes = prepared.image_sizes or dict.fromkeys(space.backbones(), int(prepared.splits.train.image_size))
+        speeds = {b: measure_speed(b, size, threads) for b, size in sizes.items()}
+        n_eval = len(prepared.splits.val) + len(prepared.splits.test)
+        cost = CostModel(speeds, len(prepared.splits.train), n_eval, cached=space.prefix_cache)
+    prior = build_prior(
+        space, sampler, {b: task.row(b) for b in task.backbones}, n_classes, seed=seed, cost=cost, **extra
+    )
     if prior is None:
         return sampler
+    ranked = (
+        "expected gain per second (the recommender's accuracy, a cost model measured here)"
+        if cost
+        else ("the recommender fitted on the meta-dataset")
+    )
     print_fn(
-        "learned prior: Optuna's proposals are ranked by the recommender fitted on the meta-dataset "
-        f"({getattr(prior, 'n_candidates', '?')} candidates a trial)"
+        f"learned prior: Optuna's proposals are ranked by {ranked} ({getattr(prior, 'n_candidates', '?')} "
+        "candidates a trial)"
     )
     return prior
 
@@ -531,7 +557,9 @@ def _plan(
             space, prepared, starts, budget - setup - _kept(budget, space), setup, options, print_fn
         )
     warm_start = list(options.warm_start or []) + starts.points + list(space.search.get("points_to_evaluate") or [])
-    sampler = _with_prior(_sampler(space, seed), space, starts.task, len(prepared.splits.train.classes), seed, print_fn)
+    sampler = _with_prior(
+        _sampler(space, seed), space, starts.task, len(prepared.splits.train.classes), seed, print_fn, prepared
+    )
     optuna_storage = options.optuna_storage or f"sqlite:///{storage / experiment_dir / OPTUNA_DB}"
     searcher = OptunaSearch(
         space=space.define_by_run(seed),

@@ -54,7 +54,7 @@ SEARCH_KEYS = (
 #: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
 START_POINTS = ("probe", "conventional", "recommend")
 SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
-PRIOR_KEYS = ("enabled", "n_candidates", "trials")
+PRIOR_KEYS = ("enabled", "n_candidates", "trials", "cost_aware")
 SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
 #: ``batch_size: auto``: the largest power of two that still gives each epoch this many optimizer steps
 #: (within AUTO_BATCH_RANGE). At batch 64 a 336-image training split makes 5 steps an epoch, too few for

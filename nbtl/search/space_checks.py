@@ -265,8 +265,9 @@ def check_scheduler(spec: dict[str, Any], max_epochs: int, where: str) -> None:
 
 def check_prior(spec: dict[str, Any], where: str) -> None:
     at = f"{where}: search.prior"
-    if "enabled" in spec and not isinstance(spec["enabled"], bool):
-        raise ConfigError(f"{at}.enabled must be true or false, got {spec['enabled']!r}")
+    for key in ("enabled", "cost_aware"):
+        if key in spec and not isinstance(spec[key], bool):
+            raise ConfigError(f"{at}.{key} must be true or false, got {spec[key]!r}")
     for key in ("n_candidates", "trials"):
         if key in spec and not (_is_int(spec[key]) and spec[key] >= 1):
             raise ConfigError(f"{at}.{key} must be an integer >= 1, got {spec[key]!r}")
