@@ -5,6 +5,7 @@ path (what Ray's object store carries), built again where a node cannot see it."
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import torch
 from PIL import Image
 
 from nbtl.data import load_dataset, split_dataset
-from nbtl.data.arrayfile import DATA_DIR, MappedSplits, data_key, ensure_splits, open_splits
+from nbtl.data.arrayfile import DATA_DIR, MappedSplits, data_key, decode_splits, ensure_splits, open_splits
+from nbtl.data.images import decode_to_disk
 from nbtl.data.settings import DataSettings
 
 SETTINGS = DataSettings(image_size=16, val_fraction=0.25, test_fraction=0.25, seed=3)
@@ -36,13 +38,17 @@ def _file_digest(folder: Path) -> str:
     return hashlib.sha256((folder / "images.npy").read_bytes()).hexdigest()
 
 
-def test_built_once_reused_and_identical_to_the_in_memory_splits(tmp_path):
+@pytest.mark.parametrize("spill", [False, True], ids=["decoded-in-memory", "decoded-to-disk"])
+def test_built_once_reused_and_identical_to_the_in_memory_splits(tmp_path, monkeypatch, spill):
+    if spill:  # every decoded array goes to a mapped file first, as 60,000 images at 224 px do
+        monkeypatch.setenv("NBTL_SPILL_BYTES", "0")
     source = _folder(tmp_path / "pets")
     folder, seconds = ensure_splits(str(source), SETTINGS, tmp_path / DATA_DIR)
     assert seconds is not None and (folder / "images.npy").exists()
     again, seconds_again = ensure_splits(str(source), SETTINGS, tmp_path / DATA_DIR)
     assert (again, seconds_again) == (folder, None)  # reused: nothing decoded
-    assert len(list((tmp_path / DATA_DIR).iterdir())) == 2  # the folder and its lock file
+    assert len(list((tmp_path / DATA_DIR).iterdir())) == 2  # the folder and its lock file (the decoded file is gone)
+    assert json.loads((folder / "meta.json").read_text())["input"] == decode_splits(str(source), SETTINGS)[1]["input"]
 
     mapped = open_splits(folder)
     expected = split_dataset(load_dataset(str(source), **SETTINGS.load_kwargs()), **SETTINGS.split_kwargs())
@@ -104,3 +110,17 @@ def test_a_missing_file_without_its_source_is_one_clear_error(tmp_path):
 
     with pytest.raises(DataError, match="not found; run the search again"):
         open_splits(tmp_path / "nope")
+
+
+def test_a_large_decode_goes_to_a_mapped_file_that_the_loaders_fill(tmp_path, monkeypatch):
+    """Inside decode_to_disk a dataset at or above NBTL_SPILL_BYTES is decoded into a mapped .npy, not memory."""
+    source = _folder(tmp_path / "pets")
+    in_memory = load_dataset(str(source), image_size=16)
+    monkeypatch.setenv("NBTL_SPILL_BYTES", str(in_memory.images.numel()))
+    with decode_to_disk(tmp_path / "spill") as spill:
+        mapped = load_dataset(str(source), image_size=16)
+        digits = load_dataset("digits", image_size=8, per_class=5)  # 50 x 3 x 8 x 8: below the limit, in memory
+    files = list(spill.glob("decoded-*.npy"))
+    assert len(files) == 1 and np.array_equal(np.load(files[0], mmap_mode="r"), in_memory.images.numpy())
+    assert torch.equal(mapped.images, in_memory.images) and mapped.fingerprint() == in_memory.fingerprint()
+    assert len(digits) == 50  # decoded beside, in memory: the one file is the folder's

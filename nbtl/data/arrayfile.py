@@ -10,6 +10,9 @@ pages, and the file never changes. A second search with the same source and sett
 start together build it once (a file lock). A node that cannot see the folder (storage not shared between nodes)
 builds its own copy there from the source when it first unpickles the splits.
 
+The file is written with bounded memory (:func:`decode_to_file`): a large dataset is decoded into a memory-mapped
+file beside it (:func:`nbtl.data.images.decode_to_disk`), split by position, and copied in a chunk at a time.
+
 The key is a hash of what decides the pixels and the split: the source (a built-in's name, or a local folder's
 or file's resolved path with every file's relative path, size and modification time), the test source likewise,
 and the data settings but the augmentation (which is applied per batch, not stored).
@@ -33,6 +36,7 @@ import numpy as np
 import torch
 
 from nbtl.data.dataset import ImageDataset
+from nbtl.data.images import release_pages, track_mapping
 from nbtl.data.splits import Splits
 from nbtl.errors import DataError, ensure_room
 
@@ -140,6 +144,76 @@ def write_splits(splits: Splits, folder: str | os.PathLike, meta: dict[str, Any]
     return folder
 
 
+def write_positions(
+    dataset: ImageDataset,
+    positions: dict[str, np.ndarray],
+    folder: str | os.PathLike,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """:func:`write_splits` of the parts of ``dataset`` at ``positions`` (sorted), copied into the data file a chunk
+    of images at a time: a memory-mapped ``dataset`` (:func:`nbtl.data.images.decode_to_disk`) is never in memory
+    whole. The same file as ``write_splits(split_dataset(...))`` writes."""
+    folder = Path(folder)
+    order = {p: np.sort(np.asarray(positions[p], dtype=np.int64)) for p in PARTS}
+    size, total = dataset.image_size, sum(len(order[p]) for p in PARTS)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    ensure_room(folder.parent, total * 3 * size * size + 2**20, "the decoded images")
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        images = track_mapping(
+            np.lib.format.open_memmap(staging / "images.npy", mode="w+", dtype=np.uint8, shape=(total, 3, size, size))
+        )
+        source, offset, step = dataset.images.numpy(), 0, max(1, 2**26 // (3 * size * size))
+        for part in PARTS:
+            for start in range(0, len(order[part]), step):
+                chunk = order[part][start : start + step]
+                images[offset : offset + len(chunk)] = source[chunk]
+                # both files' pages out of this process once copied (a decoded file is tracked too)
+                release_pages(source[chunk[0] : chunk[-1] + 1])
+                release_pages(images[offset : offset + len(chunk)])
+                offset += len(chunk)
+        images.flush()
+        labels = dataset.labels.numpy()
+        np.save(staging / "labels.npy", np.concatenate([labels[order[p]] for p in PARTS]).astype(np.int64))
+        np.save(staging / "indices.npy", np.concatenate([order[p] for p in PARTS]).astype(np.int64))
+        views, start = {}, 0
+        for part in PARTS:
+            end = start + len(order[part])
+            views[part] = ImageDataset(
+                torch.from_numpy(images[start:end]),
+                torch.from_numpy(labels[order[part]]),
+                dataset.classes,
+                dataset.name,
+                dataset.grayscale,
+                dataset.original_size,
+                None if dataset.parts is None else dataset.parts[order[part]],
+            )
+            start = end
+        document = {
+            "format": FORMAT,
+            "name": dataset.name,
+            "classes": list(dataset.classes),
+            "grayscale": bool(dataset.grayscale),
+            "original_size": list(dataset.original_size),
+            "image_size": int(size),
+            "counts": {p: len(order[p]) for p in PARTS},
+            "parts": {p: None if views[p].parts is None else views[p].parts.tolist() for p in PARTS},
+            "fingerprints": {p: views[p].fingerprint() for p in PARTS},
+            **(meta or {}),
+        }
+        del images, views
+        (staging / "meta.json").write_text(json.dumps(document))
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process wrote the same key first: its folder is as good as ours
+            if not (folder / "meta.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def open_splits(
     folder: str | os.PathLike, source: str | None = None, settings: dict[str, Any] | None = None
 ) -> MappedSplits:
@@ -213,13 +287,40 @@ def ensure_splits(
         if (folder / "meta.json").exists():  # another process built it while this one waited
             return folder, None
         started = time.perf_counter()
-        splits, extra = (build or (lambda: decode_splits(source, settings)))()
-        write_splits(
-            splits,
-            folder,
-            {"source": _where(source), "settings": settings.to_params(), **extra},
-        )
+        where = {"source": _where(source), "settings": settings.to_params()}
+        if build is None:
+            decode_to_file(source, settings, folder, where)
+        else:
+            splits, extra = build()
+            write_splits(splits, folder, {**where, **extra})
         return folder, time.perf_counter() - started
+
+
+def decode_to_file(source, settings, folder: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """The data file of ``source`` under ``settings`` written to ``folder`` with bounded memory: the images decoded
+    into a memory-mapped file beside it (:func:`nbtl.data.images.decode_to_disk`), split by position
+    (:func:`nbtl.data.splits.split_positions`), copied into the data file a chunk at a time, the decoded file then
+    removed. Its meta is :func:`decode_splits`'s."""
+    from types import SimpleNamespace
+
+    from nbtl.data import load_dataset
+    from nbtl.data.describe import describe_dataset
+    from nbtl.data.images import decode_to_disk
+    from nbtl.data.splits import split_positions
+
+    folder = Path(folder)
+    spill = folder.with_name(f".{folder.name}.decoding-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with decode_to_disk(spill):
+            dataset = load_dataset(source, **settings.load_kwargs())
+        positions = {p: np.sort(v) for p, v in split_positions(dataset, **settings.split_kwargs()).items()}
+        parts = SimpleNamespace(**positions, indices=positions)  # what describe_dataset reads of the splits
+        described = describe_dataset(dataset, parts, os.fspath(source), settings.image_size, settings.test_data)
+        extra = {"dataset": {"images": len(dataset), "official": dataset.part_counts()}, "input": described}
+        write_positions(dataset, positions, folder, {**(meta or {}), **extra})
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return folder
 
 
 def decode_splits(source, settings) -> tuple[Splits, dict[str, Any]]:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from nbtl.data.dataset import ImageDataset
-from nbtl.data.images import median_size, open_image, resize_square, to_rgb_array
+from nbtl.data.images import allocate_images, median_size, open_image, resize_square, to_rgb_array
 from nbtl.data.selection import select_per_class
 from nbtl.errors import DataError
 
@@ -56,7 +56,7 @@ def load_photo_patches(image_size: int, per_class: int | None, seed: int) -> Ima
     names = list(PHOTO_FILES)
     labels = np.repeat(np.arange(len(names), dtype=np.int64), PATCHES_PER_PHOTO)
     keep = select_per_class(labels, per_class, seed)
-    images = torch.empty((len(keep), 3, image_size, image_size), dtype=torch.uint8)
+    images = allocate_images(len(keep), image_size)
     pixels = images.numpy()
     sizes = []
     row = 0
@@ -176,7 +176,7 @@ def load_emoji(image_size: int, per_class: int | None, seed: int) -> ImageDatase
     ]
     labels = np.array([label for label, _ in points], dtype=np.int64)
     keep = select_per_class(labels, per_class, seed)
-    images = torch.empty((len(keep), 3, image_size, image_size), dtype=torch.uint8)
+    images = allocate_images(len(keep), image_size)
     pixels = images.numpy()
     canvas_side = _NOTO_EMOJI_PIXELS * 3 // 2
     for row, index in enumerate(keep):
@@ -216,7 +216,7 @@ def load_icons(image_size: int, per_class: int | None, seed: int) -> ImageDatase
         )
     paths, labels = _icon_files()
     keep = select_per_class(labels, per_class, seed)
-    images = torch.empty((len(keep), 3, image_size, image_size), dtype=torch.uint8)
+    images = allocate_images(len(keep), image_size)
     pixels = images.numpy()
     sizes = np.empty((len(keep), 2), dtype=np.int64)
     for row, index in enumerate(keep):

@@ -161,7 +161,14 @@ class ImageDataset:
             return known
         digest = hashlib.sha256()
         digest.update(json.dumps([list(self.images.shape), self.classes]).encode())
-        digest.update(self.images.contiguous().numpy().tobytes())
+        # in chunks (the same bytes as one tobytes()): a memory-mapped dataset is never read into memory whole
+        step = max(1, 2**26 // max(1, self.images[0].numel() if len(self.images) else 1))
+        from nbtl.data.images import release_pages
+
+        for start in range(0, len(self.images), step):
+            chunk = self.images[start : start + step].numpy()
+            digest.update(np.ascontiguousarray(chunk).data)
+            release_pages(chunk)  # a file being written a chunk at a time: its pages out of this process
         digest.update(self.labels.contiguous().numpy().astype("<i8").tobytes())
         if self.parts is not None:  # absent parts leave the digest as it always was
             digest.update(json.dumps(self.parts.tolist()).encode())

@@ -8,22 +8,91 @@ from __future__ import annotations
 
 import io
 import logging
+import mmap
 import multiprocessing
 import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+import uuid
+import weakref
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from nbtl.errors import DataError
+from nbtl.errors import DataError, ensure_room
 
 logger = logging.getLogger(__name__)
+
+#: Where :func:`allocate_images` puts large decoded arrays (None: memory); set by :func:`decode_to_disk`.
+_SPILL: ContextVar[Path | None] = ContextVar("nbtl_decode_to_disk", default=None)
+#: Decoded arrays at least this large go to the :func:`decode_to_disk` folder (``$NBTL_SPILL_BYTES`` overrides).
+SPILL_FROM_BYTES = 256 * 2**20
+
+
+@contextmanager
+def decode_to_disk(folder: str | os.PathLike) -> Iterator[Path]:
+    """Within this block, every loader decodes a large dataset (:data:`SPILL_FROM_BYTES` or more) into a
+    memory-mapped file under ``folder`` instead of memory, so that 60,000 images at 224 px (9 GB) never sit
+    in RAM; the caller removes the folder when done with the images."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    token = _SPILL.set(folder)
+    try:
+        yield folder
+    finally:
+        _SPILL.reset(token)
+
+
+_MAPPINGS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # start address -> np.memmap (writable)
+
+
+def track_mapping(array: np.memmap) -> np.memmap:
+    """Let :func:`release_pages` find the pages of ``array`` (a writable ``np.memmap``) and its views."""
+    _MAPPINGS[array.__array_interface__["data"][0]] = array
+    return array
+
+
+def release_pages(part: np.ndarray) -> None:
+    """Write ``part`` (a view of a tracked mapping) back to its file and drop its pages from this process
+    (``MADV_DONTNEED`` on a shared file mapping: the data stays in the file and the page cache), so that
+    writing or reading a file larger than memory a chunk at a time keeps the process small; nothing for an
+    array that is not such a view."""
+    start = part.__array_interface__["data"][0]
+    for base, mapping in list(_MAPPINGS.items()):
+        raw = getattr(mapping, "_mmap", None)
+        if raw is None or not base <= start < base + mapping.nbytes:
+            continue
+        # numpy maps the file from the allocation boundary below the array's offset (the .npy header)
+        offset = start - base + mapping.offset % mmap.ALLOCATIONGRANULARITY
+        page = mmap.PAGESIZE
+        low = offset // page * page
+        length = min(-(-(offset + part.nbytes - low) // page) * page, len(raw) - low)
+        if length > 0:
+            raw.flush(low, length)
+            raw.madvise(mmap.MADV_DONTNEED, low, length)
+        return
+
+
+def allocate_images(count: int, image_size: int) -> torch.Tensor:
+    """An uninitialised uint8 ``(count, 3, S, S)`` tensor for decoded images: in memory, or inside
+    :func:`decode_to_disk` (when large) a view of a memory-mapped ``.npy`` file there."""
+    folder = _SPILL.get()
+    limit = int(os.environ.get("NBTL_SPILL_BYTES", SPILL_FROM_BYTES))
+    shape = (count, 3, image_size, image_size)
+    if folder is None or count * 3 * image_size * image_size < limit:
+        return torch.empty(shape, dtype=torch.uint8)
+    # the decoded file and the data file written from it: room for both, before a mapped write could hit a full disk
+    ensure_room(folder, 2 * count * 3 * image_size * image_size, "the decoded images")
+    path = folder / f"decoded-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy"
+    return torch.from_numpy(track_mapping(np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)))
+
 
 # Modes whose pixels carry one intensity channel (with or without alpha).
 _SINGLE_CHANNEL_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -116,7 +185,7 @@ def decode_files(paths: Sequence[Path], image_size: int) -> tuple[torch.Tensor, 
     original_size : tuple of (int, int)
         Median ``(H, W)`` of the source images.
     """
-    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    images = allocate_images(len(paths), image_size)
     pixels = images.numpy()  # shares memory: rows are written in place
     sizes = np.empty((len(paths), 2), dtype=np.int64)
     workers = decode_workers(len(paths))
@@ -140,6 +209,7 @@ def decode_files(paths: Sequence[Path], image_size: int) -> tuple[torch.Tensor, 
         with bar:
             for chunk, (block, chunk_sizes, chunk_gray) in zip(chunks, done):
                 pixels[chunk.start : chunk.stop] = block
+                release_pages(pixels[chunk.start : chunk.stop])
                 sizes[chunk.start : chunk.stop] = chunk_sizes
                 grayscale = grayscale and chunk_gray
                 bar.update(len(chunk))
@@ -168,6 +238,9 @@ def _decode_into(paths: Sequence[Path], image_size: int, pixels: np.ndarray, siz
         sizes[row] = (image.height, image.width)
         grayscale = grayscale and image.mode in _SINGLE_CHANNEL_MODES
         pixels[row] = to_rgb_array(resize_square(image, image_size)).transpose(2, 0, 1)
+        if (row + 1) % DECODE_CHUNK == 0:
+            release_pages(pixels[row + 1 - DECODE_CHUNK : row + 1])  # a mapped file: keep the process small
+    release_pages(pixels[len(paths) // DECODE_CHUNK * DECODE_CHUNK :])
     return grayscale
 
 
@@ -179,11 +252,14 @@ def _decode_chunk(paths: Sequence[Path], image_size: int) -> tuple[np.ndarray, n
 
 def decode_gray_arrays(arrays: np.ndarray, image_size: int) -> torch.Tensor:
     """Resize a stack of uint8 grayscale arrays (N, H, W) to a tensor (N, 3, S, S)."""
-    images = torch.empty((len(arrays), 3, image_size, image_size), dtype=torch.uint8)
+    images = allocate_images(len(arrays), image_size)
     pixels = images.numpy()  # shares memory: rows are written in place
     for row, array in enumerate(arrays):
         resized = resize_square(Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)), image_size)
         pixels[row] = np.asarray(resized)[None]  # broadcast to the three channels
+        if (row + 1) % DECODE_CHUNK == 0:
+            release_pages(pixels[row + 1 - DECODE_CHUNK : row + 1])  # a mapped file: keep the process small
+    release_pages(pixels[len(arrays) // DECODE_CHUNK * DECODE_CHUNK :])
     return images
 
 

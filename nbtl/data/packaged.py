@@ -35,7 +35,7 @@ from PIL import Image
 from nbtl.data import colour
 from nbtl.data.builtin import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, fashion_mnist_dataset, idx_path, read_idx
 from nbtl.data.dataset import ImageDataset
-from nbtl.data.images import median_size, open_image, resize_square, to_rgb_array
+from nbtl.data.images import allocate_images, median_size, open_image, resize_square, to_rgb_array
 from nbtl.data.selection import select_per_class
 from nbtl.errors import DataError
 
@@ -103,7 +103,7 @@ def load_native(
         ``images`` uint8 of shape (N, 3, S, S), ``labels`` of shape (N,).
     """
     keep = select_per_class(native.labels, per_class, seed) if indices is None else np.asarray(indices, np.int64)
-    images = torch.empty((len(keep), 3, image_size, image_size), dtype=torch.uint8)
+    images = allocate_images(len(keep), image_size)
     pixels = images.numpy()
     sizes = np.empty((len(keep), 2), dtype=np.int64)
     for row, image in enumerate(native.draw_many(keep)):

@@ -74,6 +74,14 @@ def split_dataset(
     DataError
         If a fraction is out of range, or a class has too few images.
     """
+    return _make_splits(dataset, split_positions(dataset, val_fraction, test_fraction, seed))
+
+
+def split_positions(
+    dataset: ImageDataset, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The positions in ``dataset`` of each part of :func:`split_dataset` (``"train"``, ``"val"``, ``"test"``),
+    without copying an image: what a data file is written from, a chunk at a time."""
     _check_dataset(dataset, "split_dataset")
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
@@ -95,7 +103,7 @@ def split_dataset(
                 )
                 train, parts[name] = _holdout(labels, train, fraction, rng)
         parts["train"] = train
-        return _make_splits(dataset, parts)
+        return parts
 
     for name, count in dataset.class_counts().items():
         if count < MIN_IMAGES_PER_CLASS:
@@ -110,7 +118,7 @@ def split_dataset(
         parts["test"].append(members[:n_test])
         parts["val"].append(members[n_test : n_test + n_val])
         parts["train"].append(members[n_test + n_val :])
-    return _make_splits(dataset, {name: np.concatenate(chunks) for name, chunks in parts.items()})
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 def kfold_splits(dataset: ImageDataset, folds: int, seed: int, val_fraction: float | None = None) -> list[Splits]:

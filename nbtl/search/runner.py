@@ -367,15 +367,9 @@ def _data_file(source, data_settings, root: Path, print_fn: Callable[[str], None
     trial maps (nothing large goes through Ray's object store); a search on the same data and settings reuses it."""
     from nbtl.data.arrayfile import decode_splits, ensure_splits, open_splits
 
-    decoded = []  # once: a data file with no room for it falls back to what was decoded for it
-
-    def decode():
-        if not decoded:
-            decoded.append(decode_splits(source, data_settings))
-        return decoded[0]
-
     try:
-        folder, seconds = ensure_splits(source, data_settings, root, decode)
+        # decoded a chunk at a time into the file (bounded memory: the driver never holds every image)
+        folder, seconds = ensure_splits(source, data_settings, root)
         splits = open_splits(folder)
         meta, how = splits.meta, (f"decoded once in {seconds:.1f}s" if seconds is not None else "decoded earlier")
         how += f" (memory-mapped from {folder})"
@@ -384,7 +378,7 @@ def _data_file(source, data_settings, root: Path, print_fn: Callable[[str], None
             raise
         # a derived file: without room for it the search still runs, its images sent through Ray's object store
         started = time.perf_counter()
-        splits, extra = decode()
+        splits, extra = decode_splits(source, data_settings)
         meta = {"name": splits.train.name, "classes": list(splits.train.classes), **extra}
         how = (
             f"decoded in {time.perf_counter() - started:.1f}s, held in memory: no room for the data file in {root} "
