@@ -66,6 +66,7 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
     # before the trials: the setup's time, a trial's cost here, and how many trials the time left affords
     estimate = next(line for line in out.splitlines() if line.startswith("setup took "))
     assert "costs about" in estimate and "the 3 start point(s)" in estimate and "more, 2 at a time" in estimate
+    assert re.search(r"finished \[1/~\d+\]", out)  # the count is what the budget affords, estimated
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(search_experiment(NAME))

@@ -96,8 +96,10 @@ class SearchCallback(Callback):
         max_failures: int | None = None,
         starts: list[tuple[str, dict[str, Any]]] | None = None,
         scheduler_stops: bool = True,
+        expected: int | None = None,
     ):
         self.key = key
+        self.expected = expected  # without a trial count: about how many trials the budget affords
         self.starts = list(starts or [])  # (label, point): the start points, run first (nbtl.search.start)
         self.sources: dict[str, str] = {}  # trial id -> nbtl.source: a start point's label, or "sampler"
         self.stop_reasons: dict[str, str] = {}  # trial id -> nbtl.stop_reason (STOP_REASONS)
@@ -112,6 +114,12 @@ class SearchCallback(Callback):
         self.run_ids: dict[str, str] = {}
         self.completed: list[str] = []
         self.finished_at: dict[str, float] = {}
+
+    def _total(self) -> str:
+        """The trials to run: the count, ``~N`` (what the time budget affords, estimated), or ``?``."""
+        if self.total > 0:
+            return str(self.total)
+        return f"~{max(self.expected, self.finished)}" if self.expected else "?"
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -236,7 +244,7 @@ class SearchCallback(Callback):
         else:
             note = ""
         best = trial.last_result.get("best_val_accuracy", float("nan")) if trial.last_result else float("nan")
-        total = self.total if self.total > 0 else "?"
+        total = self._total()
         self.print(
             f"trial {self._name(trial)} finished [{self.finished}/{total}]: best_val_accuracy={best:.4f}{note}"
             f"  ({self.clock()})"
@@ -284,8 +292,5 @@ class SearchCallback(Callback):
             reason=reason,
             tags=self.labels(trial, "failed"),
         )
-        self.print(
-            f"trial {self._name(trial)} FAILED [{self.finished}/{self.total if self.total > 0 else '?'}]: {reason}"
-            f"  ({self.clock()})"
-        )
+        self.print(f"trial {self._name(trial)} FAILED [{self.finished}/{self._total()}]: {reason}  ({self.clock()})")
         self.stop_on_full_disk(trial, reason)

@@ -508,6 +508,7 @@ class _Plan:
     reevaluation: Any
     remaining: float | None
     optuna_storage: str = ""  # the database the Optuna study is written to (its study name: experiment_dir)
+    expected: int | None = None  # about how many trials the time budget affords (nbtl.search.cost), None: unknown
 
 
 def _plan(
@@ -546,8 +547,9 @@ def _plan(
     )
     setup = time.perf_counter() - started
     _refuse_a_budget_spent_on_setup(budget, setup, space, storage / experiment_dir, "recommend" in names)
+    expected = None
     if budget is not None:
-        _say_what_the_budget_affords(
+        expected = _say_what_the_budget_affords(
             space, prepared, starts, budget - setup - _kept(budget, space), setup, options, print_fn
         )
     warm_start = list(options.warm_start or []) + starts.points + list(space.search.get("points_to_evaluate") or [])
@@ -601,6 +603,7 @@ def _plan(
         reevaluation,
         remaining,
         optuna_storage,
+        expected,
     )
 
 
@@ -661,6 +664,7 @@ def _tuner(plan: _Plan, prepared: _Prepared, context, space: SearchSpace, option
         max_failures=int(setting(options, space, "max_failures")),
         starts=list(zip(plan.starts.labels, plan.starts.points, strict=True)),
         scheduler_stops=type(plan.scheduler).__name__ != "FIFOScheduler",
+        expected=plan.expected,
     )
     from nbtl.search.study_store import StudyMirror
 
@@ -790,7 +794,7 @@ SUGGESTED_TRIAL_S = 60.0
 
 def _say_what_the_budget_affords(
     space: SearchSpace, prepared: _Prepared, starts, left: float, setup: float, options, print_fn
-) -> None:
+) -> int | None:
     """One line before the trials: the setup's seconds, what a trial costs here (:mod:`nbtl.search.cost`, measured
     on this machine for the space's first backbone), and about how many trials the time left affords. CPU trials
     only: a GPU's speed is not modelled."""
@@ -799,7 +803,7 @@ def _say_what_the_budget_affords(
     from nbtl.search.cost import measure_speed, trial_seconds
 
     if prepared.resources.get("gpu"):
-        return
+        return None
     backbone = space.backbones()[0]
     size = prepared.image_sizes.get(backbone, int(prepared.splits.train.image_size))
     measured = time.perf_counter()
@@ -828,6 +832,7 @@ def _say_what_the_budget_affords(
         f"runs all its epochs): the {_duration(left)} left for trials afford {points}about {more} more, "
         f"{at_once} at a time"
     )
+    return len(starts.points) + more
 
 
 def _kept(budget: float, space: SearchSpace) -> float:
