@@ -78,6 +78,10 @@ def test_base_document_is_valid():
     ({"reduction_factor": 1}, ["search.scheduler.reduction_factor must be a number > 1", "got 1"]),
     ({"reduction_factor": 0.5}, ["search.scheduler.reduction_factor must be a number > 1", "got 0.5"]),
     ({"reduction_factor": "two"}, ["search.scheduler.reduction_factor must be a number > 1", "got 'two'"]),
+    ({"unit": "minutes"}, ["search.scheduler.unit must be epochs or seconds", "got 'minutes'"]),
+    ({"unit": "seconds"}, ["grace_period must be a number of seconds > 0 with unit: seconds", "got None"]),
+    ({"unit": "seconds", "grace_period": 30, "max_t": 20}, ["max_t must be a number of seconds above grace_period"]),
+    ({"max_t": 100}, ["search.scheduler.max_t is for unit: seconds"]),
 ])  # fmt: skip
 def test_bad_asha_settings_are_rejected(scheduler, fragments):
     rejected(document(search={"scheduler": {"type": "asha", **scheduler}}), *fragments)
@@ -294,3 +298,22 @@ def test_nbtl_search_with_a_bad_space_exits_2_at_once_and_opens_no_run(tmp_path)
         experiments = [e.experiment_id for e in client.search_experiments()]
         assert not client.search_runs(experiments)
     assert elapsed < 60, elapsed  # the import of nbtl and torch; a search would decode data and start Ray first
+
+
+def test_asha_rungs_in_seconds_end_at_the_time_budget_or_max_t():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from nbtl.search.cluster import SearchError
+    from nbtl.search.runner import _scheduler
+
+    seconds = {"type": "asha", "unit": "seconds", "grace_period": 20, "reduction_factor": 3}
+    space = parse_space(document(search={"scheduler": seconds}), where="space.yaml")
+    scheduler = _scheduler(space, budget=600.0)
+    assert isinstance(scheduler, ASHAScheduler) and scheduler._time_attr == "time_total_s"
+    assert scheduler._max_t == 600.0
+    assert [rung for rung, _ in scheduler._brackets[0]._rungs] == [540.0, 180.0, 60.0, 20.0]  # seconds: 20 x 3^k
+    capped = parse_space(document(search={"scheduler": {**seconds, "max_t": 120}}), where="space.yaml")
+    assert _scheduler(capped, budget=600.0)._max_t == 120.0
+    with pytest.raises(SearchError, match="needs max_t"):
+        _scheduler(space, budget=None)
+    assert _scheduler(parse_space(document(), where="space.yaml"))._time_attr == "training_iteration"

@@ -151,12 +151,29 @@ def _sampler(space: SearchSpace, seed: int):
     return optuna.samplers.TPESampler(seed=seed, **spec)
 
 
-def _scheduler(space: SearchSpace):
+def _scheduler(space: SearchSpace, budget: float | None = None):
+    """Ray Tune's scheduler of the space: ASHA with rungs in epochs (the default), or in seconds of a trial's wall
+    time (``unit: seconds``: a cheap frozen-prefix trial runs many epochs by the first rung, a full fine-tune few, so
+    the costly ones go on only when promising; ``max_t`` defaults to the time budget), or FIFO."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     spec = dict(space.search.get("scheduler") or {})
     if spec.pop("type", "asha") == "fifo":
         return FIFOScheduler()
+    if spec.get("unit") == "seconds":
+        top = spec.get("max_t") or budget
+        if top is None:
+            raise SearchError(
+                f"{space.path}: search.scheduler unit: seconds needs max_t (seconds) or a --time-budget to end its rungs"
+            )
+        return ASHAScheduler(
+            time_attr="time_total_s",
+            metric=METRIC,
+            mode=MODE,
+            max_t=float(top),
+            grace_period=float(spec["grace_period"]),
+            reduction_factor=spec.get("reduction_factor", 2),
+        )
     return ASHAScheduler(
         time_attr="training_iteration",
         metric=METRIC,
@@ -599,7 +616,7 @@ def _plan(
         storage / experiment_dir,
         starts,
         searcher,
-        _scheduler(space),
+        _scheduler(space, budget),
         reevaluation,
         remaining,
         optuna_storage,

@@ -55,7 +55,7 @@ SEARCH_KEYS = (
 START_POINTS = ("probe", "conventional", "recommend")
 SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
 PRIOR_KEYS = ("enabled", "n_candidates", "trials", "cost_aware")
-SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
+SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor", "unit", "max_t"), "fifo": ("type",)}
 #: ``batch_size: auto``: the largest power of two that still gives each epoch this many optimizer steps
 #: (within AUTO_BATCH_RANGE). At batch 64 a 336-image training split makes 5 steps an epoch, too few for
 #: re-initialised or fast-moving blocks to learn in a few epochs (see the README, "Why these ranges").

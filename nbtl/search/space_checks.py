@@ -244,6 +244,24 @@ def check_scheduler(spec: dict[str, Any], max_epochs: int, where: str) -> None:
     if spec.get("type", "asha") != "asha":
         return
     at = f"{where}: search.scheduler"
+    unit = spec.get("unit", "epochs")
+    if unit not in ("epochs", "seconds"):
+        raise ConfigError(f"{at}.unit must be epochs or seconds (what ASHA's rungs count), got {unit!r}")
+    if unit == "seconds":
+        grace, top = spec.get("grace_period"), spec.get("max_t")
+        if not _is_number(grace) or grace <= 0:
+            raise ConfigError(
+                f"{at}.grace_period must be a number of seconds > 0 with unit: seconds (the wall time every trial "
+                f"runs before ASHA may stop it), got {grace!r}"
+            )
+        if top is not None and (not _is_number(top) or top <= grace):
+            raise ConfigError(f"{at}.max_t must be a number of seconds above grace_period ({grace}), got {top!r}")
+        factor = spec.get("reduction_factor", 2)
+        if not _is_number(factor) or factor <= 1:
+            raise ConfigError(f"{at}.reduction_factor must be a number > 1, got {factor!r}")
+        return
+    if "max_t" in spec:
+        raise ConfigError(f"{at}.max_t is for unit: seconds; in epochs ASHA's max_t is the trials' epochs")
     grace = spec.get("grace_period", 1)
     if not _is_int(grace) or grace < 1:
         raise ConfigError(
