@@ -26,6 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from nbtl.config import TrialConfig
 from nbtl.data import AugmentedDataset, ImageDataset, Splits, make_augmentation
 from nbtl.data.augment import BatchAugmentation
+from nbtl.data.images import is_large_mapping, release_pages
 from nbtl.errors import TrialDivergedError
 from nbtl.features import PrefixEntry, PrefixStore
 from nbtl.fit.probe import expected_calibration_error, fit_linear_probe
@@ -56,6 +57,8 @@ class TrialResult:
 
 #: On CUDA, training steps between reads of the divergence check (each read waits for the GPU).
 SYNC_STEPS = 8
+#: Training steps between drops of a large data file's pages from a trial (nbtl.data.images.release_pages).
+RELEASE_STEPS = 16
 
 
 def seed_everything(seed: int) -> None:
@@ -100,6 +103,8 @@ def _evaluate(
             logits = forward(batch if batch.dtype == torch.uint8 else batch.float())
         losses.append(nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item())
         probabilities.append(logits.float().softmax(1).cpu())
+    if inputs.dtype == torch.uint8 and is_large_mapping(inputs):
+        release_pages(inputs.numpy())  # a large data file's pages: back to the page cache
     y_true = labels.numpy()
     p = torch.cat(probabilities).numpy()
     y_pred = p.argmax(1)
@@ -149,12 +154,17 @@ class _Feed:
     hit: bool = False
     images: torch.Tensor | None = None  # the train images, when ``items`` index them (augmented on the device)
     augment: BatchAugmentation | None = None
+    release: bool = False  # the images are a large mapped file: drop its pages from this process as batches go
+    steps: int = 0
 
     def batch(self, items: torch.Tensor, view_generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """The inputs of one training batch; ``items`` are images, or train indices into the images or the cache."""
         if self.images is not None:
             # gathered from the (memory-mapped) uint8 images, pinned, copied while the GPU works, augmented there
             batch = self.images[items]
+            self.steps += 1
+            if self.release and self.steps % RELEASE_STEPS == 0:
+                release_pages(self.images.numpy())  # the pages read so far: the page cache keeps them, not the trial
             batch = (batch.pin_memory() if device.type == "cuda" else batch).to(device, non_blocking=True)
             if self.augment is not None:
                 batch = self.augment(batch, view_generator)
@@ -189,8 +199,16 @@ def _image_feed(
     """Images: augmented one by one on the CPU by ``loader``, or (``on_device``) gathered by ``index_loader``'s
     batches of indices and augmented a batch at a time on the trial's device by ``augment``."""
     if on_device:
+        release = is_large_mapping(splits.train.images)
         return _Feed(
-            0, index_loader, model, splits.val.images, splits.test.images, images=splits.train.images, augment=augment
+            0,
+            index_loader,
+            model,
+            splits.val.images,
+            splits.test.images,
+            images=splits.train.images,
+            augment=augment,
+            release=release,
         )
     return _Feed(0, loader, model, splits.val.images, splits.test.images)
 
@@ -322,7 +340,9 @@ def train_trial(
         Gather each batch of uint8 images by index and augment it on the trial's device as a whole
         (:class:`nbtl.data.augment.BatchAugmentation`), instead of image by image on the CPU. None (the
         default): on CUDA, where the batch is also copied from pinned memory, and the model and its inputs are
-        channels-last.
+        channels-last; and for train images in a memory-mapped data file of a GiB or more
+        (:func:`nbtl.data.images.is_large_mapping`), whose pages the trial then drops every ``RELEASE_STEPS``
+        steps and after each evaluation, so that it never holds the file in its own memory.
 
     Returns
     -------
@@ -348,7 +368,8 @@ def train_trial(
     model, optimizer, regularizer = setup.model.to(device), setup.optimizer, setup.regularizer.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    augment_on_device = device.type == "cuda" if augment_on_device is None else augment_on_device
+    if augment_on_device is None:  # on CUDA; and on CPUs for a data file larger than memory should hold
+        augment_on_device = device.type == "cuda" or is_large_mapping(splits.train.images)
     amp_dtype = _amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     num_blocks, freeze, warmup = len(model.blocks), len(setup.frozen_blocks), config.head_warmup_epochs

@@ -124,3 +124,33 @@ def test_a_large_decode_goes_to_a_mapped_file_that_the_loaders_fill(tmp_path, mo
     assert len(files) == 1 and np.array_equal(np.load(files[0], mmap_mode="r"), in_memory.images.numpy())
     assert torch.equal(mapped.images, in_memory.images) and mapped.fingerprint() == in_memory.fingerprint()
     assert len(digits) == 50  # decoded beside, in memory: the one file is the folder's
+
+
+def _rss_kib() -> int:
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+
+
+def test_a_trial_reading_a_large_data_file_drops_its_pages(tmp_path, monkeypatch):
+    """A mapped data file at or above NBTL_LARGE_MAPPING_BYTES is read a batch at a time by the trial, whose
+    resident memory then does not grow with the file; the pixels read are the file's."""
+    from nbtl.config import TrialConfig
+    from nbtl.data.images import is_large_mapping, release_pages
+    from nbtl.train import train_trial
+
+    source = _folder(tmp_path / "pets", per_class=40)
+    settings = DataSettings(image_size=128, val_fraction=0.25, test_fraction=0.25, seed=3)  # 60 x 48 KiB of train
+    mapped = open_splits(ensure_splits(str(source), settings, tmp_path / DATA_DIR)[0])
+    assert not is_large_mapping(mapped.train.images)  # a GiB by default
+    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
+    assert is_large_mapping(mapped.train.images)
+    pixels = mapped.train.images.numpy()
+    before = _rss_kib()
+    total = int(pixels.sum(dtype=np.int64))  # every page read
+    grown = _rss_kib() - before
+    release_pages(pixels)
+    assert grown > 1024 and _rss_kib() - before < grown / 2  # the pages left this process
+    assert int(pixels.sum(dtype=np.int64)) == total  # and come back from the file when read again
+    assert not is_large_mapping(mapped.train.images.clone())  # a copy in memory is not a mapping
+    config = TrialConfig.from_dict({"freeze_blocks": 0, "epochs": 1, "batch_size": 8, "pretrained": False})
+    result = train_trial(config, mapped, device="cpu", cache_prefix=False)  # the batch path, dropping pages
+    assert np.isfinite(result.history[-1]["train_loss"])

@@ -43,7 +43,7 @@ def test_native_sizes_of_the_packaged_backbones():
 def test_native_refuses_to_decode_at_one_size_and_bad_sizes_say_what_is_allowed():
     with pytest.raises(ConfigError, match="give an image size in pixels"):
         DataSettings(image_size=NATIVE).load_kwargs()
-    with pytest.raises(ConfigError, match=r"image_size must be an integer >= 8 \(pixels\) or native"):
+    with pytest.raises(ConfigError, match=r"image_size must be an integer >= 8 \(pixels\), native .* or auto"):
         DataSettings(image_size="big")
     assert DataSettings.from_params({"image_size": "native"}).image_size == NATIVE  # as MLflow logs it
 

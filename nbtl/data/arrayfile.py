@@ -233,7 +233,8 @@ def open_splits(
     meta = json.loads((folder / "meta.json").read_text())
     if meta.get("format") != FORMAT:
         raise DataError(f"data file {folder}: format {meta.get('format')!r}, not {FORMAT}; remove that folder")
-    images = torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c"))
+    # tracked: a trial reading a file larger than memory drops the pages it read (nbtl.data.images.release_pages)
+    images = torch.from_numpy(track_mapping(np.load(folder / "images.npy", mmap_mode="c")))
     labels = torch.from_numpy(np.load(folder / "labels.npy"))
     indices = np.load(folder / "indices.npy") if (folder / "indices.npy").exists() else None
     parts, positions, start = {}, {}, 0

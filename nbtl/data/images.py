@@ -75,9 +75,23 @@ def release_pages(part: np.ndarray) -> None:
         low = offset // page * page
         length = min(-(-(offset + part.nbytes - low) // page) * page, len(raw) - low)
         if length > 0:
-            raw.flush(low, length)
+            raw.flush(low, length)  # a no-op on a copy-on-write (read) mapping
             raw.madvise(mmap.MADV_DONTNEED, low, length)
         return
+
+
+def is_large_mapping(images: torch.Tensor) -> bool:
+    """Whether ``images`` lie in a tracked mapping of at least :data:`LARGE_MAPPING_BYTES` (a trial then reads
+    them a batch at a time and drops the pages it read, rather than holding the file in its memory)."""
+    start = images.numpy().__array_interface__["data"][0] if images.numel() else 0
+    for base, mapping in list(_MAPPINGS.items()):
+        if base <= start < base + mapping.nbytes:
+            return mapping.nbytes >= int(os.environ.get("NBTL_LARGE_MAPPING_BYTES", LARGE_MAPPING_BYTES))
+    return False
+
+
+#: A data file at least this large is read by trials a batch at a time, its pages dropped as they go.
+LARGE_MAPPING_BYTES = 2**30
 
 
 def allocate_images(count: int, image_size: int) -> torch.Tensor:
