@@ -121,27 +121,34 @@ def write_splits(splits: Splits, folder: str | os.PathLike, meta: dict[str, Any]
         np.save(staging / "labels.npy", np.concatenate([part.labels.numpy() for part in parts]).astype(np.int64))
         if splits.indices is not None:
             np.save(staging / "indices.npy", np.concatenate([splits.indices[p] for p in PARTS]).astype(np.int64))
-        document = {
-            "format": FORMAT,
-            "name": splits.train.name,
-            "classes": list(splits.train.classes),
-            "grayscale": bool(splits.train.grayscale),
-            "original_size": list(splits.train.original_size),
-            "image_size": int(size),
-            "counts": {p: len(part) for p, part in zip(PARTS, parts)},
-            "parts": {p: None if part.parts is None else part.parts.tolist() for p, part in zip(PARTS, parts)},
-            "fingerprints": {p: part.fingerprint() for p, part in zip(PARTS, parts)},
-            **(meta or {}),
-        }
-        (staging / "meta.json").write_text(json.dumps(document))
-        try:
-            os.replace(staging, folder)
-        except OSError:  # another process wrote the same key first: its folder is as good as ours
-            if not (folder / "meta.json").exists():
-                raise
+        _publish(staging, folder, dict(zip(PARTS, parts)), meta)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _publish(staging: Path, folder: Path, parts: dict[str, ImageDataset], meta: dict[str, Any] | None) -> None:
+    """Write ``meta.json`` (the parts' names, classes, sizes, official parts and fingerprints, and ``meta``) into
+    the complete ``staging`` folder and rename it to ``folder``."""
+    first = parts["train"]
+    document = {
+        "format": FORMAT,
+        "name": first.name,
+        "classes": list(first.classes),
+        "grayscale": bool(first.grayscale),
+        "original_size": list(first.original_size),
+        "image_size": int(first.image_size),
+        "counts": {p: len(parts[p]) for p in PARTS},
+        "parts": {p: None if parts[p].parts is None else parts[p].parts.tolist() for p in PARTS},
+        "fingerprints": {p: parts[p].fingerprint() for p in PARTS},
+        **(meta or {}),
+    }
+    (staging / "meta.json").write_text(json.dumps(document))
+    try:
+        os.replace(staging, folder)
+    except OSError:  # another process wrote the same key first: its folder is as good as ours
+        if not (folder / "meta.json").exists():
+            raise
 
 
 def write_positions(
@@ -190,25 +197,7 @@ def write_positions(
                 None if dataset.parts is None else dataset.parts[order[part]],
             )
             start = end
-        document = {
-            "format": FORMAT,
-            "name": dataset.name,
-            "classes": list(dataset.classes),
-            "grayscale": bool(dataset.grayscale),
-            "original_size": list(dataset.original_size),
-            "image_size": int(size),
-            "counts": {p: len(order[p]) for p in PARTS},
-            "parts": {p: None if views[p].parts is None else views[p].parts.tolist() for p in PARTS},
-            "fingerprints": {p: views[p].fingerprint() for p in PARTS},
-            **(meta or {}),
-        }
-        del images, views
-        (staging / "meta.json").write_text(json.dumps(document))
-        try:
-            os.replace(staging, folder)
-        except OSError:  # another process wrote the same key first: its folder is as good as ours
-            if not (folder / "meta.json").exists():
-                raise
+        _publish(staging, folder, views, meta)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
