@@ -48,7 +48,15 @@ REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
 from compare_spaces import prepare_space  # noqa: E402
 from report import ABLATIONS, BASELINE, MAIN_METHODS, budget_label, render_methods  # noqa: E402
-from tasks import DEFAULT_ROOT, REPORTING_TASKS, SMOKE_TASK, TUNING_TASKS, Task, check_disjoint  # noqa: E402
+from tasks import (  # noqa: E402
+    DEFAULT_ROOT,
+    HIGH_RES_TASKS,
+    REPORTING_TASKS,
+    SMOKE_TASK,
+    TUNING_TASKS,
+    Task,
+    check_disjoint,
+)
 
 SPACES = {"binary": REPO / "search_spaces" / "binary.yaml", "default": REPO / "search_spaces" / "default.yaml"}
 METHODS = (*MAIN_METHODS, *ABLATIONS)
@@ -350,11 +358,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawTextHelpFormatter,
         epilog="example: python benchmarks/equal_time.py --smoke-test",
     )
-    every = {t.name: t for t in TUNING_TASKS + REPORTING_TASKS + [SMOKE_TASK]}
+    every = {t.name: t for t in TUNING_TASKS + REPORTING_TASKS + HIGH_RES_TASKS + [SMOKE_TASK]}
     p.add_argument(
         "--tasks",
         default="reporting",
-        help="'reporting' (default), 'tuning', or task names, comma-separated:\n  "
+        help="'reporting' (default), 'tuning', 'reporting-224' (icons and cards at 224 px), or task names, comma-separated:\n  "
         + "\n  ".join(f"{t.name} ({t.role})" for t in every.values()),
     )
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (split, search, training); default 0-4")
@@ -400,7 +408,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.methods == p.get_default("methods"):
             args.methods = ",".join(SMOKE["methods"])
     else:
-        groups = {"reporting": REPORTING_TASKS, "tuning": TUNING_TASKS}
+        groups = {"reporting": REPORTING_TASKS, "tuning": TUNING_TASKS, "reporting-224": HIGH_RES_TASKS}
         names = [n.strip() for n in args.tasks.split(",") if n.strip()]
         unknown = [n for n in names if n not in every and n not in groups]
         if unknown or not names:
