@@ -332,12 +332,18 @@ def _prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str
         if random_init_only
         else {b: load_pretrained_state_dict(b, options.weights.get(b)) for b in space.backbones()}
     )
+    resources = _trial_resources(space, options)
+    return _Prepared(meta["name"], splits, weights, resources, data_settings, meta["input"], image_sizes, by_size)
+
+
+def _trial_resources(space: SearchSpace, options: SearchOptions) -> dict[str, float]:
+    """One trial's resources: the space's ``search.resources`` (default 1 CPU, no GPU), ``--cpu`` / ``--gpu`` over it."""
     resources = {**{"cpu": 1, "gpu": 0}, **(space.search.get("resources") or {})}
     if options.cpu is not None:
         resources["cpu"] = options.cpu
     if options.gpu is not None:
         resources["gpu"] = options.gpu
-    return _Prepared(meta["name"], splits, weights, resources, data_settings, meta["input"], image_sizes, by_size)
+    return resources
 
 
 def _auto_image_size(space: SearchSpace, options: SearchOptions, data_settings, root: Path, print_fn):
@@ -352,8 +358,8 @@ def _auto_image_size(space: SearchSpace, options: SearchOptions, data_settings, 
     backbone = space.backbones()[0]
     native = int(get_spec(backbone).input_size)
     budget = _time_budget(options, space)
-    resources = {**{"cpu": 1, "gpu": 0}, **(space.search.get("resources") or {})}
-    gpu = options.gpu if options.gpu is not None else resources["gpu"]
+    resources = _trial_resources(space, options)
+    gpu = resources["gpu"]
     if gpu or budget is None:
         why = "the trials have a GPU" if gpu else "no --time-budget to fit"
         print_fn(f"image_size auto: {native}px, {backbone}'s own ({why})")
@@ -362,7 +368,7 @@ def _auto_image_size(space: SearchSpace, options: SearchOptions, data_settings, 
     # the images counted at 64 px (a size auto may choose; its data file is kept for the next search)
     splits, _ = _data_file(options.data, dataclasses.replace(data_settings, image_size=low), root, print_fn)
     n_train, n_eval = len(splits.train), len(splits.val) + len(splits.test)
-    threads = int(max(1, options.cpu if options.cpu is not None else resources["cpu"]))
+    threads = int(max(1, resources["cpu"]))
     speeds = measure_speed(backbone, low, threads), measure_speed(backbone, native, threads)
     fixed = {p.name: p.value for p in space.resolved(n_train).parameters if p.fixed and p.name in TrialConfig.keys()}
     keep = {k: v for k, v in fixed.items() if k in ("epochs", "batch_size")}
