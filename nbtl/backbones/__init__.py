@@ -12,7 +12,8 @@ ViT, Swin (v1, v2) and MaxViT: every classification model of ``torchvision.model
 ``list_backbones()`` names them all; :func:`backbones_table` gives their size, cost, ImageNet top-1
 and whether their weights are here (``nbtl backbones``). Register more with :func:`register_backbone`; a
 torchvision variant is one ``register_torchvision(...)`` call in its family's module of
-``nbtl.backbones.torchvision_zoo``, next to the family's cut function.
+``nbtl.backbones.torchvision_zoo``, next to the family's cut function. Any timm CNN is a backbone by the name
+``timm:<model>`` (``nbtl.backbones.timm_zoo``: cut at its ``feature_info`` stages, checked by computation).
 """
 
 from nbtl.backbones._backbone import Backbone, BackboneParts, BackboneSpec
@@ -21,7 +22,7 @@ from nbtl.backbones._registry import get_spec, list_backbones, register_backbone
 from nbtl.backbones._weights import create_backbone, load_pretrained_state_dict, parse_weights
 
 # Importing the family modules registers their backbones.
-from nbtl.backbones import efficientnet_lite, torchvision_zoo  # noqa: E402,F401  isort: skip
+from nbtl.backbones import efficientnet_lite, timm_zoo, torchvision_zoo  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Backbone",

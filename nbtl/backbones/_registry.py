@@ -29,7 +29,9 @@ StateDict = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
-class _Entry:
+class BackboneEntry:
+    """A backbone as the registry holds it: its spec and how to build, cut and load it."""
+
     spec: BackboneSpec
     build_native: Callable[[], nn.Module]
     cut: Callable[[nn.Module], BackboneParts]
@@ -45,7 +47,16 @@ class _Entry:
         return self.assemble(self.build_native())
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: dict[str, BackboneEntry] = {}
+#: name prefix -> ``resolve(rest) -> BackboneEntry`` for backbones named on demand (``timm:<model>``), and their entries
+#: once resolved (per process; not listed by :func:`list_backbones`, which names the registered ones).
+_RESOLVERS: dict[str, Callable[[str], BackboneEntry]] = {}
+_RESOLVED: dict[str, BackboneEntry] = {}
+
+
+def add_resolver(prefix: str, resolve: Callable[[str], BackboneEntry]) -> None:
+    """Let ``get_entry`` resolve names ``prefix<rest>`` with ``resolve(rest)`` (once per process and name)."""
+    _RESOLVERS[prefix] = resolve
 
 
 def register_backbone(
@@ -117,7 +128,7 @@ def register_backbone(
     def decorator(build_native: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if name in _REGISTRY:
             raise BackboneError(f"backbone {name!r} is already registered; choose another name")
-        _REGISTRY[name] = _Entry(spec, build_native, cut, default_weights, native_format, to_native_keys, describe)
+        _REGISTRY[name] = BackboneEntry(spec, build_native, cut, default_weights, native_format, to_native_keys, describe)
         return build_native
 
     return decorator
@@ -128,15 +139,21 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_entry(name: str) -> _Entry:
+def get_entry(name: str) -> BackboneEntry:
     """The registry entry of ``name``; ``BackboneError`` naming the known ones if unknown."""
-    try:
+    if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise BackboneError(
-            f"unknown backbone {name!r}; use one of: {', '.join(list_backbones())} "
-            "(or register a new one with nbtl.backbones.register_backbone)"
-        ) from None
+    if isinstance(name, str) and name in _RESOLVED:
+        return _RESOLVED[name]
+    for prefix, resolve in _RESOLVERS.items():
+        if isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix):
+            _RESOLVED[name] = resolve(name[len(prefix) :])
+            return _RESOLVED[name]
+    raise BackboneError(
+        f"unknown backbone {name!r}; use one of: {', '.join(list_backbones())}"
+        + "".join(f", or {prefix}<model>" for prefix in _RESOLVERS)
+        + " (or register a new one with nbtl.backbones.register_backbone)"
+    )
 
 
 def get_spec(name: str) -> BackboneSpec:

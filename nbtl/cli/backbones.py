@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
             "List the registered backbones: blocks, native input size, parameters (millions), GFLOPs at "
             "the native size, ImageNet-1K top-1 (%), and whether their weights are installed here "
             "('installed'), torchvision will download them on first use ('download'), or a package "
-            "must be installed. No network is built and nothing is downloaded."
+            "must be installed. No network is built and nothing is downloaded. Any timm CNN is a backbone too, "
+            "named timm:<model> (e.g. timm:resnet50), not listed here."
         ),
     )
     p.add_argument("--family", metavar="F", help="only this family (e.g. resnet, vit, efficientnet_lite)")
