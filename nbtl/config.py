@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbtl.errors import ConfigError
+from nbtl.heads import head_names, heads_with_width
 
-HEADS = ("linear", "mlp", "spinal")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "constant", "step")
 #: Keys that only mean something with a given setting: left out of ``to_dict`` (and so of the MLflow
@@ -25,8 +25,14 @@ _ONLY_WITH = {
     "momentum": ("optimizer", ("sgd",)),
     "lr_step_epochs": ("lr_schedule", ("step",)),
     "lr_gamma": ("lr_schedule", ("step",)),
-    "head_width": ("head", ("mlp", "spinal")),  # a linear head has no hidden layer
+    "head_width": ("head", heads_with_width),  # a linear head has no hidden layer (nbtl.heads: has_width)
 }
+
+
+def _used(key: str, setting: Any) -> bool:
+    """Whether ``key`` means something when its setting (:data:`_ONLY_WITH`) is ``setting``."""
+    allowed = _ONLY_WITH[key][1]
+    return setting in (allowed() if callable(allowed) else allowed)
 
 
 def without_unused(values: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +42,7 @@ def without_unused(values: dict[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in values.items()
-        if k not in _ONLY_WITH or values.get(_ONLY_WITH[k][0], getattr(default, _ONLY_WITH[k][0])) in _ONLY_WITH[k][1]
+        if k not in _ONLY_WITH or _used(k, values.get(_ONLY_WITH[k][0], getattr(default, _ONLY_WITH[k][0])))
     }
 
 
@@ -173,7 +179,7 @@ class TrialConfig:
         return {
             k: getattr(self, k)
             for k in self.keys()
-            if (k not in _ONLY_WITH or getattr(self, _ONLY_WITH[k][0]) in _ONLY_WITH[k][1])
+            if (k not in _ONLY_WITH or _used(k, getattr(self, _ONLY_WITH[k][0])))
             and (k != "image_size" or self.image_size is not None)
         }
 
@@ -222,8 +228,8 @@ class TrialConfig:
             integer("l2sp_blocks", 0)
         number("head_dropout", high=0.95)
         number("label_smoothing", high=0.5)
-        if self.head not in HEADS:
-            fail("head", f"one of {', '.join(HEADS)}")
+        if self.head not in head_names():
+            fail("head", f"one of {', '.join(head_names())}")
         integer("head_width", 2)
         if self.optimizer not in OPTIMIZERS:
             fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")

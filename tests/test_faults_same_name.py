@@ -16,7 +16,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import ONE_THREAD, assert_no_run_left_running, nbtl_command
-from nbtl.search.runner import _experiment_dir
+from nbtl.search.options import claim_experiment_dir
 
 
 def test_each_search_claims_a_folder_of_its_own(tmp_path):
@@ -24,7 +24,7 @@ def test_each_search_claims_a_folder_of_its_own(tmp_path):
 
     def claim():
         barrier.wait()
-        claimed.append(_experiment_dir(tmp_path, "same"))
+        claimed.append(claim_experiment_dir(tmp_path, "same"))
 
     threads = [threading.Thread(target=claim) for _ in range(8)]
     for thread in threads:
@@ -34,7 +34,7 @@ def test_each_search_claims_a_folder_of_its_own(tmp_path):
     assert len(set(claimed)) == 8 and "same" in claimed
     assert all((tmp_path / name).is_dir() for name in claimed)
     assert all(name == "same" or name.startswith("same_") for name in claimed)
-    assert _experiment_dir(tmp_path, "other") == "other"  # a free name is used as it is
+    assert claim_experiment_dir(tmp_path, "other") == "other"  # a free name is used as it is
 
 
 CONCURRENT_SPACE = {

@@ -153,6 +153,7 @@ def overlapping(children) -> bool:
 def test_search_on_embedded_ray(tmp_path, tracking_uri):
     stdout = run_tiny_search(tmp_path, tracking_uri, "--max-concurrent", "2")
     assert "Trials (best first, the top " in stdout and "results.csv):" in stdout and "Best config:" in stdout
+    assert "\r" not in stdout and " running" not in stdout  # not a terminal: plain lines, no live status line
     parent, children = check_store(stdout, tracking_uri)
     assert parent.data.params["max_concurrent"] == "2"
     assert overlapping(children), "max_concurrent=2 but no two trials ran at the same time"

@@ -77,10 +77,10 @@ def test_bad_settings_are_one_line_errors(key, value, fragment):
 def test_recommend_measures_fit_on_the_search_training_split():
     """Same settings, same training images as the search's own split; the old fixed 0.15/0.15 split differs."""
     from nbtl.heuristics.recommend import measure_task, training_split
-    from nbtl.search.runner import SearchOptions, _prepare
+    from nbtl.search.prepare import SearchOptions, prepare
 
     space = load_space(TINY)  # val/test 0.2: not the 0.15/0.15 recommend used to split with
-    prepared = _prepare(space, SearchOptions(data="digits", image_size=16, per_class=8, seed=3), print)
+    prepared = prepare(space, SearchOptions(data="digits", image_size=16, per_class=8, seed=3), print)
     settings = DataSettings.from_space(space, {"image_size": 16, "per_class": 8, "seed": 3})
     assert prepared.data_settings == settings
     train = training_split("digits", settings)
@@ -98,7 +98,7 @@ def test_search_keeps_the_test_data_of_its_settings(tmp_path):
 
     from nbtl.cli import build_parser
     from nbtl.cli.common import data_overrides
-    from nbtl.search.runner import SearchOptions, _prepare
+    from nbtl.search.prepare import SearchOptions, prepare
 
     for folder, count, shade in (("train", 6, 0), ("holdout", 3, 100)):
         for label, name in enumerate(("cat", "dog")):
@@ -110,7 +110,7 @@ def test_search_keeps_the_test_data_of_its_settings(tmp_path):
     assert data_overrides(args)["test_data"] == "x"
     options = SearchOptions(data=str(tmp_path / "train"), image_size=8)
     options.test_data = str(tmp_path / "holdout")  # as `nbtl search --test-data` sets it
-    prepared = _prepare(load_space(TINY), options, print)
+    prepared = prepare(load_space(TINY), options, print)
     assert prepared.data_settings.test_data == str(tmp_path / "holdout")
     shades = sorted(prepared.splits.test.images[:, 0, 0, 0].tolist())
     assert shades == [100, 100, 101, 101, 102, 102]

@@ -304,16 +304,16 @@ def test_asha_rungs_in_seconds_end_at_the_time_budget_or_max_t():
     from ray.tune.schedulers import ASHAScheduler
 
     from nbtl.search.cluster import SearchError
-    from nbtl.search.runner import _scheduler
+    from nbtl.search.options import tune_scheduler
 
     seconds = {"type": "asha", "unit": "seconds", "grace_period": 20, "reduction_factor": 3}
     space = parse_space(document(search={"scheduler": seconds}), where="space.yaml")
-    scheduler = _scheduler(space, budget=600.0)
+    scheduler = tune_scheduler(space, budget=600.0)
     assert isinstance(scheduler, ASHAScheduler) and scheduler._time_attr == "time_total_s"
     assert scheduler._max_t == 600.0
     assert [rung for rung, _ in scheduler._brackets[0]._rungs] == [540.0, 180.0, 60.0, 20.0]  # seconds: 20 x 3^k
     capped = parse_space(document(search={"scheduler": {**seconds, "max_t": 120}}), where="space.yaml")
-    assert _scheduler(capped, budget=600.0)._max_t == 120.0
+    assert tune_scheduler(capped, budget=600.0)._max_t == 120.0
     with pytest.raises(SearchError, match="needs max_t"):
-        _scheduler(space, budget=None)
-    assert _scheduler(parse_space(document(), where="space.yaml"))._time_attr == "training_iteration"
+        tune_scheduler(space, budget=None)
+    assert tune_scheduler(parse_space(document(), where="space.yaml"))._time_attr == "training_iteration"

@@ -6,6 +6,8 @@ parameters), with weights made here: nothing is downloaded."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import timm
 import torch
@@ -90,19 +92,23 @@ def test_a_timm_model_that_is_not_a_chain_of_stages_or_unknown_is_one_line():
 
 
 @pytest.mark.e2e
-def test_a_search_trains_a_timm_backbone_from_a_local_weights_file(tmp_path):
-    _, path = _weights_file("test_resnet", tmp_path)
+def test_a_search_trains_a_timm_backbone_from_the_weights_file_its_space_names(tmp_path):
+    (tmp_path / "spaces").mkdir()
+    _, path = _weights_file("test_resnet", tmp_path / "spaces")
     space = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
     space["name"] = "timm-tiny"
     space["search"]["trials"] = 2
     space["parameters"].update(
-        backbone="timm:test_resnet", transfer_blocks={"low": 3, "high": "all"}, freeze_blocks={"low": 1, "high": 2}
+        # your own backbone and weights in the space: a path relative to the space file
+        backbone={"name": "timm:test_resnet", "weights": "test_resnet.pth"},
+        transfer_blocks={"low": 3, "high": "all"},
+        freeze_blocks={"low": 1, "high": 2},
     )
-    (tmp_path / "timm.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    (tmp_path / "spaces" / "timm.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = run_nbtl(
-        "search", str(tmp_path / "timm.yaml"), "--data", "digits", "--weights", f"timm:test_resnet={path}",
-        "--tracking-uri", uri, "--storage-path", str(tmp_path / "results"), "--keep-weights", "0", cwd=tmp_path,
+        "search", str(tmp_path / "spaces" / "timm.yaml"), "--data", "digits", "--tracking-uri", uri,
+        "--storage-path", str(tmp_path / "results"), "--keep-weights", "0", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     client = MlflowClient(tracking_uri=uri)
@@ -111,3 +117,5 @@ def test_a_search_trains_a_timm_backbone_from_a_local_weights_file(tmp_path):
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.params["backbone"] for r in runs} == {"timm:test_resnet"}
     assert all(float(r.data.metrics["best_val_accuracy"]) > 0.0 for r in runs)
+    parents = client.search_runs([runs[0].info.experiment_id], "tags.`nbtl.space` = 'timm-tiny'")
+    assert [json.loads(p.data.params["weights"]) for p in parents] == [{"timm:test_resnet": str(path)}]

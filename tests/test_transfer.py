@@ -20,6 +20,7 @@ from nbtl.backbones import (
 from nbtl.backbones._registry import get_entry, layout
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
+from nbtl.heads import head_names
 from nbtl.transfer import (
     SpinalHead,
     TransferModel,
@@ -416,7 +417,7 @@ def test_model_takes_uint8_or_unit_float_images(lite0_weights):
     assert logits.shape == (3, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp", "spinal"])
+@pytest.mark.parametrize("kind", head_names())
 def test_head_output_shape_and_gradients(kind):
     torch.manual_seed(0)
     head = make_head(kind, 12, 5, width=6, dropout=0.1)

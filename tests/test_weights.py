@@ -73,3 +73,29 @@ def test_bad_weights_flags_are_one_line(tmp_path, own_weights):
             parse_weights([value], [LITE0])
     with pytest.raises(ConfigError, match="twice"):
         parse_weights([f"{LITE0}={path}", f"{LITE0}={path}"], [LITE0])
+
+
+def test_a_space_names_its_own_weights_files_relative_to_itself(tmp_path, own_weights):
+    from nbtl.search.space import load_space
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "mine.pth").write_bytes((own_weights / "lite0_mine.pth").read_bytes())
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(f"parameters:\n  backbone: {{name: {LITE0}, weights: w/mine.pth}}\n  lr: 0.01\n")
+    space = load_space(fixed)
+    assert space.backbones() == [LITE0] and space.weights == {LITE0: str(tmp_path / "w" / "mine.pth")}
+    several = tmp_path / "several.yaml"
+    several.write_text(
+        "parameters:\n  backbone: {choices: [efficientnet_lite0, efficientnet_lite1], weights: "
+        f"{{efficientnet_lite1: {tmp_path / 'w' / 'mine.pth'}}}}}\n"
+    )
+    assert load_space(several).weights == {"efficientnet_lite1": str(tmp_path / "w" / "mine.pth")}
+    cases = {
+        f"{{name: {LITE0}, weights: nope.pth}}": "no file .*nope.pth for efficientnet_lite0",
+        "{choices: [efficientnet_lite0], weights: {resnet50: w/mine.pth}}": "'resnet50' is not one of its choices",
+        f"{{name: {LITE0}, weights: [w/mine.pth]}}": "give the path of one weights file",
+    }
+    for spec, message in cases.items():
+        (tmp_path / "bad.yaml").write_text(f"parameters:\n  backbone: {spec}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_space(tmp_path / "bad.yaml")

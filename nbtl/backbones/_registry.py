@@ -128,7 +128,9 @@ def register_backbone(
     def decorator(build_native: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if name in _REGISTRY:
             raise BackboneError(f"backbone {name!r} is already registered; choose another name")
-        _REGISTRY[name] = BackboneEntry(spec, build_native, cut, default_weights, native_format, to_native_keys, describe)
+        _REGISTRY[name] = BackboneEntry(
+            spec, build_native, cut, default_weights, native_format, to_native_keys, describe
+        )
         return build_native
 
     return decorator

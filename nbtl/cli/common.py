@@ -7,6 +7,8 @@ import argparse
 import logging
 import re
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from nbtl.errors import ConfigError, NbtlError, one_line  # noqa: F401  (one_line: re-exported for the commands)
@@ -205,3 +207,27 @@ def progress(line: str) -> None:
     """A progress line on stdout (the ``print_fn`` of searches and training); silent with ``-q``."""
     if log.isEnabledFor(logging.INFO):
         print(line, flush=True)
+
+
+@contextmanager
+def live_status() -> Iterator[tuple[Callable[[str], None], Callable[[str], None] | None]]:
+    """``(print_fn, status_fn)`` for a search: on a terminal, one status line kept at the bottom (tqdm) that
+    ``status_fn`` rewrites, with the progress lines printed above it; otherwise (a file, a pipe, CI) or with ``-q``
+    the plain progress lines and no status line. The line is removed when the search ends."""
+    if not (sys.stdout.isatty() and log.isEnabledFor(logging.INFO)):
+        yield progress, None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, bar_format="{desc}", file=sys.stdout, leave=False, dynamic_ncols=True)
+
+    def say(line: str) -> None:
+        tqdm.write(line, file=sys.stdout)  # above the status line, which tqdm draws again below it
+
+    def status(text: str) -> None:
+        bar.set_description_str(text[: max(20, (bar.ncols or 80) - 1)], refresh=True)
+
+    try:
+        yield say, status
+    finally:
+        bar.close()

@@ -12,6 +12,7 @@ from nbtl.cli.common import (
     add_weights_flag,
     check_name,
     data_overrides,
+    live_status,
     load_space,
     log,
     parse_weights,
@@ -154,14 +155,16 @@ def run(args: argparse.Namespace) -> int:
             )
         from nbtl.search.runner import resume_search
 
-        result = resume_search(
-            args.resume,
-            storage_path=args.storage_path,
-            address=args.address,
-            tracking_uri=args.tracking_uri,
-            print_fn=progress,
-            keep_checkpoints=args.keep_checkpoints,
-        )
+        with live_status() as (say, status):
+            result = resume_search(
+                args.resume,
+                storage_path=args.storage_path,
+                address=args.address,
+                tracking_uri=args.tracking_uri,
+                print_fn=say,
+                keep_checkpoints=args.keep_checkpoints,
+                status_fn=status,
+            )
         return report(result)
     if not args.space or not args.data:
         raise ConfigError("nbtl search needs a SPACE file and --data (or --resume NAME); see nbtl search --help")
@@ -201,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         register_model=not args.no_register,
         **overrides,
     )
-    result = run_search(space, options, print_fn=progress)
+    with live_status() as (say, status):
+        result = run_search(space, options, print_fn=say, status_fn=status)
     return report(result)
 
 

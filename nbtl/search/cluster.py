@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from nbtl.errors import ClusterError, NbtlError
-from nbtl.preflight import cluster_address, probe_ray_head
+from nbtl.preflight import check_ray_address, check_tracking_uri, cluster_address, probe_ray_head, use_token_auth
 from nbtl.search.reaper import embedded_ray_reaper
 
 
@@ -146,6 +146,25 @@ def ray_session(address: str | None) -> Iterator[str]:
 
 #: ``resources`` keys of a search (``with_resources``) and the Ray resource each one asks of a node.
 _RAY_RESOURCE = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+
+
+def check_services(address: str | None, tracking_uri: str | None) -> str:
+    """What every study (a search, a zoo) checks first, in seconds, before any image is decoded or Ray starts: the
+    MLflow store and the Ray head at ``address`` (its token authentication turned on where a token is at hand, before
+    Ray is imported). Returns the tracking URI checked."""
+    uri = check_tracking_uri(tracking_uri)
+    check_ray_address(address)
+    use_token_auth(address)
+    return uri
+
+
+@contextmanager
+def study_ray(address: str | None, resources: dict[str, float]) -> Iterator[str]:
+    """The Ray session of a study (embedded, or the cluster at ``address``), refused at once when no node has a
+    trial's ``resources``; yields the GCS address. Ray (embedded) is shut down when it ends."""
+    with ray_session(address) as gcs_address:
+        check_resources(resources)
+        yield gcs_address
 
 
 def check_resources(resources: dict[str, float]) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class SearchSpace:
     search: dict[str, Any]
     source: str = ""  # the YAML text, logged as an artifact
     path: str = "<string>"
+    weights: dict[str, str] = field(default_factory=dict)  # backbone -> a local weights file (parameters.backbone)
 
     @property
     def max_epochs(self) -> int:
@@ -297,6 +298,7 @@ def parse_space(document: Any, where: str = "search space", source: str = "") ->
     raw = document.get("parameters")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: 'parameters' must be a mapping of trial config keys to values or ranges")
+    raw, weights = _backbone_weights(dict(raw), where)
     names = list(raw)
     parameters = [_parse_parameter(name, raw[name], where, seen=names[:i]) for i, name in enumerate(names)]
     _check_conditions(parameters, where)
@@ -311,9 +313,51 @@ def parse_space(document: Any, where: str = "search space", source: str = "") ->
         search=search,
         source=source,
         path=where,
+        weights=weights,
     )
     _validate_settings(space, where)
     return space
+
+
+def _backbone_weights(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Your own weights in a space: ``backbone: {name: NAME, weights: FILE}`` (a fixed backbone), or ``backbone:
+    {choices: [...], weights: {NAME: FILE, ...}}``. Returns the parameters with a plain backbone spec and the files
+    by backbone, relative paths taken from the space file's folder (checked to exist when the space is a file)."""
+    spec = raw.get("backbone")
+    if not isinstance(spec, dict) or ("name" not in spec and "weights" not in spec):
+        return raw, {}
+    at = f"{where}: parameters.backbone"
+    given = spec.get("weights")
+    if "name" in spec:
+        _check_keys(spec, ("name", "weights"), at)
+        raw["backbone"] = spec["name"]
+        if given is not None and not isinstance(given, str):
+            raise ConfigError(f"{at}.weights: give the path of one weights file (.pth), e.g. weights: ./mine.pth")
+        files = {str(spec["name"]): given} if given is not None else {}
+    else:
+        raw["backbone"] = {k: v for k, v in spec.items() if k != "weights"}
+        choices = [str(c) for c in (spec.get("choices") or [])]
+        if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
+            raise ConfigError(
+                f"{at}.weights: with choices, map backbones to files, e.g. weights: {{resnet50: ./r50.pth}}"
+            )
+        unknown = [str(k) for k in given if str(k) not in choices]
+        if unknown:
+            raise ConfigError(f"{at}.weights: {unknown[0]!r} is not one of its choices ({', '.join(choices)})")
+        files = {str(k): v for k, v in given.items()}
+    base = Path(where).parent if Path(where).is_file() else None
+    resolved = {}
+    for name, file in files.items():
+        path = Path(file).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        if base is not None and not path.is_file():
+            raise ConfigError(
+                f"{at}.weights: no file {path} for {name}; give the path of a saved state dict (.pth), absolute or "
+                "relative to the space file"
+            )
+        resolved[name] = str(path.resolve()) if base is not None else str(path)
+    return raw, resolved
 
 
 def _check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:

@@ -1,7 +1,8 @@
 """The Ray Tune side of one trial: the only place that calls ``ray.tune`` reporting APIs.
 
 Ray's reporting API has moved several times (``tune.report`` / ``train.report`` / session
-APIs); keeping every call here means one file changes when it moves again.
+APIs); keeping every call here means one file changes when it moves again. The zoo's trainable reports through
+the same adapter (:func:`current_trial`, :func:`report_result`).
 """
 
 from __future__ import annotations
@@ -124,6 +125,35 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Path, storage_dir: str | N
         ensure_room(storage_dir, path.stat().st_size, "a trial checkpoint")
 
 
+@dataclass(frozen=True)
+class CurrentTrial:
+    """Who the running trial is, as Ray Tune and Ray name it: what a trial's MLflow run is tagged with."""
+
+    trial_id: str
+    trial_name: str
+    node_id: str
+    assigned: dict[str, float]  # the resources Ray gave the trial (``CPU``, ``GPU``)
+
+
+def current_trial() -> CurrentTrial:
+    """The trial this worker runs (inside a Ray Tune trainable only)."""
+    import ray
+    from ray import tune
+
+    context, runtime = tune.get_context(), ray.get_runtime_context()
+    return CurrentTrial(
+        context.get_trial_id(), context.get_trial_name(), runtime.get_node_id(), runtime.get_assigned_resources()
+    )
+
+
+def report_result(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    """Hand Ray Tune a trial's result (an epoch's metrics, or a zoo fold's), with the folder of its checkpoint."""
+    from ray import tune
+
+    checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir is not None else None
+    tune.report(metrics, checkpoint=checkpoint)
+
+
 def torch_threads_for_trial(assigned: dict[str, float]) -> int:
     """Set torch's intra-op threads to the CPUs Ray gave this trial (``assigned``: Ray's assigned resources), at
     least 1: a trial on one CPU that spins several threads fights its neighbours for the core. Returns the count."""
@@ -148,12 +178,10 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     from nbtl.tracking import TrialTracker, status_for, trial_run_name
     from nbtl.train import train_trial
 
-    tune_context = tune.get_context()
-    trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
+    trial = current_trial()
+    trial_id, trial_name = trial.trial_id, trial.trial_name
     trial_config = TrialConfig.from_dict(config, where=f"trial {trial_name}")
-    import ray
-
-    threads = torch_threads_for_trial(ray.get_runtime_context().get_assigned_resources())
+    threads = torch_threads_for_trial(trial.assigned)
     tags = {
         **context.tags,
         "nbtl.backbone": trial_config.backbone,
@@ -169,7 +197,7 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
         trial_run_name(trial_id, trial_config.to_dict()),
         trial_config.to_dict(),
         tags,
-        location={"nbtl.ray_node_id": ray.get_runtime_context().get_node_id()},
+        location={"nbtl.ray_node_id": trial.node_id},
         dataset=context.dataset,
     )
 
@@ -181,7 +209,7 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(compact_checkpoint(state()), Path(directory) / TRIAL_CHECKPOINT, context.storage_dir)
             reported.append(metrics["epoch"])
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            report_result(metrics, directory)
 
     if isinstance(splits, dict):  # one data file per image size: the trial's own
         size = context.image_size_of(trial_config)
@@ -216,5 +244,5 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
         # checkpoint (not MLflow, which holds that epoch already), so the search ranks and hands over this trial.
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(resume, Path(directory) / TRIAL_CHECKPOINT, context.storage_dir)
-            tune.report(dict(resume["history"][-1]), checkpoint=tune.Checkpoint.from_directory(directory))
+            report_result(dict(resume["history"][-1]), directory)
     tracker.end("FINISHED")

@@ -1,9 +1,12 @@
-"""Classifier heads put on a backbone's pooled features: linear, MLP and SpinalNet's spinal layer."""
+"""Classifier heads put on a backbone's pooled features: linear, MLP and SpinalNet's spinal layer (their builders,
+registered by name in :mod:`nbtl.heads`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from nbtl.heads import get_head
 
 
 class SpinalHead(nn.Module):
@@ -49,19 +52,27 @@ class SpinalHead(nn.Module):
         return self.output(torch.cat(outputs, dim=1))
 
 
+def linear_head(in_features: int, num_classes: int, *, width: int = 256, dropout: float = 0.0) -> nn.Module:
+    """``linear``: dropout, then one linear layer (``width`` unused)."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+
+
+def mlp_head(in_features: int, num_classes: int, *, width: int = 256, dropout: float = 0.0) -> nn.Module:
+    """``mlp``: one hidden ReLU layer of ``width``, dropout in front of each linear layer."""
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_features, width),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(width, num_classes),
+    )
+
+
+def spinal_head(in_features: int, num_classes: int, *, width: int = 256, dropout: float = 0.0) -> nn.Module:
+    """``spinal``: :class:`SpinalHead` with four layers of ``width``."""
+    return SpinalHead(in_features, num_classes, width=width, dropout=dropout)
+
+
 def make_head(kind: str, in_features: int, num_classes: int, width: int = 256, dropout: float = 0.0) -> nn.Module:
-    """Build a head by name: ``linear`` (dropout + linear), ``mlp`` (one hidden ReLU layer of
-    ``width``) or ``spinal`` (:class:`SpinalHead` with four layers of ``width``)."""
-    if kind == "linear":
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
-    if kind == "mlp":
-        return nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(in_features, width),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(width, num_classes),
-        )
-    if kind == "spinal":
-        return SpinalHead(in_features, num_classes, width=width, dropout=dropout)
-    raise ValueError(f"unknown head {kind!r}")  # configs are validated before this point
+    """Build the head registered as ``kind`` (:mod:`nbtl.heads`: ``linear``, ``mlp``, ``spinal``, or one of yours)."""
+    return get_head(kind).build(in_features, num_classes, width=width, dropout=dropout)

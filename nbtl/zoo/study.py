@@ -70,7 +70,7 @@ class ZooResult:
 def check_options(options: ZooOptions) -> None:
     """Refuse, in one line each, what cannot run: an unknown mode, head or backbone, too few folds."""
     from nbtl.backbones import get_spec
-    from nbtl.config import HEADS
+    from nbtl.heads import head_names
 
     if options.mode not in MODES:
         raise ConfigError(f"--mode {options.mode!r}: use frozen (a new head on cached features) or finetune")
@@ -80,8 +80,8 @@ def check_options(options: ZooOptions) -> None:
         if len(set(values)) != len(values):
             raise ConfigError(f"{flag} names one twice: {', '.join(values)}")
     for head in options.heads:
-        if head not in HEADS:
-            raise ConfigError(f"--heads: unknown head {head!r}; use {', '.join(HEADS)}")
+        if head not in head_names():
+            raise ConfigError(f"--heads: unknown head {head!r}; use {', '.join(head_names())}")
     for backbone in options.backbones:
         get_spec(backbone)  # an unknown backbone fails here, in one line
     if isinstance(options.folds, bool) or not isinstance(options.folds, int) or options.folds < 2:
@@ -216,22 +216,19 @@ def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> Zoo
     run exists; once it does, an error or Ctrl-C ends it and its open trial runs. The Ray instance the study
     started is shut down when it ends.
     """
-    from nbtl.preflight import check_ray_address, check_tracking_uri, cluster_address, use_token_auth
-    from nbtl.search.cluster import check_resources, ray_session
+    from nbtl.preflight import cluster_address
+    from nbtl.search.cluster import check_services, study_ray
 
     check_options(options)
     recipe = _recipe(options)
-    tracking_uri = check_tracking_uri(options.tracking_uri)
-    check_ray_address(options.address)
-    use_token_auth(options.address)
+    tracking_uri = check_services(options.address, options.tracking_uri)
     started = time.perf_counter()
     seeds = [options.settings.seed + r for r in range(options.seeds)]
     names, payload = _prepare(options, seeds, print_fn)
     name = options.name or f"zoo-{'-'.join(names)}"
     cells = _cells(names, options, seeds)
     resources = {"cpu": options.cpu, "gpu": options.gpu}
-    with ray_session(options.address) as gcs_address:
-        check_resources(resources)
+    with study_ray(options.address, resources) as gcs_address:
         from nbtl.tracking import ROLE_TAG, SearchTracker
 
         tracker = SearchTracker(tracking_uri, name)

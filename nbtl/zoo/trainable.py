@@ -1,5 +1,5 @@
 """The Ray Tune side of one zoo trial (one dataset × backbone × head × fold × seed): train, predict the
-held-out fold, log the child run, report. The only module of :mod:`nbtl.zoo` that calls ``ray.tune``.
+held-out fold, log the child run, report (through the search's adapter to Ray Tune, :mod:`nbtl.search.trainable`).
 
 ``frozen``: a new head on the backbone's cached last-block features (:mod:`nbtl.zoo.frozen`).
 ``finetune``: :func:`nbtl.train.train_trial`, the trial code of ``nbtl search``, with the study's one recipe;
@@ -103,9 +103,7 @@ def zoo_trainable(config: dict[str, Any], data=None, context: ZooContext | None 
     """Ray Tune function trainable: one zoo trial. ``config["cell"]`` names it (dataset index and name,
     backbone, head, fold, seed); ``data`` (by dataset index: features or images, labels, folds, weights)
     arrives once per node through ``tune.with_parameters``."""
-    import ray
-    from ray import tune
-
+    from nbtl.search.trainable import current_trial, report_result
     from nbtl.tracking import TrialTracker, status_for
     from nbtl.zoo.cv import fold_splits
     from nbtl.zoo.report import classification_metrics
@@ -125,18 +123,18 @@ def zoo_trainable(config: dict[str, Any], data=None, context: ZooContext | None 
         context.tracking_uri,
         context.experiment_id,
         context.parent_run_id,
-        tune.get_context().get_trial_id(),
+        (trial := current_trial()).trial_id,
         trial_name(cell),
         params,
         {**context.tags, "nbtl.backbone": cell["backbone"], "nbtl.dataset": cell["dataset"]},
-        location={"nbtl.ray_node_id": ray.get_runtime_context().get_node_id()},
+        location={"nbtl.ray_node_id": trial.node_id},
     )
     started = time.perf_counter()
     try:
         if context.mode == "frozen":
             predictions, extra = _predict_frozen(cell, this, context)
         else:
-            predictions, extra = _predict_finetune(trial_config, splits, this, context, tracker, tune.report)
+            predictions, extra = _predict_finetune(trial_config, splits, this, context, tracker, report_result)
         scored = fold.held_out if context.mode == "frozen" else fold.test
         metrics = {
             **classification_metrics(this["labels"][scored], predictions),
@@ -152,4 +150,4 @@ def zoo_trainable(config: dict[str, Any], data=None, context: ZooContext | None 
         tracker.end(status_for(error), reason=one_line(error, with_type=True))
         raise
     tracker.end("FINISHED")
-    tune.report(metrics)
+    report_result(metrics)
