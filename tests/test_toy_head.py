@@ -8,13 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_transfer import check_head
 from torch import nn
 
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
 from nbtl.heads import get_head, head_names, register_head, remove_head
 from nbtl.train import train_trial
-from nbtl.transfer import build_transfer, make_head
+from nbtl.transfer import build_transfer
 
 
 class CosineClassifier(nn.Module):
@@ -51,12 +52,7 @@ def test_a_registered_head_is_a_config_choice_without_a_width(cosine):
 
 
 def test_a_registered_head_passes_the_common_head_checks(cosine):
-    torch.manual_seed(0)
-    head = make_head(cosine, 12, 5, width=6, dropout=0.1)
-    out = head(torch.randn(3, 12))
-    assert out.shape == (3, 5)
-    out.sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert isinstance(check_head(cosine), CosineClassifier)  # the check every registered head passes
 
 
 def test_a_registered_head_is_trained_in_a_real_trial(cosine, splits, weights, one_torch_thread):

@@ -417,8 +417,9 @@ def test_model_takes_uint8_or_unit_float_images(lite0_weights):
     assert logits.shape == (3, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("kind", head_names())
-def test_head_output_shape_and_gradients(kind):
+def check_head(kind: str) -> nn.Module:
+    """What every registered head must do (the common check of the head registry): map ``(N, 12)`` features to
+    ``(N, 5)`` logits and pass a gradient to each of its parameters."""
     torch.manual_seed(0)
     head = make_head(kind, 12, 5, width=6, dropout=0.1)
     out = head(torch.randn(3, 12))
@@ -426,6 +427,12 @@ def test_head_output_shape_and_gradients(kind):
     out.sum().backward()
     for name, p in head.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{kind} head: {name} got no gradient"
+    return head
+
+
+@pytest.mark.parametrize("kind", head_names())
+def test_head_output_shape_and_gradients(kind):
+    head = check_head(kind)
     if kind == "mlp":
         assert [m.out_features for m in head.modules() if isinstance(m, nn.Linear)] == [6, 5]
 
