@@ -59,7 +59,7 @@ def test_a_search_on_a_terminal_keeps_one_live_status_line(tmp_path):
     # it counts the trials: some status showed one running, and done + running + left is the trial count
     assert any(int(running) >= 1 for _, running, _, _, _ in statuses)
     assert all(int(done) + int(running) + int(left) == 2 for done, running, left, _, _ in statuses)
-    assert any(best.startswith("best val_accuracy 0.") for *_, best, _ in statuses)
+    assert any(re.fullmatch(r"best val_accuracy [01]\.\d{4}", best) for *_, best, _ in statuses)
     # the progress lines are printed above it, whole, and the table at the end comes after it was removed
     assert re.search(r"trial \w+ finished \[2/2\]: best_val_accuracy=", text)
     tail = text[text.rindex("trials: ") :]
