@@ -143,14 +143,14 @@ def list_backbones() -> list[str]:
 
 def get_entry(name: str) -> BackboneEntry:
     """The registry entry of ``name``; ``BackboneError`` naming the known ones if unknown."""
-    if isinstance(name, str) and name in _REGISTRY:
-        return _REGISTRY[name]
-    if isinstance(name, str) and name in _RESOLVED:
-        return _RESOLVED[name]
-    for prefix, resolve in _RESOLVERS.items():
-        if isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix):
-            _RESOLVED[name] = resolve(name[len(prefix) :])
-            return _RESOLVED[name]
+    if isinstance(name, str):
+        entry = _REGISTRY.get(name) or _RESOLVED.get(name)
+        if entry is not None:
+            return entry
+        for prefix, resolve in _RESOLVERS.items():
+            if name.startswith(prefix) and len(name) > len(prefix):
+                entry = _RESOLVED[name] = resolve(name[len(prefix) :])
+                return entry
     raise BackboneError(
         f"unknown backbone {name!r}; use one of: {', '.join(list_backbones())}"
         + "".join(f", or {prefix}<model>" for prefix in _RESOLVERS)
