@@ -29,9 +29,10 @@ from nbtl.fit import (
     meta_features,
     nce,
 )
+from nbtl.fit.registry import fit_measure_names, get_fit_measure, source_measures
 
-FEATURE_MEASURES = [logme, h_score, knn_accuracy, linear_probe_accuracy]
-SOURCE_MEASURES = [leep, nce]
+#: The fit table's options, as it passes them to a measure that takes them.
+TABLE_OPTIONS = {"cv": 5, "random_state": 0, "k": 5}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -62,18 +63,34 @@ def source_probabilities(labels, n_source=5, seed=0):
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-# ----------------------------------------------------------------------- known answers
-@pytest.mark.parametrize("measure", FEATURE_MEASURES, ids=lambda m: m.__name__)
-def test_feature_measures_prefer_separable_labels(measure):
+def check_fit_measure(name: str) -> float:
+    """The checks every registered fit measure passes, called as the fit table calls it: a finite float, higher for
+    labels the features (or the source head) separate than for the same labels shuffled, the same whatever the
+    samples' order, and the same for any hashable labels (strings in the same order as the codes). Returns its value
+    on the separable labels."""
+    entry = get_fit_measure(name)
+
+    def call(inputs, labels):
+        return float(entry.resolve()(inputs, labels, **{o: TABLE_OPTIONS[o] for o in entry.options()}))
+
     features, labels, shuffled = clustered()
-    assert measure(features, labels) > measure(features, shuffled)
+    inputs = features if entry.reads == "features" else source_probabilities(labels)
+    value = call(inputs, labels)
+    assert np.isfinite(value)
+    assert value > call(inputs, shuffled)
+    overlapping, labels, _ = clustered(separation=1.0)  # accuracies below 1, so the order could matter
+    inputs = overlapping if entry.reads == "features" else source_probabilities(shuffled)
+    baseline = call(inputs, labels)
+    order = np.random.default_rng(2).permutation(len(labels))
+    assert call(inputs[order], labels[order]) == pytest.approx(baseline, rel=1e-10)
+    assert call(inputs, np.array(["ant", "bee", "cat"])[labels]) == pytest.approx(baseline, rel=1e-12)
+    return value
 
 
-@pytest.mark.parametrize("measure", SOURCE_MEASURES, ids=lambda m: m.__name__)
-def test_source_measures_prefer_labels_the_source_head_predicts(measure):
-    _, labels, shuffled = clustered()
-    probs = source_probabilities(labels)
-    assert measure(probs, labels) > measure(probs, shuffled)
+# ----------------------------------------------------------------------- known answers
+@pytest.mark.parametrize("name", fit_measure_names())
+def test_every_registered_fit_measure_passes_the_common_checks(name):
+    check_fit_measure(name)
 
 
 def _direct_log_evidence(features, target):
@@ -128,13 +145,6 @@ def test_source_measures_are_zero_when_the_source_label_determines_the_target():
 
 
 # ------------------------------------------------------------------------- invariances
-@pytest.mark.parametrize("measure", FEATURE_MEASURES, ids=lambda m: m.__name__)
-def test_feature_measures_do_not_depend_on_sample_order(measure):
-    features, labels, _ = clustered(separation=1.0)  # overlapping classes: accuracies below 1
-    order = np.random.default_rng(2).permutation(len(labels))
-    assert measure(features[order], labels[order]) == pytest.approx(measure(features, labels), rel=1e-10)
-
-
 @pytest.mark.parametrize("measure", [knn_accuracy, linear_probe_accuracy], ids=lambda m: m.__name__)
 def test_accuracies_are_invariant_to_feature_scale_and_precision(measure):
     # The folds come from the samples' content; rescaling or float32 storage must not move them.
@@ -152,7 +162,7 @@ def test_logme_of_constant_zero_features_is_the_noise_only_evidence():
     assert logme(np.zeros((len(labels), 4)), labels) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("measure", SOURCE_MEASURES, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("measure", [entry.resolve() for entry in source_measures()], ids=lambda m: m.__name__)
 def test_source_measures_do_not_depend_on_class_names_or_order(measure):
     _, labels, shuffled = clustered()
     probs = source_probabilities(shuffled)

@@ -23,7 +23,7 @@ from nbtl.heuristics import (
     parse_rules,
     rank_backbones,
 )
-from nbtl.heuristics.learned import INPUTS, encode
+from nbtl.heuristics.learned import default_inputs, encode
 from nbtl.heuristics.recommend import TaskFit, load_recommended_configs, recommend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,10 +314,10 @@ def test_learned_recommender_fits_ranks_and_round_trips_through_json(tmp_path):
     assert int(np.argmax(predicted)) == 2 and np.all((predicted >= 0) & (predicted <= 1))
     path = model.save(tmp_path / "recommender.json")
     document = json.loads(path.read_text())  # plain JSON, nothing pickled
-    assert document["inputs"] == list(INPUTS) and len(document["coef"]) == len(document["powers"])
+    assert document["inputs"] == list(default_inputs()) and len(document["coef"]) == len(document["powers"])
     again = LearnedRecommender.load(path)
     assert np.allclose(again.predict_rows(probe), predicted, atol=1e-12)
-    assert encode(probe[0]).shape == (len(INPUTS),)
+    assert encode(probe[0]).shape == (len(default_inputs()),)
 
 
 def test_learned_recommender_refuses_bad_files_and_too_little_data(tmp_path):

@@ -7,13 +7,15 @@
 >>> fit_table(features)          # one row per block: LogME, H-score, kNN, probe, LEEP, NCE   # doctest: +SKIP
 
 Features are cached on disk (:func:`~nbtl.fit.features.default_cache_dir`); the measures are
-plain functions of ``(features, labels)`` or ``(source_probs, labels)`` in :mod:`nbtl.fit.measures`.
+plain functions of ``(features, labels)`` or ``(source_probs, labels)`` in :mod:`nbtl.fit.measures`,
+registered by name in :mod:`nbtl.fit.registry` (:func:`register_fit_measure` adds one).
 Plain PyTorch / NumPy / scikit-learn: no Ray or MLflow here. torch is imported only when
 the feature extractor is first used, so the measures alone load fast.
 """
 
 from nbtl.fit._validation import MeasureError
 from nbtl.fit.measures import h_score, knn_accuracy, leep, linear_probe_accuracy, logme, nce
+from nbtl.fit.registry import fit_measure_names, get_fit_measure, register_fit_measure, remove_fit_measure
 from nbtl.fit.table import fit_table, meta_features
 
 __all__ = [
@@ -21,7 +23,9 @@ __all__ = [
     "MeasureError",
     "block_features",
     "default_cache_dir",
+    "fit_measure_names",
     "fit_table",
+    "get_fit_measure",
     "h_score",
     "knn_accuracy",
     "leep",
@@ -29,6 +33,8 @@ __all__ = [
     "logme",
     "meta_features",
     "nce",
+    "register_fit_measure",
+    "remove_fit_measure",
     "state_dict_hash",
 ]
 

@@ -9,15 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nbtl.fit import measures as _measures
 from nbtl.fit._validation import MeasureError, check_labels, check_matrix
+from nbtl.fit.registry import fit_measure_names, get_fit_measure
 
-__all__ = ["FEATURE_MEASURES", "SOURCE_MEASURES", "fit_table", "meta_features"]
-
-#: Measures read from one block's features, in table order.
-FEATURE_MEASURES = ("logme", "h_score", "knn_accuracy", "linear_probe_accuracy")
-#: Measures read from the source head's probabilities: one value per backbone.
-SOURCE_MEASURES = ("leep", "nce")
+__all__ = ["fit_table", "meta_features"]
 
 
 def meta_features(dataset) -> dict:
@@ -77,16 +72,18 @@ def fit_table(
     labels : array-like of shape (n_samples,), optional
         Target labels; default ``block_features.labels``.
     measures : sequence of str, optional
-        Which columns to compute, from ``"logme"``, ``"h_score"``, ``"knn_accuracy"``,
-        ``"linear_probe_accuracy"``, ``"leep"``, ``"nce"``; default all of them.
+        Which columns to compute, of the registered fit measures (:mod:`nbtl.fit.registry`: ``"logme"``,
+        ``"h_score"``, ``"knn_accuracy"``, ``"linear_probe_accuracy"``, ``"leep"``, ``"nce"`` and any
+        registered since); default all of them.
     source_probs : array-like of shape (n_samples, n_source_classes), optional
         Source-head probabilities when ``block_features`` is a plain list; default
         ``block_features.source_probs``.
     k : int, default=5
-        Neighbours of :func:`~nbtl.fit.measures.knn_accuracy`.
+        Neighbours of the measures that take ``k`` (:func:`~nbtl.fit.measures.knn_accuracy`), lowered to a
+        training fold's size.
     cv : int, default=5
-        Folds of the kNN and linear-probe accuracies, lowered to the smallest class's size
-        (those columns are NaN if a class has a single sample).
+        Folds of the cross-validated measures (those that take ``cv``: kNN and linear-probe accuracy),
+        lowered to the smallest class's size (those columns are NaN if a class has a single sample).
     random_state : int, default=0
         Seeds the folds.
 
@@ -94,16 +91,17 @@ def fit_table(
     -------
     pandas.DataFrame
         Columns ``backbone`` (when known), ``block``, ``feature_dim``, then the measures in the
-        order asked. LEEP and NCE read the source head, not a block: their value is the same on
-        every row, NaN when there are no source probabilities.
+        order asked. Source measures (LEEP, NCE) read the source head, not a block: their value is the
+        same on every row, NaN when there are no source probabilities.
     """
     import pandas as pd
 
-    known = FEATURE_MEASURES + SOURCE_MEASURES
+    known = fit_measure_names()
     measures = list(known if measures is None else ([measures] if isinstance(measures, str) else measures))
     unknown = [m for m in measures if m not in known]
     if unknown or not measures:
         raise MeasureError(f"measures must be a non-empty list of {', '.join(known)}; got {measures!r}")
+    entries = {name: get_fit_measure(name) for name in measures}
     blocks = getattr(block_features, "blocks", block_features)
     if isinstance(blocks, np.ndarray) or not isinstance(blocks, Sequence) or not blocks:
         raise MeasureError(
@@ -129,28 +127,25 @@ def fit_table(
     # A stratified training fold keeps at least n_c - ceil(n_c / cv) samples of each class c.
     smallest_train = int((counts - -(-counts // max(fold_count, 1))).sum())
 
-    def feature_measure(name, matrix):
-        if name == "logme":
-            return _measures.logme(matrix, codes)
-        if name == "h_score":
-            return _measures.h_score(matrix, codes)
-        if fold_count < 2:
+    # The options each measure takes, from the table's own (cv and k fitted to the smallest class).
+    options = {"cv": fold_count, "random_state": random_state, "k": min(k, smallest_train)}
+
+    def measure(entry, matrix):
+        taken = entry.options()
+        if "cv" in taken and fold_count < 2:
             return float("nan")
-        if name == "knn_accuracy":
-            return _measures.knn_accuracy(
-                matrix, codes, k=min(k, smallest_train), cv=fold_count, random_state=random_state
-            )
-        return _measures.linear_probe_accuracy(matrix, codes, cv=fold_count, random_state=random_state)
+        return float(entry.resolve()(matrix, codes, **{name: options[name] for name in taken}))
 
     per_backbone = {}
-    for name in (m for m in measures if m in SOURCE_MEASURES):
-        per_backbone[name] = float("nan") if source_probs is None else getattr(_measures, name)(source_probs, codes)
+    for name, entry in entries.items():
+        if entry.reads == "source":
+            per_backbone[name] = float("nan") if source_probs is None else measure(entry, source_probs)
     rows = []
     backbone = getattr(block_features, "backbone", None)
     for b, matrix in enumerate(matrices):
         row = {"backbone": backbone} if backbone is not None else {}
         row.update(block=b, feature_dim=matrix.shape[1])
         for name in measures:
-            row[name] = per_backbone[name] if name in SOURCE_MEASURES else feature_measure(name, matrix)
+            row[name] = per_backbone[name] if name in per_backbone else measure(entries[name], matrix)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -21,9 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from nbtl.fit.registry import feature_measures, source_measures
 from nbtl.heuristics.signals import HeuristicsError
 
-__all__ = ["FORMAT", "INPUTS", "LearnedRecommender", "default_recommender_path", "encode", "fit_recommender"]
+__all__ = [
+    "FORMAT",
+    "LearnedRecommender",
+    "default_inputs",
+    "default_recommender_path",
+    "encodable_inputs",
+    "encode",
+    "fit_recommender",
+]
 
 FORMAT = "nbtl-learned-recommender"
 HEADS = ("linear", "mlp", "spinal")
@@ -33,21 +42,10 @@ RANK_SLACK = 0.02
 #: The best trials of each meta-task kept as candidate configs (see :func:`build_portfolio`).
 PORTFOLIO_PER_TASK = 3
 
-#: Model inputs, each computed from a meta-dataset row by :func:`encode`.
-INPUTS = (
-    # the dataset
-    "log_images_per_class",
-    "log_n_classes",
-    "grayscale",
-    "log_original_side",
-    "log_image_size",
-    # the backbone's fit on it
-    "logme_best",
-    "probe_best",
-    "knn_best",
-    "fit_peak_fraction",
-    "leep",
-    # the config
+#: Inputs that describe the dataset.
+DATASET_INPUTS = ("log_images_per_class", "log_n_classes", "grayscale", "log_original_side", "log_image_size")
+#: Inputs that describe the config.
+CONFIG_INPUTS = (
     "transfer_fraction",
     "transfer_past_peak",
     "freeze_fraction",
@@ -61,6 +59,21 @@ INPUTS = (
     "head_spinal",
     "head_dropout",
 )
+
+
+def default_inputs() -> tuple[str, ...]:
+    """The inputs a recommender is fitted on now: the dataset's, the backbone's fit (the learned fit measures of
+    :mod:`nbtl.fit.registry`: the best of a block measure over blocks, a source measure's value; and where the fit
+    curve peaks) and the config's. A fitted recommender keeps the list it was fitted on (its file names it)."""
+    learned = [entry.learned_input for entry in feature_measures() if entry.learned]
+    source = [entry.learned_input for entry in source_measures() if entry.learned]
+    return (*DATASET_INPUTS, *learned, "fit_peak_fraction", *source, *CONFIG_INPUTS)
+
+
+def encodable_inputs() -> tuple[str, ...]:
+    """Every input :func:`encode` can compute: those of :func:`default_inputs` and every registered fit measure's."""
+    measured = [entry.learned_input for entry in (*feature_measures(), *source_measures())]
+    return (*DATASET_INPUTS, *measured, "fit_peak_fraction", *CONFIG_INPUTS)
 
 
 def default_recommender_path() -> Path | None:
@@ -79,46 +92,59 @@ def _number(row: dict[str, Any], key: str, default: float | None = None) -> floa
     return float(value)
 
 
-def encode(row: dict[str, Any]) -> np.ndarray:
-    """The :data:`INPUTS` of one row (a config merged with dataset and backbone signals)."""
+def encode(row: dict[str, Any], inputs: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
+    """The ``inputs`` (default :func:`default_inputs`) of one row: a config merged with dataset and backbone
+    signals. A source measure's signal is 0 where it is missing or NaN (no source head)."""
+    inputs = default_inputs() if inputs is None else tuple(inputs)
     blocks = _number(row, "num_blocks")
+    source = {entry.learned_input for entry in source_measures()}
+
+    def value(name: str) -> float:
+        if name in source:
+            number = _number(row, name, 0.0)
+            return number if math.isfinite(number) else 0.0
+        if name in _DATASET_OR_CONFIG:
+            return _DATASET_OR_CONFIG[name](row, blocks)
+        return _number(row, name)
+
+    return np.array([value(name) for name in inputs], dtype=float)
+
+
+def _transfer(row: dict[str, Any], blocks: float) -> float:
     transfer = row.get("transfer_blocks")
-    transfer = blocks if transfer in (None, "", "None", "all") else float(transfer)
+    return blocks if transfer in (None, "", "None", "all") else float(transfer)
+
+
+def _head_lr(row: dict[str, Any]) -> float:
     head_lr = row.get("head_lr")
-    head_lr = _number(row, "lr") if head_lr in (None, "", "None") else float(head_lr)
+    return _number(row, "lr") if head_lr in (None, "", "None") else float(head_lr)
+
+
+def _l2_head(row: dict[str, Any]) -> float:
     l2_head = row.get("l2_head")
-    l2_head = _number(row, "l2_beta", 0.0) if l2_head in (None, "", "None") else float(l2_head)
-    head = str(row.get("head", "linear"))
-    leep = _number(row, "leep", 0.0)
-    values = {
-        "log_images_per_class": math.log(_number(row, "images_per_class")),
-        "log_n_classes": math.log(_number(row, "n_classes")),
-        "grayscale": _number(row, "grayscale"),
-        "log_original_side": math.log(_number(row, "original_side")),
-        "log_image_size": math.log(_number(row, "image_size")),
-        "logme_best": _number(row, "logme_best"),
-        "probe_best": _number(row, "probe_best"),
-        "knn_best": _number(row, "knn_best"),
-        "fit_peak_fraction": _number(row, "fit_peak_fraction"),
-        "leep": leep if math.isfinite(leep) else 0.0,
-        "transfer_fraction": transfer / blocks,
-        "transfer_past_peak": (transfer - (_number(row, "fit_peak_block") + 1)) / blocks,
-        "freeze_fraction": _number(row, "freeze_blocks", 0.0) / blocks,
-        "log_lr": math.log10(_number(row, "lr")),
-        "lr_decay": _number(row, "lr_decay", 1.0),
-        "log_head_lr": math.log10(head_lr),
-        "log_l2sp_alpha": math.log10(_number(row, "l2sp_alpha", 0.0) + 1e-4),
-        "log_l2_beta": math.log10(_number(row, "l2_beta", 0.0) + 1e-6),
-        "log_l2_head": math.log10(l2_head + 1e-5),
-        "head_mlp": float(head == "mlp"),
-        "head_spinal": float(head == "spinal"),
-        "head_dropout": _number(row, "head_dropout", 0.0),
-    }
-    return np.array([values[name] for name in INPUTS], dtype=float)
+    return _number(row, "l2_beta", 0.0) if l2_head in (None, "", "None") else float(l2_head)
 
 
-#: The inputs that describe the task (dataset and the backbone's fit), not the config.
-TASK_INPUTS = INPUTS[:10]
+#: How each dataset or config input is computed from a row and the backbone's block count.
+_DATASET_OR_CONFIG: dict[str, Any] = {
+    "log_images_per_class": lambda row, blocks: math.log(_number(row, "images_per_class")),
+    "log_n_classes": lambda row, blocks: math.log(_number(row, "n_classes")),
+    "grayscale": lambda row, blocks: _number(row, "grayscale"),
+    "log_original_side": lambda row, blocks: math.log(_number(row, "original_side")),
+    "log_image_size": lambda row, blocks: math.log(_number(row, "image_size")),
+    "transfer_fraction": lambda row, blocks: _transfer(row, blocks) / blocks,
+    "transfer_past_peak": lambda row, blocks: (_transfer(row, blocks) - (_number(row, "fit_peak_block") + 1)) / blocks,
+    "freeze_fraction": lambda row, blocks: _number(row, "freeze_blocks", 0.0) / blocks,
+    "log_lr": lambda row, blocks: math.log10(_number(row, "lr")),
+    "lr_decay": lambda row, blocks: _number(row, "lr_decay", 1.0),
+    "log_head_lr": lambda row, blocks: math.log10(_head_lr(row)),
+    "log_l2sp_alpha": lambda row, blocks: math.log10(_number(row, "l2sp_alpha", 0.0) + 1e-4),
+    "log_l2_beta": lambda row, blocks: math.log10(_number(row, "l2_beta", 0.0) + 1e-6),
+    "log_l2_head": lambda row, blocks: math.log10(_l2_head(row) + 1e-5),
+    "head_mlp": lambda row, blocks: float(str(row.get("head", "linear")) == "mlp"),
+    "head_spinal": lambda row, blocks: float(str(row.get("head", "linear")) == "spinal"),
+    "head_dropout": lambda row, blocks: _number(row, "head_dropout", 0.0),
+}
 
 
 def _terms(z: np.ndarray, powers: np.ndarray) -> np.ndarray:
@@ -128,7 +154,8 @@ def _terms(z: np.ndarray, powers: np.ndarray) -> np.ndarray:
 
 @dataclass
 class LearnedRecommender:
-    """Ridge regression on degree-2 features of standardised :data:`INPUTS`, as plain arrays."""
+    """Ridge regression on degree-2 features of its standardised ``inputs`` (named by :func:`encode`), as plain
+    arrays."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -138,12 +165,13 @@ class LearnedRecommender:
     alpha: float
     info: dict[str, Any] = field(default_factory=dict)
     portfolio: list[dict[str, Any]] = field(default_factory=list)  # configs that did well on the meta-tasks
+    inputs: tuple[str, ...] = field(default_factory=default_inputs)  # what it was fitted on, in order
 
     def predict_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
         """Predicted validation accuracy of each row, clipped to [0, 1]."""
         if not rows:
             return np.empty(0)
-        inputs = np.stack([encode(row) for row in rows])
+        inputs = np.stack([encode(row, self.inputs) for row in rows])
         return self.predict(inputs)
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
@@ -155,7 +183,7 @@ class LearnedRecommender:
             {
                 "format": FORMAT,
                 "version": 1,
-                "inputs": list(INPUTS),
+                "inputs": list(self.inputs),
                 "target": TARGET,
                 "model": "ridge regression on degree-2 polynomial features of standardised inputs (scikit-learn RidgeCV)",
                 "alpha": self.alpha,
@@ -196,10 +224,16 @@ class LearnedRecommender:
             raise HeuristicsError(f"recommender {path}: not JSON ({error.msg} at line {error.lineno})") from None
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise HeuristicsError(f"recommender {path}: not an nbtl recommender (format {FORMAT!r} expected)")
-        if document.get("inputs") != list(INPUTS):
+        inputs = document.get("inputs")
+        known = encodable_inputs()
+        if (
+            not isinstance(inputs, list)
+            or not all(isinstance(name, str) and name in known for name in inputs)
+            or len(inputs) != len(document.get("mean") or ())
+        ):
             raise HeuristicsError(
-                f"recommender {path}: built for other inputs than this nbtl version's; "
-                "rebuild it with nbtl heuristics learn"
+                f"recommender {path}: built for inputs this nbtl version cannot compute ({inputs!r}; "
+                "a fit measure that is not registered?); rebuild it with nbtl heuristics learn"
             )
         return cls(
             mean=np.array(document["mean"], dtype=float),
@@ -210,6 +244,7 @@ class LearnedRecommender:
             alpha=float(document["alpha"]),
             info=dict(document.get("info") or {}),
             portfolio=list(document.get("portfolio") or []),
+            inputs=tuple(inputs),
         )
 
 
@@ -238,7 +273,8 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
             f"the meta-dataset has {len(usable)} finished trials with {TARGET}; "
             "at least 5 are needed: run more searches and learn again"
         )
-    inputs = np.stack([encode(row) for row in usable])
+    names = default_inputs()
+    inputs = np.stack([encode(row, names) for row in usable])
     target = np.array([float(row[TARGET]) for row in usable])
     alphas = list(alphas if alphas is not None else np.logspace(-2, 4, 13))
     scaler = StandardScaler().fit(inputs)
@@ -249,7 +285,7 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
     # fit each task's level exactly and extrapolate wildly to a new one): "additive" (task inputs linear;
     # config terms, their squares and products) and "interactions" (plus config x task products, which say
     # which settings suit which data but need many tasks to be estimated). Leave-one-task-out picks.
-    task_inputs = np.array([name in TASK_INPUTS for name in INPUTS])
+    task_inputs = np.array([name not in CONFIG_INPUTS for name in names])
     on_task, on_config = poly.powers_[:, task_inputs].sum(axis=1), poly.powers_[:, ~task_inputs].sum(axis=1)
     structures = {
         "additive": poly.powers_[(on_task == 0) | ((on_task == 1) & (on_config == 0))],
@@ -306,6 +342,7 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
         alpha=float(alpha),
         info=info,
         portfolio=build_portfolio(usable, task_groups),
+        inputs=names,
     )
 
 

@@ -8,6 +8,7 @@ cached), writes one row per trial (config + signals + validation accuracy) as CS
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from nbtl.config import TrialConfig
 from nbtl.data.settings import DataSettings
 from nbtl.errors import NbtlError
 from nbtl.heuristics.learned import LearnedRecommender, fit_recommender
-from nbtl.heuristics.signals import BACKBONE_SIGNALS, DATASET_SIGNALS, HeuristicsError
+from nbtl.heuristics.signals import DATASET_SIGNALS, HeuristicsError, backbone_signal_names
 
 __all__ = ["TASK_KEYS", "learn", "meta_rows", "task_key"]
 
@@ -102,7 +103,7 @@ def meta_rows(
                     "run_id": trial.get("run_id"),
                     **config,
                     **{k: task.dataset[k] for k in DATASET_SIGNALS},
-                    **{k: task.backbones[backbone][k] for k in BACKBONE_SIGNALS},
+                    **{k: task.backbones[backbone].get(k, math.nan) for k in backbone_signal_names()},
                     "best_val_accuracy": float(trial["best_val_accuracy"]),
                     "test_accuracy": trial.get("test_accuracy"),
                     "search_seconds": trial.get("search_seconds"),

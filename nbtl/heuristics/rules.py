@@ -22,12 +22,18 @@ from typing import Any
 import yaml
 
 from nbtl.config import TrialConfig
-from nbtl.heuristics.signals import BACKBONE_SIGNALS, DATASET_SIGNALS, HeuristicsError
+from nbtl.fit.registry import feature_measures
+from nbtl.heuristics.signals import DATASET_SIGNALS, HeuristicsError, backbone_signal_names
 from nbtl.safe_yaml import load_yaml
 
 __all__ = ["Rule", "Rules", "default_rules_path", "load_rules", "parse_rules"]
 
-SIGNALS = DATASET_SIGNALS + BACKBONE_SIGNALS + ("backbone_rank",)
+
+def signal_names() -> tuple[str, ...]:
+    """The signals a rule may read: the dataset's, the backbone's (from the fit-measure registry) and its rank."""
+    return DATASET_SIGNALS + backbone_signal_names() + ("backbone_rank",)
+
+
 INTEGER_KEYS = (
     "transfer_blocks",
     "freeze_blocks",
@@ -170,6 +176,7 @@ def parse_rules(document: Any, where: str = "<string>") -> Rules:
     if not isinstance(defaults, dict) or not isinstance(defaults.get("config"), dict):
         raise HeuristicsError(f"rules file {where}: defaults.config must be a mapping of config keys")
     config_keys = set(TrialConfig.keys())
+    signals = signal_names()
     for key in defaults["config"]:
         if key not in config_keys:
             raise HeuristicsError(f"rules file {where}: defaults.config has unknown key {key!r}")
@@ -191,8 +198,8 @@ def parse_rules(document: Any, where: str = "<string>") -> Rules:
             if not isinstance(group, dict):
                 raise HeuristicsError(f"{at}: when / when_any entries must be mappings of signal: condition")
             for name, condition in group.items():
-                if name not in SIGNALS:
-                    raise HeuristicsError(f"{at}: unknown signal {name!r}; signals are {', '.join(SIGNALS)}")
+                if name not in signals:
+                    raise HeuristicsError(f"{at}: unknown signal {name!r}; signals are {', '.join(signals)}")
                 if isinstance(condition, dict):
                     _keys(condition, ("min", "max"), f"{at}: condition on {name}")
         for key, spec in item["set"].items():
@@ -202,7 +209,7 @@ def parse_rules(document: Any, where: str = "<string>") -> Rules:
                 _keys(spec, ("signal", "plus", "scale", "min", "max"), f"{at}: {key}")
                 if ("signal" in spec) == ("scale" in spec):
                     raise HeuristicsError(f"{at}: {key} needs exactly one of signal or scale")
-                if "signal" in spec and spec["signal"] not in SIGNALS:
+                if "signal" in spec and spec["signal"] not in signals:
                     raise HeuristicsError(f"{at}: {key} reads unknown signal {spec['signal']!r}")
         evidence = item["evidence"]
         rules.append(
@@ -216,15 +223,21 @@ def parse_rules(document: Any, where: str = "<string>") -> Rules:
             )
         )
     rank_by = str(document.get("rank_by", "logme_best"))
-    if rank_by not in BACKBONE_SIGNALS:
+    if rank_by not in backbone_signal_names():
         raise HeuristicsError(
-            f"rules file {where}: rank_by {rank_by!r} is not a backbone signal ({', '.join(BACKBONE_SIGNALS)})"
+            f"rules file {where}: rank_by {rank_by!r} is not a backbone signal ({', '.join(backbone_signal_names())})"
+        )
+    fit_curve = str(document.get("fit_curve", "logme"))
+    curves = [entry.name for entry in feature_measures()]
+    if fit_curve not in curves:
+        raise HeuristicsError(
+            f"rules file {where}: fit_curve {fit_curve!r} is not a block fit measure ({', '.join(curves)})"
         )
     return Rules(
         defaults=dict(defaults["config"]),
         defaults_because=str(defaults.get("because", "default")).strip(),
         rules=rules,
-        fit_curve=str(document.get("fit_curve", "logme")),
+        fit_curve=fit_curve,
         peak_tolerance=float(document.get("peak_tolerance", 0.0)),
         rank_by=rank_by,
         path=where,

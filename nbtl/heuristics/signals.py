@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from nbtl.errors import NbtlError
+from nbtl.fit.registry import feature_measures, source_measures
 
 __all__ = [
     "DATASET_SIGNALS",
-    "BACKBONE_SIGNALS",
     "HeuristicsError",
+    "backbone_signal_names",
     "backbone_signals",
     "dataset_signals",
     "rank_backbones",
@@ -27,20 +28,14 @@ __all__ = [
 
 #: Dataset-level signals, from :func:`nbtl.fit.meta_features`.
 DATASET_SIGNALS = ("images_per_class", "n_classes", "n_images", "grayscale", "original_side", "image_size")
-#: Backbone-level signals, from that backbone's fit table.
-BACKBONE_SIGNALS = (
-    "num_blocks",
-    "fit_peak_block",
-    "fit_peak_fraction",
-    "logme_best",
-    "logme_last",
-    "probe_best",
-    "probe_last",
-    "knn_best",
-    "leep",
-    "nce",
-    "source_gap",
-)
+
+
+def backbone_signal_names() -> tuple[str, ...]:
+    """Backbone-level signals, from that backbone's fit table: its shape (``num_blocks``, ``fit_peak_block``,
+    ``fit_peak_fraction``), each registered fit measure's (:mod:`nbtl.fit.registry`: ``<signal>_best`` and
+    ``<signal>_last`` of a block measure, ``<signal>`` of a source measure), and ``source_gap``."""
+    measured = [name for entry in (*feature_measures(), *source_measures()) for name in entry.signals()]
+    return ("num_blocks", "fit_peak_block", "fit_peak_fraction", *measured, "source_gap")
 
 
 class HeuristicsError(NbtlError):
@@ -89,10 +84,11 @@ def backbone_signals(table, fit_curve: str = "logme", tolerance: float = 0.0) ->
     Returns
     -------
     dict
-        ``num_blocks``; ``fit_peak_block`` (0-based) and ``fit_peak_fraction`` (``(peak + 1) /
-        num_blocks``); ``logme_best`` / ``logme_last``, ``probe_best`` / ``probe_last`` (linear-probe
-        accuracy), ``knn_best``; ``leep`` and ``nce`` (NaN without a source head); ``source_gap`` =
-        ``1 − probe_best`` (how far the data is from what the features already separate).
+        :func:`backbone_signal_names`: ``num_blocks``; ``fit_peak_block`` (0-based) and ``fit_peak_fraction``
+        (``(peak + 1) / num_blocks``); for each registered block measure ``<signal>_best`` / ``<signal>_last``
+        (``logme_*``, ``h_score_*``, ``knn_*``, ``probe_*`` for linear-probe accuracy, NaN when the table lacks
+        its column), for each source measure its value (``leep``, ``nce``; NaN without a source head);
+        ``source_gap`` = ``1 − probe_best`` (how far the data is from what the features already separate).
     """
     if len(table) == 0:
         raise HeuristicsError("a fit table has no rows; compute it with nbtl.fit.fit_table")
@@ -106,26 +102,24 @@ def backbone_signals(table, fit_curve: str = "logme", tolerance: float = 0.0) ->
     finite = np.where(np.isfinite(curve), curve, -np.inf)
     top, bottom = float(finite.max()), float(np.nanmin(curve))
     peak = int(np.flatnonzero(finite >= top - tolerance * (top - bottom))[0])
-    logme, probe, knn = _curve(table, "logme"), _curve(table, "linear_probe_accuracy"), _curve(table, "knn_accuracy")
 
     def best(values: np.ndarray) -> float:
         return float(np.nanmax(values)) if np.isfinite(values).any() else math.nan
 
     num_blocks = len(table)
-    probe_best = best(probe)
-    return {
+    signals = {
         "num_blocks": float(num_blocks),
         "fit_peak_block": float(peak),
         "fit_peak_fraction": (peak + 1) / num_blocks,
-        "logme_best": best(logme),
-        "logme_last": float(logme[-1]),
-        "probe_best": probe_best,
-        "probe_last": float(probe[-1]),
-        "knn_best": best(knn),
-        "leep": float(table["leep"].iloc[0]) if "leep" in table else math.nan,
-        "nce": float(table["nce"].iloc[0]) if "nce" in table else math.nan,
-        "source_gap": 1.0 - probe_best if math.isfinite(probe_best) else math.nan,
     }
+    for entry in feature_measures():
+        values = _curve(table, entry.name)
+        signals[f"{entry.signal}_best"], signals[f"{entry.signal}_last"] = best(values), float(values[-1])
+    for entry in source_measures():
+        signals[entry.signal] = float(table[entry.name].iloc[0]) if entry.name in table else math.nan
+    probe_best = signals["probe_best"]
+    signals["source_gap"] = 1.0 - probe_best if math.isfinite(probe_best) else math.nan
+    return signals
 
 
 def rank_backbones(signals_by_backbone: Mapping[str, Mapping[str, float]], by: str = "logme_best") -> list[str]:
