@@ -11,7 +11,8 @@ from conftest import Recorder
 from nbtl.config import TrialConfig
 from nbtl.data import load_dataset, split_dataset
 from nbtl.errors import NbtlError, TrialDivergedError
-from nbtl.train import evaluate, train_trial
+from nbtl.feeds import evaluate
+from nbtl.train import train_trial
 from nbtl.transfer import build_transfer
 
 LITE0 = "efficientnet_lite0"
