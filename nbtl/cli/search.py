@@ -135,7 +135,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nbtl.search.runner import SearchOptions, run_search
-    from nbtl.search.space import parse_duration, parse_size
+    from nbtl.search.units import parse_duration, parse_size
 
     for flag in ("trials", "max_concurrent"):
         positive(getattr(args, flag), "--" + flag.replace("_", "-"))

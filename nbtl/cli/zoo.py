@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     from nbtl.cli.common import slug
     from nbtl.data.settings import DataSettings
-    from nbtl.search.space import parse_duration
+    from nbtl.search.units import parse_duration
     from nbtl.zoo.report import display_table
     from nbtl.zoo.study import ZooOptions, run_zoo
 

@@ -80,7 +80,8 @@ def search(
     """
     from nbtl.backbones import parse_weights
     from nbtl.search.runner import SearchOptions, run_search
-    from nbtl.search.space import SearchSpace, load_space, parse_duration, parse_size
+    from nbtl.search.space import SearchSpace, load_space
+    from nbtl.search.units import parse_duration, parse_size
 
     loaded = space if isinstance(space, SearchSpace) else load_space(str(space))
     options = SearchOptions(

@@ -15,7 +15,8 @@ from nbtl.models.export import KEEP_WEIGHTS
 from nbtl.search.cluster import SearchError
 from nbtl.search.reevaluate import BUDGET_SHARE
 from nbtl.search.results import METRIC, MODE
-from nbtl.search.space import SearchSpace, parse_duration
+from nbtl.search.space import SearchSpace
+from nbtl.search.units import parse_duration
 
 PREFIX_CACHE = "prefix_cache"  # the frozen-prefix feature store of a search (nbtl.features), shared by its trials
 

@@ -19,7 +19,6 @@ A space file has four sections (see ``search_spaces/default.yaml``)::
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,31 +30,17 @@ from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError, NbtlError
 from nbtl.safe_yaml import load_yaml
 from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, valid_all_minus
-
-SECTIONS = ("name", "description", "data", "search", "parameters")
-SPEC_KEYS = ("choices", "low", "high", "log", "step", "when")
-DATA_KEYS = ("image_size", "val_fraction", "test_fraction", "per_class", "augmentation")
-SEARCH_KEYS = (
-    "trials",
-    "max_concurrent",
-    "seed",
-    "resources",
-    "sampler",
-    "scheduler",
-    "max_failures",
-    "points_to_evaluate",
-    "start_points",
-    "time_budget",
-    "prior",
-    "reevaluate",
-    "prefix_cache",
+from nbtl.search.space_checks import (
+    DATA_KEYS,
+    SEARCH_KEYS,
+    SECTIONS,
+    SPEC_KEYS,
+    START_POINTS,
+    check_configs,
+    check_keys,
+    check_settings,
 )
-#: The configs a search runs first unless its space says otherwise (``search.start_points``): the linear probe,
-#: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
-START_POINTS = ("probe", "conventional", "recommend")
-SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
-PRIOR_KEYS = ("enabled", "n_candidates", "trials", "cost_aware")
-SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor", "unit", "max_t"), "fifo": ("type",)}
+
 #: ``batch_size: auto``: the largest power of two that still gives each epoch this many optimizer steps
 #: (within AUTO_BATCH_RANGE). At batch 64 a 336-image training split makes 5 steps an epoch, too few for
 #: re-initialised or fast-moving blocks to learn in a few epochs (see the README, "Why these ranges").
@@ -292,7 +277,7 @@ def parse_space(document: Any, where: str = "search space", source: str = "") ->
     """Validate a parsed YAML document; raise :class:`ConfigError` naming the first bad key."""
     if not isinstance(document, dict):
         raise ConfigError(f"{where}: must be a mapping with sections {', '.join(SECTIONS)}")
-    _check_keys(document, SECTIONS, where)
+    check_keys(document, SECTIONS, where)
     data = _section(document, "data", DATA_KEYS, where)
     search = _section(document, "search", SEARCH_KEYS, where)
     raw = document.get("parameters")
@@ -303,7 +288,6 @@ def parse_space(document: Any, where: str = "search space", source: str = "") ->
     parameters = [_parse_parameter(name, raw[name], where, seen=names[:i]) for i, name in enumerate(names)]
     _check_conditions(parameters, where)
     _check_block_order(parameters, where)
-    from nbtl.search.space_checks import check_configs
 
     check_configs(parameters, where)
     space = SearchSpace(
@@ -315,7 +299,7 @@ def parse_space(document: Any, where: str = "search space", source: str = "") ->
         path=where,
         weights=weights,
     )
-    _validate_settings(space, where)
+    check_settings(space, where)
     return space
 
 
@@ -329,7 +313,7 @@ def _backbone_weights(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], 
     at = f"{where}: parameters.backbone"
     given = spec.get("weights")
     if "name" in spec:
-        _check_keys(spec, ("name", "weights"), at)
+        check_keys(spec, ("name", "weights"), at)
         raw["backbone"] = spec["name"]
         if given is not None and not isinstance(given, str):
             raise ConfigError(f"{at}.weights: give the path of one weights file (.pth), e.g. weights: ./mine.pth")
@@ -360,17 +344,11 @@ def _backbone_weights(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], 
     return raw, resolved
 
 
-def _check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys are {', '.join(allowed)}")
-
-
 def _section(document: dict, name: str, allowed: tuple[str, ...], where: str) -> dict:
     section = document.get(name) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: '{name}' must be a mapping")
-    _check_keys(section, allowed, f"{where}: {name}")
+    check_keys(section, allowed, f"{where}: {name}")
     return dict(section)
 
 
@@ -382,7 +360,7 @@ def _parse_parameter(name: str, spec: Any, where: str, seen: list[str]) -> Param
         if name == "batch_size" and spec == "auto":
             return Parameter(name, value=spec)
         return _checked(Parameter(name, value=spec), at)
-    _check_keys(spec, SPEC_KEYS, at)
+    check_keys(spec, SPEC_KEYS, at)
     when = spec.get("when") or {}
     if not isinstance(when, dict):
         raise ConfigError(f"{at}: 'when' must map an earlier parameter to the value(s) that enable this one")
@@ -479,117 +457,6 @@ def _checked(parameter: Parameter, at: str) -> Parameter:
         except TypeError:
             raise ConfigError(f"{at}: value {value!r} has the wrong type") from None
     return parameter
-
-
-def _validate_settings(space: SearchSpace, where: str) -> None:
-    from nbtl.data import make_augmentation
-    from nbtl.data.settings import MAX_SEED, check_setting
-    from nbtl.data.splits import MIN_IMAGES_PER_CLASS
-    from nbtl.search.space_checks import check_points, check_prior, check_sampler, check_scheduler
-
-    d, s = space.data, space.search
-
-    def positive_int(section: dict, key: str, label: str, minimum: int = 1) -> None:
-        v = section.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
-            raise ConfigError(f"{where}: {label}.{key} must be an integer >= {minimum}, got {v!r}")
-
-    if d.get("image_size") is not None:
-        check_setting("image_size", d["image_size"], f"{where}: data")
-    positive_int(d, "per_class", "data", MIN_IMAGES_PER_CLASS)
-    for key in ("val_fraction", "test_fraction"):
-        v = d.get(key)
-        if v is not None and (not isinstance(v, (int, float)) or not 0 < v < 0.5):
-            raise ConfigError(f"{where}: data.{key} must be between 0 and 0.5, got {v!r}")
-    try:
-        make_augmentation(d.get("augmentation"))
-    except ConfigError as error:
-        raise ConfigError(f"{where}: data.augmentation: {error}") from None
-    positive_int(s, "trials", "search")
-    positive_int(s, "max_concurrent", "search")
-    positive_int(s, "seed", "search", 0)
-    if isinstance(s.get("seed"), int) and s["seed"] > MAX_SEED:
-        raise ConfigError(f"{where}: search.seed must be at most 2**32 - 1, got {s['seed']}")
-    positive_int(s, "max_failures", "search", 0)
-    resources = s.get("resources") or {}
-    if not isinstance(resources, dict):
-        raise ConfigError(f"{where}: search.resources must be a mapping like {{cpu: 1, gpu: 0}}")
-    _check_keys(resources, ("cpu", "gpu"), f"{where}: search.resources")
-    for key, value in resources.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "cpu" and value == 0):
-            raise ConfigError(
-                f"{where}: search.resources.{key} must be a number {'> 0' if key == 'cpu' else '>= 0'}, got {value!r}"
-            )
-    starts = s.get("start_points", list(START_POINTS))
-    if not isinstance(starts, list) or any(v not in START_POINTS for v in starts):
-        raise ConfigError(
-            f"{where}: search.start_points must be a list of {', '.join(START_POINTS)} (or []), got {starts!r}"
-        )
-    if "time_budget" in s:
-        try:
-            parse_duration(s["time_budget"])
-        except ConfigError as error:
-            raise ConfigError(f"{where}: search.time_budget: {error}") from None
-    prior = s.get("prior") or {}
-    if not isinstance(prior, dict):
-        raise ConfigError(f"{where}: search.prior must be a mapping like {{enabled: true, n_candidates: 32}}")
-    _check_keys(prior, PRIOR_KEYS, f"{where}: search.prior")
-    check_prior(prior, where)
-    if not isinstance(s.get("prefix_cache", True), bool):
-        raise ConfigError(
-            f"{where}: search.prefix_cache must be true (frozen blocks' outputs computed once and shared) or "
-            f"false (every trial runs every block), got {s['prefix_cache']!r}"
-        )
-    reevaluate = s.get("reevaluate") or {}
-    if not isinstance(reevaluate, dict):
-        raise ConfigError(f"{where}: search.reevaluate must be a mapping like {{top: 3}}")
-    _check_keys(reevaluate, ("top",), f"{where}: search.reevaluate")
-    positive_int(reevaluate, "top", "search.reevaluate", 0)
-    points = s.get("points_to_evaluate") or []
-    searched = {p.name for p in space.parameters if not p.fixed}
-    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
-        raise ConfigError(f"{where}: search.points_to_evaluate must be a list of mappings {{parameter: value}}")
-    for i, point in enumerate(points):
-        unknown = sorted(set(point) - searched)
-        if unknown:
-            raise ConfigError(
-                f"{where}: search.points_to_evaluate[{i}] sets {', '.join(unknown)}, which the space "
-                f"does not search; use only: {', '.join(sorted(searched))}"
-            )
-    check_points(space.parameters, points, where)
-    for name, table in (("sampler", SAMPLER_KEYS), ("scheduler", SCHEDULER_KEYS)):
-        spec = s.get(name) or {}
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: search.{name} must be a mapping with a 'type'")
-        kind = spec.get("type", next(iter(table)))
-        if kind not in table:
-            raise ConfigError(f"{where}: search.{name}.type must be one of {', '.join(table)}, got {kind!r}")
-        _check_keys(spec, table[kind], f"{where}: search.{name}")
-    check_sampler(s.get("sampler") or {}, where)
-    check_scheduler(s.get("scheduler") or {}, space.max_epochs, where)
-
-
-def parse_size(value: Any, where: str = "size") -> int:
-    """Bytes in a size such as ``20G``, ``500M``, ``1.5T``, ``4096`` (binary units: 1G = 2**30 bytes); must be > 0."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(value).lower())
-    size = float(match[1]) * 1024 ** " kmgt".index(match[2] or " ") if match else 0
-    if size < 1:
-        raise ConfigError(f"{where}: expected a size such as 20G, 500M or 4096 (bytes), got {value!r}")
-    return int(size)
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds in a duration such as ``900``, ``"90s"``, ``"15m"``, ``"1.5h"``; must be > 0."""
-    text = str(value).strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600}
-    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
-    try:
-        seconds = float(number) * unit
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"a time budget must be a positive duration such as 900, 90s, 15m or 1.5h, got {value!r}")
-    return seconds
 
 
 def dump_config(config: dict[str, Any]) -> str:

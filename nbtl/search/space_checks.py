@@ -20,6 +20,39 @@ from typing import Any
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
 from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, resolve_bound, valid_all_minus
+from nbtl.search.units import parse_duration
+
+SECTIONS = ("name", "description", "data", "search", "parameters")
+SPEC_KEYS = ("choices", "low", "high", "log", "step", "when")
+DATA_KEYS = ("image_size", "val_fraction", "test_fraction", "per_class", "augmentation")
+SEARCH_KEYS = (
+    "trials",
+    "max_concurrent",
+    "seed",
+    "resources",
+    "sampler",
+    "scheduler",
+    "max_failures",
+    "points_to_evaluate",
+    "start_points",
+    "time_budget",
+    "prior",
+    "reevaluate",
+    "prefix_cache",
+)
+#: The configs a search runs first unless its space says otherwise (``search.start_points``): the linear probe,
+#: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
+START_POINTS = ("probe", "conventional", "recommend")
+SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
+PRIOR_KEYS = ("enabled", "n_candidates", "trials", "cost_aware")
+SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor", "unit", "max_t"), "fifo": ("type",)}
+
+
+def check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys are {', '.join(allowed)}")
+
 
 logger = logging.getLogger(__name__)
 
@@ -289,3 +322,92 @@ def check_prior(spec: dict[str, Any], where: str) -> None:
     for key in ("n_candidates", "trials"):
         if key in spec and not (_is_int(spec[key]) and spec[key] >= 1):
             raise ConfigError(f"{at}.{key} must be an integer >= 1, got {spec[key]!r}")
+
+
+def check_settings(space: Any, where: str) -> None:
+    """The ``data:`` and ``search:`` sections of ``space`` (a :class:`~nbtl.search.space.SearchSpace`): every
+    value of the right type and range, known keys only, and the sampler, scheduler, prior and start points valid."""
+    from nbtl.data import make_augmentation
+    from nbtl.data.settings import MAX_SEED, check_setting
+    from nbtl.data.splits import MIN_IMAGES_PER_CLASS
+
+    d, s = space.data, space.search
+
+    def positive_int(section: dict, key: str, label: str, minimum: int = 1) -> None:
+        v = section.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
+            raise ConfigError(f"{where}: {label}.{key} must be an integer >= {minimum}, got {v!r}")
+
+    if d.get("image_size") is not None:
+        check_setting("image_size", d["image_size"], f"{where}: data")
+    positive_int(d, "per_class", "data", MIN_IMAGES_PER_CLASS)
+    for key in ("val_fraction", "test_fraction"):
+        v = d.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or not 0 < v < 0.5):
+            raise ConfigError(f"{where}: data.{key} must be between 0 and 0.5, got {v!r}")
+    try:
+        make_augmentation(d.get("augmentation"))
+    except ConfigError as error:
+        raise ConfigError(f"{where}: data.augmentation: {error}") from None
+    positive_int(s, "trials", "search")
+    positive_int(s, "max_concurrent", "search")
+    positive_int(s, "seed", "search", 0)
+    if isinstance(s.get("seed"), int) and s["seed"] > MAX_SEED:
+        raise ConfigError(f"{where}: search.seed must be at most 2**32 - 1, got {s['seed']}")
+    positive_int(s, "max_failures", "search", 0)
+    resources = s.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{where}: search.resources must be a mapping like {{cpu: 1, gpu: 0}}")
+    check_keys(resources, ("cpu", "gpu"), f"{where}: search.resources")
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "cpu" and value == 0):
+            raise ConfigError(
+                f"{where}: search.resources.{key} must be a number {'> 0' if key == 'cpu' else '>= 0'}, got {value!r}"
+            )
+    starts = s.get("start_points", list(START_POINTS))
+    if not isinstance(starts, list) or any(v not in START_POINTS for v in starts):
+        raise ConfigError(
+            f"{where}: search.start_points must be a list of {', '.join(START_POINTS)} (or []), got {starts!r}"
+        )
+    if "time_budget" in s:
+        try:
+            parse_duration(s["time_budget"])
+        except ConfigError as error:
+            raise ConfigError(f"{where}: search.time_budget: {error}") from None
+    prior = s.get("prior") or {}
+    if not isinstance(prior, dict):
+        raise ConfigError(f"{where}: search.prior must be a mapping like {{enabled: true, n_candidates: 32}}")
+    check_keys(prior, PRIOR_KEYS, f"{where}: search.prior")
+    check_prior(prior, where)
+    if not isinstance(s.get("prefix_cache", True), bool):
+        raise ConfigError(
+            f"{where}: search.prefix_cache must be true (frozen blocks' outputs computed once and shared) or "
+            f"false (every trial runs every block), got {s['prefix_cache']!r}"
+        )
+    reevaluate = s.get("reevaluate") or {}
+    if not isinstance(reevaluate, dict):
+        raise ConfigError(f"{where}: search.reevaluate must be a mapping like {{top: 3}}")
+    check_keys(reevaluate, ("top",), f"{where}: search.reevaluate")
+    positive_int(reevaluate, "top", "search.reevaluate", 0)
+    points = s.get("points_to_evaluate") or []
+    searched = {p.name for p in space.parameters if not p.fixed}
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ConfigError(f"{where}: search.points_to_evaluate must be a list of mappings {{parameter: value}}")
+    for i, point in enumerate(points):
+        unknown = sorted(set(point) - searched)
+        if unknown:
+            raise ConfigError(
+                f"{where}: search.points_to_evaluate[{i}] sets {', '.join(unknown)}, which the space "
+                f"does not search; use only: {', '.join(sorted(searched))}"
+            )
+    check_points(space.parameters, points, where)
+    for name, table in (("sampler", SAMPLER_KEYS), ("scheduler", SCHEDULER_KEYS)):
+        spec = s.get(name) or {}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: search.{name} must be a mapping with a 'type'")
+        kind = spec.get("type", next(iter(table)))
+        if kind not in table:
+            raise ConfigError(f"{where}: search.{name}.type must be one of {', '.join(table)}, got {kind!r}")
+        check_keys(spec, table[kind], f"{where}: search.{name}")
+    check_sampler(s.get("sampler") or {}, where)
+    check_scheduler(s.get("scheduler") or {}, space.max_epochs, where)
