@@ -14,7 +14,7 @@ no-prior (search.prior.enabled: false), no-cache (search.prefix_cache: false), b
 no-warmup (parameters.head_warmup_epochs: 0), no-l2sp-blocks (parameters.l2sp_blocks removed); and one
 addition, cost-aware (search.prior.cost_aware: true).
 
-A search's chosen config is its best trial by the one ranking (nbtl.search.results, as its results.csv), an
+A search's chosen config is its best trial by the one ranking (nbtl.ranking, as its results.csv), an
 ``nbtl train``'s the run it tagged nbtl.chosen; their test accuracy and macro-F1 are the result. Tasks come from
 benchmarks/tasks.py. Every finished run is appended at once to the budget's results file
 (benchmarks/results/equal_time_<budget>.jsonl) with the commit it ran at; a run already there is skipped, so a
@@ -305,7 +305,7 @@ def read_train_run(uri: str, wall_s: float) -> dict:
 
 def read_search(storage: Path, uri: str, started_wall: float, n_classes: int) -> dict:
     """Chosen trial's test metrics, trial counts and the best-so-far curve from ``results.csv`` under ``storage``."""
-    from nbtl.search.results import METRIC, best_trial
+    from nbtl.ranking import METRIC, best_trial
 
     tables = sorted(storage.glob("*/results.csv"))
     if not tables or tables[-1].stat().st_size < 2:

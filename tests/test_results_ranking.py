@@ -1,4 +1,4 @@
-"""The one ranking (nbtl.search.results) and the reader of `nbtl train`'s result (its nbtl.chosen run)."""
+"""The one ranking (nbtl.ranking) and the reader of `nbtl train`'s result (its nbtl.chosen run)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pandas as pd
 
-from nbtl.search.results import best_trial, rank_key, rank_trials, ranked_scored
+from nbtl.ranking import best_trial, rank_key, rank_trials, ranked_scored
 
 
 def _table(**columns) -> pd.DataFrame:

@@ -254,7 +254,7 @@ def train(args: argparse.Namespace) -> int:
     from nbtl.config import TrialConfig
     from nbtl.data import load_dataset, split_dataset
     from nbtl.heuristics.recommend import load_recommendation, recommended_settings
-    from nbtl.search.results import rank_key
+    from nbtl.ranking import rank_key
     from nbtl.search.start import probe_config
     from nbtl.tracking import CHOSEN_TAG
 
@@ -327,7 +327,7 @@ def train(args: argparse.Namespace) -> int:
             dataset.name,
         )
         outcomes.append((run_name, final, run))
-    run_name, final, run = min(outcomes, key=lambda o: rank_key(o[1]))  # the one ranking (nbtl.search.results)
+    run_name, final, run = min(outcomes, key=lambda o: rank_key(o[1]))  # the one ranking (nbtl.ranking)
     run.set_tags({CHOSEN_TAG: "true"})  # what readers take as this training's result
     if len(outcomes) > 1:
         scores = ", ".join(f"{name} {metrics['best_val_accuracy']:.4f}" for name, metrics, _ in outcomes)

@@ -24,7 +24,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from nbtl.errors import ConfigError, NbtlError
 from nbtl.models.classifier import Member, classifier_of, read_members
 from nbtl.models.export import KEPT_ARTIFACT, KEPT_TAG
-from nbtl.search.results import rank_key
+from nbtl.ranking import rank_key
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import pandas as pd
 
 from nbtl.config import TrialConfig
 from nbtl.errors import NbtlError
+from nbtl.ranking import METRIC, best_trial, rank_trials, trial_id_of
 from nbtl.search import plots
 from nbtl.search.handover import hand_over
 from nbtl.search.options import SearchResult
-from nbtl.search.results import METRIC, best_trial, rank_trials, trial_id_of
 from nbtl.search.space import SearchSpace, dump_config
 from nbtl.tracking import SOURCE_TAG, STOP_REASON_TAG
 
@@ -204,7 +204,7 @@ def finish_search(
             reasons.get(t) or fallback.get(s, "") for t, s in zip(table["trial_id"], table["status"])
         ]
     best = None
-    chosen = best_trial(table)  # the one ranking (nbtl.search.results), as every reader of the results
+    chosen = best_trial(table)  # the one ranking (nbtl.ranking), as every reader of the results
     if chosen is not None:
         row = chosen.to_dict()
         config = configs[row["trial_id"]]

@@ -78,7 +78,7 @@ def hand_over(
     model on the parent run. Returns what was logged, or None when no trial left weights."""
     from nbtl.models.classifier import Member, save_classifier, trained_state_dict
     from nbtl.models.export import KEPT_ARTIFACT, KEPT_TAG, MODEL_NAME, log_classifier
-    from nbtl.search.results import METRIC, ranked_scored, trial_id_of
+    from nbtl.ranking import METRIC, ranked_scored, trial_id_of
     from nbtl.tracking import MODEL_URI_TAG
 
     if handover.keep < 1 or table.empty:

@@ -12,9 +12,9 @@ import pandas as pd
 
 from nbtl.data.settings import SETTING_KEYS, DataSettings
 from nbtl.models.export import KEEP_WEIGHTS
+from nbtl.ranking import METRIC, MODE
 from nbtl.search.cluster import SearchError
 from nbtl.search.reevaluate import BUDGET_SHARE
-from nbtl.search.results import METRIC, MODE
 from nbtl.search.space import SearchSpace
 from nbtl.search.units import parse_duration
 
@@ -61,7 +61,7 @@ class SearchResult:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per trial, best first (the one ranking of :mod:`nbtl.search.results`): its config, status,
+        One row per trial, best first (the one ranking of :mod:`nbtl.ranking`): its config, status,
         ``nbtl.source`` / stop reason, metrics and MLflow run id; also ``results.csv`` on the parent run.
     best : dict or None
         The best trial's row with its ``config``; None when no trial finished.

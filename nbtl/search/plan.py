@@ -14,6 +14,7 @@ from typing import Any
 
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
+from nbtl.ranking import METRIC, MODE
 from nbtl.search.cluster import SearchError
 from nbtl.search.cost import CostModel, measure_speed, trial_seconds
 from nbtl.search.options import (
@@ -32,7 +33,6 @@ from nbtl.search.options import (
 from nbtl.search.prepare import Prepared
 from nbtl.search.prior import build_prior
 from nbtl.search.reevaluate import Reevaluation
-from nbtl.search.results import METRIC, MODE
 from nbtl.search.space import SearchSpace
 from nbtl.search.start import start_points
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from nbtl.search.results import rank_trials
+from nbtl.ranking import rank_trials
 from nbtl.search.space import trial_seed
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from ray.tune import Callback
 
+from nbtl.ranking import METRIC, MODE
 from nbtl.search.cluster import SearchError
-from nbtl.search.results import METRIC, MODE
 
 log = logging.getLogger(__name__)
 
