@@ -307,3 +307,44 @@ def test_project_moves_a_full_config_to_the_nearest_point_of_the_space_and_optun
     trial = study.ask()
     fixed = space.sample(trial)
     assert {k: trial.params[k] for k in point} == point and fixed["epochs"] == 2
+
+
+def test_search_settings_take_each_default_from_one_place():
+    """A space that leaves the search section out gets SearchSettings' defaults, and every reader (the option
+    precedence, Optuna's sampler, Ray Tune's scheduler, the prior's fading) reads them from there."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from nbtl.search.options import SearchOptions, optuna_sampler, setting, trial_resources, tune_scheduler
+    from nbtl.search.settings import SchedulerSpec, SearchSettings
+
+    document = copy.deepcopy(BASE)
+    document.pop("search", None)
+    space = parse_space(document)
+    defaults = SearchSettings()
+    assert space.settings == defaults
+    options = SearchOptions(data="digits")
+    assert setting(options, space, "trials") == defaults.trials == 8
+    assert setting(options, space, "max_concurrent") == defaults.max_concurrent
+    assert setting(SearchOptions(data="digits", trials=3), space, "trials") == 3  # the command line wins
+    assert trial_resources(space, options) == {"cpu": 1, "gpu": 0}
+    assert isinstance(optuna_sampler(space, 0), optuna.samplers.TPESampler)
+    scheduler = tune_scheduler(space)
+    assert isinstance(scheduler, ASHAScheduler)
+    rungs = [milestone for milestone, _ in scheduler._brackets[0]._rungs]  # Ray's own: the first rung is the grace
+    assert min(rungs) == SchedulerSpec.grace_period and max(rungs) == space.max_epochs
+    assert space.settings.prior_enabled and space.settings.prior_trials == defaults.trials
+
+    document["search"] = {
+        "trials": 5,
+        "sampler": {"type": "random"},
+        "scheduler": {"type": "fifo"},
+        "prior": {"trials": 30},
+        "reevaluate": {"top": 3},
+        "time_budget": "2m",
+    }
+    settings = parse_space(document).settings
+    assert isinstance(optuna_sampler(parse_space(document), 0), optuna.samplers.RandomSampler)
+    assert isinstance(tune_scheduler(parse_space(document)), FIFOScheduler)
+    assert not settings.prior_enabled and settings.prior_trials == 30  # off for the random sampler unless asked
+    assert settings.reevaluate_top == 3 and settings.time_budget == 120.0
+    assert settings.scheduler.to_dict() == {"type": "fifo"} and settings.sampler.to_dict() == {"type": "random"}

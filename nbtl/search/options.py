@@ -16,12 +16,12 @@ from nbtl.ranking import METRIC, MODE
 from nbtl.search.cluster import SearchError
 from nbtl.search.reevaluate import BUDGET_SHARE
 from nbtl.search.space import SearchSpace
-from nbtl.search.units import parse_duration
 
 PREFIX_CACHE = "prefix_cache"  # the frozen-prefix feature store of a search (nbtl.features), shared by its trials
 
-#: The search's own defaults; the data's (image size, split, seed, ...) are nbtl.data.settings.DataSettings'.
-DEFAULTS = {"trials": 8, "max_concurrent": 2, "max_failures": 0, "keep_weights": KEEP_WEIGHTS}
+#: What a run keeps by default; the search's settings' defaults are SearchSettings' (nbtl.search.settings), the data's
+#: (image size, split, seed, ...) DataSettings' (nbtl.data.settings).
+DEFAULTS = {"keep_weights": KEEP_WEIGHTS}
 
 
 @dataclass
@@ -101,18 +101,19 @@ def setting(options: SearchOptions, space: SearchSpace, key: str) -> Any:
     value = getattr(options, key, None)
     if value is not None:
         return value
-    return space.search.get(key, DEFAULTS.get(key))
+    if key in DEFAULTS:
+        return DEFAULTS[key]
+    return getattr(space.settings, key)
 
 
 def optuna_sampler(space: SearchSpace, seed: int):
     import optuna
 
-    spec = dict(space.search.get("sampler") or {})
-    kind = spec.pop("type", "tpe")
-    if kind == "random":
+    spec = space.settings.sampler
+    if spec.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    spec.setdefault("constant_liar", True)  # parallel trials do not all pick the same point
-    return optuna.samplers.TPESampler(seed=seed, **spec)
+    # parallel trials do not all pick the same point
+    return optuna.samplers.TPESampler(seed=seed, **{"constant_liar": True, **spec.options})
 
 
 def tune_scheduler(space: SearchSpace, budget: float | None = None):
@@ -121,11 +122,11 @@ def tune_scheduler(space: SearchSpace, budget: float | None = None):
     the costly ones go on only when promising; ``max_t`` defaults to the time budget), or FIFO."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    spec = dict(space.search.get("scheduler") or {})
-    if spec.pop("type", "asha") == "fifo":
+    spec = space.settings.scheduler
+    if spec.type == "fifo":
         return FIFOScheduler()
-    if spec.get("unit") == "seconds":
-        top = spec.get("max_t") or budget
+    if spec.unit == "seconds":
+        top = spec.max_t or budget
         if top is None:
             raise SearchError(
                 f"{space.path}: search.scheduler unit: seconds needs max_t (seconds) or a --time-budget to end its rungs"
@@ -135,16 +136,16 @@ def tune_scheduler(space: SearchSpace, budget: float | None = None):
             metric=METRIC,
             mode=MODE,
             max_t=float(top),
-            grace_period=float(spec["grace_period"]),
-            reduction_factor=spec.get("reduction_factor", 2),
+            grace_period=float(spec.grace_period),
+            reduction_factor=spec.reduction_factor,
         )
     return ASHAScheduler(
         time_attr="training_iteration",
         metric=METRIC,
         mode=MODE,
         max_t=space.max_epochs,
-        grace_period=spec.get("grace_period", 1),
-        reduction_factor=spec.get("reduction_factor", 2),
+        grace_period=spec.grace_period,
+        reduction_factor=spec.reduction_factor,
     )
 
 
@@ -182,7 +183,7 @@ def claim_experiment_dir(storage: Path, name: str) -> str:
 
 def trial_resources(space: SearchSpace, options: SearchOptions) -> dict[str, float]:
     """One trial's resources: the space's ``search.resources`` (default 1 CPU, no GPU), ``--cpu`` / ``--gpu`` over it."""
-    resources = {**{"cpu": 1, "gpu": 0}, **(space.search.get("resources") or {})}
+    resources = dict(space.settings.resources)
     if options.cpu is not None:
         resources["cpu"] = options.cpu
     if options.gpu is not None:
@@ -194,7 +195,7 @@ def time_budget(options: SearchOptions, space: SearchSpace) -> float | None:
 
     if options.time_budget is not None:
         return float(options.time_budget)
-    return parse_duration(space.search["time_budget"]) if "time_budget" in space.search else None
+    return space.settings.time_budget
 
 
 def trial_count(options: SearchOptions, space: SearchSpace, budget: float | None) -> int:
@@ -210,7 +211,7 @@ def trial_count(options: SearchOptions, space: SearchSpace, budget: float | None
 def kept_seconds(budget: float, space: SearchSpace) -> float:
     """Seconds of ``budget`` not for trials: the wrap-up, and the re-evaluation's share when the space asks for one."""
 
-    reevaluate = int((space.search.get("reevaluate") or {}).get("top", 0)) >= 2
+    reevaluate = space.settings.reevaluate_top >= 2
     return wrap_up_seconds(budget) + (BUDGET_SHARE * budget if reevaluate else 0.0)
 
 

@@ -52,21 +52,25 @@ def _with_prior(
     (``search.prior.enabled``, default on for TPE) and the task's fit was measured; with ``search.prior.cost_aware``
     its candidates are ranked by expected gain per second (:class:`nbtl.search.cost.CostModel`, each backbone's
     speed measured here)."""
-    spec = dict(space.search.get("prior") or {})
-    kind = (space.search.get("sampler") or {}).get("type", "tpe")
-    if not spec.get("enabled", kind == "tpe") or task is None:
+    settings = space.settings
+    if not settings.prior_enabled or task is None:
         return sampler
 
-    extra = {k: spec[k] for k in ("n_candidates",) if k in spec}
     cost = None
-    if spec.get("cost_aware") and prepared is not None:
+    if settings.prior.cost_aware and prepared is not None:
         threads = int(max(1, prepared.resources.get("cpu", 1)))
         sizes = prepared.image_sizes or dict.fromkeys(space.backbones(), int(prepared.splits.train.image_size))
         speeds = {b: measure_speed(b, size, threads) for b, size in sizes.items()}
         n_eval = len(prepared.splits.val) + len(prepared.splits.test)
         cost = CostModel(speeds, len(prepared.splits.train), n_eval, cached=space.prefix_cache)
     prior = build_prior(
-        space, sampler, {b: task.row(b) for b in task.backbones}, n_classes, seed=seed, cost=cost, **extra
+        space,
+        sampler,
+        {b: task.row(b) for b in task.backbones},
+        n_classes,
+        seed=seed,
+        cost=cost,
+        n_candidates=settings.prior.n_candidates,
     )
     if prior is None:
         return sampler
@@ -143,7 +147,7 @@ def make_plan(
         expected = _say_what_the_budget_affords(
             space, prepared, starts, budget - setup - kept_seconds(budget, space), setup, options, print_fn
         )
-    warm_start = list(options.warm_start or []) + starts.points + list(space.search.get("points_to_evaluate") or [])
+    warm_start = list(options.warm_start or []) + starts.points + list(space.settings.points_to_evaluate)
     sampler = _with_prior(
         optuna_sampler(space, seed), space, starts.task, len(prepared.splits.train.classes), seed, print_fn, prepared
     )
@@ -161,7 +165,7 @@ def make_plan(
         f"optuna.load_study(study_name={experiment_dir!r}, storage={optuna_storage!r}))"
     )
     reevaluation = None
-    top = int((space.search.get("reevaluate") or {}).get("top", 0))
+    top = space.settings.reevaluate_top
     if top >= 2:
         reevaluation = Reevaluation(
             top,
@@ -206,8 +210,8 @@ def run_params(plan: Plan, space: SearchSpace, options: SearchOptions, prepared:
         "max_concurrent": plan.max_concurrent,
         "cpu_per_trial": prepared.resources["cpu"],
         "gpu_per_trial": prepared.resources["gpu"],
-        "sampler": json.dumps(space.search.get("sampler") or {"type": "tpe"}),
-        "scheduler": json.dumps(space.search.get("scheduler") or {"type": "asha"}),
+        "sampler": json.dumps(space.settings.sampler.to_dict()),
+        "scheduler": json.dumps(space.settings.scheduler.to_dict()),
         "time_budget_s": plan.budget,
         "start_points": ",".join(plan.starts.labels) or "none",
         **({"weights": json.dumps(options.weights, sort_keys=True)} if options.weights else {}),

@@ -423,8 +423,7 @@ def build_prior(
     if not any(b in task_rows for b in backbones):
         return None
     if fade_trials is None:
-        search = getattr(space, "search", None) or {}
-        fade_trials = int((search.get("prior") or {}).get("trials") or search.get("trials") or 20)
+        fade_trials = space.settings.prior_trials if hasattr(space, "settings") else 20
     return PriorSampler(
         base_sampler,
         space,

@@ -30,12 +30,12 @@ from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError, NbtlError
 from nbtl.safe_yaml import load_yaml
 from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, valid_all_minus
+from nbtl.search.settings import SearchSettings
 from nbtl.search.space_checks import (
     DATA_KEYS,
     SEARCH_KEYS,
     SECTIONS,
     SPEC_KEYS,
-    START_POINTS,
     check_configs,
     check_keys,
     check_settings,
@@ -148,14 +148,19 @@ class SearchSpace:
         return dataclasses.replace(self, parameters=parameters)
 
     @property
+    def settings(self) -> SearchSettings:
+        """The ``search:`` section as typed settings with their defaults (:class:`nbtl.search.settings.SearchSettings`)."""
+        return SearchSettings.from_section(self.search)
+
+    @property
     def prefix_cache(self) -> bool:
         """Whether trials train on the frozen blocks' cached outputs (``search.prefix_cache``, default true)."""
-        return bool(self.search.get("prefix_cache", True))
+        return self.settings.prefix_cache
 
     @property
     def start_points(self) -> list[str]:
         """Which built-in start points the search runs first (``search.start_points``)."""
-        return list(self.search.get("start_points", START_POINTS))
+        return list(self.settings.start_points)
 
     def project(self, config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The point of this space nearest to a full trial ``config`` (a warm-start point for Optuna).

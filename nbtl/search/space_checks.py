@@ -20,6 +20,7 @@ from typing import Any
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
 from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, resolve_bound, valid_all_minus
+from nbtl.search.settings import START_POINTS, SamplerSpec, SchedulerSpec
 from nbtl.search.units import parse_duration
 
 SECTIONS = ("name", "description", "data", "search", "parameters")
@@ -40,9 +41,6 @@ SEARCH_KEYS = (
     "reevaluate",
     "prefix_cache",
 )
-#: The configs a search runs first unless its space says otherwise (``search.start_points``): the linear probe,
-#: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
-START_POINTS = ("probe", "conventional", "recommend")
 SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
 PRIOR_KEYS = ("enabled", "n_candidates", "trials", "cost_aware")
 SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor", "unit", "max_t"), "fifo": ("type",)}
@@ -254,7 +252,7 @@ def check_points(parameters: list[Parameter], points: list[dict[str, Any]], wher
 
 def check_sampler(spec: dict[str, Any], where: str) -> None:
     """Values Optuna's ``TPESampler`` takes (``RandomSampler`` takes only the search seed)."""
-    if spec.get("type", "tpe") != "tpe":
+    if spec.get("type", SamplerSpec.type) != "tpe":
         return
     at = f"{where}: search.sampler"
     if "n_startup_trials" in spec and not (_is_int(spec["n_startup_trials"]) and spec["n_startup_trials"] >= 0):
@@ -274,10 +272,10 @@ def check_sampler(spec: dict[str, Any], where: str) -> None:
 def check_scheduler(spec: dict[str, Any], max_epochs: int, where: str) -> None:
     """Values Ray Tune's ``ASHAScheduler`` accepts (it asserts ``0 < grace_period <= max_t`` and
     ``reduction_factor > 1``); ``max_t`` is the most epochs a trial of the space runs."""
-    if spec.get("type", "asha") != "asha":
+    if spec.get("type", SchedulerSpec.type) != "asha":
         return
     at = f"{where}: search.scheduler"
-    unit = spec.get("unit", "epochs")
+    unit = spec.get("unit", SchedulerSpec.unit)
     if unit not in ("epochs", "seconds"):
         raise ConfigError(f"{at}.unit must be epochs or seconds (what ASHA's rungs count), got {unit!r}")
     if unit == "seconds":
@@ -289,13 +287,13 @@ def check_scheduler(spec: dict[str, Any], max_epochs: int, where: str) -> None:
             )
         if top is not None and (not _is_number(top) or top <= grace):
             raise ConfigError(f"{at}.max_t must be a number of seconds above grace_period ({grace}), got {top!r}")
-        factor = spec.get("reduction_factor", 2)
+        factor = spec.get("reduction_factor", SchedulerSpec.reduction_factor)
         if not _is_number(factor) or factor <= 1:
             raise ConfigError(f"{at}.reduction_factor must be a number > 1, got {factor!r}")
         return
     if "max_t" in spec:
         raise ConfigError(f"{at}.max_t is for unit: seconds; in epochs ASHA's max_t is the trials' epochs")
-    grace = spec.get("grace_period", 1)
+    grace = spec.get("grace_period", SchedulerSpec.grace_period)
     if not _is_int(grace) or grace < 1:
         raise ConfigError(
             f"{at}.grace_period must be an integer >= 1 (epochs every trial runs before ASHA may "
@@ -306,7 +304,7 @@ def check_scheduler(spec: dict[str, Any], max_epochs: int, where: str) -> None:
             f"{at}.grace_period: {grace} is more than the trials' epochs ({max_epochs}), so ASHA "
             f"could never stop a trial; use grace_period <= {max_epochs}, or scheduler: {{type: fifo}}"
         )
-    factor = spec.get("reduction_factor", 2)
+    factor = spec.get("reduction_factor", SchedulerSpec.reduction_factor)
     if not _is_number(factor) or factor <= 1:
         raise ConfigError(
             f"{at}.reduction_factor must be a number > 1 (ASHA keeps 1 in reduction_factor trials "
