@@ -218,8 +218,8 @@ def write_probe(path: Path, task: Task, data: str, seed: int, args) -> None:
     """The linear probe as an ``nbtl recommend`` file, so ``nbtl train`` reads its data settings too: the probe
     start point of every search (nbtl.search.start.probe_config: fitted by L-BFGS, its L2 strength
     cross-validated), on ``PROBE_BACKBONE``."""
+    from nbtl.heuristics.recipes import probe_config
     from nbtl.search.space import auto_batch_size
-    from nbtl.search.start import probe_config
 
     config = {
         **probe_config(PROBE_BACKBONE),

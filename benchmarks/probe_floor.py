@@ -46,7 +46,7 @@ def pooled_features(task, seed: int, weights):
     from nbtl.config import TrialConfig
     from nbtl.data import load_dataset, split_dataset
     from nbtl.features import PrefixStore
-    from nbtl.search.start import probe_config
+    from nbtl.heuristics.recipes import probe_config
     from nbtl.transfer import build_transfer
 
     dataset = load_dataset(

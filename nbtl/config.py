@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from nbtl.errors import ConfigError
 from nbtl.heads import head_names, heads_with_width
 
@@ -264,3 +266,8 @@ class TrialConfig:
 
     def effective_l2_head(self) -> float:
         return self.l2_beta if self.l2_head is None else self.l2_head
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    """YAML text of a trial config (what ``nbtl search`` writes as the best config)."""
+    return yaml.safe_dump({k: config[k] for k in TrialConfig.keys() if k in config}, sort_keys=False)

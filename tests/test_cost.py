@@ -32,8 +32,8 @@ def test_a_trial_costs_more_the_more_it_trains(speed):
 
 
 def test_auto_picks_the_largest_size_whose_start_points_fit_a_quarter_of_the_budget(speed):
+    from nbtl.heuristics.recipes import conventional_config, probe_config
     from nbtl.search.cost import AUTO_SHARE, auto_image_size, scaled
-    from nbtl.search.start import conventional_config, probe_config
 
     big = measure_speed("efficientnet_lite0", 64)
     assert big.train_s > speed.train_s  # a larger image costs more

@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score
 
 from nbtl.config import TrialConfig
 from nbtl.fit.probe import expected_calibration_error, fit_linear_probe
-from nbtl.search.start import probe_config
+from nbtl.heuristics.recipes import probe_config
 from nbtl.train import train_trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -15,9 +15,10 @@ from nbtl.backbones import get_spec
 from nbtl.config import TrialConfig
 from nbtl.data import load_dataset, split_dataset
 from nbtl.errors import ConfigError
+from nbtl.heuristics.recipes import conventional_config, probe_config
 from nbtl.ranking import rank_trials
 from nbtl.search.space import auto_batch_size, load_space, parse_space, trial_seed
-from nbtl.search.start import conventional_config, probe_config, start_points
+from nbtl.search.start import start_points
 from nbtl.search.units import parse_duration
 
 pytestmark = pytest.mark.usefixtures("quiet_optuna")

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from nbtl.backbones import get_spec
-from nbtl.config import TrialConfig
+from nbtl.config import TrialConfig, dump_config
 from nbtl.errors import ConfigError
-from nbtl.search.space import SearchSpace, auto_batch_size, dump_config, load_space, parse_space
+from nbtl.search.space import SearchSpace, auto_batch_size, load_space, parse_space
 from nbtl.transfer import block_learning_rates, resolve_blocks
 
 pytestmark = pytest.mark.usefixtures("quiet_optuna")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -149,8 +148,10 @@ def check_name(name: str | None, flag: str = "--name") -> str | None:
 
 
 def slug(text: Any) -> str:
-    """``text`` as a file- and experiment-name-safe word (e.g. a dataset name)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "data"
+    """``text`` as a file- and experiment-name-safe word (e.g. a dataset name): :func:`nbtl.tracking.name_slug`."""
+    from nbtl.tracking import name_slug
+
+    return name_slug(text)
 
 
 def load_space(spec: str):

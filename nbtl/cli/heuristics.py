@@ -26,7 +26,6 @@ from nbtl.cli.common import (
     default_settings,
     load_space,
     log,
-    one_line,
     parse_weights,
     positive,
     progress,
@@ -251,128 +250,31 @@ def _number(value, spec: str) -> str:
 
 
 def train(args: argparse.Namespace) -> int:
-    from nbtl.config import TrialConfig
-    from nbtl.data import load_dataset, split_dataset
-    from nbtl.heuristics.recommend import load_recommendation, recommended_settings
-    from nbtl.ranking import rank_key
-    from nbtl.search.start import probe_config
-    from nbtl.tracking import CHOSEN_TAG
+    from nbtl.heuristics.training import train_recommended
 
     for flag in ("epochs", "config_index"):
         positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     overrides = data_overrides(args)
     check_name(args.name)
-    configs, saved = load_recommendation(args.config)
-    if args.config_index > len(configs):
-        raise ConfigError(f"--config-index {args.config_index}: {args.config} holds {len(configs)} config(s)")
-    config = dict(configs[args.config_index - 1])
-    if args.epochs:
-        config["epochs"] = args.epochs
-        if config.get("head_warmup_epochs", 0) >= args.epochs:  # the warm-up must leave an epoch to fine-tune
-            config["head_warmup_epochs"] = args.epochs - 1
-            log.info("--epochs %d: head_warmup_epochs lowered to %d", args.epochs, args.epochs - 1)
-    trial_config = TrialConfig.from_dict(config, where=f"config file {args.config}")
-    data = args.data or saved.get("spec")
-    if not data:
-        raise ConfigError(f"nbtl train needs --data: {args.config} does not name a dataset")
-    settings = recommended_settings(saved, args.config, base=default_settings()).with_overrides(overrides)
-    # the config's own image_size, else its backbone's (native) or the settings' size
-    settings = settings.with_overrides(
-        {"image_size": trial_config.image_size or settings.size_for(trial_config.backbone)}
+    outcome = train_recommended(
+        args.config,
+        data=args.data,
+        overrides=overrides,
+        base=default_settings(),
+        tracking_uri=args.tracking_uri,
+        experiment=args.name,
+        epochs=args.epochs,
+        config_index=args.config_index,
+        floor=not args.no_floor,
+        say=progress,
     )
-    log.debug("data settings: %s", settings)
-    check_tracking_uri(args.tracking_uri)
-    dataset = load_dataset(data, **settings.load_kwargs())
-    splits = split_dataset(dataset, **settings.split_kwargs())
-    progress(
-        f"data {dataset.name}: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}, "
-        f"{settings.image_size}px, augmentation {settings.augmentation or 'none'}"
-    )
-    # the split's seed is logged as split_seed: a config's own `seed` seeds its training
-    base_params = {
-        "data": data,
-        **{k: v for k, v in settings.to_params().items() if k != "seed"},
-        "split_seed": settings.seed,
-        "config_file": args.config,
-    }
-    experiment = args.name or f"train-{slug(dataset.name)}"
-    candidates = [(Path(args.config).stem, trial_config)]
-    if not args.no_floor and trial_config.pretrained:
-        probe = TrialConfig.from_dict(
-            {
-                **probe_config(trial_config.backbone),
-                "epochs": trial_config.epochs,
-                "batch_size": trial_config.batch_size,
-                "seed": trial_config.seed,
-            }
-        )
-        if probe.freeze_blocks != trial_config.freeze_blocks or trial_config.transfer_blocks not in (
-            None,
-            probe.transfer_blocks,
-        ):
-            candidates.append((f"{Path(args.config).stem}-probe", probe))
-    outcomes = []
-    for run_name, candidate in candidates:
-        if len(candidates) > 1:
-            what = "the linear probe (floor)" if run_name.endswith("-probe") else "the config"
-            progress(f"-- {run_name}: {what}")
-        final, run = _train_and_track(
-            candidate,
-            splits,
-            settings.augmentation,
-            args.tracking_uri,
-            experiment,
-            run_name,
-            {**candidate.to_dict(), **base_params},
-            dataset.name,
-        )
-        outcomes.append((run_name, final, run))
-    run_name, final, run = min(outcomes, key=lambda o: rank_key(o[1]))  # the one ranking (nbtl.ranking)
-    run.set_tags({CHOSEN_TAG: "true"})  # what readers take as this training's result
-    if len(outcomes) > 1:
-        scores = ", ".join(f"{name} {metrics['best_val_accuracy']:.4f}" for name, metrics, _ in outcomes)
-        print(f"kept {run_name}: the better validation accuracy of {len(outcomes)} runs ({scores})")
+    final, run = outcome.metrics, outcome.run
+    if len(outcome.compared) > 1:
+        scores = ", ".join(f"{name} {metrics['best_val_accuracy']:.4f}" for name, metrics in outcome.compared)
+        print(f"kept {outcome.run_name}: the better validation accuracy of {len(outcome.compared)} runs ({scores})")
     print(
         f"best_val_accuracy {final['best_val_accuracy']:.4f} (epoch {int(final['best_epoch'])}), "
         f"test_accuracy {final['test_accuracy']:.4f}, test_macro_f1 {final['test_macro_f1']:.4f}"
     )
     print(f"MLflow: {run.tracking_uri} experiment {run.experiment_id}, run {run.run_id}")
     return 0
-
-
-def _train_and_track(
-    trial_config, splits, augmentation, tracking_uri, experiment: str, run_name: str, params: dict, dataset_name: str
-):
-    """Train one config as one MLflow run; return its last epoch's metrics and the run."""
-    from nbtl.backbones import load_pretrained_state_dict
-    from nbtl.search.space import dump_config
-    from nbtl.tracking import TrainingRun
-    from nbtl.train import train_trial
-
-    weights = load_pretrained_state_dict(trial_config.backbone) if trial_config.pretrained else None
-    run = TrainingRun(
-        tracking_uri,
-        experiment,
-        run_name,
-        params,
-        {"nbtl.dataset": dataset_name, "nbtl.backbone": trial_config.backbone},
-    )
-    run.log_text(dump_config(trial_config.to_dict()), "config.yaml")
-
-    def report(metrics, state) -> None:
-        run.log_epoch(metrics, step=int(metrics["epoch"]))
-        progress(
-            f"epoch {int(metrics['epoch'])}: val_accuracy {metrics['val_accuracy']:.4f}  "
-            f"train_loss {metrics['train_loss']:.4f}  ({metrics['epoch_time_s']:.1f}s)"
-        )
-
-    try:
-        result = train_trial(trial_config, splits, augmentation=augmentation, state_dict=weights, report=report)
-    except KeyboardInterrupt:
-        run.end("KILLED", reason="interrupted")
-        raise
-    except BaseException as error:
-        run.end("FAILED", reason=one_line(error))
-        raise
-    run.end("FINISHED")
-    return result.final, run

@@ -262,7 +262,7 @@ def report(result) -> int:
     """Print the trials table, the best trial and config, and where MLflow keeps them; 1 when none finished."""
     import pandas as pd
 
-    from nbtl.search.space import dump_config
+    from nbtl.config import dump_config
 
     table = result.table
     shown, rows = console_table(table)

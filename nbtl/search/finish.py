@@ -11,13 +11,13 @@ from typing import Any
 
 import pandas as pd
 
-from nbtl.config import TrialConfig
+from nbtl.config import TrialConfig, dump_config
 from nbtl.errors import NbtlError
 from nbtl.ranking import METRIC, best_trial, rank_trials, trial_id_of
 from nbtl.search import plots
 from nbtl.search.handover import hand_over
 from nbtl.search.options import SearchResult
-from nbtl.search.space import SearchSpace, dump_config
+from nbtl.search.space import SearchSpace
 from nbtl.tracking import SOURCE_TAG, STOP_REASON_TAG
 
 RESULT_COLUMNS = [

@@ -15,6 +15,7 @@ from nbtl.backbones import get_spec, load_pretrained_state_dict
 from nbtl.config import TrialConfig
 from nbtl.data.arrayfile import DATA_DIR, decode_splits, ensure_splits, open_splits
 from nbtl.data.settings import AUTO, DataSettings
+from nbtl.heuristics.recipes import conventional_config, probe_config
 from nbtl.search.cluster import SearchError
 from nbtl.search.cost import auto_image_size, measure_speed, scaled
 from nbtl.search.handover import Handover
@@ -28,7 +29,6 @@ from nbtl.search.options import (
     trial_resources,
 )
 from nbtl.search.space import SearchSpace
-from nbtl.search.start import conventional_config, probe_config
 from nbtl.search.trainable import nbtl_trainable
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from nbtl import __version__
+from nbtl.config import dump_config
 from nbtl.preflight import cluster_address
 from nbtl.search.cluster import check_services, study_ray
 from nbtl.search.finish import results_table
@@ -22,7 +23,7 @@ from nbtl.search.options import PREFIX_CACHE, SearchOptions, SearchResult, durat
 from nbtl.search.plan import make_plan, run_params
 from nbtl.search.prepare import handover_for, prepare
 from nbtl.search.resume import resume_search, write_state
-from nbtl.search.space import SearchSpace, dump_config
+from nbtl.search.space import SearchSpace
 from nbtl.search.trainable import TrialContext
 from nbtl.search.tuner import make_tuner, run_trials
 from nbtl.tracking import SearchTracker, search_experiment

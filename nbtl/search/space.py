@@ -462,8 +462,3 @@ def _checked(parameter: Parameter, at: str) -> Parameter:
         except TypeError:
             raise ConfigError(f"{at}: value {value!r} has the wrong type") from None
     return parameter
-
-
-def dump_config(config: dict[str, Any]) -> str:
-    """YAML text of a trial config (what ``nbtl search`` writes as the best config)."""
-    return yaml.safe_dump({k: config[k] for k in TrialConfig.keys() if k in config}, sort_keys=False)

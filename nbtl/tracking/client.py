@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,11 @@ MAX_PARAM_LENGTH = 6000
 SEARCH_EXPERIMENT_PREFIX = "search-"
 #: The ``mlflow.data.context`` of a search's dataset on its parent run, and on each trial's run.
 SEARCH_CONTEXT, TRIAL_CONTEXT = "search", "training"
+
+
+def name_slug(text: Any) -> str:
+    """``text`` as a file- and experiment-name-safe word (e.g. a dataset name in ``train-<name>``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "data"
 
 
 def search_experiment(search_name: str) -> str:

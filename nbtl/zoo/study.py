@@ -168,7 +168,7 @@ def _recipe(options: ZooOptions) -> dict[str, Any]:
                 raise ConfigError(f"frozen head recipe: {key} must be a number >= 0, got {value!r}")
         return dict(recipe.__dict__)
     from nbtl.config import TrialConfig
-    from nbtl.search.start import conventional_config
+    from nbtl.heuristics.recipes import conventional_config
 
     recipe = {k: v for k, v in options.recipe.items() if k not in RECIPE_EXCLUDES}
     values = {**conventional_config(options.backbones[0]), **recipe}

@@ -56,8 +56,8 @@ def finetune_config(cell: dict[str, Any], recipe: dict[str, Any], n_train: int):
     """The :class:`~nbtl.config.TrialConfig` of a fine-tuning trial: the conventional recipe of its
     backbone (:func:`nbtl.search.start.conventional_config`), the study's recipe on top, its head and seed."""
     from nbtl.config import TrialConfig
+    from nbtl.heuristics.recipes import conventional_config
     from nbtl.search.space import auto_batch_size
-    from nbtl.search.start import conventional_config
 
     values = {**conventional_config(cell["backbone"]), **recipe, "head": cell["head"], "seed": int(cell["seed"])}
     if values.get("batch_size") in (None, "auto"):
