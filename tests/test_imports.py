@@ -47,9 +47,9 @@ def imports() -> tuple[nx.DiGraph, list[str]]:
 
 def test_the_graph_is_read_from_every_module():
     graph, _ = imports()
-    assert {"nbtl.cli", "nbtl.search.runner", "nbtl.preflight", "nbtl.search.parameter"} <= set(graph)
+    assert {"nbtl.cli", "nbtl.search.runner", "nbtl.tracking.store", "nbtl.search.parameter"} <= set(graph)
     assert graph.has_edge("nbtl.search.space", "nbtl.search.parameter")
-    assert graph.has_edge("nbtl.search.cluster", "nbtl.preflight")
+    assert graph.has_edge("nbtl.search.cluster", "nbtl.tracking.store")
 
 
 def test_nbtl_imports_have_no_cycle():
@@ -61,3 +61,53 @@ def test_nbtl_imports_have_no_cycle():
 def test_no_module_imports_another_modules_private_name():
     _, private = imports()
     assert not private, "\n".join(private)
+
+
+#: The floors of docs/architecture.md: a room may import the rooms on its floor and below, never above.
+FLOORS = {
+    0: ("errors", "safe_yaml", "resources", "ranking"),
+    1: ("data", "backbones", "config", "heads"),
+    2: ("transfer", "features", "fit", "feeds", "train"),
+    3: ("tracking", "models"),
+    4: ("heuristics",),
+    5: ("search", "zoo"),
+    6: ("cli", "api", "__main__"),
+}
+
+
+def floor_of(module: str) -> int | None:
+    """The floor of an nbtl module (``nbtl.search.plan`` -> 5); None for the package itself (``nbtl``)."""
+    room = module.split(".")[1] if "." in module else None
+    return next((floor for floor, rooms in FLOORS.items() if room in rooms), None)
+
+
+def test_every_room_has_a_floor():
+    assert all(floor_of(m) is not None for m in modules() if m != "nbtl"), [
+        m for m in modules() if m != "nbtl" and floor_of(m) is None
+    ]
+
+
+def test_no_room_imports_a_room_above_it():
+    """Imports that run (at the top or in a function), not those for type checkers only (``if TYPE_CHECKING``)."""
+    known, upward = modules(), []
+    for module, path in known.items():
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("nbtl."):
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("nbtl.")]
+            for name in names:
+                mine, theirs = floor_of(module), floor_of(name)
+                if mine is not None and theirs is not None and theirs > mine:
+                    upward.append(f"{module} (floor {mine}) imports {name} (floor {theirs}), {path.name}:{node.lineno}")
+    assert not upward, "\n".join(upward)

@@ -21,7 +21,8 @@ import pytest
 
 from conftest import REPO, run_nbtl
 from nbtl.errors import ClusterError, TrackingStoreError
-from nbtl.preflight import check_ray_address, check_tracking_uri
+from nbtl.search.cluster import check_ray_address
+from nbtl.tracking import check_tracking_uri
 from servers import mlflow_server  # noqa: F401  (a pytest fixture)
 
 TINY = REPO / "search_spaces" / "tiny.yaml"
@@ -185,7 +186,7 @@ def test_an_http_server_is_not_a_ray_head(http_server):
 def test_a_real_ray_head_is_accepted_and_a_missing_token_is_named(ray_head):
     """In fresh processes, as ``nbtl`` runs: Ray reads its token settings when it is imported."""
     code = (
-        "import sys, time\nfrom nbtl.preflight import check_ray_address\nfrom nbtl.errors import NbtlError\n"
+        "import sys, time\nfrom nbtl.search.cluster import check_ray_address\nfrom nbtl.errors import NbtlError\n"
         "started = time.monotonic()\ntry:\n    print('OK', check_ray_address(sys.argv[1]))\n"
         "except NbtlError as error:\n    print('REFUSED', error)\nprint(time.monotonic() - started)\n"
     )

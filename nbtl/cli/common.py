@@ -171,8 +171,8 @@ def default_settings():
 
 def check_tracking_uri(uri: str | None) -> str:
     """The resolved tracking URI; fails in one line, within seconds and before anything starts, when the
-    store cannot be used (:func:`nbtl.preflight.check_tracking_uri`)."""
-    from nbtl.preflight import check_tracking_uri as check
+    store cannot be used (:func:`nbtl.tracking.check_tracking_uri`)."""
+    from nbtl.tracking import check_tracking_uri as check
 
     return check(uri)
 

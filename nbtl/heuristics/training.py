@@ -18,9 +18,8 @@ from nbtl.data.settings import DataSettings
 from nbtl.errors import ConfigError, one_line
 from nbtl.heuristics.recipes import probe_config
 from nbtl.heuristics.recommend import load_recommendation, recommended_settings
-from nbtl.preflight import check_tracking_uri
 from nbtl.ranking import rank_key
-from nbtl.tracking import CHOSEN_TAG, TrainingRun, name_slug
+from nbtl.tracking import CHOSEN_TAG, TrainingRun, check_tracking_uri, name_slug
 
 __all__ = ["TrainOutcome", "train_recommended"]
 

@@ -61,7 +61,7 @@ def _store_problem(tracking_uri: str) -> str | None:
 
 def check_store(tracking_uri: str) -> None:
     """Fail in one line when the store cannot be read: a missing SQLite file, or an MLflow server that does
-    not answer (:func:`nbtl.preflight.check_tracking_uri`)."""
+    not answer (:func:`nbtl.tracking.check_tracking_uri`)."""
     problem = _store_problem(tracking_uri)
     if problem:
         raise ConfigError(
@@ -69,7 +69,7 @@ def check_store(tracking_uri: str) -> None:
             "(or $MLFLOW_TRACKING_URI) naming the store the search logged to"
         )
     if urlsplit(tracking_uri).scheme in ("http", "https"):
-        from nbtl.preflight import check_tracking_uri
+        from nbtl.tracking import check_tracking_uri
 
         check_tracking_uri(tracking_uri)
 

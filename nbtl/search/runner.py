@@ -15,8 +15,7 @@ from collections.abc import Callable
 
 from nbtl import __version__
 from nbtl.config import dump_config
-from nbtl.preflight import cluster_address
-from nbtl.search.cluster import check_services, study_ray
+from nbtl.search.cluster import check_services, cluster_address, study_ray
 from nbtl.search.finish import results_table
 from nbtl.search.lifecycle import resume_command, tell_how_to_resume
 from nbtl.search.options import PREFIX_CACHE, SearchOptions, SearchResult, duration, storage_folder

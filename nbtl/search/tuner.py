@@ -25,7 +25,7 @@ def make_tuner(plan: Plan, prepared: Prepared, context, space: SearchSpace, opti
     scheduler, the progress callback and the Optuna study's mirror."""
     from ray import tune
 
-    # Ray's modules (and nbtl's that import them) load only here, after nbtl.preflight.use_token_auth: Ray reads
+    # Ray's modules (and nbtl's that import them) load only here, after nbtl.search.cluster.use_token_auth: Ray reads
     # RAY_AUTH_MODE when it is first imported
     from nbtl.search.callbacks import SearchCallback
     from nbtl.search.study_store import StudyMirror

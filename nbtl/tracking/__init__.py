@@ -7,7 +7,8 @@ found by the tag ``nbtl.trial_id``.
 
 - :mod:`nbtl.tracking.client`: the store's URI and client, nbtl's tags, experiments, the logged entities;
 - :mod:`nbtl.tracking.runs`: the writers (a trial's run, a search's parent run, ``nbtl train`` and ``nbtl fit`` runs);
-- :mod:`nbtl.tracking.queries`: the read side (finished searches, chosen training runs, finished trials).
+- :mod:`nbtl.tracking.queries`: the read side (finished searches, chosen training runs, finished trials);
+- :mod:`nbtl.tracking.store`: :func:`check_tracking_uri`, the store checked in seconds before a command starts.
 """
 
 from nbtl.tracking.client import (
@@ -58,8 +59,10 @@ from nbtl.tracking.runs import (
     TrialTracker,
     log_fit,
 )
+from nbtl.tracking.store import check_tracking_uri
 
 __all__ = [
+    "check_tracking_uri",
     "ATTEMPT_TAG",
     "CHOSEN_TAG",
     "EXPERIMENT_KIND",

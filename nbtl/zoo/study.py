@@ -216,8 +216,7 @@ def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> Zoo
     run exists; once it does, an error or Ctrl-C ends it and its open trial runs. The Ray instance the study
     started is shut down when it ends.
     """
-    from nbtl.preflight import cluster_address
-    from nbtl.search.cluster import check_services, study_ray
+    from nbtl.search.cluster import check_services, cluster_address, study_ray
 
     check_options(options)
     recipe = _recipe(options)

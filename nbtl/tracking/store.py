@@ -1,4 +1,5 @@
-"""Checks of the services a command needs, made in seconds before any data is decoded or Ray starts.
+"""Checks of the tracking store a command needs, made in seconds before any data is decoded or Ray starts (the Ray
+checks are :mod:`nbtl.search.cluster`'s).
 
 Without them a wrong ``--tracking-uri`` surfaces minutes later (MLflow retries a closed port for
 about four minutes) as a long traceback after Ray has started, and a wrong ``--address`` hangs
@@ -6,8 +7,7 @@ while Ray retries its GCS. Each check fails with one line (:class:`nbtl.errors.S
 naming the URI or address, what is wrong and what to do.
 
 ``check_tracking_uri`` speaks to the store only as MLflow's own client would (its credentials from
-``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN`` and TLS settings); ``check_ray_address`` asks
-the Ray head's GCS for its cluster id (:func:`probe_ray_head`).
+``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN`` and TLS settings).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from nbtl.errors import ClusterError, TrackingStoreError
+from nbtl.errors import TrackingStoreError
+from nbtl.tracking.client import resolve_tracking_uri
 
 #: Seconds a check waits for a service to answer.
 TIMEOUT = 5.0
@@ -43,8 +44,6 @@ def check_tracking_uri(uri: str | None) -> str:
     TrackingStoreError
         One line: the URI, what is wrong, and what to do.
     """
-    from nbtl.tracking import resolve_tracking_uri
-
     resolved = resolve_tracking_uri(uri)
     scheme = urlsplit(resolved).scheme.lower()
     engine = scheme.split("+", 1)[0]
@@ -257,121 +256,3 @@ def _check_database(uri: str, engine: str) -> None:
         raise TrackingStoreError(
             f"--tracking-uri {shown}: no database answers at {host}:{port} ({why}); start it or fix the URL"
         )
-
-
-def check_ray_address(address: str | None) -> str | None:
-    """Check that ``address`` (else ``$RAY_ADDRESS``; ``auto``: the last ``ray start`` here) is a Ray head
-    nbtl can join, in seconds; return the address checked, or ``None`` for an embedded Ray (nothing to check).
-
-    Raises
-    ------
-    ClusterError
-        One line: the address, what answers there (nothing, not Ray, a head that wants a token), what to do.
-    """
-    address = cluster_address(address)
-    if not address:
-        return None
-    probe_ray_head(address)
-    return address
-
-
-def cluster_address(address: str | None) -> str | None:
-    """``address``, else ``$RAY_ADDRESS`` (set for the driver of a ``ray job submit``), else ``None``
-    (embedded Ray)."""
-    return address or os.environ.get("RAY_ADDRESS") or None
-
-
-def use_token_auth(address: str | None) -> None:
-    """Turn on Ray's token authentication for a client joining ``address`` when a token is at hand.
-
-    A head started with ``ray start --head`` (Ray >= 2.52) requires it. Ray reads ``RAY_AUTH_MODE``
-    when it is imported, so this runs before the first ``import ray``.
-    """
-    address = cluster_address(address)
-    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
-    if address and "RAY_AUTH_MODE" not in os.environ and (token.exists() or os.environ.get("RAY_AUTH_TOKEN")):
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def _resolve_address(address: str) -> str:
-    """``auto`` → the address in ``$RAY_ADDRESS`` or of the last ``ray start`` on this machine."""
-    if address != "auto":
-        return address
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"]
-    current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
-    if current.exists() and current.read_text().strip():
-        return current.read_text().strip()
-    raise ClusterError(
-        "--address auto: no running Ray cluster found on this machine; start one with "
-        "`ray start --head` or give its address, e.g. --address 127.0.0.1:6379"
-    )
-
-
-def probe_ray_head(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, with one line, unless a Ray head answers at ``address`` (Ray itself retries for
-    minutes, and hangs on a port where another service listens).
-
-    A head is a process that answers the GCS call ``NodeInfoGcsService.GetClusterId`` (for ``ray://``, the
-    Ray Client server's ``ClusterInfo(PING)``), with the token when the head wants one.
-    """
-    target = _resolve_address(address)
-    client = target.startswith("ray://")
-    host_port = target.split("://", 1)[-1].rstrip("/")
-    host, _, port = host_port.rpartition(":")
-    if not host or not port.isdigit():
-        raise ClusterError(f"--address {address}: expected HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or ray://HOST:PORT")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as error:
-        why = f"no answer within {timeout:.0f}s" if isinstance(error, TimeoutError) else error.strerror or error
-        raise ClusterError(
-            f"--address {address}: nothing answers at {host}:{port} ({why}); "
-            "start the head with `ray start --head --port PORT` or fix the address"
-        ) from None
-    use_token_auth(address)  # before the first `import ray`, which reads RAY_AUTH_MODE
-    import grpc
-
-    try:
-        _ask_ray(host_port, client, timeout)
-    except grpc.RpcError as error:
-        code = error.code() if callable(getattr(error, "code", None)) else None
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            raise ClusterError(
-                f"--address {address}: the Ray head refuses nbtl's token (or none was sent); copy the head's token "
-                "(`ray get-auth-token` on the head) to ~/.ray/auth_token or RAY_AUTH_TOKEN and set RAY_AUTH_MODE=token"
-            ) from None
-        if client:
-            what, example = "a Ray Client server", "ray://127.0.0.1:10001"
-        else:
-            what, example = "a Ray head (the GCS port of `ray start --head`, 6379 by default)", "127.0.0.1:6379"
-        reason = (
-            f"no gRPC answer within {timeout:.0f}s"
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED
-            else f"gRPC {code.name if code is not None else type(error).__name__}"
-        )
-        raise ClusterError(
-            f"--address {address}: {host}:{port} answers, but not as {what} ({reason}); give the "
-            f"head's address, e.g. --address {example}"
-        ) from None
-
-
-def _ask_ray(host_port: str, client: bool, timeout: float) -> None:
-    """One short gRPC call that only a Ray head (or Ray Client server) answers; raises ``grpc.RpcError``."""
-    from ray._private.grpc_utils import init_grpc_channel
-
-    channel = init_grpc_channel(host_port)
-    try:
-        if client:
-            from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
-
-            request = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
-            ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(request, timeout=timeout)
-        else:
-            from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-
-            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
-                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout
-            )
-    finally:
-        channel.close()
