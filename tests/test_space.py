@@ -314,8 +314,9 @@ def test_search_settings_take_each_default_from_one_place():
     precedence, Optuna's sampler, Ray Tune's scheduler, the prior's fading) reads them from there."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from nbtl.search.algorithms import get_scheduler
     from nbtl.search.options import SearchOptions, optuna_sampler, setting, trial_resources, tune_scheduler
-    from nbtl.search.settings import SchedulerSpec, SearchSettings
+    from nbtl.search.settings import SearchSettings
 
     document = copy.deepcopy(BASE)
     document.pop("search", None)
@@ -331,7 +332,7 @@ def test_search_settings_take_each_default_from_one_place():
     scheduler = tune_scheduler(space)
     assert isinstance(scheduler, ASHAScheduler)
     rungs = [milestone for milestone, _ in scheduler._brackets[0]._rungs]  # Ray's own: the first rung is the grace
-    assert min(rungs) == SchedulerSpec.grace_period and max(rungs) == space.max_epochs
+    assert min(rungs) == get_scheduler("asha").defaults["grace_period"] and max(rungs) == space.max_epochs
     assert space.settings.prior_enabled and space.settings.prior_trials == defaults.trials
 
     document["search"] = {

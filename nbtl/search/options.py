@@ -12,7 +12,6 @@ import pandas as pd
 
 from nbtl.data.settings import SETTING_KEYS, DataSettings
 from nbtl.models.export import KEEP_WEIGHTS
-from nbtl.ranking import METRIC, MODE
 from nbtl.search.cluster import SearchError
 from nbtl.search.reevaluate import BUDGET_SHARE
 from nbtl.search.space import SearchSpace
@@ -107,46 +106,14 @@ def setting(options: SearchOptions, space: SearchSpace, key: str) -> Any:
 
 
 def optuna_sampler(space: SearchSpace, seed: int):
-    import optuna
-
-    spec = space.settings.sampler
-    if spec.type == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # parallel trials do not all pick the same point
-    return optuna.samplers.TPESampler(seed=seed, **{"constant_liar": True, **spec.options})
+    """Optuna's sampler of the space (:mod:`nbtl.search.algorithms`): TPE (the default) or random."""
+    return space.settings.sampler.make(seed)
 
 
 def tune_scheduler(space: SearchSpace, budget: float | None = None):
-    """Ray Tune's scheduler of the space: ASHA with rungs in epochs (the default), or in seconds of a trial's wall
-    time (``unit: seconds``: a cheap frozen-prefix trial runs many epochs by the first rung, a full fine-tune few, so
-    the costly ones go on only when promising; ``max_t`` defaults to the time budget), or FIFO."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    spec = space.settings.scheduler
-    if spec.type == "fifo":
-        return FIFOScheduler()
-    if spec.unit == "seconds":
-        top = spec.max_t or budget
-        if top is None:
-            raise SearchError(
-                f"{space.path}: search.scheduler unit: seconds needs max_t (seconds) or a --time-budget to end its rungs"
-            )
-        return ASHAScheduler(
-            time_attr="time_total_s",
-            metric=METRIC,
-            mode=MODE,
-            max_t=float(top),
-            grace_period=float(spec.grace_period),
-            reduction_factor=spec.reduction_factor,
-        )
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        metric=METRIC,
-        mode=MODE,
-        max_t=space.max_epochs,
-        grace_period=spec.grace_period,
-        reduction_factor=spec.reduction_factor,
-    )
+    """Ray Tune's scheduler of the space (:mod:`nbtl.search.algorithms`): ASHA with rungs in epochs (the default),
+    or in seconds of a trial's wall time (``unit: seconds``; ``max_t`` defaults to the time budget), or FIFO."""
+    return space.settings.scheduler.make(space.max_epochs, budget, str(space.path))
 
 
 def storage_folder(storage_path: str | None) -> Path:

@@ -7,9 +7,10 @@ sampler and scheduler factories, the learned prior, the plan, the parent run's p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from nbtl.search.algorithms import get_sampler, get_scheduler, sampler_names, scheduler_names
 from nbtl.search.units import parse_duration
 
 __all__ = ["START_POINTS", "PriorSpec", "SamplerSpec", "SchedulerSpec", "SearchSettings"]
@@ -21,43 +22,48 @@ START_POINTS = ("probe", "conventional", "recommend")
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """``search.sampler``: Optuna's TPE (the default) or random sampler; ``options`` are TPE's keywords
-    (``n_startup_trials``, ``multivariate``, ``group``, ``constant_liar``)."""
+    """``search.sampler``: a registered sampler (:mod:`nbtl.search.algorithms`; the first, TPE, by default) and
+    its options, the registry's defaults filled in."""
 
-    type: str = "tpe"
-    options: dict[str, Any] = field(default_factory=dict)
+    type: str = field(default_factory=lambda: sampler_names()[0])
+    options: dict[str, Any] = field(default_factory=lambda: dict(get_sampler(sampler_names()[0]).defaults))
 
     @classmethod
     def from_section(cls, spec: dict[str, Any] | None) -> SamplerSpec:
         spec = dict(spec or {})
-        return cls(type=str(spec.pop("type", cls.type)), options=spec)
+        kind = str(spec.pop("type", sampler_names()[0]))
+        return cls(type=kind, options={**get_sampler(kind).defaults, **spec})
 
     def to_dict(self) -> dict[str, Any]:
-        """As a space writes it (the parent run's ``sampler`` param)."""
+        """As a space writes it, defaults included (the parent run's ``sampler`` param)."""
         return {"type": self.type, **self.options}
+
+    def make(self, seed: int):
+        """The Optuna sampler."""
+        return get_sampler(self.type).make(seed, **self.options)
 
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """``search.scheduler``: Ray Tune's ASHA (the default; rungs in ``epochs`` or in ``seconds`` of a trial's wall
-    time) or FIFO."""
+    """``search.scheduler``: a registered Ray Tune scheduler (:mod:`nbtl.search.algorithms`; the first, ASHA with
+    rungs in epochs, by default) and its options, the registry's defaults filled in."""
 
-    type: str = "asha"
-    grace_period: float = 1
-    reduction_factor: float = 2
-    unit: str = "epochs"
-    max_t: float | None = None  # seconds, with unit: seconds; default the time budget
+    type: str = field(default_factory=lambda: scheduler_names()[0])
+    options: dict[str, Any] = field(default_factory=lambda: dict(get_scheduler(scheduler_names()[0]).defaults))
 
     @classmethod
     def from_section(cls, spec: dict[str, Any] | None) -> SchedulerSpec:
-        spec = spec or {}
-        return cls(**{f.name: spec[f.name] for f in fields(cls) if f.name in spec})
+        spec = dict(spec or {})
+        kind = str(spec.pop("type", scheduler_names()[0]))
+        return cls(type=kind, options={**get_scheduler(kind).defaults, **spec})
 
     def to_dict(self) -> dict[str, Any]:
-        """As a space writes it (the parent run's ``scheduler`` param): FIFO has no other keys."""
-        if self.type != "asha":
-            return {"type": self.type}
-        return {k: v for k, v in asdict(self).items() if not (k == "max_t" and v is None)}
+        """As a space writes it, defaults included (the parent run's ``scheduler`` param)."""
+        return {"type": self.type, **self.options}
+
+    def make(self, max_epochs: int, budget: float | None, where: str):
+        """The Ray Tune scheduler (Ray is imported here)."""
+        return get_scheduler(self.type).make(dict(self.options), max_epochs, budget, where)
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ class SearchSettings:
     @property
     def prior_enabled(self) -> bool:
         """Whether the learned prior wraps the sampler: ``prior.enabled``, else on for TPE."""
-        return self.prior.enabled if self.prior.enabled is not None else self.sampler.type == "tpe"
+        return self.prior.enabled if self.prior.enabled is not None else self.sampler.type == "tpe"  # TPE learns
 
     @property
     def prior_trials(self) -> int:

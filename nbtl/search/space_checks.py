@@ -19,8 +19,9 @@ from typing import Any
 
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
+from nbtl.search.algorithms import get_sampler, get_scheduler, sampler_names, scheduler_names
 from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, resolve_bound, valid_all_minus
-from nbtl.search.settings import START_POINTS, SamplerSpec, SchedulerSpec
+from nbtl.search.settings import START_POINTS
 from nbtl.search.units import parse_duration
 
 SECTIONS = ("name", "description", "data", "search", "parameters")
@@ -41,9 +42,7 @@ SEARCH_KEYS = (
     "reevaluate",
     "prefix_cache",
 )
-SAMPLER_KEYS = {"tpe": ("type", "n_startup_trials", "multivariate", "group", "constant_liar"), "random": ("type",)}
 PRIOR_KEYS = ("enabled", "n_candidates", "trials", "cost_aware")
-SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor", "unit", "max_t"), "fifo": ("type",)}
 
 
 def check_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:
@@ -252,7 +251,7 @@ def check_points(parameters: list[Parameter], points: list[dict[str, Any]], wher
 
 def check_sampler(spec: dict[str, Any], where: str) -> None:
     """Values Optuna's ``TPESampler`` takes (``RandomSampler`` takes only the search seed)."""
-    if spec.get("type", SamplerSpec.type) != "tpe":
+    if spec.get("type", "tpe") != "tpe":
         return
     at = f"{where}: search.sampler"
     if "n_startup_trials" in spec and not (_is_int(spec["n_startup_trials"]) and spec["n_startup_trials"] >= 0):
@@ -272,10 +271,11 @@ def check_sampler(spec: dict[str, Any], where: str) -> None:
 def check_scheduler(spec: dict[str, Any], max_epochs: int, where: str) -> None:
     """Values Ray Tune's ``ASHAScheduler`` accepts (it asserts ``0 < grace_period <= max_t`` and
     ``reduction_factor > 1``); ``max_t`` is the most epochs a trial of the space runs."""
-    if spec.get("type", SchedulerSpec.type) != "asha":
+    if spec.get("type", "asha") != "asha":
         return
+    defaults = get_scheduler("asha").defaults
     at = f"{where}: search.scheduler"
-    unit = spec.get("unit", SchedulerSpec.unit)
+    unit = spec.get("unit", defaults["unit"])
     if unit not in ("epochs", "seconds"):
         raise ConfigError(f"{at}.unit must be epochs or seconds (what ASHA's rungs count), got {unit!r}")
     if unit == "seconds":
@@ -287,13 +287,13 @@ def check_scheduler(spec: dict[str, Any], max_epochs: int, where: str) -> None:
             )
         if top is not None and (not _is_number(top) or top <= grace):
             raise ConfigError(f"{at}.max_t must be a number of seconds above grace_period ({grace}), got {top!r}")
-        factor = spec.get("reduction_factor", SchedulerSpec.reduction_factor)
+        factor = spec.get("reduction_factor", defaults["reduction_factor"])
         if not _is_number(factor) or factor <= 1:
             raise ConfigError(f"{at}.reduction_factor must be a number > 1, got {factor!r}")
         return
     if "max_t" in spec:
         raise ConfigError(f"{at}.max_t is for unit: seconds; in epochs ASHA's max_t is the trials' epochs")
-    grace = spec.get("grace_period", SchedulerSpec.grace_period)
+    grace = spec.get("grace_period", defaults["grace_period"])
     if not _is_int(grace) or grace < 1:
         raise ConfigError(
             f"{at}.grace_period must be an integer >= 1 (epochs every trial runs before ASHA may "
@@ -304,7 +304,7 @@ def check_scheduler(spec: dict[str, Any], max_epochs: int, where: str) -> None:
             f"{at}.grace_period: {grace} is more than the trials' epochs ({max_epochs}), so ASHA "
             f"could never stop a trial; use grace_period <= {max_epochs}, or scheduler: {{type: fifo}}"
         )
-    factor = spec.get("reduction_factor", SchedulerSpec.reduction_factor)
+    factor = spec.get("reduction_factor", defaults["reduction_factor"])
     if not _is_number(factor) or factor <= 1:
         raise ConfigError(
             f"{at}.reduction_factor must be a number > 1 (ASHA keeps 1 in reduction_factor trials "
@@ -399,13 +399,15 @@ def check_settings(space: Any, where: str) -> None:
                 f"does not search; use only: {', '.join(sorted(searched))}"
             )
     check_points(space.parameters, points, where)
-    for name, table in (("sampler", SAMPLER_KEYS), ("scheduler", SCHEDULER_KEYS)):
+    entries = {}
+    for name, names, get in (("sampler", sampler_names, get_sampler), ("scheduler", scheduler_names, get_scheduler)):
         spec = s.get(name) or {}
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: search.{name} must be a mapping with a 'type'")
-        kind = spec.get("type", next(iter(table)))
-        if kind not in table:
-            raise ConfigError(f"{where}: search.{name}.type must be one of {', '.join(table)}, got {kind!r}")
-        check_keys(spec, table[kind], f"{where}: search.{name}")
-    check_sampler(s.get("sampler") or {}, where)
-    check_scheduler(s.get("scheduler") or {}, space.max_epochs, where)
+        kind = spec.get("type", names()[0])
+        if kind not in names():
+            raise ConfigError(f"{where}: search.{name}.type must be one of {', '.join(names())}, got {kind!r}")
+        entries[name] = get(kind)
+        check_keys(spec, ("type", *entries[name].keys), f"{where}: search.{name}")
+    entries["sampler"].validate(s.get("sampler") or {}, where)
+    entries["scheduler"].validate(s.get("scheduler") or {}, space.max_epochs, where)
