@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 
 from nbtl.backbones import get_spec
 from nbtl.config import TrialConfig
@@ -258,3 +259,36 @@ def test_rerank_orders_the_top_trials_by_the_mean_of_both_runs():
 def test_reevaluate_must_be_a_count():
     with pytest.raises(ConfigError, match=r"search.reevaluate.top must be an integer >= 0, got 'many'"):
         parse_space({"search": {"reevaluate": {"top": "many"}}, "parameters": {"lr": 0.01}})
+
+
+def test_a_registered_recipe_is_a_start_point_a_space_may_list():
+    """A start point is a recipe registered by name (nbtl.search.settings.register_start_point): a space lists it,
+    the check accepts it, and the search enqueues it as a point of the space, on the backbone ranked first."""
+    from nbtl.search.settings import register_start_point, remove_start_point, start_point_names
+
+    def top_two(backbone: str) -> dict:
+        blocks = get_spec(backbone).num_blocks
+        return {**probe_config(backbone), "freeze_blocks": blocks - 2, "lr": 0.003}
+
+    register_start_point("top-two", top_two, "the probe with its top two blocks fine-tuned")
+    try:
+        assert "top-two" in start_point_names()
+        document = yaml.safe_load(DEFAULT.read_text())
+        document["search"]["start_points"] = ["top-two", "probe"]
+        space = parse_space(document, where="space.yaml").resolved(300)
+        assert space.start_points == ["top-two", "probe"]
+        found = start_points(
+            space, space.start_points, data="digits", train=None, seed=0, image_size=32, per_class=None,
+            classes=None, say=lambda line: None,
+        )  # fmt: skip
+        assert found.labels == ["top-two", "probe"]
+        blocks = get_spec(found.points[0]["backbone"]).num_blocks
+        assert found.points[0]["freeze_blocks"] == blocks - 2 and found.points[0]["lr"] == 0.003
+        with pytest.raises(ConfigError, match="already registered"):
+            register_start_point("top-two", top_two)
+    finally:
+        remove_start_point("top-two")
+    with pytest.raises(ConfigError, match="search.start_points must be a list of probe, conventional, recommend"):
+        parse_space(document, where="space.yaml")
+    with pytest.raises(ConfigError, match="nbtl's own"):
+        remove_start_point("probe")

@@ -15,7 +15,6 @@ from nbtl.backbones import get_spec, load_pretrained_state_dict
 from nbtl.config import TrialConfig
 from nbtl.data.arrayfile import DATA_DIR, decode_splits, ensure_splits, open_splits
 from nbtl.data.settings import AUTO, DataSettings
-from nbtl.heuristics.recipes import conventional_config, probe_config
 from nbtl.search.cluster import SearchError
 from nbtl.search.cost import auto_image_size, measure_speed, scaled
 from nbtl.search.handover import Handover
@@ -28,6 +27,7 @@ from nbtl.search.options import (
     time_budget,
     trial_resources,
 )
+from nbtl.search.settings import RECOMMEND, get_start_point
 from nbtl.search.space import SearchSpace
 from nbtl.search.trainable import nbtl_trainable
 
@@ -130,9 +130,9 @@ def _auto_image_size(space: SearchSpace, options: SearchOptions, data_settings, 
     fixed = {p.name: p.value for p in space.resolved(n_train).parameters if p.fixed and p.name in TrialConfig.keys()}
     keep = {k: v for k, v in fixed.items() if k in ("epochs", "batch_size")}
     names = [n for n in space.start_points if options.recommend or n != "recommend"]
-    configs = [
-        TrialConfig.from_dict({**(probe_config if n == "probe" else conventional_config)(backbone), **keep})
-        for n in names  # a recommended config costs about what the recipe does
+    configs = [  # a recommended config costs about what the conventional recipe does
+        TrialConfig.from_dict({**get_start_point("conventional" if n == RECOMMEND else n).config(backbone), **keep})
+        for n in names
     ]
     at_once = int(setting(options, space, "max_concurrent"))
     size, why = auto_image_size(

@@ -7,17 +7,94 @@ sampler and scheduler factories, the learned prior, the plan, the parent run's p
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from nbtl.errors import ConfigError
 from nbtl.search.algorithms import get_sampler, get_scheduler, sampler_names, scheduler_names
 from nbtl.search.units import parse_duration
 
-__all__ = ["START_POINTS", "PriorSpec", "SamplerSpec", "SchedulerSpec", "SearchSettings"]
+__all__ = [
+    "RECOMMEND",
+    "START_POINTS",
+    "PriorSpec",
+    "SamplerSpec",
+    "SchedulerSpec",
+    "SearchSettings",
+    "StartPoint",
+    "get_start_point",
+    "register_start_point",
+    "remove_start_point",
+    "start_point_names",
+]
 
+#: The start point that measures the fit of the space's backbones and enqueues ``nbtl recommend``'s configs (it also
+#: ranks the backbones the recipes start from).
+RECOMMEND = "recommend"
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """A registered start point: a recipe ``recipe(backbone) -> config`` (a callable or a ``module:function``
+    reference, imported when first used), run on the backbone ranked first."""
+
+    name: str
+    recipe: Callable[[str], dict[str, Any]] | str
+    description: str = ""
+
+    def config(self, backbone: str) -> dict[str, Any]:
+        """The recipe's trial config for ``backbone``."""
+        recipe = self.recipe
+        if isinstance(recipe, str):
+            module, _, attribute = recipe.partition(":")
+            recipe = getattr(importlib.import_module(module), attribute)
+        return dict(recipe(backbone))
+
+
+_START_POINTS: dict[str, StartPoint] = {}
+
+
+def register_start_point(name: str, recipe: Callable[[str], dict[str, Any]] | str, description: str = "") -> None:
+    """Register a recipe as a start point a space may list in ``search.start_points``."""
+    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum() or name == RECOMMEND:
+        raise ConfigError(f"start point name {name!r}: use letters, digits, - and _ (and not {RECOMMEND!r})")
+    if name in _START_POINTS:
+        raise ConfigError(f"start point {name!r} is already registered; choose another name")
+    _START_POINTS[name] = StartPoint(name, recipe, description)
+
+
+def remove_start_point(name: str) -> None:
+    """Unregister a start point of one's own (nbtl's own cannot be removed)."""
+    if name in START_POINTS:
+        raise ConfigError(f"start point {name!r} is one of nbtl's own; it cannot be removed")
+    _START_POINTS.pop(name, None)
+
+
+def start_point_names() -> tuple[str, ...]:
+    """What ``search.start_points`` may list: the registered recipes and ``recommend``."""
+    return (*_START_POINTS, RECOMMEND)
+
+
+def get_start_point(name: str) -> StartPoint:
+    """The registered recipe start point ``name``; ``ConfigError`` naming the registered ones otherwise."""
+    if name not in _START_POINTS:
+        raise ConfigError(f"unknown start point {name!r}; use one of {', '.join(start_point_names())}")
+    return _START_POINTS[name]
+
+
+register_start_point(
+    "probe", "nbtl.heuristics.recipes:probe_config", "the linear probe: every block transferred and frozen"
+)
+register_start_point(
+    "conventional",
+    "nbtl.heuristics.recipes:conventional_config",
+    "the conventional recipe: everything fine-tuned at one learning rate, plain L2",
+)
 #: The configs a search runs first unless its space says otherwise (``search.start_points``): the linear probe,
 #: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
-START_POINTS = ("probe", "conventional", "recommend")
+START_POINTS = ("probe", "conventional", RECOMMEND)
 
 
 @dataclass(frozen=True)

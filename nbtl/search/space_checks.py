@@ -21,7 +21,7 @@ from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
 from nbtl.search.algorithms import get_sampler, get_scheduler, sampler_names, scheduler_names
 from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, resolve_bound, valid_all_minus
-from nbtl.search.settings import START_POINTS
+from nbtl.search.settings import START_POINTS, start_point_names
 from nbtl.search.units import parse_duration
 
 SECTIONS = ("name", "description", "data", "search", "parameters")
@@ -363,9 +363,9 @@ def check_settings(space: Any, where: str) -> None:
                 f"{where}: search.resources.{key} must be a number {'> 0' if key == 'cpu' else '>= 0'}, got {value!r}"
             )
     starts = s.get("start_points", list(START_POINTS))
-    if not isinstance(starts, list) or any(v not in START_POINTS for v in starts):
+    if not isinstance(starts, list) or any(v not in start_point_names() for v in starts):
         raise ConfigError(
-            f"{where}: search.start_points must be a list of {', '.join(START_POINTS)} (or []), got {starts!r}"
+            f"{where}: search.start_points must be a list of {', '.join(start_point_names())} (or []), got {starts!r}"
         )
     if "time_budget" in s:
         try:

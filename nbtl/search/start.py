@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbtl.heuristics.recipes import conventional_config, probe_config
+from nbtl.search.settings import RECOMMEND, get_start_point
 from nbtl.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def start_points(
     say: Callable[[str], None],
     weights: dict[str, str] | None = None,
 ) -> StartPoints:
-    """The built-in start points ``names`` (``probe``, ``conventional``, ``recommend``) as points of ``space``.
+    """The start points ``names`` (registered recipes such as ``probe`` and ``conventional``, and ``recommend``:
+    :func:`nbtl.search.settings.start_point_names`) as points of ``space``.
 
     ``recommend`` measures the fit of every backbone of the space on ``train`` (the search's own training
     split, so no validation or test image is seen) and applies the shipped rules and learned recommender;
@@ -74,7 +75,7 @@ def start_points(
     found = StartPoints()
     backbones = space.backbones()
     recommended: list[dict[str, Any]] = []
-    if "recommend" in names:
+    if RECOMMEND in names:
         from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
         from nbtl.heuristics.recommend import measure_task, recommend
 
@@ -106,10 +107,9 @@ def start_points(
             f"recommend: fit of {', '.join(backbones)} measured in {found.task.seconds:.1f}s; "
             f"{len(recommended)} config(s), best backbone {backbones[0]}"
         )
-    if "probe" in names:
-        found.add(space, probe_config(backbones[0]), "probe", say)
-    if "conventional" in names:
-        found.add(space, conventional_config(backbones[0]), "conventional", say)
+    for name in names:  # the recipes, in the space's order, on the backbone ranked first
+        if name != RECOMMEND:
+            found.add(space, get_start_point(name).config(backbones[0]), name, say)
     for number, config in enumerate(recommended, start=1):
         found.add(space, config, f"recommend-{number}", say)
     found.seconds = time.perf_counter() - started

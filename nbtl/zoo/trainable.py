@@ -54,7 +54,7 @@ def _predict_frozen(cell, data, context: ZooContext) -> tuple[np.ndarray, dict[s
 
 def finetune_config(cell: dict[str, Any], recipe: dict[str, Any], n_train: int):
     """The :class:`~nbtl.config.TrialConfig` of a fine-tuning trial: the conventional recipe of its
-    backbone (:func:`nbtl.search.start.conventional_config`), the study's recipe on top, its head and seed."""
+    backbone (:func:`nbtl.heuristics.recipes.conventional_config`), the study's recipe on top, its head and seed."""
     from nbtl.config import TrialConfig
     from nbtl.heuristics.recipes import conventional_config
     from nbtl.search.space import auto_batch_size
