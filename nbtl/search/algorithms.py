@@ -26,6 +26,8 @@ from nbtl.search.cluster import SearchError
 
 __all__ = [
     "Algorithm",
+    "algorithm_names",
+    "get_algorithm",
     "get_sampler",
     "get_scheduler",
     "register_sampler",
@@ -121,7 +123,14 @@ def scheduler_names() -> tuple[str, ...]:
     return tuple(_REGISTRIES["scheduler"])
 
 
-def _get(kind: str, name: str) -> Algorithm:
+def algorithm_names(kind: str) -> tuple[str, ...]:
+    """The registered ``kind`` (``"sampler"`` or ``"scheduler"``) names, the default first."""
+    return tuple(_REGISTRIES[kind])
+
+
+def get_algorithm(kind: str, name: str) -> Algorithm:
+    """The registered ``kind`` (``"sampler"`` or ``"scheduler"``) ``name``; ``ConfigError`` naming the registered
+    ones otherwise."""
     if name not in _REGISTRIES[kind]:
         raise ConfigError(f"unknown {kind} {name!r}; use one of {', '.join(_REGISTRIES[kind])}")
     return _REGISTRIES[kind][name]
@@ -129,12 +138,12 @@ def _get(kind: str, name: str) -> Algorithm:
 
 def get_sampler(name: str) -> Algorithm:
     """The registered sampler ``name``; ``ConfigError`` naming the registered ones otherwise."""
-    return _get("sampler", name)
+    return get_algorithm("sampler", name)
 
 
 def get_scheduler(name: str) -> Algorithm:
     """The registered scheduler ``name``; ``ConfigError`` naming the registered ones otherwise."""
-    return _get("scheduler", name)
+    return get_algorithm("scheduler", name)
 
 
 # --- nbtl's own ------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from nbtl.errors import ConfigError
-from nbtl.search.algorithms import get_sampler, get_scheduler, sampler_names, scheduler_names
+from nbtl.search.algorithms import algorithm_names, get_algorithm
 from nbtl.search.units import parse_duration
 
 __all__ = [
@@ -98,49 +98,49 @@ START_POINTS = ("probe", "conventional", RECOMMEND)
 
 
 @dataclass(frozen=True)
-class SamplerSpec:
-    """``search.sampler``: a registered sampler (:mod:`nbtl.search.algorithms`; the first, TPE, by default) and
-    its options, the registry's defaults filled in."""
+class _Choice:
+    """A registered sampler or scheduler (:mod:`nbtl.search.algorithms`; the registry's first by default) and its
+    options, the registry's defaults filled in."""
 
-    type: str = field(default_factory=lambda: sampler_names()[0])
-    options: dict[str, Any] = field(default_factory=lambda: dict(get_sampler(sampler_names()[0]).defaults))
+    kind: ClassVar[str]
+    type: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kind = self.type or algorithm_names(self.kind)[0]
+        object.__setattr__(self, "type", kind)
+        object.__setattr__(self, "options", {**get_algorithm(self.kind, kind).defaults, **self.options})
 
     @classmethod
-    def from_section(cls, spec: dict[str, Any] | None) -> SamplerSpec:
+    def from_section(cls, spec: dict[str, Any] | None):
         spec = dict(spec or {})
-        kind = str(spec.pop("type", sampler_names()[0]))
-        return cls(type=kind, options={**get_sampler(kind).defaults, **spec})
+        return cls(type=str(spec.pop("type", "")), options=spec)
 
     def to_dict(self) -> dict[str, Any]:
-        """As a space writes it, defaults included (the parent run's ``sampler`` param)."""
+        """As a space writes it, defaults included (the parent run's ``sampler`` / ``scheduler`` param)."""
         return {"type": self.type, **self.options}
-
-    def make(self, seed: int):
-        """The Optuna sampler."""
-        return get_sampler(self.type).make(seed, **self.options)
 
 
 @dataclass(frozen=True)
-class SchedulerSpec:
-    """``search.scheduler``: a registered Ray Tune scheduler (:mod:`nbtl.search.algorithms`; the first, ASHA with
-    rungs in epochs, by default) and its options, the registry's defaults filled in."""
+class SamplerSpec(_Choice):
+    """``search.sampler``: TPE by default."""
 
-    type: str = field(default_factory=lambda: scheduler_names()[0])
-    options: dict[str, Any] = field(default_factory=lambda: dict(get_scheduler(scheduler_names()[0]).defaults))
+    kind: ClassVar[str] = "sampler"
 
-    @classmethod
-    def from_section(cls, spec: dict[str, Any] | None) -> SchedulerSpec:
-        spec = dict(spec or {})
-        kind = str(spec.pop("type", scheduler_names()[0]))
-        return cls(type=kind, options={**get_scheduler(kind).defaults, **spec})
+    def make(self, seed: int):
+        """The Optuna sampler."""
+        return get_algorithm(self.kind, self.type).make(seed, **self.options)
 
-    def to_dict(self) -> dict[str, Any]:
-        """As a space writes it, defaults included (the parent run's ``scheduler`` param)."""
-        return {"type": self.type, **self.options}
+
+@dataclass(frozen=True)
+class SchedulerSpec(_Choice):
+    """``search.scheduler``: ASHA with rungs in epochs by default."""
+
+    kind: ClassVar[str] = "scheduler"
 
     def make(self, max_epochs: int, budget: float | None, where: str):
         """The Ray Tune scheduler (Ray is imported here)."""
-        return get_scheduler(self.type).make(dict(self.options), max_epochs, budget, where)
+        return get_algorithm(self.kind, self.type).make(dict(self.options), max_epochs, budget, where)
 
 
 @dataclass(frozen=True)
