@@ -120,7 +120,15 @@ class TrialTracker:
 class SearchTracker:
     """The driver's side: the experiment, the parent run, and closing trials' runs."""
 
-    def __init__(self, tracking_uri: str | None, search_name: str, experiment: str | None = None):
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        search_name: str,
+        experiment: str | None = None,
+        study: str = "search",
+        resume_hint: str | None = "continue it with nbtl search --resume",
+    ):
+        self.study, self.resume_hint = study, resume_hint  # how an ended parent run's reason names it
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = tracking_client(self.tracking_uri)
         self.search_name = search_name
@@ -226,10 +234,11 @@ class SearchTracker:
         the parent FAILED (its open trials KILLED: they did not fail themselves) otherwise. Never raises:
         ``error`` is what the caller reports."""
         status = status_for(error)
+        hint = f"; {self.resume_hint}" if self.resume_hint else ""
         reason = (
-            "the search was interrupted; continue it with nbtl search --resume"
+            f"the {self.study} was interrupted{hint}"
             if status == INTERRUPTED
-            else f"the search ended: {one_line(error, with_type=True)}"
+            else f"the {self.study} ended: {one_line(error, with_type=True)}"
         )
         try:
             self.close_open_children(INTERRUPTED, reason)

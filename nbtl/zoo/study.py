@@ -12,8 +12,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from nbtl import __version__
-from nbtl.errors import ConfigError, one_line
+from nbtl.errors import ConfigError
 from nbtl.zoo.report import METRICS, paired_comparison, summary_table
 
 MODES = ("frozen", "finetune")
@@ -183,32 +182,6 @@ def _wrap_up(budget: float) -> float:
     return min(30.0, max(5.0, 0.1 * budget))
 
 
-@contextmanager
-def _study_run(tracker, params: dict[str, Any], tags: dict[str, Any]) -> Iterator[str]:
-    """The study's parent run for the block: an error or Ctrl-C ends it (FAILED or KILLED) and every trial run
-    still open (KILLED), as ``mlflow.start_run`` does; the caller ends it FINISHED."""
-    from nbtl.tracking import FAILED, INTERRUPTED, status_for
-
-    run_id = tracker.start(params, tags)
-    try:
-        yield run_id
-    except BaseException as error:
-        status = status_for(error)
-        reason = (
-            "the zoo study was interrupted"
-            if status == INTERRUPTED
-            else f"the zoo study ended: {one_line(error, with_type=True)}"
-        )
-        try:
-            tracker.close_open_children(INTERRUPTED, reason)
-            if status == FAILED:
-                tracker.set_tags({"nbtl.error": one_line(error, with_type=True)})
-            tracker.end(status)
-        except Exception as cleanup:  # noqa: BLE001 -- the store may be what failed; `error` is what we report
-            logger.warning("could not close the MLflow runs of the study: %s", one_line(cleanup, with_type=True))
-        raise
-
-
 def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> ZooResult:
     """Run the study ``options`` describes; see ``nbtl zoo --help``.
 
@@ -230,7 +203,7 @@ def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> Zoo
     with study_ray(options.address, resources) as gcs_address:
         from nbtl.tracking import ROLE_TAG, SearchTracker
 
-        tracker = SearchTracker(tracking_uri, name)
+        tracker = SearchTracker(tracking_uri, name, study="zoo study", resume_hint=None)
         params = {
             "data": ",".join(options.data),
             "datasets": ",".join(names),
@@ -251,7 +224,7 @@ def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> Zoo
             "nbtl.ray_address": cluster_address(options.address) or "embedded",
             "nbtl.ray_gcs_address": gcs_address,
         }
-        with _study_run(tracker, params, tags) as parent_run_id:
+        with tracker.search_run(params, tags) as parent_run_id:
             print_fn(f"MLflow: experiment {name!r} ({tracker.tracking_uri}), parent run {parent_run_id}")
             results, callback = _run_trials(
                 options, names, payload, cells, recipe, tracker, resources, started, print_fn
