@@ -21,6 +21,7 @@ import pandas as pd
 
 from nbtl import __version__
 from nbtl.errors import ConfigError
+from nbtl.search.options import wrap_up_seconds
 from nbtl.zoo.report import METRICS, paired_comparison, summary_table
 
 MODES = ("frozen", "finetune")
@@ -177,11 +178,6 @@ def _recipe(options: ZooOptions) -> dict[str, Any]:
     return recipe
 
 
-def _wrap_up(budget: float) -> float:
-    """Seconds of a time budget kept for after the trials (tables, plots, artifacts): 10 %, 5 to 30 s."""
-    return min(30.0, max(5.0, 0.1 * budget))
-
-
 def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> ZooResult:
     """Run the study ``options`` describes; see ``nbtl zoo --help``.
 
@@ -251,7 +247,9 @@ def _run_trials(options, names, payload, cells, recipe, tracker, resources, star
     )
     remaining = None
     if options.time_budget is not None:
-        remaining = max(1.0, options.time_budget - (time.perf_counter() - started) - _wrap_up(options.time_budget))
+        remaining = max(
+            1.0, options.time_budget - (time.perf_counter() - started) - wrap_up_seconds(options.time_budget)
+        )
     temporary = options.storage_path is None
     storage = Path(options.storage_path or tempfile.mkdtemp(prefix="nbtl_zoo_")).resolve()
     key = str(storage / tracker.parent_run_id)
