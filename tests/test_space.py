@@ -333,7 +333,7 @@ def test_search_settings_take_each_default_from_one_place():
     assert isinstance(scheduler, ASHAScheduler)
     rungs = [milestone for milestone, _ in scheduler._brackets[0]._rungs]  # Ray's own: the first rung is the grace
     assert min(rungs) == get_scheduler("asha").defaults["grace_period"] and max(rungs) == space.max_epochs
-    assert space.settings.prior_enabled and space.settings.prior_trials == defaults.trials
+    assert not space.settings.prior_enabled and space.settings.prior_trials == defaults.trials  # off unless enabled
 
     document["search"] = {
         "trials": 5,
@@ -346,6 +346,6 @@ def test_search_settings_take_each_default_from_one_place():
     settings = parse_space(document).settings
     assert isinstance(optuna_sampler(parse_space(document), 0), optuna.samplers.RandomSampler)
     assert isinstance(tune_scheduler(parse_space(document)), FIFOScheduler)
-    assert not settings.prior_enabled and settings.prior_trials == 30  # off for the random sampler unless asked
+    assert not settings.prior_enabled and settings.prior_trials == 30
     assert settings.reevaluate_top == 3 and settings.time_budget == 120.0
     assert settings.scheduler.to_dict() == {"type": "fifo"} and settings.sampler.to_dict() == {"type": "random"}
