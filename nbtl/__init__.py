@@ -6,13 +6,17 @@ Heavy libraries (torch, Ray, MLflow) are imported by the submodules that need th
 
 __version__ = "0.1.0"
 
-__all__ = ["search"]
+__all__ = ["api", "recommend", "search", "zoo"]
 
 
 def __getattr__(name):
-    # nbtl.search is the search package, which can be called: nbtl.search(space, data, ...) is nbtl.api.search
-    if name == "search":
-        import importlib
+    import importlib
 
-        return importlib.import_module("nbtl.search")
+    # nbtl.search and nbtl.zoo are packages that can be called: nbtl.search(space, data, ...) is nbtl.api.search,
+    # nbtl.zoo(data, backbones, heads) nbtl.api.zoo; nbtl.recommend is nbtl.api.recommend (nbtl.api.train trains a
+    # recommended config: nbtl.train is the module of one trial)
+    if name in ("search", "zoo", "api"):
+        return importlib.import_module(f"nbtl.{name}")
+    if name == "recommend":
+        return importlib.import_module("nbtl.api").recommend
     raise AttributeError(f"module 'nbtl' has no attribute {name!r}")

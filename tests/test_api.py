@@ -53,3 +53,44 @@ def test_nbtl_search_from_python_returns_the_table_best_config_and_model(tmp_pat
     assert parent.info.status == "FINISHED" and parent.data.tags["nbtl.best_run_id"] == result["best_run_id"]
     assert parent.data.params["weights"] == json.dumps({"efficientnet_lite0": str(weights)})
     assert "Trials (best first" not in done.stdout  # the API prints no console table; progress goes to logging
+
+
+SCRIPT_COMMANDS = """
+import json, sys
+import nbtl
+
+uri, folder = sys.argv[1], sys.argv[2]
+found = nbtl.recommend("digits", per_class=12, image_size=32, out=folder + "/recommended.yaml")
+kept = nbtl.api.train(folder + "/recommended.yaml", epochs=1, floor=False, tracking_uri=uri)
+study = nbtl.zoo(
+    "digits", ["efficientnet_lite0"], ["linear"], folds=2, per_class=12, image_size=32, tracking_uri=uri,
+    storage_path=folder + "/zoo", max_concurrent=1,
+)
+print(json.dumps({
+    "configs": len(found.configs), "backbone": found.configs[0]["config"]["backbone"],
+    "task_images": int(found.task.dataset["n_images"]), "ranked_by": found.ranked_by,
+    "kept": kept.run_name, "accuracy": kept.metrics["best_val_accuracy"], "run_id": kept.run.run_id,
+    "zoo_folds": len(study.folds), "zoo_finished": int((study.folds["status"] == "FINISHED").sum()),
+    "zoo_cells": len(study.summary),
+}))
+"""
+
+
+def test_recommend_train_and_zoo_from_python(tmp_path):
+    """``nbtl.recommend``, ``nbtl.api.train`` (``nbtl train``'s function) and ``nbtl.zoo`` from a script, in a fresh
+    interpreter: a recommendation written and trained, and a two-fold zoo study, read back against the store."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT_COMMANDS, uri, str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, **ONE_THREAD, "NBTL_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["configs"] >= 1 and result["backbone"].startswith("efficientnet_lite")
+    assert result["task_images"] < 120 and result["ranked_by"] == "logme_best"  # the training split only
+    assert (tmp_path / "recommended.yaml").exists() and result["kept"] == "recommended"
+    assert 0.0 <= result["accuracy"] <= 1.0
+    run = MlflowClient(tracking_uri=uri).get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["nbtl.chosen"] == "true"
+    assert result["zoo_folds"] == 2 == result["zoo_finished"] and result["zoo_cells"] == 1

@@ -23,7 +23,6 @@ from nbtl.cli.common import (
     check_name,
     check_tracking_uri,
     data_overrides,
-    default_settings,
     load_space,
     log,
     parse_weights,
@@ -145,40 +144,27 @@ def _search_command(args: argparse.Namespace, out: Path) -> str:
 
 
 def recommend(args: argparse.Namespace) -> int:
-    from nbtl.data.settings import DataSettings
-    from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
-    from nbtl.heuristics.recommend import format_recommendation, measure_task
-    from nbtl.heuristics.recommend import recommend as recommend_configs
+    from nbtl.api import recommend as recommend_configs
+    from nbtl.heuristics.recommend import format_recommendation
 
-    overrides = data_overrides(args)
-    space = load_space(args.space)
-    if args.backbones is None:
-        backbones = space.backbones()
-    else:
+    backbones = None
+    if args.backbones is not None:
         backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
         if not backbones or len(set(backbones)) != len(backbones):
             raise ConfigError(f"--backbones must name distinct backbones, got {args.backbones!r}; see nbtl backbones")
-        space = space.with_backbones(backbones)  # the backbones asked for stay, every other setting is clipped
-    settings = DataSettings.from_space(space, overrides)
-    log.debug("data settings: %s", settings)
-    weights = parse_weights(args.weights, backbones)
-    rules = load_rules(args.rules)
-    model = None
-    if not args.no_learned:
-        path = args.recommender or default_recommender_path()
-        if path is not None:
-            model = LearnedRecommender.load(path)
-            model.info["source"] = str(path)
-    task = measure_task(
+    space = load_space(args.space)
+    result = recommend_configs(
         args.data,
-        backbones,
-        settings,
-        fit_curve=rules.fit_curve,
-        peak_tolerance=rules.peak_tolerance,
+        space=space,
+        backbones=backbones,
+        **data_overrides(args),
+        weights=parse_weights(args.weights, backbones or space.backbones()),
+        rules=args.rules,
+        recommender=args.recommender,
+        learned=not args.no_learned,
         use_cache=not args.no_cache,
-        weights=weights,
     )
-    result = recommend_configs(task, rules, model, settings, space=space)
+    task = result.task
     print(
         f"Dataset {task.dataset_name}: {int(task.dataset['n_images'])} training images, "
         f"{int(task.dataset['n_classes'])} classes, {task.dataset['images_per_class']:.0f} per class, "
@@ -186,7 +172,7 @@ def recommend(args: argparse.Namespace) -> int:
     )
     print(
         "Backbones by "
-        + rules.rank_by
+        + result.ranked_by
         + ": "
         + ", ".join(
             f"{r['backbone']} ({_number(r['logme_best'], '.4g')}, probe {_number(r['probe_best'], '.3f')})"
@@ -250,22 +236,21 @@ def _number(value, spec: str) -> str:
 
 
 def train(args: argparse.Namespace) -> int:
-    from nbtl.heuristics.training import train_recommended
+    from nbtl.api import train as train_config
 
     for flag in ("epochs", "config_index"):
         positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     overrides = data_overrides(args)
     check_name(args.name)
-    outcome = train_recommended(
+    outcome = train_config(
         args.config,
-        data=args.data,
-        overrides=overrides,
-        base=default_settings(),
-        tracking_uri=args.tracking_uri,
-        experiment=args.name,
-        epochs=args.epochs,
+        args.data,
         config_index=args.config_index,
+        epochs=args.epochs,
         floor=not args.no_floor,
+        **overrides,
+        tracking_uri=args.tracking_uri,
+        name=args.name,
         say=progress,
     )
     final, run = outcome.metrics, outcome.run

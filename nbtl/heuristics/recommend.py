@@ -154,6 +154,8 @@ class Recommendation:
     recommender: str | None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    ranked_by: str = "logme_best"  # the backbone signal the ranking used (the rules' rank_by)
+    task: TaskFit | None = None  # the measured fit it was made from (not written to the YAML)
 
     def to_yaml(self) -> str:
         header = (
@@ -329,6 +331,8 @@ def recommend(
         recommender=(model.info.get("source") if model is not None else None),
         seconds=task.seconds + time.perf_counter() - started,
         notes=notes,
+        ranked_by=rules.rank_by,
+        task=task,
     )
 
 
