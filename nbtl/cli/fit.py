@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "image_size": settings.image_size,
         "per_class": settings.per_class,
         "classes": settings.classes,
-        "seed": settings.seed,
+        "split_seed": settings.seed,
         **{f"meta.{k}": v for k, v in meta.items()},
     }
     uri, experiment_id, run_id = log_fit(

@@ -43,6 +43,10 @@ SETTING_KEYS = (
     "test_data",
 )
 _UNSET = (None, "", "None")
+#: Names a setting is written under outside Python (MLflow params, YAML), where ``seed`` alone would be ambiguous: the
+#: split's seed is ``split_seed``, a search's sampler seed ``search_seed`` and a trial's training seed ``seed``. The
+#: old name is still read (stores and files written before).
+OUTSIDE_NAMES = {"seed": "split_seed"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,9 @@ class DataSettings:
         :class:`ConfigError` naming ``where``."""
         values = {}
         for key in SETTING_KEYS:
-            value = params.get(key)
+            value = params.get(OUTSIDE_NAMES.get(key, key))
+            if value is None or (not isinstance(value, (dict, list)) and value in _UNSET):
+                value = params.get(key)  # the name written before (a trial config's own seed never comes here)
             if key == "augmentation" and isinstance(value, str) and value not in _UNSET:
                 try:
                     value = json.loads(value)
@@ -129,8 +135,9 @@ class DataSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, as written into a recommendation YAML (no augmentation as ``{}``, so that it reads
-        back as none, not as unset)."""
-        return {**{k: getattr(self, k) for k in SETTING_KEYS}, "augmentation": dict(self.augmentation or {})}
+        back as none, not as unset; the split's seed as ``split_seed``)."""
+        values = {OUTSIDE_NAMES.get(k, k): getattr(self, k) for k in SETTING_KEYS}
+        return {**values, "augmentation": dict(self.augmentation or {})}
 
     def to_params(self) -> dict[str, Any]:
         """MLflow params (the augmentation as JSON), as logged on a search's parent run."""

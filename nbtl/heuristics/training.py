@@ -83,13 +83,8 @@ def train_recommended(
         f"data {dataset.name}: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}, "
         f"{settings.image_size}px, augmentation {settings.augmentation or 'none'}"
     )
-    # the split's seed is logged as split_seed: a config's own `seed` seeds its training
-    base_params = {
-        "data": data,
-        **{k: v for k, v in settings.to_params().items() if k != "seed"},
-        "split_seed": settings.seed,
-        "config_file": config_file,
-    }
+    # the split's seed is logged as split_seed (DataSettings.to_params): a config's own `seed` seeds its training
+    base_params = {"data": data, **settings.to_params(), "config_file": config_file}
     experiment = experiment or f"train-{name_slug(dataset.name)}"
     stem = Path(config_file).stem
     candidates = [(stem, trial_config)]

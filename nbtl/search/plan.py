@@ -205,7 +205,8 @@ def run_params(plan: Plan, space: SearchSpace, options: SearchOptions, prepared:
     return {
         "space": space.path,
         "data": options.data,
-        **prepared.data_settings.to_params(),
+        **prepared.data_settings.to_params(),  # the split's seed as split_seed
+        "search_seed": plan.seed,  # the sampler's; each trial trains with its own seed
         "trials": plan.trials if plan.trials > 0 else "until the time budget",
         "max_concurrent": plan.max_concurrent,
         "cpu_per_trial": prepared.resources["cpu"],

@@ -119,7 +119,9 @@ def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
                 or "best_val_accuracy" not in run.data.metrics
             ):
                 continue
-            settings = {k: parent.data.params.get(k) for k in ("data", *SETTING_KEYS)}
+            params = parent.data.params
+            settings = {k: params.get(k) for k in ("data", *SETTING_KEYS)}
+            settings["seed"] = params.get("split_seed", params.get("seed"))  # older stores: seed
             ended = parent.info.end_time
             settings["search_seconds"] = (ended - parent.info.start_time) / 1000 if ended else None
             rows.append(
