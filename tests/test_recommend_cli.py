@@ -47,7 +47,7 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
         "image_size": 32,
         "per_class": 15,
         "classes": None,
-        "seed": 0,
+        "split_seed": 0,  # the split's seed, named as in MLflow
         "val_fraction": 0.15,
         "test_fraction": 0.15,
         "augmentation": {"crop_padding": 4},

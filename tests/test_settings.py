@@ -202,3 +202,13 @@ def test_heuristics_learn_measures_on_the_settings_of_the_runs():
         )
     ]
     assert rows[0]["split_seed"] == 2 and rows[0]["val_fraction"] == 0.25 and "split=0.25/0.25" in rows[0]["task"]
+
+
+def test_the_split_seed_is_written_as_split_seed_and_read_under_either_name():
+    settings = DataSettings(image_size=16, seed=7)
+    params = {k: str(v) for k, v in settings.to_params().items()}
+    assert params["split_seed"] == "7" and "seed" not in params  # a trial's own seed is the only `seed` param
+    assert DataSettings.from_params(params) == settings
+    older = {**{k: v for k, v in params.items() if k != "split_seed"}, "seed": "7"}  # a store written before
+    assert DataSettings.from_params(older) == settings
+    assert DataSettings.from_params({**params, "seed": "99"}).seed == 7  # split_seed wins over a trial's seed
