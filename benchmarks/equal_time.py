@@ -244,7 +244,8 @@ def method_space(method: str, document: dict) -> dict:
     search, parameters = document.setdefault("search", {}), document.setdefault("parameters", {})
     if method == "random":
         search.pop("points_to_evaluate", None)
-        search.update({"sampler": {"type": "random"}, "start_points": [], "prior": {"enabled": False}})
+        prior = {**(search.get("prior") or {}), "enabled": False}
+        search.update({"sampler": {"type": "random"}, "start_points": [], "prior": prior})
     elif method == "no-start":
         search.pop("points_to_evaluate", None)
         search["start_points"] = []

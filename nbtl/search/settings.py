@@ -147,8 +147,8 @@ class SchedulerSpec(_Choice):
 class PriorSpec:
     """``search.prior``: the learned prior over the sampler's candidates (:mod:`nbtl.search.prior`)."""
 
-    # Off by default: at 2-minute budgets it cost 3.2 test-accuracy points [0.9, 5.7] on the tuning tasks (9 paired
-    # searches; benchmarks/results/ablations_tuning_2m.jsonl) and as much on the reporting tasks.
+    # Off by default: at 2-minute budgets it cost 2.2 test-accuracy points [0.5, 4.0] on the tuning tasks (15 paired
+    # searches; benchmarks/results/ablations_tuning_2m.jsonl) and 3.2 [0.6, 6.1] on the reporting tasks.
     enabled: bool = False
     n_candidates: int = 32
     trials: int | None = None  # trials over which it fades; None: the search's trials
