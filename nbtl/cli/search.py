@@ -86,8 +86,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--no-recommend",
         action="store_true",
-        help="do not measure the data's fit to start from nbtl recommend's configs (and the learned prior "
-        "that reads it); the probe and the conventional recipe still run first",
+        help="do not measure the data's fit to start from nbtl recommend's configs (nor the learned prior, when the "
+        "space enables it, that reads it); the probe and the conventional recipe still run first",
     )
     p.add_argument(
         "--warm-start",
