@@ -16,9 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from nbtl.data.settings import DataSettings
+from nbtl.data.settings import DataSettings, checked_overrides
 from nbtl.errors import ConfigError
 from nbtl.heuristics.recommend import Recommendation
 from nbtl.heuristics.training import TrainOutcome, train_recommended
@@ -32,13 +31,6 @@ logger = logging.getLogger("nbtl.api")
 
 #: The space whose data settings and backbones the commands start from unless told otherwise.
 DEFAULT_SPACE = "default"
-
-
-def _data_overrides(**values: Any) -> dict[str, Any]:
-    """Data settings given as keyword arguments, checked as the command line's flags are (None: not given)."""
-    from nbtl.data.settings import check_setting
-
-    return {key: None if value is None else check_setting(key, value, key) for key, value in values.items()}
 
 
 def _space(space: str | SearchSpace) -> SearchSpace:
@@ -84,7 +76,7 @@ def recommend(
         if not backbones or len(set(backbones)) != len(backbones):
             raise ConfigError(f"backbones must name distinct backbones, got {backbones!r}; see nbtl backbones")
         space = space.with_backbones(backbones)  # the backbones asked for stay, every other setting is clipped
-    overrides = _data_overrides(
+    overrides = checked_overrides(
         image_size=image_size,
         per_class=per_class,
         classes=classes,
@@ -142,7 +134,7 @@ def train(
     ``data`` (default: the dataset the file names), with the linear probe as its floor unless ``floor=False``, as
     MLflow runs in experiment ``name`` (default ``train-<dataset>``); the better of the two is tagged
     ``nbtl.chosen=true`` and returned. Progress lines go to ``say`` (default: the ``nbtl.api`` logger)."""
-    overrides = _data_overrides(
+    overrides = checked_overrides(
         image_size=image_size,
         per_class=per_class,
         classes=classes,

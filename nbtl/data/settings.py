@@ -20,7 +20,16 @@ from typing import Any
 from nbtl.data.splits import MIN_IMAGES_PER_CLASS
 from nbtl.errors import ConfigError
 
-__all__ = ["AUTO", "MAX_SEED", "MIN_IMAGE_SIZE", "NATIVE", "SETTING_KEYS", "DataSettings", "check_setting"]
+__all__ = [
+    "AUTO",
+    "MAX_SEED",
+    "MIN_IMAGE_SIZE",
+    "NATIVE",
+    "SETTING_KEYS",
+    "DataSettings",
+    "check_setting",
+    "checked_overrides",
+]
 
 #: ``image_size: native``: each backbone at the resolution its weights were trained at.
 NATIVE = "native"
@@ -177,6 +186,12 @@ class DataSettings:
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_params(), sort_keys=True, default=str))
+
+
+def checked_overrides(**values: Any) -> dict[str, Any]:
+    """Data settings given as keyword arguments (the Python API's), each checked as its command-line flag is and
+    named in the message; a value of None is not given."""
+    return {key: None if value is None else check_setting(key, value, key) for key, value in values.items()}
 
 
 def _integer(value: Any) -> int | None:

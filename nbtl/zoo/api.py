@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from nbtl.data.settings import DataSettings, check_setting
+from nbtl.data.settings import DataSettings, checked_overrides
 from nbtl.search.space import SearchSpace, load_space
 from nbtl.search.units import parse_duration
 from nbtl.zoo.study import ZooOptions, ZooResult, run_zoo
@@ -45,8 +45,7 @@ def zoo(
     cross-validation, frozen (a new head on the last block's features) or fine-tuned (``mode="finetune"``, with
     ``recipe``'s settings over the conventional recipe), on Ray Tune and tracked in MLflow; returns a
     :class:`~nbtl.zoo.study.ZooResult` (``.folds``, ``.summary``, ``.comparison``)."""
-    given = {"image_size": image_size, "per_class": per_class, "classes": classes, "seed": seed}
-    overrides = {key: None if value is None else check_setting(key, value, key) for key, value in given.items()}
+    overrides = checked_overrides(image_size=image_size, per_class=per_class, classes=classes, seed=seed)
     options = ZooOptions(
         data=[data] if isinstance(data, str) else list(data),
         backbones=list(backbones),
