@@ -22,7 +22,7 @@ from nbtl.errors import ConfigError
 from nbtl.heuristics.recommend import Recommendation
 from nbtl.heuristics.training import TrainOutcome, train_recommended
 from nbtl.search.api import search
-from nbtl.search.space import SearchSpace, load_space
+from nbtl.search.space import SearchSpace, as_space, load_space
 from nbtl.zoo.api import zoo
 
 __all__ = ["recommend", "search", "train", "zoo"]
@@ -31,10 +31,6 @@ logger = logging.getLogger("nbtl.api")
 
 #: The space whose data settings and backbones the commands start from unless told otherwise.
 DEFAULT_SPACE = "default"
-
-
-def _space(space: str | SearchSpace) -> SearchSpace:
-    return space if isinstance(space, SearchSpace) else load_space(space)
 
 
 def recommend(
@@ -68,7 +64,7 @@ def recommend(
     from nbtl.heuristics.recommend import measure_task
     from nbtl.heuristics.recommend import recommend as recommend_configs
 
-    space = _space(space)
+    space = as_space(space)
     if backbones is None:
         backbones = space.backbones()
     else:

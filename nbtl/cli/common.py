@@ -162,13 +162,6 @@ def load_space(spec: str):
     return load(spec)
 
 
-def default_settings():
-    """The data settings of :data:`DEFAULT_SPACE`, the space ``nbtl search`` users start from."""
-    from nbtl.data.settings import DataSettings
-
-    return DataSettings.from_space(load_space(DEFAULT_SPACE))
-
-
 def check_tracking_uri(uri: str | None) -> str:
     """The resolved tracking URI; fails in one line, within seconds and before anything starts, when the
     store cannot be used (:func:`nbtl.tracking.check_tracking_uri`)."""

@@ -80,10 +80,10 @@ def search(
     """
     from nbtl.backbones import parse_weights
     from nbtl.search.runner import SearchOptions, run_search
-    from nbtl.search.space import SearchSpace, load_space
+    from nbtl.search.space import as_space
     from nbtl.search.units import parse_duration, parse_size
 
-    loaded = space if isinstance(space, SearchSpace) else load_space(str(space))
+    loaded = as_space(space)
     options = SearchOptions(
         data=str(data),
         name=name,

@@ -251,6 +251,12 @@ class _SeededSample:
         return {**self.space.sample(trial), "seed": trial_seed(self.seed, trial.number)}
 
 
+def as_space(space: str | Path | SearchSpace) -> SearchSpace:
+    """``space`` itself when it is a :class:`SearchSpace`, else the space :func:`load_space` reads from it (the
+    Python API takes either)."""
+    return space if isinstance(space, SearchSpace) else load_space(str(space))
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search space YAML file (``yaml.safe_load``).
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nbtl.data.settings import DataSettings, checked_overrides
-from nbtl.search.space import SearchSpace, load_space
+from nbtl.search.space import SearchSpace, as_space
 from nbtl.search.units import parse_duration
 from nbtl.zoo.study import ZooOptions, ZooResult, run_zoo
 
@@ -50,7 +50,7 @@ def zoo(
         data=[data] if isinstance(data, str) else list(data),
         backbones=list(backbones),
         heads=list(heads),
-        settings=DataSettings.from_space(space if isinstance(space, SearchSpace) else load_space(space), overrides),
+        settings=DataSettings.from_space(as_space(space), overrides),
         mode=mode,
         folds=folds,
         seeds=seeds,
