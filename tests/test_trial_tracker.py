@@ -59,3 +59,46 @@ def test_experiments_open_on_the_training_runs_page(tmp_path):
     ensure_experiment(client, "mine")
     kinds = {e: client.get_experiment(e).tags.get("mlflow.experimentKind") for e in (new, old, own)}
     assert kinds == {new: "custom_model_development", old: "custom_model_development", own: "genai_development"}
+
+
+def test_trials_the_callback_never_closed_are_ended_and_labelled_at_the_searchs_end(tmp_path):
+    """As the time budget runs out Ray stops trials without telling the callback: one still training (its run
+    RUNNING) and one whose worker had just ended its run FINISHED (all epochs, or patience) both get their
+    ``nbtl.source`` and stop reason; a run the callback labelled keeps its labels."""
+    from nbtl.search.callbacks import SearchCallback
+    from nbtl.search.finish import label_unlabelled_trials
+    from nbtl.tracking import SOURCE_TAG, STOP_REASON_TAG, SearchTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SearchTracker(uri, "cut-off")
+    parent = tracker.start({}, {})
+    callback = SearchCallback(key="cut-off", total_trials=0, max_epochs=3)
+    callback.sources = {"t1": "probe", "t2": "sampler", "t3": "conventional", "t4": "sampler"}
+
+    def trial(trial_id: str, metrics: dict[str, float], status: str | None) -> str:
+        run = TrialTracker(uri, tracker.experiment_id, parent, trial_id, trial_id, {})
+        run.log_epoch({"epoch": 1, **metrics}, step=1)
+        if status:
+            run.end(status)
+        return run.run_id
+
+    running = trial("t1", {}, None)
+    finished = trial("t2", {}, "FINISHED")
+    patience = trial("t3", {"early_stopped": 1.0}, "FINISHED")
+    labelled = trial("t4", {}, "FINISHED")
+    tracker.close_trial("t4", "t4", {}, "FINISHED", tags={SOURCE_TAG: "sampler", STOP_REASON_TAG: "asha"})
+
+    assert label_unlabelled_trials(tracker, callback) == 3
+    client = MlflowClient(tracking_uri=uri)
+    runs = {run_id: client.get_run(run_id) for run_id in (running, finished, patience, labelled)}
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    labels = {run_id: (r.data.tags[SOURCE_TAG], r.data.tags[STOP_REASON_TAG]) for run_id, r in runs.items()}
+    assert labels == {
+        running: ("probe", "time_budget"),
+        finished: ("sampler", "finished"),
+        patience: ("conventional", "patience"),
+        labelled: ("sampler", "asha"),
+    }
+    assert runs[running].data.tags["nbtl.stopped_early"] == "true"
+    assert callback.stop_reasons == {"t1": "time_budget", "t2": "finished", "t3": "patience"}
+    assert label_unlabelled_trials(tracker, callback) == 0  # once is enough

@@ -156,6 +156,31 @@ def search_summary(name: str, table: pd.DataFrame, model=None) -> str:
     return "\n".join(lines)
 
 
+def label_unlabelled_trials(tracker, callback=None) -> int:
+    """End and label the trial runs the callback never closed; how many. Trials the time budget cut off: Ray
+    stopped them without telling the callback, and their workers leave the run to the driver
+    (nbtl.search.trainable): FINISHED, stop reason ``time_budget``. A trial that ended on its own as the budget
+    ran out (its worker ended the run FINISHED) may not have reached the callback either: stop reason
+    ``finished`` or ``patience``. Both get their ``nbtl.source`` from the callback. An interrupted search never
+    gets here."""
+    count = 0
+    for run in tracker.child_runs():
+        trial_id = run.data.tags.get("nbtl.trial_id", "")
+        if run.info.status == "RUNNING":
+            reason, tags = "time_budget", {"nbtl.stopped_early": "true"}
+        elif SOURCE_TAG not in run.data.tags and run.info.status == "FINISHED":
+            reason, tags = ("patience" if run.data.metrics.get("early_stopped") else "finished"), {}
+        else:
+            continue
+        labels = {STOP_REASON_TAG: reason}
+        if callback is not None:
+            callback.stop_reasons[trial_id] = reason
+            labels[SOURCE_TAG] = callback.sources.get(trial_id, "sampler")
+        tracker.close_trial(trial_id, run.info.run_name, {}, "FINISHED", tags={**tags, **labels})
+        count += 1
+    return count
+
+
 def finish_search(
     tracker,
     results,
@@ -183,18 +208,7 @@ def finish_search(
     )
     if reevaluation is not None and not table.empty:
         table = reevaluation(table, configs)
-    # Trials the time budget cut off: Ray stopped them without telling the callback, and their workers leave
-    # the run to the driver (nbtl.search.trainable). An interrupted search never gets here.
-    for run in tracker.child_runs():
-        if run.info.status == "RUNNING":
-            trial_id = run.data.tags.get("nbtl.trial_id", "")
-            labels = {STOP_REASON_TAG: "time_budget"}
-            if callback is not None:
-                callback.stop_reasons[trial_id] = "time_budget"
-                labels[SOURCE_TAG] = callback.sources.get(trial_id, "sampler")
-            tracker.close_trial(
-                trial_id, run.info.run_name, {}, "FINISHED", tags={"nbtl.stopped_early": "true", **labels}
-            )
+    label_unlabelled_trials(tracker, callback)
     if not table.empty:  # where each trial came from and why it ended, as its run's tags say
         sources = callback.sources if callback is not None else {}
         reasons = callback.stop_reasons if callback is not None else {}
