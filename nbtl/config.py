@@ -18,6 +18,7 @@ import yaml
 
 from nbtl.errors import ConfigError
 from nbtl.heads import head_names, heads_with_width
+from nbtl.regularizers import knob, knobs
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "constant", "step")
@@ -152,9 +153,24 @@ class TrialConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def keys(cls) -> tuple[str, ...]:
-        """The config keys a user may set."""
+    def fields(cls) -> tuple[str, ...]:
+        """The config's own keys (its dataclass fields)."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The config keys a user may set: its own, then the knobs of the regularisers registered since
+        (:mod:`nbtl.regularizers`), which live in :attr:`extra`."""
+        own = cls.fields()
+        return own + tuple(name for name in knobs() if name not in own)
+
+    def __getattr__(self, name: str) -> Any:
+        """A registered regulariser's knob that is not a field reads from :attr:`extra` (else its default)."""
+        if name != "extra" and not name.startswith("__"):
+            found = knob(name)
+            if found is not None:
+                return self.__dict__.get("extra", {}).get(name, found.default)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "trial config") -> TrialConfig:
@@ -164,13 +180,18 @@ class TrialConfig:
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(sorted(known))}")
         values = dict(values)
+        own = set(cls.fields())
+        extra = {k: knob(k).parse(values.pop(k)) for k in list(values) if k not in own}  # registered knobs
+        for key in own & set(knobs()):  # read back from MLflow params or a CSV: "0.01", "None"
+            if key in values:
+                values[key] = knob(key).parse(values[key])
         steps = values.get("lr_step_epochs")
         if isinstance(steps, str):  # read back from MLflow params or a CSV: "3" or "[3, 6]"
             try:
                 values["lr_step_epochs"] = json.loads(steps)
             except json.JSONDecodeError:
                 pass  # validate() names it
-        config = cls(**values)
+        config = cls(**values, extra=extra)
         config.validate(where)
         return config
 
@@ -222,14 +243,11 @@ class TrialConfig:
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in self.block_lrs
             ):
                 fail("block_lrs", "a list of learning rates >= 0, one per block")
-        for key in ("l2sp_alpha", "l2_beta"):
-            number(key)
-        if self.l2_head is not None:
-            number("l2_head")
-        if self.l2sp_blocks is not None:
-            integer("l2sp_blocks", 0)
-        number("head_dropout", high=0.95)
-        number("label_smoothing", high=0.5)
+        unknown = sorted(k for k in self.extra if knob(k) is None)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(sorted(self.keys()))}")
+        for item in knobs().values():  # every registered regulariser's knobs (nbtl.regularizers), own or extra
+            item.check(getattr(self, item.name), where)
         if self.head not in head_names():
             fail("head", f"one of {', '.join(head_names())}")
         integer("head_width", 2)

@@ -137,8 +137,9 @@ def test_l2sp_applies_below_l2sp_blocks_and_plain_l2_above(weights, l2sp_blocks)
                 torch.testing.assert_close(p.grad, gamma * w)
                 counts["new"] += 1
     # w⁰ is stored only for the weights pulled towards it.
-    assert len(regularizer.transferred) == len(regularizer.references()) == counts["anchored"]
-    assert len(regularizer.unanchored) == counts["unanchored"]
+    l2sp = regularizer["l2sp"]
+    assert len(l2sp.transferred) == len(l2sp.references()) == counts["anchored"]
+    assert len(l2sp.unanchored) == counts["unanchored"]
     assert counts["new"] > 0 and (counts["anchored"] > 0) == (anchored_end > 2)
     assert (counts["unanchored"] > 0) == (anchored_end < 6)
 

@@ -146,7 +146,7 @@ def test_pretrained_false_reinitialises_every_block(lite0_weights):
     setup = build_transfer(TrialConfig(backbone=LITE0, pretrained=False, transfer_blocks=5), NUM_CLASSES)
     assert setup.transfer_blocks == 0 and setup.reinitialized_blocks == list(range(9))
     _assert_blocks_transferred(setup.model, lite0_weights, 0)
-    assert setup.regularizer.transferred == []
+    assert setup.regularizer["l2sp"].transferred == []
     with pytest.raises(ConfigError, match="freeze_blocks=1 exceeds transfer_blocks=0"):
         build_transfer(TrialConfig(backbone=LITE0, pretrained=False, freeze_blocks=1), NUM_CLASSES)
 
@@ -327,7 +327,7 @@ def test_regulariser_gradient_is_l2sp_plus_l2(lite0_weights, l2_head):
 def test_regulariser_is_zero_without_strengths(lite0_weights):
     setup = build_transfer(TrialConfig(backbone=LITE0, transfer_blocks=5), NUM_CLASSES, state_dict=lite0_weights)
     assert setup.regularizer().item() == 0.0
-    assert len(setup.regularizer.transferred) > 0 and len(setup.regularizer.new) > 0
+    assert len(setup.regularizer["l2sp"].transferred) > 0 and len(setup.regularizer["l2sp"].new) > 0
 
 
 # --- per-block learning rates ---------------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 
 from nbtl.fit.registry import feature_measures, source_measures
 from nbtl.heuristics.signals import HeuristicsError
+from nbtl.regularizers import Knob, knob, learned_knobs
 
 __all__ = [
     "FORMAT",
@@ -44,7 +45,7 @@ PORTFOLIO_PER_TASK = 3
 
 #: Inputs that describe the dataset.
 DATASET_INPUTS = ("log_images_per_class", "log_n_classes", "grayscale", "log_original_side", "log_image_size")
-#: Inputs that describe the config.
+#: Inputs that describe the config, besides the regularisers' (:func:`config_inputs`).
 CONFIG_INPUTS = (
     "transfer_fraction",
     "transfer_past_peak",
@@ -52,13 +53,15 @@ CONFIG_INPUTS = (
     "log_lr",
     "lr_decay",
     "log_head_lr",
-    "log_l2sp_alpha",
-    "log_l2_beta",
-    "log_l2_head",
     "head_mlp",
     "head_spinal",
-    "head_dropout",
 )
+
+
+def config_inputs() -> tuple[str, ...]:
+    """The inputs that describe a config: :data:`CONFIG_INPUTS` and every registered regulariser knob's
+    ``learned_input`` (:func:`nbtl.regularizers.learned_knobs`)."""
+    return (*CONFIG_INPUTS, *(k.learned_input for k in learned_knobs()))
 
 
 def default_inputs() -> tuple[str, ...]:
@@ -67,13 +70,13 @@ def default_inputs() -> tuple[str, ...]:
     curve peaks) and the config's. A fitted recommender keeps the list it was fitted on (its file names it)."""
     learned = [entry.learned_input for entry in feature_measures() if entry.learned]
     source = [entry.learned_input for entry in source_measures() if entry.learned]
-    return (*DATASET_INPUTS, *learned, "fit_peak_fraction", *source, *CONFIG_INPUTS)
+    return (*DATASET_INPUTS, *learned, "fit_peak_fraction", *source, *config_inputs())
 
 
 def encodable_inputs() -> tuple[str, ...]:
     """Every input :func:`encode` can compute: those of :func:`default_inputs` and every registered fit measure's."""
     measured = [entry.learned_input for entry in (*feature_measures(), *source_measures())]
-    return (*DATASET_INPUTS, *measured, "fit_peak_fraction", *CONFIG_INPUTS)
+    return (*DATASET_INPUTS, *measured, "fit_peak_fraction", *config_inputs())
 
 
 def default_recommender_path() -> Path | None:
@@ -99,12 +102,16 @@ def encode(row: dict[str, Any], inputs: tuple[str, ...] | list[str] | None = Non
     blocks = _number(row, "num_blocks")
     source = {entry.learned_input for entry in source_measures()}
 
+    regularised = {k.learned_input: k for k in learned_knobs()}
+
     def value(name: str) -> float:
         if name in source:
             number = _number(row, name, 0.0)
             return number if math.isfinite(number) else 0.0
         if name in _DATASET_OR_CONFIG:
             return _DATASET_OR_CONFIG[name](row, blocks)
+        if name in regularised:
+            return regularised[name].encode(_knob_value(row, regularised[name]))
         return _number(row, name)
 
     return np.array([value(name) for name in inputs], dtype=float)
@@ -120,9 +127,13 @@ def _head_lr(row: dict[str, Any]) -> float:
     return _number(row, "lr") if head_lr in (None, "", "None") else float(head_lr)
 
 
-def _l2_head(row: dict[str, Any]) -> float:
-    l2_head = row.get("l2_head")
-    return _number(row, "l2_beta", 0.0) if l2_head in (None, "", "None") else float(l2_head)
+def _knob_value(row: dict[str, Any], item: Knob) -> float:
+    """A regulariser knob's value in ``row``: a missing one is its default, a None its ``fallback`` knob's."""
+    value = row.get(item.name)
+    if value in (None, "", "None"):
+        fallback = knob(item.fallback) if item.fallback else None
+        return _knob_value(row, fallback) if fallback is not None else float(item.default or 0.0)
+    return float(value)
 
 
 #: How each dataset or config input is computed from a row and the backbone's block count.
@@ -138,12 +149,8 @@ _DATASET_OR_CONFIG: dict[str, Any] = {
     "log_lr": lambda row, blocks: math.log10(_number(row, "lr")),
     "lr_decay": lambda row, blocks: _number(row, "lr_decay", 1.0),
     "log_head_lr": lambda row, blocks: math.log10(_head_lr(row)),
-    "log_l2sp_alpha": lambda row, blocks: math.log10(_number(row, "l2sp_alpha", 0.0) + 1e-4),
-    "log_l2_beta": lambda row, blocks: math.log10(_number(row, "l2_beta", 0.0) + 1e-6),
-    "log_l2_head": lambda row, blocks: math.log10(_l2_head(row) + 1e-5),
     "head_mlp": lambda row, blocks: float(str(row.get("head", "linear")) == "mlp"),
     "head_spinal": lambda row, blocks: float(str(row.get("head", "linear")) == "spinal"),
-    "head_dropout": lambda row, blocks: _number(row, "head_dropout", 0.0),
 }
 
 
@@ -285,7 +292,8 @@ def fit_recommender(rows: list[dict[str, Any]], alphas=None, groups: list[str] |
     # fit each task's level exactly and extrapolate wildly to a new one): "additive" (task inputs linear;
     # config terms, their squares and products) and "interactions" (plus config x task products, which say
     # which settings suit which data but need many tasks to be estimated). Leave-one-task-out picks.
-    task_inputs = np.array([name not in CONFIG_INPUTS for name in names])
+    described = set(config_inputs())
+    task_inputs = np.array([name not in described for name in names])
     on_task, on_config = poly.powers_[:, task_inputs].sum(axis=1), poly.powers_[:, ~task_inputs].sum(axis=1)
     structures = {
         "additive": poly.powers_[(on_task == 0) | ((on_task == 1) & (on_config == 0))],

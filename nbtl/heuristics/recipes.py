@@ -9,6 +9,7 @@ from typing import Any
 
 from nbtl.backbones import get_spec
 from nbtl.heuristics.rules import load_rules
+from nbtl.regularizers import off_values
 
 __all__ = ["PROBE_HEAD_LR", "conventional_config", "probe_config"]
 
@@ -18,7 +19,8 @@ PROBE_HEAD_LR = 0.1
 
 
 def probe_config(backbone: str) -> dict[str, Any]:
-    """The linear probe: every block transferred and frozen, a linear head."""
+    """The linear probe: every block transferred and frozen, a linear head, every registered regulariser off
+    (:func:`nbtl.regularizers.off_values`: its head's L2 strength is chosen by cross-validation, nbtl.fit.probe)."""
     blocks = get_spec(backbone).num_blocks
     return {
         "backbone": backbone,
@@ -26,14 +28,11 @@ def probe_config(backbone: str) -> dict[str, Any]:
         "transfer_blocks": blocks,
         "freeze_blocks": blocks,
         "head": "linear",
-        "head_dropout": 0.0,
         "head_lr": PROBE_HEAD_LR,
         "lr": PROBE_HEAD_LR,
         "lr_decay": 1.0,
-        "l2sp_alpha": 0.0,
-        "l2_beta": 0.0,
-        "l2_head": 1.0e-4,
         "head_warmup_epochs": 0,
+        **off_values(),
     }
 
 

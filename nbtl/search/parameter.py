@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbtl.config import TrialConfig
+from nbtl.regularizers import knob
 
 #: The parameters that count blocks of a backbone (bounds may be ``'all'``, ``'all-N'`` or an earlier one's name).
 BLOCK_KEYS = ("transfer_blocks", "freeze_blocks", "l2sp_blocks")
@@ -34,8 +35,11 @@ def valid_all_minus(bound: str) -> bool:
 
 
 def field_kind(key: str) -> str:
-    """'int', 'float', 'bool', 'str' or 'list' for a TrialConfig key."""
-    hint = typing.get_type_hints(TrialConfig)[key]
+    """'int', 'float', 'bool', 'str' or 'list' for a TrialConfig key (a registered regulariser's knob: its kind)."""
+    hints = typing.get_type_hints(TrialConfig)
+    if key not in hints and (found := knob(key)) is not None:
+        return found.kind
+    hint = hints[key]
     for kind, typ in (("bool", bool), ("int", int), ("float", float), ("str", str)):
         if hint is typ or typ in typing.get_args(hint):
             return kind

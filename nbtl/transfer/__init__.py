@@ -11,15 +11,18 @@ from nbtl.transfer.model import (
     reinitialize_blocks,
     resolve_blocks,
 )
-from nbtl.transfer.regularizer import L2SPRegularizer, regularised_weights
+from nbtl.transfer.regularizer import L2SPRegularizer, Penalties, build_penalties, l2sp_penalty, regularised_weights
 
 __all__ = [
     "L2SPRegularizer",
+    "Penalties",
     "SpinalHead",
     "TransferModel",
     "TransferSetup",
     "block_learning_rates",
+    "build_penalties",
     "build_transfer",
+    "l2sp_penalty",
     "make_head",
     "regularised_weights",
     "reinitialize",

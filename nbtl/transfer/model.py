@@ -11,8 +11,9 @@ from torch import nn
 from nbtl.backbones import Backbone, create_backbone, get_spec
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
+from nbtl.regularizers import PenaltyWeights
 from nbtl.transfer.heads import make_head
-from nbtl.transfer.regularizer import L2SPRegularizer, regularised_weights
+from nbtl.transfer.regularizer import Penalties, build_penalties, regularised_weights
 
 
 class TransferModel(nn.Module):
@@ -81,7 +82,7 @@ class TransferSetup:
 
     model: TransferModel
     optimizer: torch.optim.Optimizer
-    regularizer: L2SPRegularizer
+    regularizer: Penalties
     transfer_blocks: int
     reinitialized_blocks: list[int]
     frozen_blocks: list[int]
@@ -191,7 +192,8 @@ def build_transfer(
     search ships once to all trials; else the backbone's default source), blocks from
     ``transfer_blocks`` on are re-initialised, and blocks ``[0, freeze_blocks)`` do not train.
     The optimizer has one parameter group per trainable block (named ``block{i}``) plus ``head``,
-    and no weight decay: regularisation is :class:`L2SPRegularizer` alone, with L2-SP on the
+    and no weight decay: regularisation is the registered penalties alone (:mod:`nbtl.regularizers`), among them
+    :class:`L2SPRegularizer`, with L2-SP on the
     transferred blocks below ``l2sp_blocks`` (all of them when unset) and plain L2 on the rest.
     """
     transfer, freeze = resolve_blocks(config)
@@ -233,8 +235,8 @@ def build_transfer(
     anchored_end = transfer if config.l2sp_blocks is None else max(freeze, min(config.l2sp_blocks, transfer))
     transferred = [p for i in range(freeze, anchored_end) for p in regularised_weights(backbone.blocks[i])]
     unanchored = [p for i in range(anchored_end, transfer) for p in regularised_weights(backbone.blocks[i])]
-    new = [p for i in reinitialized for p in regularised_weights(backbone.blocks[i])] + regularised_weights(head)
-    regularizer = L2SPRegularizer(
-        transferred, new, config.l2sp_alpha, config.l2_beta, config.effective_l2_head(), unanchored=unanchored
-    )
+    head_weights = regularised_weights(head)
+    new = [p for i in reinitialized for p in regularised_weights(backbone.blocks[i])] + head_weights
+    weights = PenaltyWeights(anchored=transferred, unanchored=unanchored, new=new, head=head_weights)
+    regularizer = build_penalties(weights, config)  # every registered regulariser's term (nbtl.regularizers)
     return TransferSetup(model, optimizer, regularizer, transfer, reinitialized, frozen)

@@ -15,9 +15,12 @@ Weights that do not currently require a gradient (blocks frozen for a head warm-
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
+
+from nbtl.regularizers import PenaltyWeights, get_regularizer, regularizer_names
 
 
 def regularised_weights(module: nn.Module) -> list[nn.Parameter]:
@@ -76,3 +79,47 @@ class L2SPRegularizer(nn.Module):
         if self.l2_head and new:
             total = total + 0.5 * self.l2_head * sum(p.float().pow(2).sum() for p in new)
         return total
+
+
+def l2sp_penalty(weights: PenaltyWeights, config: Any) -> L2SPRegularizer:
+    """The ``l2sp`` regulariser's term (:mod:`nbtl.regularizers`): L2-SP + L2 on ``config``'s coefficients."""
+    return L2SPRegularizer(
+        weights.anchored,
+        weights.new,
+        config.l2sp_alpha,
+        config.l2_beta,
+        config.effective_l2_head(),
+        unanchored=weights.unanchored,
+    )
+
+
+class Penalties(nn.Module):
+    """Every registered regulariser's term for one trial (:func:`build_penalties`), by name; called with no
+    arguments it returns their sum (a float32 scalar), which the trial adds to its loss."""
+
+    def __init__(self, terms: dict[str, nn.Module]):
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.terms[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.terms
+
+    def forward(self) -> torch.Tensor:
+        total = None
+        for term in self.terms.values():
+            value = term().float()
+            total = value if total is None else total + value.to(total.device)
+        return torch.zeros(()) if total is None else total
+
+
+def build_penalties(weights: PenaltyWeights, config: Any) -> Penalties:
+    """The terms of every registered regulariser that adds one (:meth:`RegularizerEntry.build_penalty`)."""
+    terms = {}
+    for name in regularizer_names():
+        term = get_regularizer(name).build_penalty(weights, config)
+        if term is not None:
+            terms[name] = term
+    return Penalties(terms)
