@@ -50,6 +50,7 @@ REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
 from compare_spaces import prepare_space  # noqa: E402
 from report import ABLATIONS, BASELINE, MAIN_METHODS, RETIRED, budget_label, render_methods  # noqa: E402
+from selection_noise import selection_row  # noqa: E402
 from tasks import (  # noqa: E402
     DEFAULT_ROOT,
     HIGH_RES_TASKS,
@@ -328,6 +329,9 @@ def read_search(storage: Path, uri: str, started_wall: float, n_classes: int) ->
                 "test_macro_f1": float(chosen["test_macro_f1"]),
                 "best_val_accuracy": float(chosen[METRIC]),
                 "chosen_trial": chosen["trial_id"],
+                # how noisy the choice was: validation images, trials tied at the top and their test range, the
+                # probe's scores in the same search (benchmarks/selection_noise.py)
+                "selection": selection_row(table),
             }
         )
     offset = search_start_offset(tables[-1].parent, uri, started_wall)

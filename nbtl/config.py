@@ -8,7 +8,6 @@ A search space YAML samples these keys; ``nbtl recommend`` writes them; a single
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from nbtl.codec import decode
 from nbtl.errors import ConfigError
 from nbtl.heads import head_names, heads_with_width
 from nbtl.regularizers import knob, knobs
@@ -186,11 +186,8 @@ class TrialConfig:
             if key in values:
                 values[key] = knob(key).parse(values[key])
         steps = values.get("lr_step_epochs")
-        if isinstance(steps, str):  # read back from MLflow params or a CSV: "3" or "[3, 6]"
-            try:
-                values["lr_step_epochs"] = json.loads(steps)
-            except json.JSONDecodeError:
-                pass  # validate() names it
+        if isinstance(steps, str):  # read back from MLflow params or a CSV: "3" or "[3, 6]" (validate() names bad text)
+            values["lr_step_epochs"] = decode(steps)
         config = cls(**values, extra=extra)
         config.validate(where)
         return config

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbtl.codec import is_unset
 from nbtl.errors import ConfigError
 
 __all__ = [
@@ -86,8 +87,8 @@ class Knob:
         """``value`` as the knob's kind: MLflow params and CSV cells come back as text (``"0.01"``, ``"None"``)."""
         if not isinstance(value, str):
             return value
-        if value in ("", "None", "null") and self.optional:
-            return None
+        if is_unset(value):
+            return None if self.optional else value  # check() names a None the knob does not take
         try:
             return int(value) if self.kind == "int" else float(value)
         except ValueError:

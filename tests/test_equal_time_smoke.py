@@ -45,6 +45,11 @@ def test_smoke_test_rows_match_the_stores_and_resume(tmp_path):
     assert parent.data.tags["nbtl.best_trial_id"] == rows["default"]["chosen_trial"]
     versions = client.search_model_versions()
     assert [v.tags.get("nbtl.trial_id") for v in versions] == [rows["default"]["chosen_trial"]]
+    # how noisy that choice was, from the same table: the chosen trial's test accuracy, among the tied at the top
+    selection = rows["default"]["selection"]
+    assert selection["chosen_test_accuracy"] == rows["default"]["test_accuracy"]
+    assert selection["tied"] >= 1 and selection["n_val"] >= 1 and selection["scored_trials"] >= selection["near"]
+    assert selection["tied_test_min"] <= selection["chosen_test_accuracy"] <= selection["tied_test_max"]
 
     # probe (nbtl train): its metrics are those of the run nbtl train tagged nbtl.chosen
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'probe' / 'mlflow.db'}")

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nbtl.codec import is_unset
 from nbtl.data.splits import MIN_IMAGES_PER_CLASS
 from nbtl.errors import ConfigError
 
@@ -51,7 +52,6 @@ SETTING_KEYS = (
     "augmentation",
     "test_data",
 )
-_UNSET = (None, "", "None")
 #: Names a setting is written under outside Python (MLflow params, YAML), where ``seed`` alone would be ambiguous: the
 #: split's seed is ``split_seed``, a search's sampler seed ``search_seed`` and a trial's training seed ``seed``. The
 #: old name is still read (stores and files written before).
@@ -122,14 +122,14 @@ class DataSettings:
         values = {}
         for key in SETTING_KEYS:
             value = params.get(OUTSIDE_NAMES.get(key, key))
-            if value is None or (not isinstance(value, (dict, list)) and value in _UNSET):
+            if not isinstance(value, (dict, list)) and is_unset(value):
                 value = params.get(key)  # the name written before (a trial config's own seed never comes here)
-            if key == "augmentation" and isinstance(value, str) and value not in _UNSET:
+            if key == "augmentation" and isinstance(value, str) and not is_unset(value):
                 try:
                     value = json.loads(value)
                 except json.JSONDecodeError:
                     raise ConfigError(f"{where}: augmentation {value!r} is not a JSON mapping") from None
-            if not isinstance(value, (dict, list)) and value in _UNSET:
+            if not isinstance(value, (dict, list)) and is_unset(value):
                 continue
             values[key] = check_setting(key, value, where)
         return dataclasses.replace(base or cls(), **values)

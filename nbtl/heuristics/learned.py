@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from nbtl.codec import decode, is_unset
 from nbtl.fit.registry import feature_measures, source_measures
 from nbtl.heuristics.signals import HeuristicsError
 from nbtl.regularizers import Knob, knob, learned_knobs
@@ -88,7 +89,7 @@ def default_recommender_path() -> Path | None:
 
 def _number(row: dict[str, Any], key: str, default: float | None = None) -> float:
     value = row.get(key, default)
-    if value is None or value == "" or value == "None":
+    if is_unset(value):
         if default is None:
             raise HeuristicsError(f"meta-data row lacks {key!r}; every row needs the config and fit signals")
         value = default
@@ -119,18 +120,18 @@ def encode(row: dict[str, Any], inputs: tuple[str, ...] | list[str] | None = Non
 
 def _transfer(row: dict[str, Any], blocks: float) -> float:
     transfer = row.get("transfer_blocks")
-    return blocks if transfer in (None, "", "None", "all") else float(transfer)
+    return blocks if is_unset(transfer) or transfer == "all" else float(transfer)
 
 
 def _head_lr(row: dict[str, Any]) -> float:
     head_lr = row.get("head_lr")
-    return _number(row, "lr") if head_lr in (None, "", "None") else float(head_lr)
+    return _number(row, "lr") if is_unset(head_lr) else float(head_lr)
 
 
 def _knob_value(row: dict[str, Any], item: Knob) -> float:
     """A regulariser knob's value in ``row``: a missing one is its default, a None its ``fallback`` knob's."""
     value = row.get(item.name)
-    if value in (None, "", "None"):
+    if is_unset(value):
         fallback = knob(item.fallback) if item.fallback else None
         return _knob_value(row, fallback) if fallback is not None else float(item.default or 0.0)
     return float(value)
@@ -402,19 +403,6 @@ def build_portfolio(rows: list[dict[str, Any]], groups, per_task: int = PORTFOLI
 
 
 def _plain_value(value: Any) -> Any:
-    """A meta-dataset cell as the config type it stands for (CSV and MLflow hand back strings)."""
-    if value is None or value == "" or value == "None" or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, str):
-        if value in ("True", "False"):
-            return value == "True"
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
-    if isinstance(value, float) and value.is_integer():
-        return value  # keep floats as floats (lr=1.0); integer keys are converted below
-    return value
+    """A meta-dataset cell as the config type it stands for (CSV and MLflow hand back strings): the codec's
+    :func:`nbtl.codec.decode`; floats stay floats (lr=1.0), integer keys are converted by the caller."""
+    return decode(value)

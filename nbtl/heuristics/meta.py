@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nbtl.codec import is_unset
 from nbtl.config import TrialConfig
 from nbtl.data.settings import DataSettings
 from nbtl.errors import NbtlError
@@ -25,7 +26,7 @@ TASK_KEYS = ("data", "image_size", "per_class", "classes", "seed")
 
 
 def _setting(value: Any) -> Any:
-    return None if value in (None, "", "None") else value
+    return None if is_unset(value) else value
 
 
 def task_key(row: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nbtl.codec import is_unset
 from nbtl.errors import one_line
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Handover:
     def image_size(self, config: dict[str, Any]) -> int:
         """The size a trial of ``config`` trained at: its own ``image_size``, else its backbone's."""
         own = config.get("image_size")
-        if own not in (None, "", "None"):
+        if not is_unset(own):
             return int(own)
         return int(self.image_sizes.get(config.get("backbone"), next(iter(self.examples))))
 

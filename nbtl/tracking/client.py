@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nbtl.codec import MAX_TEXT_LENGTH, encode
+
 T = TypeVar("T")
 
 TRIAL_ID_TAG = "nbtl.trial_id"
@@ -29,7 +31,7 @@ RUN_NAME_TAG = "mlflow.runName"
 ATTEMPT_TAG = "nbtl.attempt"
 CHOSEN_TAG = "nbtl.chosen"  # nbtl train: the run (config or its probe floor) that is the training's result
 MODEL_URI_TAG = "nbtl.model_uri"  # the run's logged model (a search's best trial's, an ensemble's)
-MAX_PARAM_LENGTH = 6000
+MAX_PARAM_LENGTH = MAX_TEXT_LENGTH
 #: A search's MLflow experiment is its name with this prefix, as ``nbtl train`` uses ``train-`` and ``nbtl fit``
 #: ``fit-``: a search named ``default`` is not mistaken for MLflow's own experiment "Default".
 SEARCH_EXPERIMENT_PREFIX = "search-"
@@ -142,13 +144,13 @@ def status_for(error: BaseException) -> str:
 def param_entities(values: dict[str, Any]):
     from mlflow.entities import Param
 
-    return [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in values.items()]
+    return [Param(k, encode(v)) for k, v in values.items()]
 
 
 def tag_entities(values: dict[str, Any]):
     from mlflow.entities import RunTag
 
-    return [RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in values.items()]
+    return [RunTag(k, encode(v)) for k, v in values.items()]
 
 
 def metric_entities(values: dict[str, float], step: int):

@@ -13,13 +13,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from nbtl import __version__
+from nbtl.codec import encode
 from nbtl.errors import one_line
 from nbtl.tracking.client import (
     ATTEMPT_TAG,
     FAILED,
     INTERRUPTED,
     MAX_NOTE_LENGTH,
-    MAX_PARAM_LENGTH,
     NOTE_TAG,
     PARENT_TAG,
     ROLE_TAG,
@@ -88,7 +88,7 @@ class TrialTracker:
             **where,
             **(tags or {}),
         }
-        all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}  # the REST API takes strings only
+        all_tags = {k: encode(v) for k, v in all_tags.items()}  # the REST API takes strings only
         run = retry_locked(lambda: self.client.create_run(experiment_id, run_name=trial_name, tags=all_tags))
         self.run_id = run.info.run_id
         retry_locked(lambda: self.client.log_batch(self.run_id, params=param_entities(params)))
@@ -138,7 +138,7 @@ class SearchTracker:
 
     def start(self, params: dict[str, Any], tags: dict[str, Any], run_name: str | None = None) -> str:
         all_tags = {ROLE_TAG: "search", SEARCH_TAG: self.search_name, "nbtl.version": __version__, **tags}
-        all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
+        all_tags = {k: encode(v) for k, v in all_tags.items()}
         run = retry_locked(
             lambda: self.client.create_run(
                 self.experiment_id,
@@ -284,7 +284,7 @@ def log_fit(
     client = tracking_client(uri)
     experiment = ensure_experiment(client, name)
     all_tags = {ROLE_TAG: "fit", "nbtl.version": __version__, **tags}
-    all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}  # the REST API takes strings only
+    all_tags = {k: encode(v) for k, v in all_tags.items()}  # the REST API takes strings only
     run = retry_locked(lambda: client.create_run(experiment, run_name=name, tags=all_tags))
     run_id = run.info.run_id
     try:
@@ -313,7 +313,7 @@ class TrainingRun:
         self.client = tracking_client(self.tracking_uri)
         self.experiment_id = ensure_experiment(self.client, experiment)
         all_tags = {ROLE_TAG: "train", "nbtl.version": __version__, **tags}
-        all_tags = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in all_tags.items()}
+        all_tags = {k: encode(v) for k, v in all_tags.items()}
         run = retry_locked(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags))
         self.run_id = run.info.run_id
         self.ended = False
