@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
         epilog="example: nbtl ensemble default --top 3;  then: nbtl predict models:/default-ensemble/1 IMAGES",
     )
     p.add_argument("search", metavar="SEARCH", help="the search's name (its --name, or its space's name)")
-    from nbtl.models.export import KEEP_WEIGHTS
+    from nbtl.models import KEEP_WEIGHTS
 
     p.add_argument(
         "--top",

@@ -20,7 +20,7 @@ from nbtl.cli.common import (
     progress,
 )
 from nbtl.errors import ConfigError
-from nbtl.models.export import KEEP_WEIGHTS
+from nbtl.models import KEEP_WEIGHTS
 
 #: Flags a resumed search takes from its saved state instead.
 RESUME_IGNORES = (

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nbtl.errors import TrackingStoreError
+
 T = TypeVar("T")
 
 TRIAL_ID_TAG = "nbtl.trial_id"
@@ -120,8 +122,6 @@ def tracking_client(uri: str):
         with FileLock(lock, timeout=300):
             return MlflowClient(tracking_uri=uri)
     except Timeout:
-        from nbtl.errors import TrackingStoreError
-
         raise TrackingStoreError(
             f"--tracking-uri {uri}: another process has been creating this store for 5 minutes "
             f"(it holds {lock}); wait for it to finish or stop it"
