@@ -19,7 +19,9 @@ from pathlib import Path
 
 from nbtl.data.settings import DataSettings, checked_overrides
 from nbtl.errors import ConfigError
-from nbtl.heuristics.recommend import Recommendation
+from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
+from nbtl.heuristics.recommend import Recommendation, measure_task
+from nbtl.heuristics.recommend import recommend as recommend_configs
 from nbtl.heuristics.training import TrainOutcome, train_recommended
 from nbtl.search.api import search
 from nbtl.search.space import SearchSpace, as_space, load_space
@@ -60,10 +62,6 @@ def recommend(
     With ``out`` the recommendation is also written there as YAML (what :func:`train` and ``--warm-start`` read).
     The measured fit is the result's ``task`` (a :class:`~nbtl.heuristics.recommend.TaskFit`).
     """
-    from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
-    from nbtl.heuristics.recommend import measure_task
-    from nbtl.heuristics.recommend import recommend as recommend_configs
-
     space = as_space(space)
     if backbones is None:
         backbones = space.backbones()

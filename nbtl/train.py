@@ -37,7 +37,7 @@ from nbtl.feeds import (
     prefix_feed,
 )
 from nbtl.fit.probe import fit_linear_probe
-from nbtl.transfer import TransferModel, TransferSetup, build_transfer
+from nbtl.transfer import TransferModel, TransferSetup, build_transfer, frozen_state_keys, load_trainable_state
 
 logger = logging.getLogger(__name__)
 
@@ -94,24 +94,6 @@ def _fit_probe_head(model: TransferModel, feed: Feed, labels: torch.Tensor, seed
     model.eval()
     logits = feed.forward(feed.train[0].to(linear.weight.device).float())
     return float(nn.functional.cross_entropy(logits.float(), labels.to(logits.device)).item())
-
-
-def _frozen_keys(model: TransferModel, freeze: int) -> set[str]:
-    """The ``state_dict`` keys of the blocks that never train (``blocks[:freeze]``: eval mode, no gradient):
-    they hold what :func:`build_transfer` made from the pre-trained weights and the seed, so a resumed trial
-    rebuilds them and a checkpoint on disk may leave them out."""
-    frozen = {id(t) for block in list(model.blocks)[:freeze] for t in (*block.parameters(), *block.buffers())}
-    return {k for k, v in model.state_dict(keep_vars=True).items() if id(v) in frozen}
-
-
-def load_trainable_state(model: TransferModel, state: dict[str, torch.Tensor], freeze: int) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    absent = set(missing) - _frozen_keys(model, freeze)
-    if unexpected or absent:
-        raise ValueError(
-            f"the checkpoint does not fit this trial's model: {len(absent)} missing and "
-            f"{len(unexpected)} unexpected entries (e.g. {sorted(absent or unexpected)[0]})"
-        )
 
 
 def train_trial(
@@ -276,7 +258,7 @@ def train_trial(
 
     result = TrialResult(config)
     best: dict[str, float] = {"best_val_accuracy": -1.0, "best_val_loss": math.inf}
-    frozen_keys = _frozen_keys(model, freeze)
+    frozen_keys = frozen_state_keys(model, freeze)
     best_weights: dict[str, torch.Tensor] | None = None  # the best epoch's, but the frozen blocks' (never change)
     if resume is not None:
         load_trainable_state(model, resume["model"], freeze)

@@ -56,7 +56,7 @@ def test_help_of_every_command_reads_clean():
 def test_no_finished_trial_says_why():
     import pandas as pd
 
-    from nbtl.cli.search import no_trial_finished
+    from nbtl.cli.search_run import no_trial_finished
 
     failed = no_trial_finished(pd.DataFrame({"status": ["FAILED", "KILLED"], "error": ["TrialDivergedError: nan", ""]}))
     assert failed.startswith("No trial finished: 1 of 2 failed") and "nbtl.error" in failed
@@ -68,7 +68,7 @@ def test_no_finished_trial_says_why():
 def test_console_table_shows_the_top_trials_and_what_tells_them_apart():
     import pandas as pd
 
-    from nbtl.cli.search import CONSOLE_PARAMS, CONSOLE_ROWS, console_table
+    from nbtl.cli.search_run import CONSOLE_PARAMS, CONSOLE_ROWS, console_table
 
     n = 14
     table = pd.DataFrame(

@@ -8,7 +8,7 @@ import traceback
 from ray.exceptions import ActorDiedError, RayTaskError
 
 from nbtl.errors import ConfigError, TrialDivergedError
-from nbtl.search.callbacks import WORKER_DIED, reason_from_error_text
+from nbtl.search.session import WORKER_DIED, reason_from_error_text
 
 
 def error_file(*errors: BaseException) -> str:

@@ -23,7 +23,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import ONE_THREAD, assert_no_run_left_running, nbtl_command, selected_tests
-from nbtl.search.callbacks import WORKER_DIED
+from nbtl.search.session import WORKER_DIED
 from nbtl.tracking import search_experiment
 
 pytestmark = pytest.mark.e2e

@@ -1,12 +1,18 @@
 """The import graph of nbtl's own modules (module-level and in-function imports alike) has no cycle, and no
-module imports another's private name (``_x``): what one room of the house needs from another is public."""
+module imports another's private name (``_x``): what one room of the house needs from another is public. nbtl's
+modules are imported at the top of each file but for a short list (``LAZY``), and ``nbtl --help`` loads no heavy
+library (how fast it is, ``benchmarks/cli_startup.py`` prints)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
+
+from conftest import run_nbtl
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nbtl"
 
@@ -111,3 +117,97 @@ def test_no_room_imports_a_room_above_it():
                 if mine is not None and theirs is not None and theirs > mine:
                     upward.append(f"{module} (floor {mine}) imports {name} (floor {theirs}), {path.name}:{node.lineno}")
     assert not upward, "\n".join(upward)
+
+
+#: The imports of nbtl's own modules that stay inside a function, ``(importing module, imported module)``, each
+#: with why; every other import of an nbtl module is at the top of its file. A command's work loads through
+#: ``nbtl.cli.common.command`` (one ``importlib`` call, not an import statement), so that ``nbtl --help`` stays light.
+LAZY = {
+    # The package faces: what needs torch or runs a search loads when first used, not when the package is imported.
+    ("nbtl.fit", "nbtl.fit.features"): "nbtl.fit's measures load without torch (block_features, meta_features)",
+    ("nbtl.models", "nbtl.models.classifier"): "importing nbtl.models imports neither torch nor MLflow",
+    ("nbtl.search", "nbtl.search.runner"): "nbtl.search.run_search: the search engine loads when a search runs",
+    ("nbtl.search", "nbtl.search.api"): "nbtl.search(...) is nbtl.search.api.search, which imports the engine",
+    ("nbtl.zoo", "nbtl.zoo.api"): "nbtl.zoo(...) is nbtl.zoo.api.zoo, which imports the study's engine",
+    # Ray loads only once a search or a zoo study runs, after nbtl.search.cluster.use_token_auth set its token
+    # authentication: Ray reads RAY_AUTH_MODE when it is first imported. These modules import Ray at their top.
+    ("nbtl.search.tuner", "nbtl.search.callbacks"): "Ray: the search's Ray Tune callback",
+    ("nbtl.search.tuner", "nbtl.search.study_store"): "Ray: the Optuna study's mirror, a Ray Tune callback",
+    ("nbtl.zoo.study", "nbtl.zoo.callbacks"): "Ray: the zoo study's Ray Tune callback",
+}
+
+
+def in_function_imports() -> list[tuple[str, str, str]]:
+    """``(importing module, imported module, file:line)`` of every import of an nbtl module inside a function or
+    class (one per module a statement names); imports for type checkers only (``if TYPE_CHECKING``) are not run."""
+    known, found = modules(), []
+
+    def owner(name: str) -> str:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name
+
+    def visit(node: ast.AST, module: str, path: Path, inside: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+                continue
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                visit(child, module, path, True)
+                continue
+            targets = set()
+            if isinstance(child, ast.ImportFrom) and child.level == 0 and (child.module or "").split(".")[0] == "nbtl":
+                targets = {owner(f"{child.module}.{a.name}") for a in child.names}
+            elif isinstance(child, ast.Import):
+                targets = {owner(a.name) for a in child.names if a.name.split(".")[0] == "nbtl"}
+            if inside:
+                found.extend((module, target, f"{path.name}:{child.lineno}") for target in sorted(targets))
+            visit(child, module, path, inside)
+
+    for module, path in known.items():
+        visit(ast.parse(path.read_text(), str(path)), module, path, False)
+    return found
+
+
+def test_nbtl_modules_are_imported_at_the_top_but_the_few_that_must_wait():
+    found = in_function_imports()
+    unlisted = [
+        f"{where}: {module} imports {target} inside a function; import it at the top of the file (or, for a reason "
+        "that holds, list it in LAZY)"
+        for module, target, where in found
+        if (module, target) not in LAZY
+    ]
+    assert not unlisted, "\n".join(unlisted)
+    gone = set(LAZY) - {(module, target) for module, target, _ in found}
+    assert not gone, f"LAZY lists imports that are not in a function any more: {sorted(gone)}"
+
+
+def test_every_command_names_a_function_of_a_run_module():
+    """``command("nbtl.cli.x_run:f")`` is imported only when the command runs: each names a module and its function."""
+    known, references = modules(), []
+    for module, path in known.items():
+        if module.startswith("nbtl.cli"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "command":
+                    references.append(node.args[0].value)
+    assert len(references) >= 9, references
+    for reference in references:
+        module, _, function = reference.partition(":")
+        assert module in known, reference
+        tree = ast.parse(known[module].read_text())
+        assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, reference
+
+
+#: What ``import nbtl.cli`` (and so ``nbtl --help``) must not load: a command loads them when it runs.
+HEAVY = ("torch", "ray", "mlflow", "optuna", "pandas", "sklearn", "matplotlib", "torchvision")
+
+
+def test_the_command_line_imports_no_heavy_library():
+    code = f"import nbtl.cli, sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_help_exits_0(tmp_path):
+    result = run_nbtl("--help", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: nbtl"), (result.stdout, result.stderr)

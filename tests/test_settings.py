@@ -97,7 +97,7 @@ def test_search_keeps_the_test_data_of_its_settings(tmp_path):
     from PIL import Image
 
     from nbtl.cli import build_parser
-    from nbtl.cli.common import data_overrides
+    from nbtl.cli.run_common import data_overrides
     from nbtl.search.prepare import SearchOptions, prepare
 
     for folder, count, shade in (("train", 6, 0), ("holdout", 3, 100)):

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_nbtl
-from nbtl.backbones import load_pretrained_state_dict
-from nbtl.cli.common import parse_weights
+from nbtl.backbones import load_pretrained_state_dict, parse_weights
 from nbtl.errors import ConfigError
 
 LITE0 = "efficientnet_lite0"

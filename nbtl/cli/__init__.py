@@ -1,8 +1,11 @@
 """The ``nbtl`` command line: the one package that talks to the terminal.
 
-One module per command group (:mod:`~nbtl.cli.search`, :mod:`~nbtl.cli.fit`, :mod:`~nbtl.cli.heuristics`
-for ``recommend``, ``heuristics learn`` and ``train``, :mod:`~nbtl.cli.backbones`, :mod:`~nbtl.cli.zoo`), the options they share
-in :mod:`~nbtl.cli.common`. Each subparser names its command with ``set_defaults(func=...)``.
+One parser module per command group (:mod:`~nbtl.cli.search`, :mod:`~nbtl.cli.fit`, :mod:`~nbtl.cli.heuristics`
+for ``recommend``, ``heuristics learn`` and ``train``, :mod:`~nbtl.cli.backbones`, :mod:`~nbtl.cli.zoo`,
+:mod:`~nbtl.cli.predict`, :mod:`~nbtl.cli.ensemble`), the options they share in :mod:`~nbtl.cli.common`. Each
+subparser names its command with ``set_defaults(func=command("nbtl.cli.<group>_run:<function>"))``: the run module,
+which imports what the command needs (torch, Ray, MLflow, the rest of nbtl) at its top, loads only when the
+command runs, so ``nbtl --help`` imports none of it.
 
 User errors (:class:`nbtl.errors.NbtlError`) end in one line on stderr and exit status 2; Ctrl-C ends in
 one line and exit status 130. ``-v`` shows nbtl's debug lines, ``-q`` hides progress (errors and results
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 from nbtl import __version__
 from nbtl.cli import backbones, ensemble, fit, heuristics, predict, search, zoo
 from nbtl.cli.common import EXIT_DISK_FULL, EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, one_line
+from nbtl.errors import NbtlError, disk_full_reason
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "build_parser", "main"]
 
@@ -66,8 +70,6 @@ def _add_verbosity(parser: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from nbtl.errors import NbtlError, disk_full_reason
-
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     log.debug(

@@ -1,9 +1,10 @@
-"""``nbtl backbones``: the registered backbones, their size, cost, ImageNet top-1 and weights."""
+"""``nbtl backbones``: the registered backbones, their size, cost, ImageNet top-1 and weights.
+
+The parser; what the command does is :mod:`nbtl.cli.backbones_run`, imported when it runs."""
 
 from __future__ import annotations
 
-import argparse
-import sys
+from nbtl.cli.common import command
 
 
 def add_parser(subparsers) -> None:
@@ -26,21 +27,4 @@ def add_parser(subparsers) -> None:
         default="table",
         help="a table to read (default), or CSV with the weights' file paths too",
     )
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from nbtl.backbones import backbones_table
-
-    table = backbones_table(family=args.family, installed=args.installed)
-    if table.empty:
-        print("nbtl backbones: no registered backbone has its weights installed here", file=sys.stderr)
-    if args.format == "csv":
-        print(table.to_csv(index=False), end="")
-        return 0
-    shown = table.drop(columns=["location"])
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
-        print(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:g}"))
-    return 0
+    p.set_defaults(func=command("nbtl.cli.backbones_run:run"))

@@ -1,14 +1,18 @@
 """What every command shares: the data and tracking flags (defined once), their checks, the one-line
-error formatter, logging for ``-v`` / ``-q`` and the progress printer."""
+error formatter, logging for ``-v`` / ``-q``, the progress printer, and :func:`command`, which loads what a command
+does only when it runs.
+
+Imported by every parser, and so by ``nbtl --help``: of nbtl it imports only :mod:`nbtl.errors`. What the commands'
+run modules share besides is in :mod:`nbtl.cli.run_common`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from nbtl.errors import ConfigError, NbtlError, one_line  # noqa: F401  (one_line: re-exported for the commands)
 
@@ -81,13 +85,6 @@ def add_weights_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_weights(values: list[str] | None, backbones: list[str]) -> dict[str, str]:
-    """:func:`nbtl.backbones.parse_weights` (imported here when used: torch stays out of ``nbtl --help``)."""
-    from nbtl.backbones import parse_weights as parse
-
-    return parse(values, backbones)
-
-
 def add_tracking_flags(parser: argparse.ArgumentParser, name_help: str) -> None:
     parser.add_argument("--tracking-uri", help=TRACKING_HELP)
     parser.add_argument("--name", help=name_help)
@@ -109,17 +106,6 @@ def add_ray_flags(
     parser.add_argument("--storage-path", help=storage_help)
     parser.add_argument("--cpu", type=float, default=cpu_default, help=cpu_help)
     parser.add_argument("--gpu", type=float, default=gpu_default, help=gpu_help)
-
-
-def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The data flags given on the command line, checked (one line naming the flag on a bad value), as
-    :class:`~nbtl.data.settings.DataSettings` overrides; a flag not given is None."""
-    from nbtl.data.settings import check_setting
-
-    return {
-        key: (None if getattr(args, key, None) is None else check_setting(key, getattr(args, key), flag))
-        for key, flag in DATA_FLAGS.items()
-    }
 
 
 def positive(value: int | float | None, flag: str) -> None:
@@ -147,27 +133,16 @@ def check_name(name: str | None, flag: str = "--name") -> str | None:
     return name
 
 
-def slug(text: Any) -> str:
-    """``text`` as a file- and experiment-name-safe word (e.g. a dataset name): :func:`nbtl.tracking.name_slug`."""
-    from nbtl.tracking import name_slug
+def command(reference: str) -> Callable[[argparse.Namespace], int]:
+    """A command's ``func`` (``set_defaults(func=command("nbtl.cli.search_run:run"))``): ``module:function``, imported
+    when the command runs. The one lazy import of the command line: a command's work (torch, Ray, MLflow and the rest
+    of nbtl) loads only then, so that ``nbtl --help`` and every parser stay light."""
+    module, _, name = reference.partition(":")
 
-    return name_slug(text)
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), name)(args)
 
-
-def load_space(spec: str):
-    """The search space ``spec`` names: a YAML file, else a space shipped with nbtl (``default``, ``tiny``;
-    :func:`nbtl.resources.find_space`), validated."""
-    from nbtl.search import load_space as load
-
-    return load(spec)
-
-
-def check_tracking_uri(uri: str | None) -> str:
-    """The resolved tracking URI; fails in one line, within seconds and before anything starts, when the
-    store cannot be used (:func:`nbtl.tracking.check_tracking_uri`)."""
-    from nbtl.tracking import check_tracking_uri as check
-
-    return check(uri)
+    return run
 
 
 class _Formatter(logging.Formatter):

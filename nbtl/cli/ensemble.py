@@ -1,11 +1,11 @@
-"""``nbtl ensemble SEARCH --top K``: average the best trials' probabilities, score, log and register."""
+"""``nbtl ensemble SEARCH --top K``: average the best trials' probabilities, score, log and register.
+
+The parser; what the command does is :mod:`nbtl.cli.ensemble_run`, imported when it runs."""
 
 from __future__ import annotations
 
-import argparse
-
-from nbtl.cli.common import TRACKING_HELP, check_name, progress
-from nbtl.errors import ConfigError
+from nbtl.cli.common import TRACKING_HELP, command
+from nbtl.models import KEEP_WEIGHTS
 
 
 def add_parser(subparsers) -> None:
@@ -19,8 +19,6 @@ def add_parser(subparsers) -> None:
         epilog="example: nbtl ensemble default --top 3;  then: nbtl predict models:/default-ensemble/1 IMAGES",
     )
     p.add_argument("search", metavar="SEARCH", help="the search's name (its --name, or its space's name)")
-    from nbtl.models.export import KEEP_WEIGHTS
-
     p.add_argument(
         "--top",
         type=int,
@@ -31,26 +29,4 @@ def add_parser(subparsers) -> None:
     p.add_argument("--run", metavar="RUN_ID", help="the search's parent run (default: its newest finished one)")
     p.add_argument("--register", metavar="NAME", help="registered model name (default: SEARCH-ensemble)")
     p.add_argument("--no-register", action="store_true", help="log the ensemble's model, do not register it")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from nbtl.models.ensemble import ensemble_search
-
-    check_name(args.search, "SEARCH")
-    if args.register is not None and args.no_register:
-        raise ConfigError("--register and --no-register contradict each other: give one of them")
-    register = None if args.no_register else (args.register or f"{args.search}-ensemble")
-    result = ensemble_search(args.tracking_uri, args.search, args.top, run_id=args.run, register=register, say=progress)
-    with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4f}".format):
-        print(result.table.drop(columns="run_id").to_string(index=False))
-    logged = result.logged
-    uri = logged.uri
-    print(
-        f"\nEnsemble of {len(result.members)}: test accuracy {result.ensemble['accuracy']:.4f}, best single trial "
-        f"{result.best_single['accuracy']:.4f} ({result.gain * 100:+.1f} points); MLflow run {result.run_id}"
-    )
-    print(f"Model: {uri}  (classify with: nbtl predict {uri} IMAGES)")
-    return 0
+    p.set_defaults(func=command("nbtl.cli.ensemble_run:run"))

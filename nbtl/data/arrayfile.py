@@ -36,8 +36,11 @@ import numpy as np
 import torch
 
 from nbtl.data.dataset import ImageDataset
-from nbtl.data.images import release_pages, track_mapping
-from nbtl.data.splits import Splits
+from nbtl.data.describe import describe_dataset
+from nbtl.data.images import decode_to_disk, release_pages, track_mapping
+from nbtl.data.settings import DataSettings
+from nbtl.data.sources import load_dataset
+from nbtl.data.splits import Splits, split_dataset, split_positions
 from nbtl.errors import DataError, ensure_room
 
 logger = logging.getLogger(__name__)
@@ -215,8 +218,6 @@ def open_splits(
                 f"data file {folder}: not found; run the search again to decode its images (or give a --storage-path "
                 "that every node can read)"
             )
-        from nbtl.data.settings import DataSettings
-
         logger.info("data file %s is not on this node: decoding %s here", folder, source)
         ensure_splits(source, DataSettings.from_params(settings), folder.parent, key=folder.name)
     meta = json.loads((folder / "meta.json").read_text())
@@ -293,11 +294,6 @@ def decode_to_file(source, settings, folder: str | os.PathLike, meta: dict[str, 
     removed. Its meta is :func:`decode_splits`'s."""
     from types import SimpleNamespace
 
-    from nbtl.data import load_dataset
-    from nbtl.data.describe import describe_dataset
-    from nbtl.data.images import decode_to_disk
-    from nbtl.data.splits import split_positions
-
     folder = Path(folder)
     spill = folder.with_name(f".{folder.name}.decoding-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -316,9 +312,6 @@ def decode_to_file(source, settings, folder: str | os.PathLike, meta: dict[str, 
 def decode_splits(source, settings) -> tuple[Splits, dict[str, Any]]:
     """Load and split ``source`` under ``settings`` in memory; also the meta a data file keeps with them: the
     dataset's size and official parts, and its MLflow dataset input (:func:`nbtl.data.describe.describe_dataset`)."""
-    from nbtl.data import load_dataset, split_dataset
-    from nbtl.data.describe import describe_dataset
-
     dataset = load_dataset(source, **settings.load_kwargs())
     splits = split_dataset(dataset, **settings.split_kwargs())
     described = describe_dataset(dataset, splits, os.fspath(source), settings.image_size, settings.test_data)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nbtl.data.images import release_pages
 from nbtl.errors import DataError
 
 #: The official parts a source may assign its images to (see ``ImageDataset.parts``).
@@ -163,8 +164,6 @@ class ImageDataset:
         digest.update(json.dumps([list(self.images.shape), self.classes]).encode())
         # in chunks (the same bytes as one tobytes()): a memory-mapped dataset is never read into memory whole
         step = max(1, 2**26 // max(1, self.images[0].numel() if len(self.images) else 1))
-        from nbtl.data.images import release_pages
-
         for start in range(0, len(self.images), step):
             chunk = self.images[start : start + step].numpy()
             digest.update(np.ascontiguousarray(chunk).data)

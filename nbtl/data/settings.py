@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nbtl.backbones import get_spec
 from nbtl.codec import is_unset
+from nbtl.data.augment import make_augmentation
 from nbtl.data.splits import MIN_IMAGES_PER_CLASS
 from nbtl.errors import ConfigError
 
@@ -157,8 +159,6 @@ class DataSettings:
         and ``auto`` where no search resolved it: with no budget to fit, the backbone's own)."""
         if self.image_size not in (NATIVE, AUTO):
             return int(self.image_size)
-        from nbtl.backbones import get_spec
-
         return int(get_spec(backbone).input_size)
 
     def for_backbone(self, backbone: str) -> DataSettings:
@@ -262,8 +262,6 @@ def check_setting(key: str, value: Any, where: str) -> Any:
             )
         return os.fspath(value)
     if key == "augmentation":
-        from nbtl.data.augment import make_augmentation
-
         if value in (None, {}):
             return None
         try:

@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from nbtl.data import ImageDataset
+from nbtl.fit.features import state_dict_hash
 
 __all__ = ["dataset_fingerprint", "weights_hash"]
 
@@ -50,8 +51,6 @@ _dataset_memo = _IdentityMemo(_MEMO_SIZE)
 
 def weights_hash(state_dict: Mapping[str, Tensor]) -> str:
     """:func:`nbtl.fit.features.state_dict_hash` of ``state_dict``, computed once per state dict object."""
-    from nbtl.fit.features import state_dict_hash
-
     return _weights_memo(state_dict, state_dict_hash)
 
 

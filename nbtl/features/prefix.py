@@ -45,6 +45,7 @@ from torch import Tensor
 from nbtl.data import Splits, make_augmentation
 from nbtl.errors import ConfigError, ensure_room, raise_if_disk_full
 from nbtl.features.keys import dataset_fingerprint, weights_hash
+from nbtl.fit.features import state_dict_hash
 
 __all__ = ["PrefixEntry", "PrefixStore"]
 
@@ -279,8 +280,6 @@ class PrefixStore:
         if state_dict is not None:
             weights = weights_hash(state_dict)
         else:
-            from nbtl.fit.features import state_dict_hash
-
             weights = "prefix:" + state_dict_hash(torch.nn.Sequential(*list(model.blocks)[:blocks]).state_dict())
         return {
             "format": CACHE_FORMAT,

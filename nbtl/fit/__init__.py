@@ -16,7 +16,7 @@ the feature extractor is first used, so the measures alone load fast.
 from nbtl.fit._validation import MeasureError
 from nbtl.fit.measures import h_score, knn_accuracy, leep, linear_probe_accuracy, logme, nce
 from nbtl.fit.registry import fit_measure_names, get_fit_measure, register_fit_measure, remove_fit_measure
-from nbtl.fit.table import fit_table, meta_features
+from nbtl.fit.table import fit_table
 
 __all__ = [
     "BlockFeatures",
@@ -38,7 +38,7 @@ __all__ = [
     "state_dict_hash",
 ]
 
-_FEATURES = {"BlockFeatures", "block_features", "default_cache_dir", "state_dict_hash"}
+_FEATURES = {"BlockFeatures", "block_features", "default_cache_dir", "meta_features", "state_dict_hash"}
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Frozen-backbone features at the end of every block, cached on disk.
+"""Frozen-backbone features at the end of every block, cached on disk, and a dataset's meta-features.
 
 :func:`block_features` runs a backbone once over a dataset, in eval mode and without gradients,
 and keeps each block's output pooled, ``(N, C_b)`` per block (maps globally averaged; ViT's tokens as its head
@@ -33,7 +33,7 @@ from nbtl.errors import BackboneError, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BlockFeatures", "block_features", "default_cache_dir", "state_dict_hash"]
+__all__ = ["BlockFeatures", "block_features", "default_cache_dir", "meta_features", "state_dict_hash"]
 
 #: Bumped whenever what is stored (or how it is computed) changes, so old files are not reused.
 CACHE_FORMAT = 1
@@ -353,3 +353,38 @@ def _write_cache(path: Path, key: dict, blocks: list[np.ndarray], probs: np.ndar
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def meta_features(dataset) -> dict:
+    """Size, balance and resolution of a dataset, as plain numbers.
+
+    Parameters
+    ----------
+    dataset : ImageDataset
+        A dataset from :func:`nbtl.data.load_dataset`.
+
+    Returns
+    -------
+    dict
+        ``name``, ``n_images``, ``n_classes`` (``len(dataset.classes)``),
+        ``images_per_class_min`` / ``_mean`` / ``_max`` (over all classes, empty ones counted),
+        ``image_size`` (stored side in pixels), ``original_height`` / ``original_width``
+        (median source size before resizing), ``grayscale``.
+    """
+    if not isinstance(dataset, ImageDataset):
+        raise DataError(
+            f"dataset must be an nbtl ImageDataset, got {type(dataset).__name__}; load it with nbtl.data.load_dataset"
+        )
+    counts = np.bincount(dataset.labels.numpy(), minlength=len(dataset.classes))
+    return {
+        "name": dataset.name,
+        "n_images": len(dataset),
+        "n_classes": len(dataset.classes),
+        "images_per_class_min": int(counts.min()) if len(counts) else 0,
+        "images_per_class_mean": float(counts.mean()) if len(counts) else 0.0,
+        "images_per_class_max": int(counts.max()) if len(counts) else 0,
+        "image_size": dataset.image_size,
+        "original_height": dataset.original_size[0],
+        "original_width": dataset.original_size[1],
+        "grayscale": bool(dataset.grayscale),
+    }

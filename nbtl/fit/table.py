@@ -1,6 +1,7 @@
-"""The fit table (every measure for every block of one backbone) and a dataset's meta-features.
+"""The fit table: every measure for every block of one backbone.
 
-These are what :mod:`nbtl.heuristics` reads to recommend a transfer config without a search.
+With a dataset's meta-features (:func:`nbtl.fit.features.meta_features`, on the torch side of this room)
+these are what :mod:`nbtl.heuristics` reads to recommend a transfer config without a search.
 """
 
 from __future__ import annotations
@@ -12,45 +13,7 @@ import numpy as np
 from nbtl.fit._validation import MeasureError, check_labels, check_matrix
 from nbtl.fit.registry import fit_measure_names, get_fit_measure
 
-__all__ = ["fit_table", "meta_features"]
-
-
-def meta_features(dataset) -> dict:
-    """Size, balance and resolution of a dataset, as plain numbers.
-
-    Parameters
-    ----------
-    dataset : ImageDataset
-        A dataset from :func:`nbtl.data.load_dataset`.
-
-    Returns
-    -------
-    dict
-        ``name``, ``n_images``, ``n_classes`` (``len(dataset.classes)``),
-        ``images_per_class_min`` / ``_mean`` / ``_max`` (over all classes, empty ones counted),
-        ``image_size`` (stored side in pixels), ``original_height`` / ``original_width``
-        (median source size before resizing), ``grayscale``.
-    """
-    from nbtl.data import ImageDataset
-    from nbtl.errors import DataError
-
-    if not isinstance(dataset, ImageDataset):
-        raise DataError(
-            f"dataset must be an nbtl ImageDataset, got {type(dataset).__name__}; load it with nbtl.data.load_dataset"
-        )
-    counts = np.bincount(dataset.labels.numpy(), minlength=len(dataset.classes))
-    return {
-        "name": dataset.name,
-        "n_images": len(dataset),
-        "n_classes": len(dataset.classes),
-        "images_per_class_min": int(counts.min()) if len(counts) else 0,
-        "images_per_class_mean": float(counts.mean()) if len(counts) else 0.0,
-        "images_per_class_max": int(counts.max()) if len(counts) else 0,
-        "image_size": dataset.image_size,
-        "original_height": dataset.original_size[0],
-        "original_width": dataset.original_size[1],
-        "grayscale": bool(dataset.grayscale),
-    }
+__all__ = ["fit_table"]
 
 
 def fit_table(

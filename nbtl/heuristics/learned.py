@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from nbtl.codec import decode, is_unset
+from nbtl.config import TrialConfig
 from nbtl.fit.registry import feature_measures, source_measures
 from nbtl.heuristics.signals import HeuristicsError
 from nbtl.regularizers import Knob, knob, learned_knobs
+from nbtl.resources import shipped
 
 __all__ = [
     "FORMAT",
@@ -82,8 +84,6 @@ def encodable_inputs() -> tuple[str, ...]:
 
 def default_recommender_path() -> Path | None:
     """The shipped ``heuristics/recommender.json`` (installed copy, else the source tree's), or None when absent."""
-    from nbtl.resources import shipped
-
     return shipped("heuristics/recommender.json")
 
 
@@ -364,8 +364,6 @@ def build_portfolio(rows: list[dict[str, Any]], groups, per_task: int = PORTFOLI
     another number of blocks.
     """
     import dataclasses
-
-    from nbtl.config import TrialConfig
 
     integer_keys = {
         f.name for f in dataclasses.fields(TrialConfig) if "int" in str(f.type) and "float" not in str(f.type)

@@ -18,7 +18,9 @@ from nbtl.config import TrialConfig
 from nbtl.data.settings import DataSettings
 from nbtl.errors import NbtlError
 from nbtl.heuristics.learned import LearnedRecommender, fit_recommender
+from nbtl.heuristics.recommend import measure_task
 from nbtl.heuristics.signals import DATASET_SIGNALS, HeuristicsError, backbone_signal_names
+from nbtl.resources import shipped
 
 __all__ = ["TASK_KEYS", "learn", "meta_rows", "task_key"]
 
@@ -62,8 +64,6 @@ def meta_rows(
     fractions, per-class cap, classes, the search's seed as ``split_seed``), so the fit is measured on the
     search's own training split (the data must be readable here).
     """
-    from nbtl.heuristics.recommend import measure_task
-
     by_task: dict[str, list[dict[str, Any]]] = {}
     for trial in trials:
         if _setting(trial.get("data")) is None or _setting(trial.get("image_size")) is None:
@@ -132,8 +132,6 @@ def read_meta_csv(path: str | Path) -> list[dict[str, Any]]:
     ``heuristics/meta_dataset.csv``, when no such file is here, is the one shipped with nbtl.
     """
     import pandas as pd
-
-    from nbtl.resources import shipped
 
     if not Path(path).is_file():
         path = shipped(path) or path

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from nbtl.backbones import get_spec
 from nbtl.config import TrialConfig, without_unused
+from nbtl.data import load_dataset, split_dataset
 from nbtl.data.settings import DataSettings
+from nbtl.fit import block_features, fit_table, meta_features
 from nbtl.heuristics.learned import TARGET, LearnedRecommender
 from nbtl.heuristics.rules import Rules
 from nbtl.heuristics.signals import HeuristicsError, backbone_signals, dataset_signals, rank_backbones
@@ -65,8 +68,6 @@ class TaskFit:
 def training_split(data: str, settings: DataSettings):
     """The training split of ``data`` under ``settings``: the images ``nbtl search`` trains on with the
     same settings (same per-class choice, fractions and seed), never its validation or test images."""
-    from nbtl.data import load_dataset, split_dataset
-
     return split_dataset(load_dataset(data, **settings.load_kwargs()), **settings.split_kwargs()).train
 
 
@@ -98,9 +99,6 @@ def measure_task(
     local weights file used instead of its default weights.
     """
     import pandas as pd
-
-    from nbtl.backbones import get_spec
-    from nbtl.fit import block_features, fit_table, meta_features
 
     settings = (settings or DataSettings()).with_overrides(
         {

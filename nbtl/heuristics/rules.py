@@ -24,6 +24,7 @@ import yaml
 from nbtl.config import TrialConfig
 from nbtl.fit.registry import feature_measures
 from nbtl.heuristics.signals import DATASET_SIGNALS, HeuristicsError, backbone_signal_names
+from nbtl.resources import shipped
 from nbtl.safe_yaml import load_yaml
 
 __all__ = ["Rule", "Rules", "default_rules_path", "load_rules", "parse_rules"]
@@ -47,8 +48,6 @@ INTEGER_KEYS = (
 
 def default_rules_path() -> Path:
     """The shipped ``heuristics/rules.yaml``: the copy installed with the package, else the source tree's."""
-    from nbtl.resources import shipped
-
     path = shipped("heuristics/rules.yaml")
     if path is None:
         raise HeuristicsError(

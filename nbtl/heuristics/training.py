@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nbtl.backbones import load_pretrained_state_dict
 from nbtl.config import TrialConfig, dump_config
+from nbtl.data import load_dataset, split_dataset
 from nbtl.data.settings import DataSettings
 from nbtl.errors import ConfigError, one_line
 from nbtl.heuristics.recipes import probe_config
 from nbtl.heuristics.recommend import load_recommendation, recommended_settings
 from nbtl.ranking import rank_key
 from nbtl.tracking import CHOSEN_TAG, TrainingRun, check_tracking_uri, name_slug
+from nbtl.train import train_trial
 
 __all__ = ["TrainOutcome", "train_recommended"]
 
@@ -54,8 +57,6 @@ def train_recommended(
     names) under the file's data settings (``base`` for what it leaves out, ``overrides`` over it), as one MLflow
     run in ``experiment`` (default ``train-<dataset>``); unless ``floor`` is false, also train the linear probe of
     the same backbone and keep the better of the two on validation (:func:`nbtl.ranking.rank_key`)."""
-    from nbtl.data import load_dataset, split_dataset
-
     say = say or logger.info
     configs, saved = load_recommendation(config_file)
     if config_index > len(configs):
@@ -128,9 +129,6 @@ def _train_and_track(
     say: Callable[[str], None],
 ) -> tuple[dict[str, float], TrainingRun]:
     """Train one config as one MLflow run; return its last epoch's metrics and the run."""
-    from nbtl.backbones import load_pretrained_state_dict
-    from nbtl.train import train_trial
-
     weights = load_pretrained_state_dict(trial_config.backbone) if trial_config.pretrained else None
     run = TrainingRun(
         tracking_uri,

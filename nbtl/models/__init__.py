@@ -2,11 +2,16 @@
 on new images, and ensembles of a search's best trials. The one package besides ``nbtl.tracking`` that imports
 MLflow (lazily: :mod:`nbtl.models.classifier` is plain PyTorch, and importing this package imports neither)."""
 
-__all__ = ["ClassifierError", "ImageClassifier", "Member", "load_classifier", "save_classifier"]
+#: How many of a search's best trials keep their weights by default, and so how many ``nbtl ensemble`` averages
+#: (here, so that the command line's parsers read it without importing torch).
+KEEP_WEIGHTS = 3
+
+_CLASSIFIER = ("ClassifierError", "ImageClassifier", "Member", "load_classifier", "save_classifier")
+__all__ = ["KEEP_WEIGHTS", *_CLASSIFIER]
 
 
 def __getattr__(name):  # torch is imported only when a classifier is used
-    if name in __all__:
+    if name in _CLASSIFIER:
         from nbtl.models import classifier
 
         return getattr(classifier, name)

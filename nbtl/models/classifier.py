@@ -24,7 +24,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from nbtl.backbones import create_backbone
+from nbtl.config import TrialConfig
+from nbtl.data.images import open_image, resize_square, to_rgb_array
 from nbtl.errors import DataError, NbtlError
+from nbtl.transfer import TransferModel, build_transfer, load_trainable_state, make_head
 
 CLASSIFIER_FILE = "classifier.json"
 FORMAT = 1
@@ -53,10 +57,6 @@ def trained_state_dict(
     """The whole state dict of a trial's model from what its checkpoint keeps (``trained``: every tensor but
     the frozen blocks', see :func:`nbtl.search.trainable.compact_checkpoint`) and the pre-trained weights the
     trial started from, which hold the frozen blocks."""
-    from nbtl.config import TrialConfig
-    from nbtl.train import load_trainable_state
-    from nbtl.transfer import build_transfer
-
     trial_config = TrialConfig.from_dict(config)
     setup = build_transfer(trial_config, num_classes, state_dict=pretrained if trial_config.pretrained else None)
     load_trainable_state(setup.model, trained, len(setup.frozen_blocks))
@@ -67,11 +67,6 @@ def build_member(config: dict[str, Any], num_classes: int, state_dict: dict[str,
     """A :class:`~nbtl.transfer.TransferModel` of ``config``'s architecture holding ``state_dict``, in eval mode.
 
     Built from a random initialisation (no pre-trained weights are read or downloaded) and loaded strictly."""
-    from nbtl.backbones import create_backbone
-    from nbtl.config import TrialConfig
-    from nbtl.transfer.heads import make_head
-    from nbtl.transfer.model import TransferModel
-
     trial_config = TrialConfig.from_dict(config)
     backbone = create_backbone(trial_config.backbone, pretrained=False)
     head = make_head(
@@ -99,8 +94,6 @@ def decode_image(image: Any, image_size: int, name: str = "image") -> np.ndarray
     ``image`` is an encoded file's bytes (PNG, JPEG, ...), a path, a PIL image, or a uint8 array ``(H, W, 3)``
     or ``(H, W)`` of any size. Raises :class:`~nbtl.errors.DataError` naming ``name`` when it cannot be read.
     """
-    from nbtl.data.images import open_image, resize_square, to_rgb_array
-
     if isinstance(image, (str, Path)):
         picture = open_image(Path(image))
     elif isinstance(image, (bytes, bytearray, memoryview)):

@@ -21,10 +21,24 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
+from nbtl.data import load_dataset, split_dataset
+from nbtl.data.describe import describe_dataset
+from nbtl.data.settings import NATIVE, DataSettings
 from nbtl.errors import ConfigError, NbtlError
 from nbtl.models.classifier import Member, classifier_of, read_members
-from nbtl.models.export import KEPT_ARTIFACT, KEPT_TAG
+from nbtl.models.export import ENSEMBLE_NAME, KEPT_ARTIFACT, KEPT_TAG, log_classifier, mlflow_uris
 from nbtl.ranking import rank_key
+from nbtl.tracking import (
+    MODEL_URI_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    SEARCH_TAG,
+    TrainingRun,
+    finished_searches,
+    log_dataset,
+    resolve_tracking_uri,
+    tracking_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +65,6 @@ class EnsembleResult:
 
 def find_search(client, name: str, run_id: str | None = None):
     """The parent run of search ``name``: ``run_id`` if given, else its newest FINISHED one."""
-    from nbtl.tracking import ROLE_TAG, SEARCH_TAG, finished_searches
-
     if run_id:
         run = client.get_run(run_id)
         if run.data.tags.get(ROLE_TAG) != "search":
@@ -70,8 +82,6 @@ def find_search(client, name: str, run_id: str | None = None):
 
 def kept_trials(client, parent) -> list:
     """The search's trial runs that kept their weights (ranked later, by what the kept weights scored)."""
-    from nbtl.tracking import PARENT_TAG
-
     runs = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and tags.`{KEPT_TAG}` = 'true'",
@@ -84,10 +94,6 @@ def search_test_split(parent, image_size: int | None = None):
     """The search's splits, rebuilt from its parent run's params (at ``image_size``, default the search's), and
     the dataset description. The data is checked against the digest the search logged, at the size it logged."""
     import dataclasses
-
-    from nbtl.data import load_dataset, split_dataset
-    from nbtl.data.describe import describe_dataset
-    from nbtl.data.settings import NATIVE, DataSettings
 
     params = parent.data.params
     settings = DataSettings.from_params(params, where=f"the data settings of search run {parent.info.run_id}")
@@ -135,18 +141,6 @@ def ensemble_search(
 ) -> EnsembleResult:
     """Ensemble the ``top`` best kept trials of search ``name`` (see the module docstring)."""
     import mlflow
-
-    from nbtl.models.export import ENSEMBLE_NAME, log_classifier, mlflow_uris
-    from nbtl.tracking import (
-        MODEL_URI_TAG,
-        PARENT_TAG,
-        ROLE_TAG,
-        SEARCH_TAG,
-        TrainingRun,
-        log_dataset,
-        resolve_tracking_uri,
-        tracking_client,
-    )
 
     if top < 2:
         raise ConfigError(f"--top {top}: an ensemble needs at least 2 trials")

@@ -14,14 +14,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from nbtl import __version__
-
-if TYPE_CHECKING:
-    from nbtl.models.classifier import Member
+from nbtl.models.classifier import Member, save_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +37,6 @@ PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 #: A search's best trials keep their best-epoch weights as this artifact (a classifier folder) of their runs,
 #: tagged so: what ``nbtl ensemble`` reads (nbtl.search.handover writes them).
 KEPT_ARTIFACT, KEPT_TAG = "classifier", "nbtl.weights_kept"
-#: How many of a search's best trials keep their weights by default, and so how many ``nbtl ensemble`` averages.
-KEEP_WEIGHTS = 3
 
 
 @dataclass(frozen=True)
@@ -159,8 +155,6 @@ def log_classifier(
     import mlflow
     import pandas as pd
     from mlflow.models import Model
-
-    from nbtl.models.classifier import save_classifier
 
     info_metadata = {
         "classes": [str(c) for c in classes],

@@ -33,9 +33,13 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
+from nbtl.data.listing import check_listed_files, image_extensions, images_under
 from nbtl.errors import ConfigError, DataError, NbtlError, one_line
-from nbtl.models.export import CLASSIFIER_ARTIFACT
-from nbtl.tracking import MODEL_URI_TAG, SEARCH_TAG, finished_searches
+from nbtl.models.classifier import decode_image
+from nbtl.models.classifier import top_k as best_classes
+from nbtl.models.export import CLASSIFIER_ARTIFACT, IMAGE_COLUMN, mlflow_uris
+from nbtl.models.pyfunc import ClassifierModel
+from nbtl.tracking import MODEL_URI_TAG, SEARCH_TAG, check_tracking_uri, finished_searches, tracking_client
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +73,6 @@ def check_store(tracking_uri: str) -> None:
             "(or $MLFLOW_TRACKING_URI) naming the store the search logged to"
         )
     if urlsplit(tracking_uri).scheme in ("http", "https"):
-        from nbtl.tracking import check_tracking_uri
-
         check_tracking_uri(tracking_uri)
 
 
@@ -114,8 +116,6 @@ def resolve_model(model: str, tracking_uri: str) -> str:
     """
     from mlflow.exceptions import MlflowException
 
-    from nbtl.tracking import tracking_client
-
     model = model.strip()
     if not model:
         raise ConfigError(f"MODEL is empty: give {URI_FORMS}")
@@ -158,8 +158,6 @@ class _OwnPyfunc:
     plain-tensor ``classifier`` artifact alone: neither the model's stored code nor any pickle is run."""
 
     def __init__(self, classifier_folder: Path):
-        from nbtl.models.pyfunc import ClassifierModel
-
         self.model = ClassifierModel()
         self.model.load_context(SimpleNamespace(artifacts={CLASSIFIER_ARTIFACT: str(classifier_folder)}))
 
@@ -201,8 +199,6 @@ def load_model(uri: str, tracking_uri: str, allow_foreign: bool = False) -> Load
     import mlflow.models
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
-
-    from nbtl.models.export import mlflow_uris
 
     in_store = uri.startswith(("models:/", "runs:/"))  # else a folder or an artifact URI, which name their place
     if in_store:
@@ -254,8 +250,6 @@ def load_model(uri: str, tracking_uri: str, allow_foreign: bool = False) -> Load
 
 
 def _images_in_folder(folder: Path) -> list[Path]:
-    from nbtl.data.listing import image_extensions, images_under
-
     return images_under(folder, image_extensions())
 
 
@@ -285,8 +279,6 @@ def _images_in_csv(csv_path: Path) -> list[Path]:
         column, body = column or 0, rows[1:]
     if not body:
         raise DataError(f"CSV '{csv_path}' has a header but no rows; add one image path per row")
-    from nbtl.data.listing import check_listed_files
-
     paths = []
     for number, row in body:
         text = row[column].strip() if column < len(row) else ""
@@ -324,8 +316,6 @@ def list_images(arguments: Sequence[str | Path]) -> list[Path]:
         else:
             images.append(path)
     if not images:
-        from nbtl.data.listing import image_extensions
-
         raise DataError(
             f"no images in {', '.join(map(str, arguments))}: give image files, or folders holding "
             f"files with extensions {', '.join(image_extensions())}"
@@ -358,8 +348,6 @@ def read_image(path: Path, image_size: int) -> bytes:
     UnreadableImage
         Naming the file and why.
     """
-    from nbtl.models.classifier import decode_image
-
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -385,9 +373,6 @@ def columns(top_k: int) -> list[str]:
 
 def _rows(model: LoadedModel, paths: list[Path], data: list[bytes], top_k: int, batch_size: int) -> list[dict]:
     """One row per image of ``data`` (readable images): the pyfunc model's top-``top_k`` classes."""
-    from nbtl.models.classifier import top_k as best_classes
-    from nbtl.models.export import IMAGE_COLUMN
-
     output = model.pyfunc.predict(pd.DataFrame({IMAGE_COLUMN: data}), params={"batch_size": batch_size})
     probabilities = np.asarray(output["probabilities"].tolist(), dtype=np.float64).reshape(len(data), -1)
     if probabilities.shape[1] != len(model.classes):

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from nbtl.errors import DataError
+from nbtl.models.classifier import load_classifier
 from nbtl.models.export import CLASSIFIER_ARTIFACT, DEFAULT_PARAMS, IMAGE_COLUMN
 
 _BASE64 = re.compile(rb"[A-Za-z0-9+/=\s]+")
@@ -95,8 +96,6 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        from nbtl.models.classifier import load_classifier
-
         self.classifier = load_classifier(context.artifacts[CLASSIFIER_ARTIFACT])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:

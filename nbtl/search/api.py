@@ -15,6 +15,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from nbtl.backbones import parse_weights
+from nbtl.search.runner import SearchOptions, run_search
+from nbtl.search.space import as_space
+from nbtl.search.units import parse_duration, parse_size
+
 logger = logging.getLogger(__name__)
 
 
@@ -78,11 +83,6 @@ def search(
         ``.table`` (DataFrame, best first), ``.best_config``, ``.model_uri``, ``.parent_run_id``,
         ``.tracking_uri``, ``.experiment_path``.
     """
-    from nbtl.backbones import parse_weights
-    from nbtl.search.runner import SearchOptions, run_search
-    from nbtl.search.space import as_space
-    from nbtl.search.units import parse_duration, parse_size
-
     loaded = as_space(space)
     options = SearchOptions(
         data=str(data),

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from nbtl.config import TrialConfig
+from nbtl.transfer import build_transfer
 
 #: Images in the timed batch, and timed repeats (the best is kept: the rest waited on something else).
 BATCH, REPEATS = 8, 3
@@ -51,8 +52,6 @@ def measure_speed(backbone: str, image_size: int, threads: int = 1) -> Speed:
     key = (backbone, int(image_size), int(threads))
     if key in _MEASURED:
         return _MEASURED[key]
-    from nbtl.transfer import build_transfer
-
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:

@@ -17,6 +17,7 @@ from nbtl.ranking import METRIC, best_trial, rank_trials, trial_id_of
 from nbtl.search import plots
 from nbtl.search.handover import hand_over
 from nbtl.search.options import SearchResult
+from nbtl.search.session import reason_from_error_text
 from nbtl.search.space import SearchSpace
 from nbtl.tracking import SOURCE_TAG, STOP_REASON_TAG
 
@@ -51,8 +52,6 @@ def results_table(
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """One row per trial (its id, MLflow run, status, config, best-epoch metrics and ``finished_at_s``,
     the seconds from the search's start to the trial's end), best first; and each trial's full config by trial id."""
-
-    from nbtl.search.callbacks import reason_from_error_text  # imports Ray: only once a search ran
 
     rows, configs = [], {}
     for result in results:

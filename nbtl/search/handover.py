@@ -18,6 +18,11 @@ import pandas as pd
 
 from nbtl.codec import is_unset
 from nbtl.errors import one_line
+from nbtl.models.classifier import Member, save_classifier, trained_state_dict
+from nbtl.models.export import KEPT_ARTIFACT, KEPT_TAG, MODEL_NAME, log_classifier
+from nbtl.ranking import METRIC, ranked_scored, trial_id_of
+from nbtl.search.trainable import TRIAL_CHECKPOINT
+from nbtl.tracking import MODEL_URI_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +57,6 @@ def _best_weights(result) -> tuple[dict[str, Any], dict[str, float]] | None:
     more epoch to MLflow than Ray Tune kept."""
     import torch
 
-    from nbtl.search.trainable import TRIAL_CHECKPOINT
-
     checkpoint = getattr(result, "checkpoint", None)
     if checkpoint is None:
         return None
@@ -77,11 +80,6 @@ def hand_over(
 ) -> dict[str, Any] | None:
     """Keep the best ``handover.keep`` trials' weights on their runs, and log (and register) the best one's
     model on the parent run. Returns what was logged, or None when no trial left weights."""
-    from nbtl.models.classifier import Member, save_classifier, trained_state_dict
-    from nbtl.models.export import KEPT_ARTIFACT, KEPT_TAG, MODEL_NAME, log_classifier
-    from nbtl.ranking import METRIC, ranked_scored, trial_id_of
-    from nbtl.tracking import MODEL_URI_TAG
-
     if handover.keep < 1 or table.empty:
         return None
     ranked = ranked_scored(table).head(handover.keep)  # the one ranking: the search's best trial first

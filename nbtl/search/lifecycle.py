@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from nbtl.errors import disk_full_reason, one_line
+
 logger = logging.getLogger(__name__)
 
 #: Ray Tune's own SIGINT handler (``ray.tune.tune._setup_signal_catching``) makes ``Tuner.fit`` return
@@ -33,8 +35,6 @@ class _FullDiskInOneLine(logging.Filter):
     traceback: the message and the error in one line (the trial's ``error.txt`` keeps the traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from nbtl.errors import disk_full_reason, one_line
-
         error = record.exc_info[1] if record.exc_info else None
         if error is not None and disk_full_reason(error) is not None:
             text = str(error).strip().splitlines()

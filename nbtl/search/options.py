@@ -1,5 +1,6 @@
 """A search's options and their precedence (the command line, then the space, then the default), the sampler and
-scheduler a space names, and the search's folders and time: the settings every room of a search reads."""
+scheduler a space names, the search's folders and time, and the Optuna study's database: the settings every room
+of a search reads."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from nbtl.data.settings import SETTING_KEYS, DataSettings
-from nbtl.models.export import KEEP_WEIGHTS
+from nbtl.models import KEEP_WEIGHTS
 from nbtl.search.cluster import SearchError
 from nbtl.search.reevaluate import BUDGET_SHARE
 from nbtl.search.space import SearchSpace
@@ -193,3 +194,19 @@ def duration(seconds: float | None) -> str:
         return "-"
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def open_rdb(url: str):
+    """Optuna's RDB storage at ``url`` (SQLite, PostgreSQL, MySQL); a URL it cannot open is one
+    :class:`SearchError` naming it and the fix. Here, not in :mod:`nbtl.search.study_store` (which imports Ray), so
+    that ``--optuna-storage`` is checked before the search starts and Ray loads only after its token is set."""
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as error:  # noqa: BLE001  (SQLAlchemy's errors for a bad URL, driver or path are many)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SearchError(
+            f"--optuna-storage {url}: Optuna cannot open it ({reason}); give a database URL such as "
+            "sqlite:///optuna.db or postgresql://user@host/db"
+        ) from None

@@ -8,6 +8,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbtl.backbones import get_spec
 from nbtl.config import TrialConfig
 from nbtl.regularizers import knob
 
@@ -73,8 +74,6 @@ class Parameter:
         """``(low, high)`` of a range parameter given the values ``chosen`` so far: ``'all'`` and block
         parameters resolved, and a block range capped to what the trial can take (``transfer_blocks <=``
         the backbone's block count, ``freeze_blocks <= transfer_blocks``, 0 when ``pretrained`` is false)."""
-        from nbtl.backbones import get_spec
-
         default = TrialConfig()
         num_blocks = get_spec(chosen.get("backbone", default.backbone)).num_blocks
 

@@ -23,6 +23,7 @@ from nbtl.search.options import (
     claim_experiment_dir,
     duration,
     kept_seconds,
+    open_rdb,
     optuna_sampler,
     setting,
     time_budget,
@@ -116,8 +117,6 @@ def make_plan(
     print_fn: Callable[[str], None],
 ) -> Plan:
     from ray.tune.search.optuna import OptunaSearch
-
-    from nbtl.search.study_store import open_rdb  # imports Ray: only once the search runs (token auth first)
 
     name = options.name or space.name
     seed = int(setting(options, space, "seed"))

@@ -33,6 +33,9 @@ from optuna.distributions import (
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from nbtl.config import TrialConfig
+from nbtl.heuristics.learned import LearnedRecommender, default_recommender_path
+
 __all__ = [
     "PRIOR_CANDIDATES_ATTR",
     "PRIOR_SCORE_ATTR",
@@ -341,8 +344,6 @@ class RecommenderScore:
     """``score(configs)`` of :func:`recommender_score` (a class, so a study holding it can be pickled)."""
 
     def __init__(self, model: Any, task_rows: dict[str, dict[str, Any]], fixed: dict[str, Any] | None = None) -> None:
-        from nbtl.config import TrialConfig
-
         self.model = model
         self.task_rows = {str(k): dict(v) for k, v in task_rows.items()}
         self.defaults = TrialConfig().to_dict()
@@ -408,8 +409,6 @@ def build_prior(
     ``search.prior.trials``, else its ``search.trials`` (the prior hands over to the wrapped sampler by the
     end of the budget), else 20.
     """
-    from nbtl.heuristics.learned import LearnedRecommender, default_recommender_path
-
     if not task_rows:
         return None
     if model is None or isinstance(model, (str, Path)):

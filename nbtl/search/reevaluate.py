@@ -19,8 +19,11 @@ from typing import Any
 
 import pandas as pd
 
+from nbtl.config import TrialConfig
 from nbtl.ranking import rank_trials
 from nbtl.search.space import trial_seed
+from nbtl.search.trainable import prefix_store
+from nbtl.train import train_trial
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +45,6 @@ def _repeat_trial(
     image_sizes: dict[str, int] | None = None,
 ) -> dict:
     """One repeat, in a Ray worker: the trial's config trained again with ``seed``; its last epoch's metrics."""
-    from nbtl.config import TrialConfig
-    from nbtl.search.trainable import prefix_store
-    from nbtl.train import train_trial
-
     trial_config = TrialConfig.from_dict({**config, "seed": seed}, where="re-evaluated trial")
     if isinstance(splits, dict):  # one data file per image size: the trial's own, else its backbone's
         splits = splits[trial_config.image_size or image_sizes[trial_config.backbone]]

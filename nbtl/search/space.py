@@ -26,8 +26,10 @@ from typing import Any
 
 import yaml
 
+from nbtl.backbones import get_spec
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError, NbtlError
+from nbtl.resources import find_space, shipped_spaces
 from nbtl.safe_yaml import load_yaml
 from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, valid_all_minus
 from nbtl.search.settings import SearchSettings
@@ -263,8 +265,6 @@ def load_space(path: str | Path) -> SearchSpace:
     ``path`` is a file, else the name of a space shipped with nbtl (``tiny``, ``default.yaml``,
     ``search_spaces/default.yaml``: see :func:`nbtl.resources.find_space`), so these work from any directory.
     """
-    from nbtl.resources import find_space, shipped_spaces
-
     path = Path(path)
     if not path.is_file():
         found = find_space(path)
@@ -455,8 +455,6 @@ def _check_block_order(parameters: list[Parameter], where: str) -> None:
 
 def _checked(parameter: Parameter, at: str) -> Parameter:
     """Check every literal value against the trial config's own rules."""
-    from nbtl.backbones import get_spec
-
     for value in parameter.candidates():
         if parameter.name == "backbone":
             try:

@@ -17,7 +17,11 @@ import logging
 import math
 from typing import Any
 
+from nbtl.backbones import get_spec
 from nbtl.config import TrialConfig
+from nbtl.data import make_augmentation
+from nbtl.data.settings import MAX_SEED, check_setting
+from nbtl.data.splits import MIN_IMAGES_PER_CLASS
 from nbtl.errors import ConfigError
 from nbtl.search.algorithms import get_sampler, get_scheduler, sampler_names, scheduler_names
 from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, resolve_bound, valid_all_minus
@@ -63,8 +67,6 @@ def _is_number(value: Any) -> bool:
 
 
 def _num_blocks(backbone: str) -> int:
-    from nbtl.backbones import get_spec
-
     return get_spec(backbone).num_blocks
 
 
@@ -325,10 +327,6 @@ def check_prior(spec: dict[str, Any], where: str) -> None:
 def check_settings(space: Any, where: str) -> None:
     """The ``data:`` and ``search:`` sections of ``space`` (a :class:`~nbtl.search.space.SearchSpace`): every
     value of the right type and range, known keys only, and the sampler, scheduler, prior and start points valid."""
-    from nbtl.data import make_augmentation
-    from nbtl.data.settings import MAX_SEED, check_setting
-    from nbtl.data.splits import MIN_IMAGES_PER_CLASS
-
     d, s = space.data, space.search
 
     def positive_int(section: dict, key: str, label: str, minimum: int = 1) -> None:

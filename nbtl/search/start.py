@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
+from nbtl.heuristics.recommend import measure_task, recommend
 from nbtl.search.settings import RECOMMEND, get_start_point
 from nbtl.search.space import SearchSpace
 
@@ -76,9 +78,6 @@ def start_points(
     backbones = space.backbones()
     recommended: list[dict[str, Any]] = []
     if RECOMMEND in names:
-        from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
-        from nbtl.heuristics.recommend import measure_task, recommend
-
         rules = load_rules()
         path = default_recommender_path()
         model = LearnedRecommender.load(path) if path is not None else None

@@ -18,27 +18,12 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from ray.tune import Callback
 
 from nbtl.ranking import METRIC, MODE
-from nbtl.search.cluster import SearchError
+from nbtl.search.options import open_rdb
 
 log = logging.getLogger(__name__)
 
 #: The user attribute naming a study trial's Ray Tune trial (so a resumed search does not add it twice).
 TRIAL_ID_ATTR = "nbtl.trial_id"
-
-
-def open_rdb(url: str):
-    """Optuna's RDB storage at ``url`` (SQLite, PostgreSQL, MySQL); a URL it cannot open is one
-    :class:`SearchError` naming it and the fix."""
-    import optuna
-
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as error:  # noqa: BLE001  (SQLAlchemy's errors for a bad URL, driver or path are many)
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise SearchError(
-            f"--optuna-storage {url}: Optuna cannot open it ({reason}); give a database URL such as "
-            "sqlite:///optuna.db or postgresql://user@host/db"
-        ) from None
 
 
 class _Recorder:

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbtl.errors import one_line
+from nbtl.config import TrialConfig
+from nbtl.errors import ensure_room, one_line, raise_if_disk_full
+from nbtl.features import PrefixStore
+from nbtl.tracking import TrialTracker, status_for, trial_run_name
+from nbtl.train import train_trial
 
 TRIAL_CHECKPOINT = "trial.pt"
 
@@ -47,8 +51,6 @@ def prefix_store(directory: str | None, seed: int, max_disk_bytes: int | None = 
     trial are mapped from disk by the others (on every node, as the folder lies on the search's shared
     storage) and kept for the next trial of the same worker. ``seed`` is the search seed (the augmented views
     derive from it); ``max_disk_bytes`` caps the folder (least recently used entries removed)."""
-    from nbtl.features import PrefixStore
-
     key = (directory, seed, max_disk_bytes)
     if key not in _STORES:
         _STORES[key] = PrefixStore(directory, seed=seed, max_disk_bytes=max_disk_bytes)
@@ -114,8 +116,6 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Path, storage_dir: str | N
     search stops on it, its state whole: :func:`nbtl.errors.ensure_room`)."""
     import torch
 
-    from nbtl.errors import ensure_room, raise_if_disk_full
-
     try:
         torch.save(checkpoint, path)
     except RuntimeError as error:
@@ -173,10 +173,6 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     arrive through ``tune.with_parameters``, so they are stored once and shared by all trials.
     """
     from ray import tune
-
-    from nbtl.config import TrialConfig
-    from nbtl.tracking import TrialTracker, status_for, trial_run_name
-    from nbtl.train import train_trial
 
     trial = current_trial()
     trial_id, trial_name = trial.trial_id, trial.trial_name

@@ -15,6 +15,7 @@ from nbtl.search.lifecycle import SearchInterrupted, full_disk_in_one_line, grac
 from nbtl.search.options import SearchOptions, SearchResult, setting
 from nbtl.search.plan import Plan
 from nbtl.search.prepare import Prepared, trainable_for
+from nbtl.search.session import ACTIVE, Session
 from nbtl.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ def run_trials(
     stops the search the same way (:meth:`SearchCallback.stop_on_full_disk`), and :class:`DiskFullError` says
     so in one line with ``resume``, the command that continues the search once there is room (the caller's run
     context ends the parent FAILED with it)."""
-
-    from nbtl.search.callbacks import ACTIVE, Session
 
     key = str(experiment_path)
     ACTIVE[key] = session = Session(tracker, print_fn, status=status_fn)

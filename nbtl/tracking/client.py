@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nbtl.codec import MAX_TEXT_LENGTH, encode
+from nbtl.errors import TrackingStoreError
 
 T = TypeVar("T")
 
@@ -122,8 +123,6 @@ def tracking_client(uri: str):
         with FileLock(lock, timeout=300):
             return MlflowClient(tracking_uri=uri)
     except Timeout:
-        from nbtl.errors import TrackingStoreError
-
         raise TrackingStoreError(
             f"--tracking-uri {uri}: another process has been creating this store for 5 minutes "
             f"(it holds {lock}); wait for it to finish or stop it"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nbtl.data.settings import SETTING_KEYS
 from nbtl.tracking.client import (
     CHOSEN_TAG,
     PARENT_TAG,
@@ -87,8 +88,6 @@ def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
     ``best_val_accuracy`` and ``test_accuracy``; plus ``search``, ``parent_run_id``, ``run_id``.
     """
     from mlflow.entities import ViewType
-
-    from nbtl.data.settings import SETTING_KEYS
 
     uri = resolve_tracking_uri(tracking_uri)
     client = tracking_client(uri)

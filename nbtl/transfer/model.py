@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from nbtl.backbones import Backbone, create_backbone, get_spec
+from nbtl.backbones._registry import get_entry
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
 from nbtl.regularizers import PenaltyWeights
@@ -143,8 +144,6 @@ def reinitialize_blocks(backbone: Backbone, indices, pretrained: bool = True) ->
     kept = {i: [k for k, t in _tensors(backbone.blocks[i]).items() if torch.equal(t, before[i][k])] for i in indices}
     if not any(kept.values()):
         return
-    from nbtl.backbones._registry import get_entry
-
     fresh = get_entry(backbone.spec.name).build()
     with torch.no_grad():
         for i, keys in kept.items():
@@ -240,3 +239,23 @@ def build_transfer(
     weights = PenaltyWeights(anchored=transferred, unanchored=unanchored, new=new, head=head_weights)
     regularizer = build_penalties(weights, config)  # every registered regulariser's term (nbtl.regularizers)
     return TransferSetup(model, optimizer, regularizer, transfer, reinitialized, frozen)
+
+
+def frozen_state_keys(model: TransferModel, freeze: int) -> set[str]:
+    """The ``state_dict`` keys of the blocks that never train (``blocks[:freeze]``: eval mode, no gradient):
+    they hold what :func:`build_transfer` made from the pre-trained weights and the seed, so a resumed trial
+    rebuilds them and a checkpoint on disk may leave them out."""
+    frozen = {id(t) for block in list(model.blocks)[:freeze] for t in (*block.parameters(), *block.buffers())}
+    return {k for k, v in model.state_dict(keep_vars=True).items() if id(v) in frozen}
+
+
+def load_trainable_state(model: TransferModel, state: dict[str, torch.Tensor], freeze: int) -> None:
+    """Load what a trial's checkpoint keeps (every tensor but the frozen blocks', :func:`frozen_state_keys`) into
+    ``model``, built as the trial built it; anything else missing, or anything unexpected, is a ``ValueError``."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    absent = set(missing) - frozen_state_keys(model, freeze)
+    if unexpected or absent:
+        raise ValueError(
+            f"the checkpoint does not fit this trial's model: {len(absent)} missing and "
+            f"{len(unexpected)} unexpected entries (e.g. {sorted(absent or unexpected)[0]})"
+        )

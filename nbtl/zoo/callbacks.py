@@ -6,14 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from nbtl.search.callbacks import SearchCallback
+from nbtl.zoo.trainable import trial_name
 
 
 class ZooCallback(SearchCallback):
     """:class:`~nbtl.search.callbacks.SearchCallback` with a zoo trial's name and its fold's metrics."""
 
     def _name(self, trial) -> str:
-        from nbtl.zoo.trainable import trial_name
-
         cell = (trial.config or {}).get("cell")
         return trial_name(cell) if cell else str(trial.trial_id)
 

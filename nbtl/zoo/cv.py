@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nbtl.data import Splits, kfold_indices
+
 __all__ = ["Fold", "fold_splits", "study_folds"]
 
 
@@ -50,8 +52,6 @@ def study_folds(dataset, folds: int, seeds: list[int], val_fraction: float | Non
     """``folds`` stratified folds for every seed in ``seeds`` (``len(seeds) * folds`` :class:`Fold` s, seed
     by seed), from :func:`nbtl.data.kfold_indices`; a class with too few images raises its
     :class:`~nbtl.errors.DataError`."""
-    from nbtl.data import kfold_indices
-
     official = dataset.parts is not None and bool((np.asarray(dataset.parts) == "test").any())
     result = []
     for seed in seeds:
@@ -62,7 +62,5 @@ def study_folds(dataset, folds: int, seeds: list[int], val_fraction: float | Non
 
 def fold_splits(dataset, fold: Fold):
     """The :class:`~nbtl.data.Splits` a fine-tuning trial of ``fold`` trains, validates and is scored on."""
-    from nbtl.data import Splits
-
     parts = {"train": fold.train, "val": fold.val, "test": fold.test}
     return Splits(**{name: dataset.subset(positions) for name, positions in parts.items()}, indices=parts)

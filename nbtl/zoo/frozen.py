@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nbtl.fit.probe import fit_linear_probe
+from nbtl.transfer.heads import make_head
+
 __all__ = ["HeadRecipe", "train_head"]
 
 
@@ -49,15 +52,11 @@ def train_head(
     L-BFGS logistic regression, its L2 strength cross-validated on the training part); ``recipe`` is for the
     heads with hidden layers (``mlp``, ``spinal``), trained with Adam."""
     if head == "linear":
-        from nbtl.fit.probe import fit_linear_probe
-
         probe = fit_linear_probe(train_features, train_labels, num_classes, random_state=int(seed))
         return probe.logits(test_features).argmax(1)
 
     import torch
     from torch import nn
-
-    from nbtl.transfer.heads import make_head
 
     generator = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))  # the head's initialisation and dropout

@@ -20,9 +20,23 @@ from typing import Any
 import pandas as pd
 
 from nbtl import __version__
+from nbtl.backbones import get_spec, load_pretrained_state_dict
+from nbtl.config import TrialConfig
+from nbtl.data import load_dataset
 from nbtl.errors import ConfigError
+from nbtl.fit import block_features
+from nbtl.heads import head_names
+from nbtl.heuristics.recipes import conventional_config
+from nbtl.search.cluster import check_services, cluster_address, study_ray
+from nbtl.search.lifecycle import graceful_ctrl_c
 from nbtl.search.options import wrap_up_seconds
+from nbtl.search.session import ACTIVE, Session, reason_from_error_text
+from nbtl.tracking import ROLE_TAG, SearchTracker
+from nbtl.zoo import plots
+from nbtl.zoo.cv import study_folds
+from nbtl.zoo.frozen import HeadRecipe
 from nbtl.zoo.report import METRICS, paired_comparison, summary_table
+from nbtl.zoo.trainable import ZooContext, zoo_trainable
 
 MODES = ("frozen", "finetune")
 #: TrialConfig keys a space's fixed values or flags may set in a fine-tuning study's recipe; the backbone,
@@ -69,9 +83,6 @@ class ZooResult:
 
 def check_options(options: ZooOptions) -> None:
     """Refuse, in one line each, what cannot run: an unknown mode, head or backbone, too few folds."""
-    from nbtl.backbones import get_spec
-    from nbtl.heads import head_names
-
     if options.mode not in MODES:
         raise ConfigError(f"--mode {options.mode!r}: use frozen (a new head on cached features) or finetune")
     for flag, values in (("--backbones", options.backbones), ("--heads", options.heads), ("DATA", options.data)):
@@ -110,9 +121,6 @@ def _cells(names: list[str], options: ZooOptions, seeds: list[int]) -> list[dict
 
 def _prepare(options: ZooOptions, seeds: list[int], say: Callable[[str], None]) -> tuple[list[str], list[dict]]:
     """Load every dataset and deal its folds; then the features (frozen) or the weights (finetune)."""
-    from nbtl.data import load_dataset
-    from nbtl.zoo.cv import study_folds
-
     names, payload = [], []
     weights: dict[str, Any] = {}
     for spec in options.data:
@@ -131,8 +139,6 @@ def _prepare(options: ZooOptions, seeds: list[int], say: Callable[[str], None]) 
         )
         entry: dict[str, Any] = {"labels": labels, "folds": folds, "num_classes": len(dataset.classes)}
         if options.mode == "frozen":
-            from nbtl.fit import block_features
-
             entry["features"] = {}
             for backbone in options.backbones:
                 started = time.perf_counter()
@@ -143,8 +149,6 @@ def _prepare(options: ZooOptions, seeds: list[int], say: Callable[[str], None]) 
                     f"{'from the cache' if features.from_cache else 'extracted'} in {time.perf_counter() - started:.1f}s"
                 )
         else:
-            from nbtl.backbones import load_pretrained_state_dict
-
             for backbone in options.backbones:
                 if backbone not in weights:
                     weights[backbone] = load_pretrained_state_dict(backbone)
@@ -157,8 +161,6 @@ def _prepare(options: ZooOptions, seeds: list[int], say: Callable[[str], None]) 
 def _recipe(options: ZooOptions) -> dict[str, Any]:
     """The recipe every cell shares, checked once (a bad value is one line, before Ray starts)."""
     if options.mode == "frozen":
-        from nbtl.zoo.frozen import HeadRecipe
-
         try:
             recipe = HeadRecipe(**options.recipe)
         except TypeError as error:
@@ -167,9 +169,6 @@ def _recipe(options: ZooOptions) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"frozen head recipe: {key} must be a number >= 0, got {value!r}")
         return dict(recipe.__dict__)
-    from nbtl.config import TrialConfig
-    from nbtl.heuristics.recipes import conventional_config
-
     recipe = {k: v for k, v in options.recipe.items() if k not in RECIPE_EXCLUDES}
     values = {**conventional_config(options.backbones[0]), **recipe}
     if values.get("batch_size") == "auto":  # resolved per fold (nbtl.zoo.trainable.finetune_config)
@@ -185,8 +184,6 @@ def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> Zoo
     run exists; once it does, an error or Ctrl-C ends it and its open trial runs. The Ray instance the study
     started is shut down when it ends.
     """
-    from nbtl.search.cluster import check_services, cluster_address, study_ray
-
     check_options(options)
     recipe = _recipe(options)
     tracking_uri = check_services(options.address, options.tracking_uri)
@@ -197,8 +194,6 @@ def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> Zoo
     cells = _cells(names, options, seeds)
     resources = {"cpu": options.cpu, "gpu": options.gpu}
     with study_ray(options.address, resources) as gcs_address:
-        from nbtl.tracking import ROLE_TAG, SearchTracker
-
         tracker = SearchTracker(tracking_uri, name, study="zoo study", resume_hint=None)
         params = {
             "data": ",".join(options.data),
@@ -231,10 +226,8 @@ def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> Zoo
 def _run_trials(options, names, payload, cells, recipe, tracker, resources, started, print_fn):
     from ray import tune
 
-    from nbtl.search.callbacks import ACTIVE, Session
-    from nbtl.search.lifecycle import graceful_ctrl_c
+    # Ray loads only here, after check_services turned on its token authentication (nbtl.search.tuner does the same)
     from nbtl.zoo.callbacks import ZooCallback
-    from nbtl.zoo.trainable import ZooContext, zoo_trainable
 
     context = ZooContext(
         tracking_uri=tracker.tracking_uri,
@@ -311,8 +304,6 @@ def fold_table(
     FINISHED with their metrics: a fold whose run finished just before the time budget ended the study, so that
     Ray Tune never received its last report, is FINISHED with the run's metrics (nothing a finished trial wrote is
     lost)."""
-    from nbtl.search.callbacks import reason_from_error_text
-
     by_cell = {}
     for result in results:
         cell = (result.config or {}).get("cell")
@@ -342,8 +333,6 @@ def fold_table(
 
 def _finish(options, names, cells, results, callback, tracker, started) -> ZooResult:
     import matplotlib.pyplot as plt
-
-    from nbtl.zoo import plots
 
     # trials the time budget cut off: Ray stopped them without telling the callback
     for run in tracker.child_runs():

@@ -14,7 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from nbtl.config import TrialConfig
 from nbtl.errors import one_line
+from nbtl.heuristics.recipes import conventional_config
+from nbtl.search.space import auto_batch_size
+from nbtl.search.trainable import current_trial, report_result
+from nbtl.tracking import TrialTracker, status_for
+from nbtl.train import default_device, train_trial
+from nbtl.transfer import build_transfer
+from nbtl.zoo.cv import fold_splits
+from nbtl.zoo.frozen import HeadRecipe, train_head
+from nbtl.zoo.report import classification_metrics
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,6 @@ def trial_name(cell: dict[str, Any]) -> str:
 
 
 def _predict_frozen(cell, data, context: ZooContext) -> tuple[np.ndarray, dict[str, float]]:
-    from nbtl.zoo.frozen import HeadRecipe, train_head
-
     fold = data["folds"][cell["seed"], cell["fold"]]
     features, labels = data["features"][cell["backbone"]], data["labels"]
     predictions = train_head(
@@ -55,10 +63,6 @@ def _predict_frozen(cell, data, context: ZooContext) -> tuple[np.ndarray, dict[s
 def finetune_config(cell: dict[str, Any], recipe: dict[str, Any], n_train: int):
     """The :class:`~nbtl.config.TrialConfig` of a fine-tuning trial: the conventional recipe of its
     backbone (:func:`nbtl.heuristics.recipes.conventional_config`), the study's recipe on top, its head and seed."""
-    from nbtl.config import TrialConfig
-    from nbtl.heuristics.recipes import conventional_config
-    from nbtl.search.space import auto_batch_size
-
     values = {**conventional_config(cell["backbone"]), **recipe, "head": cell["head"], "seed": int(cell["seed"])}
     if values.get("batch_size") in (None, "auto"):
         values["batch_size"] = auto_batch_size(n_train)
@@ -69,9 +73,6 @@ def _predict_finetune(
     config, splits, data, context: ZooContext, tracker, report
 ) -> tuple[np.ndarray, dict[str, float]]:
     import torch
-
-    from nbtl.train import default_device, train_trial
-    from nbtl.transfer import build_transfer
 
     weights = data["weights"].get(config.backbone)
     best: dict[str, Any] = {}
@@ -103,11 +104,6 @@ def zoo_trainable(config: dict[str, Any], data=None, context: ZooContext | None 
     """Ray Tune function trainable: one zoo trial. ``config["cell"]`` names it (dataset index and name,
     backbone, head, fold, seed); ``data`` (by dataset index: features or images, labels, folds, weights)
     arrives once per node through ``tune.with_parameters``."""
-    from nbtl.search.trainable import current_trial, report_result
-    from nbtl.tracking import TrialTracker, status_for
-    from nbtl.zoo.cv import fold_splits
-    from nbtl.zoo.report import classification_metrics
-
     cell = config["cell"]
     this = data[cell["index"]]
     fold = this["folds"][cell["seed"], cell["fold"]]
