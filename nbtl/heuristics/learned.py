@@ -89,7 +89,7 @@ def default_recommender_path() -> Path | None:
 
 def _number(row: dict[str, Any], key: str, default: float | None = None) -> float:
     value = row.get(key, default)
-    if is_unset(value):
+    if value is None or (isinstance(value, str) and is_unset(value)):  # a measured NaN (no probe on 3 images) stays
         if default is None:
             raise HeuristicsError(f"meta-data row lacks {key!r}; every row needs the config and fit signals")
         value = default
