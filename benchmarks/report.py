@@ -9,6 +9,8 @@ renders every such block of benchmarks/README.md and README.md from its results 
   trial_speed                 results/trial_speed.json (benchmarks/trial_speed.py)
   leave_one_task_out          results/leave_one_task_out.json (benchmarks/leave_one_task_out.py)
   probe_floor                 results/probe_floor.json (benchmarks/probe_floor.py)
+  selection_B                 the ``selection`` record of the default's rows in results/equal_time_B.jsonl
+                              (benchmarks/selection_noise.py: how noisy the choice of the best trial was)
 
 A block whose file is absent says "not measured yet". Every row names the commit(s) it was measured at
 (``*``: the working tree had uncommitted changes to tracked files).
@@ -441,14 +443,60 @@ def render_loto(document: dict) -> str:
 RENDER_JSON = {"trial_speed": render_trial_speed, "leave_one_task_out": render_loto, "probe_floor": render_probe_floor}
 
 
+def render_selection(name: str, frame: pd.DataFrame) -> str:
+    """How noisy the default search's choice of its best trial was (the ``selection`` record equal_time.py writes,
+    benchmarks/selection_noise.py): per task, mean over the seeds measured."""
+    if "selection" not in frame:
+        frame = frame.assign(selection=None)
+    rows = frame[(frame["method"] == BASELINE) & frame["selection"].notna()]
+    records = [
+        {"task": task, "seed": seed, "commit": commit, "dirty": dirty, **record}
+        for task, seed, commit, dirty, record in zip(
+            rows["task"], rows["seed"], rows.get("commit", ""), rows.get("dirty", False), rows["selection"]
+        )
+        if isinstance(record, dict) and record.get("scored_trials")
+    ]
+    if not records:
+        return (
+            "_Not measured yet: no default row with a `selection` record (equal_time.py writes it since `62204e5`)._\n"
+        )
+    table = pd.DataFrame(records)
+    table["tied_range"] = table["tied_test_max"] - table["tied_test_min"]
+    table["chosen_minus_probe"] = table["chosen_test_accuracy"] - table["probe_test_accuracy"]
+    table["oracle_minus_chosen"] = table["oracle_test_accuracy"] - table["chosen_test_accuracy"]
+    lines = [
+        f"The default search's choice of its best trial, {len(table)} searches ({budget_label(float(rows['budget_s'].max()))}"
+        f" budget) at {commits(table)}. Test accuracies here only measure the choice; no search saw them.",
+        "",
+        "| task | searches | validation images | tied at the top | within 1 image | test range of the tied | "
+        "chosen - probe (same search) | best trial - chosen | Spearman val/test |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def line(label: str, group: pd.DataFrame) -> str:
+        return (
+            f"| {label} | {len(group)} | {group['n_val'].mean():.0f} | {group['tied'].mean():.1f} | "
+            f"{group['near'].mean():.1f} | {group['tied_range'].mean() * 100:.1f} | "
+            f"{group['chosen_minus_probe'].mean() * 100:+.1f} | {group['oracle_minus_chosen'].mean() * 100:+.1f} | "
+            f"{pd.to_numeric(group['spearman_val_test'], errors='coerce').mean():.2f} |"
+        )
+
+    for task, group in table.groupby("task", sort=True):
+        lines.append(line(task, group))
+    lines.append(line("**all**", table))
+    return "\n".join(lines) + "\n"
+
+
 def source(name: str) -> Path:
     """The results file block ``name`` is rendered from."""
     if re.fullmatch(r"(equal_time|ablations)_\w+", name):
         return RESULTS / f"{name}.jsonl"
+    if re.fullmatch(r"selection_\w+", name):
+        return RESULTS / f"equal_time_{name.removeprefix('selection_')}.jsonl"
     if name in RENDER_JSON:
         return RESULTS / f"{name}.json"
     raise ReportError(
-        f"report block {name!r}: unknown; use equal_time_B, ablations_B (B a budget such as 2m) or one of "
+        f"report block {name!r}: unknown; use equal_time_B, ablations_B, selection_B (B a budget such as 2m) or one of "
         + ", ".join(RENDER_JSON)
     )
 
@@ -463,6 +511,8 @@ def render(name: str) -> str:
             return NOT_MEASURED.format(file=f"results/{path.name}")
         if name.startswith("ablations_"):
             return render_ablations(name, frame)
+        if name.startswith("selection_"):
+            return render_selection(name, frame)
         figure = figure_path(path)
         return render_equal_time(name, frame, f"results/{figure.name}" if figure.exists() else "")
     try:

@@ -139,3 +139,35 @@ def test_targets_compare_default_with_the_best_floor_of_each_task():
     )  # task b: 2 points below binary
     assert lines[2].startswith("MISS") and "8 of 80" in lines[2]
     assert lines[3].startswith("MISS") and "time 8% of default's" in lines[3]
+
+
+def test_selection_block_reads_the_default_rows_selection_record():
+    record = {
+        "scored_trials": 5,
+        "n_val": 20,
+        "tied": 3,
+        "near": 4,
+        "chosen_test_accuracy": 0.40,
+        "tied_test_min": 0.40,
+        "tied_test_max": 0.65,
+        "probe_test_accuracy": 0.66,
+        "oracle_test_accuracy": 0.67,
+        "spearman_val_test": 0.7,
+    }
+    frame = pd.DataFrame(
+        [
+            {
+                "task": "cards",
+                "seed": 0,
+                "method": "default",
+                "budget_s": 120.0,
+                "commit": "abc1234",
+                "dirty": False,
+                "selection": record,
+            },
+            {"task": "cards", "seed": 0, "method": "probe", "budget_s": 120.0, "commit": "abc1234", "dirty": False},
+        ]
+    )
+    text = report.render_selection("selection_2m", frame)
+    assert "| cards | 1 | 20 | 3.0 | 4.0 | 25.0 | -26.0 | +27.0 | 0.70 |" in text and "`abc1234`" in text
+    assert "Not measured" in report.render_selection("selection_2m", frame.drop(columns="selection"))
