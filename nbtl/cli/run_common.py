@@ -9,6 +9,8 @@ from typing import Any
 
 from nbtl.cli.common import DATA_FLAGS
 from nbtl.data.settings import check_setting
+from nbtl.errors import ConfigError
+from nbtl.search.units import parse_duration
 
 
 def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -18,3 +20,13 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
         key: (None if getattr(args, key, None) is None else check_setting(key, getattr(args, key), flag))
         for key, flag in DATA_FLAGS.items()
     }
+
+
+def time_budget(value: str | None) -> float | None:
+    """``--time-budget`` in seconds (None without one); a bad duration is one line naming the flag."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ConfigError as error:
+        raise ConfigError(f"--time-budget: {error}") from None

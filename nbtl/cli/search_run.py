@@ -9,7 +9,7 @@ import pandas as pd
 
 from nbtl.backbones import parse_weights
 from nbtl.cli.common import check_name, live_status, log, positive, progress
-from nbtl.cli.run_common import data_overrides
+from nbtl.cli.run_common import data_overrides, time_budget
 from nbtl.config import dump_config
 from nbtl.errors import ConfigError
 from nbtl.heuristics.recommend import load_recommended_configs
@@ -17,7 +17,7 @@ from nbtl.search import load_space
 from nbtl.search.options import open_rdb
 from nbtl.search.runner import SearchOptions, resume_search, run_search
 from nbtl.search.start import StartPoints
-from nbtl.search.units import parse_duration, parse_size
+from nbtl.search.units import parse_size
 
 #: Flags a resumed search takes from its saved state instead.
 RESUME_IGNORES = (
@@ -71,12 +71,7 @@ def run(args: argparse.Namespace) -> int:
         return report(result)
     if not args.space or not args.data:
         raise ConfigError("nbtl search needs a SPACE file and --data (or --resume NAME); see nbtl search --help")
-    budget = None
-    if args.time_budget is not None:
-        try:
-            budget = parse_duration(args.time_budget)
-        except ConfigError as error:
-            raise ConfigError(f"--time-budget: {error}") from None
+    budget = time_budget(args.time_budget)
     if args.optuna_storage is not None:  # a database Optuna cannot open is refused before any image is decoded
         open_rdb(args.optuna_storage)
     space = load_space(args.space)

@@ -8,12 +8,11 @@ import argparse
 import pandas as pd
 
 from nbtl.cli.common import DEFAULT_SPACE, check_name, positive, progress
-from nbtl.cli.run_common import data_overrides
+from nbtl.cli.run_common import data_overrides, time_budget
 from nbtl.config import TrialConfig
 from nbtl.data.settings import DataSettings
 from nbtl.errors import ConfigError
 from nbtl.search import load_space
-from nbtl.search.units import parse_duration
 from nbtl.tracking import name_slug
 from nbtl.zoo.report import display_table
 from nbtl.zoo.study import ZooOptions, run_zoo
@@ -55,12 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "nbtl zoo needs a dataset: nbtl zoo DATA --backbones A,B (several: DATA DATA, or --data repeated)"
         )
-    budget = None
-    if args.time_budget is not None:
-        try:
-            budget = parse_duration(args.time_budget)
-        except ConfigError as error:
-            raise ConfigError(f"--time-budget: {error}") from None
+    budget = time_budget(args.time_budget)
     space = load_space(args.space or DEFAULT_SPACE)
     settings = DataSettings.from_space(space, data_overrides(args))
     options = ZooOptions(
