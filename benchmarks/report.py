@@ -452,7 +452,11 @@ def render_selection(name: str, frame: pd.DataFrame) -> str:
     records = [
         {"task": task, "seed": seed, "commit": commit, "dirty": dirty, **record}
         for task, seed, commit, dirty, record in zip(
-            rows["task"], rows["seed"], rows.get("commit", ""), rows.get("dirty", False), rows["selection"]
+            rows["task"],
+            rows["seed"],
+            rows.get("commit", pd.Series("", index=rows.index)),
+            rows.get("dirty", pd.Series(False, index=rows.index)),
+            rows["selection"],
         )
         if isinstance(record, dict) and record.get("scored_trials")
     ]

@@ -74,7 +74,7 @@ def selection_row(table: pd.DataFrame) -> dict:
     tied = scored[scored["best_val_accuracy"] >= best - 1e-9]
     step = 1.0 / n_val if n_val else 0.0
     near = scored[scored["best_val_accuracy"] >= best - step - 1e-9]
-    probe = scored[scored.get("source", pd.Series(dtype=str)).eq("probe")] if "source" in scored else scored.iloc[:0]
+    probe = scored[scored["source"].eq("probe")] if "source" in scored else scored.iloc[:0]
     rho = scored["best_val_accuracy"].corr(scored["test_accuracy"], method="spearman") if len(scored) > 2 else NAN
     return {
         "scored_trials": int(len(scored)),
@@ -90,7 +90,7 @@ def selection_row(table: pd.DataFrame) -> dict:
         "probe_val_accuracy": float(probe["best_val_accuracy"].iloc[0]) if len(probe) else NAN,
         "probe_test_accuracy": float(probe["test_accuracy"].iloc[0]) if len(probe) else NAN,
         "oracle_test_accuracy": float(scored["test_accuracy"].max()),
-        "spearman_val_test": None if rho is None or not math.isfinite(rho) else round(float(rho), 3),
+        "spearman_val_test": round(float(rho), 3) if math.isfinite(rho) else None,
     }
 
 
