@@ -332,6 +332,9 @@ def read_search(storage: Path, uri: str, started_wall: float, n_classes: int) ->
                 # how noisy the choice was: validation images, trials tied at the top and their test range, the
                 # probe's scores in the same search (benchmarks/selection_noise.py)
                 "selection": selection_row(table),
+                # every trial's validation and test scores, so other ways to choose can be measured from this file
+                # (benchmarks/selection_rules.py)
+                "trial_rows": trial_rows(table),
             }
         )
     offset = search_start_offset(tables[-1].parent, uri, started_wall)
@@ -344,6 +347,35 @@ def read_search(storage: Path, uri: str, started_wall: float, n_classes: int) ->
                 curve.append((float(end) + offset, float(best["test_accuracy"])))
     outcome["curve"] = curve
     return outcome
+
+
+#: The columns of a search's results table kept in a result row (``trial_rows``).
+TRIAL_COLUMNS = (
+    "trial_id",
+    "source",
+    "status",
+    "epoch",
+    "best_epoch",
+    "best_val_accuracy",
+    "best_val_loss",
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "test_macro_f1",
+    "backbone",
+    "head",
+    "transfer_blocks",
+    "freeze_blocks",
+)
+
+
+def trial_rows(table: pd.DataFrame) -> list[dict]:
+    """The trials of a results table as plain records (:data:`TRIAL_COLUMNS`; missing values as None)."""
+    kept = table[[c for c in TRIAL_COLUMNS if c in table]]
+    return [
+        {k: (None if isinstance(v, float) and v != v else v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+        for r in kept.to_dict("records")
+    ]
 
 
 def search_start_offset(experiment: Path, uri: str, started_wall: float) -> float:
