@@ -11,8 +11,11 @@ Methods (each a subprocess with its own MLflow store, results folder and feature
 
 and ablations of ``default``, each changing one thing in a copy of default.yaml: no-start (search.start_points: []),
 no-cache (search.prefix_cache: false), batch64 (parameters.batch_size: 64), no-warmup
-(parameters.head_warmup_epochs: 0), no-l2sp-blocks (parameters.l2sp_blocks removed); and two additions,
-with-prior (search.prior.enabled: true) and cost-aware (the prior on, ranked by expected gain per second). no-prior
+(parameters.head_warmup_epochs: 0), no-l2sp-blocks (parameters.l2sp_blocks removed); and additions:
+with-prior (search.prior.enabled: true), cost-aware (the prior on, ranked by expected gain per second), val-25
+(data.val_fraction: 0.25: more validation images to choose the best trial by), reevaluate (search.reevaluate:
+{top: 3}: the 3 best trained again with another seed before the best is named) and resplit (the same on another
+train / validation partition, search.reevaluate: {top: 3, resplit: true}). no-prior
 (search.prior.enabled: false) was an ablation while default.yaml had the prior on; it now equals default and is
 kept for the results measured then (not in ``--methods ablations``).
 
@@ -264,6 +267,12 @@ def method_space(method: str, document: dict) -> dict:
         parameters.pop("l2sp_blocks", None)
     elif method == "cost-aware":
         search["prior"] = {**(search.get("prior") or {}), "enabled": True, "cost_aware": True}
+    elif method == "val-25":  # more validation images to choose by, fewer to train on
+        document.setdefault("data", {})["val_fraction"] = 0.25
+    elif method == "reevaluate":  # the 3 best trained again with another seed before the best is named
+        search["reevaluate"] = {"top": 3}
+    elif method == "resplit":  # ... and on another train / validation partition: new validation images
+        search["reevaluate"] = {"top": 3, "resplit": True}
     document["name"] = method
     return document
 

@@ -143,34 +143,61 @@ def replay(rows: list[dict]) -> pd.DataFrame:
                     "source": chosen.get("source", ""),
                     "oracle": float(table["test_accuracy"].max()),
                     "trials": len(table),
+                    "commit": row.get("commit", ""),
                 }
             )
     return pd.DataFrame(out)
 
 
 def render(frame: pd.DataFrame) -> str:
+    """Markdown: each rule's mean test accuracy and paired difference from ``current``, pooled and per task."""
     wide = frame.pivot_table(index=["task", "seed"], columns="rule", values="test_accuracy", aggfunc="last")
+    commits = ", ".join(f"`{c[:7]}`" for c in sorted(set(frame["commit"])) if c) if "commit" in frame else ""
     lines = [
-        f"{len(wide)} searches on {wide.index.get_level_values('task').nunique()} tasks; test accuracy of the trial "
-        "each rule names, and its paired difference from `current` (95 % bootstrap over searches, wins / losses)",
+        f"{len(wide)} searches on {wide.index.get_level_values('task').nunique()} tasks"
+        + (f" at {commits}" if commits else "")
+        + ": the test accuracy of the trial each rule names from the same trials, and its paired difference from "
+        "`current` (points; 95 % bootstrap over searches; wins / losses).",
         "",
         "| rule | mean test acc | minus current | wins / losses |",
         "| --- | --- | --- | --- |",
     ]
+    sources = frame.pivot_table(index="rule", columns="source", values="seed", aggfunc="count", fill_value=0)
     for rule in RULES:
         diff = paired_difference(wide[rule] - wide["current"])
         lines.append(
-            f"| {rule} | {100 * wide[rule].mean():.1f} % | {100 * diff['mean']:+.1f} "
+            f"| {rule} | {100 * wide[rule].mean():.1f} | {100 * diff['mean']:+.1f} "
             f"[{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}] | {diff['wins']} / {diff['losses']} |"
         )
     oracle = frame.drop_duplicates(["task", "seed"])["oracle"].mean()
-    lines += ["", f"oracle (best trial on test, never available): {100 * oracle:.1f} %", ""]
-    per_task = wide.groupby(level="task").mean() * 100
-    lines.append("per task (mean test accuracy, %):")
-    lines.append(per_task.round(1).to_string())
-    sources = frame.pivot_table(index="rule", columns="source", values="seed", aggfunc="count", fill_value=0)
-    lines += ["", "sources of the chosen trials:", sources.to_string()]
-    return "\n".join(lines)
+    lines += [
+        "",
+        f"The best trial on test (never available to a search) averages {100 * oracle:.1f} %. Per task, mean test "
+        "accuracy (%) of the trial each rule names:",
+        "",
+        "| task | searches | " + " | ".join(RULES) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in RULES) + " |",
+    ]
+    per_task = wide.groupby(level="task")
+    for task, group in per_task:
+        lines.append(f"| {task} | {len(group)} | " + " | ".join(f"{100 * group[r].mean():.1f}" for r in RULES) + " |")
+    lines += [
+        "",
+        "Where the chosen trials came from (searches per source):",
+        "",
+        "| rule | " + " | ".join(sources.columns) + " |",
+        "| --- | " + " | ".join("---" for _ in sources.columns) + " |",
+        *(f"| {rule} | " + " | ".join(str(int(v)) for v in sources.loc[rule]) + " |" for rule in RULES),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_file(path: Path, method: str = "default") -> str:
+    """The block ``benchmarks/report.py`` writes for a results file (``rules_<stem>``)."""
+    rows = read_searches([path], method)
+    if not rows:
+        return f"_Not measured yet: no {method} row with `trial_rows` in `results/{path.name}`._\n"
+    return render(replay(rows))
 
 
 def main(argv: list[str] | None = None) -> int:

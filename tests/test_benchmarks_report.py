@@ -18,7 +18,7 @@ import report  # noqa: E402
 def test_readme_blocks_are_rendered_from_the_committed_results():
     for readme in report.READMES:
         text = readme.read_text()
-        rendered, changed = report.update(text)
+        rendered, changed = report.update(text, readme.parent)
         assert not changed, (
             f"{readme}: blocks {changed} differ from benchmarks/results; run benchmarks/report.py --write"
         )
@@ -171,3 +171,42 @@ def test_selection_block_reads_the_default_rows_selection_record():
     text = report.render_selection("selection_2m", frame)
     assert "| cards | 1 | 20 | 3.0 | 4.0 | 25.0 | -26.0 | +27.0 | 0.70 |" in text and "`abc1234`" in text
     assert "Not measured" in report.render_selection("selection_2m", frame.drop(columns="selection"))
+
+
+def test_selection_rules_replay_the_kept_trials_and_judge_each_rule_by_its_choice(tmp_path):
+    """20 validation images (one image = 0.05): the probe is one image below the best; the best is tied twice and
+    its tie is broken by loss. Each rule must name the trial its definition says, judged by that trial's test score."""
+    import json
+
+    import equal_time
+    import selection_rules
+
+    table = pd.DataFrame(
+        [
+            # source, status, best val acc, best val loss, last val acc, last val loss, test acc
+            ("probe", "FINISHED", 0.80, 0.50, 0.80, 0.50, 0.70),
+            ("sampler", "FINISHED", 0.85, 0.90, 0.75, 1.00, 0.40),
+            ("conventional", "FINISHED", 0.85, 0.60, 0.85, 0.60, 0.65),
+            ("recommend-1", "FINISHED", 0.75, 0.30, 0.75, 0.30, 0.60),
+            ("sampler", "FAILED", None, None, None, None, None),
+        ],
+        columns=["source", "status", "best_val_accuracy", "best_val_loss", "val_accuracy", "val_loss", "test_accuracy"],
+    ).assign(trial_id=lambda t: [f"t{i}" for i in range(len(t))])
+    rows = equal_time.trial_rows(table)
+    assert rows[4]["best_val_accuracy"] is None and rows[0]["source"] == "probe"
+    path = tmp_path / "results.jsonl"
+    path.write_text(
+        json.dumps({"task": "a", "seed": 0, "method": "default", "trial_rows": rows})
+        + "\n"
+        + json.dumps({"task": "a", "seed": 0, "method": "probe"})
+        + "\n"
+    )
+    searches = selection_rules.read_searches([path])
+    assert len(searches) == 1
+    chosen = selection_rules.replay(searches).set_index("rule")["test_accuracy"]
+    # current: 0.85 tied, the lower loss (0.60) -> conventional; loss: recommend-1 (0.30); one standard error at
+    # 0.85 of 20 images is 0.08: probe (0.80) is inside, recommend-1 (0.75) is not
+    assert chosen["current"] == 0.65 and chosen["loss"] == 0.60
+    assert chosen["se_loss"] == 0.70 and chosen["se_probe"] == 0.70 and chosen["near_loss"] == 0.70
+    assert chosen["last_epoch"] == 0.65
+    assert "se_probe" in selection_rules.render(selection_rules.replay(searches))

@@ -259,6 +259,30 @@ def test_rerank_orders_the_top_trials_by_the_mean_of_both_runs():
 def test_reevaluate_must_be_a_count():
     with pytest.raises(ConfigError, match=r"search.reevaluate.top must be an integer >= 0, got 'many'"):
         parse_space({"search": {"reevaluate": {"top": "many"}}, "parameters": {"lr": 0.01}})
+    with pytest.raises(ConfigError, match=r"search.reevaluate.resplit must be true .* or false .*, got 'yes'"):
+        parse_space({"search": {"reevaluate": {"top": 3, "resplit": "yes"}}, "parameters": {"lr": 0.01}})
+    settings = parse_space({"search": {"reevaluate": {"top": 3, "resplit": True}}, "parameters": {"lr": 0.01}}).settings
+    assert settings.reevaluate_top == 3 and settings.reevaluate_resplit
+
+
+def test_a_resplit_repeat_trains_and_validates_on_another_partition(weights):
+    """The repeat of nbtl.search.reevaluate, run here without Ray: with a resplit seed it scores the config on other
+    validation images (the same number), with real weights and gradients; without one, on the search's own."""
+    from nbtl.search.reevaluate import _repeat_trial
+
+    splits = split_dataset(load_dataset("digits", image_size=32, per_class=12, classes="0,1,2"), seed=0)
+    config = {**probe_config("efficientnet_lite0"), "epochs": 1, "batch_size": 16}
+    weights = {"efficientnet_lite0": weights}
+    same = _repeat_trial(config, splits, weights, None, None, 0, 1)
+    other = _repeat_trial(config, splits, weights, None, None, 0, 1, resplit_seed=5)
+    again = _repeat_trial(config, splits, weights, None, None, 0, 1, resplit_seed=5)
+    n_val = len(splits.val)
+    for final in (same, other):
+        assert 0.0 <= final["best_val_accuracy"] <= 1.0 and math.isfinite(final["best_val_loss"])
+        assert abs(final["best_val_accuracy"] * n_val - round(final["best_val_accuracy"] * n_val)) < 1e-6
+    assert other["best_val_loss"] == pytest.approx(again["best_val_loss"])  # same seeds, same partition
+    assert other["best_val_loss"] != pytest.approx(same["best_val_loss"])  # other validation images
+    assert other["test_accuracy"] == other["test_accuracy"]  # the test images are still there
 
 
 def test_a_registered_recipe_is_a_start_point_a_space_may_list():

@@ -126,3 +126,24 @@ def test_an_official_part_missing_a_class_is_one_clear_error():
     dataset = _dataset({"a": 8, "b": 5}, parts)
     with pytest.raises(DataError, match="official test part has no image of class 'b'"):
         split_dataset(dataset)
+
+
+def test_resplit_draws_another_partition_of_train_and_val_and_leaves_test_alone():
+    from nbtl.data.splits import resplit
+
+    dataset = _dataset({"a": 20, "b": 14, "c": 9})
+    splits = split_dataset(dataset, val_fraction=0.25, test_fraction=0.2, seed=0)
+    again = resplit(splits, seed=7)
+    pool = sorted(_positions(splits.train) + _positions(splits.val))
+    assert sorted(_positions(again.train) + _positions(again.val)) == pool  # the same images, each once
+    assert not set(_positions(again.train)) & set(_positions(again.val))
+    assert _positions(again.test) == _positions(splits.test) and again.test is splits.test
+    # each class keeps its validation count; the partition is new, and the same for the same seed
+    assert torch.equal(torch.bincount(again.val.labels, minlength=3), torch.bincount(splits.val.labels, minlength=3))
+    assert set(_positions(again.val)) != set(_positions(splits.val))
+    assert _positions(resplit(splits, seed=7).val) == _positions(again.val)
+    assert _positions(resplit(splits, seed=8).val) != _positions(again.val)
+    # labels travel with their images
+    position_label = dict(zip(_positions(dataset), dataset.labels.tolist()))
+    for part in (again.train, again.val):
+        assert [position_label[p] for p in _positions(part)] == part.labels.tolist()

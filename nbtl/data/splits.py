@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 
 from nbtl.data.dataset import ImageDataset
 from nbtl.errors import DataError
@@ -205,6 +206,30 @@ def kfold_indices(
             parts = {"train": train, "val": val, "test": pool[held]}
         result.append({name: np.sort(np.asarray(positions, dtype=np.int64)) for name, positions in parts.items()})
     return result
+
+
+def resplit(splits: Splits, seed: int) -> Splits:
+    """Another train / validation partition of the same images: the pool of ``splits.train`` and ``splits.val``
+    drawn again with ``seed``, each class keeping as many validation images as it had; ``splits.test`` untouched.
+
+    What a re-evaluation trains on to score a config on validation images its first run did not choose by
+    (:mod:`nbtl.search.reevaluate` with ``resplit: true``): on a small validation split the noise of *which*
+    images validate is larger than that of the training seed. Same seed, same partition, so several configs
+    re-scored with one seed are compared on the same new validation images.
+    """
+    train, val = splits.train, splits.val
+    images = torch.cat([train.images, val.images])
+    labels = torch.cat([train.labels, val.labels])
+    pool = ImageDataset(images, labels, list(train.classes), train.name, train.grayscale, train.original_size)
+    rng = np.random.default_rng(seed)
+    pool_labels, val_labels = labels.numpy(), val.labels.numpy()
+    held = [
+        rng.choice(np.flatnonzero(pool_labels == label), size=int((val_labels == label).sum()), replace=False)
+        for label in np.unique(val_labels)
+    ]
+    val_positions = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    train_positions = np.setdiff1d(np.arange(len(pool)), val_positions)
+    return Splits(train=pool.subset(train_positions), val=pool.subset(val_positions), test=splits.test)
 
 
 def official_positions(dataset: ImageDataset) -> dict[str, np.ndarray]:

@@ -177,6 +177,7 @@ def make_plan(
             say=print_fn,
             deadline=None if budget is None else started + budget - wrap_up_seconds(budget),
             image_sizes=dict(prepared.image_sizes),
+            resplit=space.settings.reevaluate_resplit,
         )
     remaining = None
     if budget is not None:

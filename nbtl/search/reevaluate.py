@@ -7,6 +7,12 @@ from the search seed), as Ray tasks with the trials' resources, and ranks those 
 validation accuracy of both runs (ties: the mean validation loss). The repeats read the search's
 frozen-prefix store, so frozen trials repeat in seconds. Under a time budget a share of it is kept for the
 repeats, and repeats that do not end in time are left out (the ranking then uses the single run).
+
+With ``search.reevaluate: {top: 3, resplit: true}`` each repeat also trains and validates on another partition of
+the training and validation images (:func:`nbtl.data.splits.resplit`, one partition for every repeat, so the top
+trials are compared on the same new validation images; the test images never move): on 20-40 validation images
+*which* images validate is a larger noise than the training seed (benchmarks/README.md, "How noisy the choice
+is"). Those repeats cannot read the prefix store, whose entries belong to the search's own partition.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from nbtl.config import TrialConfig
+from nbtl.data.splits import resplit
 from nbtl.ranking import rank_trials
 from nbtl.search.space import trial_seed
 from nbtl.search.trainable import prefix_store
@@ -31,6 +38,8 @@ log = logging.getLogger(__name__)
 BUDGET_SHARE = 0.15
 #: Repeat seeds are derived from the search seed and ``REPEAT_OFFSET + rank`` (never a trial's own number).
 REPEAT_OFFSET = 1_000_000
+#: The seed of the one new partition of a resplit re-evaluation: the search seed and this number.
+RESPLIT_OFFSET = 2_000_000
 COLUMNS = ("repeat_val_accuracy", "repeat_val_loss", "mean_val_accuracy", "mean_val_loss")
 
 
@@ -43,12 +52,16 @@ def _repeat_trial(
     search_seed: int,
     seed: int,
     image_sizes: dict[str, int] | None = None,
+    resplit_seed: int | None = None,
 ) -> dict:
-    """One repeat, in a Ray worker: the trial's config trained again with ``seed``; its last epoch's metrics."""
+    """One repeat, in a Ray worker: the trial's config trained again with ``seed`` (on the partition
+    ``resplit_seed`` draws, when given); its last epoch's metrics."""
     trial_config = TrialConfig.from_dict({**config, "seed": seed}, where="re-evaluated trial")
     if isinstance(splits, dict):  # one data file per image size: the trial's own, else its backbone's
         splits = splits[trial_config.image_size or image_sizes[trial_config.backbone]]
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
+    if resplit_seed is not None:
+        splits, prefix_dir = resplit(splits, resplit_seed), None
     return train_trial(
         trial_config,
         splits,
@@ -72,6 +85,7 @@ class Reevaluation:
     deadline: float | None = None  # time.perf_counter() by which the repeats must have ended
     say: Callable[[str], None] = log.info
     image_sizes: dict[str, int] | None = None  # each backbone's size, when ``splits`` maps sizes to splits
+    resplit: bool = False  # each repeat on another partition of train + val (one for all repeats)
 
     def __call__(self, table: pd.DataFrame, configs: dict[str, dict[str, Any]]) -> pd.DataFrame:
         import ray
@@ -93,6 +107,7 @@ class Reevaluation:
                 self.search_seed,
                 trial_seed(self.search_seed, REPEAT_OFFSET + rank),
                 self.image_sizes,
+                trial_seed(self.search_seed, RESPLIT_OFFSET) if self.resplit else None,
             ): row.trial_id
             for rank, row in enumerate(finished.itertuples())
         }
@@ -107,7 +122,9 @@ class Reevaluation:
             except Exception as error:  # a repeat that fails leaves its trial's single run to rank it
                 self.say(f"re-evaluation of trial {pending[ref]} failed: {str(error).strip().splitlines()[-1][:200]}")
         self.say(
-            f"re-evaluated the top {len(finished)} trials with another seed: {len(repeats)} repeat(s) ended"
+            f"re-evaluated the top {len(finished)} trials with another seed"
+            + (" on another train / validation partition" if self.resplit else "")
+            + f": {len(repeats)} repeat(s) ended"
             + (f", {len(late)} cut off by the time budget" if late else "")
         )
         return rerank(table, repeats, list(finished["trial_id"]))

@@ -175,6 +175,7 @@ class SearchSettings:
     start_points: tuple[str, ...] = START_POINTS
     time_budget: float | None = None  # seconds
     reevaluate_top: int = 0  # search.reevaluate.top: re-run the best K trials (nbtl.search.reevaluate) when >= 2
+    reevaluate_resplit: bool = False  # search.reevaluate.resplit: the repeats on another train / val partition
     prefix_cache: bool = True
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
 
@@ -194,6 +195,7 @@ class SearchSettings:
             start_points=tuple(s.get("start_points", START_POINTS)),
             time_budget=parse_duration(s["time_budget"]) if "time_budget" in s else None,
             reevaluate_top=int((s.get("reevaluate") or {}).get("top", 0)),
+            reevaluate_resplit=bool((s.get("reevaluate") or {}).get("resplit", False)),
             points_to_evaluate=tuple(dict(p) for p in s.get("points_to_evaluate") or ()),
         )
 

@@ -383,8 +383,13 @@ def check_settings(space: Any, where: str) -> None:
     reevaluate = s.get("reevaluate") or {}
     if not isinstance(reevaluate, dict):
         raise ConfigError(f"{where}: search.reevaluate must be a mapping like {{top: 3}}")
-    check_keys(reevaluate, ("top",), f"{where}: search.reevaluate")
+    check_keys(reevaluate, ("top", "resplit"), f"{where}: search.reevaluate")
     positive_int(reevaluate, "top", "search.reevaluate", 0)
+    if not isinstance(reevaluate.get("resplit", False), bool):
+        raise ConfigError(
+            f"{where}: search.reevaluate.resplit must be true (the repeats train and validate on another partition "
+            f"of the training and validation images) or false (the same partition), got {reevaluate['resplit']!r}"
+        )
     points = s.get("points_to_evaluate") or []
     searched = {p.name for p in space.parameters if not p.fixed}
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
