@@ -81,9 +81,9 @@ def test_each_ablation_changes_one_thing_and_loads(tmp_path):
         changed = yaml.safe_load(path.read_text())
         differs = [
             (section, key)
-            for section in ("search", "parameters")
-            for key in set(base[section]) | set(changed[section])
-            if base[section].get(key) != changed[section].get(key)
+            for section in ("data", "search", "parameters")
+            for key in set(base.get(section) or {}) | set(changed.get(section) or {})
+            if (base.get(section) or {}).get(key) != (changed.get(section) or {}).get(key)
         ]
         # random: its sampler and no start points (its prior is off, as default.yaml's is)
         assert len(differs) == (2 if method == "random" else 1), (method, differs)
