@@ -345,8 +345,10 @@ def targets(frame: pd.DataFrame) -> list[str]:
     ).dropna()
     lines = []
     missing = [m for m in FLOORS if m not in floors]
-    # a target met against fewer floors than it names is not met yet
-    verdict = (lambda ok: "MISS" if not ok else "PARTIAL") if missing else (lambda ok: "PASS" if ok else "MISS")
+
+    def verdict(ok: bool) -> str:  # a target met against fewer floors than it names is not met yet
+        return "MISS" if not ok else "PARTIAL" if missing else "PASS"
+
     label = f"best({', '.join(floors)})" + (f" ({', '.join(missing)} not measured yet)" if missing else "")
     stats = paired_difference(diffs)
     if stats["n"]:
@@ -532,16 +534,16 @@ def render(name: str, base: Path = BENCHMARKS) -> str:
     path = source(name)
     if not path.exists():
         return NOT_MEASURED.format(file=f"results/{path.name}")
+    if name.startswith("rules_"):  # replayed from the raw rows (their trial_rows), not the rows' table
+        from selection_rules import render_file
+
+        return render_file(path)
     if path.suffix == ".jsonl":
         frame = read_rows(path)
         if frame.empty:
             return NOT_MEASURED.format(file=f"results/{path.name}")
         if name.startswith("ablations_"):
             return render_ablations(name, frame)
-        if name.startswith("rules_"):
-            from selection_rules import render_file
-
-            return render_file(path)
         if name.startswith("selection_"):
             return render_selection(name, frame)
         figure = figure_path(path)

@@ -75,12 +75,17 @@ def rule_loss(table: pd.DataFrame) -> pd.Series:
     return lowest_loss(table)
 
 
+def within(table: pd.DataFrame, margin: float) -> pd.DataFrame:
+    """The trials whose validation accuracy is within ``margin`` of the best."""
+    return table[table[ACC] >= table[ACC].max() - margin - 1e-9]
+
+
 def rule_se_loss(table: pd.DataFrame) -> pd.Series:
-    return lowest_loss(table[table[ACC] >= table[ACC].max() - standard_error(table) - 1e-9])
+    return lowest_loss(within(table, standard_error(table)))
 
 
 def rule_se_probe(table: pd.DataFrame) -> pd.Series:
-    band = table[table[ACC] >= table[ACC].max() - standard_error(table) - 1e-9]
+    band = within(table, standard_error(table))
     probe = band[band["source"].eq("probe")] if "source" in band else band.iloc[:0]
     return probe.iloc[0] if len(probe) else best_trial(table)
 
@@ -88,7 +93,7 @@ def rule_se_probe(table: pd.DataFrame) -> pd.Series:
 def rule_near_loss(table: pd.DataFrame) -> pd.Series:
     n_val = validation_images(table[ACC].tolist()) or 0
     step = 1.0 / n_val if n_val else 0.0
-    return lowest_loss(table[table[ACC] >= table[ACC].max() - step - 1e-9])
+    return lowest_loss(within(table, step))
 
 
 def rule_last_epoch(table: pd.DataFrame) -> pd.Series:
