@@ -234,7 +234,7 @@ def train_trial(
                 # pre-trained weights' hash does not describe: key it by the model's own weights then.
                 weights = state_dict if level <= setup.transfer_blocks else None
                 entry = (store if cache_prefix else PrefixStore()).get(
-                    model, splits, level, augmentation=augmentation, state_dict=weights
+                    model, splits, level, augmentation=augmentation, state_dict=weights, clean_only=closed_form
                 )
             feeds[level] = (
                 image_feed(

@@ -3,6 +3,7 @@ with real torch, the packaged EfficientNet-Lite0 weights and scikit-learn's digi
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 
@@ -114,6 +115,47 @@ def test_fully_frozen_trial_trains_the_head_on_pooled_features(splits, weights):
     assert [m["prefix_blocks"] for m in result.history] == [9, 9]
     assert result.final["best_val_accuracy"] > 5 * CHANCE
     assert recorder.states[-1]["scheduler"]["last_epoch"] == 0
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "disk"])
+def test_the_probe_takes_clean_views_only_and_the_augmented_entry_reuses_them(splits, weights, tmp_path, on_disk):
+    store = PrefixStore(tmp_path / "store" if on_disk else None, views=3, seed=5)
+    model = build_transfer(TrialConfig(freeze_blocks=9), 10, state_dict=weights).model
+    get = functools.partial(store.get, model, splits, 9, augmentation=AUGMENTATION, state_dict=weights)
+    clean = get(clean_only=True)
+    assert clean.views == 1 and not clean.hit  # the probe's: no augmented view computed
+    full = get()  # a trial that trains on the views: computes the augmented ones, copies the rest
+    assert full.views == 3 and not full.hit
+    fresh = PrefixStore(views=3, seed=5).get(model, splits, 9, augmentation=AUGMENTATION, state_dict=weights)
+    for part in ("train", "val", "test"):  # the same as an entry computed from scratch, bit for bit
+        assert torch.equal(getattr(full, part), getattr(fresh, part)), part
+    assert torch.equal(full.train[0], clean.train[0])
+    again = get(clean_only=True)  # with every view stored, the probe reads view 0 of that entry
+    assert again.hit and again.views == 3
+    if on_disk:
+        assert [p.name.split("-")[3] for p in _entries(tmp_path / "store")] == ["v1", "v3"]
+        # a new worker process (a store object without memory) finds the entry with every view on disk
+        other = PrefixStore(tmp_path / "store", views=3, seed=5).get(
+            model, splits, 9, augmentation=AUGMENTATION, state_dict=weights, clean_only=True
+        )
+        assert other.hit and other.views == 3 and torch.equal(other.train, fresh.train)
+
+
+def test_a_probe_trial_fits_on_the_clean_view_and_scores_as_with_every_view(splits, weights, tmp_path):
+    config = {**CONFIG, "freeze_blocks": 9, "epochs": 2, "batch_size": 16, "head": "linear"}
+    alone, _ = _train(splits, weights, config, augmentation=AUGMENTATION, prefix_store=PrefixStore(tmp_path))
+    assert [p.name.split("-")[3] for p in _entries(tmp_path)] == ["v1"]  # the clean view only
+    warmed = PrefixStore()
+    warmed.get(
+        build_transfer(TrialConfig.from_dict(config), 10, state_dict=weights).model,
+        splits,
+        9,
+        augmentation=AUGMENTATION,
+        state_dict=weights,
+    )
+    shared, _ = _train(splits, weights, config, augmentation=AUGMENTATION, prefix_store=warmed)
+    assert [m["prefix_cache_hit"] for m in shared.history] == [1.0, 1.0]  # read view 0 of the stored entry
+    assert _without(alone.history, "prefix_cache_hit") == _without(shared.history, "prefix_cache_hit")
 
 
 def test_entry_over_max_bytes_falls_back_to_uncached(uncached_run, splits, weights, caplog):

@@ -73,6 +73,19 @@ def test_the_probe_is_a_floor_calibrated_and_as_accurate_as_the_sgd_probe(smoke_
     assert np.mean([n for n, _ in eces]) <= np.mean([o for _, o in eces]) + 0.02
 
 
+def test_the_sweep_stops_past_its_lowest_loss_and_chooses_as_the_full_sweep(smoke_features):
+    """Stopping the walk up the Cs three steps past the lowest held-out loss leaves the chosen probe as the full
+    sweep's (``patience=len(Cs)``), on real pooled features of the smoke and a tuning task."""
+    from nbtl.fit.probe import PROBE_CS
+
+    for name, seed, ((views, labels), _, _, n_classes) in smoke_features:
+        features = views[0]  # the clean view, as nbtl.train fits it
+        stopped = fit_linear_probe(features, labels, n_classes, random_state=seed)
+        full = fit_linear_probe(features, labels, n_classes, random_state=seed, patience=len(PROBE_CS))
+        assert (stopped.C, stopped.cv_log_loss) == (full.C, full.cv_log_loss), (name, seed)
+        np.testing.assert_array_equal(stopped.weight, full.weight)
+
+
 def test_a_probe_trial_is_fitted_once_scores_the_same_each_epoch_and_hands_over(splits, weights, one_torch_thread):
     from nbtl.models.classifier import Member, classifier_of, trained_state_dict
 

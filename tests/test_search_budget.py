@@ -114,9 +114,13 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
     reported = table[table["prefix_blocks"].notna() & (table["prefix_blocks"] > 0)]
     assert len(reported) >= 2
     misses = reported[reported["prefix_cache_hit"] == 0]
-    assert sorted(misses["prefix_blocks"].astype(int)) == sorted(set(reported["prefix_blocks"].astype(int)))
     entries = [p for p in (folder / "prefix_cache").iterdir() if (p / "key.json").exists()]  # an entry: a folder
-    assert len(entries) == reported["prefix_blocks"].nunique(), entries
+    # one entry per (frozen blocks, views), each computed by one trial: the probe's holds the clean view only
+    names = [p.name.split("-") for p in entries]  # backbone, b<blocks>, <size>px, v<views>, digest
+    assert len({(n[1], n[3]) for n in names}) == len(entries), entries
+    blocks = sorted(int(n[1][1:]) for n in names)
+    assert sorted(misses["prefix_blocks"].astype(int)) == blocks, entries
+    assert set(blocks) == set(reported["prefix_blocks"].astype(int)), entries
 
 
 def test_a_budget_the_setup_spends_is_refused_in_one_line_naming_a_minimum(tmp_path, tracking_uri):

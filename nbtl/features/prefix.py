@@ -111,6 +111,10 @@ class PrefixEntry:
         return sum(t.numel() * t.element_size() for t in (self.train, self.val, self.test))
 
 
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
 class PrefixStore:
     """Computes, keeps and shares frozen-prefix outputs (see the module docstring).
 
@@ -189,8 +193,13 @@ class PrefixStore:
         *,
         augmentation: dict | None = None,
         state_dict: Mapping[str, Tensor] | None = None,
+        clean_only: bool = False,
     ) -> PrefixEntry | None:
         """The entry for ``model``'s blocks ``[0, blocks)`` on ``splits``: from memory, from disk, or computed.
+
+        ``clean_only`` (the linear probe, which needs no augmentation): the entry with every view when the store
+        has it, else one with the clean view only (computed in a fraction of the time). An entry with every view
+        computed later takes its clean view, val and test from that one and computes only the augmented views.
 
         Parameters
         ----------
@@ -206,6 +215,8 @@ class PrefixStore:
         state_dict : mapping, optional
             The pre-trained weights the model was built from; its hash (memoised per object) keys the
             entry. Without it the model's prefix weights are hashed.
+        clean_only : bool, default=False
+            Train view 0 is all the caller reads (see above).
 
         Returns
         -------
@@ -216,16 +227,28 @@ class PrefixStore:
         num_blocks = len(model.blocks)
         if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= num_blocks:
             raise ConfigError(f"prefix blocks must be an integer in 1..{num_blocks}, got {blocks!r}")
-        transform = make_augmentation(augmentation)
-        views = 1 if transform is make_augmentation(None) else self.views  # the identity: one clean view
+        transform, identity = make_augmentation(augmentation), make_augmentation(None)
+        views = 1 if transform is identity else self.views  # the identity: one clean view
+        if views > 1 and clean_only:
+            found = self._find(model, splits, blocks, transform, views, state_dict)
+            if found is not None:
+                return found
+            transform, views = identity, 1
         key = self._key(model, splits, blocks, transform, views, state_dict)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        digest = _digest(key)
         with self._lock:
             cached = self._memory.get(digest)
             if cached is not None:
                 self._memory.move_to_end(digest)
                 return dataclasses.replace(cached, hit=True, seconds=0.0)
 
+        def clean_entry() -> PrefixEntry | None:
+            """An entry with every view takes its clean view, val and test from the clean-view entry, if any."""
+            nonlocal clean
+            clean = self._find(model, splits, blocks, identity, 1, state_dict) if views > 1 else None
+            return clean
+
+        clean = None
         shape = self._output_shape(model, splits, blocks)
         nbytes = (
             int(np.prod(shape))
@@ -246,19 +269,21 @@ class PrefixStore:
 
         path, entry = None, None
         if self.directory is None:
-            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape)
+            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape, clean=clean_entry())
         else:
             from filelock import FileLock
 
             self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"{key['backbone']}-b{blocks}-{key['image_size']}px-v{views}-{digest[:16]}"
+            path = self._path(key, digest)
             entry = self._load(path, key, digest)
             if entry is None:
                 with FileLock(f"{path}.lock"):
                     entry = self._load(path, key, digest)  # another process may have written it meanwhile
                     if entry is None:
                         ensure_room(self.directory, nbytes, "a prefix cache entry")
-                        entry = self._compute_on_disk(model, splits, blocks, transform, views, key, digest, shape, path)
+                        entry = self._compute_on_disk(
+                            model, splits, blocks, transform, views, key, digest, shape, path, clean_entry()
+                        )
                 self.evict(keep=path)
         entry.path, entry.seconds = path, time.perf_counter() - started
         self._remember(entry)
@@ -270,9 +295,34 @@ class PrefixStore:
             entry.seconds,
             entry.nbytes / 2**20,
             views,
-            f" at {path}" if path else "",
+            ("; its clean view, val and test from the clean-view entry" if clean is not None and not entry.hit else "")
+            + (f" at {path}" if path else ""),
         )
         return entry
+
+    def _find(self, model, splits: Splits, blocks: int, transform, views: int, state_dict) -> PrefixEntry | None:
+        """The entry of these settings if the store's memory or directory holds it (nothing is computed)."""
+        key = self._key(model, splits, blocks, transform, views, state_dict)
+        return self._find_key(key, _digest(key))
+
+    def _find_key(self, key: dict[str, Any], digest: str) -> PrefixEntry | None:
+        with self._lock:
+            cached = self._memory.get(digest)
+            if cached is not None:
+                self._memory.move_to_end(digest)
+                return dataclasses.replace(cached, hit=True, seconds=0.0)
+        if self.directory is None:
+            return None
+        entry = self._load(self._path(key, digest), key, digest)  # complete entries only: they are renamed in
+        if entry is not None:
+            entry.path = self._path(key, digest)
+            self._remember(entry)
+        return entry
+
+    def _path(self, key: dict[str, Any], digest: str) -> Path:
+        return (
+            self.directory / f"{key['backbone']}-b{key['blocks']}-{key['image_size']}px-v{key['views']}-{digest[:16]}"
+        )
 
     def _key(
         self, model, splits: Splits, blocks: int, transform, views: int, state_dict: Mapping[str, Tensor] | None
@@ -314,8 +364,10 @@ class PrefixStore:
         digest: str,
         shape: tuple[int, ...],
         allocate=None,
+        clean: PrefixEntry | None = None,
     ) -> PrefixEntry:
-        """The entry, each batch's outputs written into ``allocate(part, shape)`` (default: memory)."""
+        """The entry, each batch's outputs written into ``allocate(part, shape)`` (default: memory); the clean view,
+        val and test copied from ``clean`` (an entry of the clean view only) when given."""
         allocate = allocate or (lambda part, full: torch.empty(full, dtype=self.dtype))
         device = next(model.parameters()).device
         train = allocate("train", (views, len(splits.train), *shape))
@@ -329,12 +381,20 @@ class PrefixStore:
                 images = splits.train.images
                 if view > 0:
                     images = torch.stack([transform(image) for image in images])
+                elif clean is not None:  # view 0 draws no random numbers: the augmented views stay the same
+                    train[0] = clean.train[0]
+                    continue
                 self._run(model, images, blocks, device, train[view])
-            self._run(model, splits.val.images, blocks, device, val)
-            self._run(model, splits.test.images, blocks, device, test)
+            for name, out, images in (("val", val, splits.val.images), ("test", test, splits.test.images)):
+                if clean is not None:
+                    out[:] = getattr(clean, name)
+                else:
+                    self._run(model, images, blocks, device, out)
         return PrefixEntry(blocks, train, val, test, key, digest)
 
-    def _compute_on_disk(self, model, splits, blocks, transform, views, key, digest, shape, path: Path) -> PrefixEntry:
+    def _compute_on_disk(
+        self, model, splits, blocks, transform, views, key, digest, shape, path: Path, clean: PrefixEntry | None = None
+    ) -> PrefixEntry:
         """:meth:`_compute` into memory-mapped files of a staging folder, renamed to ``path`` when complete."""
         staging = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         staging.mkdir()
@@ -346,7 +406,7 @@ class PrefixStore:
             return _as_tensor(array, self.dtype)
 
         try:
-            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape, allocate)
+            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape, allocate, clean)
             for array in arrays:
                 array.flush()
             (staging / KEY_FILE).write_text(json.dumps(key, sort_keys=True))

@@ -18,6 +18,7 @@ from nbtl.config import TrialConfig, dump_config
 from nbtl.data import load_dataset, split_dataset
 from nbtl.data.settings import DataSettings
 from nbtl.errors import ConfigError, one_line
+from nbtl.features import PrefixStore
 from nbtl.heuristics.recipes import probe_config
 from nbtl.heuristics.recommend import load_recommendation, recommended_settings
 from nbtl.ranking import rank_key
@@ -104,12 +105,22 @@ def train_recommended(
         ):
             candidates.append((f"{stem}-probe", probe))
     outcomes = []
+    store = PrefixStore()  # in memory; the probe reuses the frozen features a config's head warm-up computed
     for run_name, candidate in candidates:
         if len(candidates) > 1:
             say(f"-- {run_name}: {'the linear probe (floor)' if run_name.endswith('-probe') else 'the config'}")
         params = {**candidate.to_dict(), **base_params}
         final, run = _train_and_track(
-            candidate, splits, settings.augmentation, tracking_uri, experiment, run_name, params, dataset.name, say
+            candidate,
+            splits,
+            settings.augmentation,
+            tracking_uri,
+            experiment,
+            run_name,
+            params,
+            dataset.name,
+            say,
+            store,
         )
         outcomes.append((run_name, final, run))
     run_name, final, run = min(outcomes, key=lambda o: rank_key(o[1]))  # the one ranking (nbtl.ranking)
@@ -127,6 +138,7 @@ def _train_and_track(
     params: dict[str, Any],
     dataset_name: str,
     say: Callable[[str], None],
+    store: PrefixStore,
 ) -> tuple[dict[str, float], TrainingRun]:
     """Train one config as one MLflow run; return its last epoch's metrics and the run."""
     weights = load_pretrained_state_dict(trial_config.backbone) if trial_config.pretrained else None
@@ -147,7 +159,9 @@ def _train_and_track(
         )
 
     try:
-        result = train_trial(trial_config, splits, augmentation=augmentation, state_dict=weights, report=report)
+        result = train_trial(
+            trial_config, splits, augmentation=augmentation, state_dict=weights, report=report, prefix_store=store
+        )
     except KeyboardInterrupt:
         run.end("KILLED", reason="interrupted")
         raise
