@@ -33,6 +33,7 @@ killed benchmark resumes. benchmarks/report.py renders the tables from those fil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -157,19 +158,30 @@ def append_row(path: Path, row: dict) -> None:
 def run_logged(command: list[str], log, env: dict, timeout: float) -> int:
     log.write("$ " + " ".join(command) + "\n")
     log.flush()
-    # Its own process group, so that a run past the hard limit is stopped with its Ray workers.
+    # Its own process group, so that a run past the hard limit, or one this script is interrupted in, is stopped
+    # with its Ray workers.
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
         return process.wait(timeout=max(1.0, timeout))
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, signal.SIGTERM)
         log.write(f"\n[equal_time] stopped after {timeout:.0f}s (the budget plus grace)\n")
         return 124
+    except BaseException:  # Ctrl-C (or a kill) of this script: the run gets nbtl's own Ctrl-C, then is killed
+        stop_group(process, signal.SIGINT)
+        raise
+
+
+def stop_group(process: subprocess.Popen, first: signal.Signals, grace: float = 30.0) -> None:
+    """``first`` to the process group ``process`` leads, then SIGKILL to what is left of it after ``grace`` s."""
+    try:
+        os.killpg(process.pid, first)
+        process.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    with contextlib.suppress(ProcessLookupError):  # the leader, or workers that outlived it
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def run_method(method: str, task: Task, data: str, seed: int, budget: float, args, folder: Path) -> dict:
@@ -523,6 +535,8 @@ def check_tasks(args, root: Path) -> str | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # `kill PID` ends this script as Ctrl-C does: the run in progress is stopped with its Ray workers (run_logged)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     root = args.data_root.expanduser()
     problem = None if args.smoke_test else check_tasks(args, root)
     if problem:

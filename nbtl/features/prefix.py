@@ -115,6 +115,12 @@ def _digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _clean_key(key: dict[str, Any]) -> dict[str, Any]:
+    """The key of the entry with the clean view only of the same prefix and data (as ``PrefixStore._key`` writes it
+    for one view)."""
+    return {**key, "augmentation": None, "views": 1}
+
+
 class PrefixStore:
     """Computes, keeps and shares frozen-prefix outputs (see the module docstring).
 
@@ -227,28 +233,18 @@ class PrefixStore:
         num_blocks = len(model.blocks)
         if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= num_blocks:
             raise ConfigError(f"prefix blocks must be an integer in 1..{num_blocks}, got {blocks!r}")
-        transform, identity = make_augmentation(augmentation), make_augmentation(None)
-        views = 1 if transform is identity else self.views  # the identity: one clean view
+        transform = make_augmentation(augmentation)
+        views = 1 if transform is make_augmentation(None) else self.views  # the identity: one clean view
+        key = self._key(model, splits, blocks, transform, views, state_dict)
         if views > 1 and clean_only:
-            found = self._find(model, splits, blocks, transform, views, state_dict)
+            found = self._find(key)
             if found is not None:
                 return found
-            transform, views = identity, 1
-        key = self._key(model, splits, blocks, transform, views, state_dict)
+            key, views = _clean_key(key), 1  # view 0 draws nothing from the transform
         digest = _digest(key)
-        with self._lock:
-            cached = self._memory.get(digest)
-            if cached is not None:
-                self._memory.move_to_end(digest)
-                return dataclasses.replace(cached, hit=True, seconds=0.0)
-
-        def clean_entry() -> PrefixEntry | None:
-            """An entry with every view takes its clean view, val and test from the clean-view entry, if any."""
-            nonlocal clean
-            clean = self._find(model, splits, blocks, identity, 1, state_dict) if views > 1 else None
-            return clean
-
-        clean = None
+        cached = self._from_memory(digest)
+        if cached is not None:
+            return cached
         shape = self._output_shape(model, splits, blocks)
         nbytes = (
             int(np.prod(shape))
@@ -269,7 +265,7 @@ class PrefixStore:
 
         path, entry = None, None
         if self.directory is None:
-            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape, clean=clean_entry())
+            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape)
         else:
             from filelock import FileLock
 
@@ -281,9 +277,7 @@ class PrefixStore:
                     entry = self._load(path, key, digest)  # another process may have written it meanwhile
                     if entry is None:
                         ensure_room(self.directory, nbytes, "a prefix cache entry")
-                        entry = self._compute_on_disk(
-                            model, splits, blocks, transform, views, key, digest, shape, path, clean_entry()
-                        )
+                        entry = self._compute_on_disk(model, splits, blocks, transform, views, key, digest, shape, path)
                 self.evict(keep=path)
         entry.path, entry.seconds = path, time.perf_counter() - started
         self._remember(entry)
@@ -295,27 +289,28 @@ class PrefixStore:
             entry.seconds,
             entry.nbytes / 2**20,
             views,
-            ("; its clean view, val and test from the clean-view entry" if clean is not None and not entry.hit else "")
-            + (f" at {path}" if path else ""),
+            f" at {path}" if path else "",
         )
         return entry
 
-    def _find(self, model, splits: Splits, blocks: int, transform, views: int, state_dict) -> PrefixEntry | None:
-        """The entry of these settings if the store's memory or directory holds it (nothing is computed)."""
-        key = self._key(model, splits, blocks, transform, views, state_dict)
-        return self._find_key(key, _digest(key))
-
-    def _find_key(self, key: dict[str, Any], digest: str) -> PrefixEntry | None:
+    def _from_memory(self, digest: str) -> PrefixEntry | None:
         with self._lock:
             cached = self._memory.get(digest)
             if cached is not None:
                 self._memory.move_to_end(digest)
                 return dataclasses.replace(cached, hit=True, seconds=0.0)
-        if self.directory is None:
-            return None
-        entry = self._load(self._path(key, digest), key, digest)  # complete entries only: they are renamed in
+        return None
+
+    def _find(self, key: dict[str, Any]) -> PrefixEntry | None:
+        """The entry of ``key`` if the store's memory or directory holds it (nothing is computed)."""
+        digest = _digest(key)
+        entry = self._from_memory(digest)
+        if entry is not None or self.directory is None:
+            return entry
+        path = self._path(key, digest)
+        entry = self._load(path, key, digest)  # complete entries only: they are renamed into place
         if entry is not None:
-            entry.path = self._path(key, digest)
+            entry.path = path
             self._remember(entry)
         return entry
 
@@ -364,11 +359,15 @@ class PrefixStore:
         digest: str,
         shape: tuple[int, ...],
         allocate=None,
-        clean: PrefixEntry | None = None,
     ) -> PrefixEntry:
-        """The entry, each batch's outputs written into ``allocate(part, shape)`` (default: memory); the clean view,
-        val and test copied from ``clean`` (an entry of the clean view only) when given."""
+        """The entry, each batch's outputs written into ``allocate(part, shape)`` (default: memory). An entry with
+        every view copies its clean view, val and test from the clean-view entry when the store has one."""
         allocate = allocate or (lambda part, full: torch.empty(full, dtype=self.dtype))
+        clean = self._find(_clean_key(key)) if views > 1 else None
+        if clean is not None:
+            logger.info(
+                "prefix cache: the clean view, val and test of blocks [0, %d) from the clean-view entry", blocks
+            )
         device = next(model.parameters()).device
         train = allocate("train", (views, len(splits.train), *shape))
         val = allocate("val", (len(splits.val), *shape))
@@ -392,9 +391,7 @@ class PrefixStore:
                     self._run(model, images, blocks, device, out)
         return PrefixEntry(blocks, train, val, test, key, digest)
 
-    def _compute_on_disk(
-        self, model, splits, blocks, transform, views, key, digest, shape, path: Path, clean: PrefixEntry | None = None
-    ) -> PrefixEntry:
+    def _compute_on_disk(self, model, splits, blocks, transform, views, key, digest, shape, path: Path) -> PrefixEntry:
         """:meth:`_compute` into memory-mapped files of a staging folder, renamed to ``path`` when complete."""
         staging = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         staging.mkdir()
@@ -406,7 +403,7 @@ class PrefixStore:
             return _as_tensor(array, self.dtype)
 
         try:
-            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape, allocate, clean)
+            entry = self._compute(model, splits, blocks, transform, views, key, digest, shape, allocate)
             for array in arrays:
                 array.flush()
             (staging / KEY_FILE).write_text(json.dumps(key, sort_keys=True))
