@@ -250,7 +250,7 @@ def write_probe(path: Path, task: Task, data: str, seed: int, args) -> None:
     document = {
         "format": "nbtl-recommendation",
         "version": 1,
-        "data": {**settings, "seed": seed},
+        "data": {**settings, "split_seed": seed},
         "configs": [{"source": "linear probe (benchmarks/equal_time.py)", "config": config, "reasons": {}}],
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))

@@ -15,11 +15,10 @@ none of them (its inputs ``head_mlp``, ``head_spinal`` are 0).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nbtl.errors import ConfigError
+from nbtl.registry import Registry, resolve
 
 
 @dataclass(frozen=True)
@@ -34,14 +33,10 @@ class HeadEntry:
 
     def build(self, in_features: int, num_classes: int, width: int = 256, dropout: float = 0.0):
         """The head as an ``nn.Module``: ``(N, in_features) -> (N, num_classes)`` logits."""
-        builder = self.builder
-        if isinstance(builder, str):
-            module, _, function = builder.partition(":")
-            builder = getattr(importlib.import_module(module), function)
-        return builder(in_features, num_classes, width=width, dropout=dropout)
+        return resolve(self.builder)(in_features, num_classes, width=width, dropout=dropout)
 
 
-_HEADS: dict[str, HeadEntry] = {}
+HEADS: Registry[HeadEntry] = Registry("head", hint=" (or register one: nbtl.heads)")
 
 
 def register_head(name: str, *, has_width: bool, description: str = "", builder: Callable | str | None = None):
@@ -56,11 +51,7 @@ def register_head(name: str, *, has_width: bool, description: str = "", builder:
     """
 
     def add(function: Callable | str) -> Callable | str:
-        if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
-            raise ConfigError(f"head name {name!r}: use letters, digits and underscores")
-        if name in _HEADS:
-            raise ConfigError(f"head {name!r} is already registered; choose another name")
-        _HEADS[name] = HeadEntry(name, bool(has_width), function, description)
+        HEADS.add(name, HeadEntry(name, bool(has_width), function, description))
         return function
 
     return add(builder) if builder is not None else add
@@ -68,26 +59,22 @@ def register_head(name: str, *, has_width: bool, description: str = "", builder:
 
 def remove_head(name: str) -> None:
     """Unregister the head ``name`` (a notebook's or a test's own); nbtl's own heads cannot be removed."""
-    if name in BUILT_IN:
-        raise ConfigError(f"head {name!r} is one of nbtl's own heads; it cannot be removed")
-    _HEADS.pop(name, None)
+    HEADS.remove(name)
 
 
 def head_names() -> tuple[str, ...]:
     """The registered heads, in the order they were registered (nbtl's own first)."""
-    return tuple(_HEADS)
+    return HEADS.names()
 
 
 def heads_with_width() -> tuple[str, ...]:
     """The registered heads that ``head_width`` sizes (hidden layers)."""
-    return tuple(name for name, entry in _HEADS.items() if entry.has_width)
+    return tuple(entry.name for entry in HEADS.values() if entry.has_width)
 
 
 def get_head(name: str) -> HeadEntry:
     """The registered head ``name``; ``ConfigError`` naming the registered ones otherwise."""
-    if name not in _HEADS:
-        raise ConfigError(f"unknown head {name!r}; use one of {', '.join(_HEADS)} (or register one: nbtl.heads)")
-    return _HEADS[name]
+    return HEADS.get(name)
 
 
 register_head("linear", has_width=False, builder="nbtl.transfer.heads:linear_head", description="dropout, linear")
@@ -100,4 +87,4 @@ register_head(
     builder="nbtl.transfer.heads:spinal_head",
     description="SpinalNet's spinal layer: four hidden layers of head_width over alternating halves",
 )
-BUILT_IN = head_names()
+BUILT_IN = HEADS.seal()

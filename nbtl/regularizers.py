@@ -22,7 +22,6 @@ penalty builders are named by reference (``module:function``), so naming them ne
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 from nbtl.codec import is_unset
 from nbtl.errors import ConfigError
+from nbtl.registry import Registry, resolve
 
 __all__ = [
     "BUILT_IN",
@@ -120,16 +120,12 @@ class RegularizerEntry:
     def build_penalty(self, weights: PenaltyWeights, config) -> Any:
         """The term this regulariser adds to the loss for ``config`` (an ``nn.Module`` called with no arguments,
         returning a scalar), or None when it adds none (it acts elsewhere, or is off)."""
-        builder = self.penalty
-        if builder is None:
+        if self.penalty is None:
             return None
-        if isinstance(builder, str):
-            module, _, function = builder.partition(":")
-            builder = getattr(importlib.import_module(module), function)
-        return builder(weights, config)
+        return resolve(self.penalty)(weights, config)
 
 
-_REGULARIZERS: dict[str, RegularizerEntry] = {}
+REGULARIZERS: Registry[RegularizerEntry] = Registry("regulariser", hint=" (or register one: nbtl.regularizers)")
 
 
 def register_regularizer(
@@ -147,11 +143,8 @@ def register_regularizer(
     ...     penalty=l1_head_penalty,
     ... )                                                               # doctest: +SKIP
     """
-    if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
-        raise ConfigError(f"regulariser name {name!r}: use letters, digits and underscores")
-    if name in _REGULARIZERS:
-        raise ConfigError(f"regulariser {name!r} is already registered; choose another name")
-    taken = {k.name: entry.name for entry in _REGULARIZERS.values() for k in entry.knobs}
+    REGULARIZERS.check_name(name)
+    taken = {k.name: entry.name for entry in REGULARIZERS.values() for k in entry.knobs}
     for item in knobs:
         if not isinstance(item, Knob):
             raise ConfigError(f"regulariser {name!r}: each knob must be an nbtl.regularizers.Knob, got {item!r}")
@@ -160,32 +153,27 @@ def register_regularizer(
         item.check(item.default, f"regulariser {name!r}'s default")
         if item.off is not None:
             item.check(item.off, f"regulariser {name!r}'s off value")
-    entry = RegularizerEntry(name, tuple(knobs), penalty, description)
-    _REGULARIZERS[name] = entry
-    return entry
+    return REGULARIZERS.add(name, RegularizerEntry(name, tuple(knobs), penalty, description))
 
 
 def remove_regularizer(name: str) -> None:
     """Unregister the regulariser ``name`` (a notebook's or a test's own); nbtl's own cannot be removed."""
-    if name in BUILT_IN:
-        raise ConfigError(f"regulariser {name!r} is one of nbtl's own regularisers; it cannot be removed")
-    _REGULARIZERS.pop(name, None)
+    REGULARIZERS.remove(name)
 
 
 def regularizer_names() -> tuple[str, ...]:
     """The registered regularisers, in the order they were registered (nbtl's own first)."""
-    return tuple(_REGULARIZERS)
+    return REGULARIZERS.names()
 
 
 def get_regularizer(name: str) -> RegularizerEntry:
-    if name not in _REGULARIZERS:
-        raise ConfigError(f"unknown regulariser {name!r}; registered: {', '.join(_REGULARIZERS)}")
-    return _REGULARIZERS[name]
+    """The registered regulariser ``name``; ``ConfigError`` naming the registered ones otherwise."""
+    return REGULARIZERS.get(name)
 
 
 def knobs() -> dict[str, Knob]:
     """Every registered regulariser's knobs, by config key."""
-    return {k.name: k for entry in _REGULARIZERS.values() for k in entry.knobs}
+    return {k.name: k for entry in REGULARIZERS.values() for k in entry.knobs}
 
 
 def knob(name: str) -> Knob | None:
@@ -201,8 +189,6 @@ def learned_knobs() -> tuple[Knob, ...]:
     """The knobs the learned recommender reads (each names its ``learned_input``), in registration order."""
     return tuple(k for k in knobs().values() if k.learned_input)
 
-
-BUILT_IN = ("l2sp", "head_dropout", "label_smoothing")
 
 register_regularizer(
     "l2sp",
@@ -234,3 +220,4 @@ register_regularizer(
     knobs=[Knob("label_smoothing", 0.0, high=0.5, off=0.0)],
     description="cross-entropy label smoothing (in the loss)",
 )
+BUILT_IN = REGULARIZERS.seal()

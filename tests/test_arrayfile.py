@@ -21,7 +21,7 @@ from nbtl.data.arrayfile import DATA_DIR, MappedSplits, data_key, decode_splits,
 from nbtl.data.images import decode_to_disk
 from nbtl.data.settings import DataSettings
 
-SETTINGS = DataSettings(image_size=16, val_fraction=0.25, test_fraction=0.25, seed=3)
+SETTINGS = DataSettings(image_size=16, val_fraction=0.25, test_fraction=0.25, split_seed=3)
 
 
 def _folder(root: Path, per_class: int = 8, classes=("cat", "dog", "fox")) -> Path:
@@ -69,7 +69,7 @@ def test_a_changed_source_or_setting_is_another_file_and_augmentation_is_not(tmp
     key = data_key(str(source), SETTINGS)
     assert data_key(str(source), SETTINGS.with_overrides({"augmentation": {"crop_padding": 4}})) == key
     assert data_key(str(source), SETTINGS.with_overrides({"image_size": 24})) != key
-    assert data_key(str(source), SETTINGS.with_overrides({"seed": 4})) != key
+    assert data_key(str(source), SETTINGS.with_overrides({"split_seed": 4})) != key
     Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(source / "cat" / "extra.png")
     assert data_key(str(source), SETTINGS) != key
     assert data_key("digits", SETTINGS) != data_key("fashion-mnist", SETTINGS)
@@ -138,7 +138,7 @@ def test_a_trial_reading_a_large_data_file_drops_its_pages(tmp_path, monkeypatch
     from nbtl.train import train_trial
 
     source = _folder(tmp_path / "pets", per_class=40)
-    settings = DataSettings(image_size=128, val_fraction=0.25, test_fraction=0.25, seed=3)  # 60 x 48 KiB of train
+    settings = DataSettings(image_size=128, val_fraction=0.25, test_fraction=0.25, split_seed=3)  # 60 x 48 KiB of train
     mapped = open_splits(ensure_splits(str(source), settings, tmp_path / DATA_DIR)[0])
     assert not is_large_mapping(mapped.train.images)  # a GiB by default
     monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")

@@ -145,3 +145,31 @@ def test_importance_is_skipped_with_a_reason_below_three_complete_trials(caplog)
     with caplog.at_level(logging.INFO, logger="nbtl.search.plots"):
         assert plots.param_importances(plots.completed_study(table, configs, space)) is None
     assert "no parameter-importance plot: 2 trial(s) ran all their epochs, fANOVA needs at least 3" in caplog.text
+
+
+def test_optunas_interactive_plots_are_one_offline_page_of_every_scored_trial(tmp_path):
+    import re
+
+    space, table, configs = asha_search()
+    table["finished_at_s"] = np.arange(len(table))[::-1]  # ended in reverse order
+    history = plots.completed_study(table, configs, space, statuses=("FINISHED", "STOPPED"))
+    assert len(history.trials) == len(table)  # stopped trials are part of the history
+    assert [t.value for t in history.trials] == list(table["best_val_accuracy"][::-1])  # in the order they ended
+    complete = plots.completed_study(table, configs, space)
+    page = plots.optuna_html(history, complete, title="nbtl search toy")
+    assert page.startswith("<!DOCTYPE html>") and "<title>nbtl search toy</title>" in page
+    headings = re.findall(r"<h2>([^<]+)</h2>", page)
+    assert [h.split(" (")[0] for h in headings] == [
+        "Optimisation history",
+        "Parallel coordinates",
+        "Slices",
+        "Hyperparameter importances",
+    ]
+    # plotly.js inlined once, so the page opens offline (an MLflow artifact), and each figure carries its data
+    assert page.count("plotly.js v") == 1 and page.count("Plotly.newPlot") == 4
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # no script fetched from a CDN
+    # a page of two complete trials has no importances; none at all without a scored trial
+    few = table[table["status"] == "FINISHED"].head(2)
+    page = plots.optuna_html(plots.completed_study(few, configs, space), plots.completed_study(few, configs, space))
+    assert "importances" not in page and page.count("Plotly.newPlot") == 3
+    assert plots.optuna_html(plots.completed_study(table.head(0), configs, space)) is None

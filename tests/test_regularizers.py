@@ -69,7 +69,7 @@ def test_the_sum_of_the_penalties_is_the_loss_term_and_nbtls_own_stay():
     setup = build_transfer(TrialConfig(l2_beta=0.01, freeze_blocks=6), 5, state_dict=None)
     total = setup.regularizer()
     assert total.item() == pytest.approx(sum(setup.regularizer[n]().item() for n in setup.regularizer.terms))
-    with pytest.raises(ConfigError, match="nbtl's own regularisers"):
+    with pytest.raises(ConfigError, match="one of nbtl's own; it cannot be removed"):
         remove_regularizer("l2sp")
     with pytest.raises(ConfigError, match="unknown regulariser"):
         get_regularizer("l3")

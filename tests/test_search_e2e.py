@@ -126,8 +126,11 @@ def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[objec
         "val_accuracy_per_trial.png",
         "best_accuracy_vs_trials.png",
         "best_accuracy_vs_time.png",
+        "optuna_plots.html",  # Optuna's interactive plots, plotly.js inlined
     } <= artifacts
     directory = client.download_artifacts(parent.info.run_id, "")
+    page = (Path(directory) / "optuna_plots.html").read_text()
+    assert "<h2>Optimisation history" in page and "Plotly.newPlot" in page
     table = pd.read_csv(Path(directory) / "results.csv")
     assert sorted(table["run_id"]) == sorted(by_id) and table["run_id"].iloc[0] == best_run_id
     best_config = yaml.safe_load((Path(directory) / "best_config.yaml").read_text())

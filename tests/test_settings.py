@@ -27,7 +27,7 @@ def test_settings_round_trip_through_params_and_yaml():
         test_fraction=0.1,
         per_class=7,
         classes="0,2,4",
-        seed=5,
+        split_seed=5,
         augmentation={"hflip": True, "crop_padding": 2},
     )
     params = {k: str(v) for k, v in settings.to_params().items()}  # MLflow keeps strings
@@ -47,19 +47,21 @@ def test_settings_from_a_space_with_overrides():
         settings.val_fraction,
         settings.test_fraction,
         settings.per_class,
-        settings.seed,
+        settings.split_seed,
         settings.augmentation,
     ) == (32, 0.2, 0.2, 20, 0, None)
     assert DataSettings.from_space(load_space("default")).augmentation == {"crop_padding": 4}
-    overridden = DataSettings.from_space(space, {"image_size": 16, "seed": 3, "per_class": None})
-    assert (overridden.image_size, overridden.seed, overridden.per_class) == (16, 3, 20)
+    overridden = DataSettings.from_space(space, {"image_size": 16, "split_seed": 3, "per_class": None})
+    assert (overridden.image_size, overridden.split_seed, overridden.per_class) == (16, 3, 20)
+    with pytest.raises(ConfigError, match="unknown setting 'seed'"):
+        DataSettings.from_space(space, {"seed": 3})  # the split's seed has one name in Python too
 
 
 @pytest.mark.parametrize(
     "key, value, fragment",
     [
-        ("seed", -5, f"0..{MAX_SEED}"),
-        ("seed", MAX_SEED + 1, f"0..{MAX_SEED}"),
+        ("split_seed", -5, f"0..{MAX_SEED}"),
+        ("split_seed", MAX_SEED + 1, f"0..{MAX_SEED}"),
         ("image_size", 2, f">= {MIN_IMAGE_SIZE}"),
         ("val_fraction", 0.6, "between 0 and 0.5"),
         ("per_class", 1, ">= 3"),
@@ -81,7 +83,7 @@ def test_recommend_measures_fit_on_the_search_training_split():
 
     space = load_space(TINY)  # val/test 0.2: not the 0.15/0.15 recommend used to split with
     prepared = prepare(space, SearchOptions(data="digits", image_size=16, per_class=8, seed=3), print)
-    settings = DataSettings.from_space(space, {"image_size": 16, "per_class": 8, "seed": 3})
+    settings = DataSettings.from_space(space, {"image_size": 16, "per_class": 8, "split_seed": 3})
     assert prepared.data_settings == settings
     train = training_split("digits", settings)
     assert torch.equal(train.images, prepared.splits.train.images)
@@ -143,7 +145,7 @@ def test_recommendation_carries_the_settings_and_train_uses_them(tmp_path, track
         val_fraction=0.25,
         test_fraction=0.25,
         per_class=8,
-        seed=0,
+        split_seed=0,
         augmentation={"hflip": True, "crop_padding": 2},
     )
     recommendation = yaml.safe_load((tmp_path / "rec.yaml").read_text())
@@ -198,17 +200,22 @@ def test_heuristics_learn_measures_on_the_settings_of_the_runs():
     rows = meta_rows([row], measure=measure)
     assert seen == [
         DataSettings(
-            image_size=16, val_fraction=0.25, test_fraction=0.25, per_class=8, seed=2, augmentation={"crop_padding": 2}
+            image_size=16,
+            val_fraction=0.25,
+            test_fraction=0.25,
+            per_class=8,
+            split_seed=2,
+            augmentation={"crop_padding": 2},
         )
     ]
     assert rows[0]["split_seed"] == 2 and rows[0]["val_fraction"] == 0.25 and "split=0.25/0.25" in rows[0]["task"]
 
 
 def test_the_split_seed_is_written_as_split_seed_and_read_under_either_name():
-    settings = DataSettings(image_size=16, seed=7)
+    settings = DataSettings(image_size=16, split_seed=7)
     params = {k: str(v) for k, v in settings.to_params().items()}
     assert params["split_seed"] == "7" and "seed" not in params  # a trial's own seed is the only `seed` param
     assert DataSettings.from_params(params) == settings
     older = {**{k: v for k, v in params.items() if k != "split_seed"}, "seed": "7"}  # a store written before
     assert DataSettings.from_params(older) == settings
-    assert DataSettings.from_params({**params, "seed": "99"}).seed == 7  # split_seed wins over a trial's seed
+    assert DataSettings.from_params({**params, "seed": "99"}).split_seed == 7  # split_seed wins over a trial's seed

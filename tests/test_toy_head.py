@@ -47,7 +47,7 @@ def test_a_registered_head_is_a_config_choice_without_a_width(cosine):
     assert config.head == cosine and "head_width" not in config.to_dict()  # it has no hidden layers
     with pytest.raises(ConfigError, match="already registered"):
         register_head(cosine, has_width=False, builder=cosine_head)
-    with pytest.raises(ConfigError, match="nbtl's own heads"):
+    with pytest.raises(ConfigError, match="one of nbtl's own; it cannot be removed"):
         remove_head("linear")
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from nbtl.backbones import get_spec, parse_weights
 from nbtl.cli.common import check_name, log
-from nbtl.cli.run_common import data_overrides
+from nbtl.cli.run_common import settings_overrides
 from nbtl.data import load_dataset, training_part
 from nbtl.data.settings import DataSettings
 from nbtl.errors import ConfigError
@@ -18,7 +18,7 @@ from nbtl.tracking import check_tracking_uri, log_fit, name_slug
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = DataSettings().with_overrides(data_overrides(args))
+    settings = DataSettings().with_overrides(settings_overrides(args))
     check_name(args.name)
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     if not backbones:
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         log.info(
             "%s: %d blocks, features %s", name, features.num_blocks, "cache" if features.from_cache else "extracted"
         )
-        tables.append(fit_table(features, random_state=settings.seed))
+        tables.append(fit_table(features, random_state=settings.split_seed))
     table = pd.concat(tables, ignore_index=True)
 
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4g}".format):
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         "image_size": settings.image_size,
         "per_class": settings.per_class,
         "classes": settings.classes,
-        "split_seed": settings.seed,
+        "split_seed": settings.split_seed,
         **{f"meta.{k}": v for k, v in meta.items()},
     }
     uri, experiment_id, run_id = log_fit(

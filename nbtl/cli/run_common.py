@@ -8,18 +8,24 @@ import argparse
 from typing import Any
 
 from nbtl.cli.common import DATA_FLAGS
-from nbtl.data.settings import check_setting
+from nbtl.data.settings import API_NAMES, check_setting
 from nbtl.errors import ConfigError
 from nbtl.search.units import parse_duration
 
 
 def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The data flags given on the command line, checked (one line naming the flag on a bad value), as
-    :class:`~nbtl.data.settings.DataSettings` overrides; a flag not given is None."""
-    return {
-        key: (None if getattr(args, key, None) is None else check_setting(key, getattr(args, key), flag))
-        for key, flag in DATA_FLAGS.items()
-    }
+    """The data flags given on the command line, checked (one line naming the flag on a bad value), by the Python
+    API's names (``seed``, as the keyword arguments of :mod:`nbtl.api`); a flag not given is None."""
+    values = {}
+    for key, flag in DATA_FLAGS.items():
+        value = getattr(args, key, None)
+        values[key] = None if value is None else check_setting(API_NAMES.get(key, key), value, flag)
+    return values
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The data flags as :class:`~nbtl.data.settings.DataSettings` overrides (``--seed`` is ``split_seed``)."""
+    return {API_NAMES.get(key, key): value for key, value in data_overrides(args).items()}
 
 
 def time_budget(value: str | None) -> float | None:

@@ -8,7 +8,7 @@ import argparse
 import pandas as pd
 
 from nbtl.cli.common import DEFAULT_SPACE, check_name, positive, progress
-from nbtl.cli.run_common import data_overrides, time_budget
+from nbtl.cli.run_common import settings_overrides, time_budget
 from nbtl.config import TrialConfig
 from nbtl.data.settings import DataSettings
 from nbtl.errors import ConfigError
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         )
     budget = time_budget(args.time_budget)
     space = load_space(args.space or DEFAULT_SPACE)
-    settings = DataSettings.from_space(space, data_overrides(args))
+    settings = DataSettings.from_space(space, settings_overrides(args))
     options = ZooOptions(
         data=data,
         backbones=_names(args.backbones, "--backbones"),

@@ -50,14 +50,17 @@ SETTING_KEYS = (
     "test_fraction",
     "per_class",
     "classes",
-    "seed",
+    "split_seed",
     "augmentation",
     "test_data",
 )
-#: Names a setting is written under outside Python (MLflow params, YAML), where ``seed`` alone would be ambiguous: the
-#: split's seed is ``split_seed``, a search's sampler seed ``search_seed`` and a trial's training seed ``seed``. The
-#: old name is still read (stores and files written before).
-OUTSIDE_NAMES = {"seed": "split_seed"}
+#: Seeds have one name each, in Python, MLflow params and YAML alike: the split's is ``split_seed``, a search's sampler
+#: seed ``search_seed`` and a trial's training seed ``seed``. Stores and files written before called the split's seed
+#: ``seed``; that name is still read (:meth:`DataSettings.from_params`) where ``split_seed`` is missing.
+OLD_NAMES = {"split_seed": "seed"}
+#: The data settings' names in the Python API (``seed=``) and on the command line (``--seed``) where they differ from
+#: the field's: there ``seed`` is the one seed a command takes (a search derives its sampler's and trials' from it).
+API_NAMES = {"seed": "split_seed"}
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,12 @@ class DataSettings:
     val_fraction, test_fraction : float, default=0.15
         Share of each class for validation and for test, each in (0, 0.5).
     per_class : int or None, default=None
-        Keep at most this many images per class (chosen with ``seed``); None keeps all.
+        Keep at most this many images per class (chosen with ``split_seed``); None keeps all.
     classes : str or None, default=None
         Keep only these classes, by name or 0-based index, comma-separated (``"0,2,4"``).
-    seed : int, default=0
-        Seeds the per-class choice and the split (and, in a search, the sampler and the trials).
+    split_seed : int, default=0
+        Seeds the per-class choice and the split. A search's ``--seed`` (``search.seed``) sets it, and its sampler
+        seed (``search_seed``) and its trials' seeds derive from the same number.
     augmentation : dict or None, default=None
         Training-time augmentation, see :func:`nbtl.data.make_augmentation`; None is none.
     test_data : str or None, default=None
@@ -96,7 +100,7 @@ class DataSettings:
     test_fraction: float = 0.15
     per_class: int | None = None
     classes: str | None = None
-    seed: int = 0
+    split_seed: int = 0
     augmentation: dict[str, Any] | None = None
     test_data: str | None = None
 
@@ -110,7 +114,7 @@ class DataSettings:
         (e.g. command-line flags) on top; an override of None leaves the space's value."""
         values = {k: space.data[k] for k in SETTING_KEYS if k in (space.data or {})}
         if (space.search or {}).get("seed") is not None:
-            values["seed"] = space.search["seed"]
+            values["split_seed"] = space.search["seed"]
         return cls(**values).with_overrides(overrides)
 
     @classmethod
@@ -123,9 +127,9 @@ class DataSettings:
         :class:`ConfigError` naming ``where``."""
         values = {}
         for key in SETTING_KEYS:
-            value = params.get(OUTSIDE_NAMES.get(key, key))
-            if not isinstance(value, (dict, list)) and is_unset(value):
-                value = params.get(key)  # the name written before (a trial config's own seed never comes here)
+            value = params.get(key)
+            if key in OLD_NAMES and is_unset(value):
+                value = params.get(OLD_NAMES[key])  # a store or file written before (split_seed wins over it)
             if key == "augmentation" and isinstance(value, str) and not is_unset(value):
                 try:
                     value = json.loads(value)
@@ -146,8 +150,8 @@ class DataSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, as written into a recommendation YAML (no augmentation as ``{}``, so that it reads
-        back as none, not as unset; the split's seed as ``split_seed``)."""
-        values = {OUTSIDE_NAMES.get(k, k): getattr(self, k) for k in SETTING_KEYS}
+        back as none, not as unset)."""
+        values = {k: getattr(self, k) for k in SETTING_KEYS}
         return {**values, "augmentation": dict(self.augmentation or {})}
 
     def to_params(self) -> dict[str, Any]:
@@ -175,23 +179,27 @@ class DataSettings:
         return {
             "image_size": self.image_size,
             "per_class": self.per_class,
-            "seed": self.seed,
+            "seed": self.split_seed,
             "classes": self.classes,
             "test_data": self.test_data,
         }
 
     def split_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`nbtl.data.split_dataset` (besides the dataset)."""
-        return {"val_fraction": self.val_fraction, "test_fraction": self.test_fraction, "seed": self.seed}
+        return {"val_fraction": self.val_fraction, "test_fraction": self.test_fraction, "seed": self.split_seed}
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_params(), sort_keys=True, default=str))
 
 
 def checked_overrides(**values: Any) -> dict[str, Any]:
-    """Data settings given as keyword arguments (the Python API's), each checked as its command-line flag is and
-    named in the message; a value of None is not given."""
-    return {key: None if value is None else check_setting(key, value, key) for key, value in values.items()}
+    """Data settings given as keyword arguments by the Python API's names (``seed``), each checked as its
+    command-line flag is and named in the message, as overrides by DataSettings' names (``split_seed``); a value of
+    None is not given."""
+    return {
+        API_NAMES.get(key, key): None if value is None else check_setting(API_NAMES.get(key, key), value, key)
+        for key, value in values.items()
+    }
 
 
 def _integer(value: Any) -> int | None:
@@ -248,10 +256,10 @@ def check_setting(key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not str(value).strip():
             raise ConfigError(f"{where}: classes must name classes by name or 0-based index, e.g. 0,2,4; got {value!r}")
         return str(value)
-    if key == "seed":
+    if key == "split_seed":
         number = _integer(value)
         if number is None or not 0 <= number <= MAX_SEED:
-            raise ConfigError(f"{where}: seed must be an integer in 0..{MAX_SEED} (2**32-1), got {value!r}")
+            raise ConfigError(f"{where}: the seed must be an integer in 0..{MAX_SEED} (2**32-1), got {value!r}")
         return number
     if key == "test_data":
         if value is None:

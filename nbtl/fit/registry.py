@@ -22,12 +22,12 @@ nbtl's own measures are registered by reference (``module:function``); a new one
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from nbtl.fit._validation import MeasureError
+from nbtl.registry import Registry, resolve
 
 __all__ = [
     "OPTIONS",
@@ -60,11 +60,7 @@ class FitMeasure:
 
     def resolve(self) -> Callable:
         """The function itself (a reference is imported)."""
-        function = self.function
-        if isinstance(function, str):
-            module, _, attribute = function.partition(":")
-            function = getattr(importlib.import_module(module), attribute)
-        return function
+        return resolve(self.function)
 
     def options(self) -> tuple[str, ...]:
         """The fit table's options (:data:`OPTIONS`) this measure takes as keywords."""
@@ -82,7 +78,9 @@ class FitMeasure:
         return self.signals()[0]
 
 
-_MEASURES: dict[str, FitMeasure] = {}
+MEASURES: Registry[FitMeasure] = Registry(
+    "fit measure", error=MeasureError, hint=" (or register one: nbtl.fit.registry)"
+)
 
 
 def register_fit_measure(
@@ -118,18 +116,16 @@ def register_fit_measure(
     """
 
     def add(measure: Callable | str) -> Callable | str:
-        for what, value in (("fit measure name", name), ("signal", signal if signal is not None else name)):
-            if not isinstance(value, str) or not value or not value.replace("_", "").isalnum():
-                raise MeasureError(f"{what} {value!r}: use letters, digits and underscores")
+        MEASURES.check_name(name)
+        if signal is not None and not (isinstance(signal, str) and signal.replace("_", "").isalnum()):
+            raise MeasureError(f"signal {signal!r}: use letters, digits and underscores")
         if reads not in _READS:
             raise MeasureError(f"fit measure {name!r}: reads must be one of {', '.join(_READS)}, got {reads!r}")
-        if name in _MEASURES:
-            raise MeasureError(f"fit measure {name!r} is already registered; choose another name")
         entry = FitMeasure(name, reads, signal or name, bool(learned), measure, description)
-        taken = {s for other in _MEASURES.values() for s in other.signals()}
+        taken = {s for other in MEASURES.values() for s in other.signals()}
         if taken & set(entry.signals()):
             raise MeasureError(f"fit measure {name!r}: signal {entry.signal!r} is taken; choose another signal")
-        _MEASURES[name] = entry
+        MEASURES.add(name, entry)
         return measure
 
     return add(function) if function is not None else add
@@ -137,33 +133,27 @@ def register_fit_measure(
 
 def remove_fit_measure(name: str) -> None:
     """Unregister the measure ``name`` (a notebook's or a test's own); nbtl's own cannot be removed."""
-    if name in BUILT_IN:
-        raise MeasureError(f"fit measure {name!r} is one of nbtl's own; it cannot be removed")
-    _MEASURES.pop(name, None)
+    MEASURES.remove(name)
 
 
 def fit_measure_names() -> tuple[str, ...]:
     """The registered measures, in the order they were registered (nbtl's own first): the fit table's columns."""
-    return tuple(_MEASURES)
+    return MEASURES.names()
 
 
 def feature_measures() -> tuple[FitMeasure, ...]:
     """The registered measures that read one block's features."""
-    return tuple(entry for entry in _MEASURES.values() if entry.reads == "features")
+    return tuple(entry for entry in MEASURES.values() if entry.reads == "features")
 
 
 def source_measures() -> tuple[FitMeasure, ...]:
     """The registered measures that read the source head's probabilities."""
-    return tuple(entry for entry in _MEASURES.values() if entry.reads == "source")
+    return tuple(entry for entry in MEASURES.values() if entry.reads == "source")
 
 
 def get_fit_measure(name: str) -> FitMeasure:
     """The registered measure ``name``; ``MeasureError`` naming the registered ones otherwise."""
-    if name not in _MEASURES:
-        raise MeasureError(
-            f"unknown fit measure {name!r}; use one of {', '.join(_MEASURES)} (or register one: nbtl.fit.registry)"
-        )
-    return _MEASURES[name]
+    return MEASURES.get(name)
 
 
 _OWN = "nbtl.fit.measures"
@@ -181,4 +171,4 @@ register_fit_measure(
 )
 register_fit_measure("leep", reads="source", learned=True, function=f"{_OWN}:leep", description="LEEP")
 register_fit_measure("nce", reads="source", function=f"{_OWN}:nce", description="negative conditional entropy")
-BUILT_IN = fit_measure_names()
+BUILT_IN = MEASURES.seal()

@@ -74,7 +74,7 @@ def meta_rows(
         first = members[0]
         backbones = sorted({str(t.get("backbone") or TrialConfig().backbone) for t in members})
         try:
-            data_settings = DataSettings.from_params({**first, "seed": _split_seed(first)}, where=f"task {key}")
+            data_settings = DataSettings.from_params({**first, "split_seed": _split_seed(first)}, where=f"task {key}")
         except NbtlError as error:
             raise HeuristicsError(f"{error}; leave this search out") from None
         if log:
@@ -97,7 +97,7 @@ def meta_rows(
                     "image_size": data_settings.image_size,
                     "per_class": data_settings.per_class,
                     "classes": data_settings.classes,
-                    "split_seed": data_settings.seed,
+                    "split_seed": data_settings.split_seed,
                     "val_fraction": data_settings.val_fraction,
                     "test_fraction": data_settings.test_fraction,
                     "search": trial.get("search"),

@@ -105,7 +105,7 @@ def measure_task(
             "image_size": image_size,
             "per_class": per_class,
             "classes": classes,
-            "seed": seed,
+            "split_seed": seed,
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
         }
@@ -121,7 +121,7 @@ def measure_task(
     tables, signals = [], {}
     for name in backbones:
         features = block_features(train, name, weights_path=(weights or {}).get(name), use_cache=use_cache)
-        table = fit_table(features, random_state=settings.seed)
+        table = fit_table(features, random_state=settings.split_seed)
         tables.append(table)
         signals[name] = backbone_signals(table, fit_curve=fit_curve, tolerance=peak_tolerance)
         say(

@@ -15,13 +15,13 @@ nbtl's own: samplers ``tpe`` (Optuna's ``TPESampler``, the default) and ``random
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nbtl.errors import ConfigError
 from nbtl.ranking import METRIC, MODE
+from nbtl.registry import Registry, resolve
 from nbtl.search.cluster import SearchError
 
 __all__ = [
@@ -39,13 +39,6 @@ __all__ = [
 ]
 
 
-def _resolve(function: Callable | str | None) -> Callable | None:
-    if isinstance(function, str):
-        module, _, attribute = function.partition(":")
-        return getattr(importlib.import_module(module), attribute)
-    return function
-
-
 @dataclass(frozen=True)
 class Algorithm:
     """A registered sampler or scheduler: its name, the keys its spec takes besides ``type``, their defaults, its
@@ -61,29 +54,29 @@ class Algorithm:
 
     def make(self, *args: Any, **kwargs: Any) -> Any:
         """The sampler or scheduler itself (see the module's docstring for the arguments)."""
-        return _resolve(self.build)(*args, **kwargs)
+        return resolve(self.build)(*args, **kwargs)
 
     def validate(self, *args: Any) -> None:
         """Run its check, if it has one (raises ``ConfigError`` in one line)."""
-        check = _resolve(self.check)
+        check = resolve(self.check)
         if check is not None:
             check(*args)
 
 
-_REGISTRIES: dict[str, dict[str, Algorithm]] = {"sampler": {}, "scheduler": {}}
+_REGISTRIES: dict[str, Registry[Algorithm]] = {
+    "sampler": Registry("sampler", hint=" (or register one: nbtl.search.algorithms)"),
+    "scheduler": Registry("scheduler", hint=" (or register one: nbtl.search.algorithms)"),
+}
 
 
 def _register(kind: str, name: str, keys, defaults, build, check, description) -> Algorithm:
-    if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
-        raise ConfigError(f"{kind} name {name!r}: use letters, digits and underscores")
-    if name in _REGISTRIES[kind]:
-        raise ConfigError(f"{kind} {name!r} is already registered; choose another name")
+    _REGISTRIES[kind].check_name(name)
     unknown = sorted(set(defaults or {}) - set(keys))
     if unknown:
         raise ConfigError(f"{kind} {name!r}: defaults for keys it does not take: {', '.join(unknown)}")
-    entry = Algorithm(name, kind, tuple(keys), build, dict(defaults or {}), check, description)
-    _REGISTRIES[kind][name] = entry
-    return entry
+    return _REGISTRIES[kind].add(
+        name, Algorithm(name, kind, tuple(keys), build, dict(defaults or {}), check, description)
+    )
 
 
 def register_sampler(name, *, build, keys=(), defaults=None, check=None, description="") -> Algorithm:
@@ -98,9 +91,7 @@ def register_scheduler(name, *, build, keys=(), defaults=None, check=None, descr
 
 
 def _remove(kind: str, name: str) -> None:
-    if name in _BUILT_IN[kind]:
-        raise ConfigError(f"{kind} {name!r} is one of nbtl's own; it cannot be removed")
-    _REGISTRIES[kind].pop(name, None)
+    _REGISTRIES[kind].remove(name)
 
 
 def remove_sampler(name: str) -> None:
@@ -115,25 +106,23 @@ def remove_scheduler(name: str) -> None:
 
 def sampler_names() -> tuple[str, ...]:
     """The registered samplers, the default first."""
-    return tuple(_REGISTRIES["sampler"])
+    return _REGISTRIES["sampler"].names()
 
 
 def scheduler_names() -> tuple[str, ...]:
     """The registered schedulers, the default first."""
-    return tuple(_REGISTRIES["scheduler"])
+    return _REGISTRIES["scheduler"].names()
 
 
 def algorithm_names(kind: str) -> tuple[str, ...]:
     """The registered ``kind`` (``"sampler"`` or ``"scheduler"``) names, the default first."""
-    return tuple(_REGISTRIES[kind])
+    return _REGISTRIES[kind].names()
 
 
 def get_algorithm(kind: str, name: str) -> Algorithm:
     """The registered ``kind`` (``"sampler"`` or ``"scheduler"``) ``name``; ``ConfigError`` naming the registered
     ones otherwise."""
-    if name not in _REGISTRIES[kind]:
-        raise ConfigError(f"unknown {kind} {name!r}; use one of {', '.join(_REGISTRIES[kind])}")
-    return _REGISTRIES[kind][name]
+    return _REGISTRIES[kind].get(name)
 
 
 def get_sampler(name: str) -> Algorithm:
@@ -216,4 +205,5 @@ register_scheduler(
     description="Ray Tune's asynchronous successive halving",
 )
 register_scheduler("fifo", build=fifo_scheduler, description="every trial runs all its epochs")
-_BUILT_IN = {"sampler": sampler_names(), "scheduler": scheduler_names()}
+for _registry in _REGISTRIES.values():
+    _registry.seal()

@@ -21,6 +21,8 @@ from nbtl.search.session import reason_from_error_text
 from nbtl.search.space import SearchSpace
 from nbtl.tracking import SOURCE_TAG, STOP_REASON_TAG
 
+#: Optuna's interactive plots of the search (nbtl.search.plots.optuna_html), on the parent run and in its folder.
+OPTUNA_PLOTS = "optuna_plots.html"
 RESULT_COLUMNS = [
     "epoch",
     "best_val_accuracy",
@@ -103,13 +105,20 @@ def _log_plots(
     figures["best_accuracy_vs_trials.png"] = plots.best_so_far([by_id[t] for t in order])
     if not table.empty and "finished_at_s" in table:
         figures["best_accuracy_vs_time.png"] = plots.best_so_far_over_time(table["finished_at_s"], table[METRIC])
-    importance = plots.param_importances(plots.completed_study(table, configs, space)) if not table.empty else None
+    complete = plots.completed_study(table, configs, space) if not table.empty else None
+    importance = plots.param_importances(complete) if complete is not None else None
     if importance is not None:
         figures["param_importance.png"] = importance
     for file, figure in figures.items():
         tracker.log_figure(figure, file)
         figure.savefig(experiment_path / file, dpi=100)
         plt.close(figure)
+    if not table.empty:  # Optuna's interactive plots, as optuna-dashboard draws them from optuna.db
+        history = plots.completed_study(table, configs, space, statuses=("FINISHED", "STOPPED"))
+        page = plots.optuna_html(history, complete, title=f"nbtl search {experiment_path.name}")
+        if page is not None:
+            tracker.log_text(page, OPTUNA_PLOTS)
+            (experiment_path / OPTUNA_PLOTS).write_text(page)
 
 
 SUMMARY_ROWS = 5

@@ -1,5 +1,6 @@
-"""How a search ends: Ctrl-C turned into Ray Tune's graceful stop and reported as an interruption (with the
-command that continues it), and a finished search's trial checkpoints removed."""
+"""How a study runs and ends: :func:`fit_study`, the one ``Tuner.fit`` of a search and a zoo study, with Ctrl-C turned
+into Ray Tune's graceful stop and reported as an interruption (with the command that continues a search) and a full
+disk said in one line; and a finished search's trial checkpoints removed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nbtl.errors import disk_full_reason, one_line
+from nbtl.search.session import ACTIVE, Session
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,37 @@ def graceful_ctrl_c() -> Iterator[Interrupt]:
             os.environ.pop(_TUNE_SIGINT_ENV, None)
         else:
             os.environ[_TUNE_SIGINT_ENV] = previous_env
+
+
+@dataclass
+class StudyFit:
+    """How :func:`fit_study` ended."""
+
+    results: Any  # Ray Tune's ResultGrid; None when the fit raised on a full disk
+    interrupted: bool  # Ctrl-C asked Ray Tune to stop (the experiment state is saved)
+    disk_full: str | None = None  # why, when a trial or Ray Tune found the disk full: the study stopped on it
+    error: BaseException | None = None  # the exception ``fit`` raised on the full disk
+
+
+def fit_study(tuner, key: str, session: Session) -> StudyFit:
+    """Run ``tuner.fit()`` as nbtl runs every study (a search, its ``--resume`` and a zoo study): ``session`` is
+    registered under ``key`` (the experiment's path) while it runs, where the callbacks and the trainables' reporting
+    find the live tracker; Ctrl-C is :func:`graceful_ctrl_c`; Ray's lines about a full disk are one line each
+    (:func:`full_disk_in_one_line`), and a full disk, found by a trial (``session.disk_full``) or raised by ``fit``,
+    is returned, not raised, so each study says it in its own words. Other errors propagate."""
+    ACTIVE[key] = session
+    try:
+        with graceful_ctrl_c() as interrupt, full_disk_in_one_line():
+            try:
+                results = tuner.fit()
+            except Exception as error:
+                reason = session.disk_full or disk_full_reason(error)
+                if reason is None:
+                    raise
+                return StudyFit(None, interrupt.requested, reason, error)
+    finally:
+        ACTIVE.pop(key, None)
+    return StudyFit(results, interrupt.requested, session.disk_full)
 
 
 def resume_command(experiment_dir: str, storage_path: str | None, address: str | None, tracking_uri: str | None) -> str:

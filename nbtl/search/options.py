@@ -24,26 +24,46 @@ PREFIX_CACHE = "prefix_cache"  # the frozen-prefix feature store of a search (nb
 DEFAULTS = {"keep_weights": KEEP_WEIGHTS}
 
 
-@dataclass
-class SearchOptions:
-    """What ``nbtl search`` takes besides the space; ``None`` means: as the space says, else the default."""
+@dataclass(kw_only=True)
+class RunOptions:
+    """Where a study runs, what it is tracked as, and what each of its trials holds: what ``nbtl search`` and
+    ``nbtl zoo`` share (their options extend it, keyword-only). ``None`` means the default: the study's own name,
+    an embedded Ray, ``$MLFLOW_TRACKING_URI`` else ``sqlite:///mlflow.db``, the default results folder, Ray Tune's
+    concurrency, no time budget, and the trial resources :meth:`trial_resources` is given."""
 
-    data: str
     name: str | None = None
-    trials: int | None = None
-    max_concurrent: int | None = None
-    address: str | None = None
+    address: str | None = None  # --address: a Ray cluster (host:port or ray://host:port); None: an embedded Ray
     tracking_uri: str | None = None
     storage_path: str | None = None
+    max_concurrent: int | None = None
+    cpu: float | None = None  # one trial's CPUs
+    gpu: float | None = None  # one trial's GPUs (a fraction packs trials on one GPU)
+    time_budget: float | None = None  # seconds; the whole study, data loading and start points included
+
+    def trial_resources(self, default: dict[str, float]) -> dict[str, float]:
+        """One trial's resources: ``default`` (a space's ``search.resources``, a zoo's 1 CPU), ``cpu`` / ``gpu`` over
+        it."""
+        resources = dict(default)
+        if self.cpu is not None:
+            resources["cpu"] = self.cpu
+        if self.gpu is not None:
+            resources["gpu"] = self.gpu
+        return resources
+
+
+@dataclass
+class SearchOptions(RunOptions):
+    """What ``nbtl search`` takes besides the space and :class:`RunOptions`; ``None`` means: as the space says, else
+    the default."""
+
+    data: str
+    trials: int | None = None
     image_size: int | str | None = None  # pixels, or "native" (each backbone's own)
     per_class: int | None = None
-    seed: int | None = None
-    cpu: float | None = None
-    gpu: float | None = None
+    seed: int | None = None  # --seed: the search's; the split's seed, the sampler's, and the trials' derive from it
     classes: str | None = None
     test_data: str | None = None  # --test-data: a second source holding the official test images
     warm_start: list[dict[str, Any]] = field(default_factory=list)
-    time_budget: float | None = None  # seconds; the whole search, data loading and start points included
     recommend: bool = True  # False: skip the 'recommend' start points (and the learned prior)
     keep_checkpoints: bool = False  # keep the trials' checkpoints after the search finished (--resume needs none then)
     keep_weights: int | None = None  # the best K trials keep their best-epoch weights (nbtl ensemble); None: DEFAULTS
@@ -52,6 +72,16 @@ class SearchOptions:
     cache_size: int | None = None  # --cache-size: bytes the frozen-prefix store may take on disk; None: no limit
     optuna_storage: str | None = None  # --optuna-storage: the Optuna study's RDB URL; None: optuna.db in its folder
     weights: dict[str, str] = field(default_factory=dict)  # --weights: backbone -> a local weights file to use instead
+
+    def data_overrides(self) -> dict[str, Any]:
+        """The data settings these options set (None: as the space says), by DataSettings' names."""
+        return {
+            "image_size": self.image_size,
+            "per_class": self.per_class,
+            "split_seed": self.seed,
+            "classes": self.classes,
+            "test_data": self.test_data,
+        }
 
 
 @dataclass
@@ -97,7 +127,7 @@ def setting(options: SearchOptions, space: SearchSpace, key: str) -> Any:
     """``key`` from the command line, else the space, else the default (data settings: DataSettings')."""
 
     if key in SETTING_KEYS:
-        return getattr(DataSettings.from_space(space, {k: getattr(options, k, None) for k in SETTING_KEYS}), key)
+        return getattr(DataSettings.from_space(space, options.data_overrides()), key)
     value = getattr(options, key, None)
     if value is not None:
         return value
@@ -151,12 +181,7 @@ def claim_experiment_dir(storage: Path, name: str) -> str:
 
 def trial_resources(space: SearchSpace, options: SearchOptions) -> dict[str, float]:
     """One trial's resources: the space's ``search.resources`` (default 1 CPU, no GPU), ``--cpu`` / ``--gpu`` over it."""
-    resources = dict(space.settings.resources)
-    if options.cpu is not None:
-        resources["cpu"] = options.cpu
-    if options.gpu is not None:
-        resources["gpu"] = options.gpu
-    return resources
+    return options.trial_resources(space.settings.resources)
 
 
 def time_budget(options: SearchOptions, space: SearchSpace) -> float | None:

@@ -119,7 +119,7 @@ def make_plan(
     from ray.tune.search.optuna import OptunaSearch
 
     name = options.name or space.name
-    seed = int(setting(options, space, "seed"))
+    seed = int(setting(options, space, "split_seed"))  # the search seed: the split's, the sampler's
     budget = time_budget(options, space)
     experiment_dir = claim_experiment_dir(storage, name)
     if experiment_dir != name:

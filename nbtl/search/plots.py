@@ -1,8 +1,9 @@
 """Figures a person opens in the parent run instead of reading the table: validation accuracy of every
 trial over epochs, the importance of each hyperparameter (Optuna's fANOVA evaluator), and the best
-validation accuracy against the number of trials run.
+validation accuracy against the number of trials run and against wall time; and Optuna's own interactive plots
+(:func:`optuna_html`: optimisation history, parallel coordinates, slices, importances) in one HTML page.
 
-Plain matplotlib (Agg) and Optuna; no Ray, no MLflow. Each function returns a ``Figure``.
+Plain matplotlib (Agg), Optuna and plotly; no Ray, no MLflow. Each figure function returns a ``Figure``.
 """
 
 from __future__ import annotations
@@ -94,17 +95,25 @@ def _best_so_far_figure(x: list[float], values: list[float], best: list[float], 
     return fig
 
 
-def completed_study(table: pd.DataFrame, configs: dict[str, dict[str, Any]], space: SearchSpace):
+def completed_study(
+    table: pd.DataFrame,
+    configs: dict[str, dict[str, Any]],
+    space: SearchSpace,
+    statuses: tuple[str, ...] = ("FINISHED",),
+):
     """An in-memory Optuna study holding the search's trials that ran all their epochs (``status`` FINISHED),
     so Optuna's importance evaluators can read them. Trials stopped early (STOPPED: by ASHA or the time
     budget) are left out: their best accuracy is that of fewer epochs, and would count as the effect of their
-    hyperparameters. Distributions are the space's; bounds that depend on other parameters (``all``,
-    ``transfer_blocks``) take the range the trials actually used."""
+    hyperparameters. ``statuses=("FINISHED", "STOPPED")`` keeps every scored trial (the history of a search), in the
+    order they ended (``finished_at_s``). Distributions are the space's; bounds that depend on other parameters
+    (``all``, ``transfer_blocks``) take the range the trials actually used."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     searched = [p for p in space.parameters if not p.fixed]
-    done = table[(table["status"] == "FINISHED") & table[METRIC].notna()] if not table.empty else table
+    done = table[table["status"].isin(statuses) & table[METRIC].notna()] if not table.empty else table
+    if "finished_at_s" in done:
+        done = done.sort_values("finished_at_s", kind="stable")
     distributions: dict[str, Any] = {}
     for p in searched:  # a conditional parameter counts only in the trials where its condition held
         values = [
@@ -141,6 +150,47 @@ def completed_study(table: pd.DataFrame, configs: dict[str, dict[str, Any]], spa
             )
         )
     return study
+
+
+def optuna_html(history, complete=None, title: str = "nbtl search") -> str | None:
+    """Optuna's interactive plots as one HTML page (plotly.js inlined once, so it opens offline, e.g. as an MLflow
+    artifact): the optimisation history, parallel coordinates and slices of ``history`` (every scored trial, from
+    :func:`completed_study` with ``statuses=("FINISHED", "STOPPED")``) and the fANOVA importances of ``complete``
+    (the trials that ran all their epochs) when at least :data:`MIN_IMPORTANCE_TRIALS` did. None, with the reason
+    logged, when no trial was scored or plotly is not installed."""
+    import optuna
+
+    try:
+        import optuna.visualization as vis
+        import plotly  # noqa: F401  (optuna.visualization imports it only when a plot is drawn)
+    except ImportError:
+        logger.info("no interactive Optuna plots: plotly is not installed (pip install plotly)")
+        return None
+    if not history.trials:
+        logger.info("no interactive Optuna plots: no trial was scored")
+        return None
+    figures = [("Optimisation history (trials in the order they ended)", vis.plot_optimization_history(history))]
+    if history.trials[0].params:
+        figures.append(("Parallel coordinates", vis.plot_parallel_coordinate(history)))
+        figures.append(("Slices", vis.plot_slice(history)))
+    if complete is not None and len(complete.trials) >= MIN_IMPORTANCE_TRIALS:
+        try:
+            importances = vis.plot_param_importances(
+                complete, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            )
+            figures.append(("Hyperparameter importances (fANOVA, trials that ran all their epochs)", importances))
+        except (ValueError, RuntimeError) as error:  # nothing varied, or no parameter common to all trials
+            logger.info(
+                "no interactive importance plot: %s", str(error).strip().splitlines()[0] if str(error) else error
+            )
+    parts = [
+        f"<h2>{heading}</h2>\n" + figure.to_html(full_html=False, include_plotlyjs=(i == 0))
+        for i, (heading, figure) in enumerate(figures)
+    ]
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n<body>\n'
+        f"<h1>{title}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
 def param_importances(study, seed: int = 0):

@@ -122,7 +122,7 @@ def resume_search(
                 tags={"nbtl.search": state["name"], "nbtl.dataset": prepared.dataset_name, "nbtl.version": __version__},
                 prefix_cache_dir=str(experiment_path / PREFIX_CACHE),
                 storage_dir=str(experiment_path),
-                seed=int(setting(options, space, "seed")),
+                seed=int(setting(options, space, "split_seed")),
                 dataset=prepared.dataset_input,
                 cache_prefix=space.prefix_cache,
                 prefix_cache_bytes=options.cache_size,

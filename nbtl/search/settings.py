@@ -7,12 +7,11 @@ sampler and scheduler factories, the learned prior, the plan, the parent run's p
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from nbtl.errors import ConfigError
+from nbtl.registry import Registry, resolve
 from nbtl.search.algorithms import algorithm_names, get_algorithm
 from nbtl.search.units import parse_duration
 
@@ -46,42 +45,36 @@ class StartPoint:
 
     def config(self, backbone: str) -> dict[str, Any]:
         """The recipe's trial config for ``backbone``."""
-        recipe = self.recipe
-        if isinstance(recipe, str):
-            module, _, attribute = recipe.partition(":")
-            recipe = getattr(importlib.import_module(module), attribute)
-        return dict(recipe(backbone))
+        return dict(resolve(self.recipe)(backbone))
 
 
-_START_POINTS: dict[str, StartPoint] = {}
+#: The recipe start points (``recommend``, which is no recipe, is not among them but is always a start point).
+START_POINT_RECIPES: Registry[StartPoint] = Registry(
+    "start point",
+    hint=f" or {RECOMMEND} (or register one: nbtl.search.settings.register_start_point)",
+    pattern=rf"(?!{RECOMMEND}$)[A-Za-z0-9_-]+",
+    rule=f"use letters, digits, - and _ (and not {RECOMMEND!r})",
+)
 
 
 def register_start_point(name: str, recipe: Callable[[str], dict[str, Any]] | str, description: str = "") -> None:
     """Register a recipe as a start point a space may list in ``search.start_points``."""
-    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum() or name == RECOMMEND:
-        raise ConfigError(f"start point name {name!r}: use letters, digits, - and _ (and not {RECOMMEND!r})")
-    if name in _START_POINTS:
-        raise ConfigError(f"start point {name!r} is already registered; choose another name")
-    _START_POINTS[name] = StartPoint(name, recipe, description)
+    START_POINT_RECIPES.add(name, StartPoint(name, recipe, description))
 
 
 def remove_start_point(name: str) -> None:
     """Unregister a start point of one's own (nbtl's own cannot be removed)."""
-    if name in START_POINTS:
-        raise ConfigError(f"start point {name!r} is one of nbtl's own; it cannot be removed")
-    _START_POINTS.pop(name, None)
+    START_POINT_RECIPES.remove(name)
 
 
 def start_point_names() -> tuple[str, ...]:
     """What ``search.start_points`` may list: the registered recipes and ``recommend``."""
-    return (*_START_POINTS, RECOMMEND)
+    return (*START_POINT_RECIPES.names(), RECOMMEND)
 
 
 def get_start_point(name: str) -> StartPoint:
     """The registered recipe start point ``name``; ``ConfigError`` naming the registered ones otherwise."""
-    if name not in _START_POINTS:
-        raise ConfigError(f"unknown start point {name!r}; use one of {', '.join(start_point_names())}")
-    return _START_POINTS[name]
+    return START_POINT_RECIPES.get(name)
 
 
 register_start_point(
@@ -92,6 +85,7 @@ register_start_point(
     "nbtl.heuristics.recipes:conventional_config",
     "the conventional recipe: everything fine-tuned at one learning rate, plain L2",
 )
+START_POINT_RECIPES.seal()
 #: The configs a search runs first unless its space says otherwise (``search.start_points``): the linear probe,
 #: the conventional recipe and ``nbtl recommend``'s configs (see :mod:`nbtl.search.start`).
 START_POINTS = ("probe", "conventional", RECOMMEND)

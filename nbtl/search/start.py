@@ -98,7 +98,7 @@ def start_points(
             found.task,
             rules,
             model,
-            {"image_size": image_size, "per_class": per_class, "classes": classes, "seed": seed},
+            {"image_size": image_size, "per_class": per_class, "classes": classes, "split_seed": seed},
         )
         recommended = [entry["config"] for entry in recommendation.configs]
         backbones = [entry["backbone"] for entry in recommendation.backbone_ranking] or backbones

@@ -9,13 +9,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nbtl.errors import DiskFullError, disk_full_reason
+from nbtl.errors import DiskFullError
 from nbtl.search.finish import finish_search
-from nbtl.search.lifecycle import SearchInterrupted, full_disk_in_one_line, graceful_ctrl_c, remove_trial_checkpoints
+from nbtl.search.lifecycle import SearchInterrupted, fit_study, remove_trial_checkpoints
 from nbtl.search.options import SearchOptions, SearchResult, setting
 from nbtl.search.plan import Plan
 from nbtl.search.prepare import Prepared, trainable_for
-from nbtl.search.session import ACTIVE, Session
+from nbtl.search.session import Session
 from nbtl.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -88,23 +88,23 @@ def run_trials(
     so in one line with ``resume``, the command that continues the search once there is room (the caller's run
     context ends the parent FAILED with it)."""
 
-    key = str(experiment_path)
-    ACTIVE[key] = session = Session(tracker, print_fn, status=status_fn)
-    try:
-        with graceful_ctrl_c() as interrupt, full_disk_in_one_line():
-            results = tuner.fit()
-    except Exception as error:
-        if session.disk_full is None and disk_full_reason(error) is None:
-            raise
-        raise _disk_full(session.disk_full or disk_full_reason(error), experiment_path, resume) from error
-    finally:
-        ACTIVE.pop(key, None)
-    if session.disk_full is not None:
-        raise _disk_full(session.disk_full, experiment_path, resume)
-    if interrupt.requested:
+    session = Session(tracker, print_fn, status=status_fn)
+    fit = fit_study(tuner, str(experiment_path), session)
+    if fit.disk_full is not None:
+        raise _disk_full(fit.disk_full, experiment_path, resume) from fit.error
+    if fit.interrupted:
         raise SearchInterrupted(f"search {experiment_path.name} interrupted")
     result = finish_search(
-        tracker, results, session.callback, space, experiment_path, started, budget, reevaluation, handover, print_fn
+        tracker,
+        fit.results,
+        session.callback,
+        space,
+        experiment_path,
+        started,
+        budget,
+        reevaluation,
+        handover,
+        print_fn,
     )
     if not keep_checkpoints:
         freed = remove_trial_checkpoints(experiment_path)

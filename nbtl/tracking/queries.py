@@ -120,7 +120,7 @@ def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
                 continue
             params = parent.data.params
             settings = {k: params.get(k) for k in ("data", *SETTING_KEYS)}
-            settings["seed"] = params.get("split_seed", params.get("seed"))  # older stores: seed
+            settings["split_seed"] = params.get("split_seed", params.get("seed"))  # older stores: seed
             ended = parent.info.end_time
             settings["search_seconds"] = (ended - parent.info.start_time) / 1000 if ended else None
             rows.append(
@@ -130,7 +130,7 @@ def finished_trials(tracking_uri: str | None) -> list[dict[str, Any]]:
                     "run_id": run.info.run_id,
                     **settings,
                     **run.data.params,
-                    "split_seed": settings["seed"],  # the search's; a trial's own `seed` trains it
+                    "split_seed": settings["split_seed"],  # the search's; a trial's own `seed` trains it
                     "best_val_accuracy": run.data.metrics["best_val_accuracy"],
                     "test_accuracy": run.data.metrics.get("test_accuracy"),
                 }

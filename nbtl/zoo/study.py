@@ -23,14 +23,14 @@ from nbtl import __version__
 from nbtl.backbones import get_spec, load_pretrained_state_dict
 from nbtl.config import TrialConfig
 from nbtl.data import load_dataset
-from nbtl.errors import ConfigError
+from nbtl.errors import ConfigError, DiskFullError
 from nbtl.fit import block_features
 from nbtl.heads import head_names
 from nbtl.heuristics.recipes import conventional_config
 from nbtl.search.cluster import check_services, cluster_address, study_ray
-from nbtl.search.lifecycle import graceful_ctrl_c
-from nbtl.search.options import wrap_up_seconds
-from nbtl.search.session import ACTIVE, Session, reason_from_error_text
+from nbtl.search.lifecycle import fit_study
+from nbtl.search.options import RunOptions, wrap_up_seconds
+from nbtl.search.session import Session, reason_from_error_text
 from nbtl.tracking import ROLE_TAG, SearchTracker
 from nbtl.zoo import plots
 from nbtl.zoo.cv import study_folds
@@ -46,9 +46,14 @@ RECIPE_EXCLUDES = ("backbone", "head", "seed")
 logger = logging.getLogger(__name__)
 
 
+#: A zoo trial's resources unless ``cpu`` / ``gpu`` say otherwise.
+TRIAL_RESOURCES = {"cpu": 1.0, "gpu": 0.0}
+
+
 @dataclass
-class ZooOptions:
-    """What ``nbtl zoo`` takes; ``settings`` is the :class:`~nbtl.data.settings.DataSettings` of every dataset."""
+class ZooOptions(RunOptions):
+    """What ``nbtl zoo`` takes besides :class:`~nbtl.search.options.RunOptions`; ``settings`` is the
+    :class:`~nbtl.data.settings.DataSettings` of every dataset."""
 
     data: list[str]
     backbones: list[str]
@@ -58,14 +63,6 @@ class ZooOptions:
     folds: int = 5
     seeds: int = 1
     recipe: dict[str, Any] = field(default_factory=dict)  # frozen: HeadRecipe fields; finetune: TrialConfig keys
-    name: str | None = None
-    time_budget: float | None = None
-    address: str | None = None
-    tracking_uri: str | None = None
-    storage_path: str | None = None
-    max_concurrent: int | None = None
-    cpu: float = 1.0
-    gpu: float = 0.0
     use_cache: bool = True
 
 
@@ -188,11 +185,11 @@ def run_zoo(options: ZooOptions, print_fn: Callable[[str], None] = print) -> Zoo
     recipe = _recipe(options)
     tracking_uri = check_services(options.address, options.tracking_uri)
     started = time.perf_counter()
-    seeds = [options.settings.seed + r for r in range(options.seeds)]
+    seeds = [options.settings.split_seed + r for r in range(options.seeds)]
     names, payload = _prepare(options, seeds, print_fn)
     name = options.name or f"zoo-{'-'.join(names)}"
     cells = _cells(names, options, seeds)
-    resources = {"cpu": options.cpu, "gpu": options.gpu}
+    resources = options.trial_resources(TRIAL_RESOURCES)
     with study_ray(options.address, resources) as gcs_address:
         tracker = SearchTracker(tracking_uri, name, study="zoo study", resume_hint=None)
         params = {
@@ -249,7 +246,6 @@ def _run_trials(options, names, payload, cells, recipe, tracker, resources, star
     callback = ZooCallback(
         key, len(cells), 0, options.time_budget, started=time.time() - (time.perf_counter() - started)
     )
-    ACTIVE[key] = Session(tracker, print_fn)
     trainable = tune.with_resources(tune.with_parameters(zoo_trainable, data=payload, context=context), resources)
     tuner = tune.Tuner(
         trainable,
@@ -276,15 +272,18 @@ def _run_trials(options, names, payload, cells, recipe, tracker, resources, star
         + (f", {int(remaining)}s of the time budget left for trials" if remaining is not None else "")
     )
     try:
-        with graceful_ctrl_c() as interrupt:
-            results = tuner.fit()
+        fit = fit_study(tuner, key, Session(tracker, print_fn))
     finally:
-        ACTIVE.pop(key, None)
         if temporary:
             shutil.rmtree(storage, ignore_errors=True)
-    if interrupt.requested:
+    if fit.disk_full is not None:
+        raise DiskFullError(
+            f"the disk is full: {fit.disk_full.removeprefix('OSError: ')}; the zoo study stopped (its finished folds are "
+            f"in MLflow): free space under {storage}, or pass --storage-path on a disk with room, and run it again"
+        ) from fit.error
+    if fit.interrupted:
         raise KeyboardInterrupt("zoo study interrupted")
-    return results, callback
+    return fit.results, callback
 
 
 CELL_KEYS = ("dataset", "backbone", "head", "seed", "fold")
