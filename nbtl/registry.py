@@ -62,10 +62,10 @@ class Registry(Generic[Entry]):
         self._own: frozenset[str] = frozenset()
         REGISTRIES[kind] = self
 
-    def check_name(self, name: Any, what: str | None = None) -> None:
-        """Refuse ``name`` in one line unless it is a free, well-formed name (``what``: the message's word for it)."""
+    def check_name(self, name: Any) -> None:
+        """Refuse ``name`` in one line unless it is a free, well-formed name."""
         if not isinstance(name, str) or not self._pattern.fullmatch(name):
-            raise self.error(f"{what or self.kind + ' name'} {name!r}: {self._rule}")
+            raise self.error(f"{self.kind} name {name!r}: {self._rule}")
         if name in self._entries:
             raise self.error(f"{self.kind} {name!r} is already registered; choose another name")
 

@@ -73,7 +73,7 @@ class SearchOptions(RunOptions):
     optuna_storage: str | None = None  # --optuna-storage: the Optuna study's RDB URL; None: optuna.db in its folder
     weights: dict[str, str] = field(default_factory=dict)  # --weights: backbone -> a local weights file to use instead
 
-    def data_overrides(self) -> dict[str, Any]:
+    def settings_overrides(self) -> dict[str, Any]:
         """The data settings these options set (None: as the space says), by DataSettings' names."""
         return {
             "image_size": self.image_size,
@@ -127,7 +127,7 @@ def setting(options: SearchOptions, space: SearchSpace, key: str) -> Any:
     """``key`` from the command line, else the space, else the default (data settings: DataSettings')."""
 
     if key in SETTING_KEYS:
-        return getattr(DataSettings.from_space(space, options.data_overrides()), key)
+        return getattr(DataSettings.from_space(space, options.settings_overrides()), key)
     value = getattr(options, key, None)
     if value is not None:
         return value

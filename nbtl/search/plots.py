@@ -157,15 +157,10 @@ def optuna_html(history, complete=None, title: str = "nbtl search") -> str | Non
     artifact): the optimisation history, parallel coordinates and slices of ``history`` (every scored trial, from
     :func:`completed_study` with ``statuses=("FINISHED", "STOPPED")``) and the fANOVA importances of ``complete``
     (the trials that ran all their epochs) when at least :data:`MIN_IMPORTANCE_TRIALS` did. None, with the reason
-    logged, when no trial was scored or plotly is not installed."""
+    logged, when no trial was scored."""
     import optuna
+    import optuna.visualization as vis  # plotly, one of nbtl's dependencies
 
-    try:
-        import optuna.visualization as vis
-        import plotly  # noqa: F401  (optuna.visualization imports it only when a plot is drawn)
-    except ImportError:
-        logger.info("no interactive Optuna plots: plotly is not installed (pip install plotly)")
-        return None
     if not history.trials:
         logger.info("no interactive Optuna plots: no trial was scored")
         return None

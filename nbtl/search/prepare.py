@@ -71,7 +71,7 @@ def prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str]
     # the one data-settings object: nbtl recommend and nbtl train read the same, so they mean the same images
     data_settings = DataSettings.from_space(
         space,
-        options.data_overrides(),
+        options.settings_overrides(),
     )
     root = storage_folder(options.storage_path) / DATA_DIR
     if data_settings.image_size == AUTO:
