@@ -69,6 +69,15 @@ def test_no_module_imports_another_modules_private_name():
     assert not private, "\n".join(private)
 
 
+#: Issue 20: no room of the house is a hall; a file past this is split by idea.
+MAX_LINES = 500
+
+
+def test_no_file_is_over_500_lines():
+    long = {m: n for m, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
 #: The floors of docs/architecture.md: a room may import the rooms on its floor and below, never above.
 FLOORS = {
     0: ("errors", "safe_yaml", "resources", "ranking", "codec", "registry"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import REPO
 from nbtl.search import load_space, plots
@@ -48,6 +49,10 @@ def test_importance_ranks_the_parameter_that_matters():
     assert figure is not None
     labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
     assert labels[-1] == "lr", labels  # barh: the top bar is the most important
+    importances = plots.fanova_importances(study)  # what the PNG and the HTML page both draw, computed once
+    assert next(iter(importances)) == "lr" and sum(importances.values()) == pytest.approx(1.0)
+    page = plots.optuna_html(study, importances)
+    assert page.count("Plotly.newPlot") == 4 and '"orientation":"h"' in page
 
 
 def test_importance_needs_two_trials():
@@ -156,7 +161,7 @@ def test_optunas_interactive_plots_are_one_offline_page_of_every_scored_trial(tm
     assert len(history.trials) == len(table)  # stopped trials are part of the history
     assert [t.value for t in history.trials] == list(table["best_val_accuracy"][::-1])  # in the order they ended
     complete = plots.completed_study(table, configs, space)
-    page = plots.optuna_html(history, complete, title="nbtl search toy")
+    page = plots.optuna_html(history, plots.fanova_importances(complete), title="nbtl search toy")
     assert page.startswith("<!DOCTYPE html>") and "<title>nbtl search toy</title>" in page
     headings = re.findall(r"<h2>([^<]+)</h2>", page)
     assert [h.split(" (")[0] for h in headings] == [
@@ -170,6 +175,8 @@ def test_optunas_interactive_plots_are_one_offline_page_of_every_scored_trial(tm
     assert not re.search(r"<script[^>]*\bsrc=", page)  # no script fetched from a CDN
     # a page of two complete trials has no importances; none at all without a scored trial
     few = table[table["status"] == "FINISHED"].head(2)
-    page = plots.optuna_html(plots.completed_study(few, configs, space), plots.completed_study(few, configs, space))
+    page = plots.optuna_html(
+        plots.completed_study(few, configs, space), plots.fanova_importances(plots.completed_study(few, configs, space))
+    )
     assert "importances" not in page and page.count("Plotly.newPlot") == 3
     assert plots.optuna_html(plots.completed_study(table.head(0), configs, space)) is None

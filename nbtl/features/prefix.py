@@ -23,6 +23,7 @@ ago are removed until the rest fit (a process that still maps a removed entry ke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -247,9 +248,7 @@ class PrefixStore:
             return cached
         shape = self._output_shape(model, splits, blocks)
         nbytes = (
-            int(np.prod(shape))
-            * _itemsize(self.dtype)
-            * (views * len(splits.train) + len(splits.val) + len(splits.test))
+            int(np.prod(shape)) * self.dtype.itemsize * (views * len(splits.train) + len(splits.val) + len(splits.test))
         )
         if self.directory is None and nbytes > self.max_bytes:
             logger.warning(
@@ -475,27 +474,20 @@ class PrefixStore:
                 in_memory = [e for e in self._memory.values() if e.path is None]
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def _as_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
     """``array`` as a tensor of ``dtype`` sharing its memory (bfloat16 from its 16-bit pattern)."""
     tensor = torch.from_numpy(array)
     return tensor.view(torch.bfloat16) if dtype is torch.bfloat16 else tensor
 
 
-class _eval_mode:
-    """Context manager: every module of ``model`` in eval mode, each module's own mode restored after."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.modes = [(module, module.training) for module in self.model.modules()]
-        for module, _ in self.modes:
-            module.training = False
-
-    def __exit__(self, *exc) -> None:
-        for module, training in self.modes:
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Every module of ``model`` in eval mode, each module's own mode restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    for module, _ in modes:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module, training in modes:
             module.training = training

@@ -106,7 +106,8 @@ def _log_plots(
     if not table.empty and "finished_at_s" in table:
         figures["best_accuracy_vs_time.png"] = plots.best_so_far_over_time(table["finished_at_s"], table[METRIC])
     complete = plots.completed_study(table, configs, space) if not table.empty else None
-    importance = plots.param_importances(complete) if complete is not None else None
+    importances = plots.fanova_importances(complete) if complete is not None else None  # once: the PNG and the page
+    importance = plots.param_importances(complete, importances=importances) if importances is not None else None
     if importance is not None:
         figures["param_importance.png"] = importance
     for file, figure in figures.items():
@@ -115,7 +116,7 @@ def _log_plots(
         plt.close(figure)
     if not table.empty:  # Optuna's interactive plots, as optuna-dashboard draws them from optuna.db
         history = plots.completed_study(table, configs, space, statuses=("FINISHED", "STOPPED"))
-        page = plots.optuna_html(history, complete, title=f"nbtl search {experiment_path.name}")
+        page = plots.optuna_html(history, importances, title=f"nbtl search {experiment_path.name}")
         if page is not None:
             tracker.log_text(page, OPTUNA_PLOTS)
             (experiment_path / OPTUNA_PLOTS).write_text(page)

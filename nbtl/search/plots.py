@@ -152,14 +152,14 @@ def completed_study(
     return study
 
 
-def optuna_html(history, complete=None, title: str = "nbtl search") -> str | None:
+def optuna_html(history, importances: dict[str, float] | None = None, title: str = "nbtl search") -> str | None:
     """Optuna's interactive plots as one HTML page (plotly.js inlined once, so it opens offline, e.g. as an MLflow
     artifact): the optimisation history, parallel coordinates and slices of ``history`` (every scored trial, from
-    :func:`completed_study` with ``statuses=("FINISHED", "STOPPED")``) and the fANOVA importances of ``complete``
-    (the trials that ran all their epochs) when at least :data:`MIN_IMPORTANCE_TRIALS` did. None, with the reason
-    logged, when no trial was scored."""
-    import optuna
+    :func:`completed_study` with ``statuses=("FINISHED", "STOPPED")``) and, when given, the fANOVA ``importances``
+    from :func:`fanova_importances` (computed once for this page and the PNG). None, with the reason logged, when no
+    trial was scored."""
     import optuna.visualization as vis  # plotly, one of nbtl's dependencies
+    import plotly.graph_objects as go
 
     if not history.trials:
         logger.info("no interactive Optuna plots: no trial was scored")
@@ -168,16 +168,17 @@ def optuna_html(history, complete=None, title: str = "nbtl search") -> str | Non
     if history.trials[0].params:
         figures.append(("Parallel coordinates", vis.plot_parallel_coordinate(history)))
         figures.append(("Slices", vis.plot_slice(history)))
-    if complete is not None and len(complete.trials) >= MIN_IMPORTANCE_TRIALS:
-        try:
-            importances = vis.plot_param_importances(
-                complete, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
-            )
-            figures.append(("Hyperparameter importances (fANOVA, trials that ran all their epochs)", importances))
-        except (ValueError, RuntimeError) as error:  # nothing varied, or no parameter common to all trials
-            logger.info(
-                "no interactive importance plot: %s", str(error).strip().splitlines()[0] if str(error) else error
-            )
+    if importances:
+        names = list(importances)[::-1]  # the most important on top, as Optuna's own importance plot
+        bars = go.Bar(
+            x=[importances[n] for n in names],
+            y=names,
+            orientation="h",
+            text=[f"{importances[n]:.2f}" for n in names],
+            textposition="outside",
+        )
+        figure = go.Figure(bars, layout={"xaxis_title": f"importance for {METRIC} (fANOVA)", "showlegend": False})
+        figures.append(("Hyperparameter importances (fANOVA, trials that ran all their epochs)", figure))
     parts = [
         f"<h2>{heading}</h2>\n" + figure.to_html(full_html=False, include_plotlyjs=(i == 0))
         for i, (heading, figure) in enumerate(figures)
@@ -188,10 +189,10 @@ def optuna_html(history, complete=None, title: str = "nbtl search") -> str | Non
     )
 
 
-def param_importances(study, seed: int = 0):
-    """Bar chart of Optuna's fANOVA importances of the hyperparameters every trial sampled (``study`` from
-    :func:`completed_study`); ``None``, with the reason logged, when fewer than
-    :data:`MIN_IMPORTANCE_TRIALS` trials ran all their epochs or nothing varied."""
+def fanova_importances(study, seed: int = 0) -> dict[str, float] | None:
+    """Optuna's fANOVA importances of the hyperparameters every trial of ``study`` (from :func:`completed_study`)
+    sampled, most important first; ``None``, with the reason logged, when fewer than :data:`MIN_IMPORTANCE_TRIALS`
+    trials ran all their epochs or nothing varied."""
     import optuna
 
     if len(study.trials) < MIN_IMPORTANCE_TRIALS:
@@ -216,6 +217,15 @@ def param_importances(study, seed: int = 0):
         logger.info(
             "no parameter-importance plot: no hyperparameter varied across the %d complete trials", len(study.trials)
         )
+        return None
+    return dict(importances)
+
+
+def param_importances(study, seed: int = 0, importances: dict[str, float] | None = None):
+    """Bar chart of the fANOVA importances of ``study``'s hyperparameters (``importances`` when the caller has
+    them from :func:`fanova_importances` already); ``None`` where that gives none."""
+    importances = importances if importances is not None else fanova_importances(study, seed)
+    if importances is None:
         return None
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.5))

@@ -277,9 +277,11 @@ def _run_trials(options, names, payload, cells, recipe, tracker, resources, star
         if temporary:
             shutil.rmtree(storage, ignore_errors=True)
     if fit.disk_full is not None:
+        # a temporary storage folder is gone by now: name the disk it was on (the temporary folder, $TMPDIR)
+        where = f"{storage.parent} (the temporary folder; TMPDIR moves it)" if temporary else storage
         raise DiskFullError(
             f"the disk is full: {fit.disk_full.removeprefix('OSError: ')}; the zoo study stopped (its finished folds are "
-            f"in MLflow): free space under {storage}, or pass --storage-path on a disk with room, and run it again"
+            f"in MLflow): free space under {where}, or pass --storage-path on a disk with room, and run it again"
         ) from fit.error
     if fit.interrupted:
         raise KeyboardInterrupt("zoo study interrupted")
