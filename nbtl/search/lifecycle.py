@@ -109,6 +109,50 @@ class StudyFit:
     error: BaseException | None = None  # the exception ``fit`` raised on the full disk
 
 
+def study_tuner(
+    trainable,
+    *,
+    name: str,
+    storage_path: str,
+    callbacks: list,
+    num_samples: int,
+    max_concurrent: int | None,
+    time_budget_s: float | None,
+    max_failures: int,
+    keep_checkpoints: int,
+    search_alg=None,
+    scheduler=None,
+    param_space: dict[str, Any] | None = None,
+):
+    """Ray Tune's Tuner of a study as nbtl builds every one (a search's and a zoo study's): ``verbose=0`` (the
+    callbacks say what happens), a trial's worker kept for the next trial, the failures Ray Tune retries and the
+    checkpoints it keeps. ``search_alg`` and ``scheduler`` for a search, ``param_space`` (a grid) for the zoo."""
+    from ray import tune  # here, after nbtl.search.cluster.use_token_auth: Ray reads RAY_AUTH_MODE on first import
+
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent,
+            time_budget_s=time_budget_s,
+            # a trial's worker is kept for the next one (Ray Tune waits for its thread to end, else starts a new
+            # one): a fresh worker spends seconds of CPU importing torch, MLflow and nbtl before its first step
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=callbacks,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
+        ),
+    )
+
+
 def fit_study(tuner, key: str, session: Session) -> StudyFit:
     """Run ``tuner.fit()`` as nbtl runs every study (a search, its ``--resume`` and a zoo study): ``session`` is
     registered under ``key`` (the experiment's path) while it runs, where the callbacks and the trainables' reporting

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nbtl.errors import DiskFullError
 from nbtl.search.finish import finish_search
-from nbtl.search.lifecycle import SearchInterrupted, fit_study, remove_trial_checkpoints
+from nbtl.search.lifecycle import SearchInterrupted, fit_study, remove_trial_checkpoints, study_tuner
 from nbtl.search.options import SearchOptions, SearchResult, setting
 from nbtl.search.plan import Plan
 from nbtl.search.prepare import Prepared, trainable_for
@@ -24,8 +24,6 @@ logger = logging.getLogger(__name__)
 def make_tuner(plan: Plan, prepared: Prepared, context, space: SearchSpace, options: SearchOptions, started: float):
     """Ray Tune's Tuner of a planned search: the trainable with the shared data and weights, Optuna's searcher, the
     scheduler, the progress callback and the Optuna study's mirror."""
-    from ray import tune
-
     # Ray's modules (and nbtl's that import them) load only here, after nbtl.search.cluster.use_token_auth: Ray reads
     # RAY_AUTH_MODE when it is first imported
     from nbtl.search.callbacks import SearchCallback
@@ -43,28 +41,20 @@ def make_tuner(plan: Plan, prepared: Prepared, context, space: SearchSpace, opti
         expected=plan.expected,
     )
     mirror = StudyMirror(plan.optuna_storage, plan.experiment_dir, space.sample)
-    return tune.Tuner(
+    return study_tuner(
         trainable_for(prepared, context),
-        tune_config=tune.TuneConfig(
-            search_alg=plan.searcher,
-            scheduler=plan.scheduler,
-            num_samples=plan.trials,
-            max_concurrent_trials=plan.max_concurrent,
-            time_budget_s=plan.remaining,
-            # a trial's worker is kept for the next one (Ray Tune waits for its thread to end, else starts a new
-            # one): a fresh worker spends seconds of CPU importing torch, MLflow and nbtl before its first step
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=plan.experiment_dir,
-            storage_path=str(plan.experiment_path.parent),
-            callbacks=[callback, mirror],
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=int(setting(options, space, "max_failures"))),
-            # 2, not 1: a driver killed between Ray Tune deleting the older checkpoint and saving its experiment
-            # state would leave that state pointing at a deleted checkpoint (--resume failed so, 1 run in 5)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        ),
+        name=plan.experiment_dir,
+        storage_path=str(plan.experiment_path.parent),
+        callbacks=[callback, mirror],
+        num_samples=plan.trials,
+        max_concurrent=plan.max_concurrent,
+        time_budget_s=plan.remaining,
+        max_failures=int(setting(options, space, "max_failures")),
+        # 2, not 1: a driver killed between Ray Tune deleting the older checkpoint and saving its experiment state
+        # would leave that state pointing at a deleted checkpoint (--resume failed so, 1 run in 5)
+        keep_checkpoints=2,
+        search_alg=plan.searcher,
+        scheduler=plan.scheduler,
     )
 
 

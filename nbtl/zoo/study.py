@@ -28,7 +28,7 @@ from nbtl.fit import block_features
 from nbtl.heads import head_names
 from nbtl.heuristics.recipes import conventional_config
 from nbtl.search.cluster import check_services, cluster_address, study_ray
-from nbtl.search.lifecycle import fit_study
+from nbtl.search.lifecycle import fit_study, study_tuner
 from nbtl.search.options import RunOptions, wrap_up_seconds
 from nbtl.search.session import Session, reason_from_error_text
 from nbtl.tracking import ROLE_TAG, SearchTracker
@@ -247,23 +247,17 @@ def _run_trials(options, names, payload, cells, recipe, tracker, resources, star
         key, len(cells), 0, options.time_budget, started=time.time() - (time.perf_counter() - started)
     )
     trainable = tune.with_resources(tune.with_parameters(zoo_trainable, data=payload, context=context), resources)
-    tuner = tune.Tuner(
+    tuner = study_tuner(
         trainable,
+        name=tracker.parent_run_id,
+        storage_path=str(storage),
+        callbacks=[callback],
+        num_samples=1,
+        max_concurrent=options.max_concurrent,
+        time_budget_s=remaining,
+        max_failures=0,
+        keep_checkpoints=1,
         param_space={"cell": tune.grid_search(cells)},
-        tune_config=tune.TuneConfig(
-            num_samples=1,
-            max_concurrent_trials=options.max_concurrent,
-            reuse_actors=True,  # a fold takes seconds: a new worker per trial would spend more importing torch
-            time_budget_s=remaining,
-        ),
-        run_config=tune.RunConfig(
-            name=tracker.parent_run_id,
-            storage_path=str(storage),
-            callbacks=[callback],
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
     )
     print_fn(
         f"zoo {tracker.search_name!r}: {len(cells)} trials ({options.mode}: {len(names)} dataset(s) x "
