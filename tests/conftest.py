@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -229,11 +232,60 @@ def weights():
     return load_pretrained_state_dict("efficientnet_lite0")
 
 
+_EMPTY_STORE: list[Path] = []  # made once per test process, by new_store
+_EMPTY_STORE_LOCK = threading.Lock()  # an Ahead's threads make stores too
+#: What each store new_store made held when it was made (:func:`store_untouched`).
+_MADE: dict[Path, bytes] = {}
+
+
+def _make_empty_store() -> None:
+    """The store :func:`new_store` copies (made by MLflow, checked to hold nothing but its Default experiment)."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    template = Path(tempfile.mkdtemp(prefix="nbtl-tests-empty-store-")) / "mlflow.db"
+    atexit.register(shutil.rmtree, template.parent, ignore_errors=True)
+    MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+    with sqlite3.connect(template) as db:  # MLflow's own experiment and nothing else
+        assert db.execute("SELECT name FROM experiments").fetchall() == [("Default",)]
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
+    _EMPTY_STORE.append(template)
+
+
+def new_store(folder: Path, name: str = "mlflow.db") -> str:
+    """The URI of a new SQLite MLflow store ``folder/name``, as MLflow makes one (its tables, its ``Default``
+    experiment with artifacts under ``folder/mlruns``), copied from one made once per test process: MLflow makes a
+    new store's tables by running its schema migrations, 2-6 s of CPU each time. Tests of how a store is made
+    (two processes making one at once, a store that is not there) name a path of their own instead."""
+    import sqlite3
+
+    with _EMPTY_STORE_LOCK:
+        if not _EMPTY_STORE:
+            _make_empty_store()
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_STORE[0], path)
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE name = 'Default'", (str(path.parent / "mlruns/0"),)
+        )
+    _MADE[path] = path.read_bytes()
+    return f"sqlite:///{path}"
+
+
+def store_untouched(path: Path) -> bool:
+    """Whether the store :func:`new_store` made at ``path`` is byte for byte as it was made: nothing (an experiment,
+    a run, a tag) was written to it."""
+    return path.read_bytes() == _MADE[path]
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
-    """A fresh SQLite MLflow store; the test fails if any run in it is left RUNNING."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    """A new SQLite MLflow store (:func:`new_store`); the test fails if any run in it is left RUNNING."""
+    uri = new_store(tmp_path)
     yield uri
+    _MADE.pop(tmp_path / "mlflow.db", None)
     if (tmp_path / "mlflow.db").exists():
         from mlflow import MlflowClient
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conftest import new_store
 from nbtl.backbones import load_pretrained_state_dict
 from nbtl.config import TrialConfig
 from nbtl.data import load_dataset
@@ -41,7 +42,7 @@ def small_member(dataset, steps: int = 30) -> Member:
 def log_small_model(folder: Path, register: str | None = "digits-probe"):
     """``(tracking_uri, run_id, LoggedClassifier, dataset)``: a model logged on a FINISHED run of a fresh
     SQLite store in ``folder`` (registered as ``register``)."""
-    uri = resolve_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    uri = resolve_tracking_uri(new_store(folder))
     client = tracking_client(uri)
     run = client.create_run(ensure_experiment(client, "models-test"), run_name="probe")
     dataset = digits()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import ONE_THREAD
+from conftest import ONE_THREAD, new_store
 from nbtl.backbones import load_pretrained_state_dict
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +37,7 @@ def test_nbtl_search_from_python_returns_the_table_best_config_and_model(tmp_pat
     # the search also trains from a local weights file (--weights on the command line): Lite0's own, saved here
     weights = tmp_path / "lite0.pth"
     torch.save(load_pretrained_state_dict("efficientnet_lite0"), weights)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, uri, str(tmp_path / "results"), str(weights)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD},
@@ -79,7 +79,7 @@ print(json.dumps({
 def test_recommend_train_and_zoo_from_python(tmp_path):
     """``nbtl.recommend``, ``nbtl.api.train`` (``nbtl train``'s function) and ``nbtl.zoo`` from a script, in a fresh
     interpreter: a recommendation written and trained, and a two-fold zoo study, read back against the store."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT_COMMANDS, uri, str(tmp_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, nbtl_in_one_interpreter, run_nbtl, selected_tests
+from conftest import REPO, nbtl_in_one_interpreter, new_store, run_nbtl, selected_tests
 
 TINY = REPO / "search_spaces" / "tiny.yaml"
 
@@ -244,7 +244,7 @@ def plain_config(folder: Path) -> str:
 def small_train(folder: Path, *flags: str) -> list[str]:
     """``nbtl train`` of the plain config on a few small digits, tracked in the folder's own store."""
     data = ("--data", "digits", "--image-size", "16", "--per-class", "5", "--no-floor")
-    return [*flags, "train", plain_config(folder), *data, "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    return [*flags, "train", plain_config(folder), *data, "--tracking-uri", new_store(folder)]
 
 
 def test_verbose_shows_debug_lines_and_quiet_hides_progress(started):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from conftest import new_store
 from nbtl.codec import MAX_TEXT_LENGTH, decode, encode, is_unset
 from nbtl.config import TrialConfig
 from nbtl.tracking import ensure_experiment, param_entities
@@ -30,7 +31,7 @@ VALUES = {
 
 
 def test_values_written_as_mlflow_params_read_back_as_written(tmp_path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=new_store(tmp_path))
     run = client.create_run(ensure_experiment(client, "codec")).info.run_id
     client.log_batch(run, params=param_entities(VALUES))
     stored = client.get_run(run).data.params
@@ -43,7 +44,7 @@ def test_a_trial_config_reads_back_from_its_params(tmp_path):
     config = TrialConfig.from_dict(
         {"l2_head": None, "l2sp_blocks": 4, "l2sp_alpha": 0.01, "lr_schedule": "step", "lr_step_epochs": [2, 4]}
     )
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=new_store(tmp_path))
     run = client.create_run(ensure_experiment(client, "codec")).info.run_id
     client.log_batch(run, params=param_entities(config.to_dict()))
     params = client.get_run(run).data.params

@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import assert_no_run_left_running, run_nbtl
+from conftest import assert_no_run_left_running, new_store, run_nbtl
 from nbtl.tracking import search_experiment
 
 
@@ -102,7 +102,7 @@ def test_a_search_on_a_full_disk_stops_in_one_line_and_resumes_when_there_is_roo
     full disk run again."""
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     where = ["--storage-path", str(full_disk), "--tracking-uri", uri]
     done = run_nbtl("search", str(space), "--data", "digits", *where, cwd=tmp_path)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]

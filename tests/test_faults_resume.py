@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ONE_THREAD, assert_no_run_left_running, nbtl_command, selected_tests
+from conftest import ONE_THREAD, assert_no_run_left_running, nbtl_command, new_store, selected_tests
 from nbtl.search.session import WORKER_DIED
 from nbtl.tracking import search_experiment
 
@@ -189,7 +189,7 @@ def scenarios(ahead, tmp_path_factory, request):
     folders = {}
     for test in sorted(selected_tests(request) & set(SCENARIOS)):
         folder = folders[test] = tmp_path_factory.mktemp("faults")
-        ahead.call(test, SCENARIOS[test], folder, f"sqlite:///{folder / 'mlflow.db'}")
+        ahead.call(test, SCENARIOS[test], folder, new_store(folder))
 
     def result(test: str) -> tuple[dict, Path, str]:
         return ahead[test], folders[test], f"sqlite:///{folders[test] / 'mlflow.db'}"

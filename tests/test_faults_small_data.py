@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from conftest import run_nbtl
+from conftest import new_store, run_nbtl
 
 
 def test_recommend_fit_train_and_zoo_on_two_classes_of_three_images(tmp_path):
@@ -19,7 +19,7 @@ def test_recommend_fit_train_and_zoo_on_two_classes_of_three_images(tmp_path):
         folder.mkdir(parents=True)
         for i, image in enumerate(digits.images[digits.target == label][:3]):
             Image.fromarray((image * 16).astype(np.uint8)).save(folder / f"{i}.png")
-    store = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    store = ["--tracking-uri", new_store(tmp_path)]
 
     done = run_nbtl("recommend", str(data), "--out", str(tmp_path / "rec.yaml"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ONE_THREAD, assert_no_run_left_running, nbtl_command, selected_tests
+from conftest import ONE_THREAD, assert_no_run_left_running, nbtl_command, new_store, selected_tests
 from nbtl.tracking import search_experiment
 
 pytestmark = pytest.mark.e2e
@@ -149,7 +149,7 @@ def long_training(tmp_path_factory, request):
         yield None
         return
     tmp_path = tmp_path_factory.mktemp("train")
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = new_store(tmp_path)
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(

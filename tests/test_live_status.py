@@ -15,7 +15,7 @@ import termios
 
 import pytest
 
-from conftest import ONE_THREAD, REPO, nbtl_command
+from conftest import ONE_THREAD, REPO, nbtl_command, new_store
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +49,7 @@ def test_a_search_on_a_terminal_keeps_one_live_status_line(tmp_path):
         [
             "search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--trials", "2",
             "--per-class", "8", "--image-size", "16", "--keep-weights", "0", "--no-register",
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "results"),
+            "--tracking-uri", new_store(tmp_path), "--storage-path", str(tmp_path / "results"),
         ],
         tmp_path,
     )  # fmt: skip

@@ -17,7 +17,7 @@ import torch
 from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score, f1_score
 
-from conftest import REPO, run_nbtl
+from conftest import REPO, new_store, run_nbtl
 from nbtl.data import load_dataset, split_dataset
 from nbtl.data.settings import DataSettings
 from nbtl.models.classifier import load_classifier, read_members
@@ -35,7 +35,7 @@ TRIALS = 3
 def search(tmp_path_factory):
     """One tiny search (3 trials on digits), its store and its test split."""
     folder = tmp_path_factory.mktemp("models")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_store(folder)
     done = run_nbtl(
         "search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--trials", str(TRIALS),
         "--name", NAME, "--tracking-uri", uri, "--storage-path", str(folder / "results"),

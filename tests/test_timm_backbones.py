@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from mlflow import MlflowClient
 
-from conftest import REPO, run_nbtl
+from conftest import REPO, new_store, run_nbtl
 from nbtl.backbones import create_backbone, get_spec, list_backbones
 from nbtl.config import TrialConfig
 from nbtl.errors import BackboneError
@@ -105,7 +105,7 @@ def test_a_search_trains_a_timm_backbone_from_the_weights_file_its_space_names(t
         freeze_blocks={"low": 1, "high": 2},
     )
     (tmp_path / "spaces" / "timm.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     done = run_nbtl(
         "search", str(tmp_path / "spaces" / "timm.yaml"), "--data", "digits", "--tracking-uri", uri,
         "--storage-path", str(tmp_path / "results"), "--keep-weights", "0", cwd=tmp_path,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
+from conftest import new_store
 from nbtl.tracking import TrialTracker, ensure_experiment
 
 
 def test_a_retried_trial_skips_held_epochs_and_always_logs_its_summary(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     client = MlflowClient(tracking_uri=uri)
     experiment = ensure_experiment(client, "tracker")
     parent = client.create_run(experiment).info.run_id
@@ -38,7 +39,7 @@ def test_a_retried_trial_skips_held_epochs_and_always_logs_its_summary(tmp_path)
 
 
 def test_a_new_trial_logs_step_zero(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     client = MlflowClient(tracking_uri=uri)
     experiment = ensure_experiment(client, "tracker")
     parent = client.create_run(experiment).info.run_id
@@ -51,7 +52,7 @@ def test_a_new_trial_logs_step_zero(tmp_path):
 def test_experiments_open_on_the_training_runs_page(tmp_path):
     """MLflow 3's UI opens an experiment without ``mlflow.experimentKind`` on its GenAI traces page: nbtl's say
     model training, new ones and ones an older nbtl made alike; a kind set by hand is kept."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=new_store(tmp_path))
     new = ensure_experiment(client, "search-new")
     old = client.create_experiment("search-old")  # as nbtl 0.1 made them: no kind
     assert ensure_experiment(client, "search-old") == old
@@ -69,7 +70,7 @@ def test_trials_the_callback_never_closed_are_ended_and_labelled_at_the_searchs_
     from nbtl.search.finish import label_unlabelled_trials
     from nbtl.tracking import SOURCE_TAG, STOP_REASON_TAG, SearchTracker
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     tracker = SearchTracker(uri, "cut-off")
     parent = tracker.start({}, {})
     callback = SearchCallback(key="cut-off", total_trials=0, max_epochs=3)

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from conftest import REPO, run_nbtl
+from conftest import REPO, new_store, run_nbtl
 from nbtl.backbones import load_pretrained_state_dict, parse_weights
 from nbtl.errors import ConfigError
 
@@ -34,7 +34,7 @@ def _logme(stdout: str) -> list[str]:
 
 def test_fit_measures_the_given_weights(own_weights, tmp_path):
     env = {"NBTL_CACHE_DIR": str(tmp_path / "cache")}
-    store = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    store = ["--tracking-uri", new_store(tmp_path)]
     packaged = run_nbtl("fit", "digits", "--backbones", LITE0, *DATA, *store, cwd=tmp_path, env=env)
     mine = run_nbtl(
         "fit", "digits", "--backbones", LITE0, *DATA, *store, "--weights", f"{LITE0}={own_weights / 'lite0_mine.pth'}",
@@ -47,7 +47,7 @@ def test_fit_measures_the_given_weights(own_weights, tmp_path):
 
 def test_a_search_refuses_a_weights_file_that_does_not_fit_in_one_line(own_weights, tmp_path):
     # a search that trains from a local weights file: tests/test_api.py
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     where = ["--tracking-uri", uri, "--storage-path", str(tmp_path / "results"), "--keep-weights", "0"]
     tiny = str(REPO / "search_spaces" / "tiny.yaml")
     bad = run_nbtl(

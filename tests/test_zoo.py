@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_nbtl
+from conftest import run_nbtl, store_untouched
 from nbtl.zoo.report import METRICS, classification_metrics, display_table, paired_comparison, summary_table
 
 ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -251,7 +251,7 @@ def test_zoo_bad_head_is_one_line_and_leaves_no_run(tmp_path, tracking_uri):
     assert result.stderr.strip().splitlines() == [
         "nbtl zoo: error: --heads: unknown head 'conv'; use linear, mlp, spinal"
     ]
-    assert not (tmp_path / "mlflow.db").exists()
+    assert store_untouched(tmp_path / "mlflow.db")
 
 
 @pytest.mark.e2e
