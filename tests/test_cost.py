@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from nbtl.config import TrialConfig
@@ -35,8 +37,9 @@ def test_auto_picks_the_largest_size_whose_start_points_fit_a_quarter_of_the_bud
     from nbtl.heuristics.recipes import conventional_config, probe_config
     from nbtl.search.cost import AUTO_SHARE, auto_image_size, scaled
 
-    big = measure_speed("efficientnet_lite0", 64)
-    assert big.train_s > speed.train_s  # a larger image costs more
+    # 64 px at 3 times 32 px's seconds (what measure_speed gives on an idle machine: see the test below), so the
+    # sizes picked here do not hang on two timings taken on a busy one
+    big = dataclasses.replace(speed, image_size=64, forward_s=3 * speed.forward_s, train_s=3 * speed.train_s)
     at = scaled(speed, big, 48)
     assert speed.train_s < at.train_s < big.train_s and scaled(speed, big, 64).train_s == pytest.approx(big.train_s)
     configs = [
@@ -52,3 +55,15 @@ def test_auto_picks_the_largest_size_whose_start_points_fit_a_quarter_of_the_bud
     assert auto_image_size(224, configs, lambda s: scaled(speed, big, s), 300, 100, 1e9)[0] == 224
     smallest, why = auto_image_size(224, configs, lambda s: scaled(speed, big, s), 300, 100, 1e-3)
     assert smallest == 32 and "longer --time-budget" in why
+
+
+def test_a_larger_image_measures_slower_and_never_extrapolates_cheaper(speed):
+    from nbtl.search.cost import MIN_SIZE_POWER, scaled
+
+    big = measure_speed("efficientnet_lite0", 128)  # 16 times the pixels: slower even on a busy machine
+    assert big.train_s > speed.train_s and big.forward_s > speed.forward_s
+    # timings inverted by a busy machine: the cost still grows with the side, at least as MIN_SIZE_POWER
+    inverted = dataclasses.replace(speed, image_size=64, forward_s=speed.forward_s / 2, train_s=speed.train_s / 2)
+    costs = [scaled(speed, inverted, size).train_s for size in (32, 64, 128, 224)]
+    assert costs == sorted(costs) and costs[0] == pytest.approx(speed.train_s)
+    assert costs[-1] == pytest.approx(speed.train_s * (224 / 32) ** MIN_SIZE_POWER)

@@ -24,6 +24,9 @@ from nbtl.transfer import build_transfer
 
 #: Images in the timed batch, and timed repeats (the best is kept: the rest waited on something else).
 BATCH, REPEATS = 8, 3
+#: Least growth of a step's seconds with the image side in :func:`scaled` (pixels grow with its square; fixed
+#: per-step costs make small sizes grow slower).
+MIN_SIZE_POWER = 1.0
 
 
 @dataclass(frozen=True)
@@ -116,14 +119,16 @@ AUTO_SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 240, 260)
 
 def scaled(low: Speed, high: Speed, image_size: int) -> Speed:
     """The speed at ``image_size`` from two measured sizes: each seconds-per-image as a power of the side,
-    fitted through both (log-log), the block shares of the nearer one."""
+    fitted through both (log-log), the block shares of the nearer one. The power is at least
+    :data:`MIN_SIZE_POWER`: on a busy machine the smaller size can measure slower than the larger one, and a cost
+    that fell as images grew would send ``image_size: auto`` to the largest size."""
     import math
 
     def between(a: float, b: float) -> float:
         if low.image_size == high.image_size or a <= 0 or b <= 0:
             return a * (image_size / low.image_size) ** 2
         power = math.log(b / a) / math.log(high.image_size / low.image_size)
-        return a * (image_size / low.image_size) ** power
+        return a * (image_size / low.image_size) ** max(MIN_SIZE_POWER, power)
 
     near = low if abs(image_size - low.image_size) <= abs(image_size - high.image_size) else high
     return Speed(
