@@ -41,11 +41,10 @@ def _used(key: str, setting: Any) -> bool:
 def without_unused(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` (some trial config keys) without the keys their own settings leave unused (``head_width`` with
     a ``linear`` head, ...; an unset setting counts at its default), as :meth:`TrialConfig.to_dict` leaves them out."""
-    default = TrialConfig()
     return {
         k: v
         for k, v in values.items()
-        if k not in _ONLY_WITH or _used(k, values.get(_ONLY_WITH[k][0], getattr(default, _ONLY_WITH[k][0])))
+        if k not in _ONLY_WITH or _used(k, values.get(_ONLY_WITH[k][0], TrialConfig.default(_ONLY_WITH[k][0])))
     }
 
 
@@ -156,6 +155,20 @@ class TrialConfig:
     def fields(cls) -> tuple[str, ...]:
         """The config's own keys (its dataclass fields)."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    @classmethod
+    def default(cls, key: str, *fallback: Any) -> Any:
+        """``key``'s default, read without building a config: a field's own, else a registered knob's; for a key
+        that is neither, ``fallback`` when given, else a ``KeyError``."""
+        for f in dataclasses.fields(cls):
+            if f.name == key and key != "extra":
+                return f.default_factory() if f.default is dataclasses.MISSING else f.default
+        found = knob(key)
+        if found is not None:
+            return found.default
+        if fallback:
+            return fallback[0]
+        raise KeyError(f"{key!r} is not a trial config key")
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

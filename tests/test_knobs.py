@@ -94,6 +94,15 @@ def test_knobs_are_config_keys():
     assert TrialConfig().head_warmup_epochs == 0 and TrialConfig().l2sp_blocks is None
 
 
+def test_every_keys_default_reads_as_a_built_config_has_it():
+    built = TrialConfig()
+    for key in TrialConfig.keys():  # the fields and every registered regulariser's knob (extra ones included)
+        assert TrialConfig.default(key) == getattr(built, key), key
+    assert TrialConfig.default("not_a_key", None) is None
+    with pytest.raises(KeyError, match="'not_a_key' is not a trial config key"):
+        TrialConfig.default("not_a_key")
+
+
 # --- l2sp_blocks ----------------------------------------------------------------------------
 
 

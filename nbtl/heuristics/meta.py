@@ -72,7 +72,7 @@ def meta_rows(
     rows = []
     for key, members in sorted(by_task.items()):
         first = members[0]
-        backbones = sorted({str(t.get("backbone") or TrialConfig().backbone) for t in members})
+        backbones = sorted({str(t.get("backbone") or TrialConfig.default("backbone")) for t in members})
         try:
             data_settings = DataSettings.from_params({**first, "split_seed": _split_seed(first)}, where=f"task {key}")
         except NbtlError as error:
@@ -87,7 +87,7 @@ def meta_rows(
                 "this machine or leave its searches out"
             ) from None
         for trial in members:
-            backbone = str(trial.get("backbone") or TrialConfig().backbone)
+            backbone = str(trial.get("backbone") or TrialConfig.default("backbone"))
             config = {k: trial.get(k) for k in TrialConfig.keys() if k in trial}
             rows.append(
                 {

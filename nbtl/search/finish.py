@@ -63,7 +63,7 @@ def results_table(
         configs[trial_id] = config
         epochs = int(metrics.get("epoch", 0) or 0)
         # STOPPED: ended before its last epoch, by the scheduler (ASHA) or the time budget (possibly before its first)
-        planned = int(config.get("epochs") or TrialConfig().epochs)
+        planned = int(config.get("epochs") or TrialConfig.default("epochs"))
         # an early-stopped trial (patience) ended on its own: FINISHED, not an ASHA stop
         status = (
             "FAILED"

@@ -67,15 +67,13 @@ class Parameter:
     def active(self, chosen: dict[str, Any]) -> bool:
         """Whether this parameter's ``when`` holds for the values ``chosen`` so far (unset keys: the
         :class:`~nbtl.config.TrialConfig` default)."""
-        default = TrialConfig()
-        return all(chosen.get(k, getattr(default, k, None)) in v for k, v in self.when.items())
+        return all(chosen.get(k, TrialConfig.default(k, None)) in v for k, v in self.when.items())
 
     def bounds(self, chosen: dict[str, Any]) -> tuple[Any, Any]:
         """``(low, high)`` of a range parameter given the values ``chosen`` so far: ``'all'`` and block
         parameters resolved, and a block range capped to what the trial can take (``transfer_blocks <=``
         the backbone's block count, ``freeze_blocks <= transfer_blocks``, 0 when ``pretrained`` is false)."""
-        default = TrialConfig()
-        num_blocks = get_spec(chosen.get("backbone", default.backbone)).num_blocks
+        num_blocks = get_spec(chosen.get("backbone", TrialConfig.default("backbone"))).num_blocks
 
         low, high = resolve_bound(self.low, chosen, num_blocks), resolve_bound(self.high, chosen, num_blocks)
         if self.name in BLOCK_KEYS:
@@ -83,7 +81,7 @@ class Parameter:
             if self.name in ("freeze_blocks", "l2sp_blocks"):
                 transfer = chosen.get("transfer_blocks")
                 cap = min(cap, num_blocks if transfer is None else transfer)
-                if not chosen.get("pretrained", default.pretrained) and self.name == "freeze_blocks":
+                if not chosen.get("pretrained", TrialConfig.default("pretrained")) and self.name == "freeze_blocks":
                     cap = 0
             high = min(high, cap)
             low = min(low, high)

@@ -86,13 +86,13 @@ class SearchSpace:
         for p in self.parameters:
             if p.name == "epochs":
                 return int(max(p.candidates()))
-        return TrialConfig().epochs
+        return TrialConfig.default("epochs")
 
     def backbones(self) -> list[str]:
         for p in self.parameters:
             if p.name == "backbone":
                 return [str(v) for v in p.candidates()]
-        return [TrialConfig().backbone]
+        return [TrialConfig.default("backbone")]
 
     def with_backbones(self, backbones: list[str]) -> SearchSpace:
         """This space with ``backbone`` searched over ``backbones`` instead (fixed when there is one)."""
@@ -214,12 +214,11 @@ class SearchSpace:
         default lies outside the space; keys the space leaves out, and inactive ones, are kept as they are.
 
         Returns ``(config, changes)``; ``changes`` says what moved, one ``"key: old -> new (why)"`` each."""
-        default = TrialConfig()
         clipped, changes, chosen = dict(config), [], {}
         for p in self.parameters:
             if not p.active({**config, **chosen}):
                 continue
-            value = config.get(p.name, getattr(default, p.name, None))
+            value = config.get(p.name, TrialConfig.default(p.name, None))
             moved, why = value, None
             if p.fixed:
                 moved, why = p.value, "fixed by the space"

@@ -90,12 +90,11 @@ def check_configs(parameters: list[Parameter], where: str, label: str = "paramet
     cannot be honoured by any trial. ``label`` names the section in messages; ``point`` says the
     parameters are a ``points_to_evaluate`` entry substituted into the space (it changes the fix offered)."""
     by_name = {p.name: p for p in parameters}
-    default = TrialConfig()
-    backbones = [str(b) for b in _literals(by_name.get("backbone"), default.backbone) or []]
+    backbones = [str(b) for b in _literals(by_name.get("backbone"), TrialConfig.default("backbone")) or []]
     blocks = {b: _num_blocks(b) for b in backbones}
     fewest = min(blocks, key=blocks.get)
     most = max(blocks, key=blocks.get)
-    pretrained = _literals(by_name.get("pretrained"), default.pretrained) or [True, False]
+    pretrained = _literals(by_name.get("pretrained"), TrialConfig.default("pretrained")) or [True, False]
 
     for name in BLOCK_KEYS:
         p = by_name.get(name)
@@ -132,7 +131,7 @@ def check_configs(parameters: list[Parameter], where: str, label: str = "paramet
         return (0 if False in pretrained else low), high
 
     freeze = by_name.get("freeze_blocks")
-    values = _literals(freeze, default.freeze_blocks)
+    values = _literals(freeze, TrialConfig.default("freeze_blocks"))
     if freeze is not None and values is not None:
         most_frozen = max(v for v in values if v is not None)
         for backbone in backbones:
@@ -185,9 +184,9 @@ def check_configs(parameters: list[Parameter], where: str, label: str = "paramet
                 f"lower low to at most {kept}"
             )
 
-    warmups = _literals(by_name.get("head_warmup_epochs"), default.head_warmup_epochs)
+    warmups = _literals(by_name.get("head_warmup_epochs"), TrialConfig.default("head_warmup_epochs"))
     warmup_max = max(warmups) if warmups is not None else by_name["head_warmup_epochs"].high
-    epochs = _literals(by_name.get("epochs"), default.epochs)
+    epochs = _literals(by_name.get("epochs"), TrialConfig.default("epochs"))
     epochs_min = min(epochs) if epochs is not None else by_name["epochs"].low
     if warmup_max >= epochs_min:
         raise ConfigError(
