@@ -37,8 +37,8 @@ def test_auto_picks_the_largest_size_whose_start_points_fit_a_quarter_of_the_bud
     from nbtl.heuristics.recipes import conventional_config, probe_config
     from nbtl.search.cost import AUTO_SHARE, auto_image_size, scaled
 
-    # 64 px at 3 times 32 px's seconds (what measure_speed gives on an idle machine: see the test below), so the
-    # sizes picked here do not hang on two timings taken on a busy one
+    # 64 px at 3 times 32 px's seconds (about what measure_speed gives on an idle machine), so the sizes picked here
+    # do not hang on two timings taken on a busy one (the measurement has its own test below)
     big = dataclasses.replace(speed, image_size=64, forward_s=3 * speed.forward_s, train_s=3 * speed.train_s)
     at = scaled(speed, big, 48)
     assert speed.train_s < at.train_s < big.train_s and scaled(speed, big, 64).train_s == pytest.approx(big.train_s)
