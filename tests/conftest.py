@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import RAY_GRACE, free_port, stop_group
+from servers import RAY_GRACE, free_port, running_ray_head, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -293,6 +293,18 @@ def tracking_uri(tmp_path: Path) -> str:
         experiments = [e.experiment_id for e in client.search_experiments()]
         running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'") if experiments else []
         assert not running, f"runs left RUNNING: {[r.info.run_id for r in running]}"
+
+
+@pytest.fixture(scope="session")
+def shared_ray(tmp_path_factory) -> dict[str, str]:
+    """The environment of nbtl commands that join one real Ray head of this test process (pytest-xdist: one per
+    worker), started on first use and stopped, alone, when the tests end (:func:`servers.running_ray_head`).
+
+    For the searches that test what a search does, not how an embedded Ray comes and goes: joining a running head
+    takes a second or two where an embedded Ray's start and stop took 10-15 s of a test's CPU. A test of the embedded
+    Ray itself (loopback, its reaper, Ctrl-C) keeps its own."""
+    with running_ray_head(tmp_path_factory.mktemp("shared_ray")) as head:
+        yield head["env"]
 
 
 @pytest.fixture

@@ -238,6 +238,39 @@ def running_ray_cluster(directory: Path, head_cpus: int = 1, worker_cpus: int = 
             stop_group(process, grace=RAY_GRACE)
 
 
+@contextlib.contextmanager
+def running_ray_head(directory: Path, cpus: int = 2) -> Iterator[dict[str, str]]:
+    """One real ``ray start --head`` on loopback (token authentication on, with its own token in ``directory``, as
+    :func:`running_ray_cluster`'s head), ``cpus`` CPUs and no GPU. Yields ``{"address", "env"}``: ``env`` holds what
+    an nbtl command needs to join it (``RAY_ADDRESS``, ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN_PATH``); stops the head's
+    process group, and only it, on the way out."""
+    ray = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
+    if ray is None:
+        pytest.fail("the `ray` command is not installed (pip install 'ray[default]')")
+    directory.mkdir(parents=True, exist_ok=True)
+    token = directory / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    port, log_path = free_port(), directory / "ray_head.log"
+    command = [ray, "start", "--head", f"--port={port}", f"--num-cpus={cpus}", "--include-dashboard=false"]
+    command += [*_ray_node_ports(), "--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats", "--block"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory, start_new_session=True
+        )
+    try:
+        _wait_for_log(log_path, "Ray runtime started", process, "ray start --head")
+        address = f"127.0.0.1:{port}"
+        yield {
+            "address": address,
+            "env": {"RAY_ADDRESS": address, **{k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}},
+        }
+    finally:
+        stop_group(process, grace=RAY_GRACE)
+
+
 @pytest.fixture
 def ray_cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
     with running_ray_cluster(tmp_path / "ray_cluster") as cluster:

@@ -33,14 +33,14 @@ print(json.dumps({
 """
 
 
-def test_nbtl_search_from_python_returns_the_table_best_config_and_model(tmp_path):
+def test_nbtl_search_from_python_returns_the_table_best_config_and_model(tmp_path, shared_ray):
     # the search also trains from a local weights file (--weights on the command line): Lite0's own, saved here
     weights = tmp_path / "lite0.pth"
     torch.save(load_pretrained_state_dict("efficientnet_lite0"), weights)
     uri = new_store(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, uri, str(tmp_path / "results"), str(weights)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD},
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD, **shared_ray},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -76,14 +76,14 @@ print(json.dumps({
 """
 
 
-def test_recommend_train_and_zoo_from_python(tmp_path):
+def test_recommend_train_and_zoo_from_python(tmp_path, shared_ray):
     """``nbtl.recommend``, ``nbtl.api.train`` (``nbtl train``'s function) and ``nbtl.zoo`` from a script, in a fresh
     interpreter: a recommendation written and trained, and a two-fold zoo study, read back against the store."""
     uri = new_store(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT_COMMANDS, uri, str(tmp_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, **ONE_THREAD, "NBTL_CACHE_DIR": str(tmp_path / "cache")},
+        env={**os.environ, **ONE_THREAD, "NBTL_CACHE_DIR": str(tmp_path / "cache"), **shared_ray},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -2,7 +2,8 @@
 the search goes on; a trial whose worker process is killed is retried from its checkpoint; a search
 whose driver is killed is continued with ``nbtl search --resume`` without duplicating MLflow runs.
 
-The two scenarios are independent searches (each its own folder, store and embedded Ray) that spend most of
+The two scenarios are independent searches (each its own folder and store; the killed driver's on an embedded Ray
+whose processes must end with it, the other on the test process's Ray head, ``conftest.shared_ray``) that spend most of
 their time starting processes, so they run side by side (``scenarios``); each test asserts on its own. The
 extra load only slows their epochs, which widens the windows they kill in."""
 
@@ -61,12 +62,18 @@ def write_space(tmp_path: Path, **search) -> Path:
     return path
 
 
-def start_search(tmp_path: Path, tracking_uri: str, *args: str) -> subprocess.Popen:
+def start_search(tmp_path: Path, tracking_uri: str, *args: str, ray: dict[str, str] | None = None) -> subprocess.Popen:
+    """``nbtl search ARGS`` in its own session, on an embedded Ray, or joining the head whose environment ``ray``
+    holds (:func:`conftest.shared_ray`)."""
     log = open(tmp_path / "search.log", "a")
     return subprocess.Popen(
         nbtl_command("search", *args, "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "results")),
         cwd=tmp_path,
-        env={**os.environ, **ONE_THREAD},  # the other scenario's search shares the CPUs (its trials have one each)
+        env={
+            **os.environ,
+            **ONE_THREAD,
+            **(ray or {}),
+        },  # the other scenario shares the CPUs (its trials have one each)
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -93,11 +100,12 @@ def trial_runs(all_runs):
     return [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
 
 
-def raise_and_kill_a_worker(tmp_path: Path, tracking_uri: str) -> dict:
-    """A search whose first trial diverges, and one of whose healthy trials has its Ray worker killed mid-way."""
+def raise_and_kill_a_worker(tmp_path: Path, tracking_uri: str, ray: dict[str, str]) -> dict:
+    """A search whose first trial diverges, and one of whose healthy trials has its Ray worker killed mid-way: on
+    the test process's Ray head (``ray``), whose other jobs a killed worker must not touch either."""
     # The first trial Optuna proposes diverges (NaN loss): it raises TrialDivergedError.
     space = write_space(tmp_path, points_to_evaluate=[{"lr": 1.0e20, "freeze_blocks": 6}])
-    process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits")
+    process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits", ray=ray)
     log = tmp_path / "search.log"
     try:
 
@@ -121,9 +129,9 @@ def raise_and_kill_a_worker(tmp_path: Path, tracking_uri: str) -> dict:
     return {"victim": victim, "log": log}
 
 
-def kill_the_driver_and_resume(tmp_path: Path, tracking_uri: str) -> dict:
+def kill_the_driver_and_resume(tmp_path: Path, tracking_uri: str, ray: dict[str, str]) -> dict:
     """A search whose driver is SIGKILLed in a trial's second epoch (its Ray processes must end with it), then
-    ``nbtl search --resume``."""
+    ``nbtl search --resume``. On an embedded Ray (its processes must end with the driver): ``ray`` is not used."""
     space = write_space(tmp_path, trials=3)  # two running when the driver is killed, one still to come
     process = start_search(tmp_path, tracking_uri, str(space), "--data", "digits")
     log = tmp_path / "search.log"
@@ -183,13 +191,13 @@ SCENARIOS = {RAISING: raise_and_kill_a_worker, RESUMED: kill_the_driver_and_resu
 
 
 @pytest.fixture(scope="module")
-def scenarios(ahead, tmp_path_factory, request):
+def scenarios(ahead, tmp_path_factory, request, shared_ray):
     """The scenarios of the tests this session runs, started together; ``scenarios(test)`` waits for that
     test's and gives what it saw, its folder and its tracking URI."""
     folders = {}
     for test in sorted(selected_tests(request) & set(SCENARIOS)):
         folder = folders[test] = tmp_path_factory.mktemp("faults")
-        ahead.call(test, SCENARIOS[test], folder, new_store(folder))
+        ahead.call(test, SCENARIOS[test], folder, new_store(folder), shared_ray)
 
     def result(test: str) -> tuple[dict, Path, str]:
         return ahead[test], folders[test], f"sqlite:///{folders[test] / 'mlflow.db'}"

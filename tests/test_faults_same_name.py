@@ -60,7 +60,7 @@ CONCURRENT_SPACE = {
 
 
 @pytest.mark.e2e
-def test_concurrent_searches_on_one_store_and_storage_path(tmp_path):
+def test_concurrent_searches_on_one_store_and_storage_path(tmp_path, shared_ray):
     """Two real searches of one name at once on one SQLite store and one storage path (a name free of others is
     kept as it is: test_each_search_claims_a_folder_of_its_own). Each completes with its own folder, every one of
     its trials in its own results.csv and in MLflow under its own parent run, and nothing left RUNNING."""
@@ -79,7 +79,11 @@ def test_concurrent_searches_on_one_store_and_storage_path(tmp_path):
         processes.append(
             (
                 subprocess.Popen(
-                    command, cwd=tmp_path, env={**os.environ, **ONE_THREAD}, stdout=log, stderr=subprocess.STDOUT
+                    command,
+                    cwd=tmp_path,
+                    env={**os.environ, **ONE_THREAD, **shared_ray},  # both join this test process's Ray head
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 ),
                 log,
             )

@@ -86,7 +86,9 @@ def test_prefix_entries_are_keyed_by_image_size(tmp_path):
 
 
 @pytest.mark.e2e
-def test_a_search_over_image_sizes_decodes_each_once_and_hands_over_each_models_size(tmp_path, tracking_uri):
+def test_a_search_over_image_sizes_decodes_each_once_and_hands_over_each_models_size(
+    tmp_path, tracking_uri, shared_ray
+):
     space = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
     space["parameters"]["image_size"] = {"choices": [32, 40]}
     space["parameters"]["freeze_blocks"] = {"low": 6, "high": "transfer_blocks"}  # quick trials
@@ -94,7 +96,7 @@ def test_a_search_over_image_sizes_decodes_each_once_and_hands_over_each_models_
     done = run_nbtl(
         "search", str(tmp_path / "sizes.yaml"), "--data", "digits", "--trials", "4", "--keep-weights", "4",
         "--name", "sizes", "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "results"),
-        cwd=tmp_path,
+        cwd=tmp_path, env=shared_ray,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     assert "32px" in done.stdout and "40px" in done.stdout  # one data line per size

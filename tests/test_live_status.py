@@ -20,7 +20,7 @@ from conftest import ONE_THREAD, REPO, nbtl_command, new_store
 pytestmark = pytest.mark.e2e
 
 
-def run_on_a_terminal(args: list[str], cwd, columns: int = 200) -> tuple[int, str]:
+def run_on_a_terminal(args: list[str], cwd, columns: int = 200, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run ``nbtl ARGS`` with its stdout on a pseudo-terminal ``columns`` wide; its exit status and all it wrote
     there (stderr goes to a file)."""
     master, slave = pty.openpty()
@@ -28,7 +28,7 @@ def run_on_a_terminal(args: list[str], cwd, columns: int = 200) -> tuple[int, st
     with open(cwd / "stderr.txt", "wb") as stderr:
         process = subprocess.Popen(
             nbtl_command(*args), stdin=subprocess.DEVNULL, stdout=slave, stderr=stderr, cwd=cwd,
-            env={**os.environ, **ONE_THREAD, "TERM": "xterm"},
+            env={**os.environ, **ONE_THREAD, "TERM": "xterm", **(env or {})},
         )  # fmt: skip
     os.close(slave)
     chunks = []
@@ -44,7 +44,7 @@ def run_on_a_terminal(args: list[str], cwd, columns: int = 200) -> tuple[int, st
     return process.wait(timeout=600), b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def test_a_search_on_a_terminal_keeps_one_live_status_line(tmp_path):
+def test_a_search_on_a_terminal_keeps_one_live_status_line(tmp_path, shared_ray):
     code, text = run_on_a_terminal(
         [
             "search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--trials", "2",
@@ -52,6 +52,7 @@ def test_a_search_on_a_terminal_keeps_one_live_status_line(tmp_path):
             "--tracking-uri", new_store(tmp_path), "--storage-path", str(tmp_path / "results"),
         ],
         tmp_path,
+        env=shared_ray,
     )  # fmt: skip
     assert code == 0, text[-3000:] + (tmp_path / "stderr.txt").read_text()[-3000:]
     statuses = re.findall(r"trials: (\d+) done, (\d+) running, (\d+) left \| ([^|\r\n]+) \| ([^\r\n]+?spent)", text)

@@ -126,7 +126,7 @@ def xpath_literal(text: str) -> str:
 # -- the test --------------------------------------------------------------------------------------
 
 
-def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  # noqa: F811
+def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser, shared_ray):  # noqa: F811
     uri = mlflow_server
 
     # 1. A real search, logging to the server over HTTP.
@@ -144,7 +144,7 @@ def test_search_in_mlflow_server_and_its_ui(tmp_path, mlflow_server, browser):  
         "--storage-path",
         str(tmp_path / "results"),
         cwd=tmp_path,
-        env=QUIET,
+        env={**QUIET, **shared_ray},
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-6000:]}"
 

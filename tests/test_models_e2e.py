@@ -32,14 +32,14 @@ TRIALS = 3
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory):
+def search(tmp_path_factory, shared_ray):
     """One tiny search (3 trials on digits), its store and its test split."""
     folder = tmp_path_factory.mktemp("models")
     uri = new_store(folder)
     done = run_nbtl(
         "search", str(REPO / "search_spaces" / "tiny.yaml"), "--data", "digits", "--trials", str(TRIALS),
         "--name", NAME, "--tracking-uri", uri, "--storage-path", str(folder / "results"),
-        cwd=folder,
+        cwd=folder, env=shared_ray,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
@@ -48,6 +48,8 @@ def search(tmp_path_factory):
     trials = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
+    # $RAY_ADDRESS (a Ray job's driver has it set) joins that head, as --address does: the test process's own head
+    assert parent.data.tags["nbtl.ray_address"] == shared_ray["RAY_ADDRESS"]
     settings = DataSettings.from_params(parent.data.params)
     splits = split_dataset(load_dataset("digits", **settings.load_kwargs()), **settings.split_kwargs())
     return {"uri": uri, "folder": folder, "client": client, "parent": parent, "trials": trials, "splits": splits,

@@ -19,7 +19,7 @@ E2E = pytest.mark.e2e  # starts Ray and trains: the end-to-end suite
 
 
 @E2E
-def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
+def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri, shared_ray):
     # 1. recommend: fit measures on the training split, rules, learned recommender, reasons, predicted accuracy
     done = run_nbtl(
         "recommend",
@@ -108,6 +108,7 @@ def test_recommend_train_warm_start_and_learn(tmp_path, tracking_uri):
         "--name",
         "warm",
         cwd=tmp_path,
+        env=shared_ray,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "warm start: " in done.stdout

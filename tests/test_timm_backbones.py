@@ -92,7 +92,7 @@ def test_a_timm_model_that_is_not_a_chain_of_stages_or_unknown_is_one_line():
 
 
 @pytest.mark.e2e
-def test_a_search_trains_a_timm_backbone_from_the_weights_file_its_space_names(tmp_path):
+def test_a_search_trains_a_timm_backbone_from_the_weights_file_its_space_names(tmp_path, shared_ray):
     (tmp_path / "spaces").mkdir()
     _, path = _weights_file("test_resnet", tmp_path / "spaces")
     space = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
@@ -108,7 +108,7 @@ def test_a_search_trains_a_timm_backbone_from_the_weights_file_its_space_names(t
     uri = new_store(tmp_path)
     done = run_nbtl(
         "search", str(tmp_path / "spaces" / "timm.yaml"), "--data", "digits", "--tracking-uri", uri,
-        "--storage-path", str(tmp_path / "results"), "--keep-weights", "0", cwd=tmp_path,
+        "--storage-path", str(tmp_path / "results"), "--keep-weights", "0", cwd=tmp_path, env=shared_ray,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     client = MlflowClient(tracking_uri=uri)

@@ -177,9 +177,9 @@ def _check_cells(client, parent, children, tmp_path: Path, cells: int) -> pd.Dat
 
 
 @pytest.mark.e2e
-def test_zoo_frozen_two_datasets_end_to_end(tmp_path, tracking_uri):
+def test_zoo_frozen_two_datasets_end_to_end(tmp_path, tracking_uri, shared_ray):
     folder = _digits_folder(tmp_path / "shapes")
-    env = {**ENV, "NBTL_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**ENV, "NBTL_CACHE_DIR": str(tmp_path / "cache"), **shared_ray}
     result = run_nbtl(
         "zoo", "digits", "--data", str(folder), "--backbones", BACKBONES, *TINY,
         "--tracking-uri", tracking_uri, "--name", "zoo-e2e", "--out", "table.csv", "--time-budget", "10m",
@@ -213,11 +213,11 @@ def test_zoo_frozen_two_datasets_end_to_end(tmp_path, tracking_uri):
 
 
 @pytest.mark.e2e
-def test_zoo_finetune_end_to_end(tmp_path, tracking_uri):
+def test_zoo_finetune_end_to_end(tmp_path, tracking_uri, shared_ray):
     result = run_nbtl(
         "zoo", "digits", "--backbones", BACKBONES, *TINY, "--mode", "finetune", "--epochs", "1",
         "--tracking-uri", tracking_uri, "--name", "zoo-ft",
-        cwd=tmp_path, env=ENV,
+        cwd=tmp_path, env={**ENV, **shared_ray},
     )  # fmt: skip
     assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
     assert "epoch 1: val_accuracy=" in result.stdout
