@@ -94,7 +94,7 @@ SPACE = {
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("full_disk", ["1m"], indirect=True)
-def test_a_search_on_a_full_disk_stops_in_one_line_and_resumes_when_there_is_room(full_disk, tmp_path):
+def test_a_search_on_a_full_disk_stops_in_one_line_and_resumes_when_there_is_room(full_disk, tmp_path, shared_ray):
     """--storage-path on a 1 MiB tmpfs: the search's state fits, a trial's first checkpoint does not. The trial
     that finds the disk full stops the search (no retry, no other trial started): one line naming the disk and
     the --resume command, exit 1, the parent run FAILED with that reason, nothing left RUNNING. Space comes back
@@ -104,13 +104,13 @@ def test_a_search_on_a_full_disk_stops_in_one_line_and_resumes_when_there_is_roo
     space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
     uri = new_store(tmp_path)
     where = ["--storage-path", str(full_disk), "--tracking-uri", uri]
-    done = run_nbtl("search", str(space), "--data", "digits", *where, cwd=tmp_path)
+    done = run_nbtl("search", str(space), "--data", "digits", *where, cwd=tmp_path, env=shared_ray)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("nbtl search: error:")]
     assert len(errors) == 1 and errors[0].startswith("nbtl search: error: the disk is full"), done.stderr[-3000:]
     assert f"nbtl search --resume full --storage-path {full_disk}" in errors[0], errors[0]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert "Token authentication is enabled" not in done.stderr, done.stderr[-3000:]  # the embedded Ray's notice
+    assert "Token authentication is enabled" not in done.stderr, done.stderr[-3000:]  # Ray's notice
     assert "found the disk full" in done.stdout and "retrying" not in done.stdout, done.stdout[-3000:]
     assert_no_run_left_running(uri)
     client = MlflowClient(tracking_uri=uri)
@@ -123,7 +123,7 @@ def test_a_search_on_a_full_disk_stops_in_one_line_and_resumes_when_there_is_roo
 
     grown = subprocess.run(["mount", "-o", "remount,size=512m", str(full_disk)], capture_output=True, text=True)
     assert grown.returncode == 0, grown.stderr
-    resumed = run_nbtl("search", "--resume", "full", *where, cwd=tmp_path)
+    resumed = run_nbtl("search", "--resume", "full", *where, cwd=tmp_path, env=shared_ray)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "finished [2/2]" in resumed.stdout and "[3/2]" not in resumed.stdout, resumed.stdout[-3000:]
     assert_no_run_left_running(uri)
