@@ -69,11 +69,8 @@ def start_search(tmp_path: Path, tracking_uri: str, *args: str, ray: dict[str, s
     return subprocess.Popen(
         nbtl_command("search", *args, "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "results")),
         cwd=tmp_path,
-        env={
-            **os.environ,
-            **ONE_THREAD,
-            **(ray or {}),
-        },  # the other scenario shares the CPUs (its trials have one each)
+        # one thread: the other scenario's search shares the CPUs (its trials have one each)
+        env={**os.environ, **ONE_THREAD, **(ray or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
