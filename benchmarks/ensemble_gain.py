@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's)")
     p.add_argument("--out", type=Path, help="write the rows and the summary to this JSON file")
     p.add_argument("--summarise", type=Path, help="run nothing: summarise the rows of an earlier --out")
+    p.add_argument("--trials", type=int, help="end each search after this many trials (default: the space's)")
     p.add_argument("--smoke-test", action="store_true", help=f"{SMOKE_TASK.name}, seed 0, {SMOKE_BUDGET:g}s")
     args = p.parse_args(argv)
     if args.summarise:

@@ -226,7 +226,7 @@ def run_method(method: str, task: Task, data: str, seed: int, budget: float, arg
             space = prepare_method_space(method, args, folder)
             command = nbtl + ["search", str(space), "--data", data, *common, "--time-budget", f"{budget:g}s"]
             command += ["--name", name, "--tracking-uri", uri, "--storage-path", str(folder / "results")]
-            command += ["--trials", str(args.trials)] if getattr(args, "trials", None) else []
+            command += ["--trials", str(args.trials)] if args.trials else []
             row["exit"] = run_logged(command + (["--no-recommend"] if method == "random" else []), log, env, hard_limit)
             row["wall_s"] = time.perf_counter() - started
             row.update(read_search(folder / "results", uri, started_wall, args.n_classes[task.name]))

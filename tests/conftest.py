@@ -16,12 +16,24 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import file_order
 import pytest
 
 from servers import RAY_GRACE, free_port, running_ray_head, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """Test files longest first (``tests/file_order.py``: the two test processes of ``.ci/run`` end together)."""
+    items[:] = file_order.longest_first(items, file_order.measured_seconds())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each test's start and end in ``$NBTL_TEST_TIMELINE``, when set (``benchmarks/ci_time.py`` reads it)."""
+    return (yield from file_order.timed(item))
 
 
 def nbtl_command(*args: str) -> list[str]:
@@ -44,6 +56,24 @@ AHEAD_WORKERS = 2
 #: The environment of commands that share the CPUs with another: one torch / BLAS thread each (threads of two
 #: processes on two busy CPUs spin waiting for each other, many times slower).
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def share_the_cpus(workers: int, cpus: int) -> None:
+    """Give each of pytest-xdist's ``workers`` test processes its share of the ``cpus`` in torch / BLAS threads (at
+    least one), for the tests it trains in and the commands it starts, unless the environment says already. By
+    default every process takes a thread per CPU, and two processes' threads on the same busy CPUs spin waiting for
+    each other: tests/test_gpu_paths.py, test_train.py and test_transfer.py took 131 s in two processes that way and
+    26 s with one thread each (measured here at 9c5c4fc, 2 CPUs)."""
+    if workers < 2:
+        return
+    threads = str(max(1, cpus // workers))
+    for name in ONE_THREAD:
+        os.environ.setdefault(name, threads)
+    if "torch" in sys.modules:  # already imported (a plugin): the environment is read once, at import
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+share_the_cpus(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), os.cpu_count() or 1)
 
 
 class Ahead:

@@ -4,6 +4,7 @@ ablations' spaces."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +17,22 @@ SCRIPT = REPO / "benchmarks" / "equal_time.py"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def _run(results: Path, work: Path) -> subprocess.CompletedProcess:
+def _run(results: Path, work: Path, ray: dict[str, str]) -> subprocess.CompletedProcess:
+    """The smoke test, its search joining this test process's Ray head (``ray``: conftest.shared_ray's environment)
+    instead of starting an embedded one (a benchmark's own runs start theirs)."""
     command = [sys.executable, str(SCRIPT), "--smoke-test", "--results", str(results), "--work-dir", str(work)]
-    return subprocess.run(command + ["--keep"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    env = {**os.environ, **ray}
+    return subprocess.run(command + ["--keep"], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
 
 
 @pytest.mark.e2e
-def test_smoke_test_rows_match_the_stores_and_resume(tmp_path):
+def test_smoke_test_rows_match_the_stores_and_resume(tmp_path, shared_ray):
     from mlflow import MlflowClient
 
     from nbtl.tracking import chosen_training_runs
 
     results, work = tmp_path / "results.jsonl", tmp_path / "work"
-    done = _run(results, work)
+    done = _run(results, work, shared_ray)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {row["method"]: row for row in map(json.loads, results.read_text().splitlines())}
     assert set(rows) == {"probe", "default"}
@@ -43,6 +47,7 @@ def test_smoke_test_rows_match_the_stores_and_resume(tmp_path):
     parents = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     parent = next(r for r in parents if "nbtl.best_trial_id" in r.data.tags)
     assert parent.data.tags["nbtl.best_trial_id"] == rows["default"]["chosen_trial"]
+    assert parent.data.tags["nbtl.ray_address"] == shared_ray["RAY_ADDRESS"]  # the search joined the test's head
     versions = client.search_model_versions()
     assert [v.tags.get("nbtl.trial_id") for v in versions] == [rows["default"]["chosen_trial"]]
     # how noisy that choice was, from the same table: the chosen trial's test accuracy, among the tied at the top
@@ -59,7 +64,7 @@ def test_smoke_test_rows_match_the_stores_and_resume(tmp_path):
         assert rows["probe"][key] == chosen[0].data.metrics[key]
 
     # resume: every run is in the results file already
-    again = _run(results, work)
+    again = _run(results, work, shared_ray)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 run(s) to do" in again.stdout
     assert len(results.read_text().splitlines()) == 2

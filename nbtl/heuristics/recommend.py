@@ -337,12 +337,13 @@ def recommend(
 def load_recommended_configs(path: str | Path) -> list[dict[str, Any]]:
     """The configs in a file written by ``nbtl recommend`` (best first), or the one config of a plain
     config YAML (e.g. a search's ``best_config.yaml``). Each is validated as a :class:`TrialConfig`."""
-    return load_recommendation(path)[0]
+    return [config.to_dict() for config in load_recommendation(path)[0]]
 
 
-def load_recommendation(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """:func:`load_recommended_configs` and the ``data`` mapping ``nbtl recommend`` wrote (``spec``, ``name``
-    and the :class:`DataSettings` fields; empty for a plain config file). Read the settings with
+def load_recommendation(path: str | Path) -> tuple[list[TrialConfig], dict[str, Any]]:
+    """The configs of :func:`load_recommended_configs`, parsed once here (``nbtl train`` passes them on as
+    :class:`TrialConfig`), and the ``data`` mapping ``nbtl recommend`` wrote (``spec``, ``name`` and the
+    :class:`DataSettings` fields; empty for a plain config file). Read the settings with
     :func:`recommended_settings`."""
     path = Path(path)
     try:
@@ -362,7 +363,7 @@ def load_recommendation(path: str | Path) -> tuple[list[dict[str, Any]], dict[st
         configs = []
     if not configs or not all(isinstance(c, dict) for c in configs):
         raise HeuristicsError(f"config file {path}: expected a config mapping or the output of nbtl recommend")
-    return [TrialConfig.from_dict(c, where=f"config file {path}").to_dict() for c in configs], data
+    return [TrialConfig.from_dict(c, where=f"config file {path}") for c in configs], data
 
 
 def recommended_settings(data: Mapping[str, Any], path: str | Path, base: DataSettings) -> DataSettings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,14 @@ def train_recommended(
     configs, saved = load_recommendation(config_file)
     if config_index > len(configs):
         raise ConfigError(f"--config-index {config_index}: {config_file} holds {len(configs)} config(s)")
-    config = dict(configs[config_index - 1])
+    trial_config = configs[config_index - 1]  # parsed and checked once, where the file was read
     if epochs:
-        config["epochs"] = epochs
-        if config.get("head_warmup_epochs", 0) >= epochs:  # the warm-up must leave an epoch to fine-tune
-            config["head_warmup_epochs"] = epochs - 1
+        warmup = trial_config.head_warmup_epochs
+        if warmup >= epochs:  # the warm-up must leave an epoch to fine-tune
+            warmup = epochs - 1
             logger.info("--epochs %d: head_warmup_epochs lowered to %d", epochs, epochs - 1)
-    trial_config = TrialConfig.from_dict(config, where=f"config file {config_file}")
+        trial_config = replace(trial_config, epochs=epochs, head_warmup_epochs=warmup)
+        trial_config.validate(f"config file {config_file} with --epochs {epochs}")
     data = data or saved.get("spec")
     if not data:
         raise ConfigError(f"nbtl train needs --data: {config_file} does not name a dataset")
