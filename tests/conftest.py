@@ -6,20 +6,18 @@ import atexit
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import file_order
 import pytest
 
-from servers import RAY_GRACE, free_port, running_ray_head, stop_group
+from servers import running_ray_head
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -340,50 +338,13 @@ def shared_ray(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture
 def ray_head(tmp_path: Path, monkeypatch):
     """A real Ray head started with ``ray start --head`` on 127.0.0.1 (token authentication on, as
-    Ray 2.60 does by default); yields its address, then stops only its own processes.
+    Ray 2.60 does by default; :func:`servers.running_ray_head`); yields its address, then stops only its own
+    processes.
 
-    The head has its own token (64 hex digits, as ``ray get-auth-token --generate`` writes) in the test's
-    folder, named by ``RAY_AUTH_TOKEN_PATH`` for the test and every process it starts: nothing is written to
-    ``~/.ray/auth_token``, and a user's token there is neither read nor replaced."""
-    ray = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
-    if ray is None:
-        pytest.fail("the `ray` command is not installed (pip install 'ray[default]')")
-    token = tmp_path / "ray_auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-    port = free_port()
-    log = open(tmp_path / "ray_head.log", "w")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    process = subprocess.Popen(
-        [
-            ray,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=2",
-            "--num-gpus=0",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            "--block",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in (tmp_path / "ray_head.log").read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start --head did not come up:\n{(tmp_path / 'ray_head.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield address
-    finally:
-        stop_group(
-            process, grace=RAY_GRACE
-        )  # the head and everything it spawned share one session: stop them all, nothing else
-        log.close()
+    The head has its own token in the test's folder, named by ``RAY_AUTH_TOKEN_PATH`` for the test and every
+    process it starts: nothing is written to ``~/.ray/auth_token``, and a user's token there is neither read nor
+    replaced. ``RAY_AUTH_MODE`` is left to the test (``nbtl --address`` sets it)."""
+    with running_ray_head(tmp_path / "ray_head") as head:
+        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", head["env"]["RAY_AUTH_TOKEN_PATH"])
+        yield head["address"]

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -155,12 +155,74 @@ def _ray_node_ports() -> list[str]:
     ]
 
 
-def _wait_for_log(path: Path, text: str, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+def _came_up(path: Path, text: str, process: subprocess.Popen, timeout: float = 120) -> bool:
     deadline = time.monotonic() + timeout
     while text not in path.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{what} did not come up:\n{path.read_text()[-3000:]}")
+            return False
         time.sleep(0.5)
+    return True
+
+
+#: What ``ray start`` prints when its raylet did not register with the GCS in time: Ray 2.60 waits 30 s, a number
+#: written into ``ray/_private/node.py``, and on 2 busy CPUs it can take longer (CI at 045cfc2, while the other test
+#: process started a search's embedded Ray).
+STARTUP_TIMEOUT = "timed out during startup"
+#: How many times a node that timed out during startup is started again, each time on fresh ports.
+NODE_ATTEMPTS = 3
+
+
+def start_ray_node(flags: Callable[[], list[str]], log_path: Path, env: dict[str, str], what: str) -> subprocess.Popen:
+    """``ray <flags()> --block`` in its own process group (``stop_group`` ends it and all it spawned, nothing else),
+    once its log says "Ray runtime started". A start that timed out registering its raylet (:data:`STARTUP_TIMEOUT`)
+    is stopped and made again with new ``flags()`` (fresh ports), up to :data:`NODE_ATTEMPTS` times; any other
+    failure fails the test with the log's end."""
+    ray = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
+    if ray is None:
+        pytest.fail("the `ray` command is not installed (pip install 'ray[default]')")
+    for attempt in range(1, NODE_ATTEMPTS + 1):
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                [ray, *flags(), "--block"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=log_path.parent,
+                start_new_session=True,
+            )
+        if _came_up(log_path, "Ray runtime started", process):
+            return process
+        stop_group(process, grace=RAY_GRACE)
+        if STARTUP_TIMEOUT not in log_path.read_text() or attempt == NODE_ATTEMPTS:
+            pytest.fail(f"{what} did not come up (attempt {attempt}):\n{log_path.read_text()[-3000:]}")
+    raise AssertionError("unreachable")
+
+
+def ray_env(directory: Path) -> dict[str, str]:
+    """The environment of a test's Ray nodes and their clients: its own token (64 hex digits, as ``ray get-auth-token
+    --generate`` writes) in ``directory``, named by ``RAY_AUTH_TOKEN_PATH``, so a test needs no ``~/.ray/auth_token``
+    and leaves a user's alone; no ``RAY_ADDRESS`` or ``RAY_AUTH_TOKEN`` of the caller's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    token = directory / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+#: Every node of a test's Ray: on loopback, no GPU, no usage report.
+NODE_FLAGS = ["--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats"]
+
+
+def head_flags(port: list[int], cpus: int, *extra: str) -> Callable[[], list[str]]:
+    """``flags`` of :func:`start_ray_node` for a head on a fresh port each attempt, written into ``port[0]``."""
+
+    def flags() -> list[str]:
+        port[:] = [free_port()]
+        return ["start", "--head", f"--port={port[0]}", f"--num-cpus={cpus}", *extra, *_ray_node_ports(), *NODE_FLAGS]
+
+    return flags
 
 
 @contextlib.contextmanager
@@ -169,70 +231,32 @@ def running_ray_cluster(directory: Path, head_cpus: int = 1, worker_cpus: int = 
     2.60 does by default; dashboard and job server on a free port) and a second node joined with
     ``ray start --address`` with its own resources. Yields ``{"address", "dashboard", "env"}``; stops
     both nodes' process groups (and only them) on the way out."""
-    ray = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
-    if ray is None:
-        pytest.fail("the `ray` command is not installed (pip install 'ray[default]')")
-    directory.mkdir(parents=True, exist_ok=True)
-    port, dashboard_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    # the cluster's own token (64 hex digits, as `ray get-auth-token --generate` writes), so the test needs no
-    # ~/.ray/auth_token and leaves a user's alone; its clients read it through RAY_AUTH_TOKEN_PATH in ``env``
-    token = directory / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    env.pop("RAY_AUTH_TOKEN", None)
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    common = ["--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats", "--block"]
+    env = ray_env(directory)
+    port: list[int] = []
+    dashboard_port = free_port()
+    dashboard = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+    head = head_flags(port, head_cpus, '--resources={"head_node": 1}', *dashboard)
     processes = []
     try:
-        head_log = directory / "ray_head.log"
-        with open(head_log, "w") as log:
-            processes.append(
-                subprocess.Popen(
-                    [
-                        ray,
-                        "start",
-                        "--head",
-                        f"--port={port}",
-                        f"--num-cpus={head_cpus}",
-                        '--resources={"head_node": 1}',
-                        "--include-dashboard=true",
-                        "--dashboard-host=127.0.0.1",
-                        f"--dashboard-port={dashboard_port}",
-                        f"--ray-client-server-port={free_port()}",
-                        *_ray_node_ports(),
-                        *common,
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=directory,
-                    start_new_session=True,
-                )
+        processes.append(
+            start_ray_node(
+                lambda: [*head(), f"--ray-client-server-port={free_port()}"],
+                directory / "ray_head.log",
+                env,
+                "ray start --head",
             )
-        _wait_for_log(head_log, "Ray runtime started", processes[0], "ray start --head")
-        worker_log = directory / "ray_worker.log"
-        with open(worker_log, "w") as log:
-            processes.append(
-                subprocess.Popen(
-                    [
-                        ray,
-                        "start",
-                        f"--address=127.0.0.1:{port}",
-                        f"--num-cpus={worker_cpus}",
-                        '--resources={"worker_node": 1}',
-                        *_ray_node_ports(),
-                        *common,
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=directory,
-                    start_new_session=True,
-                )
+        )
+        worker = ["start", f"--address=127.0.0.1:{port[0]}", f"--num-cpus={worker_cpus}"]
+        worker += ['--resources={"worker_node": 1}', *NODE_FLAGS]
+        processes.append(
+            start_ray_node(
+                lambda: [*worker, *_ray_node_ports()],
+                directory / "ray_worker.log",
+                env,
+                "the second node (ray start --address)",
             )
-        _wait_for_log(worker_log, "Ray runtime started", processes[1], "the second node (ray start --address)")
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
+        )
+        yield {"address": f"127.0.0.1:{port[0]}", "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
     finally:
         for process in reversed(processes):
             stop_group(process, grace=RAY_GRACE)
@@ -244,25 +268,12 @@ def running_ray_head(directory: Path, cpus: int = 2) -> Iterator[dict[str, str]]
     :func:`running_ray_cluster`'s head), ``cpus`` CPUs and no GPU. Yields ``{"address", "env"}``: ``env`` holds what
     an nbtl command needs to join it (``RAY_ADDRESS``, ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN_PATH``); stops the head's
     process group, and only it, on the way out."""
-    ray = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
-    if ray is None:
-        pytest.fail("the `ray` command is not installed (pip install 'ray[default]')")
-    directory.mkdir(parents=True, exist_ok=True)
-    token = directory / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    port, log_path = free_port(), directory / "ray_head.log"
-    command = [ray, "start", "--head", f"--port={port}", f"--num-cpus={cpus}", "--include-dashboard=false"]
-    command += [*_ray_node_ports(), "--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats", "--block"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory, start_new_session=True
-        )
+    env = ray_env(directory)
+    port: list[int] = []
+    flags = head_flags(port, cpus, "--include-dashboard=false")
+    process = start_ray_node(flags, directory / "ray_head.log", env, "ray start --head")
     try:
-        _wait_for_log(log_path, "Ray runtime started", process, "ray start --head")
-        address = f"127.0.0.1:{port}"
+        address = f"127.0.0.1:{port[0]}"
         yield {
             "address": address,
             "env": {"RAY_ADDRESS": address, **{k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}},
