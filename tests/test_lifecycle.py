@@ -31,11 +31,16 @@ def _all_runs(uri: str):
     return client.search_runs(experiments) if experiments else []
 
 
-REFUSED = [(["--gpu", "1"], "1 GPU"), (["--cpu", "99"], "99 CPU")]
+#: (flags, what the refusal names, whether the search joins the test process's Ray head): one refusal on the
+#: embedded Ray, one on a running head.
+REFUSED = [(["--gpu", "1"], "1 GPU", False), (["--cpu", "99"], "99 CPU", True)]
 
 
-def _refused_search(folder, flags: list[str]) -> tuple[subprocess.CompletedProcess, float, str]:
-    """A search asking for ``flags``' resources: its result, the seconds it took and its tracking URI."""
+def _refused_search(
+    folder, flags: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, float, str]:
+    """A search asking for ``flags``' resources (``env``: joining a Ray head): its result, the seconds it took and
+    its tracking URI."""
     started = time.monotonic()
     result = run_nbtl(
         "search",
@@ -48,26 +53,28 @@ def _refused_search(folder, flags: list[str]) -> tuple[subprocess.CompletedProce
         "--storage-path",
         str(folder / "results"),
         cwd=folder,
+        env=env,
         timeout=300,
     )
     return result, time.monotonic() - started, f"sqlite:///{folder / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="module")
-def started(ahead, tmp_path_factory, request):
+def started(ahead, tmp_path_factory, request, shared_ray):
     """The short commands of this module's tests (each starts a Ray of its own and ends), started together
     ahead of them: ``started[key]`` waits for one and gives what it returned."""
     wanted = selected_tests(request)
     if "test_resources_no_node_has_are_refused_before_any_run" in wanted:
-        for flags, _ in REFUSED:
-            ahead.call(flags[0], _refused_search, tmp_path_factory.mktemp("refused"), flags)
+        for flags, _, joins in REFUSED:
+            folder = tmp_path_factory.mktemp("refused")
+            ahead.call(flags[0], _refused_search, folder, flags, shared_ray if joins else None)
     if "test_ray_session_shuts_down_only_the_ray_it_started" in wanted:
         ahead.call("ray session", _ray_session_script)
     return ahead
 
 
-@pytest.mark.parametrize("flags, names", REFUSED)
-def test_resources_no_node_has_are_refused_before_any_run(started, flags, names):
+@pytest.mark.parametrize("flags, names, joins", REFUSED)
+def test_resources_no_node_has_are_refused_before_any_run(started, flags, names, joins):
     result, seconds, tracking_uri = started[flags[0]]
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     error = [line for line in result.stderr.splitlines() if line.startswith("nbtl search: error:")]

@@ -266,3 +266,21 @@ def test_two_processes_creating_a_new_sqlite_store_both_finish(tmp_path):
         store = f"sqlite:///{tmp_path / f'round{round_}' / 'mlflow.db'}"
         names = {e.name for e in MlflowClient(tracking_uri=store).search_experiments()}
         assert {"search-a", "search-b"} <= names, (round_, names)
+
+
+def test_a_test_ray_node_that_cannot_start_fails_at_once_with_its_log(tmp_path):
+    """servers.start_ray_node tries a node again only when its raylet timed out registering; a node that cannot
+    start at all (here a port that is not a number) fails the test on the first attempt, with the log's end."""
+    from servers import ray_env, start_ray_node
+
+    attempts = []
+
+    def flags():
+        attempts.append(1)
+        return ["start", "--head", "--port=not-a-port", "--disable-usage-stats"]
+
+    with pytest.raises(pytest.fail.Exception) as failed:
+        start_ray_node(flags, tmp_path / "ray_head.log", ray_env(tmp_path), "ray start --head")
+    assert len(attempts) == 1
+    assert "ray start --head did not come up (attempt 1)" in str(failed.value)
+    assert "not-a-port" in str(failed.value)  # the log's end: Ray's own message about the port
