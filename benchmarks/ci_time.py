@@ -76,13 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in files.head(args.top).iterrows():
         print(f"  {row.seconds:7.1f}  {row.tests:4d}  {row.worker:>4}  {row.start:6.0f}  {name}")
     if args.write:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        commit += "*" if dirty else ""  # uncommitted changes
+        # the short commit, with "*" where tracked files differ from it (as equal_time.py's rows say "dirty")
+        describe = ["git", "describe", "--always", "--exclude=*", "--dirty=*", "--abbrev=7"]
+        commit = subprocess.run(describe, cwd=REPO, capture_output=True, text=True).stdout.strip()
         SECONDS.write_text(
             json.dumps(
                 {

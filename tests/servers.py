@@ -180,7 +180,9 @@ def start_ray_node(flags: Callable[[], list[str]], log_path: Path, env: dict[str
     ray = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
     if ray is None:
         pytest.fail("the `ray` command is not installed (pip install 'ray[default]')")
-    for attempt in range(1, NODE_ATTEMPTS + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 [ray, *flags(), "--block"],
@@ -195,7 +197,6 @@ def start_ray_node(flags: Callable[[], list[str]], log_path: Path, env: dict[str
         stop_group(process, grace=RAY_GRACE)
         if STARTUP_TIMEOUT not in log_path.read_text() or attempt == NODE_ATTEMPTS:
             pytest.fail(f"{what} did not come up (attempt {attempt}):\n{log_path.read_text()[-3000:]}")
-    raise AssertionError("unreachable")
 
 
 def ray_env(directory: Path) -> dict[str, str]:

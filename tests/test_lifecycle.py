@@ -60,14 +60,15 @@ def _refused_search(
 
 
 @pytest.fixture(scope="module")
-def started(ahead, tmp_path_factory, request, shared_ray):
-    """The short commands of this module's tests (each starts a Ray of its own and ends), started together
-    ahead of them: ``started[key]`` waits for one and gives what it returned."""
+def started(ahead, tmp_path_factory, request):
+    """The short commands of this module's tests (each starts a Ray of its own, or joins the test process's head,
+    and ends), started together ahead of them: ``started[key]`` waits for one and gives what it returned."""
     wanted = selected_tests(request)
     if "test_resources_no_node_has_are_refused_before_any_run" in wanted:
         for flags, _, joins in REFUSED:
             folder = tmp_path_factory.mktemp("refused")
-            ahead.call(flags[0], _refused_search, folder, flags, shared_ray if joins else None)
+            env = request.getfixturevalue("shared_ray") if joins else None
+            ahead.call(flags[0], _refused_search, folder, flags, env)
     if "test_ray_session_shuts_down_only_the_ray_it_started" in wanted:
         ahead.call("ray session", _ray_session_script)
     return ahead
