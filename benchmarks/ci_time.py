@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import measured_at  # noqa: E402
 from file_order import SECONDS, file_of  # noqa: E402  (tests/ is not a package)
 
 
@@ -76,13 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in files.head(args.top).iterrows():
         print(f"  {row.seconds:7.1f}  {row.tests:4d}  {row.worker:>4}  {row.start:6.0f}  {name}")
     if args.write:
-        # the short commit, with "*" where tracked files differ from it (as equal_time.py's rows say "dirty")
-        describe = ["git", "describe", "--always", "--exclude=*", "--dirty=*", "--abbrev=7"]
-        commit = subprocess.run(describe, cwd=REPO, capture_output=True, text=True).stdout.strip()
         SECONDS.write_text(
             json.dumps(
                 {
-                    "measured_at": commit,
+                    "measured_at": measured_at.label(*measured_at.commit()),
                     "how": "benchmarks/ci_time.py --write from NBTL_TEST_TIMELINE of bash .ci/run (2 CPUs)",
                     "seconds": {name: round(s, 1) for name, s in files["seconds"].items()},
                 },

@@ -24,6 +24,9 @@ from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
+sys.path.insert(0, str(BENCHMARKS))
+import measured_at  # noqa: E402
+
 OUT = BENCHMARKS / "results" / "data_file_memory.jsonl"
 
 CHILD = """
@@ -42,20 +45,13 @@ print(json.dumps({"seconds": round(seconds, 1), "peak_rss_gb": round(resource.ge
 """
 
 
-def commit() -> tuple[str, bool]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    return git("rev-parse", "HEAD") or "unknown", bool(git("status", "--porcelain", "--", "nbtl"))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="112", help="image sizes, comma-separated (default 112)")
     parser.add_argument("--modes", default="stream,memory", help="stream, memory or both (default both)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    sha, dirty = commit()
+    sha, dirty = measured_at.commit()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for size in [int(s) for s in args.sizes.split(",")]:
         for mode in args.modes.split(","):

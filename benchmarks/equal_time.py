@@ -52,6 +52,7 @@ import yaml
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
+import measured_at  # noqa: E402
 from compare_spaces import prepare_space  # noqa: E402
 from report import ABLATIONS, BASELINE, MAIN_METHODS, RETIRED, budget_label, render_methods  # noqa: E402
 from selection_noise import selection_row  # noqa: E402
@@ -86,20 +87,9 @@ def parse_duration(text: str) -> float:
 
 
 def provenance() -> dict:
-    """The commit the benchmark runs at, whether tracked files differ from it, the date and the CPU count."""
-
-    def git(*command: str) -> str:
-        try:
-            return subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {
-        "commit": git("rev-parse", "HEAD").strip() or "unknown",
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip()),
-        "cpus": os.cpu_count(),
-        "cpu_images_per_s": machine_speed(),
-    }
+    """The commit the benchmark runs at, whether tracked files differ from it (``measured_at``), and the CPUs."""
+    sha, dirty = measured_at.commit()
+    return {"commit": sha, "dirty": dirty, "cpus": os.cpu_count(), "cpu_images_per_s": machine_speed()}
 
 
 def machine_speed(repeats: int = 5) -> float:

@@ -33,7 +33,6 @@ import logging
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,22 +43,13 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCHMARKS))
+import measured_at  # noqa: E402
+
 OUT = BENCHMARKS / "results" / "gpu_check.json"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
 
 logger = logging.getLogger("gpu_check")
-
-
-def commit() -> str:
-    """The commit measured: ``NBTL_COMMIT`` (a copy of the tree without ``.git``), else ``git rev-parse``."""
-    if os.environ.get("NBTL_COMMIT"):
-        return os.environ["NBTL_COMMIT"]
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def make_images(path: Path, n: int, size: int, seed: int = 0) -> tuple[list[int], list[str]]:
@@ -336,12 +326,14 @@ def main(argv=None) -> int:
             row["vs_lone_bare"] = round(row["images_per_s_each"] / lone["bare"], 3)
         if row["kind"] in lone:
             row["vs_lone_same_kind"] = round(row["images_per_s_each"] / lone[row["kind"]], 3)
+    sha, dirty = measured_at.commit()
     document = {
         "rows": rows,
         "device": name,
         "torch": torch.__version__,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "concurrent"},
-        "commit": commit(),
+        "commit": sha,
+        "dirty": dirty,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

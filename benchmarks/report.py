@@ -44,6 +44,9 @@ import numpy as np
 import pandas as pd
 
 BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS))
+import measured_at  # noqa: E402
+
 REPO = BENCHMARKS.parent
 RESULTS = BENCHMARKS / "results"
 READMES = (BENCHMARKS / "README.md", REPO / "README.md")
@@ -203,7 +206,7 @@ def read_rows(path: Path) -> pd.DataFrame:
 
 
 def commits(group: pd.DataFrame) -> str:
-    marks = {f"{c[:7]}{'*' if d else ''}" for c, d in zip(group.get("commit", []), group.get("dirty", []))}
+    marks = {measured_at.label(c, d) for c, d in zip(group.get("commit", []), group.get("dirty", []))}
     return ", ".join(f"`{m}`" for m in sorted(marks)) or "?"
 
 
@@ -402,7 +405,7 @@ def render_trial_speed(document: dict) -> str:
     options = document.get("options", {})
     lines = [
         f"Measured {document.get('date', '?')[:10]} on {document.get('cpus', '?')} CPUs at "
-        f"`{document.get('commit', '?')[:7]}{'*' if document.get('dirty') else ''}`; options "
+        f"`{measured_at.label(document.get('commit'), document.get('dirty', False))}`; options "
         + ", ".join(f"{k}={v}" for k, v in options.items())
         + ".",
         "",
@@ -421,7 +424,7 @@ def render_probe_floor(document: dict) -> str:
     rows = pd.DataFrame(document.get("rows", []))
     lines = [
         f"Measured {document['date'][:10] + ' ' if 'date' in document else ''}on {document.get('cpus', '?')} CPUs at "
-        f"`{document.get('commit', '?')[:7]}{'*' if document.get('dirty') else ''}`; tuning tasks "
+        f"`{measured_at.label(document.get('commit'), document.get('dirty', False))}`; tuning tasks "
         + ", ".join(document.get("tasks", []))
         + f", seeds {', '.join(str(s) for s in sorted(rows['seed'].unique()))}"
         + (f", {int(rows.groupby('task')['test_images'].first().sum())} test images per seed" if len(rows) else "")
@@ -443,7 +446,7 @@ def render_loto(document: dict) -> str:
     tasks = document.get("tasks", [])
     lines = [
         f"Measured {document.get('date', '?')[:10]} on {document.get('cpus', '?')} CPUs at "
-        f"`{document.get('commit', '?')[:7]}{'*' if document.get('dirty') else ''}`; "
+        f"`{measured_at.label(document.get('commit'), document.get('dirty', False))}`; "
         f"LogME on 10,000 × 1,280 features: {document.get('logme_seconds', float('nan')):.2f} s.",
         "",
         "| task | trials | search best / worst val | learned val (regret) | rules val (regret) | "

@@ -210,3 +210,24 @@ def test_selection_rules_replay_the_kept_trials_and_judge_each_rule_by_its_choic
     assert chosen["se_loss"] == 0.70 and chosen["se_probe"] == 0.70 and chosen["near_loss"] == 0.70
     assert chosen["last_epoch"] == 0.65
     assert "se_probe" in selection_rules.render(selection_rules.replay(searches))
+
+
+def test_every_benchmark_names_its_commit_through_one_lookup(monkeypatch):
+    import subprocess
+
+    import measured_at
+
+    monkeypatch.delenv("NBTL_COMMIT", raising=False)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCHMARKS.parent, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=BENCHMARKS.parent, capture_output=True, text=True
+    )
+    assert measured_at.commit() == (head.stdout.strip(), bool(dirty.stdout.strip()))
+    monkeypatch.setenv("NBTL_COMMIT", "0123456789abcdef*")  # a copy of the tree without .git
+    assert measured_at.commit() == ("0123456789abcdef", True)
+    assert measured_at.label(*measured_at.commit()) == "0123456*"
+    assert measured_at.label(None) == "?"
+    # no script asks git by itself
+    for script in BENCHMARKS.glob("*.py"):
+        if script.name != "measured_at.py":
+            assert '"git"' not in script.read_text(), f"{script.name} looks up its commit itself: use measured_at"

@@ -1,0 +1,39 @@
+"""Which commit a benchmark measured: the one lookup every script's result rows use (and ``report.py`` prints).
+
+A row names the full commit of the checkout it ran in and ``dirty``: whether tracked files differed from that
+commit (untracked files, such as the results file being written, do not count). A copy of the tree without
+``.git`` (a device machine's) names its commit in ``NBTL_COMMIT``, and says ``dirty`` there with a trailing
+``*``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _git(*command: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
+
+
+def commit() -> tuple[str, bool]:
+    """The full commit measured (``"unknown"`` outside a checkout) and whether tracked files differ from it."""
+    named = os.environ.get("NBTL_COMMIT", "").strip()
+    if named:
+        return named.rstrip("*"), named.endswith("*")
+    sha = _git("rev-parse", "HEAD")
+    if not sha:
+        return "unknown", False
+    return sha, bool(_git("status", "--porcelain", "--untracked-files=no"))
+
+
+def label(sha: str | None, dirty: bool = False) -> str:
+    """How tables print a row's commit: 7 characters, with ``*`` where its tracked files differed."""
+    return f"{(sha or '?')[:7]}{'*' if dirty else ''}"
