@@ -220,3 +220,17 @@ def test_the_command_line_imports_no_heavy_library():
 def test_help_exits_0(tmp_path):
     result = run_nbtl("--help", cwd=tmp_path, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("usage: nbtl"), (result.stdout, result.stderr)
+
+
+def test_the_embedded_rays_reaper_runs_as_a_script_of_the_standard_library_alone():
+    # Every search on an embedded Ray starts it: imported as nbtl.search.reaper it would import torch (3 s of CPU).
+    path = PACKAGE / "search" / "reaper.py"
+    tree = ast.parse(path.read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    assert names <= set(sys.stdlib_module_names) | {"__future__"}, names - set(sys.stdlib_module_names)
+    # as embedded_ray_reaper starts it; its driver (stdin's write end) already gone: it reaps nothing and exits
+    done = subprocess.run(
+        [sys.executable, "-I", str(path), "0-test"], stdin=subprocess.DEVNULL, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0 and not done.stderr, done.stderr

@@ -87,7 +87,15 @@ def init_ray(address: str | None) -> str:
         return current
     if not address:
         # address="local": always a fresh embedded instance, never a stale `ray start` found in /tmp/ray.
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            # Ray starts a worker per CPU when the first driver connects; Tune's trials never used them (each
+            # search started its own and Ray killed those idle ones): a process per CPU started for nothing
+            _system_config={"prestart_worker_first_driver": False},
+        )
         if not _is_loopback(ray.get_runtime_context().gcs_address):
             logging.getLogger(__name__).warning(
                 "the embedded Ray listens on every interface: `ray` was imported before nbtl could keep it on "

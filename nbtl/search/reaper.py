@@ -8,7 +8,9 @@ driver holds. The watcher keeps a list of the marked processes and their descend
 When the driver ends, however it ends, the pipe closes and the watcher ends every process on its list (one that
 reused a pid is spared: start times are compared), then exits. A user's ``ray start`` cluster never carries it.
 
-Run as ``python -m nbtl.search.reaper MARK`` by :func:`embedded_ray_reaper` only.
+Run as ``python -I .../nbtl/search/reaper.py MARK`` by :func:`embedded_ray_reaper` only: a script of the standard
+library alone, not ``-m nbtl.search.reaper``, which imports the ``nbtl.search`` package and with it torch (3 s of a
+CPU at every search's start, measured here).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def embedded_ray_reaper() -> Iterator[dict[str, str]]:
     mark = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     read_end, write_end = os.pipe()  # not inheritable: Ray's processes never hold the write end
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "nbtl.search.reaper", mark],
+        [sys.executable, "-I", str(Path(__file__).resolve()), mark],  # -I: nothing on sys.path but the stdlib's
         stdin=read_end,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
