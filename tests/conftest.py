@@ -333,18 +333,3 @@ def shared_ray(tmp_path_factory) -> dict[str, str]:
     Ray itself (loopback, its reaper, Ctrl-C) keeps its own."""
     with running_ray_head(tmp_path_factory.mktemp("shared_ray")) as head:
         yield head["env"]
-
-
-@pytest.fixture
-def ray_head(tmp_path: Path, monkeypatch):
-    """A real Ray head started with ``ray start --head`` on 127.0.0.1 (token authentication on, as
-    Ray 2.60 does by default; :func:`servers.running_ray_head`); yields its address, then stops only its own
-    processes.
-
-    The head has its own token in the test's folder, named by ``RAY_AUTH_TOKEN_PATH`` for the test and every
-    process it starts: nothing is written to ``~/.ray/auth_token``, and a user's token there is neither read nor
-    replaced. ``RAY_AUTH_MODE`` is left to the test (``nbtl --address`` sets it)."""
-    with running_ray_head(tmp_path / "ray_head") as head:
-        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", head["env"]["RAY_AUTH_TOKEN_PATH"])
-        yield head["address"]

@@ -39,7 +39,7 @@ CONFIG_PARAMS = {
 }
 
 
-def run_tiny_search(tmp_path: Path, tracking_uri: str, *extra: str) -> str:
+def run_tiny_search(tmp_path: Path, tracking_uri: str, *extra: str, env: dict[str, str] | None = None) -> str:
     """Run in ``tmp_path/work``, a folder apart from the store (``tmp_path/mlflow.db``), so a write to the
     default ``./mlflow.db`` instead of ``--tracking-uri`` shows."""
     workdir = tmp_path / "work"
@@ -61,6 +61,7 @@ def run_tiny_search(tmp_path: Path, tracking_uri: str, *extra: str) -> str:
         str(tmp_path / "results"),
         *extra,
         cwd=workdir,
+        env=env,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
     return result.stdout
@@ -153,8 +154,25 @@ def overlapping(children) -> bool:
     return any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1))
 
 
-def test_search_on_embedded_ray(tmp_path, tracking_uri):
-    stdout = run_tiny_search(tmp_path, tracking_uri, "--max-concurrent", "2")
+def test_search_on_a_ray_head_with_token_auth_tracks_where_it_is_told(tmp_path, tracking_uri, shared_ray, monkeypatch):
+    # The test process's `ray start --head` (token authentication on), named by --address; the command has its
+    # token's path, but neither $RAY_ADDRESS nor RAY_AUTH_MODE: --address sets that. (The embedded Ray's searches:
+    # tests/test_lifecycle.py, test_interrupt.py, test_faults_resume.py, test_search_budget.py, test_packaging.py.)
+    ray_head = shared_ray["RAY_ADDRESS"]
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    stdout = run_tiny_search(
+        tmp_path,
+        tracking_uri,
+        "--address",
+        ray_head,
+        "--max-concurrent",
+        "2",
+        "--keep-checkpoints",
+        "--cache-size",
+        "1G",
+        env={"RAY_AUTH_TOKEN_PATH": shared_ray["RAY_AUTH_TOKEN_PATH"]},
+    )
     assert "Trials (best first, the top " in stdout and "results.csv):" in stdout and "Best config:" in stdout
     assert "\r" not in stdout and " running" not in stdout  # not a terminal: plain lines, no live status line
     parent, children = check_store(stdout, tracking_uri)
@@ -182,22 +200,7 @@ def test_search_on_embedded_ray(tmp_path, tracking_uri):
     # The images were decoded once into one memory-mapped file under the storage path, which the trials read.
     assert "decoded once in" in stdout and "memory-mapped from" in stdout
     assert len(list((tmp_path / "results" / "nbtl_data").glob("*/images.npy"))) == 1
-
-
-def test_search_on_ray_head_with_token_auth(tmp_path, tracking_uri, ray_head):
-    stdout = run_tiny_search(
-        tmp_path,
-        tracking_uri,
-        "--address",
-        ray_head,
-        "--max-concurrent",
-        "2",
-        "--keep-checkpoints",
-        "--cache-size",
-        "1G",
-    )
-    parent, _ = check_store(stdout, tracking_uri)
     assert parent.data.tags["nbtl.ray_address"] == ray_head
+    assert parent.data.tags["nbtl.ray_gcs_address"].rsplit(":", 1)[1] == ray_head.rsplit(":", 1)[1]
     # --keep-checkpoints: the trial checkpoints a finished search otherwise deletes (tests/test_lifecycle.py) stay
     assert list((tmp_path / "results").glob(f"{NAME}*/*/checkpoint_*/trial.pt"))
-    assert parent.data.tags["nbtl.ray_gcs_address"].rsplit(":", 1)[1] == ray_head.rsplit(":", 1)[1]

@@ -183,14 +183,17 @@ def test_an_http_server_is_not_a_ray_head(http_server):
         check_ray_address(address)
 
 
-def test_a_real_ray_head_is_accepted_and_a_missing_token_is_named(ray_head):
-    """In fresh processes, as ``nbtl`` runs: Ray reads its token settings when it is imported."""
+def test_a_real_ray_head_is_accepted_and_a_missing_token_is_named(shared_ray):
+    """In fresh processes, as ``nbtl`` runs: Ray reads its token settings when it is imported. The head is the test
+    process's ``ray start --head`` (token authentication on)."""
+    ray_head = shared_ray["RAY_ADDRESS"]
     code = (
         "import sys, time\nfrom nbtl.search.cluster import check_ray_address\nfrom nbtl.errors import NbtlError\n"
         "started = time.monotonic()\ntry:\n    print('OK', check_ray_address(sys.argv[1]))\n"
         "except NbtlError as error:\n    print('REFUSED', error)\nprint(time.monotonic() - started)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env["RAY_AUTH_TOKEN_PATH"] = shared_ray["RAY_AUTH_TOKEN_PATH"]
     accepted = subprocess.run(
         [sys.executable, "-c", code, ray_head], env=env, capture_output=True, text=True, timeout=120
     )
