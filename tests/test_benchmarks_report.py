@@ -3,6 +3,7 @@ and the statistics behind them on small hand-made rows."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
+import measured_at  # noqa: E402
 import report  # noqa: E402
 
 
@@ -213,10 +215,6 @@ def test_selection_rules_replay_the_kept_trials_and_judge_each_rule_by_its_choic
 
 
 def test_every_benchmark_names_its_commit_through_one_lookup(monkeypatch):
-    import subprocess
-
-    import measured_at
-
     monkeypatch.delenv("NBTL_COMMIT", raising=False)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCHMARKS.parent, capture_output=True, text=True)
     dirty = subprocess.run(

@@ -23,7 +23,7 @@ from conftest import REPO, run_nbtl
 from nbtl.errors import ClusterError, TrackingStoreError
 from nbtl.search.cluster import check_ray_address
 from nbtl.tracking import check_tracking_uri
-from servers import mlflow_server  # noqa: F401  (a pytest fixture)
+from servers import mlflow_server, ray_env, start_ray_node  # noqa: F401  (mlflow_server: a pytest fixture)
 
 TINY = REPO / "search_spaces" / "tiny.yaml"
 #: A refused service must end the command in seconds (a closed tracking port took 262 s, a non-Ray port
@@ -274,8 +274,6 @@ def test_two_processes_creating_a_new_sqlite_store_both_finish(tmp_path):
 def test_a_test_ray_node_that_cannot_start_fails_at_once_with_its_log(tmp_path):
     """servers.start_ray_node tries a node again only when its raylet timed out registering; a node that cannot
     start at all (here a port that is not a number) fails the test on the first attempt, with the log's end."""
-    from servers import ray_env, start_ray_node
-
     attempts = []
 
     def flags():
