@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 from test_search_e2e import TRIALS, check_store
 
 from conftest import BIN, REPO
@@ -41,11 +42,18 @@ def submit(cluster: dict, *entrypoint: str, timeout: float = 600) -> subprocess.
 
 
 def test_ray_job_submit_on_two_nodes_tracks_to_mlflow_server(tmp_path, mlflow_server, ray_cluster):  # noqa: F811
+    # A fresh worker for each trial (search.reuse_actors: false): a tiny trial ends in seconds, and Ray Tune would
+    # hand its kept worker to the next trial while that trial's own worker is still starting on the other node (so
+    # all three ran on one node once in a clean-clone CI). Without reuse the first two trials each hold a node's one CPU.
+    space = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
+    space["search"]["reuse_actors"] = False
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
     result = submit(
         ray_cluster,
         "nbtl",
         "search",
-        str(REPO / "search_spaces" / "tiny.yaml"),
+        str(path),
         "--data",
         "digits",
         "--trials",
@@ -64,11 +72,11 @@ def test_ray_job_submit_on_two_nodes_tracks_to_mlflow_server(tmp_path, mlflow_se
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "succeeded" in output, output[-5000:]
 
-    parent, children = check_store(output, mlflow_server, name=NAME)
+    parent, children = check_store(output, mlflow_server, name=NAME, space=path)
     # The job's driver found the cluster through RAY_ADDRESS, not an embedded Ray of its own.
     assert parent.data.tags["nbtl.ray_address"] != "embedded"
     assert parent.data.tags["nbtl.ray_gcs_address"].endswith(":" + ray_cluster["address"].rsplit(":", 1)[1])
-    # One CPU per node and two trials at once: trials ran on both nodes.
+    # One CPU per node, two trials at once, each on a fresh worker: trials ran on both nodes.
     nodes = {c.data.tags["nbtl.ray_node_id"] for c in children}
     assert len(nodes) == 2, nodes
     # Artifacts went to the server's artifact store, over HTTP.

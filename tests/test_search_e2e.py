@@ -67,8 +67,8 @@ def run_tiny_search(tmp_path: Path, tracking_uri: str, *extra: str, env: dict[st
     return result.stdout
 
 
-def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[object, list]:
-    """Assert what every search leaves in MLflow; return the parent and child runs."""
+def check_store(stdout: str, tracking_uri: str, name: str = NAME, space: Path = TINY) -> tuple[object, list]:
+    """Assert what every search of ``space`` leaves in MLflow; return the parent and child runs."""
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(search_experiment(name))
     assert experiment is not None, "no MLflow experiment named after the search"
@@ -137,7 +137,7 @@ def check_store(stdout: str, tracking_uri: str, name: str = NAME) -> tuple[objec
     best_config = yaml.safe_load((Path(directory) / "best_config.yaml").read_text())
     for key in CONFIG_PARAMS & set(best_config):
         assert str(best_config[key]) == by_id[best_run_id].data.params[key], key
-    assert yaml.safe_load((Path(directory) / "search_space.yaml").read_text()) == yaml.safe_load(TINY.read_text())
+    assert yaml.safe_load((Path(directory) / "search_space.yaml").read_text()) == yaml.safe_load(space.read_text())
     return parent, children
 
 

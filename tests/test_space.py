@@ -226,6 +226,7 @@ def test_base_document_is_valid():
         ({"search": {"sampler": {"type": "random", "n_startup_trials": 3}}}, "search.sampler: unknown key 'n_startup_trials'"),
         ({"search": {"scheduler": {"type": "asha", "patience": 2}}}, "search.scheduler: unknown key 'patience'"),
         ({"search": {"resources": {"cpu": 0}}}, "search.resources.cpu must be a number > 0"),
+        ({"search": {"reuse_actors": "no"}}, "search.reuse_actors must be true .* or false .*, got 'no'"),
         ({"parameters": {}}, "'parameters' must be a mapping"),
     ],
 )  # fmt: skip

@@ -120,13 +120,14 @@ def study_tuner(
     time_budget_s: float | None,
     max_failures: int,
     keep_checkpoints: int,
+    reuse_actors: bool = True,
     search_alg=None,
     scheduler=None,
     param_space: dict[str, Any] | None = None,
 ):
     """Ray Tune's Tuner of a study as nbtl builds every one (a search's and a zoo study's): ``verbose=0`` (the
-    callbacks say what happens), a trial's worker kept for the next trial, the failures Ray Tune retries and the
-    checkpoints it keeps. ``search_alg`` and ``scheduler`` for a search, ``param_space`` (a grid) for the zoo."""
+    callbacks say what happens), a trial's worker kept for the next trial (unless ``reuse_actors`` is false), the
+    failures Ray Tune retries and the checkpoints it keeps. ``search_alg`` and ``scheduler`` for a search, ``param_space`` (a grid) for the zoo."""
     from ray import tune  # here, after nbtl.search.cluster.use_token_auth: Ray reads RAY_AUTH_MODE on first import
 
     return tune.Tuner(
@@ -139,8 +140,10 @@ def study_tuner(
             max_concurrent_trials=max_concurrent,
             time_budget_s=time_budget_s,
             # a trial's worker is kept for the next one (Ray Tune waits for its thread to end, else starts a new
-            # one): a fresh worker spends seconds of CPU importing torch, MLflow and nbtl before its first step
-            reuse_actors=True,
+            # one): a fresh worker spends seconds of CPU importing torch, MLflow and nbtl before its first step.
+            # Ray Tune hands a kept worker to a trial whose own worker is still starting (and drops that one), so
+            # on a cluster very short trials may all run where the first worker started (search.reuse_actors)
+            reuse_actors=reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -162,6 +162,8 @@ class SearchSettings:
     max_concurrent: int = 2
     seed: int | None = None  # None: the data settings' seed (nbtl.data.settings.DataSettings)
     max_failures: int = 0
+    # a finished trial's Ray actor (its process, torch imported) runs the next trial; false: a fresh process each
+    reuse_actors: bool = True
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
@@ -178,7 +180,11 @@ class SearchSettings:
         """The settings of a ``search:`` section already checked by
         :func:`~nbtl.search.space_checks.check_settings`; a key it leaves out takes its default."""
         s = section or {}
-        plain = {k: s[k] for k in ("trials", "max_concurrent", "seed", "max_failures", "prefix_cache") if k in s}
+        plain = {
+            k: s[k]
+            for k in ("trials", "max_concurrent", "seed", "max_failures", "reuse_actors", "prefix_cache")
+            if k in s
+        }
         defaults = cls()
         return cls(
             **plain,

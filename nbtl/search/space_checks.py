@@ -39,6 +39,7 @@ SEARCH_KEYS = (
     "sampler",
     "scheduler",
     "max_failures",
+    "reuse_actors",
     "points_to_evaluate",
     "start_points",
     "time_budget",
@@ -378,6 +379,11 @@ def check_settings(space: Any, where: str) -> None:
         raise ConfigError(
             f"{where}: search.prefix_cache must be true (frozen blocks' outputs computed once and shared) or "
             f"false (every trial runs every block), got {s['prefix_cache']!r}"
+        )
+    if not isinstance(s.get("reuse_actors", True), bool):
+        raise ConfigError(
+            f"{where}: search.reuse_actors must be true (a finished trial's worker runs the next trial) or false (a "
+            f"fresh worker process for every trial), got {s['reuse_actors']!r}"
         )
     reevaluate = s.get("reevaluate") or {}
     if not isinstance(reevaluate, dict):

@@ -53,6 +53,7 @@ def make_tuner(plan: Plan, prepared: Prepared, context, space: SearchSpace, opti
         # 2, not 1: a driver killed between Ray Tune deleting the older checkpoint and saving its experiment state
         # would leave that state pointing at a deleted checkpoint (--resume failed so, 1 run in 5)
         keep_checkpoints=2,
+        reuse_actors=space.settings.reuse_actors,
         search_alg=plan.searcher,
         scheduler=plan.scheduler,
     )
