@@ -6,7 +6,9 @@ CPU seconds, counted from when it was first seen (processes already running coun
 the command), under its kind: the test processes, each nbtl command by its subcommand, Ray's trial workers by
 what they ended as (``ray::ImplicitFunc``, ``ray::IDLE``), Ray's daemons (raylet, GCS, agents, log monitor), the
 MLflow server, the browser of the UI test, and the rest. A process that lives less than half a second may be
-missed. Prints the table and writes it as JSON with ``--out``.
+missed. Prints the table and writes it as JSON with ``--out``, with a second table: CPU seconds by the test each
+process worked for, named by the pytest ``tmp_path`` folder in its working directory or command line (a Ray worker
+works in its driver's folder), so that the processes a test starts count under it.
 
     .venv/bin/python benchmarks/ci_cpu.py -- bash .ci/run
     .venv/bin/python benchmarks/ci_cpu.py --out /tmp/cpu.json -- .venv/bin/python -m pytest -q tests/test_search_e2e.py
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -36,6 +39,20 @@ RAY_DAEMONS = {
     "autoscaler/_private/monitor.py": "ray: autoscaler monitor",
     "ray.util.client.server": "ray: client server",
 }
+
+
+#: The folder pytest's ``tmp_path`` gives a test (``.../pytest-of-USER/pytest-N/[popen-gwK/]NAME0``), named by its test.
+TEST_FOLDER = re.compile(r"/pytest-of-[^/]+/pytest-\d+/(?:popen-gw\d+/)?([^/\s]+)")
+
+
+def test_folder(cwd: str, command: list[str]) -> str:
+    """The ``tmp_path`` folder of the test a process works for, from its working directory or else its command
+    line; "(none)" for processes of no test (pytest itself, the install)."""
+    for text in (cwd, " ".join(command)):
+        found = TEST_FOLDER.search(text)
+        if found:
+            return found.group(1)
+    return "(none)"
 
 
 def kind(command: list[str], name: str) -> str:
@@ -76,7 +93,8 @@ class Sampler:
 
     def __init__(self, interval: float = 0.5):
         self.interval = interval
-        self.seen: dict[tuple[int, float], list] = {}  # (pid, start) -> [kind, cpu seconds at first sight, now]
+        # (pid, start) -> [kind, cpu seconds at first sight, now, the test's folder]
+        self.seen: dict[tuple[int, float], list] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -96,10 +114,17 @@ class Sampler:
                     used = times.user + times.system
                     entry = self.seen.get(key)
                     if entry is None or entry[0].startswith("ray worker"):  # a worker renames itself
-                        what = kind(process.cmdline(), process.name())
+                        command = process.cmdline()
+                        what = kind(command, process.name())
+                        try:
+                            where = test_folder(process.cwd(), command)
+                        except psutil.Error:
+                            where = test_folder("", command)
                         if entry is None:
-                            self.seen[key] = entry = [what, used if first else 0.0, used]
+                            self.seen[key] = entry = [what, used if first else 0.0, used, where]
                         entry[0] = what
+                        if entry[3] == "(none)":  # a Ray Tune trial works in its trial's folder once it starts
+                            entry[3] = where
                     entry[2] = used
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
@@ -108,16 +133,19 @@ class Sampler:
         while not self._done.wait(self.interval):
             self._sample()
 
-    def stop(self) -> dict[str, dict[str, float]]:
+    def stop(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """The CPU seconds and processes by kind, and by test folder."""
         self._done.set()
         self._thread.join()
         self._sample()
-        table: dict[str, dict[str, float]] = {}
-        for what, first, last in self.seen.values():
-            row = table.setdefault(what, {"cpu_s": 0.0, "processes": 0})
-            row["cpu_s"] += max(0.0, last - first)
-            row["processes"] += 1
-        return dict(sorted(table.items(), key=lambda item: -item[1]["cpu_s"]))
+        kinds: dict[str, dict[str, float]] = {}
+        tests: dict[str, dict[str, float]] = {}
+        for what, first, last, where in self.seen.values():
+            for table, key in ((kinds, what), (tests, where)):
+                row = table.setdefault(key, {"cpu_s": 0.0, "processes": 0})
+                row["cpu_s"] += max(0.0, last - first)
+                row["processes"] += 1
+        return tuple(dict(sorted(t.items(), key=lambda item: -item[1]["cpu_s"])) for t in (kinds, tests))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     code = subprocess.call(command)
     wall = time.monotonic() - started
-    table = sampler.stop()
+    table, by_test = sampler.stop()
     total = sum(row["cpu_s"] for row in table.values())
     cpus = os.cpu_count() or 1
     print(
@@ -143,8 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'CPU s':>7}  {'share':>5}  {'procs':>5}  kind")
     for what, row in list(table.items())[: args.top]:
         print(f"  {row['cpu_s']:7.1f}  {row['cpu_s'] / max(total, 1e-9):5.1%}  {row['processes']:5d}  {what}")
+    print(
+        f"by test (its tmp_path folder; (none): pytest's own processes and the rest)\n  {'CPU s':>7}  {'share':>5}  {'procs':>5}  test"
+    )
+    for where, row in list(by_test.items())[: args.top]:
+        print(f"  {row['cpu_s']:7.1f}  {row['cpu_s'] / max(total, 1e-9):5.1%}  {row['processes']:5d}  {where}")
     if args.out:
-        document = {"command": command, "wall_s": round(wall, 1), "cpus": cpus, "exit": code, "kinds": table}
+        document = {
+            "command": command,
+            "wall_s": round(wall, 1),
+            "cpus": cpus,
+            "exit": code,
+            "kinds": table,
+            "tests": by_test,
+        }
         args.out.write_text(json.dumps(document, indent=1) + "\n")
     return code
 

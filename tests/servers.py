@@ -209,6 +209,9 @@ def ray_env(directory: Path) -> dict[str, str]:
     token.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    # A head prestarts a worker per CPU when its first driver connects, which no test uses (Tune starts its own):
+    # 10 such idle workers took 24 s of CPU in a CI run (benchmarks/ci_cpu.py). nbtl's embedded Ray turns it off too.
+    env["RAY_prestart_worker_first_driver"] = "0"
     return env
 
 
