@@ -115,16 +115,14 @@ class Sampler:
                     entry = self.seen.get(key)
                     if entry is None or entry[0].startswith("ray worker"):  # a worker renames itself
                         command = process.cmdline()
-                        what = kind(command, process.name())
-                        try:
-                            where = test_folder(process.cwd(), command)
-                        except psutil.Error:
-                            where = test_folder("", command)
                         if entry is None:
-                            self.seen[key] = entry = [what, used if first else 0.0, used, where]
-                        entry[0] = what
+                            self.seen[key] = entry = [None, used if first else 0.0, used, "(none)"]
+                        entry[0] = kind(command, process.name())
                         if entry[3] == "(none)":  # a Ray Tune trial works in its trial's folder once it starts
-                            entry[3] = where
+                            try:
+                                entry[3] = test_folder(process.cwd(), command)
+                            except psutil.Error:
+                                entry[3] = test_folder("", command)
                     entry[2] = used
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
@@ -171,9 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'CPU s':>7}  {'share':>5}  {'procs':>5}  kind")
     for what, row in list(table.items())[: args.top]:
         print(f"  {row['cpu_s']:7.1f}  {row['cpu_s'] / max(total, 1e-9):5.1%}  {row['processes']:5d}  {what}")
-    print(
-        f"by test (its tmp_path folder; (none): pytest's own processes and the rest)\n  {'CPU s':>7}  {'share':>5}  {'procs':>5}  test"
-    )
+    print("by test (its tmp_path folder; (none): pytest's own processes and the rest)")
+    print(f"  {'CPU s':>7}  {'share':>5}  {'procs':>5}  test")
     for where, row in list(by_test.items())[: args.top]:
         print(f"  {row['cpu_s']:7.1f}  {row['cpu_s'] / max(total, 1e-9):5.1%}  {row['processes']:5d}  {where}")
     if args.out:

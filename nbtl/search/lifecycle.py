@@ -127,7 +127,8 @@ def study_tuner(
 ):
     """Ray Tune's Tuner of a study as nbtl builds every one (a search's and a zoo study's): ``verbose=0`` (the
     callbacks say what happens), a trial's worker kept for the next trial (unless ``reuse_actors`` is false), the
-    failures Ray Tune retries and the checkpoints it keeps. ``search_alg`` and ``scheduler`` for a search, ``param_space`` (a grid) for the zoo."""
+    failures Ray Tune retries and the checkpoints it keeps. ``search_alg`` and ``scheduler`` for a search,
+    ``param_space`` (a grid) for the zoo."""
     from ray import tune  # here, after nbtl.search.cluster.use_token_auth: Ray reads RAY_AUTH_MODE on first import
 
     return tune.Tuner(
