@@ -34,6 +34,27 @@ def commit() -> tuple[str, bool]:
     return sha, bool(_git("status", "--porcelain", "--untracked-files=no"))
 
 
+#: What a user installs and runs: a figure measured where these are the same as at ``HEAD`` is a figure of what ships
+#: (issue 17: every README figure measured again on the product that resolves it). ``TEST_ONLY`` files among them
+#: (the tests' tiny space) do not count.
+PRODUCT = ("nbtl", "search_spaces", "heuristics", "pyproject.toml")
+TEST_ONLY = ("search_spaces/tiny.yaml",)
+
+
+def _tree(sha: str, path: str) -> list[str]:
+    """Every file under ``path`` at ``sha`` as git lists it (mode, blob id, path), less ``TEST_ONLY``."""
+    listing = _git("ls-tree", "-r", sha, "--", path) or ""
+    return [line for line in listing.splitlines() if line.split("\t", 1)[-1] not in TEST_ONLY]
+
+
+def product_changes(sha: str, against: str = "HEAD") -> list[str] | None:
+    """The paths of ``PRODUCT`` whose files differ between commit ``sha`` and ``against``, or None where ``sha`` is
+    not a commit of this repository (a shallow clone, a typo)."""
+    if not sha or _git("cat-file", "-e", f"{sha}^{{commit}}") is None:
+        return None
+    return [path for path in PRODUCT if _tree(sha, path) != _tree(against, path)]
+
+
 def label(sha: str | None, dirty: bool = False) -> str:
     """How tables print a row's commit: 7 characters, with ``*`` where its tracked files differed."""
     return f"{(sha or '?')[:7]}{'*' if dirty else ''}"

@@ -19,6 +19,7 @@ A block whose file is absent says "not measured yet". Every row names the commit
 
     python benchmarks/report.py --check    # exit 1 naming each block that differs from what the files say
     python benchmarks/report.py --write    # rewrite the blocks in place, and the equal-time figures
+    python benchmarks/report.py --shipped  # which blocks were measured on the product at HEAD (exit 1 where not)
 
 Statistics (equal time). Per task and pooled over the reporting tasks: mean test accuracy and macro-F1 per
 method; the paired difference ``default - method`` over the (task, seed) pairs where both have a result, with a
@@ -613,18 +614,68 @@ def update(text: str, base: Path = BENCHMARKS) -> tuple[str, list[str]]:
     return BLOCK.sub(replace, text), changed
 
 
+def block_commits(name: str) -> list[tuple[str, bool]]:
+    """The (commit, dirty) pairs block ``name``'s results were measured at; none where it is not measured yet."""
+    path = source(name)
+    if not path.exists():
+        return []
+    if path.suffix == ".jsonl":
+        frame = read_rows(path)
+        pairs = zip(frame.get("commit", []), frame.get("dirty", [False] * len(frame)))
+        return sorted({(str(c), bool(d)) for c, d in pairs})
+    document = json.loads(path.read_text())
+    return [(str(document.get("commit", "unknown")), bool(document.get("dirty", False)))]
+
+
+def shipped(readmes) -> tuple[list[str], bool]:
+    """Whether each report block of ``readmes`` was measured on the product at ``HEAD``: each of its commits has the
+    same ``measured_at.PRODUCT`` (nbtl/, the spaces, the heuristics, pyproject.toml) and a clean tree. One line a
+    block, and whether every block was."""
+    lines, every = [], True
+    for readme in readmes:
+        for match in BLOCK.finditer(readme.read_text()):
+            name, verdicts = match["name"], []
+            for sha, dirty in block_commits(name):
+                changes = measured_at.product_changes(sha)
+                if dirty:
+                    verdicts.append((False, f"{measured_at.label(sha, dirty)} (uncommitted changes: cannot tell)"))
+                elif changes is None:
+                    verdicts.append((False, f"{measured_at.label(sha)} (not a commit here)"))
+                elif changes:
+                    verdicts.append((False, f"{measured_at.label(sha)} (changed since: {', '.join(changes)})"))
+                else:
+                    verdicts.append((True, f"{measured_at.label(sha)} (as at HEAD)"))
+            ok = bool(verdicts) and all(v for v, _ in verdicts)
+            every &= ok
+            where = readme.relative_to(REPO) if readme.is_relative_to(REPO) else readme
+            said = ", ".join(text for _, text in verdicts) or "not measured"
+            lines.append(f"{'ships' if ok else 'OLDER'}  {where}: {name}: {said}")
+    return lines, every
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--check", action="store_true", help="exit 1 naming each block that differs")
     action.add_argument("--write", action="store_true", help="rewrite the blocks in place (and the figures)")
     action.add_argument("--show", metavar="NAME", help="print one block, e.g. equal_time_2m")
+    action.add_argument(
+        "--shipped",
+        action="store_true",
+        help="say for each block whether it was measured on the product at HEAD (nbtl/, spaces, heuristics, "
+        "pyproject.toml unchanged since its commits); exit 1 where one was not",
+    )
     parser.add_argument("--readme", type=Path, nargs="+", default=list(READMES), help="README files to render")
     args = parser.parse_args(argv)
     try:
         if args.show:
             print(render(args.show), end="")
             return 0
+        if args.shipped:
+            lines, every = shipped(args.readme)
+            print("\n".join(lines))
+            print(f"{sum(line.startswith('ships') for line in lines)} of {len(lines)} blocks measured on what ships")
+            return 0 if every else 1
         if args.write:
             for results in sorted(p for p in RESULTS.glob("equal_time_*.jsonl") if RESULTS_FILE.fullmatch(p.name)):
                 written = plot(results)

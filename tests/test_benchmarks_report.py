@@ -3,6 +3,7 @@ and the statistics behind them on small hand-made rows."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,55 @@ def test_every_benchmark_names_its_commit_through_one_lookup(monkeypatch):
     for script in BENCHMARKS.glob("*.py"):
         if script.name != "measured_at.py":
             assert '"git"' not in script.read_text(), f"{script.name} looks up its commit itself: use measured_at"
+
+
+def test_shipped_says_which_blocks_were_measured_on_the_product_at_head(tmp_path, monkeypatch, capsys):
+    """``report.py --shipped`` (issue 17, item 8) on a real git repository: a block measured at a commit whose
+    nbtl/, spaces, heuristics and pyproject.toml are those of HEAD ships, whatever else changed since (the tests' tiny
+    space, the benchmarks); one measured before a change to nbtl/ does not, and says what changed."""
+    repo = tmp_path / "repo"
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    def commit(path: str, text: str) -> str:
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+        git("add", "-A")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", path)
+        return git("rev-parse", "HEAD")
+
+    repo.mkdir()
+    git("init", "-q")
+    for path in ("nbtl/train.py", "search_spaces/default.yaml", "heuristics/rules.yaml", "pyproject.toml"):
+        first = commit(path, "1\n")
+    commit("search_spaces/tiny.yaml", "trials: 3\n")  # the tests' space: not the product
+    before_change = commit("benchmarks/equal_time.py", "x = 1\n")
+    commit("nbtl/train.py", "2\n")
+    monkeypatch.setattr(measured_at, "REPO", repo)
+    assert measured_at.product_changes(git("rev-parse", "HEAD")) == []
+    assert measured_at.product_changes(before_change) == ["nbtl"]
+    assert measured_at.product_changes(first) == ["nbtl"]
+    assert measured_at.product_changes("0" * 40) is None
+    shipped = commit("search_spaces/tiny.yaml", "trials: 4\n")
+    assert measured_at.product_changes(shipped) == []
+
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(report, "RESULTS", results)
+    (results / "probe_floor.json").write_text(json.dumps({"commit": before_change, "dirty": False, "rows": []}))
+    (results / "trial_speed.json").write_text(json.dumps({"commit": shipped, "dirty": False, "rows": []}))
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "".join(
+            f"<!-- report:{n} -->\n<!-- /report:{n} -->\n" for n in ("trial_speed", "probe_floor", "leave_one_task_out")
+        )
+    )
+    commit("search_spaces/tiny.yaml", "trials: 5\n")  # HEAD moves on: the product does not
+    assert report.main(["--shipped", "--readme", str(readme)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ships") and "trial_speed" in lines[0] and "(as at HEAD)" in lines[0]
+    assert lines[1].startswith("OLDER") and "probe_floor" in lines[1] and "(changed since: nbtl)" in lines[1]
+    assert lines[2].startswith("OLDER") and "leave_one_task_out: not measured" in lines[2]
+    assert lines[3] == "1 of 3 blocks measured on what ships"
