@@ -41,18 +41,14 @@ PRODUCT = ("nbtl", "search_spaces", "heuristics", "pyproject.toml")
 TEST_ONLY = ("search_spaces/tiny.yaml",)
 
 
-def _tree(sha: str, path: str) -> list[str]:
-    """Every file under ``path`` at ``sha`` as git lists it (mode, blob id, path), less ``TEST_ONLY``."""
-    listing = _git("ls-tree", "-r", sha, "--", path) or ""
-    return [line for line in listing.splitlines() if line.split("\t", 1)[-1] not in TEST_ONLY]
-
-
 def product_changes(sha: str, against: str = "HEAD") -> list[str] | None:
-    """The paths of ``PRODUCT`` whose files differ between commit ``sha`` and ``against``, or None where ``sha`` is
-    not a commit of this repository (a shallow clone, a typo)."""
+    """The paths of ``PRODUCT`` with a file (not ``TEST_ONLY``) that differs between commit ``sha`` and ``against``
+    (``git diff``), or None where ``sha`` is not a commit of this repository (a shallow clone, a typo)."""
     if not sha or _git("cat-file", "-e", f"{sha}^{{commit}}") is None:
         return None
-    return [path for path in PRODUCT if _tree(sha, path) != _tree(against, path)]
+    listed = _git("diff", "--name-only", sha, against, "--", *PRODUCT) or ""
+    changed = [f for f in listed.splitlines() if f not in TEST_ONLY]
+    return [path for path in PRODUCT if any(f == path or f.startswith(f"{path}/") for f in changed)]
 
 
 def label(sha: str | None, dirty: bool = False) -> str:

@@ -552,11 +552,15 @@ def render(name: str, base: Path = BENCHMARKS) -> str:
             return render_selection(name, frame)
         figure = figure_path(path)
         return render_equal_time(name, frame, os.path.relpath(figure, base) if figure.exists() else "")
+    return RENDER_JSON[name](read_document(path))
+
+
+def read_document(path: Path) -> dict:
+    """A JSON results file (trial_speed, probe_floor, leave_one_task_out)."""
     try:
-        document = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ReportError(f"{path}: not JSON ({error.msg}); run its benchmark again") from None
-    return RENDER_JSON[name](document)
 
 
 def figure_path(results: Path) -> Path:
@@ -623,7 +627,7 @@ def block_commits(name: str) -> list[tuple[str, bool]]:
         frame = read_rows(path)
         pairs = zip(frame.get("commit", []), frame.get("dirty", [False] * len(frame)))
         return sorted({(str(c), bool(d)) for c, d in pairs})
-    document = json.loads(path.read_text())
+    document = read_document(path)
     return [(str(document.get("commit", "unknown")), bool(document.get("dirty", False)))]
 
 
@@ -636,10 +640,11 @@ def shipped(readmes) -> tuple[list[str], bool]:
         for match in BLOCK.finditer(readme.read_text()):
             name, verdicts = match["name"], []
             for sha, dirty in block_commits(name):
-                changes = measured_at.product_changes(sha)
                 if dirty:
                     verdicts.append((False, f"{measured_at.label(sha, dirty)} (uncommitted changes: cannot tell)"))
-                elif changes is None:
+                    continue
+                changes = measured_at.product_changes(sha)
+                if changes is None:
                     verdicts.append((False, f"{measured_at.label(sha)} (not a commit here)"))
                 elif changes:
                     verdicts.append((False, f"{measured_at.label(sha)} (changed since: {', '.join(changes)})"))
