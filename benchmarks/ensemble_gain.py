@@ -25,6 +25,7 @@ import pandas as pd
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
+import measured_at  # noqa: E402
 from equal_time import DATA_ROOT, SMOKE, parse_duration, run_method, task_facts  # noqa: E402
 from tasks import REPORTING_TASKS, SMOKE_TASK, TUNING_TASKS  # noqa: E402
 
@@ -130,6 +131,8 @@ def main(argv=None) -> int:
             args.n_classes[task.name], args.n_train[task.name, seed] = task_facts(task, data[task.name], seed)
     workdir = Path(tempfile.mkdtemp(prefix="nbtl-ensemble-gain-"))
     print(f"ensemble_gain: {len(tasks)} task(s) x {len(seeds)} seed(s), {args.budget:g}s searches; {workdir}")
+    sha, dirty = measured_at.commit()
+    stamp = {"commit": sha, "dirty": dirty, "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
     rows = []
     for seed in seeds:
         for task in tasks:
@@ -146,12 +149,14 @@ def main(argv=None) -> int:
                 flush=True,
             )
             if args.out:
-                args.out.write_text(json.dumps({"runs": rows}, indent=1, default=str))
+                args.out.write_text(json.dumps({**stamp, "runs": rows}, indent=1, default=str))
     summary = summarise(rows)
     print("\n" + summary.to_string(float_format=lambda v: f"{v:.3f}"))
     if args.out:
         args.out.write_text(
-            json.dumps({"runs": rows, "summary": summary.reset_index().to_dict("records")}, indent=1, default=str)
+            json.dumps(
+                {**stamp, "runs": rows, "summary": summary.reset_index().to_dict("records")}, indent=1, default=str
+            )
         )
     return 0
 

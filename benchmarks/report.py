@@ -1,7 +1,8 @@
 """The benchmarks' tables, rendered from the files under benchmarks/results/ and nothing else.
 
 Each table lives in a README between ``<!-- report:NAME -->`` and ``<!-- /report:NAME -->``; this script
-renders every such block of benchmarks/README.md and README.md from its results file:
+renders every such block of benchmarks/README.md, README.md and benchmarks/HISTORY.md (the figures of earlier
+defaults and of the decisions made on tuning tasks) from its results file:
 
   equal_time_B                results/equal_time_B.jsonl (benchmarks/equal_time.py, budget B: 2m, 5m, 15m)
   ablations_B                 results/ablations_B.jsonl (equal_time.py --methods ablations: each block's default
@@ -19,7 +20,7 @@ A block whose file is absent says "not measured yet". Every row names the commit
 
     python benchmarks/report.py --check    # exit 1 naming each block that differs from what the files say
     python benchmarks/report.py --write    # rewrite the blocks in place, and the equal-time figures
-    python benchmarks/report.py --shipped  # which blocks were measured on the product at HEAD (exit 1 where not)
+    python benchmarks/report.py --shipped  # which README blocks were measured on the product at HEAD (exit 1 where not)
 
 Statistics (equal time). Per task and pooled over the reporting tasks: mean test accuracy and macro-F1 per
 method; the paired difference ``default - method`` over the (task, seed) pairs where both have a result, with a
@@ -50,7 +51,11 @@ import measured_at  # noqa: E402
 
 REPO = BENCHMARKS.parent
 RESULTS = BENCHMARKS / "results"
+#: The READMEs: the figures of the product as it ships (what --shipped checks).
 READMES = (BENCHMARKS / "README.md", REPO / "README.md")
+#: The history: figures measured on earlier products, rendered and checked like the READMEs' but not --shipped.
+HISTORY = BENCHMARKS / "HISTORY.md"
+RENDERED = (*READMES, HISTORY)
 MAIN_METHODS = ("probe", "binary", "random", "recommend", "default")
 #: One change each to default.yaml; with-prior and cost-aware add one (the learned prior; the prior ranking by expected
 #: gain per second) rather than removing one. no-prior removed the prior while default.yaml had it on; it is RETIRED
@@ -670,14 +675,19 @@ def main(argv=None) -> int:
         help="say for each block whether it was measured on the product at HEAD (nbtl/, spaces, heuristics, "
         "pyproject.toml unchanged since its commits); exit 1 where one was not",
     )
-    parser.add_argument("--readme", type=Path, nargs="+", default=list(READMES), help="README files to render")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        nargs="+",
+        help="README files to render or check (default: the READMEs and HISTORY.md; --shipped: the READMEs)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.show:
             print(render(args.show), end="")
             return 0
         if args.shipped:
-            lines, every = shipped(args.readme)
+            lines, every = shipped(args.readme or READMES)
             print("\n".join(lines))
             print(f"{sum(line.startswith('ships') for line in lines)} of {len(lines)} blocks measured on what ships")
             return 0 if every else 1
@@ -687,7 +697,7 @@ def main(argv=None) -> int:
                 if written:
                     print(f"written {written.relative_to(REPO)}")
         stale = []
-        for readme in args.readme:
+        for readme in args.readme or RENDERED:
             if not readme.exists():
                 raise ReportError(f"--readme {readme}: no such file")
             text, changed = update(readme.read_text(), readme.resolve().parent)

@@ -19,7 +19,7 @@ import report  # noqa: E402
 
 
 def test_readme_blocks_are_rendered_from_the_committed_results():
-    for readme in report.READMES:
+    for readme in report.RENDERED:
         text = readme.read_text()
         rendered, changed = report.update(text, readme.parent)
         assert not changed, (
@@ -30,7 +30,10 @@ def test_readme_blocks_are_rendered_from_the_committed_results():
 
 def test_the_benchmarks_readme_has_the_blocks():
     names = {m["name"] for m in report.BLOCK.finditer((BENCHMARKS / "README.md").read_text())}
-    assert {"equal_time_2m", "ablations_2m", "trial_speed", "leave_one_task_out"} <= names
+    assert {"equal_time_5m_shipped", "ablations_2m", "trial_speed", "leave_one_task_out"} <= names
+    history = {m["name"] for m in report.BLOCK.finditer(report.HISTORY.read_text())}
+    assert {"equal_time_2m", "ablations_tuning_2m"} <= history
+    assert not names & history, "a block is either the product's figure (README) or history, not both"
 
 
 def test_a_block_without_results_says_not_measured(tmp_path, monkeypatch):
