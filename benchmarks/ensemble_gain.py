@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -25,8 +26,7 @@ import pandas as pd
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
-import measured_at  # noqa: E402
-from equal_time import DATA_ROOT, SMOKE, parse_duration, run_method, task_facts  # noqa: E402
+from equal_time import DATA_ROOT, SMOKE, parse_duration, provenance, run_method, task_facts  # noqa: E402
 from tasks import REPORTING_TASKS, SMOKE_TASK, TUNING_TASKS  # noqa: E402
 
 # a time-budgeted search of the smoke task (it needs 2 finished trials; a loaded machine finished none in 90 s)
@@ -131,8 +131,7 @@ def main(argv=None) -> int:
             args.n_classes[task.name], args.n_train[task.name, seed] = task_facts(task, data[task.name], seed)
     workdir = Path(tempfile.mkdtemp(prefix="nbtl-ensemble-gain-"))
     print(f"ensemble_gain: {len(tasks)} task(s) x {len(seeds)} seed(s), {args.budget:g}s searches; {workdir}")
-    sha, dirty = measured_at.commit()
-    stamp = {"commit": sha, "dirty": dirty, "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
+    stamp = {**provenance(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # as equal_time's rows
     rows = []
     for seed in seeds:
         for task in tasks:
