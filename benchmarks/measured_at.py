@@ -12,6 +12,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,13 +43,28 @@ PRODUCT = ("nbtl", "search_spaces", "heuristics", "pyproject.toml")
 TEST_ONLY = ("search_spaces/tiny.yaml",)
 
 
+def _same_yaml(path: str, sha: str, against: str) -> bool:
+    """Whether a YAML file of the product (a space, the shipped rules) parses to the same data at both commits: a
+    changed comment changes nothing a user runs. False where either side is missing or is not YAML."""
+    if not path.endswith((".yaml", ".yml")):
+        return False
+    texts = [_git("show", f"{ref}:{path}") for ref in (sha, against)]
+    if None in texts:
+        return False
+    try:
+        return yaml.safe_load(texts[0]) == yaml.safe_load(texts[1])
+    except yaml.YAMLError:
+        return False
+
+
 def product_changes(sha: str, against: str = "HEAD") -> list[str] | None:
     """The paths of ``PRODUCT`` with a file (not ``TEST_ONLY``) that differs between commit ``sha`` and ``against``
-    (``git diff``), or None where ``sha`` is not a commit of this repository (a shallow clone, a typo)."""
+    (``git diff``; a YAML file whose data is the same, only its comments changed, does not count), or None where
+    ``sha`` is not a commit of this repository (a shallow clone, a typo)."""
     if not sha or _git("cat-file", "-e", f"{sha}^{{commit}}") is None:
         return None
     listed = _git("diff", "--name-only", sha, against, "--", *PRODUCT) or ""
-    changed = [f for f in listed.splitlines() if f not in TEST_ONLY]
+    changed = [f for f in listed.splitlines() if f not in TEST_ONLY and not _same_yaml(f, sha, against)]
     return [path for path in PRODUCT if any(f == path or f.startswith(f"{path}/") for f in changed)]
 
 
