@@ -65,7 +65,8 @@ class ProcessTreeMonitor:
         self.psutil = _import_psutil()
         self.root = self.psutil.Process(pid)
         self.interval = interval
-        self.peak_rss = self.peak_pss = self.peak_processes = 0
+        self.peak_rss = self.peak_pss = self.peak_pss_anon = self.peak_processes = 0
+        self.pss_at_peak: dict[str, int] = {}  # the peak PSS's parts (PSS_KINDS), where smaps_rollup tells them
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -89,19 +90,57 @@ class ProcessTreeMonitor:
         except psutil.Error:  # the search has exited
             return
         rss = pss = 0
+        kinds = dict.fromkeys(PSS_KINDS, 0)
         for process in processes:
             try:
                 resident = process.memory_info().rss
-                try:
-                    proportional = process.memory_full_info().pss
-                except (psutil.AccessDenied, AttributeError):  # smaps unreadable, or no PSS on this platform
-                    proportional = resident
+                split = pss_split(process.pid)
+                if split is not None:
+                    proportional = split["pss"]
+                else:
+                    try:
+                        proportional = process.memory_full_info().pss
+                    except (psutil.AccessDenied, AttributeError):  # smaps unreadable, or no PSS on this platform
+                        proportional = resident
             except psutil.Error:  # ended between listing and reading
                 continue
             rss, pss = rss + resident, pss + proportional
+            for kind in PSS_KINDS:
+                kinds[kind] += (split or {}).get(kind, 0)
         self.peak_rss = max(self.peak_rss, rss)
+        if pss > self.peak_pss:
+            self.pss_at_peak = dict(kinds)
         self.peak_pss = max(self.peak_pss, pss)
+        self.peak_pss_anon = max(self.peak_pss_anon, kinds["anon"])
         self.peak_processes = max(self.peak_processes, len(processes))
+
+
+#: The parts of PSS that ``/proc/PID/smaps_rollup`` names: anonymous memory (what the processes allocated), file
+#: pages mapped (libraries, a memory-mapped data file: the kernel can drop them and read them again) and shared
+#: memory (Ray's object store lives in /dev/shm).
+PSS_KINDS = ("anon", "file", "shmem")
+
+
+def pss_split(pid: int) -> dict[str, int] | None:
+    """``{"pss", "anon", "file", "shmem"}`` in bytes from ``/proc/PID/smaps_rollup``, or None where it cannot be
+    read (another platform, an older kernel, a process that ended)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem"):
+            fields[name] = int(value.split()[0]) * 1024
+    if "Pss" not in fields:
+        return None
+    return {
+        "pss": fields["Pss"],
+        "anon": fields.get("Pss_Anon", 0),
+        "file": fields.get("Pss_File", 0),
+        "shmem": fields.get("Pss_Shmem", 0),
+    }
 
 
 def parse_dataset(text: str, per_class: int | None) -> tuple[str, str, int | None]:

@@ -8,6 +8,9 @@ and appends to ``results/scale.jsonl`` (one row per run, with the commit it ran 
   decode_s            seconds the search's data line reports for decoding (0 when it reused a data file)
   first_trial_s       seconds from the start until the first trial finished (None: none did)
   peak_pss_mb         peak of the summed PSS of the process tree (shared pages split among the processes)
+  peak_pss_anon_mb    peak of the summed anonymous PSS: what the processes allocated (not the page cache's pages)
+  pss_at_peak_mb      the peak PSS's parts: anon, file (mapped files: libraries, the data file; the kernel drops
+                      and re-reads them as memory is needed) and shmem (Ray's object store)
   peak_rss_mb         the same with RSS (shared pages counted once per process: an over-estimate)
   disk_mb             what the storage path holds at the end (data file, prefix store, Ray Tune's results)
   wall_s, budget_kept wall time of the whole command, and whether it ended within the budget plus 60 s
@@ -120,6 +123,8 @@ def run(args, work: Path) -> dict:
         "decode_s": seen.get("decode_s", 0.0),
         "first_trial_s": seen.get("first_trial_s"),
         "peak_pss_mb": round(monitor.peak_pss / MB),
+        "peak_pss_anon_mb": round(monitor.peak_pss_anon / MB),
+        "pss_at_peak_mb": {kind: round(value / MB) for kind, value in monitor.pss_at_peak.items()},
         "peak_rss_mb": round(monitor.peak_rss / MB),
         "processes": monitor.peak_processes,
         "disk_mb": round(disk_used(storage) / MB) if storage.exists() else 0,
@@ -143,9 +148,9 @@ def main(argv=None) -> int:
     results.parent.mkdir(parents=True, exist_ok=True)
     with open(results, "a") as handle:
         handle.write(json.dumps(row) + "\n")
-    for key in ("decode_s", "first_trial_s", "peak_pss_mb", "peak_rss_mb", "disk_mb", "wall_s", "budget_kept",
-                "trials", "finished", "exit"):  # fmt: skip
-        print(f"  {key:<14} {row[key]}")
+    for key in ("decode_s", "first_trial_s", "peak_pss_mb", "peak_pss_anon_mb", "pss_at_peak_mb", "peak_rss_mb",
+                "disk_mb", "wall_s", "budget_kept", "trials", "finished", "exit"):  # fmt: skip
+        print(f"  {key:<16} {row[key]}")
     print(f"appended to {results}")
     if not args.work_dir and row["exit"] == 0:
         shutil.rmtree(work, ignore_errors=True)

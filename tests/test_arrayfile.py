@@ -154,3 +154,34 @@ def test_a_trial_reading_a_large_data_file_drops_its_pages(tmp_path, monkeypatch
     config = TrialConfig.from_dict({"freeze_blocks": 0, "epochs": 1, "batch_size": 8, "pretrained": False})
     result = train_trial(config, mapped, device="cpu", cache_prefix=False)  # the batch path, dropping pages
     assert np.isfinite(result.history[-1]["train_loss"])
+
+
+def _mapped_kib(path: Path) -> int:
+    """This process's resident KiB of the mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_fit_features_of_a_large_data_file_drop_its_pages_and_match_the_in_memory_path(tmp_path, monkeypatch):
+    """nbtl.fit's feature extraction reads a large mapped data file a batch at a time and drops the pages it read
+    (issue 18: the driver's memory grew with the file while recommend measured the fit): the file's resident pages
+    stay a few batches, and the features equal those of the same images held in memory."""
+    from nbtl.fit import block_features
+
+    source = _folder(tmp_path / "pets", per_class=40)
+    settings = DataSettings(image_size=128, val_fraction=0.25, test_fraction=0.25, split_seed=3)
+    folder = ensure_splits(str(source), settings, tmp_path / DATA_DIR)[0]
+    mapped = open_splits(folder)
+    in_memory = mapped.train.subset(range(len(mapped.train)))  # a copy, not a mapping
+    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
+    file_kib = (folder / "images.npy").stat().st_size // 1024
+    features = block_features(mapped.train, "efficientnet_lite0", batch_size=8, use_cache=False, progress=False)
+    assert _mapped_kib(folder / "images.npy") < file_kib / 4  # read, then dropped
+    again = block_features(in_memory, "efficientnet_lite0", batch_size=8, use_cache=False, progress=False)
+    for ours, theirs in zip(features.blocks, again.blocks):
+        np.testing.assert_array_equal(ours, theirs)

@@ -316,3 +316,67 @@ def test_a_registered_recipe_is_a_start_point_a_space_may_list():
         parse_space(document, where="space.yaml")
     with pytest.raises(ConfigError, match="nbtl's own"):
         remove_start_point("probe")
+
+
+def _one_backbone_space():
+    return parse_space(
+        {
+            "parameters": {
+                "backbone": {"choices": ["efficientnet_lite0"]},
+                "transfer_blocks": {"low": 0, "high": "all"},
+                "freeze_blocks": {"low": 0, "high": "transfer_blocks"},
+                "lr": {"low": 0.001, "high": 0.1, "log": True},
+                "epochs": 2,
+                "batch_size": 16,
+            }
+        }
+    )
+
+
+def test_fit_measures_see_a_stratified_sample_of_a_large_training_split():
+    """Issue 18's scale run spent 40 minutes extracting features of 42,000 images before any trial: the fit measures
+    now see at most max_images of the training split, drawn per class in proportion (every class present), the
+    same images for the same seed; the dataset's size is still the whole split's, which the trials train on."""
+    from nbtl.heuristics.recommend import FIT_MAX_IMAGES, fit_sample, measure_task
+
+    train = split_dataset(load_dataset("digits", image_size=32, per_class=40, seed=0), seed=0).train
+    sample = fit_sample(train, 50, seed=0)
+    assert len(sample) == 50 and set(sample.labels.tolist()) == set(train.labels.tolist())
+    counts, whole = sample.class_counts(), train.class_counts()
+    for name in train.classes:  # in proportion: within one image of the split's share
+        assert abs(counts[name] - whole[name] * 50 / len(train)) <= 1
+    assert fit_sample(train, 50, seed=0).fingerprint() == sample.fingerprint()
+    assert fit_sample(train, 50, seed=1).fingerprint() != sample.fingerprint()
+    assert fit_sample(train, len(train), seed=0) is train  # nothing to leave out: the split itself
+    said = []
+    task = measure_task("digits", ["efficientnet_lite0"], train=train, seed=0, max_images=50, log=said.append)
+    assert task.images == 50 and task.dataset["n_images"] == len(train)
+    assert f"fit measured on 50 of the {len(train)} training images" in said[0]
+    assert measure_task("digits", ["efficientnet_lite0"], train=train, seed=0, log=said.append).images == len(train)
+    assert len(train) < FIT_MAX_IMAGES
+
+
+def test_a_budget_bounds_the_fit_measures_or_skips_recommend():
+    """Under a time budget the fit measures take at most FIT_SHARE of the time left for trials, the forward pass
+    timed here: enough time measures every image, less a sample, too little none (recommend is skipped, saying
+    why, and the recipes still start the search)."""
+    from nbtl.search.cost import FIT_SHARE, measure_speed
+    from nbtl.search.start import FIT_MIN_PER_CLASS, fit_images
+
+    train = split_dataset(load_dataset("digits", image_size=32, per_class=40, seed=0), seed=0).train
+    per_image = measure_speed("efficientnet_lite0", 32).forward_s
+    sizes = {"efficientnet_lite0": 32}
+    assert fit_images(sizes, len(train), 10, 1e6) == (len(train), "")
+    part, why = fit_images(sizes, len(train), 10, 150 * per_image / FIT_SHARE)
+    assert FIT_MIN_PER_CLASS * 10 <= part < len(train) and f"measured on {part} of them" in why
+    assert 140 <= part <= 150  # what FIT_SHARE of the time affords, the same timing
+    none, why = fit_images(sizes, len(train), 10, 20 * per_image / FIT_SHARE)
+    assert none == 0 and why.startswith("recommend skipped:") and "--time-budget" in why
+
+    said = []
+    common = dict(data="digits", train=train, seed=0, image_size=32, per_class=40, classes=None, say=said.append)
+    found = start_points(_one_backbone_space(), ["probe", "conventional", "recommend"], seconds=0.01, **common)
+    assert found.labels == ["probe", "conventional"] and found.task is None
+    assert any(line.startswith("recommend skipped:") for line in said)
+    found = start_points(_one_backbone_space(), ["probe", "recommend"], seconds=150 * per_image / FIT_SHARE, **common)
+    assert found.task is not None and 100 <= found.task.images < len(train) and "recommend-1" in found.labels

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from nbtl.backbones import create_backbone, get_spec, load_pretrained_state_dict
 from nbtl.data import ImageDataset
+from nbtl.data.images import is_large_mapping, release_pages
 from nbtl.errors import BackboneError, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,10 @@ def _device(device) -> torch.device:
     return torch.device(device)
 
 
+#: Seconds between the progress lines of a long extraction when the output is not a terminal (no bar there).
+PROGRESS_EVERY_S = 10.0
+
+
 @torch.inference_mode()
 def _extract(
     backbone, dataset: ImageDataset, size: int, batch_size: int, device: torch.device, progress: bool
@@ -269,8 +274,9 @@ def _extract(
     terminal = progress and sys.stderr.isatty()
     if progress and not terminal:
         logger.info("%s: %d images in %d batches", what, len(dataset), len(starts))
-    began = time.perf_counter()
+    began = said = time.perf_counter()
     bar = tqdm(starts, total=len(starts), desc=what, unit="batch", file=sys.stderr, disable=not terminal)
+    release = is_large_mapping(dataset.images)  # a large data file: its pages back to the page cache as they are read
     for start in bar:
         images = dataset.images[start : start + batch_size].to(device)
         x = images.float() / 255.0
@@ -287,6 +293,12 @@ def _extract(
             head_input = outputs[-1] if backbone.source_head_on_map else backbone.pool(outputs[-1])
             logits = backbone.source_head(head_input)
             probs.append(torch.softmax(logits.double(), dim=1).float().cpu().numpy())
+        if release:  # after the batch is used: on a CPU ``images`` is a view of the file's pages
+            release_pages(dataset.images[start : start + batch_size].numpy())
+        if progress and not terminal and time.perf_counter() - said >= PROGRESS_EVERY_S:
+            said = time.perf_counter()
+            done = min(len(dataset), start + batch_size)
+            logger.info("%s: %d of %d images, %.0fs", what, done, len(dataset), said - began)
     blocks = [np.concatenate(parts).astype(np.float32, copy=False) for parts in pooled]
     if progress and not terminal:
         logger.info("%s: done in %.1fs", what, time.perf_counter() - began)

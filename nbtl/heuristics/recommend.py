@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Recommendation",
     "TaskFit",
+    "fit_sample",
     "format_recommendation",
     "load_recommendation",
     "load_recommended_configs",
@@ -45,6 +46,11 @@ logger = logging.getLogger(__name__)
 RECOMMENDATION_FORMAT = "nbtl-recommendation"
 #: The learned recommender replaces the rules' config only when it predicts at least this gain.
 MIN_GAIN = 0.002
+#: The fit measures see at most this many training images: a stratified sample (:func:`fit_sample`), the same for
+#: every backbone. LogME and a probe's accuracy settle long before, while extracting every block's features of a
+#: large dataset at 224 px takes most of an hour on a CPU (issue 18's scale run: 42,000 images, 40 minutes and more).
+#: Every task of the meta-dataset the rules and the recommender were fitted on has fewer (at most 700).
+FIT_MAX_IMAGES = 2000
 
 
 @dataclass
@@ -59,6 +65,7 @@ class TaskFit:
     tables: Any  # pandas.DataFrame of every backbone's fit table
     seconds: float
     settings: DataSettings | None = None  # the data settings the fit was measured with
+    images: int | None = None  # the training images the measures saw (a sample of a large split: FIT_MAX_IMAGES)
 
     def row(self, backbone: str) -> dict[str, float]:
         """Dataset and backbone signals together, the inputs the rules and the model read."""
@@ -88,6 +95,7 @@ def measure_task(
     log: Callable[[str], None] | None = None,
     train=None,
     weights: dict[str, str] | None = None,
+    max_images: int | None = FIT_MAX_IMAGES,
 ) -> TaskFit:
     """Fit measures of every backbone on the training split of ``data``.
 
@@ -96,7 +104,9 @@ def measure_task(
     measures never see the validation or test images the search (or a recommended run) is judged on. A
     caller that holds that split already (``nbtl search``) passes it as ``train`` and nothing is decoded
     again. Progress goes to ``log`` (default: this module's logger, at INFO). ``weights`` maps a backbone to a
-    local weights file used instead of its default weights.
+    local weights file used instead of its default weights. A training split of more than ``max_images`` images
+    (default :data:`FIT_MAX_IMAGES`; None: no limit) is measured on a stratified sample of that many
+    (:func:`fit_sample`); the dataset's size and balance (``meta``) are the whole split's.
     """
     import pandas as pd
 
@@ -118,9 +128,16 @@ def measure_task(
         train = training_split(data, settings)
     logger.debug("measuring fit on %d training images of %s with %s", len(train), data, settings)
     meta = meta_features(train)
+    measured = train
+    if max_images is not None and len(train) > max_images:
+        measured = fit_sample(train, max_images, settings.split_seed)
+        say(
+            f"fit measured on {len(measured):,} of the {len(train):,} training images (a sample stratified by class; "
+            f"at most {max_images:,})"
+        )
     tables, signals = [], {}
     for name in backbones:
-        features = block_features(train, name, weights_path=(weights or {}).get(name), use_cache=use_cache)
+        features = block_features(measured, name, weights_path=(weights or {}).get(name), use_cache=use_cache)
         table = fit_table(features, random_state=settings.split_seed)
         tables.append(table)
         signals[name] = backbone_signals(table, fit_curve=fit_curve, tolerance=peak_tolerance)
@@ -138,7 +155,32 @@ def measure_task(
         tables=pd.concat(tables, ignore_index=True),
         seconds=time.perf_counter() - started,
         settings=settings,
+        images=len(measured),
     )
+
+
+def fit_sample(train, max_images: int, seed: int | None = 0):
+    """At most ``max_images`` images of ``train`` (an :class:`~nbtl.data.ImageDataset`), in their order, drawn
+    per class in proportion to its size (at least one image of every class present) with ``seed``; ``train``
+    itself when it holds no more. Only the chosen images are copied out of a memory-mapped split."""
+    if len(train) <= max_images:
+        return train
+    labels = train.labels.numpy()
+    rng = np.random.default_rng(0 if seed is None else seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.maximum(1, np.floor(counts * max_images / len(labels)).astype(int))
+    # the images the floor left over go to the largest remainders, never beyond a class's size
+    remainder = counts * max_images / len(labels) - np.floor(counts * max_images / len(labels))
+    for index in np.argsort(-remainder, kind="stable"):
+        if quota.sum() >= max_images:
+            break
+        if quota[index] < counts[index]:
+            quota[index] += 1
+    chosen = [
+        rng.choice(np.flatnonzero(labels == label), size=min(int(n), int(count)), replace=False)
+        for label, n, count in zip(classes, quota, counts)
+    ]
+    return train.subset(np.sort(np.concatenate(chosen)))
 
 
 @dataclass

@@ -138,6 +138,12 @@ def make_plan(
         classes=options.classes,
         say=print_fn,
         weights=options.weights,
+        # a CPU search's fit measures take a share of its budget at most (a GPU's speed is not modelled)
+        seconds=None
+        if budget is None or prepared.resources.get("gpu")
+        else budget - (time.perf_counter() - started) - kept_seconds(budget, space),
+        threads=int(max(1, prepared.resources.get("cpu", 1))),
+        image_sizes=dict(prepared.image_sizes),
     )
     setup = time.perf_counter() - started
     _refuse_a_budget_spent_on_setup(budget, setup, space, storage / experiment_dir, "recommend" in names)
@@ -262,6 +268,13 @@ def _say_what_the_budget_affords(
         f"runs all its epochs): the {duration(left)} left for trials afford {points}about {more} more, "
         f"{at_once} at a time"
     )
+    cheapest = min([cost(point) for point in starts.points] + [half])
+    if cheapest > left:  # even the cheapest trial cannot run its epochs: say so now, not after the budget
+        print_fn(
+            f"warning: no trial can finish in the {duration(left)} left: the cheapest costs about {duration(cheapest)} "
+            f"here ({n_train + n_eval:,} images at {size}px); trials run until the budget ends them. A smaller "
+            "--image-size, --per-class N or a GPU (--gpu 1) lets trials finish"
+        )
     return len(starts.points) + more
 
 

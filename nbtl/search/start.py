@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
-from nbtl.heuristics.recommend import measure_task, recommend
+from nbtl.heuristics.recommend import FIT_MAX_IMAGES, measure_task, recommend
+from nbtl.search.cost import FIT_SHARE, measure_speed
 from nbtl.search.settings import RECOMMEND, get_start_point
 from nbtl.search.space import SearchSpace
 
@@ -63,13 +64,19 @@ def start_points(
     classes: str | None,
     say: Callable[[str], None],
     weights: dict[str, str] | None = None,
+    seconds: float | None = None,
+    threads: int = 1,
+    image_sizes: dict[str, int] | None = None,
 ) -> StartPoints:
     """The start points ``names`` (registered recipes such as ``probe`` and ``conventional``, and ``recommend``:
     :func:`nbtl.search.settings.start_point_names`) as points of ``space``.
 
     ``recommend`` measures the fit of every backbone of the space on ``train`` (the search's own training
     split, so no validation or test image is seen) and applies the shipped rules and learned recommender;
-    the probe then uses the backbone ranked first.
+    the probe then uses the backbone ranked first. With ``seconds`` (the time left for trials under a budget) the fit
+    measures take about :data:`~nbtl.search.cost.FIT_SHARE` of it at most: :func:`fit_images` says on how many
+    training images (each backbone's forward pass timed here on ``threads`` threads, at its size in
+    ``image_sizes``), and ``recommend`` is skipped, saying why, when that is too few.
     """
     import time
 
@@ -77,6 +84,14 @@ def start_points(
     found = StartPoints()
     backbones = space.backbones()
     recommended: list[dict[str, Any]] = []
+    affordable = FIT_MAX_IMAGES
+    if RECOMMEND in names and seconds is not None:
+        sizes = {b: int((image_sizes or {}).get(b, image_size)) for b in backbones}
+        affordable, why = fit_images(sizes, len(train), len(train.classes), seconds, threads)
+        if why:
+            say(why)
+        if affordable == 0:
+            names = [n for n in names if n != RECOMMEND]
     if RECOMMEND in names:
         rules = load_rules()
         path = default_recommender_path()
@@ -93,6 +108,7 @@ def start_points(
             train=train,
             log=lambda line: log.info(line),
             weights=weights,
+            max_images=affordable,
         )
         recommendation = recommend(
             found.task,
@@ -113,3 +129,34 @@ def start_points(
         found.add(space, config, f"recommend-{number}", say)
     found.seconds = time.perf_counter() - started
     return found
+
+
+#: The fewest images per class the fit measures are taken on (:func:`fit_images`): below it ``recommend`` is skipped.
+FIT_MIN_PER_CLASS = 10
+
+
+def fit_images(
+    sizes: dict[str, int], n_train: int, n_classes: int, seconds: float, threads: int = 1
+) -> tuple[int, str]:
+    """On how many training images the fit measures of the backbones ``sizes`` (backbone -> image size) may run
+    when the trials have ``seconds`` left: at most :data:`~nbtl.search.cost.FIT_SHARE` of them, the features'
+    forward pass timed here (:func:`nbtl.search.cost.measure_speed`), at most
+    :data:`~nbtl.heuristics.recommend.FIT_MAX_IMAGES`; 0 (``recommend`` skipped) when fewer than
+    :data:`FIT_MIN_PER_CLASS` images per class fit. Returns the count and what to say ('' when all of them fit)."""
+    per_image = sum(measure_speed(b, size, threads).forward_s for b, size in sizes.items())
+    wanted = min(n_train, FIT_MAX_IMAGES)
+    share = FIT_SHARE * max(0.0, seconds)
+    fits = int(share / max(per_image, 1e-9))
+    if fits >= wanted:
+        return wanted, ""
+    every = f"measuring the fit of {', '.join(sizes)} takes about {per_image * wanted:.0f}s on {wanted:,} images here"
+    if fits < FIT_MIN_PER_CLASS * max(1, n_classes):
+        return 0, (
+            f"recommend skipped: {every}, and even {FIT_MIN_PER_CLASS * max(1, n_classes):,} images ({FIT_MIN_PER_CLASS} a class) "
+            f"take "
+            f"more than {FIT_SHARE:.0%} of the {seconds:.0f}s left for trials; a longer --time-budget brings it back"
+        )
+    return (
+        fits,
+        f"recommend: {every}; measured on {fits:,} of them, {FIT_SHARE:.0%} of the {seconds:.0f}s left for trials",
+    )
