@@ -114,7 +114,7 @@ def trial_seconds(config: TrialConfig, speed: Speed, n_train: int, n_eval: int, 
 #: ``image_size: auto``: the share of the time budget (after the wrap-up) the start points may take.
 AUTO_SHARE = 0.25
 #: The share of the time left for trials that ``recommend``'s fit measures may take (nbtl.search.start.fit_images).
-FIT_SHARE = 0.15
+FIT_SHARE = 0.25
 #: ``image_size: auto``: the sizes it chooses from (up to the backbone's own).
 AUTO_SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 240, 260)
 
