@@ -94,6 +94,29 @@ def is_large_mapping(images: torch.Tensor) -> bool:
 LARGE_MAPPING_BYTES = 2**30
 
 
+def release_large(*parts: torch.Tensor) -> bool:
+    """Drop this process's pages of each of ``parts`` that lies in a large tracked mapping (:func:`is_large_mapping`),
+    and hand the C heap's free memory back to the system (glibc's ``malloc_trim``, where there is one): what a search
+    driver does once its setup (the fit measures) has read its data file, so that it does not hold gigabytes while the
+    trials run. Whether anything was dropped; nothing for data in memory or a small file."""
+    dropped = False
+    for images in parts:
+        if images.numel() and is_large_mapping(images):
+            release_pages(images.numpy())
+            dropped = True
+    if dropped:
+        import ctypes
+        import ctypes.util
+        import gc
+
+        gc.collect()
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: its allocator keeps what it keeps
+            pass
+    return dropped
+
+
 def allocate_images(count: int, image_size: int) -> torch.Tensor:
     """An uninitialised uint8 ``(count, 3, S, S)`` tensor for decoded images: in memory, or inside
     :func:`decode_to_disk` (when large) a view of a memory-mapped ``.npy`` file there."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtl.config import TrialConfig
+from nbtl.data.images import release_large
 from nbtl.errors import ConfigError
 from nbtl.ranking import METRIC, MODE
 from nbtl.search.cluster import SearchError
@@ -145,6 +146,8 @@ def make_plan(
         threads=int(max(1, prepared.resources.get("cpu", 1))),
         image_sizes=dict(prepared.image_sizes),
     )
+    # the fit measures read the data file here: its pages go back to the page cache before the trials map it
+    release_large(*(part.images for part in (prepared.splits.train, prepared.splits.val, prepared.splits.test)))
     setup = time.perf_counter() - started
     _refuse_a_budget_spent_on_setup(budget, setup, space, storage / experiment_dir, "recommend" in names)
     expected = None
