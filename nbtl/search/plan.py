@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nbtl.config import TrialConfig
 from nbtl.data.images import release_large
 from nbtl.errors import ConfigError
@@ -143,7 +145,7 @@ def make_plan(
         seconds=None
         if budget is None or prepared.resources.get("gpu")
         else budget - (time.perf_counter() - started) - kept_seconds(budget, space),
-        threads=int(max(1, prepared.resources.get("cpu", 1))),
+        threads=torch.get_num_threads(),  # the fit measures run here, in the driver, on its threads
         image_sizes=dict(prepared.image_sizes),
     )
     # the fit measures read the data file here: its pages go back to the page cache before the trials map it

@@ -75,8 +75,8 @@ def start_points(
     split, so no validation or test image is seen) and applies the shipped rules and learned recommender;
     the probe then uses the backbone ranked first. With ``seconds`` (the time left for trials under a budget) the fit
     measures take about :data:`~nbtl.search.cost.FIT_SHARE` of it at most: :func:`fit_images` says on how many
-    training images (each backbone's forward pass timed here on ``threads`` threads, at its size in
-    ``image_sizes``), and ``recommend`` is skipped, saying why, when that is too few.
+    training images (each backbone's forward pass timed here on ``threads`` threads, the caller's, which the fit
+    measures run on, at its size in ``image_sizes``), and ``recommend`` is skipped, saying why, when that is too few.
     """
     import time
 
