@@ -61,11 +61,47 @@ def product_changes(sha: str, against: str = "HEAD") -> list[str] | None:
     """The paths of ``PRODUCT`` with a file (not ``TEST_ONLY``) that differs between commit ``sha`` and ``against``
     (``git diff``; a YAML file whose data is the same, only its comments changed, does not count), or None where
     ``sha`` is not a commit of this repository (a shallow clone, a typo)."""
+    changed = changed_files(sha, against)
+    if changed is None:
+        return None
+    return [path for path in PRODUCT if any(f == path or f.startswith(f"{path}/") for f in changed)]
+
+
+def changed_files(sha: str, against: str = "HEAD") -> list[str] | None:
+    """The files of ``PRODUCT`` that :func:`product_changes` counts as changed between ``sha`` and ``against``."""
     if not sha or _git("cat-file", "-e", f"{sha}^{{commit}}") is None:
         return None
     listed = _git("diff", "--name-only", sha, against, "--", *PRODUCT) or ""
-    changed = [f for f in listed.splitlines() if f not in TEST_ONLY and not _same_yaml(f, sha, against)]
-    return [path for path in PRODUCT if any(f == path or f.startswith(f"{path}/") for f in changed)]
+    return [f for f in listed.splitlines() if f not in TEST_ONLY and not _same_yaml(f, sha, against)]
+
+
+def product_commits(sha: str, against: str = "HEAD") -> list[str]:
+    """The commits after ``sha`` up to ``against`` (first parents) that touch a file of ``PRODUCT`` differing between
+    the two (:func:`changed_files`: a change undone later is no difference), oldest first."""
+    files = changed_files(sha, against)
+    if not files:
+        return []
+    listed = _git("rev-list", "--reverse", "--first-parent", f"{sha}..{against}", "--", *files) or ""
+    return listed.split()
+
+
+#: Product changes shown not to reach the benchmarks' runs: each names its commit, what it changed, why the runs
+#: never reach it, and the test that checks that condition (``INERT`` below; ``report.py --shipped`` reads it).
+INERT = Path(__file__).with_name("inert_changes.yaml")
+
+
+def inert_changes(path: Path | None = None) -> dict[str, dict]:
+    """``{full commit: entry}`` of :data:`INERT` (empty where the file is missing). An entry has ``commit``,
+    ``changed``, ``why`` and ``check`` (a test, ``tests/FILE::NAME``)."""
+    path = INERT if path is None else path
+    if not path.exists():
+        return {}
+    entries = yaml.safe_load(path.read_text()) or []
+    resolved = {}
+    for entry in entries:
+        sha = _git("rev-parse", "--verify", "--quiet", f"{entry['commit']}^{{commit}}")
+        resolved[sha or str(entry["commit"])] = entry
+    return resolved
 
 
 def label(sha: str | None, dirty: bool = False) -> str:

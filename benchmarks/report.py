@@ -638,9 +638,11 @@ def block_commits(name: str) -> list[tuple[str, bool]]:
 
 def shipped(readmes) -> tuple[list[str], bool]:
     """Whether each report block of ``readmes`` was measured on the product at ``HEAD``: each of its commits has the
-    same ``measured_at.PRODUCT`` (nbtl/, the spaces, the heuristics, pyproject.toml) and a clean tree. One line a
-    block, and whether every block was."""
+    same ``measured_at.PRODUCT`` (nbtl/, the spaces, the heuristics, pyproject.toml) and a clean tree, or differs from
+    it only by commits of ``benchmarks/inert_changes.yaml`` (changes shown, by the test each names, not to reach the
+    benchmarks' runs). One line a block, and whether every block was."""
     lines, every = [], True
+    inert = measured_at.inert_changes()
     for readme in readmes:
         for match in BLOCK.finditer(readme.read_text()):
             name, verdicts = match["name"], []
@@ -652,7 +654,13 @@ def shipped(readmes) -> tuple[list[str], bool]:
                 if changes is None:
                     verdicts.append((False, f"{measured_at.label(sha)} (not a commit here)"))
                 elif changes:
-                    verdicts.append((False, f"{measured_at.label(sha)} (changed since: {', '.join(changes)})"))
+                    commits = measured_at.product_commits(sha)
+                    others = [c for c in commits if c not in inert]
+                    if commits and not others:  # every product change since is one shown not to reach these runs
+                        named = ", ".join(measured_at.label(c) for c in commits)
+                        verdicts.append((True, f"{measured_at.label(sha)} (changed since only by {named}: inert here)"))
+                    else:
+                        verdicts.append((False, f"{measured_at.label(sha)} (changed since: {', '.join(changes)})"))
                 else:
                     verdicts.append((True, f"{measured_at.label(sha)} (as at HEAD)"))
             ok = bool(verdicts) and all(v for v, _ in verdicts)

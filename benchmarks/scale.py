@@ -12,7 +12,8 @@ and appends to ``results/scale.jsonl`` (one row per run, with the commit it ran 
   pss_at_peak_mb      the peak PSS's parts: anon, file (mapped files: libraries, the data file; the kernel drops
                       and re-reads them as memory is needed) and shmem (Ray's object store)
   peak_rss_mb         the same with RSS (shared pages counted once per process: an over-estimate)
-  disk_mb             what the storage path holds at the end (data file, prefix store, Ray Tune's results)
+  disk_mb             what the storage path holds on disk at the end (data file, prefix store, Ray Tune's results;
+                      allocated blocks, from 2026-12-07's second run on: before, apparent sizes)
   wall_s, budget_kept wall time of the whole command, and whether it ended within the budget plus 60 s
   trials, finished    trials that started (rows of results.csv) and that finished their epochs
   exit                the command's exit status
@@ -78,7 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def disk_used(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+    """Bytes the files under ``folder`` occupy on disk (allocated blocks: a memory-mapped file is created at its full
+    size and filled as it goes, so its apparent size says more than it holds)."""
+    return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def run(args, work: Path) -> dict:

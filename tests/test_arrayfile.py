@@ -185,3 +185,25 @@ def test_fit_features_of_a_large_data_file_drop_its_pages_and_match_the_in_memor
     again = block_features(in_memory, "efficientnet_lite0", batch_size=8, use_cache=False, progress=False)
     for ours, theirs in zip(features.blocks, again.blocks):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_driver_drops_a_large_data_files_pages_after_its_setup(tmp_path, monkeypatch):
+    """nbtl.search.plan calls release_large once the fit measures have read the data file (issue 18's scale run: the
+    driver held 1.7 GB of it through the trials): the file's pages leave the process, the pixels read again are the
+    file's; data in memory or a small file is left alone."""
+    from nbtl.data.images import release_large
+
+    source = _folder(tmp_path / "pets", per_class=40)
+    settings = DataSettings(image_size=128, val_fraction=0.25, test_fraction=0.25, split_seed=3)
+    folder = ensure_splits(str(source), settings, tmp_path / DATA_DIR)[0]
+    mapped = open_splits(folder)
+    parts = [mapped.train.images, mapped.val.images, mapped.test.images]
+    total = sum(int(images.numpy().sum(dtype=np.int64)) for images in parts)  # every page read
+    file_kib = (folder / "images.npy").stat().st_size // 1024
+    assert _mapped_kib(folder / "images.npy") > file_kib / 2
+    assert not release_large(*parts)  # a small file (under NBTL_LARGE_MAPPING_BYTES): kept
+    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
+    assert not release_large(mapped.train.images.clone())  # in memory: nothing to drop
+    assert release_large(*parts)
+    assert _mapped_kib(folder / "images.npy") < file_kib / 4
+    assert sum(int(images.numpy().sum(dtype=np.int64)) for images in parts) == total

@@ -305,3 +305,24 @@ def test_shipped_says_which_blocks_were_measured_on_the_product_at_head(tmp_path
     assert lines[1].startswith("OLDER") and "probe_floor" in lines[1] and "(changed since: nbtl)" in lines[1]
     assert lines[2].startswith("OLDER") and "leave_one_task_out: not measured" in lines[2]
     assert lines[3] == "1 of 3 blocks measured on what ships"
+
+    # A product change listed in benchmarks/inert_changes.yaml (shown not to reach the runs) keeps a block shipping;
+    # one more change to nbtl/ that is not listed makes it older again.
+    changed = git("log", "--format=%H", "-1", "--", "nbtl/train.py")
+    inert = tmp_path / "inert_changes.yaml"
+    inert.write_text(f"- {{commit: {changed[:10]}, changed: x, why: y, check: tests/t.py::t}}\n")
+    monkeypatch.setattr(measured_at, "INERT", inert)
+    assert measured_at.product_commits(before_change) == [changed]
+    assert report.main(["--shipped", "--readme", str(readme)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("ships") and f"(changed since only by {changed[:7]}: inert here)" in lines[1]
+    assert lines[3] == "2 of 3 blocks measured on what ships"
+    later = commit("nbtl/train.py", "3\n")
+    assert measured_at.product_commits(before_change) == [changed, later]
+    report.main(["--shipped", "--readme", str(readme)])
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[1].startswith("OLDER")
+        and lines[0].startswith("OLDER")
+        and lines[3] == "0 of 3 blocks measured on what ships"
+    )
