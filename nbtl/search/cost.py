@@ -113,8 +113,22 @@ def trial_seconds(config: TrialConfig, speed: Speed, n_train: int, n_eval: int, 
 
 #: ``image_size: auto``: the share of the time budget (after the wrap-up) the start points may take.
 AUTO_SHARE = 0.25
-#: The share of the time left for trials that ``recommend``'s fit measures may take (nbtl.search.start.fit_images).
+#: The share of a search's time budget that ``recommend``'s fit measures may take (nbtl.search.start.fit_images).
 FIT_SHARE = 0.25
+#: :func:`fit_seconds`, calibrated on 2 CPUs (2026-12-07) against ``measure_task`` on Fashion-MNIST with Lite0 and
+#: Lite1: 275 s for 2,000 images at 224 px (0.071 s an image from :func:`measure_speed` on 1 thread: the features
+#: of a batch of 64 and every block's pooling take longer than a batch of 8's forward) and 11.4 s for 480 at 32 px.
+#: The model says 241 s and 14.6 s: 12 % short at 224 px, 28 % long at 32 px.
+FIT_FORWARD_FACTOR, FIT_TABLE_S, FIT_LOAD_S = 1.6, 0.006, 1.0
+
+
+def fit_seconds(speeds: list[Speed], n_images: int) -> float:
+    """About how long ``recommend``'s fit measures take on ``n_images`` images with the backbones of ``speeds`` (each
+    measured on 1 thread): per backbone its weights (:data:`FIT_LOAD_S`), then per image the features of every block
+    (:data:`FIT_FORWARD_FACTOR` times the forward pass) and the fit table's share (:data:`FIT_TABLE_S`)."""
+    return sum(FIT_LOAD_S + n_images * (FIT_FORWARD_FACTOR * speed.forward_s + FIT_TABLE_S) for speed in speeds)
+
+
 #: ``image_size: auto``: the sizes it chooses from (up to the backbone's own).
 AUTO_SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 240, 260)
 

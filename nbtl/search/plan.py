@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nbtl.config import TrialConfig
 from nbtl.data.images import release_large
 from nbtl.errors import ConfigError
@@ -142,10 +140,8 @@ def make_plan(
         say=print_fn,
         weights=options.weights,
         # a CPU search's fit measures take a share of its budget at most (a GPU's speed is not modelled)
-        seconds=None
-        if budget is None or prepared.resources.get("gpu")
-        else budget - (time.perf_counter() - started) - kept_seconds(budget, space),
-        threads=torch.get_num_threads(),  # the fit measures run here, in the driver, on its threads
+        seconds=None if budget is None or prepared.resources.get("gpu") else budget,
+        threads=1,  # fit_seconds is calibrated on one thread's timing (the steadier: two threads' varies 8-fold)
         image_sizes=dict(prepared.image_sizes),
     )
     # the fit measures read the data file here: its pages go back to the page cache before the trials map it

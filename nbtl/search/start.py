@@ -18,7 +18,7 @@ from typing import Any
 
 from nbtl.heuristics import LearnedRecommender, default_recommender_path, load_rules
 from nbtl.heuristics.recommend import FIT_MAX_IMAGES, measure_task, recommend
-from nbtl.search.cost import FIT_SHARE, measure_speed
+from nbtl.search.cost import FIT_SHARE, fit_seconds, measure_speed
 from nbtl.search.settings import RECOMMEND, get_start_point
 from nbtl.search.space import SearchSpace
 
@@ -73,10 +73,10 @@ def start_points(
 
     ``recommend`` measures the fit of every backbone of the space on ``train`` (the search's own training
     split, so no validation or test image is seen) and applies the shipped rules and learned recommender;
-    the probe then uses the backbone ranked first. With ``seconds`` (the time left for trials under a budget) the fit
-    measures take about :data:`~nbtl.search.cost.FIT_SHARE` of it at most: :func:`fit_images` says on how many
-    training images (each backbone's forward pass timed here on ``threads`` threads, the caller's, which the fit
-    measures run on, at its size in ``image_sizes``), and ``recommend`` is skipped, saying why, when that is too few.
+    the probe then uses the backbone ranked first. With ``seconds`` (the search's time budget) the fit measures take
+    about :data:`~nbtl.search.cost.FIT_SHARE` of it at most: :func:`fit_images` says on how many training images
+    (each backbone's forward pass timed here on ``threads`` threads, at its size in ``image_sizes``), and
+    ``recommend`` is skipped, saying why, when that is too few.
     """
     import time
 
@@ -139,24 +139,25 @@ def fit_images(
     sizes: dict[str, int], n_train: int, n_classes: int, seconds: float, threads: int = 1
 ) -> tuple[int, str]:
     """On how many training images the fit measures of the backbones ``sizes`` (backbone -> image size) may run
-    when the trials have ``seconds`` left: at most :data:`~nbtl.search.cost.FIT_SHARE` of them, the features'
-    forward pass timed here (:func:`nbtl.search.cost.measure_speed`), at most
+    under a time budget of ``seconds``: at most :data:`~nbtl.search.cost.FIT_SHARE` of it by
+    :func:`nbtl.search.cost.fit_seconds` (each backbone's forward pass timed here on ``threads``), at most
     :data:`~nbtl.heuristics.recommend.FIT_MAX_IMAGES`; 0 (``recommend`` skipped) when fewer than
     :data:`FIT_MIN_PER_CLASS` images per class fit. Returns the count and what to say ('' when all of them fit)."""
-    per_image = sum(measure_speed(b, size, threads).forward_s for b, size in sizes.items())
+    speeds = [measure_speed(b, size, threads) for b, size in sizes.items()]
     wanted = min(n_train, FIT_MAX_IMAGES)
     share = FIT_SHARE * max(0.0, seconds)
-    fits = int(share / max(per_image, 1e-9))
+    fixed, per_image = fit_seconds(speeds, 0), fit_seconds(speeds, 1) - fit_seconds(speeds, 0)
+    fits = int((share - fixed) / max(per_image, 1e-9))
     if fits >= wanted:
         return wanted, ""
-    every = f"measuring the fit of {', '.join(sizes)} takes about {per_image * wanted:.0f}s on {wanted:,} images here"
-    if fits < FIT_MIN_PER_CLASS * max(1, n_classes):
-        return 0, (
-            f"recommend skipped: {every}, and even {FIT_MIN_PER_CLASS * max(1, n_classes):,} images ({FIT_MIN_PER_CLASS} a class) "
-            f"take "
-            f"more than {FIT_SHARE:.0%} of the {seconds:.0f}s left for trials; a longer --time-budget brings it back"
-        )
-    return (
-        fits,
-        f"recommend: {every}; measured on {fits:,} of them, {FIT_SHARE:.0%} of the {seconds:.0f}s left for trials",
+    every = (
+        f"measuring the fit of {', '.join(sizes)} would take about {fit_seconds(speeds, wanted):.0f}s on {wanted:,} "
+        "images here"
     )
+    least = FIT_MIN_PER_CLASS * max(1, n_classes)
+    if fits < least:
+        return 0, (
+            f"recommend skipped: {every}, and even {least:,} images ({FIT_MIN_PER_CLASS} a class) more than "
+            f"{FIT_SHARE:.0%} of the {seconds:.0f}s budget; a longer --time-budget brings it back"
+        )
+    return fits, f"recommend: {every}; measured on {fits:,} of them, {FIT_SHARE:.0%} of the {seconds:.0f}s budget"
