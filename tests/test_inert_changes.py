@@ -20,20 +20,16 @@ from tasks import HIGH_RES_TASKS, REPORTING_TASKS, TUNING_TASKS  # noqa: E402
 from nbtl.data import load_dataset  # noqa: E402
 from nbtl.data.packaged import native_images  # noqa: E402
 from nbtl.heuristics.recommend import FIT_MAX_IMAGES  # noqa: E402
-from nbtl.search.options import wrap_up_seconds  # noqa: E402
 from nbtl.search.space import load_space  # noqa: E402
 from nbtl.search.start import fit_images  # noqa: E402
 
 #: Budgets of the shipped tables (README, benchmarks/README.md): 2 and 5 minutes on the reporting tasks, 15 minutes
-#: on the 15-minute table's tasks (two at 224 px); the setup before the fit measures is at most SETUP_S of it.
+#: on the 15-minute table's tasks (two at 224 px).
 BUDGETS = {120.0: REPORTING_TASKS, 300.0: REPORTING_TASKS, 900.0: HIGH_RES_TASKS + REPORTING_TASKS[:1]}
-SETUP_S = 40.0
 #: How much slower than this machine's measured speed the benchmark machine may be with the condition still holding
-#: (the benchmark's slowest sitting trained 116 images/s, its fastest 149: 1.3 times; here, on 2 threads, the
-#: closest task, fmnist-t10k at 2 minutes, is predicted at a quarter of its share).
-MARGIN = 2.0
-#: The driver's torch threads on the benchmark machine (2 CPUs), which the fit measures run on.
-DRIVER_THREADS = 2
+#: (the benchmark's slowest sitting trained 116 images/s, its fastest 149: 1.3 times). The cost model errs long at
+#: small sizes (fit_seconds: 28 % at 32 px), which adds to it there.
+MARGIN = 1.5
 
 
 def _classes(task) -> int:
@@ -66,8 +62,8 @@ def test_entries_name_product_commits_and_existing_tests():
 
 
 def test_the_fit_bounds_do_not_reach_the_benchmark_tasks():
-    """d8eb0e8, ed9baab, b1e1c82 and 162f095: recommend's fit measures on a sample of FIT_MAX_IMAGES training images at
-    most, at most FIT_SHARE of a budget's time for trials, and a large data file's pages dropped as features are
+    """d8eb0e8, ed9baab, b1e1c82, 162f095 and the commit after it: recommend's fit measures on a sample of FIT_MAX_IMAGES training images at
+    most, at most FIT_SHARE of a budget, and a large data file's pages dropped as features are
     extracted and by the driver after its setup. Every benchmark task trains on fewer images, its data is far below a large mapping, and under each
     shipped budget its fit is predicted (by the product's own fit_images, at this machine's speed made MARGIN times
     slower) to take less than its share: so the searches measured before those commits ran as they run now."""
@@ -83,7 +79,6 @@ def test_the_fit_bounds_do_not_reach_the_benchmark_tasks():
     for budget, tasks in BUDGETS.items():
         for task in tasks:
             n_train = _train_images(task)  # more than the training split: its validation images are among them
-            left = (budget - SETUP_S - wrap_up_seconds(budget)) / MARGIN
             sizes = dict.fromkeys(backbones, task.image_size)
-            count, why = fit_images(sizes, n_train, _classes(task), left, threads=DRIVER_THREADS)
+            count, why = fit_images(sizes, n_train, _classes(task), budget / MARGIN, threads=1)  # as the search does
             assert (count, why) == (n_train, ""), (task.name, budget, why)

@@ -357,26 +357,28 @@ def test_fit_measures_see_a_stratified_sample_of_a_large_training_split():
 
 
 def test_a_budget_bounds_the_fit_measures_or_skips_recommend():
-    """Under a time budget the fit measures take at most FIT_SHARE of the time left for trials, the forward pass
-    timed here: enough time measures every image, less a sample, too little none (recommend is skipped, saying
-    why, and the recipes still start the search)."""
-    from nbtl.search.cost import FIT_SHARE, measure_speed
+    """Under a time budget the fit measures take at most FIT_SHARE of it, by a cost model on the forward pass timed
+    here (nbtl.search.cost.fit_seconds): enough time measures every image, less a sample, too little none (recommend
+    is skipped, saying why, and the recipes still start the search)."""
+    from nbtl.search.cost import FIT_SHARE, fit_seconds, measure_speed
     from nbtl.search.start import FIT_MIN_PER_CLASS, fit_images
 
     train = split_dataset(load_dataset("digits", image_size=32, per_class=40, seed=0), seed=0).train
-    per_image = measure_speed("efficientnet_lite0", 32).forward_s
+    speeds = [measure_speed("efficientnet_lite0", 32)]
     sizes = {"efficientnet_lite0": 32}
+    assert fit_seconds(speeds, 200) > fit_seconds(speeds, 100) > fit_seconds(speeds, 0) > 0
     assert fit_images(sizes, len(train), 10, 1e6) == (len(train), "")
-    part, why = fit_images(sizes, len(train), 10, 150 * per_image / FIT_SHARE)
-    assert FIT_MIN_PER_CLASS * 10 <= part < len(train) and f"measured on {part} of them" in why
-    assert 140 <= part <= 150  # what FIT_SHARE of the time affords, the same timing
-    none, why = fit_images(sizes, len(train), 10, 20 * per_image / FIT_SHARE)
+    part, why = fit_images(sizes, len(train), 10, fit_seconds(speeds, 150) / FIT_SHARE)
+    assert 149 <= part <= 150 and f"measured on {part} of them" in why  # what FIT_SHARE of the budget affords
+    none, why = fit_images(sizes, len(train), 10, fit_seconds(speeds, 20) / FIT_SHARE)
     assert none == 0 and why.startswith("recommend skipped:") and "--time-budget" in why
+    assert FIT_MIN_PER_CLASS * 10 > 20
 
     said = []
     common = dict(data="digits", train=train, seed=0, image_size=32, per_class=40, classes=None, say=said.append)
     found = start_points(_one_backbone_space(), ["probe", "conventional", "recommend"], seconds=0.01, **common)
     assert found.labels == ["probe", "conventional"] and found.task is None
     assert any(line.startswith("recommend skipped:") for line in said)
-    found = start_points(_one_backbone_space(), ["probe", "recommend"], seconds=150 * per_image / FIT_SHARE, **common)
-    assert found.task is not None and 100 <= found.task.images < len(train) and "recommend-1" in found.labels
+    budget = fit_seconds(speeds, 150) / FIT_SHARE
+    found = start_points(_one_backbone_space(), ["probe", "recommend"], seconds=budget, **common)
+    assert found.task is not None and 140 <= found.task.images <= 150 and "recommend-1" in found.labels
