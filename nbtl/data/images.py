@@ -59,6 +59,11 @@ def track_mapping(array: np.memmap) -> np.memmap:
     return array
 
 
+def forget_mapping(array: np.memmap) -> None:
+    """Undo :func:`track_mapping` (the mapping is then freed with its last array)."""
+    _MAPPINGS.pop(array.__array_interface__["data"][0], None)
+
+
 def release_pages(part: np.ndarray) -> None:
     """Write ``part`` (a view of a tracked mapping) back to its file and drop its pages from this process
     (``MADV_DONTNEED`` on a shared file mapping: the data stays in the file and the page cache), so that

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from nbtl.data import Splits, make_augmentation
+from nbtl.data.images import forget_mapping, is_large_mapping, release_pages, track_mapping
 from nbtl.errors import ConfigError, ensure_room, raise_if_disk_full
 from nbtl.features.keys import dataset_fingerprint, weights_hash
 from nbtl.fit.features import state_dict_hash
@@ -61,6 +62,8 @@ PARTS, KEY_FILE = ("train", "val", "test"), "key.json"
 # run 2x faster than 256); accelerators want large ones.
 _BATCH_SIZE = {"cpu": 32}
 _DEFAULT_BATCH_SIZE = 256
+#: Batches between drops of a large data file's pages (and the entry's written pages) while an entry is computed.
+RELEASE_BATCHES = 32
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 #: numpy's dtype of each stored precision (numpy has no bfloat16: its 16 bits are kept as they are).
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
@@ -375,8 +378,12 @@ class PrefixStore:
         # caller's RNG stream is untouched, and every trial of the search sees the same views.
         with _eval_mode(model), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
+            large = is_large_mapping(splits.train.images)
             for view in range(views):
                 images = splits.train.images
+                if view > 0 and large:  # a batch at a time: a large data file's views are never all in memory
+                    self._run(model, images, blocks, device, train[view], transform=transform)
+                    continue
                 if view > 0:
                     images = torch.stack([transform(image) for image in images])
                 elif clean is not None:  # view 0 draws no random numbers: the augmented views stay the same
@@ -395,32 +402,50 @@ class PrefixStore:
         staging = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         staging.mkdir()
         arrays = []
+        large = is_large_mapping(splits.train.images)
 
         def allocate(part: str, full: tuple[int, ...]) -> Tensor:
             array = np.lib.format.open_memmap(staging / f"{part}.npy", mode="w+", dtype=_NUMPY[self.dtype], shape=full)
-            arrays.append(array)
+            arrays.append(track_mapping(array) if large else array)  # written pages can leave the process (_run)
             return _as_tensor(array, self.dtype)
 
         try:
             entry = self._compute(model, splits, blocks, transform, views, key, digest, shape, allocate)
             for array in arrays:
                 array.flush()
+                forget_mapping(array)
             (staging / KEY_FILE).write_text(json.dumps(key, sort_keys=True))
             os.replace(staging, path)
         except BaseException as error:
+            for array in arrays:
+                forget_mapping(array)
             shutil.rmtree(staging, ignore_errors=True)
             raise_if_disk_full(error, staging / "train.npy")
             raise
         return entry
 
-    def _run(self, model, images: Tensor, blocks: int, device: torch.device, out: Tensor) -> None:
+    def _run(self, model, images: Tensor, blocks: int, device: torch.device, out: Tensor, transform=None) -> None:
+        """``out`` = blocks ``[0, blocks)`` of ``images``, a batch at a time (``transform`` applied to each batch's
+        images as it goes, in order). Reading a large data file (:func:`nbtl.data.images.is_large_mapping`), the
+        pages of the images read and of the outputs written leave this process every :data:`RELEASE_BATCHES`."""
         size = _BATCH_SIZE.get(device.type, _DEFAULT_BATCH_SIZE)
-        for start in range(0, len(images), size):
+        release = is_large_mapping(images)
+        previous = None  # with a transform: the batch before, as the model saw it (the last window reaches into it)
+        for number, start in enumerate(range(0, len(images), size), start=1):
             # The last batch is the last `size` images, not a short remainder: kernels for short batches
             # round differently (1e-5), and a trial's training amplifies that into other metrics.
             window = max(0, min(start, len(images) - size))
-            outputs = model.forward_to(images[window : start + size].to(device), blocks)
+            if transform is None:
+                batch = images[window : start + size]
+            else:
+                fresh = torch.stack([transform(image) for image in images[start : start + size]])
+                batch = fresh if window == start else torch.cat([previous[len(previous) - (start - window) :], fresh])
+                previous = fresh
+            outputs = model.forward_to(batch.to(device), blocks)
             out[start : start + size] = outputs[start - window :].to("cpu", self.dtype)
+            if release and (number % RELEASE_BATCHES == 0 or start + size >= len(images)):
+                release_pages(images[: start + size].numpy())
+                release_pages(_as_numpy(out[: start + size]))  # written back to the entry's file, when it has one
 
     def _load(self, path: Path, key: dict[str, Any], digest: str) -> PrefixEntry | None:
         if not (path / KEY_FILE).exists():
@@ -472,6 +497,11 @@ class PrefixStore:
                 dropped = next(d for d, e in self._memory.items() if e.path is None)
                 del self._memory[dropped]
                 in_memory = [e for e in self._memory.values() if e.path is None]
+
+
+def _as_numpy(tensor: Tensor) -> np.ndarray:
+    """The array a tensor of :func:`_as_tensor` shares its memory with (bfloat16 as its 16-bit pattern)."""
+    return (tensor.view(torch.int16) if tensor.dtype is torch.bfloat16 else tensor).numpy()
 
 
 def _as_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
