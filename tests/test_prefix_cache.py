@@ -237,3 +237,43 @@ def test_resume_of_a_cached_trial_matches_an_uninterrupted_one(splits, weights, 
     assert _without(resumed.history, "prefix_cache_hit") == _without(full.history, "prefix_cache_hit")
     for key, value in recorder.states[-1]["model"].items():
         assert torch.equal(resumed_recorder.states[-1]["model"][key], value), key
+
+
+def _mapped_kib(path) -> int:
+    """This process's resident KiB of the mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_an_entry_of_a_large_data_file_is_computed_a_batch_at_a_time_and_drops_its_pages(
+    splits, weights, tmp_path, monkeypatch
+):
+    """Issue 18: a prefix entry of a large mapped data file draws its augmented views a batch at a time (never all the
+    views' images in memory) and drops the pages it read and wrote as it goes; it is the same entry, bit for bit, as
+    the one computed from the same images in memory (the same random draws, in the same order)."""
+    from nbtl.data.arrayfile import open_splits, write_splits
+
+    folder = write_splits(splits, tmp_path / "data")
+    mapped = open_splits(folder)
+    model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
+    small = PrefixStore(tmp_path / "small", max_bytes=1024, views=3, seed=5)
+    expected = small.get(model, splits, 3, augmentation=AUGMENTATION, state_dict=weights)
+    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
+    monkeypatch.setattr("nbtl.features.prefix._BATCH_SIZE", {"cpu": 7})  # short batches: the last window reaches back
+    monkeypatch.setattr("nbtl.features.prefix.RELEASE_BATCHES", 2)
+    large = PrefixStore(tmp_path / "large", max_bytes=1024, views=3, seed=5)
+    entry = large.get(model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights)
+    assert entry.path is not None and not entry.hit  # computed, into files
+    assert _mapped_kib(folder / "images.npy") < (folder / "images.npy").stat().st_size // 1024 / 2
+    monkeypatch.setattr("nbtl.features.prefix._BATCH_SIZE", {"cpu": 32})
+    again = PrefixStore(tmp_path / "again", max_bytes=1024, views=3, seed=5)
+    same = again.get(model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights)
+    for part in ("train", "val", "test"):
+        assert torch.equal(getattr(same, part), getattr(expected, part)), part
+        torch.testing.assert_close(getattr(entry, part), getattr(expected, part), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(entry.train[1], entry.train[0])  # the views are augmented
