@@ -23,7 +23,6 @@ ago are removed until the rest fit (a process that still maps a removed entry ke
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -44,8 +43,9 @@ import torch
 from torch import Tensor
 
 from nbtl.data import Splits, make_augmentation
-from nbtl.data.images import forget_mapping, is_large_mapping, release_pages, track_mapping
+from nbtl.data.images import forget_mapping, is_large_mapping, track_mapping
 from nbtl.errors import ConfigError, ensure_room, raise_if_disk_full
+from nbtl.features.batches import as_tensor, eval_mode, forward_in_batches
 from nbtl.features.keys import dataset_fingerprint, weights_hash
 from nbtl.fit.features import state_dict_hash
 
@@ -58,12 +58,6 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 #: An entry's arrays, and the file that holds its key (touched on every use: the least-recently-used clock).
 PARTS, KEY_FILE = ("train", "val", "test"), "key.json"
-# Images per forward pass: on CPU small batches keep activations in cache (Lite0 at 64 px: 32 images
-# run 2x faster than 256); accelerators want large ones.
-_BATCH_SIZE = {"cpu": 32}
-_DEFAULT_BATCH_SIZE = 256
-#: Batches between drops of a large data file's pages (and the entry's written pages) while an entry is computed.
-RELEASE_BATCHES = 32
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 #: numpy's dtype of each stored precision (numpy has no bfloat16: its 16 bits are kept as they are).
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
@@ -345,7 +339,7 @@ class PrefixStore:
     def _output_shape(self, model, splits: Splits, blocks: int) -> tuple[int, ...]:
         """The shape of one image's output of blocks ``[0, blocks)``."""
         device = next(model.parameters()).device
-        with _eval_mode(model):
+        with eval_mode(model):
             sample = model.forward_to(splits.train.images[:1].to(device), blocks)
         return tuple(sample.shape[1:])
 
@@ -376,25 +370,25 @@ class PrefixStore:
         test = allocate("test", (len(splits.test), *shape))
         # The augmentation draws from torch's global generator: seed it here, inside fork_rng so the
         # caller's RNG stream is untouched, and every trial of the search sees the same views.
-        with _eval_mode(model), torch.random.fork_rng(devices=[]):
+        with eval_mode(model), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             large = is_large_mapping(splits.train.images)
             for view in range(views):
                 images = splits.train.images
                 if view > 0 and large:  # a batch at a time: a large data file's views are never all in memory
-                    self._run(model, images, blocks, device, train[view], transform=transform)
+                    forward_in_batches(model, images, blocks, device, train[view], transform=transform)
                     continue
                 if view > 0:
                     images = torch.stack([transform(image) for image in images])
                 elif clean is not None:  # view 0 draws no random numbers: the augmented views stay the same
                     train[0] = clean.train[0]
                     continue
-                self._run(model, images, blocks, device, train[view])
+                forward_in_batches(model, images, blocks, device, train[view])
             for name, out, images in (("val", val, splits.val.images), ("test", test, splits.test.images)):
                 if clean is not None:
                     out[:] = getattr(clean, name)
                 else:
-                    self._run(model, images, blocks, device, out)
+                    forward_in_batches(model, images, blocks, device, out)
         return PrefixEntry(blocks, train, val, test, key, digest)
 
     def _compute_on_disk(self, model, splits, blocks, transform, views, key, digest, shape, path: Path) -> PrefixEntry:
@@ -407,7 +401,7 @@ class PrefixStore:
         def allocate(part: str, full: tuple[int, ...]) -> Tensor:
             array = np.lib.format.open_memmap(staging / f"{part}.npy", mode="w+", dtype=_NUMPY[self.dtype], shape=full)
             arrays.append(track_mapping(array) if large else array)  # written pages can leave the process (_run)
-            return _as_tensor(array, self.dtype)
+            return as_tensor(array, self.dtype)
 
         try:
             entry = self._compute(model, splits, blocks, transform, views, key, digest, shape, allocate)
@@ -424,29 +418,6 @@ class PrefixStore:
             raise
         return entry
 
-    def _run(self, model, images: Tensor, blocks: int, device: torch.device, out: Tensor, transform=None) -> None:
-        """``out`` = blocks ``[0, blocks)`` of ``images``, a batch at a time (``transform`` applied to each batch's
-        images as it goes, in order). Reading a large data file (:func:`nbtl.data.images.is_large_mapping`), the
-        pages of the images read and of the outputs written leave this process every :data:`RELEASE_BATCHES`."""
-        size = _BATCH_SIZE.get(device.type, _DEFAULT_BATCH_SIZE)
-        release = is_large_mapping(images)
-        previous = None  # with a transform: the batch before, as the model saw it (the last window reaches into it)
-        for number, start in enumerate(range(0, len(images), size), start=1):
-            # The last batch is the last `size` images, not a short remainder: kernels for short batches
-            # round differently (1e-5), and a trial's training amplifies that into other metrics.
-            window = max(0, min(start, len(images) - size))
-            if transform is None:
-                batch = images[window : start + size]
-            else:
-                fresh = torch.stack([transform(image) for image in images[start : start + size]])
-                batch = fresh if window == start else torch.cat([previous[len(previous) - (start - window) :], fresh])
-                previous = fresh
-            outputs = model.forward_to(batch.to(device), blocks)
-            out[start : start + size] = outputs[start - window :].to("cpu", self.dtype)
-            if release and (number % RELEASE_BATCHES == 0 or start + size >= len(images)):
-                release_pages(images[: start + size].numpy())
-                release_pages(_as_numpy(out[: start + size]))  # written back to the entry's file, when it has one
-
     def _load(self, path: Path, key: dict[str, Any], digest: str) -> PrefixEntry | None:
         if not (path / KEY_FILE).exists():
             return None
@@ -454,7 +425,7 @@ class PrefixStore:
             if (path / KEY_FILE).read_text() != json.dumps(key, sort_keys=True):
                 raise ValueError("its key differs from the requested one")
             # copy-on-write: a trial's stray write stays in its own pages; the file never changes
-            train, val, test = (_as_tensor(np.load(path / f"{p}.npy", mmap_mode="c"), self.dtype) for p in PARTS)
+            train, val, test = (as_tensor(np.load(path / f"{p}.npy", mmap_mode="c"), self.dtype) for p in PARTS)
             os.utime(path / KEY_FILE)  # used now: the last to be evicted
             return PrefixEntry(int(key["blocks"]), train, val, test, key, digest, hit=True)
         except Exception as error:  # a torn or foreign entry: compute it again and replace it
@@ -497,27 +468,3 @@ class PrefixStore:
                 dropped = next(d for d, e in self._memory.items() if e.path is None)
                 del self._memory[dropped]
                 in_memory = [e for e in self._memory.values() if e.path is None]
-
-
-def _as_numpy(tensor: Tensor) -> np.ndarray:
-    """The array a tensor of :func:`_as_tensor` shares its memory with (bfloat16 as its 16-bit pattern)."""
-    return (tensor.view(torch.int16) if tensor.dtype is torch.bfloat16 else tensor).numpy()
-
-
-def _as_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
-    """``array`` as a tensor of ``dtype`` sharing its memory (bfloat16 from its 16-bit pattern)."""
-    tensor = torch.from_numpy(array)
-    return tensor.view(torch.bfloat16) if dtype is torch.bfloat16 else tensor
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    """Every module of ``model`` in eval mode, each module's own mode restored after."""
-    modes = [(module, module.training) for module in model.modules()]
-    for module, _ in modes:
-        module.training = False
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training

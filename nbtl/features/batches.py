@@ -1,0 +1,67 @@
+"""A frozen prefix's outputs, a batch at a time, into an entry's arrays (nbtl.features.prefix), and the array helpers
+an entry's storage uses: a tensor of a stored precision sharing a numpy array's memory, and a model in eval mode."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nbtl.data.images import is_large_mapping, release_pages
+
+# Images per forward pass: on CPU small batches keep activations in cache (Lite0 at 64 px: 32 images
+# run 2x faster than 256); accelerators want large ones.
+BATCH_SIZE = {"cpu": 32}
+DEFAULT_BATCH_SIZE = 256
+#: Batches between drops of a large data file's pages (and the entry's written pages) while an entry is computed.
+RELEASE_BATCHES = 32
+
+
+def forward_in_batches(model, images: Tensor, blocks: int, device: torch.device, out: Tensor, transform=None) -> None:
+    """``out`` = blocks ``[0, blocks)`` of ``images`` (in ``out``'s dtype), a batch at a time (``transform`` applied to
+    each batch's images as it goes, in order). Reading a large data file (:func:`nbtl.data.images.is_large_mapping`),
+    the pages of the images read and of the outputs written leave this process every :data:`RELEASE_BATCHES`."""
+    size = BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE)
+    release = is_large_mapping(images)
+    previous = None  # with a transform: the batch before, as the model saw it (the last window reaches into it)
+    for number, start in enumerate(range(0, len(images), size), start=1):
+        # The last batch is the last `size` images, not a short remainder: kernels for short batches
+        # round differently (1e-5), and a trial's training amplifies that into other metrics.
+        window = max(0, min(start, len(images) - size))
+        if transform is None:
+            batch = images[window : start + size]
+        else:
+            fresh = torch.stack([transform(image) for image in images[start : start + size]])
+            batch = fresh if window == start else torch.cat([previous[len(previous) - (start - window) :], fresh])
+            previous = fresh
+        outputs = model.forward_to(batch.to(device), blocks)
+        out[start : start + size] = outputs[start - window :].to("cpu", out.dtype)
+        if release and (number % RELEASE_BATCHES == 0 or start + size >= len(images)):
+            release_pages(images[: start + size].numpy())
+            release_pages(as_numpy(out[: start + size]))  # written back to the entry's file, when it has one
+
+
+def as_numpy(tensor: Tensor) -> np.ndarray:
+    """The array a tensor of :func:`as_tensor` shares its memory with (bfloat16 as its 16-bit pattern)."""
+    return (tensor.view(torch.int16) if tensor.dtype is torch.bfloat16 else tensor).numpy()
+
+
+def as_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """``array`` as a tensor of ``dtype`` sharing its memory (bfloat16 from its 16-bit pattern)."""
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if dtype is torch.bfloat16 else tensor
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Every module of ``model`` in eval mode, each module's own mode restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    for module, _ in modes:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
