@@ -190,6 +190,18 @@ def nbtl_in_one_interpreter(
     }
 
 
+def mapped_kib(path: Path) -> int:
+    """This process's resident KiB of the mappings of ``path`` (/proc/self/smaps): what a test of dropped pages
+    reads."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
 def assert_no_run_left_running(tracking_uri: str) -> None:
     """What the ``tracking_uri`` fixture checks of its store when its test ends, for a store made elsewhere."""
     from mlflow import MlflowClient

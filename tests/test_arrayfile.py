@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import mapped_kib
 from nbtl.data import load_dataset, split_dataset
 from nbtl.data.arrayfile import DATA_DIR, MappedSplits, data_key, decode_splits, ensure_splits, open_splits
 from nbtl.data.images import decode_to_disk
@@ -156,17 +157,6 @@ def test_a_trial_reading_a_large_data_file_drops_its_pages(tmp_path, monkeypatch
     assert np.isfinite(result.history[-1]["train_loss"])
 
 
-def _mapped_kib(path: Path) -> int:
-    """This process's resident KiB of the mappings of ``path`` (/proc/self/smaps)."""
-    total, inside = 0, False
-    for line in open("/proc/self/smaps"):
-        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
-            inside = line.rstrip().endswith(str(path))
-        elif inside and line.startswith("Rss:"):
-            total += int(line.split()[1])
-    return total
-
-
 def test_fit_features_of_a_large_data_file_drop_its_pages_and_match_the_in_memory_path(tmp_path, monkeypatch):
     """nbtl.fit's feature extraction reads a large mapped data file a batch at a time and drops the pages it read
     (issue 18: the driver's memory grew with the file while recommend measured the fit): the file's resident pages
@@ -181,7 +171,7 @@ def test_fit_features_of_a_large_data_file_drop_its_pages_and_match_the_in_memor
     monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
     file_kib = (folder / "images.npy").stat().st_size // 1024
     features = block_features(mapped.train, "efficientnet_lite0", batch_size=8, use_cache=False, progress=False)
-    assert _mapped_kib(folder / "images.npy") < file_kib / 4  # read, then dropped
+    assert mapped_kib(folder / "images.npy") < file_kib / 4  # read, then dropped
     again = block_features(in_memory, "efficientnet_lite0", batch_size=8, use_cache=False, progress=False)
     for ours, theirs in zip(features.blocks, again.blocks):
         np.testing.assert_array_equal(ours, theirs)
@@ -200,10 +190,10 @@ def test_a_driver_drops_a_large_data_files_pages_after_its_setup(tmp_path, monke
     parts = [mapped.train.images, mapped.val.images, mapped.test.images]
     total = sum(int(images.numpy().sum(dtype=np.int64)) for images in parts)  # every page read
     file_kib = (folder / "images.npy").stat().st_size // 1024
-    assert _mapped_kib(folder / "images.npy") > file_kib / 2
+    assert mapped_kib(folder / "images.npy") > file_kib / 2
     assert not release_large(*parts)  # a small file (under NBTL_LARGE_MAPPING_BYTES): kept
     monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
     assert not release_large(mapped.train.images.clone())  # in memory: nothing to drop
     assert release_large(*parts)
-    assert _mapped_kib(folder / "images.npy") < file_kib / 4
+    assert mapped_kib(folder / "images.npy") < file_kib / 4
     assert sum(int(images.numpy().sum(dtype=np.int64)) for images in parts) == total

@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import Recorder
+from conftest import Recorder, mapped_kib
 from nbtl.config import TrialConfig
 from nbtl.errors import ConfigError
 from nbtl.features import PrefixStore
@@ -239,17 +239,6 @@ def test_resume_of_a_cached_trial_matches_an_uninterrupted_one(splits, weights, 
         assert torch.equal(resumed_recorder.states[-1]["model"][key], value), key
 
 
-def _mapped_kib(path) -> int:
-    """This process's resident KiB of the mappings of ``path`` (/proc/self/smaps)."""
-    total, inside = 0, False
-    for line in open("/proc/self/smaps"):
-        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
-            inside = line.rstrip().endswith(str(path))
-        elif inside and line.startswith("Rss:"):
-            total += int(line.split()[1])
-    return total
-
-
 def test_an_entry_of_a_large_data_file_is_computed_a_batch_at_a_time_and_drops_its_pages(
     splits, weights, tmp_path, monkeypatch
 ):
@@ -264,13 +253,13 @@ def test_an_entry_of_a_large_data_file_is_computed_a_batch_at_a_time_and_drops_i
     small = PrefixStore(tmp_path / "small", max_bytes=1024, views=3, seed=5)
     expected = small.get(model, splits, 3, augmentation=AUGMENTATION, state_dict=weights)
     monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
-    monkeypatch.setattr("nbtl.features.prefix._BATCH_SIZE", {"cpu": 7})  # short batches: the last window reaches back
-    monkeypatch.setattr("nbtl.features.prefix.RELEASE_BATCHES", 2)
+    monkeypatch.setattr("nbtl.features.batches.BATCH_SIZE", {"cpu": 7})  # short batches: the last window reaches back
+    monkeypatch.setattr("nbtl.features.batches.RELEASE_BATCHES", 2)
     large = PrefixStore(tmp_path / "large", max_bytes=1024, views=3, seed=5)
     entry = large.get(model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights)
     assert entry.path is not None and not entry.hit  # computed, into files
-    assert _mapped_kib(folder / "images.npy") < (folder / "images.npy").stat().st_size // 1024 / 2
-    monkeypatch.setattr("nbtl.features.prefix._BATCH_SIZE", {"cpu": 32})
+    assert mapped_kib(folder / "images.npy") < (folder / "images.npy").stat().st_size // 1024 / 2
+    monkeypatch.setattr("nbtl.features.batches.BATCH_SIZE", {"cpu": 32})
     again = PrefixStore(tmp_path / "again", max_bytes=1024, views=3, seed=5)
     same = again.get(model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights)
     for part in ("train", "val", "test"):
