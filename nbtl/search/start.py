@@ -157,7 +157,7 @@ def fit_images(
     least = FIT_MIN_PER_CLASS * max(1, n_classes)
     if fits < least:
         return 0, (
-            f"recommend skipped: {every}, and even {least:,} images ({FIT_MIN_PER_CLASS} a class) more than "
+            f"recommend skipped: {every}, and even {least:,} images ({FIT_MIN_PER_CLASS} a class) would take more than "
             f"{FIT_SHARE:.0%} of the {seconds:.0f}s budget; a longer --time-budget brings it back"
         )
     return fits, f"recommend: {every}; measured on {fits:,} of them, {FIT_SHARE:.0%} of the {seconds:.0f}s budget"
