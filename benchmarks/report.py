@@ -640,7 +640,7 @@ def shipped(readmes) -> tuple[list[str], bool]:
     """Whether each report block of ``readmes`` was measured on the product at ``HEAD``: each of its commits has the
     same ``measured_at.PRODUCT`` (nbtl/, the spaces, the heuristics, pyproject.toml) and a clean tree, or differs from
     it only by commits of ``benchmarks/inert_changes.yaml`` (changes shown, by the test each names, not to reach the
-    benchmarks' runs). One line a block, and whether every block was."""
+    benchmarks' runs; an entry's ``reaches`` lists the blocks it does reach, for which it is not inert). One line a block, and whether every block was."""
     lines, every = [], True
     inert = measured_at.inert_changes()
     for readme in readmes:
@@ -655,7 +655,8 @@ def shipped(readmes) -> tuple[list[str], bool]:
                     verdicts.append((False, f"{measured_at.label(sha)} (not a commit here)"))
                 elif changes:
                     commits = measured_at.product_commits(sha)
-                    others = [c for c in commits if c not in inert]
+                    # an entry inert for some blocks names the blocks it does reach (``reaches``)
+                    others = [c for c in commits if c not in inert or name in inert[c].get("reaches", [])]
                     if commits and not others:  # every product change since is one shown not to reach these runs
                         named = ", ".join(measured_at.label(c) for c in commits)
                         verdicts.append((True, f"{measured_at.label(sha)} (changed since only by {named}: inert here)"))

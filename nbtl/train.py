@@ -29,6 +29,7 @@ from nbtl.data.images import is_large_mapping
 from nbtl.errors import TrialDivergedError
 from nbtl.features import PrefixStore
 from nbtl.feeds import (
+    STEP_MEMORY_MB,
     BatchIndices,
     Feed,
     evaluate_inputs,
@@ -108,6 +109,7 @@ def train_trial(
     prefix_store: PrefixStore | None = None,
     cache_prefix: bool = True,
     augment_on_device: bool | None = None,
+    step_memory_mb: float | None = -1.0,
 ) -> TrialResult:
     """Train one configuration and return its per-epoch history.
 
@@ -168,6 +170,12 @@ def train_trial(
         channels-last; and for train images in a memory-mapped data file of a GiB or more
         (:func:`nbtl.data.images.is_large_mapping`), whose pages the trial then drops every ``RELEASE_STEPS``
         steps and after each evaluation, so that it never holds the file in its own memory.
+    step_memory_mb : float, optional
+        What a training step may hold in activations saved for the backward pass (MiB), measured per input on
+        two validation inputs (:func:`nbtl.feeds.measure_step_memory`): above it each batch runs as equal
+        micro-batches whose gradients add up before the one optimizer step (batch-norm statistics are then a
+        micro-batch's), and evaluations run in batches whose largest outputs fit it. Default
+        ``nbtl.feeds.STEP_MEMORY_MB`` of the device type (1 GiB on CPUs; none on GPUs); None: no cap.
 
     Returns
     -------
@@ -218,6 +226,9 @@ def train_trial(
         sampler=BatchSampler(RandomSampler(splits.train.labels, generator=generator), config.batch_size, drop_last),
     )
     steps_per_epoch = len(loader)
+    if step_memory_mb is not None and step_memory_mb < 0:
+        step_memory_mb = STEP_MEMORY_MB.get(device.type)
+    cap_bytes = None if step_memory_mb is None else step_memory_mb * 2**20
     store = prefix_store if prefix_store is not None else PrefixStore()
     feeds: dict[int, Feed] = {}
 
@@ -236,13 +247,26 @@ def train_trial(
                 entry = (store if cache_prefix else PrefixStore()).get(
                     model, splits, level, augmentation=augmentation, state_dict=weights, clean_only=closed_form
                 )
-            feeds[level] = (
+            feed = (
                 image_feed(
                     model, splits, loader, index_loader, BatchAugmentation.from_spec(augmentation), augment_on_device
                 )
                 if entry is None
                 else prefix_feed(model, entry, index_loader, device)
             )
+            memory = feed.limit_memory(model, config.batch_size, cap_bytes)
+            if memory is not None and feed.micro_batch < config.batch_size:
+                logger.info(
+                    "batches of %d run as micro-batches of %d: a training step saves about %.0f MB of activations an "
+                    "input from block %d on, the cap is %.0f MB (evaluation in batches of %d)",
+                    config.batch_size,
+                    feed.micro_batch,
+                    memory.saved_bytes / 1e6,
+                    feed.start_block,
+                    cap_bytes / 1e6,
+                    feed.eval_batch_size,
+                )
+            feeds[level] = feed
         return feeds[level]
 
     start_epoch = 1 if resume is None else int(resume["epoch"]) + 1
@@ -291,22 +315,28 @@ def train_trial(
                 step += 1
                 inputs = feed.batch(items, view_generator, device)
                 labels = labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = feed.forward(inputs)
-                    loss = criterion(logits.float(), labels)
-                penalty = regularizer()
-                objective = loss + penalty
-                # Reading a value off the GPU waits for it: on CUDA the check reads every SYNC_STEPS steps, so the
-                # CPU gathers the next batches while the GPU works (a diverged step is caught within them).
-                bad |= ~torch.isfinite(objective.detach())
-                if (device.type != "cuda" or step % SYNC_STEPS == 0) and bool(bad):
-                    raise TrialDivergedError(
-                        f"training loss became {objective.item()} at epoch {epoch} step {step} "
-                        f"(lr={config.lr:g}, head_lr={config.effective_head_lr():g}, l2sp_alpha={config.l2sp_alpha:g}): "
-                        "lower the learning rates or the regularisation"
-                    )
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(objective).backward()
+                loss = torch.zeros((), device=device)
+                part = feed.micro_batch or len(labels)
+                for first in range(0, len(labels), part):  # one part, unless the activations need more
+                    share = min(part, len(labels) - first) / len(labels)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = feed.forward(inputs[first : first + part])
+                        part_loss = criterion(logits.float(), labels[first : first + part])
+                    objective = part_loss if share == 1 else part_loss * share
+                    if first + part >= len(labels):
+                        objective = objective + regularizer()  # the penalty once a step, with the last part
+                    # Reading a value off the GPU waits for it: on CUDA the check reads every SYNC_STEPS steps, so
+                    # the CPU gathers the next batches while the GPU works (a diverged step is caught within them).
+                    bad |= ~torch.isfinite(objective.detach())
+                    if (device.type != "cuda" or step % SYNC_STEPS == 0) and bool(bad):
+                        raise TrialDivergedError(
+                            f"training loss became {objective.item()} at epoch {epoch} step {step} "
+                            f"(lr={config.lr:g}, head_lr={config.effective_head_lr():g}, "
+                            f"l2sp_alpha={config.l2sp_alpha:g}): lower the learning rates or the regularisation"
+                        )
+                    scaler.scale(objective).backward()
+                    loss = loss + part_loss.detach() * share
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -321,7 +351,9 @@ def train_trial(
         total_loss = float(total_loss)
 
         model.eval()
-        val = evaluate_inputs(feed.forward, feed.val, splits.val.labels, device, amp_dtype=amp_dtype)
+        val = evaluate_inputs(
+            feed.forward, feed.val, splits.val.labels, device, feed.eval_batch_size, amp_dtype=amp_dtype
+        )
         metrics = {
             "epoch": epoch,
             "train_loss": probe_loss if closed_form else total_loss / max(seen, 1),
@@ -333,7 +365,9 @@ def train_trial(
         }
         # The best epoch: the highest validation accuracy, a tie going to the lower validation loss.
         if (val["accuracy"], -val["loss"]) > (best["best_val_accuracy"], -best.get("best_val_loss", math.inf)):
-            test = evaluate_inputs(feed.forward, feed.test, splits.test.labels, device, amp_dtype=amp_dtype)
+            test = evaluate_inputs(
+                feed.forward, feed.test, splits.test.labels, device, feed.eval_batch_size, amp_dtype=amp_dtype
+            )
             best = {
                 "best_val_accuracy": val["accuracy"],
                 "best_val_loss": val["loss"],

@@ -317,6 +317,22 @@ def test_shipped_says_which_blocks_were_measured_on_the_product_at_head(tmp_path
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("ships") and f"(changed since only by {changed[:7]}: inert here)" in lines[1]
     assert lines[3] == "2 of 3 blocks measured on what ships"
+    # An entry that reaches some blocks (``reaches``) is inert for the others only.
+    inert.write_text(
+        f"- {{commit: {changed[:10]}, changed: x, why: y, check: tests/t.py::t, reaches: [probe_floor]}}\n"
+    )
+    report.main(["--shipped", "--readme", str(readme)])
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[1].startswith("OLDER")
+        and "probe_floor" in lines[1]
+        and lines[3] == "1 of 3 blocks measured on what ships"
+    )
+    inert.write_text(
+        f"- {{commit: {changed[:10]}, changed: x, why: y, check: tests/t.py::t, reaches: [trial_speed]}}\n"
+    )
+    report.main(["--shipped", "--readme", str(readme)])
+    assert capsys.readouterr().out.splitlines()[1].startswith("ships")
     later = commit("nbtl/train.py", "3\n")
     assert measured_at.product_commits(before_change) == [changed, later]
     report.main(["--shipped", "--readme", str(readme)])

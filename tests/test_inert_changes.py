@@ -32,7 +32,9 @@ def test_entries_name_product_commits_and_existing_tests():
     entries = yaml.safe_load(measured_at.INERT.read_text())
     assert entries, "benchmarks/inert_changes.yaml lists no change"
     for entry in entries:
-        assert set(entry) == {"commit", "changed", "why", "check"}, entry
+        assert (
+            {"commit", "changed", "why", "check"} <= set(entry) <= {"commit", "changed", "why", "check", "reaches"}
+        ), entry
         sha = subprocess.run(
             ["git", "rev-parse", "--verify", "--quiet", f"{entry['commit']}^{{commit}}"],
             cwd=REPO, capture_output=True, text=True,
@@ -75,3 +77,63 @@ def test_the_fit_bounds_do_not_reach_the_benchmark_tasks():
             ]
             predicted = cost.fit_seconds(speeds, train_images(task))
             assert predicted * MARGIN < cost.FIT_SHARE * budget, (task.name, budget, predicted)
+
+
+def block_image_sizes(name: str) -> set[int]:
+    """The image sizes the runs of README report block ``name`` trained at, from its results file."""
+    import re
+
+    import report
+
+    path = report.source(name)
+    sizes = {task.name: task.image_size for task in every_task()}
+    if path.suffix == ".jsonl":
+        tasks = set(report.read_rows(path)["task"])
+        assert tasks <= set(sizes), f"{name}: tasks unknown to benchmarks/tasks.py: {tasks - set(sizes)}"
+        return {sizes[task] for task in tasks}
+    document = json.loads(path.read_text())
+    if name == "trial_speed":
+        return {int(document["options"]["image_size"])}
+    if name == "probe_floor":
+        return {sizes[task] for task in document["tasks"]}
+    if name == "leave_one_task_out":  # its tasks read "digits per_class=100 32px seed=0"
+        return {int(re.search(r"(\d+)px", task["task"])[1]) for task in document["tasks"]}
+    raise AssertionError(f"report block {name}: say here which image sizes its runs trained at")
+
+
+def test_the_step_memory_cap_reaches_only_the_blocks_measured_at_224_px():
+    """The entry of the step-memory cap (nbtl.feeds.STEP_MEMORY_MB): a trial of the shipped spaces' backbones, every
+    block trained at the largest batch a space picks (auto: 64), saves less than the CPU cap at each benchmark size
+    but 224 px, and an evaluation batch of EVAL_BATCH_SIZE fits it: those runs train as before. The blocks whose rows
+    include a size where the cap binds are exactly the entry's ``reaches``."""
+    import report
+    import torch
+
+    from nbtl.config import TrialConfig
+    from nbtl.feeds import EVAL_BATCH_SIZE, STEP_MEMORY_MB, measure_step_memory
+    from nbtl.search.space import AUTO_BATCH_RANGE
+    from nbtl.transfer import build_transfer
+
+    entry = next(e for e in yaml.safe_load(measured_at.INERT.read_text()) if "STEP_MEMORY_MB" in e["changed"])
+    cap = STEP_MEMORY_MB["cpu"] * 2**20
+    backbones = sorted(
+        {b for space in ("default", "binary") for b in load_space(REPO / "search_spaces" / f"{space}.yaml").backbones()}
+    )
+    batch = AUTO_BATCH_RANGE[1]
+    for space in ("default", "binary", "meta"):  # meta.yaml: the leave-one-task-out runs
+        for parameter in load_space(REPO / "search_spaces" / f"{space}.yaml").parameters:
+            if parameter.name == "batch_size":
+                batch = max([batch, *(int(b) for b in parameter.candidates() if b != "auto")])
+    binds: dict[int, bool] = {}
+    for size in sorted({task.image_size for task in every_task()}):
+        images = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+        for backbone in backbones:
+            config = TrialConfig(backbone=backbone, freeze_blocks=0, head="spinal", pretrained=False)
+            model = build_transfer(config, num_classes=10).model
+            memory = measure_step_memory(model, model, images)
+            bound = memory.micro_batch(batch, cap) < batch or memory.eval_batch(cap) < EVAL_BATCH_SIZE
+            binds[size] = binds.get(size, False) or bound
+    assert not any(binds[size] for size in binds if size <= 64) and binds[224], binds
+    names = [m["name"] for readme in report.READMES for m in report.BLOCK.finditer(readme.read_text())]
+    reached = {name for name in names if any(binds[size] for size in block_image_sizes(name))}
+    assert reached == set(entry.get("reaches", [])), (reached, entry.get("reaches"))
