@@ -105,7 +105,8 @@ class StepMemory:
     output_bytes: float  # the largest output of one module in a forward pass, an input
 
     def micro_batch(self, batch_size: int, cap_bytes: float | None) -> int:
-        """The largest micro-batch, of equal parts of ``batch_size``, whose saved activations fit ``cap_bytes``."""
+        """The largest micro-batch whose saved activations fit ``cap_bytes``, of equal parts of ``batch_size`` (the
+        trainer splits a batch into ``ceil(batch_size / micro_batch)`` parts of sizes within one of each other)."""
         if cap_bytes is None or self.saved_bytes * batch_size <= cap_bytes:
             return batch_size
         most = max(1, int(cap_bytes // max(self.saved_bytes, 1.0)))

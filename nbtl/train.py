@@ -257,9 +257,10 @@ def train_trial(
             memory = feed.limit_memory(model, config.batch_size, cap_bytes)
             if memory is not None and feed.micro_batch < config.batch_size:
                 logger.info(
-                    "batches of %d run as micro-batches of %d: a training step saves about %.0f MB of activations an "
-                    "input from block %d on, the cap is %.0f MB (evaluation in batches of %d)",
+                    "batches of %d run as %d micro-batches of %d at most: a training step saves about %.0f MB of "
+                    "activations an input from block %d on, the cap is %.0f MB (evaluation in batches of %d)",
                     config.batch_size,
+                    math.ceil(config.batch_size / feed.micro_batch),
                     feed.micro_batch,
                     memory.saved_bytes / 1e6,
                     feed.start_block,
@@ -317,14 +318,17 @@ def train_trial(
                 labels = labels.to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 loss = torch.zeros((), device=device)
-                part = feed.micro_batch or len(labels)
-                for first in range(0, len(labels), part):  # one part, unless the activations need more
-                    share = min(part, len(labels) - first) / len(labels)
+                # one part, unless the activations need more: then parts of equal size (within one input)
+                parts = math.ceil(len(labels) / (feed.micro_batch or len(labels)))
+                for number, (part_inputs, part_labels) in enumerate(
+                    zip(inputs.tensor_split(parts), labels.tensor_split(parts), strict=True), start=1
+                ):
+                    share = len(part_labels) / len(labels)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits = feed.forward(inputs[first : first + part])
-                        part_loss = criterion(logits.float(), labels[first : first + part])
-                    objective = part_loss if share == 1 else part_loss * share
-                    if first + part >= len(labels):
+                        logits = feed.forward(part_inputs)
+                        part_loss = criterion(logits.float(), part_labels)
+                    objective = part_loss if parts == 1 else part_loss * share
+                    if number == parts:
                         objective = objective + regularizer()  # the penalty once a step, with the last part
                     # Reading a value off the GPU waits for it: on CUDA the check reads every SYNC_STEPS steps, so
                     # the CPU gathers the next batches while the GPU works (a diverged step is caught within them).

@@ -244,14 +244,25 @@ def test_an_entry_of_a_large_data_file_is_computed_a_batch_at_a_time_and_drops_i
 ):
     """Issue 18: a prefix entry of a large mapped data file draws its augmented views a batch at a time (never all the
     views' images in memory) and drops the pages it read and wrote as it goes; it is the same entry, bit for bit, as
-    the one computed from the same images in memory (the same random draws, in the same order)."""
+    the one computed from the same images in memory (the same random draws, in the same order), and as the views of
+    the whole split drawn first, image by image, then run in the store's batches (how the store drew them before)."""
+    from nbtl.data import make_augmentation
     from nbtl.data.arrayfile import open_splits, write_splits
+    from nbtl.features.batches import eval_mode, forward_in_batches
 
     folder = write_splits(splits, tmp_path / "data")
     mapped = open_splits(folder)
     model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
     small = PrefixStore(tmp_path / "small", max_bytes=1024, views=3, seed=5)
     expected = small.get(model, splits, 3, augmentation=AUGMENTATION, state_dict=weights)
+    transform, reference = make_augmentation(AUGMENTATION), torch.empty_like(expected.train)
+    with eval_mode(model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        for view in range(3):
+            images = splits.train.images
+            views = torch.stack([transform(image) for image in images]) if view else images
+            forward_in_batches(model, views, 3, torch.device("cpu"), reference[view])
+    assert torch.equal(expected.train, reference)
     monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
     monkeypatch.setattr("nbtl.features.batches.BATCH_SIZE", {"cpu": 7})  # short batches: the last window reaches back
     monkeypatch.setattr("nbtl.features.batches.RELEASE_BATCHES", 2)

@@ -372,18 +372,14 @@ class PrefixStore:
         # caller's RNG stream is untouched, and every trial of the search sees the same views.
         with eval_mode(model), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            large = is_large_mapping(splits.train.images)
             for view in range(views):
-                images = splits.train.images
-                if view > 0 and large:  # a batch at a time: a large data file's views are never all in memory
-                    forward_in_batches(model, images, blocks, device, train[view], transform=transform)
-                    continue
-                if view > 0:
-                    images = torch.stack([transform(image) for image in images])
-                elif clean is not None:  # view 0 draws no random numbers: the augmented views stay the same
+                if view == 0 and clean is not None:  # view 0 draws no random numbers: the augmented views stay the same
                     train[0] = clean.train[0]
                     continue
-                forward_in_batches(model, images, blocks, device, train[view])
+                # an augmented view is drawn a batch at a time, in order: its images are never all in memory
+                forward_in_batches(
+                    model, splits.train.images, blocks, device, train[view], transform=transform if view else None
+                )
             for name, out, images in (("val", val, splits.val.images), ("test", test, splits.test.images)):
                 if clean is not None:
                     out[:] = getattr(clean, name)
