@@ -41,10 +41,11 @@ RELEASE_STEPS = 16
 
 #: What a trial's training step may hold in activations saved for the backward pass, and an evaluation in a
 #: forward's outputs, by device type (MiB): above it a batch runs as micro-batches whose gradients add up, and an
-#: evaluation in smaller batches. On CPUs smaller batches are not slower: measured here at 224 px on one thread
-#: (EfficientNet-Lite0, every block trained), 5.6 images/s at batch 8 and 3.0 at batch 64, whose activations held
-#: 5.3 GB. GPUs: not capped (their memory holds a search's batches; packed trials share it).
-STEP_MEMORY_MB = {"cpu": 1024}
+#: evaluation in smaller batches. On CPUs smaller batches are faster at 224 px: benchmarks/step_memory.py (one thread,
+#: every block trained, batch 32) measured EfficientNet-Lite0 at 3.3 images/s and 3.6 GB peak RSS in whole batches,
+#: 3.8 and 2.2 GB with a 1,024 MiB cap, 4.5 and 2.0 GB with 512 MiB, 4.3 and 1.6 GB with 256 (Lite1: 2.6, 3.4, 4.0
+#: images/s). GPUs: not capped (their memory holds a search's batches; packed trials share it).
+STEP_MEMORY_MB = {"cpu": 512}
 
 #: The largest evaluation batch (:func:`evaluate_inputs`).
 EVAL_BATCH_SIZE = 256

@@ -175,7 +175,7 @@ def train_trial(
         two validation inputs (:func:`nbtl.feeds.measure_step_memory`): above it each batch runs as equal
         micro-batches whose gradients add up before the one optimizer step (batch-norm statistics are then a
         micro-batch's), and evaluations run in batches whose largest outputs fit it. Default
-        ``nbtl.feeds.STEP_MEMORY_MB`` of the device type (1 GiB on CPUs; none on GPUs); None: no cap.
+        ``nbtl.feeds.STEP_MEMORY_MB`` of the device type (512 MiB on CPUs; none on GPUs); None: no cap.
 
     Returns
     -------
