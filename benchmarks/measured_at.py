@@ -92,8 +92,8 @@ INERT = Path(__file__).with_name("inert_changes.yaml")
 
 def inert_changes(path: Path | None = None) -> dict[str, dict]:
     """``{full commit: entry}`` of :data:`INERT` (empty where the file is missing). An entry has ``commit``,
-    ``changed``, ``why`` and ``check`` (a test, ``tests/FILE::NAME``), and where the change reaches some report blocks
-    but not the others, ``reaches`` (those blocks' names: they count the change)."""
+    ``changed``, ``why`` and ``check`` (a test, ``tests/FILE::NAME``, or a list of them), and where the change
+    reaches some report blocks but not the others, ``reaches`` (those blocks' names: they count the change)."""
     path = INERT if path is None else path
     if not path.exists():
         return {}
