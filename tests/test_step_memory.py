@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import Recorder
+from conftest import REPO, Recorder
 from nbtl.config import TrialConfig
 from nbtl.data import load_dataset, split_dataset
 from nbtl.feeds import StepMemory, measure_step_memory
@@ -76,32 +76,19 @@ def test_micro_batches_add_up_to_the_whole_batchs_gradient(splits, weights, capl
     assert whole[-1]["val_accuracy"] > 0.5 and whole[-1]["train_loss"] < 1.0, whole[-1]  # chance: 0.1, loss 2.3
 
 
-MEASURE = """
-import json, resource, sys, torch
-from nbtl.backbones import load_pretrained_state_dict
-from nbtl.config import TrialConfig
-from nbtl.data import load_dataset, split_dataset
-from nbtl.train import train_trial
-torch.set_num_threads(1)
-splits = split_dataset(load_dataset("digits", image_size=224, per_class=3, seed=0), 0.2, 0.2, seed=0)
-cap = None if sys.argv[1] == "none" else float(sys.argv[1])
-config = TrialConfig(backbone="efficientnet_lite0", freeze_blocks=0, lr=0.01, epochs=1, batch_size=10, seed=0)
-result = train_trial(config, splits, state_dict=load_pretrained_state_dict("efficientnet_lite0"),
-                     device=torch.device("cpu"), step_memory_mb=cap)
-print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "train": len(splits.train), "loss": result.history[-1]["train_loss"]}))
-"""
-
-
 def test_a_capped_trial_at_224_px_holds_less_memory_than_its_whole_batch():
     """Ten images at 224 px, every block trained: the whole batch saves about 0.8 GB of activations."""
 
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from step_memory import ONE  # one trial in a process of its own: backbone, size, per class, batch, cap
+
     def peak(cap: str) -> dict:
-        done = subprocess.run([sys.executable, "-c", MEASURE, cap], capture_output=True, text=True, timeout=300)
+        command = [sys.executable, "-c", ONE, "efficientnet_lite0", "224", "3", "10", cap]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     whole, capped = peak("none"), peak("128")
-    assert whole["train"] == capped["train"] == 10
-    assert capped["rss_mb"] + 400 < whole["rss_mb"], (capped, whole)  # measured here: 1,235 MB against 1,840
-    assert abs(capped["loss"] - whole["loss"]) < 0.5 * whole["loss"]  # the same step, its batch norm per part
+    assert whole["train"] == capped["train"] == 10 and not whole["micro"] and capped["micro"]
+    assert capped["peak_rss_mb"] + 400 < whole["peak_rss_mb"], (capped, whole)  # measured here: 1,235 MB against 1,840
+    assert abs(capped["train_loss"] - whole["train_loss"]) < 0.5 * whole["train_loss"]  # batch norm per part
