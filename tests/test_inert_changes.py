@@ -16,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import measured_at  # noqa: E402
-from fit_share import BUDGETS, RESULTS, every_task, train_images  # noqa: E402
+from fit_share import BUDGETS, RESULTS, every_task, task_classes, train_images  # noqa: E402
 
 from nbtl.heuristics.recommend import FIT_MAX_IMAGES  # noqa: E402
 from nbtl.search import cost  # noqa: E402
@@ -156,3 +156,13 @@ def test_the_step_memory_cap_reaches_only_the_blocks_measured_at_224_px():
     reached = {name for name, pairs in runs.items() if pairs & bound}
     for entry in entries:
         assert reached == set(entry.get("reaches", [])), (entry["commit"], reached, entry.get("reaches"))
+
+
+def test_subsample_auto_reaches_no_benchmark_run():
+    """The entry of ``search.subsample: auto``: a search whose training split holds fewer than twice
+    SUBSAMPLE_MIN_PER_CLASS images a class on average keeps every image, whatever its budget. Every benchmark task
+    trains on fewer (its validation images counted too), so auto kept every image in every benchmark run."""
+    this = "tests/test_inert_changes.py::test_subsample_auto_reaches_no_benchmark_run"
+    assert any(this in str(e["check"]) for e in yaml.safe_load(measured_at.INERT.read_text())), "no entry names this"
+    for task in every_task():
+        assert train_images(task) < 2 * cost.SUBSAMPLE_MIN_PER_CLASS * task_classes(task), task.name

@@ -171,6 +171,8 @@ def test_search_on_a_ray_head_with_token_auth_tracks_where_it_is_told(tmp_path, 
         "--keep-checkpoints",
         "--cache-size",
         "1G",
+        "--subsample",  # the trials train and score on half the images: a data file of their own, sent as its path
+        "0.5",
         env={"RAY_AUTH_TOKEN_PATH": shared_ray["RAY_AUTH_TOKEN_PATH"]},
     )
     assert "Trials (best first, the top " in stdout and "results.csv):" in stdout and "Best config:" in stdout
@@ -197,9 +199,19 @@ def test_search_on_a_ray_head_with_token_auth_tracks_where_it_is_told(tmp_path, 
     best = max(c.data.metrics["best_val_accuracy"] for c in children)
     assert max(t["value"] for t in trials) <= best + 1e-9  # Optuna was told each trial's results, none above the best
     assert {"lr", "freeze_blocks"} <= set(trials[0]["params"])
-    # The images were decoded once into one memory-mapped file under the storage path, which the trials read.
+    # The images were decoded once into one memory-mapped file under the storage path; the trials read the half of
+    # them --subsample keeps, stratified, from a second file beside it.
     assert "decoded once in" in stdout and "memory-mapped from" in stdout
-    assert len(list((tmp_path / "results" / "nbtl_data").glob("*/images.npy"))) == 1
+    assert len(list((tmp_path / "results" / "nbtl_data").glob("*/images.npy"))) == 2
+    kept = re.search(r"subsample 0\.5: trials train on ([\d,]+) of ([\d,]+) training images and evaluate on "
+                     r"([\d,]+) of ([\d,]+) validation and ([\d,]+) of ([\d,]+) test images", stdout)  # fmt: skip
+    assert kept, stdout[-3000:]
+    counts = [int(n.replace(",", "")) for n in kept.groups()]
+    assert counts[0] == round(counts[1] / 2) and counts[2] == round(counts[3] / 2) and counts[4] == round(counts[5] / 2)
+    assert parent.data.params["subsample"] == "0.5"
+    for child in children:
+        metrics = child.data.metrics
+        assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == tuple(counts[::2])
     assert parent.data.tags["nbtl.ray_address"] == ray_head
     assert parent.data.tags["nbtl.ray_gcs_address"].rsplit(":", 1)[1] == ray_head.rsplit(":", 1)[1]
     # --keep-checkpoints: the trial checkpoints a finished search otherwise deletes (tests/test_lifecycle.py) stay

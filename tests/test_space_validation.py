@@ -136,6 +136,14 @@ def test_bad_prior_settings_are_rejected(prior, fragments):
     rejected(document(search={"prior": prior}), *fragments)
 
 
+@pytest.mark.parametrize("value", [0, 1.5, "most"])
+def test_a_bad_subsample_is_rejected_and_a_good_one_read(value):
+    rejected(document(search={"subsample": value}), "search: subsample must be auto", f"got {value!r}")
+    assert parse_space(document(search={"subsample": 0.25})).settings.subsample == 0.25
+    assert parse_space(document(search={"subsample": "all"})).settings.subsample == 1.0
+    assert parse_space(document()).settings.subsample == "auto"
+
+
 # --- block counts every trial of the space must be able to build -----------------------------------------
 
 

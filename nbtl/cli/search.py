@@ -94,6 +94,13 @@ def add_parser(subparsers) -> None:
         help="the most the search's frozen-prefix store may take on disk, e.g. 20G or 500M; the entries used "
         "longest ago are removed to stay under it (default: no limit)",
     )
+    p.add_argument(
+        "--subsample",
+        metavar="FRACTION",
+        help="train and evaluate the trials on this share of the images (stratified by class; an official test set "
+        "stays whole), e.g. 0.25; all: every image; auto (the default): every image unless the time budget affords "
+        "no trial on all of them, then the largest share at which the cheapest start point takes half the time left",
+    )
     add_weights_flag(p)
     p.add_argument(
         "--optuna-storage",

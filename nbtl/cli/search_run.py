@@ -16,6 +16,7 @@ from nbtl.heuristics.recommend import load_recommended_configs
 from nbtl.search import load_space
 from nbtl.search.options import open_rdb
 from nbtl.search.runner import SearchOptions, resume_search, run_search
+from nbtl.search.settings import check_subsample
 from nbtl.search.start import StartPoints
 from nbtl.search.units import parse_size
 
@@ -36,6 +37,7 @@ RESUME_IGNORES = (
     "keep_weights",
     "register",
     "cache_size",
+    "subsample",
     "optuna_storage",
     "weights",
 )
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         weights=parse_weights(args.weights, space.backbones()),
         optuna_storage=args.optuna_storage,
         cache_size=parse_size(args.cache_size, "--cache-size") if args.cache_size is not None else None,
+        subsample=check_subsample(args.subsample, "--subsample") if args.subsample is not None else None,
         data=args.data,
         name=args.name,
         trials=args.trials,

@@ -40,7 +40,7 @@ from nbtl.data.describe import describe_dataset
 from nbtl.data.images import decode_to_disk, release_pages, track_mapping
 from nbtl.data.settings import DataSettings
 from nbtl.data.sources import load_dataset
-from nbtl.data.splits import Splits, split_dataset, split_positions
+from nbtl.data.splits import Splits, split_dataset, split_positions, stratified_sample
 from nbtl.errors import DataError, ensure_room
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,10 @@ class MappedSplits(Splits):
     source: str | None = None
     settings: dict[str, Any] | None = None
     meta: dict[str, Any] | None = None
+    subsample: dict[str, Any] | None = None  # a subsample's parent folder, fraction and seed (:func:`subsample_splits`)
 
     def __reduce__(self):
-        return (open_splits, (self.folder, self.source, self.settings))
+        return (open_splits, (self.folder, self.source, self.settings, self.subsample))
 
     def __repr__(self) -> str:
         counts = " / ".join(f"{p} {len(getattr(self, p))}" for p in PARTS)
@@ -159,10 +160,12 @@ def write_positions(
     positions: dict[str, np.ndarray],
     folder: str | os.PathLike,
     meta: dict[str, Any] | None = None,
+    indices: np.ndarray | None = None,
 ) -> Path:
     """:func:`write_splits` of the parts of ``dataset`` at ``positions`` (sorted), copied into the data file a chunk
     of images at a time: a memory-mapped ``dataset`` (:func:`nbtl.data.images.decode_to_disk`) is never in memory
-    whole. The same file as ``write_splits(split_dataset(...))`` writes."""
+    whole. The same file as ``write_splits(split_dataset(...))`` writes. ``indices`` gives each image of ``dataset``
+    its position in the loaded dataset (default: its own position)."""
     folder = Path(folder)
     order = {p: np.sort(np.asarray(positions[p], dtype=np.int64)) for p in PARTS}
     size, total = dataset.image_size, sum(len(order[p]) for p in PARTS)
@@ -186,7 +189,8 @@ def write_positions(
         images.flush()
         labels = dataset.labels.numpy()
         np.save(staging / "labels.npy", np.concatenate([labels[order[p]] for p in PARTS]).astype(np.int64))
-        np.save(staging / "indices.npy", np.concatenate([order[p] for p in PARTS]).astype(np.int64))
+        where = np.concatenate([order[p] for p in PARTS]).astype(np.int64)
+        np.save(staging / "indices.npy", where if indices is None else np.asarray(indices, dtype=np.int64)[where])
         views, start = {}, 0
         for part in PARTS:
             end = start + len(order[part])
@@ -207,11 +211,20 @@ def write_positions(
 
 
 def open_splits(
-    folder: str | os.PathLike, source: str | None = None, settings: dict[str, Any] | None = None
+    folder: str | os.PathLike,
+    source: str | None = None,
+    settings: dict[str, Any] | None = None,
+    subsample: dict[str, Any] | None = None,
 ) -> MappedSplits:
     """The splits of the data file ``folder``, memory-mapped (copy-on-write). Where the folder is missing and
-    ``source`` and ``settings`` (data settings as MLflow params) are given, it is built first, from the source."""
+    ``source`` and ``settings`` (data settings as MLflow params) are given, it is built first, from the source; a
+    subsample's folder (``subsample``: its parent folder, fraction and seed) from its parent's, built first if need
+    be."""
     folder = Path(folder)
+    if subsample is not None and not (folder / "meta.json").exists():
+        parent = open_splits(subsample["parent"], source, settings)
+        logger.info("data file %s is not on this node: drawing it from %s here", folder, parent.folder)
+        return subsample_splits(parent, subsample["fraction"], subsample["seed"])
     if not (folder / "meta.json").exists():
         if source is None or settings is None:
             raise DataError(
@@ -254,7 +267,87 @@ def open_splits(
         source=source if source is not None else meta.get("source"),
         settings=settings if settings is not None else meta.get("settings"),
         meta=meta,
+        subsample=subsample if subsample is not None else meta.get("subsample"),
     )
+
+
+#: Where the images a subsample keeps are written: ``<parent folder>-sub<key>`` beside its parent.
+SUBSAMPLE_SUFFIX = "-sub"
+
+
+def subsample_positions(
+    splits: Splits, fraction: float, seed: int, keep: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Each part's positions that :func:`subsample_splits` keeps: ``fraction`` of each part (rounded, at least one
+    image of every class the part holds), stratified by class with ``seed``
+    (:func:`nbtl.data.splits.stratified_sample`); the parts named in ``keep`` whole."""
+    positions = {}
+    for part in PARTS:
+        labels = getattr(splits, part).labels.numpy()
+        if part in keep or fraction >= 1:
+            positions[part] = np.arange(len(labels))
+        else:
+            count = max(len(np.unique(labels)), round(len(labels) * fraction))
+            positions[part] = stratified_sample(labels, count, seed)
+    return positions
+
+
+def official_test(splits: Splits) -> tuple[str, ...]:
+    """``("test",)`` when the test part of ``splits`` is the source's official test set, else ``()``."""
+    parts = splits.test.parts
+    return ("test",) if parts is not None and len(parts) and bool((np.asarray(parts) == "test").all()) else ()
+
+
+def subsample_splits(splits: Splits, fraction: float, seed: int, keep: tuple[str, ...] | None = None) -> Splits:
+    """``fraction`` of the images of ``splits`` (:func:`subsample_positions`), the same for every image size of the
+    same data and seed. The parts in ``keep`` stay whole (default: an official test set, :func:`official_test`: the
+    images the user measures on). A data file's subsample is a data file of its own beside it (``<folder>-sub<key>``, written once, a
+    chunk at a time, and mapped like any: every trial shares its pages); in-memory splits give in-memory copies."""
+    if keep is None:
+        keep = official_test(splits)
+    positions = subsample_positions(splits, fraction, seed, keep)
+    if not isinstance(splits, MappedSplits):
+        indices = None if splits.indices is None else {p: splits.indices[p][positions[p]] for p in PARTS}
+        return Splits(**{p: getattr(splits, p).subset(positions[p]) for p in PARTS}, indices=indices)
+    parent = Path(splits.folder)
+    spec = {"parent": str(parent), "fraction": float(fraction), "seed": int(seed)}
+    key = hashlib.sha256(json.dumps({**spec, "parent": parent.name, "keep": sorted(keep)}).encode()).hexdigest()[:12]
+    folder = parent.with_name(f"{parent.name}{SUBSAMPLE_SUFFIX}{key}")
+    if not (folder / "meta.json").exists():
+        from filelock import FileLock
+
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / "meta.json").exists():
+                _write_subsample(splits, positions, folder, spec)
+    return open_splits(folder, splits.source, splits.settings, spec)
+
+
+def _write_subsample(
+    splits: MappedSplits, positions: dict[str, np.ndarray], folder: Path, spec: dict[str, Any]
+) -> None:
+    """The data file of ``splits``' images at ``positions`` (per part), copied a chunk at a time from the parent's
+    file; its ``indices.npy`` keeps each image's position in the loaded dataset."""
+    parent = Path(splits.folder)
+    images = torch.from_numpy(track_mapping(np.load(parent / "images.npy", mmap_mode="c")))
+    labels = torch.from_numpy(np.load(parent / "labels.npy"))
+    first = splits.train
+    parts = [np.asarray(getattr(splits, p).parts) for p in PARTS if getattr(splits, p).parts is not None]
+    whole = ImageDataset(
+        images=images,
+        labels=labels,
+        classes=list(first.classes),
+        name=first.name,
+        grayscale=first.grayscale,
+        original_size=first.original_size,
+        parts=np.concatenate(parts) if len(parts) == len(PARTS) else None,
+    )
+    offsets = np.cumsum([0] + [len(getattr(splits, p)) for p in PARTS])
+    where = {p: positions[p] + offsets[i] for i, p in enumerate(PARTS)}
+    loaded = None
+    if splits.indices is not None:
+        loaded = np.concatenate([splits.indices[p] for p in PARTS])
+    extra = {k: v for k, v in (splits.meta or {}).items() if k in ("source", "settings", "dataset", "input")}
+    write_positions(whole, where, folder, {**extra, "subsample": spec}, indices=loaded)
 
 
 def ensure_splits(

@@ -122,6 +122,29 @@ def split_positions(
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
+def stratified_sample(labels, max_images: int, seed: int | None = 0) -> np.ndarray:
+    """The sorted positions of at most ``max_images`` of ``labels``, drawn per class in proportion to its size (at
+    least one image of every class present, the images the rounding leaves going to the largest remainders) with
+    ``seed``; every position when there are no more than ``max_images``."""
+    labels = np.asarray(labels)
+    if len(labels) <= max_images:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(0 if seed is None else seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.maximum(1, np.floor(counts * max_images / len(labels)).astype(int))
+    remainder = counts * max_images / len(labels) - np.floor(counts * max_images / len(labels))
+    for index in np.argsort(-remainder, kind="stable"):
+        if quota.sum() >= max_images:
+            break
+        if quota[index] < counts[index]:
+            quota[index] += 1
+    chosen = [
+        rng.choice(np.flatnonzero(labels == label), size=min(int(n), int(count)), replace=False)
+        for label, n, count in zip(classes, quota, counts)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
 def kfold_splits(dataset: ImageDataset, folds: int, seed: int, val_fraction: float | None = None) -> list[Splits]:
     """:func:`kfold_indices` as :class:`Splits` (each part's images copied, with its ``indices``); see there."""
     return [_make_splits(dataset, parts) for parts in kfold_indices(dataset, folds, seed, val_fraction)]

@@ -19,6 +19,7 @@ from nbtl.backbones import get_spec
 from nbtl.config import TrialConfig, without_unused
 from nbtl.data import load_dataset, split_dataset
 from nbtl.data.settings import DataSettings
+from nbtl.data.splits import stratified_sample
 from nbtl.fit import block_features, fit_table, meta_features
 from nbtl.heuristics.learned import TARGET, LearnedRecommender
 from nbtl.heuristics.rules import Rules
@@ -161,26 +162,12 @@ def measure_task(
 
 def fit_sample(train, max_images: int, seed: int | None = 0):
     """At most ``max_images`` images of ``train`` (an :class:`~nbtl.data.ImageDataset`), in their order, drawn
-    per class in proportion to its size (at least one image of every class present) with ``seed``; ``train``
-    itself when it holds no more. Only the chosen images are copied out of a memory-mapped split."""
+    per class in proportion to its size (at least one image of every class present) with ``seed``
+    (:func:`nbtl.data.splits.stratified_sample`); ``train`` itself when it holds no more. Only the chosen images are
+    copied out of a memory-mapped split."""
     if len(train) <= max_images:
         return train
-    labels = train.labels.numpy()
-    rng = np.random.default_rng(0 if seed is None else seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = np.maximum(1, np.floor(counts * max_images / len(labels)).astype(int))
-    # the images the floor left over go to the largest remainders, never beyond a class's size
-    remainder = counts * max_images / len(labels) - np.floor(counts * max_images / len(labels))
-    for index in np.argsort(-remainder, kind="stable"):
-        if quota.sum() >= max_images:
-            break
-        if quota[index] < counts[index]:
-            quota[index] += 1
-    chosen = [
-        rng.choice(np.flatnonzero(labels == label), size=min(int(n), int(count)), replace=False)
-        for label, n, count in zip(classes, quota, counts)
-    ]
-    return train.subset(np.sort(np.concatenate(chosen)))
+    return train.subset(stratified_sample(train.labels.numpy(), max_images, seed))
 
 
 @dataclass

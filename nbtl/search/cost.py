@@ -188,6 +188,39 @@ def auto_image_size(
     )
 
 
+#: ``search.subsample: auto``: on a subsample, the share of the time left for trials the cheapest start point may take.
+SUBSAMPLE_SHARE = 0.5
+#: ``search.subsample: auto``: the fewest training images a class keeps on average (the smallest share it tries); a
+#: search with fewer than twice as many keeps every image: a subsample is a fidelity for large data, and on small data
+#: each image counts.
+SUBSAMPLE_MIN_PER_CLASS = 200
+
+
+def auto_subsample(cost_at, seconds: float, smallest: float) -> tuple[float, str]:
+    """``search.subsample: auto``: 1.0 when the cheapest start point (``cost_at(fraction)``: its seconds on that share
+    of the images) finishes in the ``seconds`` left for trials on every image; else the largest of 1/2, 1/4, ... (down
+    to ``smallest``) at which it takes at most :data:`SUBSAMPLE_SHARE` of them, so that it and others finish. Returns
+    the share and why (one clause); the smallest share tried when none fits."""
+    full = cost_at(1.0)
+    if full <= seconds:
+        return 1.0, f"the cheapest start point takes about {full:.0f}s of the {seconds:.0f}s left for trials"
+    fraction, cost = 1.0, full
+    while fraction / 2 >= smallest:
+        fraction /= 2
+        cost = cost_at(fraction)
+        if cost <= SUBSAMPLE_SHARE * seconds:
+            return fraction, (
+                f"on every image the cheapest start point would take about {full:.0f}s, more than the {seconds:.0f}s "
+                f"left for trials; on 1/{round(1 / fraction)} of them about {cost:.0f}s (at most "
+                f"{SUBSAMPLE_SHARE:.0%})"
+            )
+    return fraction, (
+        f"on every image the cheapest start point would take about {full:.0f}s, more than the {seconds:.0f}s left "
+        f"for trials, and still {cost:.0f}s on the smallest share tried (1/{round(1 / fraction)}): trials run until "
+        "the budget ends them; a longer --time-budget, a smaller --image-size or a GPU lets them finish"
+    )
+
+
 class CostModel:
     """``cost(configs) -> seconds``: :func:`trial_seconds` of full candidate configs (dicts), with each backbone's
     measured :class:`Speed`; a config it cannot read costs what a default one does. Picklable (a study holds it)."""

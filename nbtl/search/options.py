@@ -69,6 +69,7 @@ class SearchOptions(RunOptions):
     keep_weights: int | None = None  # the best K trials keep their best-epoch weights (nbtl ensemble); None: DEFAULTS
     register: str | None = None  # the registered model's name; None: the search's name
     register_model: bool = True  # False (--no-register): the best model is logged on the parent run, not registered
+    subsample: float | str | None = None  # --subsample: auto, or the share of the images trials use; None: the space's
     cache_size: int | None = None  # --cache-size: bytes the frozen-prefix store may take on disk; None: no limit
     optuna_storage: str | None = None  # --optuna-storage: the Optuna study's RDB URL; None: optuna.db in its folder
     weights: dict[str, str] = field(default_factory=dict)  # --weights: backbone -> a local weights file to use instead

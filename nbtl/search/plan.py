@@ -221,6 +221,7 @@ def run_params(plan: Plan, space: SearchSpace, options: SearchOptions, prepared:
         "sampler": json.dumps(space.settings.sampler.to_dict()),
         "scheduler": json.dumps(space.settings.scheduler.to_dict()),
         "time_budget_s": plan.budget,
+        "subsample": prepared.subsample,
         "start_points": ",".join(plan.starts.labels) or "none",
         **({"weights": json.dumps(options.weights, sort_keys=True)} if options.weights else {}),
     }

@@ -13,10 +13,26 @@ from typing import Any
 
 from nbtl.backbones import get_spec, load_pretrained_state_dict
 from nbtl.config import TrialConfig
-from nbtl.data.arrayfile import DATA_DIR, decode_splits, ensure_splits, open_splits
+from nbtl.data.arrayfile import (
+    DATA_DIR,
+    decode_splits,
+    ensure_splits,
+    official_test,
+    open_splits,
+    subsample_positions,
+    subsample_splits,
+)
 from nbtl.data.settings import AUTO, DataSettings
 from nbtl.search.cluster import SearchError
-from nbtl.search.cost import auto_image_size, measure_speed, scaled
+from nbtl.search.cost import (
+    FIT_SHARE,
+    SUBSAMPLE_MIN_PER_CLASS,
+    auto_image_size,
+    auto_subsample,
+    measure_speed,
+    scaled,
+    trial_seconds,
+)
 from nbtl.search.handover import Handover
 from nbtl.search.options import (
     DEFAULTS,
@@ -27,7 +43,7 @@ from nbtl.search.options import (
     time_budget,
     trial_resources,
 )
-from nbtl.search.settings import RECOMMEND, get_start_point
+from nbtl.search.settings import RECOMMEND, SUBSAMPLE_AUTO, get_start_point
 from nbtl.search.space import SearchSpace
 from nbtl.search.trainable import nbtl_trainable
 
@@ -44,6 +60,7 @@ class Prepared:
     dataset_input: dict[str, Any] = field(default_factory=dict)  # nbtl.data.describe: logged as the runs' input
     image_sizes: dict[str, int] = field(default_factory=dict)  # each backbone's size (a trial's own image_size aside)
     splits_by_size: dict[int, Any] = field(default_factory=dict)  # one data file per size a trial may train at
+    subsample: float = 1.0  # the share of the images the trials train and evaluate on (search.subsample)
 
     def trial_splits(self) -> Any:
         """What the trials get: the splits, or with several sizes the splits of each size."""
@@ -68,6 +85,7 @@ def prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str]
     there), and load each backbone's weights once, on the driver. The splits travel to the trials as the file's
     path, the weights through Ray's object store (``tune.with_parameters``): once per node, never per trial."""
 
+    started = time.perf_counter()
     # the one data-settings object: nbtl recommend and nbtl train read the same, so they mean the same images
     data_settings = DataSettings.from_space(
         space,
@@ -84,6 +102,11 @@ def prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str]
         splits, meta = _data_file(options.data, dataclasses.replace(data_settings, image_size=size), root, print_fn)
         by_size[size] = splits
         first_meta = first_meta or meta
+    fraction = _subsample(space, options, by_size[sizes[0]], image_sizes, time.perf_counter() - started, print_fn)
+    if fraction < 1:
+        by_size = {
+            size: subsample_splits(splits, fraction, data_settings.split_seed) for size, splits in by_size.items()
+        }
     meta, splits = first_meta, by_size[sizes[0]]
     random_init_only = any(p.name == "pretrained" and True not in p.candidates() for p in space.parameters)
     unknown = sorted(set(options.weights) - set(space.backbones()))
@@ -98,7 +121,70 @@ def prepare(space: SearchSpace, options: SearchOptions, print_fn: Callable[[str]
         else {b: load_pretrained_state_dict(b, options.weights.get(b)) for b in space.backbones()}
     )
     resources = trial_resources(space, options)
-    return Prepared(meta["name"], splits, weights, resources, data_settings, meta["input"], image_sizes, by_size)
+    return Prepared(
+        meta["name"], splits, weights, resources, data_settings, meta["input"], image_sizes, by_size, fraction
+    )
+
+
+def _fixed_steps(space: SearchSpace, n_train: int) -> dict[str, Any]:
+    """The space's fixed epochs and batch size, if it fixes them."""
+    fixed = {p.name: p.value for p in space.resolved(n_train).parameters if p.fixed and p.name in TrialConfig.keys()}
+    return {k: v for k, v in fixed.items() if k in ("epochs", "batch_size")}
+
+
+def _start_configs(space: SearchSpace, options: SearchOptions, backbone: str, n_train: int) -> list[TrialConfig]:
+    """The configs of the space's start points on ``backbone``, with its fixed epochs and batch size (a recommended
+    config costs about what the conventional recipe does)."""
+    keep = _fixed_steps(space, n_train)
+    names = [n for n in space.start_points if options.recommend or n != "recommend"]
+    return [
+        TrialConfig.from_dict({**get_start_point("conventional" if n == RECOMMEND else n).config(backbone), **keep})
+        for n in names
+    ]
+
+
+def _subsample(
+    space: SearchSpace, options: SearchOptions, splits, image_sizes: dict[str, int], elapsed: float, print_fn
+) -> float:
+    """The share of the images the trials train and evaluate on (``search.subsample``, ``--subsample``): the one
+    given, or with ``auto`` on CPUs with a time budget :func:`nbtl.search.cost.auto_subsample` of the cheapest start
+    point (or a half-frozen trial) on the space's first backbone, measured here, in the time left for trials (the
+    budget less the wrap-up, what was spent so far and the fit measures' share). Says what it chose when below 1."""
+    value = setting(options, space, "subsample")
+    n_train, n_val, n_test = len(splits.train), len(splits.val), len(splits.test)
+    classes = len(splits.train.classes)
+    official = official_test(splits)
+    budget, resources = time_budget(options, space), trial_resources(space, options)
+    if value == SUBSAMPLE_AUTO:
+        if budget is None or resources["gpu"] or n_train < 2 * SUBSAMPLE_MIN_PER_CLASS * classes:
+            return 1.0
+        backbone = space.backbones()[0]
+        speed = measure_speed(backbone, image_sizes[backbone], threads=int(max(1, resources["cpu"])))
+        configs = _start_configs(space, options, backbone, n_train)
+        half = {"backbone": backbone, "freeze_blocks": len(speed.block_share) // 2, **_fixed_steps(space, n_train)}
+        configs.append(TrialConfig.from_dict(half))
+        fit = FIT_SHARE * budget if options.recommend and RECOMMEND in space.start_points else 0.0
+        left = budget - kept_seconds(budget, space) - elapsed - fit
+
+        def cost_at(fraction: float) -> float:
+            n_eval = round(n_val * fraction) + (n_test if "test" in official else round(n_test * fraction))
+            return min(trial_seconds(c, speed, round(n_train * fraction), n_eval) for c in configs)
+
+        value, why = auto_subsample(cost_at, max(left, 1.0), SUBSAMPLE_MIN_PER_CLASS * classes / n_train)
+        if value >= 1:
+            return 1.0
+    else:
+        why = "--subsample" if options.subsample is not None else f"{space.path}: search.subsample"
+    value = float(value)
+    if value < 1:
+        kept = subsample_positions(splits, value, 0, official)
+        counts = {p: f"{len(kept[p]):,} of {len(getattr(splits, p)):,}" for p in ("train", "val", "test")}
+        print_fn(
+            f"subsample {value:g}: trials train on {counts['train']} training images and evaluate on {counts['val']} "
+            f"validation and {counts['test']} test images (stratified by class{', the official test set whole' if 'test' in official else ''}): {why}; "
+            "--subsample all uses every image"
+        )
+    return value
 
 
 def _auto_image_size(space: SearchSpace, options: SearchOptions, data_settings, root: Path, print_fn):
@@ -121,13 +207,7 @@ def _auto_image_size(space: SearchSpace, options: SearchOptions, data_settings, 
     n_train, n_eval = len(splits.train), len(splits.val) + len(splits.test)
     threads = int(max(1, resources["cpu"]))
     speeds = measure_speed(backbone, low, threads), measure_speed(backbone, native, threads)
-    fixed = {p.name: p.value for p in space.resolved(n_train).parameters if p.fixed and p.name in TrialConfig.keys()}
-    keep = {k: v for k, v in fixed.items() if k in ("epochs", "batch_size")}
-    names = [n for n in space.start_points if options.recommend or n != "recommend"]
-    configs = [  # a recommended config costs about what the conventional recipe does
-        TrialConfig.from_dict({**get_start_point("conventional" if n == RECOMMEND else n).config(backbone), **keep})
-        for n in names
-    ]
+    configs = _start_configs(space, options, backbone, n_train)
     at_once = int(setting(options, space, "max_concurrent"))
     size, why = auto_image_size(
         native, configs, lambda s: scaled(*speeds, s), n_train, n_eval, budget - kept_seconds(budget, space), at_once

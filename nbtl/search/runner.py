@@ -53,6 +53,8 @@ def run_search(
         options = dataclasses.replace(options, weights={**space.weights, **options.weights})
     started = time.perf_counter()
     prepared = prepare(space, options, print_fn)
+    # the share of the images chosen (search.subsample auto): --resume reads it back from the state, not again
+    options = dataclasses.replace(options, subsample=prepared.subsample)
     space = space.resolved(len(prepared.splits.train))
     storage = storage_folder(options.storage_path)
     # Ray before MLflow: a cluster that cannot be joined, or resources no node has, leave no run behind

@@ -18,11 +18,13 @@ from nbtl.search.units import parse_duration
 __all__ = [
     "RECOMMEND",
     "START_POINTS",
+    "SUBSAMPLE_AUTO",
     "PriorSpec",
     "SamplerSpec",
     "SchedulerSpec",
     "SearchSettings",
     "StartPoint",
+    "check_subsample",
     "get_start_point",
     "register_start_point",
     "remove_start_point",
@@ -32,6 +34,29 @@ __all__ = [
 #: The start point that measures the fit of the space's backbones and enqueues ``nbtl recommend``'s configs (it also
 #: ranks the backbones the recipes start from).
 RECOMMEND = "recommend"
+
+#: ``search.subsample: auto``: a CPU search with a time budget that affords no trial on all its images trains and
+#: evaluates its trials on a share of them (:func:`nbtl.search.cost.auto_subsample`).
+SUBSAMPLE_AUTO = "auto"
+
+
+def check_subsample(value: Any, where: str) -> float | str:
+    """``search.subsample`` (``--subsample``) checked: ``auto``, ``all`` (1.0) or a fraction in (0, 1]; a bad value
+    raises one :class:`~nbtl.errors.ConfigError` that starts with ``where``."""
+    from nbtl.errors import ConfigError
+
+    if isinstance(value, str) and value.strip().lower() in (SUBSAMPLE_AUTO, "all"):
+        return SUBSAMPLE_AUTO if value.strip().lower() == SUBSAMPLE_AUTO else 1.0
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 0 < number <= 1:
+        raise ConfigError(
+            f"{where}: subsample must be auto (a share of the images when the time budget affords no trial on all "
+            f"of them), all, or a fraction in (0, 1] of the images the trials train and evaluate on, got {value!r}"
+        )
+    return number
 
 
 @dataclass(frozen=True)
@@ -173,6 +198,8 @@ class SearchSettings:
     reevaluate_top: int = 0  # search.reevaluate.top: re-run the best K trials (nbtl.search.reevaluate) when >= 2
     reevaluate_resplit: bool = False  # search.reevaluate.resplit: the repeats on another train / val partition
     prefix_cache: bool = True
+    # search.subsample: the share of the images trials train and evaluate on (nbtl.data.arrayfile.subsample_splits)
+    subsample: float | str = SUBSAMPLE_AUTO
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
 
     @classmethod
@@ -197,6 +224,7 @@ class SearchSettings:
             reevaluate_top=int((s.get("reevaluate") or {}).get("top", 0)),
             reevaluate_resplit=bool((s.get("reevaluate") or {}).get("resplit", False)),
             points_to_evaluate=tuple(dict(p) for p in s.get("points_to_evaluate") or ()),
+            subsample=check_subsample(s.get("subsample", SUBSAMPLE_AUTO), "search"),
         )
 
     @property

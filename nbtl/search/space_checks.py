@@ -25,7 +25,7 @@ from nbtl.data.splits import MIN_IMAGES_PER_CLASS
 from nbtl.errors import ConfigError
 from nbtl.search.algorithms import get_sampler, get_scheduler, sampler_names, scheduler_names
 from nbtl.search.parameter import BLOCK_KEYS, Parameter, field_kind, resolve_bound, valid_all_minus
-from nbtl.search.settings import START_POINTS, start_point_names
+from nbtl.search.settings import START_POINTS, check_subsample, start_point_names
 from nbtl.search.units import parse_duration
 
 SECTIONS = ("name", "description", "data", "search", "parameters")
@@ -46,6 +46,7 @@ SEARCH_KEYS = (
     "prior",
     "reevaluate",
     "prefix_cache",
+    "subsample",
 )
 PRIOR_KEYS = ("enabled", "n_candidates", "trials", "cost_aware")
 
@@ -380,6 +381,8 @@ def check_settings(space: Any, where: str) -> None:
             f"{where}: search.prefix_cache must be true (frozen blocks' outputs computed once and shared) or "
             f"false (every trial runs every block), got {s['prefix_cache']!r}"
         )
+    if "subsample" in s:
+        check_subsample(s["subsample"], f"{where}: search")
     if not isinstance(s.get("reuse_actors", True), bool):
         raise ConfigError(
             f"{where}: search.reuse_actors must be true (a finished trial's worker runs the next trial) or false (a "

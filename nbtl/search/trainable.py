@@ -215,6 +215,8 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
                 f"{', '.join(map(str, sorted(splits)))} px): search image_size over choices the space names"
             )
         splits = splits[size]
+    # what the trial trains and is scored on: fewer than the data's images under search.subsample
+    tracker.log_metrics({f"{part}_images": len(getattr(splits, part)) for part in ("train", "val", "test")})
     weight = (weights or {}).get(trial_config.backbone) if trial_config.pretrained else None
     store = prefix_store(context.prefix_cache_dir, context.seed, context.prefix_cache_bytes)
     try:
