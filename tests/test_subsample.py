@@ -141,3 +141,33 @@ def test_subsample_values(value, expected):
 def test_bad_subsample_values_are_one_line_naming_the_choices(value):
     with pytest.raises(ConfigError, match=r"^--subsample: subsample must be auto .* all, or a fraction in \(0, 1\]"):
         check_subsample(value, "--subsample")
+
+
+def test_a_search_whose_budget_affords_no_trial_on_every_image_prepares_a_subsample(tmp_path):
+    """nbtl.search.prepare on 15,000 real Fashion-MNIST images (900 training images a class, tiny.yaml's split) at 32 px: with a
+    20-second budget no trial can finish on all of them, so the trials get a share, said in one line; without a budget,
+    with --subsample all, or with a share given, they get that."""
+    from nbtl.search import load_space
+    from nbtl.search.options import SearchOptions
+    from nbtl.search.prepare import prepare
+
+    space = load_space("tiny")
+    base = {"data": "fashion-mnist", "per_class": 1500, "image_size": 32, "storage_path": str(tmp_path)}
+    said = []
+    prepared = prepare(space, SearchOptions(**base, time_budget=20.0), said.append)
+    assert 0 < prepared.subsample < 1, said
+    line = next(line for line in said if line.startswith("subsample "))
+    assert f"subsample {prepared.subsample:g}: trials train on {len(prepared.splits.train):,} of 9,000" in line
+    assert "stratified by class" in line and "--subsample all" in line
+    assert prepared.trial_splits().folder == prepared.splits.folder  # what the trials map: the subsample's file
+    assert len(prepared.splits.train) >= 200 * 10  # the floor: 200 training images a class on average
+
+    for options, share in (
+        (SearchOptions(**base), 1.0),  # no budget: every image
+        (SearchOptions(**base, time_budget=20.0, subsample=1.0), 1.0),  # --subsample all
+        (SearchOptions(**base, subsample=0.5), 0.5),  # a share given
+    ):
+        said = []
+        prepared = prepare(space, options, said.append)
+        assert prepared.subsample == share and len(prepared.splits.train) == round(9_000 * share), said
+        assert any(line.startswith("subsample 0.5: ") for line in said) == (share < 1), said

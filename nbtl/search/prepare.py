@@ -26,6 +26,7 @@ from nbtl.data.settings import AUTO, DataSettings
 from nbtl.search.cluster import SearchError
 from nbtl.search.cost import (
     FIT_SHARE,
+    SEARCH_SLOWDOWN,
     SUBSAMPLE_MIN_PER_CLASS,
     auto_image_size,
     auto_subsample,
@@ -148,7 +149,8 @@ def _subsample(
 ) -> float:
     """The share of the images the trials train and evaluate on (``search.subsample``, ``--subsample``): the one
     given, or with ``auto`` on CPUs with a time budget :func:`nbtl.search.cost.auto_subsample` of the cheapest start
-    point (or a half-frozen trial) on the space's first backbone, measured here, in the time left for trials (the
+    point (or a half-frozen trial) on the slowest of the space's backbones (the start points run on the one the fit
+    ranks first), timed here and times :data:`~nbtl.search.cost.SEARCH_SLOWDOWN`, in the time left for trials (the
     budget less the wrap-up, what was spent so far and the fit measures' share). Says what it chose when below 1."""
     value = setting(options, space, "subsample")
     n_train, n_val, n_test = len(splits.train), len(splits.val), len(splits.test)
@@ -158,17 +160,20 @@ def _subsample(
     if value == SUBSAMPLE_AUTO:
         if budget is None or resources["gpu"] or n_train < 2 * SUBSAMPLE_MIN_PER_CLASS * classes:
             return 1.0
-        backbone = space.backbones()[0]
-        speed = measure_speed(backbone, image_sizes[backbone], threads=int(max(1, resources["cpu"])))
-        configs = _start_configs(space, options, backbone, n_train)
-        half = {"backbone": backbone, "freeze_blocks": len(speed.block_share) // 2, **_fixed_steps(space, n_train)}
-        configs.append(TrialConfig.from_dict(half))
+        threads = int(max(1, resources["cpu"]))
+        candidates = []  # (config, speed) of each start point and a half-frozen trial, on each backbone
+        for backbone in space.backbones():
+            speed = measure_speed(backbone, image_sizes[backbone], threads=threads)
+            half = {"backbone": backbone, "freeze_blocks": len(speed.block_share) // 2, **_fixed_steps(space, n_train)}
+            configs = [*_start_configs(space, options, backbone, n_train), TrialConfig.from_dict(half)]
+            candidates.append([(c, speed) for c in configs])
         fit = FIT_SHARE * budget if options.recommend and RECOMMEND in space.start_points else 0.0
         left = budget - kept_seconds(budget, space) - elapsed - fit
 
         def cost_at(fraction: float) -> float:
             n_eval = round(n_val * fraction) + (n_test if "test" in official else round(n_test * fraction))
-            return min(trial_seconds(c, speed, round(n_train * fraction), n_eval) for c in configs)
+            cheapest = [min(trial_seconds(c, s, round(n_train * fraction), n_eval) for c, s in on) for on in candidates]
+            return SEARCH_SLOWDOWN * max(cheapest)  # on the slowest backbone
 
         value, why = auto_subsample(cost_at, max(left, 1.0), SUBSAMPLE_MIN_PER_CLASS * classes / n_train)
         if value >= 1:
