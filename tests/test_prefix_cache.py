@@ -239,6 +239,33 @@ def test_resume_of_a_cached_trial_matches_an_uninterrupted_one(splits, weights, 
         assert torch.equal(resumed_recorder.states[-1]["model"][key], value), key
 
 
+def test_a_large_entry_of_a_small_data_file_drops_its_written_pages_too(splits, weights, tmp_path, monkeypatch):
+    """Issue 18's seventh scale run: a subsample's 0.5-GB data file made a 2.8-GB entry (4 views of Lite1's last
+    block), whose written pages stayed in the trial because only a large *data file* dropped them. With the mark
+    between the two sizes, the entry's pages leave the process as it is written, and it is the same entry."""
+    from nbtl.data.arrayfile import open_splits, write_splits
+
+    folder = write_splits(splits, tmp_path / "data")
+    mapped = open_splits(folder)
+    model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
+    kept = PrefixStore(tmp_path / "kept", max_bytes=1024, views=3, seed=5).get(
+        model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
+    )  # below the default mark of 1 GiB: its pages stay
+    train = kept.path / "train.npy"
+    assert mapped_kib(train) > train.stat().st_size // 1024 / 2
+    data = (folder / "images.npy").stat().st_size
+    assert train.stat().st_size > data + 1  # the entry is larger than its data file
+    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", str(data + 1))  # the data file below the mark, the entry above
+    monkeypatch.setattr("nbtl.features.batches.RELEASE_BATCHES", 2)
+    entry = PrefixStore(tmp_path / "dropped", max_bytes=1024, views=3, seed=5).get(
+        model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
+    )
+    assert entry.path is not None and not entry.hit
+    assert mapped_kib(entry.path / "train.npy") < (entry.path / "train.npy").stat().st_size // 1024 / 4
+    for part in ("train", "val", "test"):
+        assert torch.equal(getattr(entry, part), getattr(kept, part)), part
+
+
 def test_an_entry_of_a_large_data_file_is_computed_a_batch_at_a_time_and_drops_its_pages(
     splits, weights, tmp_path, monkeypatch
 ):

@@ -21,10 +21,12 @@ RELEASE_BATCHES = 32
 
 def forward_in_batches(model, images: Tensor, blocks: int, device: torch.device, out: Tensor, transform=None) -> None:
     """``out`` = blocks ``[0, blocks)`` of ``images`` (in ``out``'s dtype), a batch at a time (``transform`` applied to
-    each batch's images as it goes, in order). Reading a large data file (:func:`nbtl.data.images.is_large_mapping`),
-    the pages of the images read and of the outputs written leave this process every :data:`RELEASE_BATCHES`."""
+    each batch's images as it goes, in order). Reading a large data file or writing a large entry file
+    (:func:`nbtl.data.images.is_large_mapping`), the pages of the images read and of the outputs written leave this
+    process every :data:`RELEASE_BATCHES`."""
     size = BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE)
-    release = is_large_mapping(images)
+    # a small data file can make a large entry (4 views of a block's outputs: 2.8 GB from a 0.5-GB subsample)
+    release = is_large_mapping(images) or is_large_mapping(torch.from_numpy(as_numpy(out)))
     previous = None  # with a transform: the batch before, as the model saw it (the last window reaches into it)
     for number, start in enumerate(range(0, len(images), size), start=1):
         # The last batch is the last `size` images, not a short remainder: kernels for short batches

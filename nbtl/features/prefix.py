@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from nbtl.data import Splits, make_augmentation
-from nbtl.data.images import forget_mapping, is_large_mapping, track_mapping
+from nbtl.data.images import forget_mapping, track_mapping
 from nbtl.errors import ConfigError, ensure_room, raise_if_disk_full
 from nbtl.features.batches import as_tensor, eval_mode, forward_in_batches
 from nbtl.features.keys import dataset_fingerprint, weights_hash
@@ -392,11 +392,11 @@ class PrefixStore:
         staging = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         staging.mkdir()
         arrays = []
-        large = is_large_mapping(splits.train.images)
 
         def allocate(part: str, full: tuple[int, ...]) -> Tensor:
             array = np.lib.format.open_memmap(staging / f"{part}.npy", mode="w+", dtype=_NUMPY[self.dtype], shape=full)
-            arrays.append(track_mapping(array) if large else array)  # written pages can leave the process (_run)
+            # tracked: a large data file's entry, or a large entry, drops its written pages as it goes (batches.py)
+            arrays.append(track_mapping(array))
             return as_tensor(array, self.dtype)
 
         try:
