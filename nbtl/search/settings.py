@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from nbtl.errors import ConfigError
 from nbtl.registry import Registry, resolve
 from nbtl.search.algorithms import algorithm_names, get_algorithm
 from nbtl.search.units import parse_duration
@@ -43,8 +44,6 @@ SUBSAMPLE_AUTO = "auto"
 def check_subsample(value: Any, where: str) -> float | str:
     """``search.subsample`` (``--subsample``) checked: ``auto``, ``all`` (1.0) or a fraction in (0, 1]; a bad value
     raises one :class:`~nbtl.errors.ConfigError` that starts with ``where``."""
-    from nbtl.errors import ConfigError
-
     if isinstance(value, str) and value.strip().lower() in (SUBSAMPLE_AUTO, "all"):
         return SUBSAMPLE_AUTO if value.strip().lower() == SUBSAMPLE_AUTO else 1.0
     try:
