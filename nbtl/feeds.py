@@ -20,6 +20,7 @@ from nbtl.data import ImageDataset, Splits
 from nbtl.data.augment import BatchAugmentation
 from nbtl.data.images import is_large_mapping, release_pages
 from nbtl.features import PrefixEntry
+from nbtl.features.batches import as_numpy
 from nbtl.fit.probe import expected_calibration_error
 from nbtl.transfer import TransferModel
 
@@ -83,8 +84,8 @@ def evaluate_inputs(
             logits = forward(batch if batch.dtype == torch.uint8 else batch.float())
         losses.append(nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item())
         probabilities.append(logits.float().softmax(1).cpu())
-    if inputs.dtype == torch.uint8 and is_large_mapping(inputs):
-        release_pages(inputs.numpy())  # a large data file's pages: back to the page cache
+    if is_large_mapping(inputs):
+        release_pages(as_numpy(inputs))  # a large data file's or entry's pages: back to the page cache
     y_true = labels.numpy()
     p = torch.cat(probabilities).numpy()
     y_pred = p.argmax(1)
@@ -190,7 +191,7 @@ class Feed:
     hit: bool = False
     images: torch.Tensor | None = None  # the train images, when ``items`` index them (augmented on the device)
     augment: BatchAugmentation | None = None
-    release: bool = False  # the images are a large mapped file: drop its pages from this process as batches go
+    release: bool = False  # the images or entry are a large mapped file: drop its pages from this process as batches go
     steps: int = 0
     micro_batch: int | None = None  # a training batch runs in parts of this many inputs (None: whole)
     eval_batch_size: int = EVAL_BATCH_SIZE
@@ -224,6 +225,9 @@ class Feed:
         else:
             views = torch.randint(len(self.train), (len(items),), generator=view_generator)
         inputs = self.train[views.to(self.train.device), items.to(self.train.device)]
+        self.steps += 1
+        if self.release and self.steps % RELEASE_STEPS == 0:
+            release_pages(as_numpy(self.train))  # a large entry's pages read so far: the page cache keeps them
         if device.type == "cuda" and inputs.device.type == "cpu":
             inputs = inputs.pin_memory()
         return memory_format(inputs.to(device, non_blocking=True).float(), device)
@@ -266,7 +270,14 @@ def prefix_feed(model: TransferModel, entry: PrefixEntry, loader: DataLoader, de
     blocks = entry.blocks
     if blocks < len(model.blocks):
         return Feed(
-            blocks, loader, lambda x: model.forward_from(x, blocks), entry.val, entry.test, entry.train, entry.hit
+            blocks,
+            loader,
+            lambda x: model.forward_from(x, blocks),
+            entry.val,
+            entry.test,
+            entry.train,
+            entry.hit,
+            release=is_large_mapping(entry.train),
         )
 
     @torch.no_grad()
@@ -274,6 +285,8 @@ def prefix_feed(model: TransferModel, entry: PrefixEntry, loader: DataLoader, de
         """Pool block outputs ``(*lead_dims, *block_output_shape)`` to ``(*lead_dims, feature_dim)``, on ``device``."""
         flat = outputs.reshape(-1, *outputs.shape[lead:])
         parts = [model.backbone.pool(flat[i : i + 1024].to(device).float()) for i in range(0, len(flat), 1024)]
+        if is_large_mapping(outputs):
+            release_pages(as_numpy(outputs))  # read once: a large entry's pages back to the page cache
         return torch.cat(parts).reshape(*outputs.shape[:lead], -1)
 
     return Feed(

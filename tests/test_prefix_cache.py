@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,16 +244,25 @@ def test_a_large_entry_of_a_small_data_file_drops_its_written_pages_too(splits, 
     """Issue 18's seventh scale run: a subsample's 0.5-GB data file made a 2.8-GB entry (4 views of Lite1's last
     block), whose written pages stayed in the trial because only a large *data file* dropped them. With the mark
     between the two sizes, the entry's pages leave the process as it is written, and it is the same entry."""
+    import nbtl.features.prefix as prefix
     from nbtl.data.arrayfile import open_splits, write_splits
 
+    written = {}  # the writer's resident KiB of each file when the entry is complete (its mapping then let go)
+    forget = prefix.forget_mapping
+
+    def seen_then_forget(array):
+        written[Path(array.filename).name] = mapped_kib(Path(array.filename))
+        forget(array)
+
+    monkeypatch.setattr(prefix, "forget_mapping", seen_then_forget)
     folder = write_splits(splits, tmp_path / "data")
     mapped = open_splits(folder)
     model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
     kept = PrefixStore(tmp_path / "kept", max_bytes=1024, views=3, seed=5).get(
         model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
-    )  # below the default mark of 1 GiB: its pages stay
+    )  # below the default mark of 1 GiB: its pages stay while it is written
     train = kept.path / "train.npy"
-    assert mapped_kib(train) > train.stat().st_size // 1024 / 2
+    assert written["train.npy"] > train.stat().st_size // 1024 / 2
     data = (folder / "images.npy").stat().st_size
     assert train.stat().st_size > data + 1  # the entry is larger than its data file
     monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", str(data + 1))  # the data file below the mark, the entry above
@@ -261,6 +271,7 @@ def test_a_large_entry_of_a_small_data_file_drops_its_written_pages_too(splits, 
         model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
     )
     assert entry.path is not None and not entry.hit
+    assert written["train.npy"] < (entry.path / "train.npy").stat().st_size // 1024 / 4
     assert mapped_kib(entry.path / "train.npy") < (entry.path / "train.npy").stat().st_size // 1024 / 4
     for part in ("train", "val", "test"):
         assert torch.equal(getattr(entry, part), getattr(kept, part)), part
@@ -304,3 +315,30 @@ def test_an_entry_of_a_large_data_file_is_computed_a_batch_at_a_time_and_drops_i
         assert torch.equal(getattr(same, part), getattr(expected, part)), part
         torch.testing.assert_close(getattr(entry, part), getattr(expected, part), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(entry.train[1], entry.train[0])  # the views are augmented
+
+
+def test_trials_reading_a_large_entry_drop_its_pages_and_train_the_same(splits, weights, tmp_path, monkeypatch):
+    """Issue 18's eighth scale run: trials training above a 2.6-GB entry (4 views of Lite1's last block) held every
+    page they read (peak PSS 11.4 GB, 5.0 GB of it file pages): the trial that wrote the entry trained from its
+    writable mapping, and a trial that loaded it from an untracked one, so neither dropped a page. Now both read a
+    tracked read-only mapping and drop what they read every few steps, and train exactly as the trials that keep
+    the pages."""
+    from nbtl.data.arrayfile import open_splits, write_splits
+
+    mapped = open_splits(write_splits(splits, tmp_path / "data"))
+    kept_store = PrefixStore(tmp_path / "kept")  # below the default mark of 1 GiB: its pages stay
+    kept, _ = _train(mapped, weights, prefix_store=kept_store)
+    train = _entries(tmp_path / "kept")[0] / "train.npy"
+    assert mapped_kib(train) > train.stat().st_size // 1024 / 2
+    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")  # every entry is large
+    monkeypatch.setattr("nbtl.feeds.RELEASE_STEPS", 1)
+    for store in [PrefixStore(tmp_path / "dropped") for _ in range(2)]:  # one trial computes it, one loads it
+        result, _ = _train(mapped, weights, prefix_store=store)
+        assert [m["prefix_blocks"] for m in result.history] == [7, 7]
+        (folder,) = _entries(tmp_path / "dropped")
+        for part in ("train", "val", "test"):
+            npy = folder / f"{part}.npy"
+            assert mapped_kib(npy) < npy.stat().st_size // 1024 / 4, part
+        assert _without(result.history, "prefix_cache_hit") == _without(kept.history, "prefix_cache_hit")
+        assert result.final["test_accuracy"] == kept.final["test_accuracy"]
+    assert [m["prefix_cache_hit"] for m in result.history] == [1.0, 1.0]

@@ -88,7 +88,7 @@ def release_pages(part: np.ndarray) -> None:
 def is_large_mapping(images: torch.Tensor) -> bool:
     """Whether ``images`` lie in a tracked mapping of at least :data:`LARGE_MAPPING_BYTES` (a trial then reads
     them a batch at a time and drops the pages it read, rather than holding the file in its memory)."""
-    start = images.numpy().__array_interface__["data"][0] if images.numel() else 0
+    start = images.data_ptr() if images.numel() else 0  # any dtype (an entry's bfloat16 has no numpy view)
     for base, mapping in list(_MAPPINGS.items()):
         if base <= start < base + mapping.nbytes:
             return mapping.nbytes >= int(os.environ.get("NBTL_LARGE_MAPPING_BYTES", LARGE_MAPPING_BYTES))

@@ -406,6 +406,9 @@ class PrefixStore:
                 forget_mapping(array)
             (staging / KEY_FILE).write_text(json.dumps(key, sort_keys=True))
             os.replace(staging, path)
+            loaded = self._load(path, key, digest)  # served as every later trial is: read-only, tracked (a large
+            if loaded is not None:  # entry's reader drops the pages it read, nbtl.feeds), not the writable mapping
+                entry = dataclasses.replace(loaded, hit=False)
         except BaseException as error:
             for array in arrays:
                 forget_mapping(array)
@@ -421,7 +424,10 @@ class PrefixStore:
             if (path / KEY_FILE).read_text() != json.dumps(key, sort_keys=True):
                 raise ValueError("its key differs from the requested one")
             # copy-on-write: a trial's stray write stays in its own pages; the file never changes
-            train, val, test = (as_tensor(np.load(path / f"{p}.npy", mmap_mode="c"), self.dtype) for p in PARTS)
+            # tracked: a trial reading an entry larger than LARGE_MAPPING_BYTES drops the pages it read (nbtl.feeds)
+            train, val, test = (
+                as_tensor(track_mapping(np.load(path / f"{p}.npy", mmap_mode="c")), self.dtype) for p in PARTS
+            )
             os.utime(path / KEY_FILE)  # used now: the last to be evicted
             return PrefixEntry(int(key["blocks"]), train, val, test, key, digest, hit=True)
         except Exception as error:  # a torn or foreign entry: compute it again and replace it
