@@ -67,6 +67,9 @@ class ProcessTreeMonitor:
         self.interval = interval
         self.peak_rss = self.peak_pss = self.peak_pss_anon = self.peak_processes = 0
         self.pss_at_peak: dict[str, int] = {}  # the peak PSS's parts (PSS_KINDS), where smaps_rollup tells them
+        self.peak_at_s = 0.0  # seconds from the monitor's start to the peak PSS
+        self.top_at_peak: list[dict] = []  # the processes with most PSS at the peak: name, pss, anon, file (bytes)
+        self._started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -91,6 +94,7 @@ class ProcessTreeMonitor:
             return
         rss = pss = 0
         kinds = dict.fromkeys(PSS_KINDS, 0)
+        each = []
         for process in processes:
             try:
                 resident = process.memory_info().rss
@@ -105,14 +109,31 @@ class ProcessTreeMonitor:
             except psutil.Error:  # ended between listing and reading
                 continue
             rss, pss = rss + resident, pss + proportional
+            each.append({"pid": process.pid, "name": _short_name(process), "pss": proportional, **{
+                kind: (split or {}).get(kind, 0) for kind in ("anon", "file")}})  # fmt: skip
             for kind in PSS_KINDS:
                 kinds[kind] += (split or {}).get(kind, 0)
         self.peak_rss = max(self.peak_rss, rss)
         if pss > self.peak_pss:
             self.pss_at_peak = dict(kinds)
+            self.peak_at_s = round(time.perf_counter() - self._started, 1)
+            self.top_at_peak = sorted(each, key=lambda p: -p["pss"])[:6]
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_pss_anon = max(self.peak_pss_anon, kinds["anon"])
         self.peak_processes = max(self.peak_processes, len(processes))
+
+
+def _short_name(process) -> str:
+    """A process's name as a table shows it: Ray's workers by the trial they run (``ray::...``), others by program."""
+    try:
+        line = process.cmdline()
+    except Exception:  # ended, or unreadable
+        return "?"
+    if not line:
+        return process.name()
+    if line[0].startswith("ray::"):
+        return line[0][:40]
+    return " ".join(Path(part).name for part in line[:3])[:60]
 
 
 #: The parts of PSS that ``/proc/PID/smaps_rollup`` names: anonymous memory (what the processes allocated), file

@@ -136,6 +136,10 @@ def run(args, work: Path) -> dict:
         "peak_pss_anon_mb": round(monitor.peak_pss_anon / MB),
         "pss_at_peak_mb": {kind: round(value / MB) for kind, value in monitor.pss_at_peak.items()},
         "peak_rss_mb": round(monitor.peak_rss / MB),
+        "peak_at_s": monitor.peak_at_s,
+        "top_at_peak_mb": [
+            {"name": p["name"], **{k: round(p[k] / MB) for k in ("pss", "anon", "file")}} for p in monitor.top_at_peak
+        ],
         "processes": monitor.peak_processes,
         "disk_mb": round(disk_used(storage) / MB) if storage.exists() else 0,
         "wall_s": round(wall, 1),
@@ -159,7 +163,7 @@ def main(argv=None) -> int:
     with open(results, "a") as handle:
         handle.write(json.dumps(row) + "\n")
     for key in ("decode_s", "first_trial_s", "peak_pss_mb", "peak_pss_anon_mb", "pss_at_peak_mb", "peak_rss_mb",
-                "disk_mb", "wall_s", "budget_kept", "trials", "finished", "exit"):  # fmt: skip
+                "peak_at_s", "top_at_peak_mb", "disk_mb", "wall_s", "budget_kept", "trials", "finished", "exit"):  # fmt: skip
         print(f"  {key:<16} {row[key]}")
     print(f"appended to {results}")
     if not args.work_dir and row["exit"] == 0:
