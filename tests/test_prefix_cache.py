@@ -342,3 +342,64 @@ def test_trials_reading_a_large_entry_drop_its_pages_and_train_the_same(splits, 
         assert _without(result.history, "prefix_cache_hit") == _without(kept.history, "prefix_cache_hit")
         assert result.final["test_accuracy"] == kept.final["test_accuracy"]
     assert [m["prefix_cache_hit"] for m in result.history] == [1.0, 1.0]
+
+
+def test_the_end_of_a_search_removes_the_entries_its_killed_trials_left_half_written(splits, weights, tmp_path):
+    """The eighth scale run left a 3.1-GB staging folder behind: its last trial was computing an entry when the
+    time budget killed it. What a search's end removes (nbtl.search.tuner.run_trials): such folders, and nothing
+    else; the finished entry still serves its trials."""
+    from nbtl.features import remove_staging
+
+    store = PrefixStore(tmp_path)
+    model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
+    entry = store.get(model, splits, 3, state_dict=weights)
+    staging = entry.path.with_name(f".{entry.path.name}.4242-0badc0de.tmp")  # named as _compute_on_disk names them
+    staging.mkdir()
+    (staging / "train.npy").write_bytes(b"\0" * 4096)
+    assert remove_staging(tmp_path) == 4096
+    assert not staging.exists() and [p.name for p in tmp_path.iterdir() if p.is_dir()] == [entry.path.name]
+    again = PrefixStore(tmp_path).get(model, splits, 3, state_dict=weights)
+    assert again.hit and torch.equal(again.train, entry.train)
+    assert remove_staging(tmp_path / "absent") == 0
+
+
+def test_an_entry_that_takes_its_clean_view_from_the_probes_drops_the_pages_it_copies(
+    splits, weights, tmp_path, monkeypatch
+):
+    """Issue 18's ninth scale run: a trial with a head warm-up computed 4 views of Lite1's last block and took view
+    0, val and test from the probe's clean-view entry in one copy each, so the pages of both (3.5 GB of file pages)
+    stayed in it. The copy now goes a chunk at a time, dropping what it read and wrote, and makes the same entry."""
+    import nbtl.features.prefix as prefix
+    from nbtl.data.arrayfile import open_splits, write_splits
+
+    written = {}  # the writer's resident KiB of each file of the entry when it is complete
+    forget = prefix.forget_mapping
+
+    def seen_then_forget(array):
+        written[Path(array.filename).name] = mapped_kib(Path(array.filename))
+        forget(array)
+
+    monkeypatch.setattr(prefix, "forget_mapping", seen_then_forget)
+    mapped = open_splits(write_splits(splits, tmp_path / "data"))
+    model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
+
+    def entry(folder):
+        store = PrefixStore(tmp_path / folder, max_bytes=1024, views=3, seed=5)
+        probe = store.get(model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights, clean_only=True)
+        written.clear()
+        full = PrefixStore(tmp_path / folder, max_bytes=1024, views=3, seed=5).get(
+            model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
+        )
+        assert full.train.shape[0] == 3 and torch.equal(full.train[0], probe.train[0])
+        return full, dict(written)
+
+    kept, kept_written = entry("kept")  # below the default mark: the copied pages stay while it is written
+    assert kept_written["val.npy"] > (kept.path / "val.npy").stat().st_size // 1024 / 2
+    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
+    monkeypatch.setattr("nbtl.features.batches.RELEASE_BATCHES", 1)
+    monkeypatch.setattr("nbtl.features.batches.BATCH_SIZE", {"cpu": 4})
+    dropped, dropped_written = entry("dropped")
+    for part in ("train", "val", "test"):
+        size = (dropped.path / f"{part}.npy").stat().st_size // 1024
+        assert dropped_written[f"{part}.npy"] < size / 4, part
+        assert torch.equal(getattr(dropped, part), getattr(kept, part)), part

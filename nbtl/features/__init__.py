@@ -6,6 +6,6 @@ augmentation views), keeps them in memory and, given a directory, on disk for ot
 """
 
 from nbtl.features.keys import dataset_fingerprint, weights_hash
-from nbtl.features.prefix import PrefixEntry, PrefixStore
+from nbtl.features.prefix import PrefixEntry, PrefixStore, remove_staging
 
-__all__ = ["PrefixEntry", "PrefixStore", "dataset_fingerprint", "weights_hash"]
+__all__ = ["PrefixEntry", "PrefixStore", "dataset_fingerprint", "remove_staging", "weights_hash"]

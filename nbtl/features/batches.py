@@ -45,6 +45,19 @@ def forward_in_batches(model, images: Tensor, blocks: int, device: torch.device,
             release_pages(as_numpy(out[: start + size]))  # written back to the entry's file, when it has one
 
 
+def copy_in_chunks(out: Tensor, source: Tensor) -> None:
+    """``out[:] = source`` (an entry's clean view, val or test taken from the clean-view entry), a chunk of
+    :data:`RELEASE_BATCHES` batches at a time; where either lies in a large mapping
+    (:func:`nbtl.data.images.is_large_mapping`), the pages read and written leave this process after each chunk."""
+    release = is_large_mapping(out) or is_large_mapping(source)
+    rows = RELEASE_BATCHES * BATCH_SIZE.get("cpu", DEFAULT_BATCH_SIZE)
+    for start in range(0, len(source), rows):
+        out[start : start + rows] = source[start : start + rows]
+        if release:
+            release_pages(as_numpy(source[start : start + rows]))
+            release_pages(as_numpy(out[start : start + rows]))  # written back to the entry's file
+
+
 def as_numpy(tensor: Tensor) -> np.ndarray:
     """The array a tensor of :func:`as_tensor` shares its memory with (bfloat16 as its 16-bit pattern)."""
     return (tensor.view(torch.int16) if tensor.dtype is torch.bfloat16 else tensor).numpy()

@@ -45,11 +45,11 @@ from torch import Tensor
 from nbtl.data import Splits, make_augmentation
 from nbtl.data.images import forget_mapping, track_mapping
 from nbtl.errors import ConfigError, ensure_room, raise_if_disk_full
-from nbtl.features.batches import as_tensor, eval_mode, forward_in_batches
+from nbtl.features.batches import as_tensor, copy_in_chunks, eval_mode, forward_in_batches
 from nbtl.features.keys import dataset_fingerprint, weights_hash
 from nbtl.fit.features import state_dict_hash
 
-__all__ = ["PrefixEntry", "PrefixStore"]
+__all__ = ["PrefixEntry", "PrefixStore", "remove_staging"]
 
 
 logger = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ class PrefixStore:
             torch.manual_seed(self.seed)
             for view in range(views):
                 if view == 0 and clean is not None:  # view 0 draws no random numbers: the augmented views stay the same
-                    train[0] = clean.train[0]
+                    copy_in_chunks(train[0], clean.train[0])  # gigabytes at 224 px: their pages dropped as they go
                     continue
                 # an augmented view is drawn a batch at a time, in order: its images are never all in memory
                 forward_in_batches(
@@ -382,7 +382,7 @@ class PrefixStore:
                 )
             for name, out, images in (("val", val, splits.val.images), ("test", test, splits.test.images)):
                 if clean is not None:
-                    out[:] = getattr(clean, name)
+                    copy_in_chunks(out, getattr(clean, name))
                 else:
                     forward_in_batches(model, images, blocks, device, out)
         return PrefixEntry(blocks, train, val, test, key, digest)
@@ -470,3 +470,16 @@ class PrefixStore:
                 dropped = next(d for d, e in self._memory.items() if e.path is None)
                 del self._memory[dropped]
                 in_memory = [e for e in self._memory.values() if e.path is None]
+
+
+def remove_staging(directory: str | os.PathLike) -> int:
+    """Remove the staging folders of entries whose writer never finished (a trial killed by the time budget or
+    the scheduler while it computed one: gigabytes at 224 px) from the store in ``directory``; the bytes freed.
+    Only for a store no trial is writing to any more, as at the end of its search."""
+    freed = 0
+    for staging in Path(directory).glob(".*.tmp") if Path(directory).is_dir() else ():
+        if staging.is_dir():
+            freed += sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+            shutil.rmtree(staging, ignore_errors=True)
+            logger.info("prefix cache: removed %s, an entry its trial did not finish", staging.name)
+    return freed

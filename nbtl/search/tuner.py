@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nbtl.errors import DiskFullError
+from nbtl.features import remove_staging
 from nbtl.search.finish import finish_search
 from nbtl.search.lifecycle import SearchInterrupted, fit_study, remove_trial_checkpoints, study_tuner
-from nbtl.search.options import SearchOptions, SearchResult, setting
+from nbtl.search.options import PREFIX_CACHE, SearchOptions, SearchResult, setting
 from nbtl.search.plan import Plan
 from nbtl.search.prepare import Prepared, trainable_for
 from nbtl.search.session import Session
@@ -100,6 +101,9 @@ def run_trials(
     if not keep_checkpoints:
         freed = remove_trial_checkpoints(experiment_path)
         logger.info("removed the trial checkpoints of %s (%.1f MB)", experiment_path, freed / 1e6)
+    freed = remove_staging(experiment_path / PREFIX_CACHE)  # every trial has ended: no entry is being written
+    if freed:
+        print_fn(f"removed {freed / 1e6:.1f} MB of prefix cache entries that trials stopped before finishing")
     return result
 
 
