@@ -26,7 +26,7 @@ def forward_in_batches(model, images: Tensor, blocks: int, device: torch.device,
     process every :data:`RELEASE_BATCHES`."""
     size = BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE)
     # a small data file can make a large entry (4 views of a block's outputs: 2.8 GB from a 0.5-GB subsample)
-    release = is_large_mapping(images) or is_large_mapping(torch.from_numpy(as_numpy(out)))
+    release = is_large_mapping(images) or is_large_mapping(out)
     previous = None  # with a transform: the batch before, as the model saw it (the last window reaches into it)
     for number, start in enumerate(range(0, len(images), size), start=1):
         # The last batch is the last `size` images, not a short remainder: kernels for short batches
