@@ -118,6 +118,8 @@ class ProcessTreeMonitor:
             self.pss_at_peak = dict(kinds)
             self.peak_at_s = round(time.perf_counter() - self._started, 1)
             self.top_at_peak = sorted(each, key=lambda p: -p["pss"])[:6]
+            for process in self.top_at_peak[:3]:  # where their memory lies: the data file, an entry, the heap
+                process["mappings"] = largest_mappings(process["pid"])
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_pss_anon = max(self.peak_pss_anon, kinds["anon"])
         self.peak_processes = max(self.peak_processes, len(processes))
@@ -140,6 +142,25 @@ def _short_name(process) -> str:
 #: pages mapped (libraries, a memory-mapped data file: the kernel can drop them and read them again) and shared
 #: memory (Ray's object store lives in /dev/shm).
 PSS_KINDS = ("anon", "file", "shmem")
+
+
+def largest_mappings(pid: int, count: int = 5) -> list[dict]:
+    """The ``count`` mappings of process ``pid`` with most PSS, summed by what they map (a file's path, ``[heap]``,
+    or ``[anon]`` for anonymous mappings without a name), from ``/proc/PID/smaps``: ``{"what", "pss"}`` (bytes)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return []
+    totals: dict[str, int] = {}
+    what = "[anon]"
+    for line in text.splitlines():
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):  # a mapping's header line
+            what = head[5] if len(head) == 6 else "[anon]"
+        elif head and head[0] == "Pss:":
+            totals[what] = totals.get(what, 0) + int(head[1]) * 1024
+    ranked = sorted(totals.items(), key=lambda item: -item[1])[:count]
+    return [{"what": name, "pss": size} for name, size in ranked]
 
 
 def pss_split(pid: int) -> dict[str, int] | None:

@@ -138,7 +138,12 @@ def run(args, work: Path) -> dict:
         "peak_rss_mb": round(monitor.peak_rss / MB),
         "peak_at_s": monitor.peak_at_s,
         "top_at_peak_mb": [
-            {"name": p["name"], **{k: round(p[k] / MB) for k in ("pss", "anon", "file")}} for p in monitor.top_at_peak
+            {
+                "name": p["name"],
+                **{k: round(p[k] / MB) for k in ("pss", "anon", "file")},
+                **({"mappings": [(m["what"], round(m["pss"] / MB)) for m in p["mappings"]]} if "mappings" in p else {}),
+            }
+            for p in monitor.top_at_peak
         ],
         "processes": monitor.peak_processes,
         "disk_mb": round(disk_used(storage) / MB) if storage.exists() else 0,

@@ -104,6 +104,18 @@ def _ray_processes(gcs_address: str, driver: int) -> list[psutil.Process]:
     return list(found.values())
 
 
+def _trial_worker_environ(driver: int) -> dict[str, str] | None:
+    """The environment a Ray worker running a trial of the search ``driver`` was started with, or None while no
+    worker runs one (Ray names a Tune trial's worker ``ray::ImplicitFunc...``)."""
+    for child in psutil.Process(driver).children(recursive=True):
+        try:
+            if child.cmdline()[:1] and child.cmdline()[0].startswith("ray::ImplicitFunc"):
+                return child.environ()  # /proc/PID/environ: what the process was started with
+        except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+            continue
+    return None
+
+
 def _listening(processes: list[psutil.Process]) -> list[tuple[str, str, int]]:
     sockets = []
     for process in processes:
@@ -157,14 +169,16 @@ def test_embedded_ray_listens_on_loopback_and_a_finished_search_reevaluates_and_
             start_new_session=True,
         )
     try:
-        deadline, sockets, gcs = time.monotonic() + 300, [], None
+        deadline, sockets, gcs, trial_env = time.monotonic() + 300, [], None, None
         while time.monotonic() < deadline and process.poll() is None:
             parents = [r for r in _all_runs(tracking_uri) if r.data.tags.get("nbtl.role") == "search"]
             gcs = parents[0].data.tags["nbtl.ray_gcs_address"] if parents else None
             trial_running = any(r.data.tags.get("nbtl.role") == "trial" for r in _all_runs(tracking_uri))
             if gcs and trial_running:  # the GCS, the raylet, the agents and a worker are all up
                 sockets = _listening(_ray_processes(gcs, process.pid))
-                break
+                trial_env = trial_env or _trial_worker_environ(process.pid)
+                if trial_env is not None:
+                    break
             time.sleep(0.5)
         assert process.wait(timeout=600) == 0, log.read_text()[-4000:]
     finally:
@@ -175,6 +189,8 @@ def test_embedded_ray_listens_on_loopback_and_a_finished_search_reevaluates_and_
     assert int(gcs.rpartition(":")[2]) in {port for _, _, port in sockets}, sockets  # the GCS itself was seen
     exposed = [s for s in sockets if not _loopback(s[1])]
     assert not exposed, f"Ray services listening beyond 127.0.0.1: {exposed}"
+    # Trial workers start with one malloc arena (nbtl.search.cluster.WORKER_ENV): glibc reads it at exec.
+    assert trial_env is not None and trial_env.get("MALLOC_ARENA_MAX") == "1", trial_env
 
     experiment = results / "reeval"
     assert not list(experiment.glob("*/checkpoint_*")), "a finished search kept its trial checkpoints"

@@ -40,6 +40,19 @@ def _quiet_ray() -> None:
 #: the machine's address (``ray._private.services.resolve_ip_for_localhost``). Read when ``ray`` is imported.
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
+#: The environment Ray starts nbtl's workers in (the job's ``runtime_env``), where this process does not set
+#: the same variable itself. ``MALLOC_ARENA_MAX=1``: Ray Tune runs a trial in a thread of its worker, and glibc gives
+#: a thread that allocates its own malloc arena, of 64-MB heaps that hold the freed activation buffers of a 224-px
+#: step as holes: a fine-tuning trial's peak anonymous memory was 1.95 GB in a thread, 1.33 GB with one arena, as
+#: fast (``benchmarks/trial_memory.py``). Read by glibc when the process starts, so it must be set there.
+WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
+
+
+def worker_runtime_env() -> dict:
+    """The ``runtime_env`` of the Ray job a search or study runs as: :data:`WORKER_ENV`, a value set in this
+    process's environment winning."""
+    return {"env_vars": {name: os.environ.get(name, value) for name, value in WORKER_ENV.items()}}
+
 
 def _same_cluster(asked: str, gcs_address: str) -> bool:
     """Whether ``asked`` (``HOST:PORT``, ``auto``, ``ray://HOST:PORT``) names the GCS at ``gcs_address``."""
@@ -92,6 +105,7 @@ def init_ray(address: str | None) -> str:
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=False,
+            runtime_env=worker_runtime_env(),
             # Ray starts a worker per CPU when the first driver connects; Tune's trials never used them (each
             # search started its own and Ray killed those idle ones): a process per CPU started for nothing
             _system_config={"prestart_worker_first_driver": False},
@@ -204,7 +218,9 @@ def _join_cluster(address: str) -> None:
 
     probe_ray_head(address)
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(
+            address=address, logging_level=logging.WARNING, log_to_driver=False, runtime_env=worker_runtime_env()
+        )
     except Exception as error:  # ConnectionError, RuntimeError, auth errors: all mean "cannot join"
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ClusterError(
