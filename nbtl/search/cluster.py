@@ -218,9 +218,7 @@ def _join_cluster(address: str) -> None:
 
     probe_ray_head(address)
     try:
-        ray.init(
-            address=address, logging_level=logging.WARNING, log_to_driver=False, runtime_env=worker_runtime_env()
-        )
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, runtime_env=worker_runtime_env())
     except Exception as error:  # ConnectionError, RuntimeError, auth errors: all mean "cannot join"
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ClusterError(
