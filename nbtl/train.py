@@ -25,7 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from nbtl.config import TrialConfig
 from nbtl.data import AugmentedDataset, Splits, make_augmentation
 from nbtl.data.augment import BatchAugmentation
-from nbtl.data.images import is_large_mapping
+from nbtl.data.images import is_large_mapping, trim_heap
 from nbtl.errors import TrialDivergedError
 from nbtl.features import PrefixStore
 from nbtl.feeds import (
@@ -418,6 +418,7 @@ def train_trial(
                 }
 
             report(metrics, state)
+        trim_heap(collect=False)  # the epoch's freed activations and evaluation batches: back to the system
         if metrics.get("early_stopped"):
             logger.info(
                 "early stopping at epoch %d of %d: no better validation accuracy for %d epochs (best epoch %d)",

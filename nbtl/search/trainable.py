@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtl.config import TrialConfig
+from nbtl.data.images import trim_heap
 from nbtl.errors import ensure_room, one_line, raise_if_disk_full
 from nbtl.features import PrefixStore
 from nbtl.tracking import TrialTracker, status_for, trial_run_name
@@ -237,6 +238,8 @@ def nbtl_trainable(config: dict[str, Any], splits=None, weights=None, context: T
     except BaseException as error:
         tracker.end(status_for(error), reason=one_line(error, with_type=True))
         raise
+    finally:
+        trim_heap()  # a reused worker waits for its next trial without this one's freed memory
     if unseen and not reported and resume is not None and resume.get("history"):
         # Nothing was left to run after the newest checkpoint, which Ray never saw: hand Ray its result and
         # checkpoint (not MLflow, which holds that epoch already), so the search ranks and hands over this trial.
