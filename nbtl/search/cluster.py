@@ -42,9 +42,10 @@ LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 #: The environment Ray starts nbtl's workers in (the job's ``runtime_env``), where this process does not set
 #: the same variable itself. ``MALLOC_ARENA_MAX=1``: Ray Tune runs a trial in a thread of its worker, and glibc gives
-#: a thread that allocates its own malloc arena, of 64-MB heaps that hold the freed activation buffers of a 224-px
-#: step as holes: a fine-tuning trial's peak anonymous memory was 1.95 GB in a thread, 1.33 GB with one arena, as
-#: fast (``benchmarks/trial_memory.py``). Read by glibc when the process starts, so it must be set there.
+#: a thread that allocates its own malloc arena, whose heaps keep the freed activation buffers of 224-px steps as
+#: holes. Measured on 2 CPUs, at the same images/s: a fine-tune run in a thread after another in the same process,
+#: peak anonymous memory 1.95 GB, 1.33 GB with one arena; ``benchmarks/trial_memory.py`` (one epoch, every block
+#: trained): 2.10 and 1.99 GB. Read by glibc when the process starts, so it must be set there.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
 
 
