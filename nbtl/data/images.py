@@ -6,6 +6,7 @@ way: shorter side to ``image_size`` with bilinear filtering, then a centred squa
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import mmap
@@ -120,17 +121,27 @@ def trim_heap(collect: bool = True) -> bool:
     is false (tens of ms). What a trial does after each epoch and when it ends, and a search driver after its setup, so
     that none holds what it no longer uses. Whether it could (False where the C library is not glibc: its allocator
     keeps what it keeps)."""
-    import ctypes
-    import ctypes.util
     import gc
 
     if collect:
         gc.collect()
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
         return False
+    libc.malloc_trim(0)
     return True
+
+
+@functools.cache
+def _libc():
+    """The C library, loaded once (``find_library`` alone takes about 2 ms: too much for every epoch), or None."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def allocate_images(count: int, image_size: int) -> torch.Tensor:
