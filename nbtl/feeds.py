@@ -20,7 +20,6 @@ from nbtl.data import ImageDataset, Splits
 from nbtl.data.augment import BatchAugmentation
 from nbtl.data.images import is_large_mapping, release_pages
 from nbtl.features import PrefixEntry
-from nbtl.features.batches import as_numpy
 from nbtl.fit.probe import expected_calibration_error
 from nbtl.transfer import TransferModel
 
@@ -84,8 +83,7 @@ def evaluate_inputs(
             logits = forward(batch if batch.dtype == torch.uint8 else batch.float())
         losses.append(nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item())
         probabilities.append(logits.float().softmax(1).cpu())
-    if is_large_mapping(inputs):
-        release_pages(as_numpy(inputs))  # a large data file's or entry's pages: back to the page cache
+    release_pages(inputs)  # a data file's or entry's pages (read once a pass): back to the page cache
     y_true = labels.numpy()
     p = torch.cat(probabilities).numpy()
     y_pred = p.argmax(1)
@@ -227,7 +225,7 @@ class Feed:
         inputs = self.train[views.to(self.train.device), items.to(self.train.device)]
         self.steps += 1
         if self.release and self.steps % RELEASE_STEPS == 0:
-            release_pages(as_numpy(self.train))  # a large entry's pages read so far: the page cache keeps them
+            release_pages(self.train)  # a large entry's pages read so far: the page cache keeps them
         if device.type == "cuda" and inputs.device.type == "cpu":
             inputs = inputs.pin_memory()
         return memory_format(inputs.to(device, non_blocking=True).float(), device)
@@ -285,8 +283,7 @@ def prefix_feed(model: TransferModel, entry: PrefixEntry, loader: DataLoader, de
         """Pool block outputs ``(*lead_dims, *block_output_shape)`` to ``(*lead_dims, feature_dim)``, on ``device``."""
         flat = outputs.reshape(-1, *outputs.shape[lead:])
         parts = [model.backbone.pool(flat[i : i + 1024].to(device).float()) for i in range(0, len(flat), 1024)]
-        if is_large_mapping(outputs):
-            release_pages(as_numpy(outputs))  # read once: a large entry's pages back to the page cache
+        release_pages(outputs)  # read once: an entry's pages back to the page cache
         return torch.cat(parts).reshape(*outputs.shape[:lead], -1)
 
     return Feed(

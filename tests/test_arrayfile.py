@@ -177,11 +177,12 @@ def test_fit_features_of_a_large_data_file_drop_its_pages_and_match_the_in_memor
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_a_driver_drops_a_large_data_files_pages_after_its_setup(tmp_path, monkeypatch):
-    """nbtl.search.plan calls release_large once the fit measures have read the data file (issue 18's scale run: the
-    driver held 1.7 GB of it through the trials): the file's pages leave the process, the pixels read again are the
-    file's; data in memory or a small file is left alone."""
-    from nbtl.data.images import release_large
+def test_a_driver_drops_its_data_files_pages_after_its_setup(tmp_path):
+    """nbtl.search.plan calls release_mapped once the fit measures have read the data file (issue 18's scale run: the
+    driver held 1.7 GB of it through the trials), whatever the file's size (a smaller one's pages are no use to a
+    driver either): the file's pages leave the process, the pixels read again are the file's; data in memory is left
+    alone."""
+    from nbtl.data.images import release_mapped
 
     source = _folder(tmp_path / "pets", per_class=40)
     settings = DataSettings(image_size=128, val_fraction=0.25, test_fraction=0.25, split_seed=3)
@@ -191,10 +192,9 @@ def test_a_driver_drops_a_large_data_files_pages_after_its_setup(tmp_path, monke
     total = sum(int(images.numpy().sum(dtype=np.int64)) for images in parts)  # every page read
     file_kib = (folder / "images.npy").stat().st_size // 1024
     assert mapped_kib(folder / "images.npy") > file_kib / 2
-    assert not release_large(*parts)  # a small file (under NBTL_LARGE_MAPPING_BYTES): kept
-    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
-    assert not release_large(mapped.train.images.clone())  # in memory: nothing to drop
-    assert release_large(*parts)
+    assert not release_mapped(mapped.train.images.clone())  # in memory: nothing to drop
+    assert mapped_kib(folder / "images.npy") > file_kib / 2
+    assert release_mapped(*parts)  # a small file (under NBTL_LARGE_MAPPING_BYTES) too
     assert mapped_kib(folder / "images.npy") < file_kib / 4
     assert sum(int(images.numpy().sum(dtype=np.int64)) for images in parts) == total
 

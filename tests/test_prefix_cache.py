@@ -3,6 +3,7 @@ with real torch, the packaged EfficientNet-Lite0 weights and scikit-learn's digi
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import pickle
@@ -240,10 +241,32 @@ def test_resume_of_a_cached_trial_matches_an_uninterrupted_one(splits, weights, 
         assert torch.equal(resumed_recorder.states[-1]["model"][key], value), key
 
 
-def test_a_large_entry_of_a_small_data_file_drops_its_written_pages_too(splits, weights, tmp_path, monkeypatch):
+def _drops_by_file(monkeypatch) -> collections.Counter:
+    """How often nbtl.features.batches dropped the pages of each mapped file (by name) from here on: a spy that lets
+    every call through."""
+    import nbtl.features.batches as batches
+    from nbtl.data import images
+
+    drops, release = collections.Counter(), images.release_pages
+
+    def counted(part):
+        dropped = release(part)
+        if dropped:
+            start = part.data_ptr()
+            (name,) = [Path(m.filename).name for b, m in images._MAPPINGS.items() if b <= start < b + m.nbytes]
+            drops[name] += 1
+        return dropped
+
+    monkeypatch.setattr(batches, "release_pages", counted)
+    return drops
+
+
+def test_a_large_entry_of_a_small_data_file_drops_its_written_pages_as_it_goes(splits, weights, tmp_path, monkeypatch):
     """Issue 18's seventh scale run: a subsample's 0.5-GB data file made a 2.8-GB entry (4 views of Lite1's last
     block), whose written pages stayed in the trial because only a large *data file* dropped them. With the mark
-    between the two sizes, the entry's pages leave the process as it is written, and it is the same entry."""
+    between the two sizes, the entry's pages leave the process as it is written (every RELEASE_BATCHES), and it is
+    the same entry. Below the mark they leave when each pass ends (the twelfth scale run: a small entry's val and test
+    pages, 0.5 GB, stayed in the trial that wrote them)."""
     import nbtl.features.prefix as prefix
     from nbtl.data.arrayfile import open_splits, write_splits
 
@@ -255,26 +278,35 @@ def test_a_large_entry_of_a_small_data_file_drops_its_written_pages_too(splits, 
         forget(array)
 
     monkeypatch.setattr(prefix, "forget_mapping", seen_then_forget)
+    monkeypatch.setattr("nbtl.features.batches.RELEASE_BATCHES", 2)
+    drops = _drops_by_file(monkeypatch)
     folder = write_splits(splits, tmp_path / "data")
     mapped = open_splits(folder)
     model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
-    kept = PrefixStore(tmp_path / "kept", max_bytes=1024, views=3, seed=5).get(
+    small = PrefixStore(tmp_path / "small", max_bytes=1024, views=3, seed=5).get(
         model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
-    )  # below the default mark of 1 GiB: its pages stay while it is written
-    train = kept.path / "train.npy"
-    assert written["train.npy"] > train.stat().st_size // 1024 / 2
+    )  # below the default mark of 1 GiB: its pages leave at the end of each pass
+    train = small.path / "train.npy"
+    assert drops["train.npy"] == 3  # one pass a view
+    assert {name: written[name] < (small.path / name).stat().st_size // 1024 / 4 for name in written} == {
+        "train.npy": True,
+        "val.npy": True,
+        "test.npy": True,
+    }
     data = (folder / "images.npy").stat().st_size
     assert train.stat().st_size > data + 1  # the entry is larger than its data file
     monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", str(data + 1))  # the data file below the mark, the entry above
-    monkeypatch.setattr("nbtl.features.batches.RELEASE_BATCHES", 2)
+    drops.clear()
     entry = PrefixStore(tmp_path / "dropped", max_bytes=1024, views=3, seed=5).get(
         model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
     )
     assert entry.path is not None and not entry.hit
+    batches_a_view = -(-len(splits.train) // 32)
+    assert drops["train.npy"] == 3 * (batches_a_view // 2 + (batches_a_view % 2 != 0))  # every 2 batches, and the last
     assert written["train.npy"] < (entry.path / "train.npy").stat().st_size // 1024 / 4
     assert mapped_kib(entry.path / "train.npy") < (entry.path / "train.npy").stat().st_size // 1024 / 4
     for part in ("train", "val", "test"):
-        assert torch.equal(getattr(entry, part), getattr(kept, part)), part
+        assert torch.equal(getattr(entry, part), getattr(small, part)), part
 
 
 def test_an_entry_of_a_large_data_file_is_computed_a_batch_at_a_time_and_drops_its_pages(
@@ -326,10 +358,12 @@ def test_trials_reading_a_large_entry_drop_its_pages_and_train_the_same(splits, 
     from nbtl.data.arrayfile import open_splits, write_splits
 
     mapped = open_splits(write_splits(splits, tmp_path / "data"))
-    kept_store = PrefixStore(tmp_path / "kept")  # below the default mark of 1 GiB: its pages stay
+    kept_store = PrefixStore(tmp_path / "kept")  # below the default mark of 1 GiB: its train pages stay
     kept, _ = _train(mapped, weights, prefix_store=kept_store)
-    train = _entries(tmp_path / "kept")[0] / "train.npy"
-    assert mapped_kib(train) > train.stat().st_size // 1024 / 2
+    (folder,) = _entries(tmp_path / "kept")
+    assert mapped_kib(folder / "train.npy") > (folder / "train.npy").stat().st_size // 1024 / 2
+    for part in ("val", "test"):  # read once an evaluation: dropped after each, whatever the size (scale run 12)
+        assert mapped_kib(folder / f"{part}.npy") < (folder / f"{part}.npy").stat().st_size // 1024 / 4, part
     monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")  # every entry is large
     monkeypatch.setattr("nbtl.feeds.RELEASE_STEPS", 1)
     for store in [PrefixStore(tmp_path / "dropped") for _ in range(2)]:  # one trial computes it, one loads it
@@ -368,7 +402,9 @@ def test_an_entry_that_takes_its_clean_view_from_the_probes_drops_the_pages_it_c
 ):
     """Issue 18's ninth scale run: a trial with a head warm-up computed 4 views of Lite1's last block and took view
     0, val and test from the probe's clean-view entry in one copy each, so the pages of both (3.5 GB of file pages)
-    stayed in it. The copy now goes a chunk at a time, dropping what it read and wrote, and makes the same entry."""
+    stayed in it. The copy now goes a chunk at a time, dropping what it read and wrote whatever the entries' size (the
+    twelfth scale run: the probe's val and test, 0.5 GB under the large mark, stayed in the trial that copied them),
+    and makes the same entry as one computed without the probe's."""
     import nbtl.features.prefix as prefix
     from nbtl.data.arrayfile import open_splits, write_splits
 
@@ -380,26 +416,25 @@ def test_an_entry_that_takes_its_clean_view_from_the_probes_drops_the_pages_it_c
         forget(array)
 
     monkeypatch.setattr(prefix, "forget_mapping", seen_then_forget)
-    mapped = open_splits(write_splits(splits, tmp_path / "data"))
-    model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
-
-    def entry(folder):
-        store = PrefixStore(tmp_path / folder, max_bytes=1024, views=3, seed=5)
-        probe = store.get(model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights, clean_only=True)
-        written.clear()
-        full = PrefixStore(tmp_path / folder, max_bytes=1024, views=3, seed=5).get(
-            model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
-        )
-        assert full.train.shape[0] == 3 and torch.equal(full.train[0], probe.train[0])
-        return full, dict(written)
-
-    kept, kept_written = entry("kept")  # below the default mark: the copied pages stay while it is written
-    assert kept_written["val.npy"] > (kept.path / "val.npy").stat().st_size // 1024 / 2
-    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", "1")
     monkeypatch.setattr("nbtl.features.batches.RELEASE_BATCHES", 1)
     monkeypatch.setattr("nbtl.features.batches.BATCH_SIZE", {"cpu": 4})
-    dropped, dropped_written = entry("dropped")
+    drops = _drops_by_file(monkeypatch)
+    mapped = open_splits(write_splits(splits, tmp_path / "data"))
+    model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
+    computed = PrefixStore(tmp_path / "computed", max_bytes=1024, views=3, seed=5).get(
+        model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
+    )  # no clean-view entry to copy from: every view, val and test computed
+    store = PrefixStore(tmp_path / "copied", max_bytes=1024, views=3, seed=5)
+    probe = store.get(model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights, clean_only=True)
+    written.clear()
+    drops.clear()
+    copied = PrefixStore(tmp_path / "copied", max_bytes=1024, views=3, seed=5).get(
+        model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
+    )
+    assert copied.train.shape[0] == 3 and torch.equal(copied.train[0], probe.train[0])
+    for part in ("val", "test"):  # a chunk of 4 rows at a time, the probe's file read and the entry's written
+        assert drops[f"{part}.npy"] == 2 * -(-len(getattr(splits, part)) // 4), part
     for part in ("train", "val", "test"):
-        size = (dropped.path / f"{part}.npy").stat().st_size // 1024
-        assert dropped_written[f"{part}.npy"] < size / 4, part
-        assert torch.equal(getattr(dropped, part), getattr(kept, part)), part
+        size = (copied.path / f"{part}.npy").stat().st_size // 1024
+        assert written[f"{part}.npy"] < size / 4, part
+        assert torch.equal(getattr(copied, part), getattr(computed, part)), part

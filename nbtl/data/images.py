@@ -65,11 +65,15 @@ def forget_mapping(array: np.memmap) -> None:
     _MAPPINGS.pop(array.__array_interface__["data"][0], None)
 
 
-def release_pages(part: np.ndarray) -> None:
-    """Write ``part`` (a view of a tracked mapping) back to its file and drop its pages from this process
-    (``MADV_DONTNEED`` on a shared file mapping: the data stays in the file and the page cache), so that
-    writing or reading a file larger than memory a chunk at a time keeps the process small; nothing for an
-    array that is not such a view."""
+def release_pages(part: np.ndarray | torch.Tensor) -> bool:
+    """Write ``part`` (a view of a tracked mapping: an array, or a tensor of any dtype) back to its file and drop
+    its pages from this process (``MADV_DONTNEED`` on a shared file mapping: the data stays in the file and the page
+    cache), so that writing or reading a file larger than memory a chunk at a time keeps the process small, and a pass
+    that has read a file does not hold it. Whether it was such a view: nothing for an array in memory."""
+    if isinstance(part, torch.Tensor):
+        if not part.numel():
+            return False
+        part = (part.view(torch.int16) if part.dtype is torch.bfloat16 else part).numpy()  # numpy has no bfloat16
     start = part.__array_interface__["data"][0]
     for base, mapping in list(_MAPPINGS.items()):
         raw = getattr(mapping, "_mmap", None)
@@ -83,12 +87,14 @@ def release_pages(part: np.ndarray) -> None:
         if length > 0:
             raw.flush(low, length)  # a no-op on a copy-on-write (read) mapping
             raw.madvise(mmap.MADV_DONTNEED, low, length)
-        return
+        return True
+    return False
 
 
 def is_large_mapping(images: torch.Tensor) -> bool:
     """Whether ``images`` lie in a tracked mapping of at least :data:`LARGE_MAPPING_BYTES` (a trial then reads
-    them a batch at a time and drops the pages it read, rather than holding the file in its memory)."""
+    them a batch at a time and drops the pages it read as it trains, rather than holding the file in its memory; a
+    smaller file's train split is a trial's working set, read again each epoch, and stays)."""
     start = images.data_ptr() if images.numel() else 0  # any dtype (an entry's bfloat16 has no numpy view)
     for base, mapping in list(_MAPPINGS.items()):
         if base <= start < base + mapping.nbytes:
@@ -96,23 +102,17 @@ def is_large_mapping(images: torch.Tensor) -> bool:
     return False
 
 
-#: A data file at least this large is read by trials a batch at a time, its pages dropped as they go.
+#: A data file at least this large is read by trials a batch at a time, its pages dropped as they train (a pass that
+#: reads a mapped array once, such as an evaluation, drops its pages whatever its size: :func:`release_pages`).
 LARGE_MAPPING_BYTES = 2**30
 
 
-def release_large(*parts: torch.Tensor) -> bool:
-    """Drop this process's pages of each of ``parts`` that lies in a large tracked mapping (:func:`is_large_mapping`),
-    and hand the C heap's free memory back to the system (glibc's ``malloc_trim``, where there is one): what a search
-    driver does once its setup (the fit measures) has read its data file, so that it does not hold gigabytes while the
-    trials run. Whether anything was dropped; nothing for data in memory or a small file."""
-    dropped = False
-    for images in parts:
-        if images.numel() and is_large_mapping(images):
-            release_pages(images.numpy())
-            dropped = True
-    if dropped:
-        trim_heap()
-    return dropped
+def release_mapped(*parts: torch.Tensor) -> bool:
+    """Drop this process's pages of each of ``parts`` that lies in a tracked mapping, whatever its size
+    (:func:`release_pages`): what a search driver does once its setup (the fit measures) has read its data file, so
+    that it does not hold the file while the trials run. Whether anything was dropped; nothing for data in memory."""
+    dropped = [release_pages(images) for images in parts]
+    return any(dropped)
 
 
 def trim_heap(collect: bool = True) -> bool:

@@ -23,7 +23,8 @@ def forward_in_batches(model, images: Tensor, blocks: int, device: torch.device,
     """``out`` = blocks ``[0, blocks)`` of ``images`` (in ``out``'s dtype), a batch at a time (``transform`` applied to
     each batch's images as it goes, in order). Reading a large data file or writing a large entry file
     (:func:`nbtl.data.images.is_large_mapping`), the pages of the images read and of the outputs written leave this
-    process every :data:`RELEASE_BATCHES`."""
+    process every :data:`RELEASE_BATCHES`; from a smaller file or into a smaller entry, when the pass ends (read once,
+    they are not held: :func:`nbtl.data.images.release_pages`)."""
     size = BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE)
     # a small data file can make a large entry (4 views of a block's outputs: 2.8 GB from a 0.5-GB subsample)
     release = is_large_mapping(images) or is_large_mapping(out)
@@ -40,31 +41,25 @@ def forward_in_batches(model, images: Tensor, blocks: int, device: torch.device,
             previous = fresh
         outputs = model.forward_to(batch.to(device), blocks)
         out[start : start + size] = outputs[start - window :].to("cpu", out.dtype)
-        if release and (number % RELEASE_BATCHES == 0 or start + size >= len(images)):
-            release_pages(images[: start + size].numpy())
-            release_pages(as_numpy(out[: start + size]))  # written back to the entry's file, when it has one
+        if start + size >= len(images) or (release and number % RELEASE_BATCHES == 0):
+            release_pages(images[: start + size])
+            release_pages(out[: start + size])  # written back to the entry's file, when it has one
 
 
 def copy_in_chunks(out: Tensor, source: Tensor) -> None:
     """``out[:] = source`` (an entry's clean view, val or test taken from the clean-view entry), a chunk of
-    :data:`RELEASE_BATCHES` batches at a time; where either lies in a large mapping
-    (:func:`nbtl.data.images.is_large_mapping`), the pages read and written leave this process after each chunk."""
-    release = is_large_mapping(out) or is_large_mapping(source)
+    :data:`RELEASE_BATCHES` batches at a time; the pages read and written, where either lies in a mapping, leave this
+    process after each chunk (:func:`nbtl.data.images.release_pages`: the copy reads them once)."""
     rows = RELEASE_BATCHES * BATCH_SIZE.get("cpu", DEFAULT_BATCH_SIZE)
     for start in range(0, len(source), rows):
         out[start : start + rows] = source[start : start + rows]
-        if release:
-            release_pages(as_numpy(source[start : start + rows]))
-            release_pages(as_numpy(out[start : start + rows]))  # written back to the entry's file
-
-
-def as_numpy(tensor: Tensor) -> np.ndarray:
-    """The array a tensor of :func:`as_tensor` shares its memory with (bfloat16 as its 16-bit pattern)."""
-    return (tensor.view(torch.int16) if tensor.dtype is torch.bfloat16 else tensor).numpy()
+        release_pages(source[start : start + rows])
+        release_pages(out[start : start + rows])  # written back to the entry's file
 
 
 def as_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
-    """``array`` as a tensor of ``dtype`` sharing its memory (bfloat16 from its 16-bit pattern)."""
+    """``array`` as a tensor of ``dtype`` sharing its memory (bfloat16 from its 16-bit pattern, as numpy has no
+    bfloat16)."""
     tensor = torch.from_numpy(array)
     return tensor.view(torch.bfloat16) if dtype is torch.bfloat16 else tensor
 

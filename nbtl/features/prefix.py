@@ -395,7 +395,7 @@ class PrefixStore:
 
         def allocate(part: str, full: tuple[int, ...]) -> Tensor:
             array = np.lib.format.open_memmap(staging / f"{part}.npy", mode="w+", dtype=_NUMPY[self.dtype], shape=full)
-            # tracked: a large data file's entry, or a large entry, drops its written pages as it goes (batches.py)
+            # tracked: its written pages leave this process as it goes when large, else when each pass ends (batches.py)
             arrays.append(track_mapping(array))
             return as_tensor(array, self.dtype)
 
@@ -424,7 +424,8 @@ class PrefixStore:
             if (path / KEY_FILE).read_text() != json.dumps(key, sort_keys=True):
                 raise ValueError("its key differs from the requested one")
             # copy-on-write: a trial's stray write stays in its own pages; the file never changes
-            # tracked: a trial reading an entry larger than LARGE_MAPPING_BYTES drops the pages it read (nbtl.feeds)
+            # tracked: a trial drops the pages an evaluation read, and those it trains on when the entry is larger
+            # than LARGE_MAPPING_BYTES (nbtl.feeds)
             train, val, test = (
                 as_tensor(track_mapping(np.load(path / f"{p}.npy", mmap_mode="c")), self.dtype) for p in PARTS
             )

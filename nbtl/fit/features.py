@@ -29,7 +29,7 @@ from torch import Tensor
 
 from nbtl.backbones import create_backbone, get_spec, load_pretrained_state_dict
 from nbtl.data import ImageDataset
-from nbtl.data.images import is_large_mapping, release_pages
+from nbtl.data.images import release_pages
 from nbtl.errors import BackboneError, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -276,7 +276,6 @@ def _extract(
         logger.info("%s: %d images in %d batches", what, len(dataset), len(starts))
     began = said = time.perf_counter()
     bar = tqdm(starts, total=len(starts), desc=what, unit="batch", file=sys.stderr, disable=not terminal)
-    release = is_large_mapping(dataset.images)  # a large data file: its pages back to the page cache as they are read
     for start in bar:
         images = dataset.images[start : start + batch_size].to(device)
         x = images.float() / 255.0
@@ -293,8 +292,8 @@ def _extract(
             head_input = outputs[-1] if backbone.source_head_on_map else backbone.pool(outputs[-1])
             logits = backbone.source_head(head_input)
             probs.append(torch.softmax(logits.double(), dim=1).float().cpu().numpy())
-        if release:  # after the batch is used: on a CPU ``images`` is a view of the file's pages
-            release_pages(dataset.images[start : start + batch_size].numpy())
+        # after the batch is used: a data file's pages (read once) back to the page cache; nothing for images in memory
+        release_pages(dataset.images[start : start + batch_size])
         if progress and not terminal and time.perf_counter() - said >= PROGRESS_EVERY_S:
             said = time.perf_counter()
             done = min(len(dataset), start + batch_size)

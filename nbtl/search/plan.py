@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtl.config import TrialConfig
-from nbtl.data.images import release_large, trim_heap
+from nbtl.data.images import release_mapped, trim_heap
 from nbtl.errors import ConfigError
 from nbtl.ranking import METRIC, MODE
 from nbtl.search.cluster import SearchError
@@ -145,7 +145,7 @@ def make_plan(
         image_sizes=dict(prepared.image_sizes),
     )
     # the fit measures read the data file here: its pages go back to the page cache before the trials map it
-    release_large(*(part.images for part in (prepared.splits.train, prepared.splits.val, prepared.splits.test)))
+    release_mapped(*(part.images for part in (prepared.splits.train, prepared.splits.val, prepared.splits.test)))
     trim_heap()  # and what they freed (features, activations) back to the system: the driver waits on the trials
     setup = time.perf_counter() - started
     _refuse_a_budget_spent_on_setup(budget, setup, space, storage / experiment_dir, "recommend" in names)
