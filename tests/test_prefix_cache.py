@@ -261,12 +261,14 @@ def _drops_by_file(monkeypatch) -> collections.Counter:
     return drops
 
 
-def test_a_large_entry_of_a_small_data_file_drops_its_written_pages_as_it_goes(splits, weights, tmp_path, monkeypatch):
+def test_an_entry_drops_the_pages_it_reads_and_writes_as_it_goes_whatever_its_size(
+    splits, weights, tmp_path, monkeypatch
+):
     """Issue 18's seventh scale run: a subsample's 0.5-GB data file made a 2.8-GB entry (4 views of Lite1's last
-    block), whose written pages stayed in the trial because only a large *data file* dropped them. With the mark
-    between the two sizes, the entry's pages leave the process as it is written (every RELEASE_BATCHES), and it is
-    the same entry. Below the mark they leave when each pass ends (the twelfth scale run: a small entry's val and test
-    pages, 0.5 GB, stayed in the trial that wrote them)."""
+    block), whose written pages stayed in the trial because only a large *data file* dropped them; the twelfth: a
+    small entry's val and test (0.5 GB, under the large mark) stayed in the trial that wrote them. An entry's pages,
+    and the data file's it reads, now leave the process every RELEASE_BATCHES and when each pass ends, whatever the
+    sizes, and it is the same entry as one computed from the images in memory."""
     import nbtl.features.prefix as prefix
     from nbtl.data.arrayfile import open_splits, write_splits
 
@@ -278,35 +280,25 @@ def test_a_large_entry_of_a_small_data_file_drops_its_written_pages_as_it_goes(s
         forget(array)
 
     monkeypatch.setattr(prefix, "forget_mapping", seen_then_forget)
+    model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
+    expected = PrefixStore(None, views=3, seed=5).get(model, splits, 3, augmentation=AUGMENTATION, state_dict=weights)
     monkeypatch.setattr("nbtl.features.batches.RELEASE_BATCHES", 2)
     drops = _drops_by_file(monkeypatch)
     folder = write_splits(splits, tmp_path / "data")
     mapped = open_splits(folder)
-    model = build_transfer(TrialConfig(freeze_blocks=3), 10, state_dict=weights).model
-    small = PrefixStore(tmp_path / "small", max_bytes=1024, views=3, seed=5).get(
+    entry = PrefixStore(tmp_path / "store", max_bytes=1024, views=3, seed=5).get(
         model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
-    )  # below the default mark of 1 GiB: its pages leave at the end of each pass
-    train = small.path / "train.npy"
-    assert drops["train.npy"] == 3  # one pass a view
-    assert {name: written[name] < (small.path / name).stat().st_size // 1024 / 4 for name in written} == {
-        "train.npy": True,
-        "val.npy": True,
-        "test.npy": True,
-    }
-    data = (folder / "images.npy").stat().st_size
-    assert train.stat().st_size > data + 1  # the entry is larger than its data file
-    monkeypatch.setenv("NBTL_LARGE_MAPPING_BYTES", str(data + 1))  # the data file below the mark, the entry above
-    drops.clear()
-    entry = PrefixStore(tmp_path / "dropped", max_bytes=1024, views=3, seed=5).get(
-        model, mapped, 3, augmentation=AUGMENTATION, state_dict=weights
-    )
+    )  # below the default mark of 1 GiB, as is its data file
     assert entry.path is not None and not entry.hit
-    batches_a_view = -(-len(splits.train) // 32)
-    assert drops["train.npy"] == 3 * (batches_a_view // 2 + (batches_a_view % 2 != 0))  # every 2 batches, and the last
-    assert written["train.npy"] < (entry.path / "train.npy").stat().st_size // 1024 / 4
-    assert mapped_kib(entry.path / "train.npy") < (entry.path / "train.npy").stat().st_size // 1024 / 4
+    batches = {part: -(-len(getattr(splits, part)) // 32) for part in ("train", "val", "test")}
+    every_2 = {part: n // 2 + n % 2 for part, n in batches.items()}  # every 2 batches, and the last
+    assert drops["train.npy"] == 3 * every_2["train"]
+    assert drops["images.npy"] == sum(every_2.values()) + 2 * every_2["train"]  # val, test, and each view read
     for part in ("train", "val", "test"):
-        assert torch.equal(getattr(entry, part), getattr(small, part)), part
+        size = (entry.path / f"{part}.npy").stat().st_size // 1024
+        assert written[f"{part}.npy"] < size / 4, part
+        assert torch.equal(getattr(entry, part), getattr(expected, part)), part
+    assert mapped_kib(folder / "images.npy") < (folder / "images.npy").stat().st_size // 1024 / 4
 
 
 def test_an_entry_of_a_large_data_file_is_computed_a_batch_at_a_time_and_drops_its_pages(

@@ -9,25 +9,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nbtl.data.images import is_large_mapping, release_pages
+from nbtl.data.images import release_pages
 
 # Images per forward pass: on CPU small batches keep activations in cache (Lite0 at 64 px: 32 images
 # run 2x faster than 256); accelerators want large ones.
 BATCH_SIZE = {"cpu": 32}
 DEFAULT_BATCH_SIZE = 256
-#: Batches between drops of a large data file's pages (and the entry's written pages) while an entry is computed.
+#: Batches between drops of the data file's pages read (and the entry's written pages) while an entry is computed.
 RELEASE_BATCHES = 32
 
 
 def forward_in_batches(model, images: Tensor, blocks: int, device: torch.device, out: Tensor, transform=None) -> None:
     """``out`` = blocks ``[0, blocks)`` of ``images`` (in ``out``'s dtype), a batch at a time (``transform`` applied to
-    each batch's images as it goes, in order). Reading a large data file or writing a large entry file
-    (:func:`nbtl.data.images.is_large_mapping`), the pages of the images read and of the outputs written leave this
-    process every :data:`RELEASE_BATCHES`; from a smaller file or into a smaller entry, when the pass ends (read once,
-    they are not held: :func:`nbtl.data.images.release_pages`)."""
+    each batch's images as it goes, in order). Reading a mapped data file or writing an entry's file, the pages of
+    the images read and of the outputs written leave this process every :data:`RELEASE_BATCHES` and when the pass ends
+    (:func:`nbtl.data.images.release_pages`; read or written once, they are of no use here: a small data file can make
+    a large entry, 4 views of a block's outputs are 2.8 GB from a 0.5-GB subsample)."""
     size = BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE)
-    # a small data file can make a large entry (4 views of a block's outputs: 2.8 GB from a 0.5-GB subsample)
-    release = is_large_mapping(images) or is_large_mapping(out)
     previous = None  # with a transform: the batch before, as the model saw it (the last window reaches into it)
     for number, start in enumerate(range(0, len(images), size), start=1):
         # The last batch is the last `size` images, not a short remainder: kernels for short batches
@@ -41,7 +39,7 @@ def forward_in_batches(model, images: Tensor, blocks: int, device: torch.device,
             previous = fresh
         outputs = model.forward_to(batch.to(device), blocks)
         out[start : start + size] = outputs[start - window :].to("cpu", out.dtype)
-        if start + size >= len(images) or (release and number % RELEASE_BATCHES == 0):
+        if number % RELEASE_BATCHES == 0 or start + size >= len(images):
             release_pages(images[: start + size])
             release_pages(out[: start + size])  # written back to the entry's file, when it has one
 
