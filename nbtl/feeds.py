@@ -209,9 +209,7 @@ class Feed:
         if self.images is not None:
             # gathered from the (memory-mapped) uint8 images, pinned, copied while the GPU works, augmented there
             batch = self.images[items]
-            self.steps += 1
-            if self.release and self.steps % RELEASE_STEPS == 0:
-                release_pages(self.images.numpy())  # the pages read so far: the page cache keeps them, not the trial
+            self._stepped(self.images)
             batch = (batch.pin_memory() if device.type == "cuda" else batch).to(device, non_blocking=True)
             if self.augment is not None:
                 batch = self.augment(batch, view_generator)
@@ -223,12 +221,17 @@ class Feed:
         else:
             views = torch.randint(len(self.train), (len(items),), generator=view_generator)
         inputs = self.train[views.to(self.train.device), items.to(self.train.device)]
-        self.steps += 1
-        if self.release and self.steps % RELEASE_STEPS == 0:
-            release_pages(self.train)  # a large entry's pages read so far: the page cache keeps them
+        self._stepped(self.train)
         if device.type == "cuda" and inputs.device.type == "cpu":
             inputs = inputs.pin_memory()
         return memory_format(inputs.to(device, non_blocking=True).float(), device)
+
+    def _stepped(self, source: torch.Tensor) -> None:
+        """Count a training step read from ``source`` (the images or the entry); every :data:`RELEASE_STEPS` of a
+        large mapped file, drop the pages read so far (the page cache keeps them, not the trial)."""
+        self.steps += 1
+        if self.release and self.steps % RELEASE_STEPS == 0:
+            release_pages(source)
 
 
 def memory_format(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
