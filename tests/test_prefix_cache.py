@@ -298,7 +298,8 @@ def test_an_entry_drops_the_pages_it_reads_and_writes_as_it_goes_whatever_its_si
         size = (entry.path / f"{part}.npy").stat().st_size // 1024
         assert written[f"{part}.npy"] < size / 4, part
         assert torch.equal(getattr(entry, part), getattr(expected, part)), part
-    assert mapped_kib(folder / "images.npy") < (folder / "images.npy").stat().st_size // 1024 / 4
+    # a few pages stay where a read mapped its neighbours too (the kernel's fault-around: 64 KiB of a 300-KiB file)
+    assert mapped_kib(folder / "images.npy") < (folder / "images.npy").stat().st_size // 1024 / 2
 
 
 def test_an_entry_of_a_large_data_file_is_computed_a_batch_at_a_time_and_drops_its_pages(
