@@ -193,6 +193,7 @@ def test_a_driver_drops_its_data_files_pages_after_its_setup(tmp_path):
     file_kib = (folder / "images.npy").stat().st_size // 1024
     assert mapped_kib(folder / "images.npy") > file_kib / 2
     assert not release_mapped(mapped.train.images.clone())  # in memory: nothing to drop
+    assert not release_mapped(torch.empty(4, device="meta"))  # not in host memory (as a GPU's tensors): nothing
     assert mapped_kib(folder / "images.npy") > file_kib / 2
     assert release_mapped(*parts)  # a small file (under NBTL_LARGE_MAPPING_BYTES) too
     assert mapped_kib(folder / "images.npy") < file_kib / 4

@@ -69,9 +69,10 @@ def release_pages(part: np.ndarray | torch.Tensor) -> bool:
     """Write ``part`` (a view of a tracked mapping: an array, or a tensor of any dtype) back to its file and drop
     its pages from this process (``MADV_DONTNEED`` on a shared file mapping: the data stays in the file and the page
     cache), so that writing or reading a file larger than memory a chunk at a time keeps the process small, and a pass
-    that has read a file does not hold it. Whether it was such a view: nothing for an array in memory."""
+    that has read a file does not hold it. Whether it was such a view: nothing for an array in memory, or a tensor on
+    a device (a GPU's inputs, pooled features there)."""
     if isinstance(part, torch.Tensor):
-        if not part.numel():
+        if part.device.type != "cpu" or not part.numel():
             return False
         part = (part.view(torch.int16) if part.dtype is torch.bfloat16 else part).numpy()  # numpy has no bfloat16
     start = part.__array_interface__["data"][0]

@@ -395,7 +395,7 @@ class PrefixStore:
 
         def allocate(part: str, full: tuple[int, ...]) -> Tensor:
             array = np.lib.format.open_memmap(staging / f"{part}.npy", mode="w+", dtype=_NUMPY[self.dtype], shape=full)
-            # tracked: its written pages leave this process as it goes when large, else when each pass ends (batches.py)
+            # tracked: its written pages leave this process as it is written (batches.py)
             arrays.append(track_mapping(array))
             return as_tensor(array, self.dtype)
 
