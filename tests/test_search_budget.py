@@ -110,6 +110,8 @@ def test_time_budget_start_points_seeds_and_prefix_cache(tmp_path, tracking_uri)
     # The frozen-prefix store: one entry per (backbone, frozen blocks), computed by one trial, read by the rest.
     folder = next(results.glob(f"{NAME}*"))
     table = pd.read_csv(folder / "results.csv")
+    # one row a trial (a clean-clone CI of 4fbf570 once found a trial_id twice here: the rows, should it recur)
+    assert table["trial_id"].is_unique, table[table["trial_id"].duplicated(keep=False)].to_dict("records")
     assert dict(zip(table["trial_id"], table["stop_reason"], strict=True)) == reasons
     assert sorted(table["source"]) == sorted(sources)
     assert table["finished_at_s"].notna().all() and (table["finished_at_s"] <= BUDGET_S + SLACK_S).all()
