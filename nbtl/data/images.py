@@ -76,20 +76,27 @@ def release_pages(part: np.ndarray | torch.Tensor) -> bool:
             return False
         part = (part.view(torch.int16) if part.dtype is torch.bfloat16 else part).numpy()  # numpy has no bfloat16
     start = part.__array_interface__["data"][0]
+    base, mapping = _mapping_at(start)
+    raw = getattr(mapping, "_mmap", None)
+    if raw is None:
+        return False
+    # numpy maps the file from the allocation boundary below the array's offset (the .npy header)
+    offset = start - base + mapping.offset % mmap.ALLOCATIONGRANULARITY
+    page = mmap.PAGESIZE
+    low = offset // page * page
+    length = min(-(-(offset + part.nbytes - low) // page) * page, len(raw) - low)
+    if length > 0:
+        raw.flush(low, length)  # a no-op on a copy-on-write (read) mapping
+        raw.madvise(mmap.MADV_DONTNEED, low, length)
+    return True
+
+
+def _mapping_at(address: int) -> tuple[int, np.memmap | None]:
+    """The tracked mapping whose data holds ``address``, and its start address; ``(0, None)`` where none does."""
     for base, mapping in list(_MAPPINGS.items()):
-        raw = getattr(mapping, "_mmap", None)
-        if raw is None or not base <= start < base + mapping.nbytes:
-            continue
-        # numpy maps the file from the allocation boundary below the array's offset (the .npy header)
-        offset = start - base + mapping.offset % mmap.ALLOCATIONGRANULARITY
-        page = mmap.PAGESIZE
-        low = offset // page * page
-        length = min(-(-(offset + part.nbytes - low) // page) * page, len(raw) - low)
-        if length > 0:
-            raw.flush(low, length)  # a no-op on a copy-on-write (read) mapping
-            raw.madvise(mmap.MADV_DONTNEED, low, length)
-        return True
-    return False
+        if base <= address < base + mapping.nbytes:
+            return base, mapping
+    return 0, None
 
 
 def is_large_mapping(images: torch.Tensor) -> bool:
@@ -97,10 +104,10 @@ def is_large_mapping(images: torch.Tensor) -> bool:
     them a batch at a time and drops the pages it read as it trains, rather than holding the file in its memory; a
     smaller file's train split is a trial's working set, read again each epoch, and stays)."""
     start = images.data_ptr() if images.numel() else 0  # any dtype (an entry's bfloat16 has no numpy view)
-    for base, mapping in list(_MAPPINGS.items()):
-        if base <= start < base + mapping.nbytes:
-            return mapping.nbytes >= int(os.environ.get("NBTL_LARGE_MAPPING_BYTES", LARGE_MAPPING_BYTES))
-    return False
+    _, mapping = _mapping_at(start)
+    return mapping is not None and mapping.nbytes >= int(
+        os.environ.get("NBTL_LARGE_MAPPING_BYTES", LARGE_MAPPING_BYTES)
+    )
 
 
 #: A data file at least this large is read by trials a batch at a time, its pages dropped as they train (a pass that
