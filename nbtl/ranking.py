@@ -13,8 +13,10 @@ the mean of their runs) come first, ranked by those means.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,20 +33,58 @@ __all__ = [
     "MODE",
     "RANKING",
     "TIE_BREAK",
+    "TRIAL_FOLDER_PREFIX",
     "best_trial",
     "rank_key",
     "rank_trials",
     "ranked_scored",
+    "trial_config_of",
+    "trial_folder",
     "trial_id_of",
 ]
 
 
-def trial_id_of(result) -> str:
-    """The trial id of a Ray Tune ``Result``: the one it reported, else its folder's name (a trial that never
-    reported). The key of a trial in the results table, the hand-over and the callbacks."""
-    from pathlib import Path
+#: A trial's folder in its study's (Ray Tune's ``trial_dirname_creator``: :func:`trial_folder`): what
+#: :func:`trial_id_of` reads a trial's id from when the trial never reported.
+TRIAL_FOLDER_PREFIX = "trial-"
 
-    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+
+def trial_folder(trial) -> str:
+    """The name of a Ray Tune trial's folder: ``trial-`` and its trial id (unique in the study)."""
+    return f"{TRIAL_FOLDER_PREFIX}{trial.trial_id}"
+
+
+def _reported(result) -> bool:
+    """Whether a Ray Tune ``Result`` holds a report of its trial: Ray Tune fills ``training_iteration`` into each.
+    A trial that never reported comes back with the metrics its worker filled in when it was handed the trial, and
+    a reused worker (``reuse_actors``) fills them in before it is reset: they name the trial it ran before, its
+    id and its config (Ray Tune 2.60, ``Trial.set_ray_actor`` before ``_schedule_trial_reset``)."""
+    return "training_iteration" in (result.metrics or {})
+
+
+def trial_id_of(result) -> str:
+    """The trial id of a Ray Tune ``Result``: the one it reported, else the one in its folder's name
+    (:func:`trial_folder`; a study written before that naming: the id its worker filled in, else the folder's
+    name). The key of a trial in the results table, the hand-over and the callbacks."""
+    metrics = result.metrics or {}
+    if _reported(result) and metrics.get("trial_id"):
+        return metrics["trial_id"]
+    name = Path(result.path).name if result.path else ""
+    if name.startswith(TRIAL_FOLDER_PREFIX):
+        return name.removeprefix(TRIAL_FOLDER_PREFIX)
+    return metrics.get("trial_id") or name
+
+
+def trial_config_of(result) -> dict[str, Any] | None:
+    """The config of a Ray Tune ``Result``'s trial: the one it reported, else the ``params.json`` Ray Tune wrote in
+    its folder when it started, else None (a trial that never started)."""
+    if _reported(result):
+        return result.config
+    params = Path(result.path) / "params.json" if result.path else None
+    try:
+        return json.loads(params.read_text()) if params is not None else None
+    except (OSError, ValueError):
+        return None
 
 
 def rank_trials(table: pd.DataFrame) -> pd.DataFrame:

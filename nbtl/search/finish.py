@@ -13,7 +13,7 @@ import pandas as pd
 
 from nbtl.config import TrialConfig, dump_config
 from nbtl.errors import NbtlError
-from nbtl.ranking import METRIC, best_trial, rank_trials, trial_id_of
+from nbtl.ranking import METRIC, best_trial, rank_trials, trial_config_of, trial_id_of
 from nbtl.search import plots
 from nbtl.search.handover import hand_over
 from nbtl.search.options import SearchResult
@@ -59,7 +59,8 @@ def results_table(
     for result in results:
         metrics = result.metrics or {}
         trial_id = trial_id_of(result)
-        config = _full_config(result.config)
+        given = trial_config_of(result)
+        config = _full_config(given)
         configs[trial_id] = config
         epochs = int(metrics.get("epoch", 0) or 0)
         # STOPPED: ended before its last epoch, by the scheduler (ASHA) or the time budget (possibly before its first)
@@ -71,7 +72,7 @@ def results_table(
             else ("STOPPED" if epochs < planned and not metrics.get("early_stopped") else "FINISHED")
         )
         row = {"trial_id": trial_id, "run_id": run_ids.get(trial_id, ""), "status": status}
-        row.update({k: config.get(k) for k in (result.config or {})})
+        row.update({k: config.get(k) for k in (given or {})})
         row.update({k: metrics.get(k) for k in RESULT_COLUMNS})
         row["finished_at_s"] = (finished_at or {}).get(trial_id)
         row["error"] = reason_from_error_text(str(result.error))[:200] if result.error else ""

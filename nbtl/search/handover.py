@@ -83,7 +83,9 @@ def hand_over(
     if handover.keep < 1 or table.empty:
         return None
     ranked = ranked_scored(table).head(handover.keep)  # the one ranking: the search's best trial first
-    by_id = {trial_id_of(r): r for r in results}
+    by_id: dict[str, Any] = {}
+    for result in results:  # in the order Ray Tune made the trials: a later one never shadows an earlier one's id
+        by_id.setdefault(trial_id_of(result), result)
     kept: list[tuple[dict[str, Any], Member]] = []
     for row in ranked.to_dict("records"):
         found = _best_weights(by_id.get(row["trial_id"]))

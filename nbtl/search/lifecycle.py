@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtl.errors import disk_full_reason, one_line
+from nbtl.ranking import trial_folder
 from nbtl.search.session import ACTIVE, Session
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ def study_tuner(
             # Ray Tune hands a kept worker to a trial whose own worker is still starting (and drops that one), so
             # on a cluster very short trials may all run where the first worker started (search.reuse_actors)
             reuse_actors=reuse_actors,
+            # ``trial-<id>``: a trial that never reported is known by its folder (nbtl.ranking.trial_id_of)
+            trial_dirname_creator=trial_folder,
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -27,6 +27,7 @@ from nbtl.errors import ConfigError, DiskFullError
 from nbtl.fit import block_features
 from nbtl.heads import head_names
 from nbtl.heuristics.recipes import conventional_config
+from nbtl.ranking import trial_config_of, trial_id_of
 from nbtl.search.cluster import check_services, cluster_address, study_ray
 from nbtl.search.lifecycle import fit_study, study_tuner
 from nbtl.search.options import RunOptions, wrap_up_seconds
@@ -301,7 +302,7 @@ def fold_table(
     lost)."""
     by_cell = {}
     for result in results:
-        cell = (result.config or {}).get("cell")
+        cell = (trial_config_of(result) or {}).get("cell")
         if cell:  # a trial Ray Tune never started may come back without its config
             by_cell[tuple(cell[k] for k in CELL_KEYS)] = result
     rows = []
@@ -310,7 +311,7 @@ def fold_table(
         result = by_cell.get(key)
         metrics = (result.metrics or {}) if result is not None else {}
         error = result.error if result is not None else None
-        trial_id = metrics.get("trial_id") or (Path(result.path).name if result is not None and result.path else "")
+        trial_id = trial_id_of(result) if result is not None else ""
         finished = not error and metrics.get("accuracy") is not None
         run_id = run_ids.get(trial_id, "")
         logged = (finished_runs or {}).get(cell_key_of(key))
