@@ -93,7 +93,8 @@ INERT = Path(__file__).with_name("inert_changes.yaml")
 def inert_changes(path: Path | None = None) -> dict[str, dict]:
     """``{full commit: entry}`` of :data:`INERT` (empty where the file is missing). An entry has ``commit``,
     ``changed``, ``why`` and ``check`` (a test, ``tests/FILE::NAME``, or a list of them), and where the change
-    reaches some report blocks but not the others, ``reaches`` (those blocks' names: they count the change)."""
+    reaches some report blocks but not the others, ``reaches`` (those blocks' names: they count the change) or
+    ``reaches_sizes`` (the image sizes whose runs count it, in any block)."""
     path = INERT if path is None else path
     if not path.exists():
         return {}

@@ -636,16 +636,61 @@ def block_commits(name: str) -> list[tuple[str, bool]]:
     return [(str(document.get("commit", "unknown")), bool(document.get("dirty", False)))]
 
 
+#: A benchmark task's name ends in its image size (``cards-suit-pc30-224``); leave_one_task_out's read ``... 32px ...``.
+TASK_SIZE = re.compile(r"-(\d+)$|\b(\d+)px\b")
+
+
+def task_size(task: str) -> int:
+    """The image size a benchmark task's runs trained at, read from its name."""
+    found = TASK_SIZE.search(task)
+    if not found:
+        raise ReportError(f"task {task!r}: its name does not end in an image size (-224) nor name one (32px)")
+    return int(found[1] or found[2])
+
+
+def block_sizes(name: str) -> dict[str, set[int] | None]:
+    """``{commit: the image sizes of the runs of block name measured at it}`` (None: its file does not say); empty
+    where it is not measured yet."""
+    path = source(name)
+    if not path.exists():
+        return {}
+    if path.suffix == ".jsonl":
+        frame = read_rows(path)
+        sizes: dict[str, set[int]] = {}
+        for commit, task in zip(frame.get("commit", pd.Series("", index=frame.index)), frame["task"]):
+            sizes.setdefault(str(commit), set()).add(task_size(task))
+        return sizes
+    document = read_document(path)
+    found: set[int] | None = None  # not said: an entry that reaches some sizes counts for it
+    if name == "trial_speed" and "image_size" in document.get("options", {}):
+        found = {int(document["options"]["image_size"])}
+    elif document.get("tasks"):  # probe_floor names its tasks, leave_one_task_out describes them
+        found = {task_size(t if isinstance(t, str) else t["task"]) for t in document["tasks"]}
+    return {str(document.get("commit", "unknown")): found}
+
+
+def reaches(entry: dict, name: str, sizes: set[int] | None) -> bool:
+    """Whether the inert change ``entry`` reaches the runs of block ``name`` measured at one commit, at image
+    ``sizes``: it names the block (``reaches``) or one of their sizes (``reaches_sizes``; sizes unknown: it does)."""
+    if name in entry.get("reaches", []):
+        return True
+    at = set(entry.get("reaches_sizes", []))
+    return bool(at) and (sizes is None or bool(at & sizes))
+
+
 def shipped(readmes) -> tuple[list[str], bool]:
     """Whether each report block of ``readmes`` was measured on the product at ``HEAD``: each of its commits has the
     same ``measured_at.PRODUCT`` (nbtl/, the spaces, the heuristics, pyproject.toml) and a clean tree, or differs from
     it only by commits of ``benchmarks/inert_changes.yaml`` (changes shown, by the test each names, not to reach the
-    benchmarks' runs; an entry's ``reaches`` lists the blocks it does reach, for which it is not inert). One line a block, and whether every block was."""
+    benchmarks' runs; an entry's ``reaches`` lists the blocks it does reach and its ``reaches_sizes`` the image sizes
+    whose runs it does reach, in any block: for those rows it is not inert). One line a block, and whether every block
+    was."""
     lines, every = [], True
     inert = measured_at.inert_changes()
     for readme in readmes:
         for match in BLOCK.finditer(readme.read_text()):
             name, verdicts = match["name"], []
+            sizes = block_sizes(name)
             for sha, dirty in block_commits(name):
                 if dirty:
                     verdicts.append((False, f"{measured_at.label(sha, dirty)} (uncommitted changes: cannot tell)"))
@@ -655,8 +700,8 @@ def shipped(readmes) -> tuple[list[str], bool]:
                     verdicts.append((False, f"{measured_at.label(sha)} (not a commit here)"))
                 elif changes:
                     commits = measured_at.product_commits(sha)
-                    # an entry inert for some blocks names the blocks it does reach (``reaches``)
-                    others = [c for c in commits if c not in inert or name in inert[c].get("reaches", [])]
+                    # an entry inert for some runs names the blocks or the image sizes it does reach
+                    others = [c for c in commits if c not in inert or reaches(inert[c], name, sizes.get(sha))]
                     if commits and not others:  # every product change since is one shown not to reach these runs
                         named = ", ".join(measured_at.label(c) for c in commits)
                         verdicts.append((True, f"{measured_at.label(sha)} (changed since only by {named}: inert here)"))

@@ -33,7 +33,7 @@ def test_the_benchmarks_readme_has_the_blocks():
     assert {
         "equal_time_2m_shipped",
         "equal_time_5m_shipped",
-        "equal_time_15m_shipped",
+        "equal_time_15m_224",
         "ablations_2m_shipped",
         "trial_speed",
         "leave_one_task_out",
@@ -43,6 +43,7 @@ def test_the_benchmarks_readme_has_the_blocks():
         "equal_time_2m",
         "equal_time_2m_prior_off",
         "equal_time_15m_prior_off",
+        "equal_time_15m_shipped",
         "ablations_2m",
         "ablations_tuning_2m",
     } <= history
@@ -333,6 +334,38 @@ def test_shipped_says_which_blocks_were_measured_on_the_product_at_head(tmp_path
     )
     report.main(["--shipped", "--readme", str(readme)])
     assert capsys.readouterr().out.splitlines()[1].startswith("ships")
+    # One that reaches the runs at some image sizes (``reaches_sizes``) counts for a block's rows at those sizes only:
+    # probe_floor's tasks are at 32 px, and a results file's rows are judged by the sizes of those at each commit.
+    inert.write_text(f"- {{commit: {changed[:10]}, changed: x, why: y, check: tests/t.py::t, reaches_sizes: [224]}}\n")
+    (results / "probe_floor.json").write_text(
+        json.dumps({"commit": before_change, "dirty": False, "rows": [], "tasks": ["digits-pc30-32"]})
+    )
+    report.main(["--shipped", "--readme", str(readme)])
+    assert capsys.readouterr().out.splitlines()[1].startswith("ships")
+    (results / "probe_floor.json").write_text(
+        json.dumps({"commit": before_change, "dirty": False, "rows": [], "tasks": ["digits-pc30-32", "icons-pc40-224"]})
+    )
+    report.main(["--shipped", "--readme", str(readme)])
+    assert capsys.readouterr().out.splitlines()[1].startswith("OLDER")
+    row = {"seed": 0, "method": "default", "budget_s": 540.0, "exit": 0}
+    rows = [
+        {**row, "task": "fmnist-t10k-pc50-32", "commit": before_change},
+        {**row, "task": "icons-pc40-224", "commit": shipped},
+    ]
+    (results / "equal_time_9m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report.block_sizes("equal_time_9m") == {before_change: {32}, shipped: {224}}
+    both = tmp_path / "BOTH.md"
+    both.write_text("<!-- report:equal_time_9m -->\n<!-- /report:equal_time_9m -->\n")
+    report.main(["--shipped", "--readme", str(both)])  # the 224-px rows were measured after the change
+    assert capsys.readouterr().out.splitlines()[0].startswith("ships")
+    rows[0]["task"] = "fmnist-t10k-pc50-224"
+    (results / "equal_time_9m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report.main(["--shipped", "--readme", str(both)])  # now some were measured before it
+    assert capsys.readouterr().out.splitlines()[0].startswith("OLDER")
+    inert.write_text(
+        f"- {{commit: {changed[:10]}, changed: x, why: y, check: tests/t.py::t, reaches: [trial_speed]}}\n"
+    )
+    (results / "probe_floor.json").write_text(json.dumps({"commit": before_change, "dirty": False, "rows": []}))
     later = commit("nbtl/train.py", "3\n")
     assert measured_at.product_commits(before_change) == [changed, later]
     report.main(["--shipped", "--readme", str(readme)])
