@@ -623,19 +623,6 @@ def update(text: str, base: Path = BENCHMARKS) -> tuple[str, list[str]]:
     return BLOCK.sub(replace, text), changed
 
 
-def block_commits(name: str) -> list[tuple[str, bool]]:
-    """The (commit, dirty) pairs block ``name``'s results were measured at; none where it is not measured yet."""
-    path = source(name)
-    if not path.exists():
-        return []
-    if path.suffix == ".jsonl":
-        frame = read_rows(path)
-        pairs = zip(frame.get("commit", []), frame.get("dirty", [False] * len(frame)))
-        return sorted({(str(c), bool(d)) for c, d in pairs})
-    document = read_document(path)
-    return [(str(document.get("commit", "unknown")), bool(document.get("dirty", False)))]
-
-
 #: A benchmark task's name ends in its image size (``cards-suit-pc30-224``); leave_one_task_out's read ``... 32px ...``.
 TASK_SIZE = re.compile(r"-(\d+)$|\b(\d+)px\b")
 
@@ -648,25 +635,26 @@ def task_size(task: str) -> int:
     return int(found[1] or found[2])
 
 
-def block_sizes(name: str) -> dict[str, set[int] | None]:
-    """``{commit: the image sizes of the runs of block name measured at it}`` (None: its file does not say); empty
-    where it is not measured yet."""
+def block_commits(name: str) -> dict[tuple[str, bool], set[int] | None]:
+    """``{(commit, dirty): the image sizes of the runs measured there}`` of block ``name``'s results, in commit order
+    (sizes None: its file does not say them); empty where it is not measured yet."""
     path = source(name)
     if not path.exists():
         return {}
     if path.suffix == ".jsonl":
         frame = read_rows(path)
-        sizes: dict[str, set[int]] = {}
-        for commit, task in zip(frame.get("commit", pd.Series("", index=frame.index)), frame["task"]):
-            sizes.setdefault(str(commit), set()).add(task_size(task))
-        return sizes
+        sizes: dict[tuple[str, bool], set[int]] = {}
+        rows = zip(frame.get("commit", [""] * len(frame)), frame.get("dirty", [False] * len(frame)), frame["task"])
+        for commit, dirty, task in rows:
+            sizes.setdefault((str(commit), bool(dirty)), set()).add(task_size(task))
+        return dict(sorted(sizes.items()))
     document = read_document(path)
     found: set[int] | None = None  # not said: an entry that reaches some sizes counts for it
     if name == "trial_speed" and "image_size" in document.get("options", {}):
         found = {int(document["options"]["image_size"])}
     elif document.get("tasks"):  # probe_floor names its tasks, leave_one_task_out describes them
         found = {task_size(t if isinstance(t, str) else t["task"]) for t in document["tasks"]}
-    return {str(document.get("commit", "unknown")): found}
+    return {(str(document.get("commit", "unknown")), bool(document.get("dirty", False))): found}
 
 
 def reaches(entry: dict, name: str, sizes: set[int] | None) -> bool:
@@ -690,8 +678,7 @@ def shipped(readmes) -> tuple[list[str], bool]:
     for readme in readmes:
         for match in BLOCK.finditer(readme.read_text()):
             name, verdicts = match["name"], []
-            sizes = block_sizes(name)
-            for sha, dirty in block_commits(name):
+            for (sha, dirty), sizes in block_commits(name).items():
                 if dirty:
                     verdicts.append((False, f"{measured_at.label(sha, dirty)} (uncommitted changes: cannot tell)"))
                     continue
@@ -701,7 +688,7 @@ def shipped(readmes) -> tuple[list[str], bool]:
                 elif changes:
                     commits = measured_at.product_commits(sha)
                     # an entry inert for some runs names the blocks or the image sizes it does reach
-                    others = [c for c in commits if c not in inert or reaches(inert[c], name, sizes.get(sha))]
+                    others = [c for c in commits if c not in inert or reaches(inert[c], name, sizes)]
                     if commits and not others:  # every product change since is one shown not to reach these runs
                         named = ", ".join(measured_at.label(c) for c in commits)
                         verdicts.append((True, f"{measured_at.label(sha)} (changed since only by {named}: inert here)"))

@@ -353,7 +353,7 @@ def test_shipped_says_which_blocks_were_measured_on_the_product_at_head(tmp_path
         {**row, "task": "icons-pc40-224", "commit": shipped},
     ]
     (results / "equal_time_9m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert report.block_sizes("equal_time_9m") == {before_change: {32}, shipped: {224}}
+    assert report.block_commits("equal_time_9m") == {(before_change, False): {32}, (shipped, False): {224}}
     both = tmp_path / "BOTH.md"
     both.write_text("<!-- report:equal_time_9m -->\n<!-- /report:equal_time_9m -->\n")
     report.main(["--shipped", "--readme", str(both)])  # the 224-px rows were measured after the change

@@ -160,7 +160,7 @@ def test_the_step_memory_cap_reaches_only_the_runs_at_224_px():
     sizes = {size for size, _ in bound}
     assert {pair for pairs in runs.values() for pair in pairs if pair[0] in sizes} == bound
     for name, pairs in runs.items():
-        assert set().union(*report.block_sizes(name).values()) == {size for size, _ in pairs}, name  # all said
+        assert set().union(*report.block_commits(name).values()) == {size for size, _ in pairs}, name  # all said
     for entry in entries:
         assert "reaches" not in entry and set(entry.get("reaches_sizes", [])) == sizes, (entry["commit"], sizes)
 
